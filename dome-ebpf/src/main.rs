@@ -1,0 +1,434 @@
+//! Dome's kernel tier: an XDP program that meters every packet bound for
+//! Dome's listener ports against the budget of the identity owning its flow,
+//! meters unbound flows per source prefix, and drops blocked sources early.
+//!
+//! Verdict rules, in order:
+//! 1. A frame too short for its Ethernet (and one VLAN) header, or carrying
+//!    anything but IPv4/IPv6, passes (`pass_other`): it cannot be for Dome.
+//! 2. An IPv4/IPv6 header that is truncated or inconsistent (wrong version,
+//!    IHL < 5, total length shorter than the header, an IPv6 chain of more
+//!    than four extension headers) is dropped (`drop_malformed`): the stack
+//!    would discard it anyway and no legitimate client sends one.
+//! 3. Non-first fragments carry no ports and pass (`pass_fragment`); the
+//!    first fragment has the L4 header and is metered like any packet, so a
+//!    datagram whose head was dropped cannot be reassembled.
+//! 4. Protocols other than TCP/UDP pass. A TCP/UDP header too short to hold
+//!    its ports is dropped as malformed; a header whose destination port is
+//!    not a listener port passes (`pass_other`); a listener-bound header that
+//!    is otherwise truncated is dropped as malformed.
+//! 5. Blocklist (prefix, then flow, then identity) → `drop_blocklist`.
+//! 6. A bound flow is charged to its identity's packet and byte buckets
+//!    (`pass_bound` / `drop_budget`); an unbound one to its source prefix's
+//!    pre-auth buckets (`pass_unbound` / `drop_preauth`).
+#![no_std]
+#![no_main]
+// The bpf target declares no compare-and-swap, so core's atomics hide
+// `compare_exchange`; the intrinsics lower to BPF_ATOMIC instructions.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use core::{
+    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xsub},
+    mem::size_of,
+    ptr::{addr_of_mut, read_unaligned, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
+    macros::{map, xdp},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
+    programs::XdpContext,
+};
+use dome_common::{
+    BucketState, Budget, Counters, EVENT_RING_BYTES, Event, FlowBinding, FlowKey, Identity,
+    MAX_BLOCKED_FLOWS, MAX_BLOCKED_PREFIXES, MAX_FLOWS, MAX_PREAUTH_PREFIXES, MAX_SLOTS,
+    PORT_WORDS, PROTO_TCP, PROTO_UDP, Sampler, XdpConfig, counter, event, port_bit, port_word,
+};
+
+#[map]
+static DOME_CONFIG: Array<XdpConfig> = Array::with_max_entries(1, 0);
+#[map]
+static DOME_PORTS: Array<u64> = Array::with_max_entries(2 * PORT_WORDS, 0);
+#[map]
+static DOME_FLOWS: LruHashMap<FlowKey, FlowBinding> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+static DOME_IDENTITIES: Array<Identity> = Array::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static DOME_PREAUTH: LruHashMap<[u32; 4], BucketState> =
+    LruHashMap::with_max_entries(MAX_PREAUTH_PREFIXES, 0);
+#[map]
+static DOME_BLOCKED_FLOWS: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_BLOCKED_FLOWS, 0);
+#[map]
+static DOME_BLOCKED_PREFIXES: LpmTrie<[u8; 16], u64> =
+    LpmTrie::with_max_entries(MAX_BLOCKED_PREFIXES, 0);
+#[map]
+static DOME_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static DOME_SAMPLER: PerCpuArray<Sampler> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+static DOME_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// IPv6 extension headers we walk (hop-by-hop, routing, fragment, destination options).
+const IPV6_EXT_LIMIT: usize = 4;
+
+#[xdp]
+pub fn dome_xdp(ctx: XdpContext) -> u32 {
+    judge(&ctx)
+}
+
+/// The benchmark's floor: what `BPF_PROG_TEST_RUN` costs around a program
+/// that does nothing.
+#[xdp]
+pub fn dome_xdp_baseline(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    // SAFETY: bounds checked against data_end just above; packet data has no
+    // alignment guarantee, hence the unaligned read.
+    Some(unsafe { read_unaligned((start + off) as *const T) })
+}
+
+#[inline(always)]
+fn count(idx: usize) {
+    if let Some(c) = DOME_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU touches it while we run.
+        unsafe { (*c).v[idx] += 1 };
+    }
+}
+
+#[inline(always)]
+fn pass(idx: usize) -> u32 {
+    count(idx);
+    XDP_PASS
+}
+
+#[inline(always)]
+fn drop(idx: usize) -> u32 {
+    count(idx);
+    XDP_DROP
+}
+
+/// Sampled event: each CPU may send `events_per_sec` events per second, so a
+/// flood cannot flood user space. Per-CPU state needs no atomics.
+#[inline(always)]
+fn emit(now: u64, kind: u8, detail: u8, flow: &FlowKey, slot: u32, len: u64) {
+    let limit = match DOME_CONFIG.get(0) {
+        Some(c) => c.events_per_sec as u64,
+        None => 0,
+    };
+    let Some(s) = DOME_SAMPLER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: per-CPU value.
+    let s = unsafe { &mut *s };
+    if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
+        s.window_start_ns = now;
+        s.sent = 0;
+    }
+    if s.sent >= limit {
+        count(counter::EVENTS_SUPPRESSED);
+        return;
+    }
+    match DOME_EVENTS.reserve::<Event>(0) {
+        Some(mut entry) => {
+            entry.write(Event {
+                ts_ns: now,
+                flow: *flow,
+                slot,
+                len: len as u16,
+                kind,
+                detail,
+            });
+            entry.submit(0);
+            s.sent += 1;
+            count(counter::EVENTS_SENT);
+        }
+        None => count(counter::EVENTS_SUPPRESSED),
+    }
+}
+
+/// GCRA on one theoretical-arrival-time word. The word is shared by every
+/// CPU that receives packets of the same identity (or prefix), so it is
+/// updated with compare-and-swap: exact under concurrency, no lock, and a
+/// refused charge writes nothing. Per-CPU shares would split the burst by
+/// the number of CPUs and refuse a legitimate burst that lands on one queue;
+/// a spin lock would need BTF-defined maps and serialise the CPUs.
+#[inline(always)]
+fn gcra(tat: *mut u64, now: u64, cost: u64, burst: u64) -> bool {
+    // SAFETY: `tat` points into a live, 8-byte aligned map value; an aligned
+    // 64-bit load is single-copy atomic (BPF has no relaxed-load instruction
+    // before cpu v4), and every write goes through cmpxchg/xadd.
+    let mut cur = unsafe { read_volatile(tat) };
+    // Bounded retries keep the verifier happy; losing four races in a row
+    // means the identity is bursting on every CPU at once, so refusing is right.
+    for _ in 0..4 {
+        let base = if cur > now { cur } else { now };
+        let next = base + cost;
+        if next - now > burst {
+            return false;
+        }
+        // SAFETY: as above.
+        let (seen, swapped) =
+            unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(tat, cur, next) };
+        if swapped {
+            return true;
+        }
+        cur = seen;
+    }
+    false
+}
+
+/// Charges one packet of `len` bytes; returns 0 when it conforms, else the
+/// dimension that refused it (`event::DETAIL_PACKETS` / `DETAIL_BYTES`).
+#[inline(always)]
+fn charge(budget: &Budget, state: *mut BucketState, now: u64, len: u64) -> u8 {
+    // SAFETY: `state` points into a map value that outlives this call.
+    let (pkt, byte) = unsafe {
+        (
+            addr_of_mut!((*state).pkt_tat),
+            addr_of_mut!((*state).byte_tat),
+        )
+    };
+    let pkt_cost = budget.pkt_interval_ns;
+    if pkt_cost != 0 && !gcra(pkt, now, pkt_cost, budget.pkt_burst_ns) {
+        return event::DETAIL_PACKETS;
+    }
+    if budget.byte_ns_per_kib != 0 {
+        let cost = (len.wrapping_mul(budget.byte_ns_per_kib) >> 10) | 1;
+        if !gcra(byte, now, cost, budget.byte_burst_ns) {
+            if pkt_cost != 0 {
+                // Refund so a refused packet costs nothing in either dimension.
+                // SAFETY: as above.
+                unsafe { atomic_xsub::<u64, u64, { Relaxed }>(pkt, pkt_cost) };
+            }
+            return event::DETAIL_BYTES;
+        }
+    }
+    0
+}
+
+/// Drops a malformed packet and reports it (sampled); its flow is unknown.
+#[inline(always)]
+fn malformed(len: u64) -> u32 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    emit(now, event::MALFORMED, 0, &FlowKey::default(), 0, len);
+    drop(counter::DROP_MALFORMED)
+}
+
+#[inline(always)]
+fn listening(proto: u8, port: u16) -> bool {
+    match DOME_PORTS.get(port_word(proto, port)) {
+        Some(w) => *w & port_bit(port) != 0,
+        None => false,
+    }
+}
+
+/// The v4-mapped IPv6 prefix word `::ffff:`.
+const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+const V4_PREFIX_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0xff, 0]);
+
+#[inline(always)]
+fn judge(ctx: &XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+
+    let Some(mut ethertype) = load::<u16>(ctx, 12) else {
+        return pass(counter::PASS_OTHER);
+    };
+    ethertype = u16::from_be(ethertype);
+    let mut off = 14usize;
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        let Some(inner) = load::<u16>(ctx, 16) else {
+            return pass(counter::PASS_OTHER);
+        };
+        ethertype = u16::from_be(inner);
+        off = 18;
+    }
+
+    let mut flow = FlowKey::default();
+    let prefix: [u32; 4];
+    let proto: u8;
+    if ethertype == ETH_P_IP {
+        let Some(hdr) = load::<[u8; 20]>(ctx, off) else {
+            return malformed(len);
+        };
+        let ihl = (hdr[0] & 0x0f) as usize;
+        let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
+        if hdr[0] >> 4 != 4 || ihl < 5 || total < ihl * 4 {
+            return malformed(len);
+        }
+        if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
+            return pass(counter::PASS_FRAGMENT);
+        }
+        proto = hdr[9];
+        let saddr = u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+        flow.addr = [0, 0, V4_MAPPED, saddr];
+        prefix = [0, 0, V4_MAPPED, saddr & V4_PREFIX_MASK];
+        off += ihl * 4;
+    } else if ethertype == ETH_P_IPV6 {
+        let Some(hdr) = load::<[u32; 10]>(ctx, off) else {
+            return malformed(len);
+        };
+        let first = hdr[0].to_ne_bytes();
+        if first[0] >> 4 != 6 {
+            return malformed(len);
+        }
+        let mut next = hdr[1].to_ne_bytes()[2];
+        flow.addr = [hdr[2], hdr[3], hdr[4], hdr[5]];
+        prefix = [hdr[2], hdr[3], 0, 0];
+        off += 40;
+        let mut walked = 0;
+        while walked < IPV6_EXT_LIMIT {
+            match next {
+                0 | 43 | 60 => {
+                    let Some(ext) = load::<[u8; 2]>(ctx, off) else {
+                        return malformed(len);
+                    };
+                    next = ext[0];
+                    off += (ext[1] as usize + 1) * 8;
+                }
+                44 => {
+                    let Some(frag) = load::<[u8; 4]>(ctx, off) else {
+                        return malformed(len);
+                    };
+                    if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                        return pass(counter::PASS_FRAGMENT);
+                    }
+                    next = frag[0];
+                    off += 8;
+                }
+                _ => break,
+            }
+            walked += 1;
+        }
+        if matches!(next, 0 | 43 | 44 | 60) {
+            return malformed(len);
+        }
+        proto = next;
+    } else {
+        return pass(counter::PASS_OTHER);
+    }
+
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return pass(counter::PASS_OTHER);
+    }
+    let Some(ports) = load::<[u8; 4]>(ctx, off) else {
+        return malformed(len);
+    };
+    let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
+    if !listening(proto, dst_port) {
+        return pass(counter::PASS_OTHER);
+    }
+    flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.dst_port = dst_port;
+    flow.proto = proto;
+
+    // Whether this is the first packet of a flow (TCP SYN, QUIC Initial).
+    let opening = if proto == PROTO_TCP {
+        let Some(doff_flags) = load::<[u8; 2]>(ctx, off + 12) else {
+            return malformed(len);
+        };
+        if doff_flags[0] >> 4 < 5 || load::<[u8; 20]>(ctx, off).is_none() {
+            return malformed(len);
+        }
+        doff_flags[1] & 0x12 == 0x02
+    } else {
+        if load::<[u8; 8]>(ctx, off).is_none() {
+            return malformed(len);
+        }
+        match load::<u8>(ctx, off + 8) {
+            Some(b) => b & 0xf0 == 0xc0,
+            None => false,
+        }
+    };
+
+    let Some(cfg) = DOME_CONFIG.get(0) else {
+        return pass(counter::PASS_OTHER);
+    };
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if cfg.has_prefix_blocks != 0 {
+        // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
+        let bytes: [u8; 16] = unsafe { core::mem::transmute(flow.addr) };
+        if let Some(until) = DOME_BLOCKED_PREFIXES.get(LpmKey::new(128, bytes))
+            && *until > now
+        {
+            emit(now, event::BLOCKED, event::DETAIL_PREFIX, &flow, 0, len);
+            return drop(counter::DROP_BLOCKLIST);
+        }
+    }
+    if cfg.has_flow_blocks != 0 {
+        // SAFETY: plain hash map, value read once.
+        if let Some(until) = unsafe { DOME_BLOCKED_FLOWS.get(&flow) }
+            && *until > now
+        {
+            emit(now, event::BLOCKED, event::DETAIL_FLOW, &flow, 0, len);
+            return drop(counter::DROP_BLOCKLIST);
+        }
+    }
+
+    if let Some(binding) = DOME_FLOWS.get_ptr(&flow) {
+        // SAFETY: LRU values are preallocated; a concurrent eviction at worst
+        // yields a stale slot number, which is bounds-checked below.
+        let slot = unsafe { (*binding).slot };
+        if let Some(id) = DOME_IDENTITIES.get_ptr_mut(slot) {
+            // SAFETY: array values live as long as the map.
+            let id = unsafe { &mut *id };
+            if id.blocked_until_ns > now {
+                emit(
+                    now,
+                    event::BLOCKED,
+                    event::DETAIL_IDENTITY,
+                    &flow,
+                    slot,
+                    len,
+                );
+                return drop(counter::DROP_BLOCKLIST);
+            }
+            let refused = charge(&id.budget, addr_of_mut!(id.state), now, len);
+            if refused != 0 {
+                emit(now, event::BUDGET_EXHAUSTED, refused, &flow, slot, len);
+                return drop(counter::DROP_BUDGET);
+            }
+            return pass(counter::PASS_BOUND);
+        }
+        // NO_SLOT (a flow that exists only to be blocked) falls through to pre-auth.
+    }
+
+    let mut state = DOME_PREAUTH.get_ptr_mut(&prefix);
+    if state.is_none() {
+        let _ = DOME_PREAUTH.insert(&prefix, &BucketState::default(), 0);
+        state = DOME_PREAUTH.get_ptr_mut(&prefix);
+    }
+    let Some(state) = state else {
+        // The LRU could not give us an entry: fail closed for unbound traffic.
+        return drop(counter::DROP_PREAUTH);
+    };
+    let refused = charge(&cfg.preauth, state, now, len);
+    if refused != 0 {
+        emit(now, event::PREAUTH_EXHAUSTED, refused, &flow, 0, len);
+        return drop(counter::DROP_PREAUTH);
+    }
+    if opening {
+        emit(now, event::NEW_FLOW, 0, &flow, 0, len);
+    }
+    pass(counter::PASS_UNBOUND)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

@@ -1,0 +1,422 @@
+//! `dome.toml`: the operator's file. Parsed strictly (unknown keys are
+//! errors), validated completely, and every error names the file, the line
+//! and the field so an operator can fix it without guessing.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::xdp::{BudgetSpec, ModeSetting, ProgramSettings};
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub stats: StatsConfig,
+    #[serde(default)]
+    pub xdp: XdpSection,
+}
+
+/// `[server]`: where agents reach Dome.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The MCP listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("literal")
+}
+
+/// `[stats]`: the stats listener (`GET /stats`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    #[serde(default = "default_stats_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            listen: default_stats_listen(),
+        }
+    }
+}
+
+fn default_stats_listen() -> SocketAddr {
+    "127.0.0.1:9090".parse().expect("literal")
+}
+
+/// `[xdp]`: the kernel tier.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    /// Off: user-space enforcement only.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The interface agents' traffic arrives on.
+    #[serde(default = "default_interface")]
+    pub interface: String,
+    /// `auto` (native, else SKB), `native` or `skb`.
+    #[serde(default = "default_mode")]
+    pub mode: ModeSetting,
+    /// TCP ports XDP meters; default: the port of `server.listen`.
+    #[serde(default)]
+    pub tcp_ports: Option<Vec<u16>>,
+    /// UDP ports XDP meters (QUIC listeners).
+    #[serde(default)]
+    pub udp_ports: Vec<u16>,
+    /// Kernel events each CPU may send per second (the rest are counted).
+    #[serde(default = "default_events")]
+    pub events_per_sec: u32,
+    /// Budget of an identity's bound flows, unless its own says otherwise.
+    #[serde(default = "default_identity_budget")]
+    pub default_budget: BudgetSpec,
+    /// Budget per source prefix (/24, /64) for flows not yet authenticated.
+    #[serde(default = "default_preauth_budget")]
+    pub preauth_budget: BudgetSpec,
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        XdpSection {
+            enabled: true,
+            interface: default_interface(),
+            mode: default_mode(),
+            tcp_ports: None,
+            udp_ports: Vec::new(),
+            events_per_sec: default_events(),
+            default_budget: default_identity_budget(),
+            preauth_budget: default_preauth_budget(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_interface() -> String {
+    "lo".into()
+}
+fn default_mode() -> ModeSetting {
+    ModeSetting::Auto
+}
+fn default_events() -> u32 {
+    1000
+}
+fn default_identity_budget() -> BudgetSpec {
+    BudgetSpec {
+        packets_per_sec: 20_000,
+        burst_packets: 2_000,
+        bytes_per_sec: 50_000_000,
+        burst_bytes: 5_000_000,
+    }
+}
+fn default_preauth_budget() -> BudgetSpec {
+    BudgetSpec {
+        packets_per_sec: 5_000,
+        burst_packets: 1_000,
+        bytes_per_sec: 10_000_000,
+        burst_bytes: 2_000_000,
+    }
+}
+
+impl Config {
+    /// What the XDP program is loaded with.
+    pub fn program_settings(&self) -> ProgramSettings {
+        ProgramSettings {
+            tcp_ports: self
+                .xdp
+                .tcp_ports
+                .clone()
+                .unwrap_or_else(|| vec![self.server.listen.port()]),
+            udp_ports: self.xdp.udp_ports.clone(),
+            preauth: self.xdp.preauth_budget,
+            events_per_sec: self.xdp.events_per_sec,
+        }
+    }
+
+    /// Every semantic problem, as (field path, reason).
+    fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let x = &self.xdp;
+        if x.interface.is_empty() || x.interface.len() > 15 || x.interface.contains('/') {
+            out.push((
+                "xdp.interface".into(),
+                "must be an interface name of 1 to 15 characters".into(),
+            ));
+        }
+        for (name, spec) in [
+            ("xdp.default_budget", &x.default_budget),
+            ("xdp.preauth_budget", &x.preauth_budget),
+        ] {
+            if let Err((field, why)) = spec.validate() {
+                out.push((format!("{name}.{field}"), why));
+            }
+        }
+        if let Some(p) = &x.tcp_ports
+            && p.contains(&0)
+        {
+            out.push((
+                "xdp.tcp_ports".into(),
+                "port 0 is not a listener port".into(),
+            ));
+        }
+        if x.udp_ports.contains(&0) {
+            out.push((
+                "xdp.udp_ports".into(),
+                "port 0 is not a listener port".into(),
+            ));
+        }
+        if self.stats.listen == self.server.listen {
+            out.push((
+                "stats.listen".into(),
+                format!("must differ from server.listen ({})", self.server.listen),
+            ));
+        }
+        out
+    }
+}
+
+/// A configuration error: where it is and what is wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted path of the field (`xdp.default_budget.burst_bytes`), or
+    /// empty when the file is not valid TOML at all.
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if !self.field.is_empty() {
+            write!(f, "field `{}`: ", self.field)?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        reason: format!("cannot read the file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates configuration text; `file` names it in errors.
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let at = |offset: usize, field: String, reason: String| {
+        let (line, column) = line_col(text, offset);
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            field,
+            reason,
+        }
+    };
+    let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+        at(
+            e.span().map_or(0, |s| s.start),
+            String::new(),
+            e.message().trim().to_string(),
+        )
+    })?;
+    let fields = field_spans(&doc);
+
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let field = innermost(&fields, &span).unwrap_or_default();
+        at(span.start, field, e.message().trim().to_string())
+    })?;
+
+    if let Some((field, reason)) = config.problems().into_iter().next() {
+        let offset = locate(&fields, &field);
+        return Err(at(offset, field, reason));
+    }
+    Ok(config)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+    (line, column)
+}
+
+/// Every key in the document with the byte range from its key to the end of its value.
+fn field_spans(doc: &toml_edit::ImDocument<&str>) -> Vec<(String, Range<usize>)> {
+    let mut out = Vec::new();
+    walk_table(doc.as_table(), "", &mut out);
+    out
+}
+
+fn walk_table(t: &toml_edit::Table, prefix: &str, out: &mut Vec<(String, Range<usize>)>) {
+    for (k, _) in t.iter() {
+        let Some((key, item)) = t.get_key_value(k) else {
+            continue;
+        };
+        let path = if prefix.is_empty() {
+            k.to_string()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        walk_item(key.span(), item, &path, out);
+    }
+}
+
+fn walk_item(
+    key_span: Option<Range<usize>>,
+    item: &toml_edit::Item,
+    path: &str,
+    out: &mut Vec<(String, Range<usize>)>,
+) {
+    let val = item.span();
+    let range = match (key_span, val) {
+        (Some(k), Some(v)) => k.start.min(v.start)..k.end.max(v.end),
+        (Some(k), None) => k,
+        (None, Some(v)) => v,
+        (None, None) => 0..0,
+    };
+    out.push((path.to_string(), range));
+    match item {
+        toml_edit::Item::Table(t) => walk_table(t, path, out),
+        toml_edit::Item::ArrayOfTables(a) => {
+            for (i, t) in a.iter().enumerate() {
+                walk_table(t, &format!("{path}[{i}]"), out);
+            }
+        }
+        toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => {
+            for (k, _) in t.iter() {
+                if let Some((key, v)) = t.get_key_value(k) {
+                    walk_item(key.span(), v, &format!("{path}.{k}"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The narrowest field whose range holds `span`.
+fn innermost(fields: &[(String, Range<usize>)], span: &Range<usize>) -> Option<String> {
+    fields
+        .iter()
+        .filter(|(_, r)| r.start <= span.start && span.start <= r.end && r.end > r.start)
+        .min_by_key(|(_, r)| r.end - r.start)
+        .map(|(p, _)| p.clone())
+}
+
+/// Where `field` is written, or its nearest written parent (a missing field
+/// is reported at its table).
+fn locate(fields: &[(String, Range<usize>)], field: &str) -> usize {
+    let mut path = field;
+    loop {
+        if let Some((_, r)) = fields.iter().find(|(p, _)| p == path) {
+            return r.start;
+        }
+        match path.rfind('.') {
+            Some(i) => path = &path[..i],
+            None => return 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> ConfigError {
+        parse(text, Path::new("dome.toml")).unwrap_err()
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("", Path::new("x.toml")).unwrap();
+        assert_eq!(c.xdp.interface, "lo");
+        assert_eq!(c.program_settings().tcp_ports, vec![8080]);
+    }
+
+    #[test]
+    fn the_shipped_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/dome.toml");
+        let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.xdp.enabled);
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = err("[xdp]\ninterface = \"eth0\"\nmode = \n");
+        assert_eq!((e.line, e.field.as_str()), (3, ""));
+        assert!(e.to_string().starts_with("dome.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_field() {
+        let e = err("[xdp]\ninterface = \"eth0\"\nintrface = \"eth1\"\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("intrface"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_field() {
+        let e = err(
+            "[xdp]\n\n[xdp.default_budget]\npackets_per_sec = \"fast\"\nburst_packets = 1\nbytes_per_sec = 0\nburst_bytes = 0\n",
+        );
+        assert_eq!(e.line, 4, "{e}");
+        assert_eq!(e.field, "xdp.default_budget.packets_per_sec", "{e}");
+    }
+
+    #[test]
+    fn bad_mode_names_the_field() {
+        let e = err("[xdp]\nmode = \"turbo\"\n");
+        assert_eq!((e.line, e.field.as_str()), (2, "xdp.mode"), "{e}");
+    }
+
+    #[test]
+    fn semantic_error_names_line_and_field() {
+        let e = err(
+            "[xdp]\n[xdp.preauth_budget]\npackets_per_sec = 10\nburst_packets = 0\nbytes_per_sec = 0\nburst_bytes = 0\n",
+        );
+        assert_eq!(e.field, "xdp.preauth_budget.burst_packets");
+        assert_eq!(e.line, 4, "{e}");
+        let e = err("[server]\nlisten = \"127.0.0.1:1\"\n[stats]\nlisten = \"127.0.0.1:1\"\n");
+        assert_eq!((e.field.as_str(), e.line), ("stats.listen", 4));
+    }
+
+    #[test]
+    fn missing_file_is_reported() {
+        let e = load(Path::new("/nonexistent/dome.toml")).unwrap_err();
+        assert!(e.reason.contains("cannot read"), "{e}");
+    }
+}

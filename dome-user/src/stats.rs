@@ -1,0 +1,98 @@
+//! The stats listener: `GET /stats` (JSON). Shows the kernel tier's attach
+//! state, its counters and the events it reported.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::xdp::{EventStats, KernelTier, XdpStatus};
+
+/// What `/stats` reports.
+pub struct StatsState {
+    pub started: Instant,
+    pub xdp_status: XdpStatus,
+    pub tier: Option<Arc<KernelTier>>,
+    pub events: Arc<EventStats>,
+}
+
+impl StatsState {
+    pub fn snapshot(&self) -> serde_json::Value {
+        let mut xdp = serde_json::to_value(&self.xdp_status).unwrap_or_default();
+        let enforcement = match self.xdp_status {
+            XdpStatus::Attached { .. } => "kernel and user space",
+            _ => "user space only",
+        };
+        xdp["enforcement"] = enforcement.into();
+        if let Some(t) = &self.tier {
+            match t.counters() {
+                Ok(c) => xdp["counters"] = c.to_json(),
+                Err(e) => xdp["counters_error"] = e.to_string().into(),
+            }
+        }
+        xdp["events"] = self.events.to_json();
+        serde_json::json!({
+            "dome": {
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_s": self.started.elapsed().as_secs(),
+            },
+            "xdp": xdp,
+        })
+    }
+}
+
+fn respond(state: &StatsState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let json = |status, v: serde_json::Value| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(v.to_string())))
+            .expect("static response parts")
+    };
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/stats") => json(StatusCode::OK, state.snapshot()),
+        (_, "/stats") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"error": "use GET"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found; try GET /stats"}),
+        ),
+    }
+}
+
+/// Binds the stats listener; returns the bound address and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<StatsState>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stats listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let resp = respond(&state, &req);
+                    async move { Ok::<_, Infallible>(resp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}
