@@ -53,7 +53,9 @@ pub struct FlowKey {
     pub src_port: u16,
     pub dst_port: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Two fields, not `[u8; 3]`: zeroing an array compiles to a memset call on BPF.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// What a bound flow maps to.
@@ -114,14 +116,6 @@ pub struct XdpConfig {
     pub _pad: u32,
 }
 
-/// Per-CPU sliding window for event sampling.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sampler {
-    pub window_start_ns: u64,
-    pub sent: u64,
-}
-
 /// Counter indices into [`Counters::v`].
 pub mod counter {
     /// Packets to a listener port passed on a bound flow within budget.
@@ -160,11 +154,16 @@ pub mod counter {
     ];
 }
 
-/// Per-CPU counters (`DOME_COUNTERS[0]`); user space sums the CPUs.
+/// Per-CPU counters (`DOME_COUNTERS[0]`); user space sums the CPUs. The
+/// event sampler's window lives here too, so a packet does one per-CPU lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     pub v: [u64; counter::COUNT],
+    /// Start of this CPU's one-second event window (`bpf_ktime_get_coarse_ns`).
+    pub window_start_ns: u64,
+    /// Events this CPU sent in the window.
+    pub window_sent: u64,
 }
 
 /// Event kinds sent on `DOME_EVENTS`.
@@ -213,7 +212,6 @@ mod pod {
     unsafe impl aya::Pod for BucketState {}
     unsafe impl aya::Pod for Identity {}
     unsafe impl aya::Pod for XdpConfig {}
-    unsafe impl aya::Pod for Sampler {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Event {}
 }
@@ -228,7 +226,6 @@ pub mod maps {
     pub const BLOCKED_FLOWS: &str = "DOME_BLOCKED_FLOWS";
     pub const BLOCKED_PREFIXES: &str = "DOME_BLOCKED_PREFIXES";
     pub const COUNTERS: &str = "DOME_COUNTERS";
-    pub const SAMPLER: &str = "DOME_SAMPLER";
     pub const EVENTS: &str = "DOME_EVENTS";
 }
 

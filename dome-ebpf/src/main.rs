@@ -35,7 +35,7 @@ use core::{
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
-    helpers::bpf_ktime_get_ns,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
     programs::XdpContext,
@@ -43,7 +43,7 @@ use aya_ebpf::{
 use dome_common::{
     BucketState, Budget, Counters, EVENT_RING_BYTES, Event, FlowBinding, FlowKey, Identity,
     MAX_BLOCKED_FLOWS, MAX_BLOCKED_PREFIXES, MAX_FLOWS, MAX_PREAUTH_PREFIXES, MAX_SLOTS,
-    PORT_WORDS, PROTO_TCP, PROTO_UDP, Sampler, XdpConfig, counter, event, port_bit, port_word,
+    PORT_WORDS, PROTO_TCP, PROTO_UDP, XdpConfig, counter, event, port_bit, port_word,
 };
 
 #[map]
@@ -65,8 +65,6 @@ static DOME_BLOCKED_PREFIXES: LpmTrie<[u8; 16], u64> =
 #[map]
 static DOME_COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 #[map]
-static DOME_SAMPLER: PerCpuArray<Sampler> = PerCpuArray::with_max_entries(1, 0);
-#[map]
 static DOME_EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
 
 const ETH_P_IP: u16 = 0x0800;
@@ -78,7 +76,11 @@ const IPV6_EXT_LIMIT: usize = 4;
 
 #[xdp]
 pub fn dome_xdp(ctx: XdpContext) -> u32 {
-    judge(&ctx)
+    match DOME_COUNTERS.get_ptr_mut(0) {
+        // SAFETY: a per-CPU value: only this CPU touches it while we run.
+        Some(c) => judge(&ctx, unsafe { &mut *c }),
+        None => XDP_PASS,
+    }
 }
 
 /// The benchmark's floor: what `BPF_PROG_TEST_RUN` costs around a program
@@ -99,45 +101,46 @@ fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Option<T> {
     Some(unsafe { read_unaligned((start + off) as *const T) })
 }
 
+/// This CPU's counters and event sampler: looked up once per packet.
+type Cpu = Counters;
+
 #[inline(always)]
-fn count(idx: usize) {
-    if let Some(c) = DOME_COUNTERS.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, only this CPU touches it while we run.
-        unsafe { (*c).v[idx] += 1 };
-    }
+fn count(c: &mut Cpu, idx: usize) {
+    c.v[idx] += 1;
 }
 
 #[inline(always)]
-fn pass(idx: usize) -> u32 {
-    count(idx);
+fn pass(c: &mut Cpu, idx: usize) -> u32 {
+    count(c, idx);
     XDP_PASS
 }
 
 #[inline(always)]
-fn drop(idx: usize) -> u32 {
-    count(idx);
+fn drop(c: &mut Cpu, idx: usize) -> u32 {
+    count(c, idx);
     XDP_DROP
 }
 
 /// Sampled event: each CPU may send `events_per_sec` events per second, so a
 /// flood cannot flood user space. Per-CPU state needs no atomics.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn emit(now: u64, kind: u8, detail: u8, flow: &FlowKey, slot: u32, len: u64) {
-    let limit = match DOME_CONFIG.get(0) {
-        Some(c) => c.events_per_sec as u64,
-        None => 0,
-    };
-    let Some(s) = DOME_SAMPLER.get_ptr_mut(0) else {
-        return;
-    };
-    // SAFETY: per-CPU value.
-    let s = unsafe { &mut *s };
-    if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
-        s.window_start_ns = now;
-        s.sent = 0;
+fn emit(
+    c: &mut Cpu,
+    limit: u32,
+    now: u64,
+    kind: u8,
+    detail: u8,
+    flow: &FlowKey,
+    slot: u32,
+    len: u64,
+) {
+    if now.wrapping_sub(c.window_start_ns) >= 1_000_000_000 {
+        c.window_start_ns = now;
+        c.window_sent = 0;
     }
-    if s.sent >= limit {
-        count(counter::EVENTS_SUPPRESSED);
+    if c.window_sent >= limit as u64 {
+        count(c, counter::EVENTS_SUPPRESSED);
         return;
     }
     match DOME_EVENTS.reserve::<Event>(0) {
@@ -151,10 +154,10 @@ fn emit(now: u64, kind: u8, detail: u8, flow: &FlowKey, slot: u32, len: u64) {
                 detail,
             });
             entry.submit(0);
-            s.sent += 1;
-            count(counter::EVENTS_SENT);
+            c.window_sent += 1;
+            count(c, counter::EVENTS_SENT);
         }
-        None => count(counter::EVENTS_SUPPRESSED),
+        None => count(c, counter::EVENTS_SUPPRESSED),
     }
 }
 
@@ -220,11 +223,20 @@ fn charge(budget: &Budget, state: *mut BucketState, now: u64, len: u64) -> u8 {
 
 /// Drops a malformed packet and reports it (sampled); its flow is unknown.
 #[inline(always)]
-fn malformed(len: u64) -> u32 {
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    emit(now, event::MALFORMED, 0, &FlowKey::default(), 0, len);
-    drop(counter::DROP_MALFORMED)
+fn malformed(c: &mut Cpu, len: u64) -> u32 {
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let none = FlowKey {
+        addr: [0; 4],
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        _pad0: 0,
+        _pad1: 0,
+    };
+    let limit = DOME_CONFIG.get(0).map_or(0, |cfg| cfg.events_per_sec);
+    emit(c, limit, now, event::MALFORMED, 0, &none, 0, len);
+    drop(c, counter::DROP_MALFORMED)
 }
 
 #[inline(always)]
@@ -240,52 +252,52 @@ const V4_MAPPED: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 const V4_PREFIX_MASK: u32 = u32::from_ne_bytes([0xff, 0xff, 0xff, 0]);
 
 #[inline(always)]
-fn judge(ctx: &XdpContext) -> u32 {
+fn judge(ctx: &XdpContext, c: &mut Cpu) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
 
     let Some(mut ethertype) = load::<u16>(ctx, 12) else {
-        return pass(counter::PASS_OTHER);
+        return pass(c, counter::PASS_OTHER);
     };
     ethertype = u16::from_be(ethertype);
     let mut off = 14usize;
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
         let Some(inner) = load::<u16>(ctx, 16) else {
-            return pass(counter::PASS_OTHER);
+            return pass(c, counter::PASS_OTHER);
         };
         ethertype = u16::from_be(inner);
         off = 18;
     }
 
-    let mut flow = FlowKey::default();
+    let addr: [u32; 4];
     let prefix: [u32; 4];
     let proto: u8;
     if ethertype == ETH_P_IP {
         let Some(hdr) = load::<[u8; 20]>(ctx, off) else {
-            return malformed(len);
+            return malformed(c, len);
         };
         let ihl = (hdr[0] & 0x0f) as usize;
         let total = u16::from_be_bytes([hdr[2], hdr[3]]) as usize;
         if hdr[0] >> 4 != 4 || ihl < 5 || total < ihl * 4 {
-            return malformed(len);
+            return malformed(c, len);
         }
         if u16::from_be_bytes([hdr[6], hdr[7]]) & 0x1fff != 0 {
-            return pass(counter::PASS_FRAGMENT);
+            return pass(c, counter::PASS_FRAGMENT);
         }
         proto = hdr[9];
         let saddr = u32::from_ne_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
-        flow.addr = [0, 0, V4_MAPPED, saddr];
+        addr = [0, 0, V4_MAPPED, saddr];
         prefix = [0, 0, V4_MAPPED, saddr & V4_PREFIX_MASK];
         off += ihl * 4;
     } else if ethertype == ETH_P_IPV6 {
         let Some(hdr) = load::<[u32; 10]>(ctx, off) else {
-            return malformed(len);
+            return malformed(c, len);
         };
         let first = hdr[0].to_ne_bytes();
         if first[0] >> 4 != 6 {
-            return malformed(len);
+            return malformed(c, len);
         }
         let mut next = hdr[1].to_ne_bytes()[2];
-        flow.addr = [hdr[2], hdr[3], hdr[4], hdr[5]];
+        addr = [hdr[2], hdr[3], hdr[4], hdr[5]];
         prefix = [hdr[2], hdr[3], 0, 0];
         off += 40;
         let mut walked = 0;
@@ -293,17 +305,17 @@ fn judge(ctx: &XdpContext) -> u32 {
             match next {
                 0 | 43 | 60 => {
                     let Some(ext) = load::<[u8; 2]>(ctx, off) else {
-                        return malformed(len);
+                        return malformed(c, len);
                     };
                     next = ext[0];
                     off += (ext[1] as usize + 1) * 8;
                 }
                 44 => {
                     let Some(frag) = load::<[u8; 4]>(ctx, off) else {
-                        return malformed(len);
+                        return malformed(c, len);
                     };
                     if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
-                        return pass(counter::PASS_FRAGMENT);
+                        return pass(c, counter::PASS_FRAGMENT);
                     }
                     next = frag[0];
                     off += 8;
@@ -313,39 +325,46 @@ fn judge(ctx: &XdpContext) -> u32 {
             walked += 1;
         }
         if matches!(next, 0 | 43 | 44 | 60) {
-            return malformed(len);
+            return malformed(c, len);
         }
         proto = next;
     } else {
-        return pass(counter::PASS_OTHER);
+        return pass(c, counter::PASS_OTHER);
     }
 
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return pass(counter::PASS_OTHER);
+        return pass(c, counter::PASS_OTHER);
     }
     let Some(ports) = load::<[u8; 4]>(ctx, off) else {
-        return malformed(len);
+        return malformed(c, len);
     };
     let dst_port = u16::from_be_bytes([ports[2], ports[3]]);
     if !listening(proto, dst_port) {
-        return pass(counter::PASS_OTHER);
+        return pass(c, counter::PASS_OTHER);
     }
-    flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
-    flow.dst_port = dst_port;
-    flow.proto = proto;
+    // Built in one literal: `FlowKey::default()` plus field stores compiles
+    // to a byte-at-a-time memset call on BPF.
+    let flow = FlowKey {
+        addr,
+        src_port: u16::from_be_bytes([ports[0], ports[1]]),
+        dst_port,
+        proto,
+        _pad0: 0,
+        _pad1: 0,
+    };
 
     // Whether this is the first packet of a flow (TCP SYN, QUIC Initial).
     let opening = if proto == PROTO_TCP {
         let Some(doff_flags) = load::<[u8; 2]>(ctx, off + 12) else {
-            return malformed(len);
+            return malformed(c, len);
         };
         if doff_flags[0] >> 4 < 5 || load::<[u8; 20]>(ctx, off).is_none() {
-            return malformed(len);
+            return malformed(c, len);
         }
         doff_flags[1] & 0x12 == 0x02
     } else {
         if load::<[u8; 8]>(ctx, off).is_none() {
-            return malformed(len);
+            return malformed(c, len);
         }
         match load::<u8>(ctx, off + 8) {
             Some(b) => b & 0xf0 == 0xc0,
@@ -354,10 +373,10 @@ fn judge(ctx: &XdpContext) -> u32 {
     };
 
     let Some(cfg) = DOME_CONFIG.get(0) else {
-        return pass(counter::PASS_OTHER);
+        return pass(c, counter::PASS_OTHER);
     };
-    // SAFETY: bpf_ktime_get_ns has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     if cfg.has_prefix_blocks != 0 {
         // SAFETY: [u32; 4] and [u8; 16] have the same size; any bytes are valid.
@@ -365,8 +384,17 @@ fn judge(ctx: &XdpContext) -> u32 {
         if let Some(until) = DOME_BLOCKED_PREFIXES.get(LpmKey::new(128, bytes))
             && *until > now
         {
-            emit(now, event::BLOCKED, event::DETAIL_PREFIX, &flow, 0, len);
-            return drop(counter::DROP_BLOCKLIST);
+            emit(
+                c,
+                cfg.events_per_sec,
+                now,
+                event::BLOCKED,
+                event::DETAIL_PREFIX,
+                &flow,
+                0,
+                len,
+            );
+            return drop(c, counter::DROP_BLOCKLIST);
         }
     }
     if cfg.has_flow_blocks != 0 {
@@ -374,8 +402,17 @@ fn judge(ctx: &XdpContext) -> u32 {
         if let Some(until) = unsafe { DOME_BLOCKED_FLOWS.get(&flow) }
             && *until > now
         {
-            emit(now, event::BLOCKED, event::DETAIL_FLOW, &flow, 0, len);
-            return drop(counter::DROP_BLOCKLIST);
+            emit(
+                c,
+                cfg.events_per_sec,
+                now,
+                event::BLOCKED,
+                event::DETAIL_FLOW,
+                &flow,
+                0,
+                len,
+            );
+            return drop(c, counter::DROP_BLOCKLIST);
         }
     }
 
@@ -388,6 +425,8 @@ fn judge(ctx: &XdpContext) -> u32 {
             let id = unsafe { &mut *id };
             if id.blocked_until_ns > now {
                 emit(
+                    c,
+                    cfg.events_per_sec,
                     now,
                     event::BLOCKED,
                     event::DETAIL_IDENTITY,
@@ -395,14 +434,23 @@ fn judge(ctx: &XdpContext) -> u32 {
                     slot,
                     len,
                 );
-                return drop(counter::DROP_BLOCKLIST);
+                return drop(c, counter::DROP_BLOCKLIST);
             }
             let refused = charge(&id.budget, addr_of_mut!(id.state), now, len);
             if refused != 0 {
-                emit(now, event::BUDGET_EXHAUSTED, refused, &flow, slot, len);
-                return drop(counter::DROP_BUDGET);
+                emit(
+                    c,
+                    cfg.events_per_sec,
+                    now,
+                    event::BUDGET_EXHAUSTED,
+                    refused,
+                    &flow,
+                    slot,
+                    len,
+                );
+                return drop(c, counter::DROP_BUDGET);
             }
-            return pass(counter::PASS_BOUND);
+            return pass(c, counter::PASS_BOUND);
         }
         // NO_SLOT (a flow that exists only to be blocked) falls through to pre-auth.
     }
@@ -414,17 +462,35 @@ fn judge(ctx: &XdpContext) -> u32 {
     }
     let Some(state) = state else {
         // The LRU could not give us an entry: fail closed for unbound traffic.
-        return drop(counter::DROP_PREAUTH);
+        return drop(c, counter::DROP_PREAUTH);
     };
     let refused = charge(&cfg.preauth, state, now, len);
     if refused != 0 {
-        emit(now, event::PREAUTH_EXHAUSTED, refused, &flow, 0, len);
-        return drop(counter::DROP_PREAUTH);
+        emit(
+            c,
+            cfg.events_per_sec,
+            now,
+            event::PREAUTH_EXHAUSTED,
+            refused,
+            &flow,
+            0,
+            len,
+        );
+        return drop(c, counter::DROP_PREAUTH);
     }
     if opening {
-        emit(now, event::NEW_FLOW, 0, &flow, 0, len);
+        emit(
+            c,
+            cfg.events_per_sec,
+            now,
+            event::NEW_FLOW,
+            0,
+            &flow,
+            0,
+            len,
+        );
     }
-    pass(counter::PASS_UNBOUND)
+    pass(c, counter::PASS_UNBOUND)
 }
 
 #[cfg(not(test))]

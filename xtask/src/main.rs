@@ -1,1 +1,332 @@
-fn main() {}
+//! `cargo xtask …`: toolchain setup, build, run, test and benchmarks.
+//!
+//! A new user types `cargo xtask run` or `cargo xtask test`; both install
+//! what the build needs first (idempotently), so nothing is set up by hand.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build needs: nightly rust-src, bpf-linker against the nightly's LLVM.
+    Setup,
+    /// Build everything (debug unless --release).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build in release mode and run Dome on configs/dome.toml.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "configs/dome.toml")]
+        config: PathBuf,
+    },
+    /// Run every test; the kernel tests too when root (reported as skipped otherwise).
+    Test,
+    /// Run a benchmark: `xdp`.
+    Bench { name: String },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Setup => setup(&root),
+        Cmd::Build { release } => {
+            setup(&root)?;
+            cargo(&root, &build_args(release))
+        }
+        Cmd::Run { config } => {
+            setup(&root)?;
+            cargo(&root, &build_args(true))?;
+            let status = Command::new(root.join("target/release/dome"))
+                .arg("--config")
+                .arg(&config)
+                .status()
+                .context("starting target/release/dome")?;
+            if !status.success() {
+                bail!("dome exited with {status}");
+            }
+            Ok(())
+        }
+        Cmd::Test => test(&root),
+        Cmd::Bench { name } => bench(&root, &name),
+    }
+}
+
+fn build_args(release: bool) -> Vec<&'static str> {
+    let mut a = vec![
+        "build",
+        "--workspace",
+        "--exclude",
+        "dome-ebpf",
+        "--all-targets",
+    ];
+    if release {
+        a = vec!["build", "--release", "-p", "dome-user", "-p", "bench"];
+    }
+    a
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn tools(root: &Path) -> PathBuf {
+    root.join(".tools")
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs cargo with bpf-linker on PATH.
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let status = cargo_cmd(root)
+        .args(args)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_cmd(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut paths = vec![tools(root).join("bpf-linker/bin")];
+    paths.extend(std::env::split_paths(&path));
+    c.env(
+        "PATH",
+        std::env::join_paths(paths).expect("PATH entries are valid"),
+    );
+    c.current_dir(root);
+    c
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Idempotent: checks before it installs.
+fn setup(root: &Path) -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        eprintln!("xtask: installing the {NIGHTLY} toolchain (builds the XDP program)");
+        run_status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to {NIGHTLY} (for -Z build-std=core)");
+        run_status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    ensure_bpf_linker(root)?;
+    if is_root() && which("ip").is_none() {
+        eprintln!("xtask: installing iproute2 (the veth test creates network namespaces)");
+        apt_install(&["iproute2"])?;
+    }
+    Ok(())
+}
+
+fn run_status(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn apt_install(pkgs: &[&str]) -> Result<()> {
+    run_status(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_status(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(pkgs)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// bpf-linker must use the same LLVM as the nightly rustc that emits the
+/// eBPF crate's bitcode. It is built against the nightly's own libLLVM and
+/// rebuilt whenever that library changes (a nightly update).
+fn ensure_bpf_linker(root: &Path) -> Result<()> {
+    let sysroot =
+        output(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--print", "sysroot"]))?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let llvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so.") && n.contains("-rust-"))
+        })
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib_dir.display()))?;
+    let llvm_name = llvm.file_name().unwrap().to_string_lossy().into_owned();
+    // libLLVM.so.22.1-rust-1.97.0-nightly → 22
+    let major: u32 = llvm_name
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .with_context(|| format!("cannot read the LLVM version from {llvm_name}"))?;
+    let size = std::fs::metadata(&llvm)?.len();
+
+    let tools = tools(root);
+    let prefix = tools.join("llvm");
+    let install_root = tools.join("bpf-linker");
+    let binary = install_root.join("bin/bpf-linker");
+    let stamp_path = install_root.join("llvm.stamp");
+    let stamp = format!(
+        "bpf-linker {BPF_LINKER_VERSION}\nllvm {llvm_name} {size}\nprefix {}\n",
+        prefix.display()
+    );
+    if binary.is_file() && std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(&stamp) {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm_name} (about a minute, once)"
+    );
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib)?;
+    // `libLLVM.so` for the build's link step, and the soname itself so the
+    // binary's RUNPATH finds it at run time.
+    for name in ["libLLVM.so".to_string(), llvm_name.clone()] {
+        let link = lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--force",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+            "--root",
+        ])
+        .arg(&install_root)
+        .env("LLVM_PREFIX", &prefix)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!(
+            "building bpf-linker failed ({status}); LLVM {major} from {}",
+            llvm.display()
+        );
+    }
+    std::fs::write(&stamp_path, stamp)?;
+    Ok(())
+}
+
+const KERNEL_SUITES: [&str; 2] = ["xdp_verdicts", "xdp_veth"];
+
+fn test(root: &Path) -> Result<()> {
+    setup(root)?;
+    let mut args = vec!["test", "--workspace", "--exclude", "dome-ebpf"];
+    let root_user = is_root();
+    if root_user {
+        args.extend(["--features", "dome-user/kernel-tests"]);
+    } else {
+        eprintln!("\n{}", skipped_banner());
+    }
+    let result = cargo(root, &args);
+    if !root_user {
+        eprintln!("\n{}", skipped_banner());
+    }
+    result
+}
+
+fn skipped_banner() -> String {
+    let line = "!".repeat(72);
+    format!(
+        "{line}\n!! SKIPPED: kernel test suites {} need root (they load XDP\n!! programs and create network namespaces). Run `cargo xtask test` as root.\n{line}",
+        KERNEL_SUITES.join(", ")
+    )
+}
+
+fn bench(root: &Path, name: &str) -> Result<()> {
+    setup(root)?;
+    match name {
+        "xdp" => {
+            if !is_root() {
+                bail!("the xdp benchmark loads an XDP program: run it as root");
+            }
+            cargo(
+                root,
+                &["run", "--release", "-p", "bench", "--bin", "bench-xdp"],
+            )
+        }
+        other => bail!("unknown benchmark `{other}`; available: xdp"),
+    }
+}

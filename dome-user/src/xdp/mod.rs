@@ -8,7 +8,7 @@ mod events;
 
 use std::{
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
@@ -26,7 +26,7 @@ use dome_common::{
 use serde::Serialize;
 
 pub use budget::BudgetSpec;
-pub use events::{EventKind, EventStats, KernelEvent, spawn_event_reader};
+pub use events::{EventKind, EventStats, KernelEvent, drain as drain_events, spawn_event_reader};
 
 use crate::clock::monotonic_ns;
 
@@ -85,7 +85,8 @@ impl Flow {
             src_port: self.src_port,
             dst_port: self.dst_port,
             proto: self.proto.number(),
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }
@@ -213,7 +214,9 @@ impl Blocks {
 /// control-plane operations (once per connection or per block), never per
 /// request, and aya's map writes want `&mut`.
 pub struct KernelTier {
-    ebpf: Mutex<Ebpf>,
+    /// Write-locked to attach or detach; read-locked for test runs, which
+    /// may run concurrently on several CPUs.
+    ebpf: RwLock<Ebpf>,
     flows: Mutex<HashMap<MapData, FlowKey, FlowBinding>>,
     identities: Mutex<Array<MapData, Identity>>,
     blocks: Mutex<Blocks>,
@@ -287,7 +290,7 @@ impl KernelTier {
         };
         blocks.publish()?;
         Ok(Arc::new(KernelTier {
-            ebpf: Mutex::new(ebpf),
+            ebpf: RwLock::new(ebpf),
             flows: Mutex::new(flows),
             identities: Mutex::new(identities),
             blocks: Mutex::new(blocks),
@@ -300,7 +303,7 @@ impl KernelTier {
     /// Attaches to `interface`. `Auto` tries native mode first and falls back
     /// to SKB mode with one log line saying so.
     pub fn attach(&self, interface: &str, mode: ModeSetting) -> Result<AttachMode, XdpError> {
-        let mut ebpf = self.ebpf.lock().expect("ebpf lock");
+        let mut ebpf = self.ebpf.write().expect("ebpf lock");
         let prog: &mut Xdp = ebpf
             .program_mut(dome_common::PROG_XDP)
             .expect("checked at load")
@@ -343,7 +346,7 @@ impl KernelTier {
     /// Detaches from every interface. Also happens when the tier is dropped
     /// (and, the links being file descriptors, when the process dies).
     pub fn detach(&self) {
-        let mut ebpf = self.ebpf.lock().expect("ebpf lock");
+        let mut ebpf = self.ebpf.write().expect("ebpf lock");
         if let Some(p) = ebpf.program_mut(dome_common::PROG_XDP)
             && let Ok(prog) = <&mut Xdp>::try_from(p)
         {
@@ -553,9 +556,9 @@ impl KernelTier {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Duration), XdpError> {
-        let mut ebpf = self.ebpf.lock().expect("ebpf lock");
-        let prog: &mut Xdp = ebpf
-            .program_mut(name)
+        let ebpf = self.ebpf.read().expect("ebpf lock");
+        let prog: &Xdp = ebpf
+            .program(name)
             .ok_or_else(|| XdpError::Load(format!("no program {name}")))?
             .try_into()?;
         let mut opts = TestRunOptions::new();
