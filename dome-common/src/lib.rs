@@ -63,7 +63,13 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowBinding {
     pub slot: u32,
-    pub _pad: u32,
+    /// The identity's `generation` when `drop_until_ns` was written: a
+    /// budget change by user space invalidates the shortcut.
+    pub drop_generation: u32,
+    /// Set by XDP when the identity refused a packet of this flow: the time
+    /// before which no packet can conform, so later packets drop without
+    /// charging the buckets again. User space writes 0.
+    pub drop_until_ns: u64,
 }
 
 /// A GCRA budget in nanoseconds, precomputed by user space so the kernel does
@@ -97,7 +103,9 @@ pub struct Identity {
     /// `bpf_ktime_get_ns` deadline until which every packet of the identity
     /// is dropped; 0 = not blocked.
     pub blocked_until_ns: u64,
-    pub _pad: u64,
+    /// Bumped by user space on every change to the slot.
+    pub generation: u32,
+    pub _pad: u32,
     pub state: BucketState,
 }
 

@@ -524,3 +524,30 @@ fn pin_to_cpu(cpu: usize) {
         libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
     }
 }
+
+/// After a refusal, the flow drops on a shortcut without recharging; a
+/// budget change by user space must end the shortcut at once.
+#[test]
+fn budget_change_ends_the_drop_shortcut() {
+    let t = tier();
+    let f = Frame::tcp(v4(198, 51, 100, 90), 40000, DOME4, PORT);
+    t.reset_identity(14, &packets(1, 1)).unwrap();
+    t.bind_flow(&flow_of(&f), 14).unwrap();
+    let bytes = f.build();
+    assert_eq!(run(&t, &bytes), PASS);
+    for _ in 0..3 {
+        assert_eq!(run(&t, &bytes), DROP);
+    }
+    // Only the first refusal is reported; the rest took the shortcut.
+    let exhausted = events(&t)
+        .iter()
+        .filter(|e| e.kind == EventKind::BudgetExhausted)
+        .count();
+    assert_eq!(exhausted, 1);
+    t.set_budget(14, &unlimited()).unwrap();
+    assert_eq!(
+        run(&t, &bytes),
+        PASS,
+        "the raised budget applies immediately"
+    );
+}

@@ -367,7 +367,15 @@ impl KernelTier {
         self.flows
             .lock()
             .expect("flows lock")
-            .insert(flow.key(), FlowBinding { slot, _pad: 0 }, 0)
+            .insert(
+                flow.key(),
+                FlowBinding {
+                    slot,
+                    drop_generation: 0,
+                    drop_until_ns: 0,
+                },
+                0,
+            )
             .map_err(map_err(maps::FLOWS))
     }
 
@@ -437,7 +445,10 @@ impl KernelTier {
         // which at worst forgets a few packets' charge. Acceptable for a
         // control-plane change.
         let mut id = ids.get(&slot, 0).map_err(map_err(maps::IDENTITIES))?;
+        let generation = id.generation.wrapping_add(1);
         f(&mut id);
+        // Invalidates the drop shortcut XDP caches in the identity's flows.
+        id.generation = generation;
         ids.set(slot, id, 0).map_err(map_err(maps::IDENTITIES))
     }
 
