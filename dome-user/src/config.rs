@@ -11,7 +11,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::xdp::{BudgetSpec, ModeSetting, ProgramSettings};
+use crate::{
+    mcp::{gateway::McpConfig, upstream::UpstreamConfig},
+    xdp::{BudgetSpec, ModeSetting, ProgramSettings},
+};
 
 /// The whole configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -23,6 +26,11 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub xdp: XdpSection,
+    #[serde(default)]
+    pub mcp: McpConfig,
+    /// The MCP servers Dome federates.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// `[server]`: where agents reach Dome.
@@ -186,6 +194,40 @@ impl Config {
                 "xdp.udp_ports".into(),
                 "port 0 is not a listener port".into(),
             ));
+        }
+        if !self.mcp.path.starts_with('/') {
+            out.push(("mcp.path".into(), "must start with `/`".into()));
+        }
+        if self.mcp.page_size == 0 {
+            out.push(("mcp.page_size".into(), "must be at least 1".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = |f: &str| format!("upstream[{i}].{f}");
+            if u.name.is_empty()
+                || u.name.len() > 64
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                out.push((
+                    at("name"),
+                    "must be 1 to 64 characters of [A-Za-z0-9_-]".into(),
+                ));
+            }
+            if !seen.insert(u.name.as_str()) {
+                out.push((
+                    at("name"),
+                    format!("`{}` is used by an earlier upstream", u.name),
+                ));
+            }
+            if let Err(e) = crate::mcp::upstream::Upstream::new(u.clone()) {
+                out.push((at("url"), e));
+            }
+            if u.timeout_ms == 0 {
+                out.push((at("timeout_ms"), "must be at least 1".into()));
+            }
         }
         if self.stats.listen == self.server.listen {
             out.push((

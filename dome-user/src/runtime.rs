@@ -8,6 +8,10 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
+    mcp::{
+        gateway::{self, Gateway},
+        upstream::Upstream,
+    },
     stats::{self, StatsState},
     xdp::{self, EventStats, KernelTier, XdpStatus},
 };
@@ -67,6 +71,25 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }));
     }
 
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|u| Upstream::new(u.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(anyhow::Error::msg)?;
+    let gw = Gateway::new(config.mcp.clone(), upstreams);
+    let catalog = gw.refresh_catalog().await;
+    tracing::info!(
+        upstreams = gw.upstreams().len(),
+        tools = catalog.tools.len(),
+        "federated tool catalog ready"
+    );
+    let (mcp_addr, mcp_task) = gateway::serve(config.server.listen, gw.clone())
+        .await
+        .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
+    background.push(mcp_task);
+    tracing::info!(%mcp_addr, path = %config.mcp.path, "MCP listener ready");
+
     let state = Arc::new(StatsState {
         started: Instant::now(),
         xdp_status: status,
@@ -87,6 +110,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     for task in background {
         task.abort();
+    }
+    for u in gw.upstreams() {
+        u.close().await;
     }
     if let Some(t) = tier {
         t.detach();

@@ -1,0 +1,318 @@
+//! The demo upstream: a small, fast MCP server for the quickstart, the tests
+//! and the benchmarks. It speaks Streamable HTTP in both eras (session and
+//! stateless) and offers three tools: `echo`, `slow` (sends progress
+//! notifications on an SSE response) and `records` (returns rows with e-mail
+//! addresses and card-like numbers, for the redaction work).
+
+use std::{
+    collections::HashSet,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    header,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::mcp::protocol::{self, code};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+#[derive(Default)]
+struct State {
+    sessions: Mutex<HashSet<String>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
+pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let state = Arc::new(State::default());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+fn full(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())).boxed())
+        .expect("static parts")
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("static parts")
+}
+
+fn error(id: &Value, code: i64, message: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() != "/mcp" {
+        return empty(StatusCode::NOT_FOUND);
+    }
+    let session = req
+        .headers()
+        .get(protocol::H_SESSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match *req.method() {
+        Method::POST => {}
+        Method::DELETE => {
+            return match session {
+                Some(s) if state.sessions.lock().unwrap().remove(&s) => empty(StatusCode::OK),
+                Some(_) => empty(StatusCode::NOT_FOUND),
+                None => empty(StatusCode::BAD_REQUEST),
+            };
+        }
+        _ => return empty(StatusCode::METHOD_NOT_ALLOWED),
+    }
+    let wants_sse = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    let Ok(body) = req.into_body().collect().await else {
+        return empty(StatusCode::BAD_REQUEST);
+    };
+    let msg: Value = match serde_json::from_slice(&body.to_bytes()) {
+        Ok(v) => v,
+        Err(_) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                error(&Value::Null, code::PARSE_ERROR, "parse error"),
+            );
+        }
+    };
+    let method = msg["method"].as_str().unwrap_or_default().to_string();
+    let id = msg.get("id").cloned();
+    let Some(id) = id else {
+        // Notifications and responses are acknowledged.
+        return empty(StatusCode::ACCEPTED);
+    };
+    let stateless = msg["params"]["_meta"][protocol::META_PROTOCOL_VERSION].is_string();
+    if stateless {
+        let v = msg["params"]["_meta"][protocol::META_PROTOCOL_VERSION]
+            .as_str()
+            .unwrap_or_default();
+        if !protocol::is_stateless_version(v) {
+            let mut e = error(
+                &id,
+                code::UNSUPPORTED_VERSION,
+                "Unsupported protocol version",
+            );
+            e["error"]["data"] = json!({"supported": protocol::STATELESS_VERSIONS, "requested": v});
+            return full(StatusCode::BAD_REQUEST, e);
+        }
+    } else if method == "initialize" {
+        let requested = msg["params"]["protocolVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let n = state
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sid = format!("demo-{n:016x}-{:08x}", std::process::id());
+        state.sessions.lock().unwrap().insert(sid.clone());
+        let mut resp = full(
+            StatusCode::OK,
+            json!({"jsonrpc": "2.0", "id": id, "result": {
+                "protocolVersion": protocol::negotiate(requested),
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "dome-demo-upstream", "version": env!("CARGO_PKG_VERSION")},
+            }}),
+        );
+        resp.headers_mut()
+            .insert(protocol::H_SESSION, sid.parse().expect("ascii"));
+        return resp;
+    } else {
+        match &session {
+            None => {
+                return full(
+                    StatusCode::BAD_REQUEST,
+                    error(&id, code::INVALID_REQUEST, "missing Mcp-Session-Id"),
+                );
+            }
+            Some(s) if !state.sessions.lock().unwrap().contains(s) => {
+                return full(
+                    StatusCode::NOT_FOUND,
+                    error(&id, code::SESSION_NOT_FOUND, "unknown session"),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    let complete = |mut result: Value| {
+        if stateless {
+            result["resultType"] = "complete".into();
+        }
+        json!({"jsonrpc": "2.0", "id": id, "result": result})
+    };
+    match method.as_str() {
+        "server/discover" => full(
+            StatusCode::OK,
+            complete(json!({
+                "supportedVersions": protocol::STATELESS_VERSIONS,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "dome-demo-upstream", "version": env!("CARGO_PKG_VERSION")},
+            })),
+        ),
+        "ping" => full(StatusCode::OK, complete(json!({}))),
+        "tools/list" => full(StatusCode::OK, complete(json!({"tools": tools()}))),
+        "tools/call" => {
+            let name = msg["params"]["name"].as_str().unwrap_or_default();
+            let args = &msg["params"]["arguments"];
+            match name {
+                "echo" => {
+                    let text = args["message"].as_str().unwrap_or_default();
+                    full(
+                        StatusCode::OK,
+                        complete(json!({
+                            "content": [{"type": "text", "text": text}],
+                            "structuredContent": {"message": text},
+                            "isError": false,
+                        })),
+                    )
+                }
+                "records" => {
+                    let n = args["count"].as_u64().unwrap_or(3).min(100);
+                    let rows: Vec<Value> = (0..n)
+                        .map(|i| {
+                            json!({
+                                "id": i,
+                                "name": format!("Customer {i}"),
+                                "email": format!("customer{i}@example.com"),
+                                "card": "4111 1111 1111 1111",
+                            })
+                        })
+                        .collect();
+                    full(
+                        StatusCode::OK,
+                        complete(json!({
+                            "content": [{"type": "text", "text": Value::Array(rows.clone()).to_string()}],
+                            "structuredContent": {"records": rows},
+                            "isError": false,
+                        })),
+                    )
+                }
+                "slow" => {
+                    let steps = args["steps"].as_u64().unwrap_or(3).clamp(1, 50);
+                    let delay =
+                        Duration::from_millis(args["delay_ms"].as_u64().unwrap_or(50).min(2000));
+                    let token = msg["params"]["_meta"]["progressToken"].clone();
+                    let result = complete(json!({
+                        "content": [{"type": "text", "text": format!("done after {steps} steps")}],
+                        "isError": false,
+                    }));
+                    if !wants_sse {
+                        tokio::time::sleep(delay * steps as u32).await;
+                        return full(StatusCode::OK, result);
+                    }
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+                    tokio::spawn(async move {
+                        for i in 1..=steps {
+                            tokio::time::sleep(delay).await;
+                            if !token.is_null() {
+                                let n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                                    "progressToken": token, "progress": i, "total": steps,
+                                    "message": format!("step {i} of {steps}")}});
+                                if tx.send(Ok(Frame::data(sse(&n)))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        let _ = tx.send(Ok(Frame::data(sse(&result)))).await;
+                    });
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "text/event-stream")
+                        .header(header::CACHE_CONTROL, "no-cache")
+                        .body(
+                            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+                                .boxed(),
+                        )
+                        .expect("static parts")
+                }
+                other => full(
+                    StatusCode::OK,
+                    error(&id, code::INVALID_PARAMS, &format!("unknown tool: {other}")),
+                ),
+            }
+        }
+        other => {
+            let status = if stateless {
+                StatusCode::NOT_FOUND
+            } else {
+                StatusCode::OK
+            };
+            full(
+                status,
+                error(
+                    &id,
+                    code::METHOD_NOT_FOUND,
+                    &format!("method not found: {other}"),
+                ),
+            )
+        }
+    }
+}
+
+fn sse(v: &Value) -> Bytes {
+    Bytes::from(format!("event: message\ndata: {v}\n\n"))
+}
+
+fn tools() -> Value {
+    json!([
+        {
+            "name": "echo",
+            "description": "Returns the message it is given.",
+            "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+            "outputSchema": {"type": "object", "properties": {"message": {"type": "string"}}, "required": ["message"]},
+        },
+        {
+            "name": "slow",
+            "description": "Works in steps, reporting progress after each.",
+            "inputSchema": {"type": "object", "properties": {
+                "steps": {"type": "integer", "minimum": 1, "maximum": 50},
+                "delay_ms": {"type": "integer", "minimum": 0, "maximum": 2000}}},
+        },
+        {
+            "name": "records",
+            "description": "Returns customer records (with e-mail addresses and card numbers).",
+            "inputSchema": {"type": "object", "properties": {"count": {"type": "integer", "minimum": 0, "maximum": 100}}},
+        },
+    ])
+}

@@ -1,0 +1,885 @@
+//! The MCP endpoint agents talk to (`POST/GET/DELETE /mcp`), in both eras:
+//! the session era (`initialize`, `Mcp-Session-Id`) and the stateless era
+//! (`server/discover`, per-request `_meta`, routing headers). Each request
+//! goes through the phases in order — parse, (authenticate, budget, decide:
+//! the identity and policy issues hook in at `admit`), forward, (filter
+//! response), respond — and a client's mistake is answered with its JSON-RPC
+//! code, never a 500.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, RwLock},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::{Frame, Incoming},
+    header::{self, HeaderMap},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use super::{
+    catalog::{self, Catalog},
+    protocol::{self, code},
+    sse::{self, SseParser},
+    upstream::{Reply, Upstream},
+};
+
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// `[mcp]` in `dome.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// The MCP endpoint's path.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Largest request body accepted (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Tools per `tools/list` page.
+    #[serde(default = "default_page")]
+    pub page_size: usize,
+    /// Origins allowed besides loopback ones (`Origin` header); others get 403.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            path: default_path(),
+            max_body_bytes: default_max_body(),
+            page_size: default_page(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+fn default_path() -> String {
+    "/mcp".into()
+}
+fn default_max_body() -> usize {
+    1 << 20
+}
+fn default_page() -> usize {
+    100
+}
+
+struct Session {
+    version: &'static str,
+}
+
+/// The gateway: upstreams, the current catalog and the downstream sessions.
+pub struct Gateway {
+    config: McpConfig,
+    upstreams: Vec<Arc<Upstream>>,
+    catalog: RwLock<Arc<Catalog>>,
+    sessions: RwLock<HashMap<String, Session>>,
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed())
+        .expect("static parts")
+}
+
+fn empty(status: StatusCode) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("static parts")
+}
+
+fn rpc_error(id: &Value, code: i64, message: impl Into<String>) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
+}
+
+/// HTTP status for a JSON-RPC error in the stateless era.
+fn stateless_status(code: i64) -> StatusCode {
+    match code {
+        code::PARSE_ERROR
+        | code::INVALID_REQUEST
+        | code::INVALID_PARAMS
+        | code::HEADER_MISMATCH
+        | code::MISSING_CLIENT_CAPABILITY
+        | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
+        code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        _ => StatusCode::OK,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Era {
+    Session(&'static str),
+    Stateless,
+}
+
+impl Gateway {
+    pub fn new(config: McpConfig, upstreams: Vec<Arc<Upstream>>) -> Arc<Self> {
+        Arc::new(Gateway {
+            config,
+            upstreams,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            sessions: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// Lists every upstream's tools again.
+    pub async fn refresh_catalog(&self) -> Arc<Catalog> {
+        let cat = Arc::new(catalog::build(&self.upstreams).await);
+        *self.catalog.write().expect("catalog lock") = cat.clone();
+        cat
+    }
+
+    fn current_catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().expect("catalog lock").clone()
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.uri().path() != self.config.path {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("not found; MCP is at {}", self.config.path)}),
+            );
+        }
+        if !self.origin_allowed(req.headers()) {
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, "Origin not allowed"),
+            );
+        }
+        match *req.method() {
+            Method::POST => self.post(req).await,
+            Method::DELETE => self.delete(req.headers()),
+            _ => Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(header::ALLOW, "POST, DELETE")
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("static parts"),
+        }
+    }
+
+    fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+            return true;
+        };
+        if self.config.allowed_origins.iter().any(|o| o == origin) {
+            return true;
+        }
+        let host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+
+    fn delete(&self, headers: &HeaderMap) -> Response<Body> {
+        let Some(id) = headers
+            .get(protocol::H_SESSION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "DELETE needs an Mcp-Session-Id",
+                ),
+            );
+        };
+        match self.sessions.write().expect("sessions lock").remove(id) {
+            Some(_) => empty(StatusCode::OK),
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &rpc_error(
+                    &Value::Null,
+                    code::SESSION_NOT_FOUND,
+                    "unknown or ended session",
+                ),
+            ),
+        }
+    }
+
+    async fn post(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
+        let (json_ok, sse_ok) = accepts(&headers);
+        if !(json_ok && sse_ok) {
+            return json_response(
+                StatusCode::NOT_ACCEPTABLE,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "Accept must list both application/json and text/event-stream",
+                ),
+            );
+        }
+        // Phase: parse.
+        let bytes = match Limited::new(body, self.config.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &rpc_error(
+                        &Value::Null,
+                        code::INVALID_REQUEST,
+                        format!("request body over {} bytes", self.config.max_body_bytes),
+                    ),
+                );
+            }
+            Err(_) => return empty(StatusCode::BAD_REQUEST),
+        };
+        let msg: Value = match serde_json::from_slice(&bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &rpc_error(&Value::Null, code::PARSE_ERROR, format!("Parse error: {e}")),
+                );
+            }
+        };
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let session_id = header(protocol::H_SESSION).map(str::to_string);
+
+        if let Value::Array(batch) = msg {
+            return self.batch(batch, session_id.as_deref(), &headers).await;
+        }
+        let id = msg.get("id").cloned().unwrap_or(Value::Null);
+        if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_REQUEST, "jsonrpc must be \"2.0\""),
+            );
+        }
+        let method = msg
+            .get("method")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let is_response =
+            method.is_none() && (msg.get("result").is_some() || msg.get("error").is_some());
+        if method.is_none() && !is_response {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
+            );
+        }
+        let method = method.unwrap_or_default();
+
+        let meta_version = msg["params"]["_meta"].get(protocol::META_PROTOCOL_VERSION);
+        let header_version = header(protocol::H_VERSION);
+        let stateless = meta_version.is_some()
+            || method == "server/discover"
+            || header_version.is_some_and(protocol::is_stateless_version);
+
+        if stateless {
+            if let Err((code, message, data)) = stateless_ladder(&msg, &method, &headers) {
+                let mut e = rpc_error(&id, code, message);
+                if let Some(d) = data {
+                    e["error"]["data"] = d;
+                }
+                return json_response(stateless_status(code), &e);
+            }
+            if msg.get("id").is_none() {
+                return empty(StatusCode::ACCEPTED);
+            }
+            return self
+                .dispatch(Era::Stateless, &method, id, msg, sse_ok)
+                .await;
+        }
+
+        // Session era.
+        if method == "initialize" {
+            return self.initialize(id, &msg);
+        }
+        let Some(sid) = session_id else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &id,
+                    code::INVALID_REQUEST,
+                    "missing Mcp-Session-Id: call initialize first",
+                ),
+            );
+        };
+        let version = match self.sessions.read().expect("sessions lock").get(&sid) {
+            Some(s) => s.version,
+            None => {
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &rpc_error(&id, code::SESSION_NOT_FOUND, "unknown or ended session"),
+                );
+            }
+        };
+        if let Some(v) = header_version
+            && !protocol::is_session_version(v)
+        {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &id,
+                    code::INVALID_REQUEST,
+                    format!("unsupported MCP-Protocol-Version `{v}`"),
+                ),
+            );
+        }
+        if is_response || msg.get("id").is_none() {
+            if method == "notifications/cancelled" {
+                tracing::debug!("client cancelled a request");
+            }
+            return empty(StatusCode::ACCEPTED);
+        }
+        self.dispatch(Era::Session(version), &method, id, msg, sse_ok)
+            .await
+    }
+
+    async fn batch(
+        self: Arc<Self>,
+        batch: Vec<Value>,
+        session: Option<&str>,
+        _headers: &HeaderMap,
+    ) -> Response<Body> {
+        let version = session.and_then(|s| {
+            self.sessions
+                .read()
+                .expect("sessions lock")
+                .get(s)
+                .map(|x| x.version)
+        });
+        if version != Some("2025-03-26") {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "JSON-RPC batches are accepted only in sessions of protocol version 2025-03-26",
+                ),
+            );
+        }
+        let mut out = Vec::new();
+        for msg in batch {
+            let Some(method) = msg
+                .get("method")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let Some(id) = msg.get("id").cloned() else {
+                continue;
+            };
+            let (_, v) = self
+                .answer(Era::Session("2025-03-26"), &method, id, msg)
+                .await;
+            out.push(v);
+        }
+        if out.is_empty() {
+            return empty(StatusCode::ACCEPTED);
+        }
+        json_response(StatusCode::OK, &Value::Array(out))
+    }
+
+    fn initialize(&self, id: Value, msg: &Value) -> Response<Body> {
+        let requested = msg["params"]["protocolVersion"]
+            .as_str()
+            .unwrap_or_default();
+        let version = protocol::negotiate(requested);
+        let sid = new_session_id();
+        self.sessions
+            .write()
+            .expect("sessions lock")
+            .insert(sid.clone(), Session { version });
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {"listChanged": false}},
+            "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let mut resp = json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        );
+        resp.headers_mut().insert(
+            protocol::H_SESSION,
+            sid.parse().expect("hex is a valid header"),
+        );
+        resp
+    }
+
+    /// Answers a request that needs no streaming (also used for batches).
+    async fn answer(&self, era: Era, method: &str, id: Value, msg: Value) -> (StatusCode, Value) {
+        let ok = |mut result: Value| {
+            if era == Era::Stateless {
+                result["resultType"] = "complete".into();
+            }
+            (
+                StatusCode::OK,
+                json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            )
+        };
+        let err = |c: i64, m: String| {
+            let status = if era == Era::Stateless {
+                stateless_status(c)
+            } else {
+                StatusCode::OK
+            };
+            (status, rpc_error(&id, c, m))
+        };
+        match method {
+            "ping" if era != Era::Stateless => ok(json!({})),
+            "server/discover" => ok(json!({
+                "supportedVersions": protocol::STATELESS_VERSIONS,
+                "capabilities": {"tools": {"listChanged": false}},
+                "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+            })),
+            "tools/list" => {
+                let cursor = msg["params"]["cursor"].as_str();
+                let cat = match cursor {
+                    None => self.refresh_catalog().await,
+                    Some(_) => self.current_catalog(),
+                };
+                let offset = match cursor.map(catalog::parse_cursor) {
+                    None => 0,
+                    Some(Some((v, o))) if v == cat.version && o <= cat.tools.len() => o,
+                    Some(_) => {
+                        return err(
+                            code::INVALID_PARAMS,
+                            "invalid or stale cursor: the tool list changed; list again from the start".into(),
+                        );
+                    }
+                };
+                let end = (offset + self.config.page_size.max(1)).min(cat.tools.len());
+                let mut result = json!({"tools": &cat.tools[offset..end]});
+                if end < cat.tools.len() {
+                    result["nextCursor"] = catalog::cursor(cat.version, end).into();
+                }
+                ok(result)
+            }
+            "tools/call" => match self.forward_call(&msg).await {
+                Err((c, m)) => err(c, m),
+                Ok((upstream, Reply::Json(mut v), _)) => {
+                    v["id"] = id.clone();
+                    if era == Era::Stateless
+                        && v.get("result").is_some()
+                        && v["result"].get("resultType").is_none()
+                    {
+                        v["result"]["resultType"] = "complete".into();
+                    }
+                    let status = match v["error"]["code"].as_i64() {
+                        Some(c) if era == Era::Stateless => stateless_status(c),
+                        _ => StatusCode::OK,
+                    };
+                    let _ = upstream;
+                    (status, v)
+                }
+                Ok((upstream, Reply::Stream(s), _)) => {
+                    match super::upstream::first_response(&upstream, s).await {
+                        Ok(mut v) => {
+                            v["id"] = id.clone();
+                            (StatusCode::OK, v)
+                        }
+                        Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
+                    }
+                }
+            },
+            other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
+        }
+    }
+
+    /// Phase: forward. Resolves the public tool name and sends the call to
+    /// its upstream with the upstream's own name and request id.
+    async fn forward_call(&self, msg: &Value) -> Result<(String, Reply, u64), (i64, String)> {
+        let Some(name) = msg["params"]["name"].as_str() else {
+            return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
+        };
+        let mut cat = self.current_catalog();
+        if !cat.routes.contains_key(name) {
+            cat = self.refresh_catalog().await;
+        }
+        let Some(route) = cat.routes.get(name).cloned() else {
+            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
+        };
+        let upstream = self.upstreams[route.upstream].clone();
+        let mut params = msg["params"].clone();
+        params["name"] = Value::String(route.original.clone());
+        // The caller's era envelope is the caller's; the upstream client adds its own.
+        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+            if meta.is_empty() {
+                params.as_object_mut().expect("object").remove("_meta");
+            }
+        }
+        match upstream.request("tools/call", params).await {
+            Ok((reply, uid)) => Ok((upstream.name().to_string(), reply, uid)),
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
+                Err((code::UPSTREAM_UNAVAILABLE, e.to_string()))
+            }
+        }
+    }
+
+    async fn dispatch(
+        self: Arc<Self>,
+        era: Era,
+        method: &str,
+        id: Value,
+        msg: Value,
+        sse_ok: bool,
+    ) -> Response<Body> {
+        if method == "tools/call" && sse_ok {
+            match self.forward_call(&msg).await {
+                Ok((upstream, Reply::Stream(s), _)) => return relay(upstream, s, id, era),
+                Ok((_, Reply::Json(mut v), _)) => {
+                    v["id"] = id;
+                    if era == Era::Stateless
+                        && v.get("result").is_some()
+                        && v["result"].get("resultType").is_none()
+                    {
+                        v["result"]["resultType"] = "complete".into();
+                    }
+                    let status = match v["error"]["code"].as_i64() {
+                        Some(c) if era == Era::Stateless => stateless_status(c),
+                        _ => StatusCode::OK,
+                    };
+                    return json_response(status, &v);
+                }
+                Err((c, m)) => {
+                    let status = if era == Era::Stateless {
+                        stateless_status(c)
+                    } else {
+                        StatusCode::OK
+                    };
+                    return json_response(status, &rpc_error(&id, c, m));
+                }
+            }
+        }
+        let (status, v) = self.answer(era, method, id, msg).await;
+        json_response(status, &v)
+    }
+}
+
+/// Relays an upstream SSE response event by event as it arrives, giving the
+/// final response the caller's id. Dropping the downstream stream (the
+/// client went away) drops the upstream body, which closes that upstream
+/// connection and so cancels the call there.
+fn relay(upstream: String, resp: Response<Incoming>, id: Value, era: Era) -> Response<Body> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        let mut body = resp.into_body();
+        let mut parser = SseParser::default();
+        loop {
+            let frame = tokio::select! {
+                f = body.frame() => f,
+                _ = tx.closed() => {
+                    tracing::debug!(%upstream, "client closed the stream; cancelling the upstream call");
+                    return;
+                }
+            };
+            let Some(frame) = frame else { break };
+            let Ok(frame) = frame else {
+                let e = rpc_error(
+                    &id,
+                    code::UPSTREAM_UNAVAILABLE,
+                    format!("upstream `{upstream}` broke the stream"),
+                );
+                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
+                return;
+            };
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            parser.push(data);
+            while let Some(ev) = parser.next_event() {
+                let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
+                    continue;
+                };
+                let is_response = v.get("method").is_none()
+                    && (v.get("result").is_some() || v.get("error").is_some());
+                if is_response {
+                    v["id"] = id.clone();
+                    if era == Era::Stateless
+                        && v.get("result").is_some()
+                        && v["result"].get("resultType").is_none()
+                    {
+                        v["result"]["resultType"] = "complete".into();
+                    }
+                }
+                if tx
+                    .send(Ok(Frame::data(sse::event(&v.to_string()))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if is_response {
+                    return;
+                }
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+        .expect("static parts")
+}
+
+/// The stateless era's validation ladder: envelope keys, routing headers,
+/// then the version. First failure wins.
+fn stateless_ladder(
+    msg: &Value,
+    method: &str,
+    headers: &HeaderMap,
+) -> Result<(), (i64, String, Option<Value>)> {
+    let meta = &msg["params"]["_meta"];
+    if !meta.is_object() {
+        return Err((
+            code::INVALID_PARAMS,
+            format!(
+                "params._meta must be an object carrying {} and {}",
+                protocol::META_PROTOCOL_VERSION,
+                protocol::META_CLIENT_CAPABILITIES
+            ),
+            None,
+        ));
+    }
+    for key in [
+        protocol::META_PROTOCOL_VERSION,
+        protocol::META_CLIENT_CAPABILITIES,
+    ] {
+        if meta.get(key).is_none() {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("params._meta is missing {key}"),
+                None,
+            ));
+        }
+    }
+    let version = &meta[protocol::META_PROTOCOL_VERSION];
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_str()) {
+        return Err((
+            code::HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match _meta's protocol version".into(),
+            None,
+        ));
+    }
+    if header(protocol::H_METHOD) != Some(method) {
+        return Err((
+            code::HEADER_MISMATCH,
+            "Mcp-Method header does not match the body's method".into(),
+            None,
+        ));
+    }
+    if let Some(key) = protocol::name_key(method)
+        && let Some(body_name) = msg["params"][key].as_str()
+        && header(protocol::H_NAME) != Some(body_name)
+    {
+        return Err((
+            code::HEADER_MISMATCH,
+            format!("Mcp-Name header does not match the body's {key}"),
+            None,
+        ));
+    }
+    let Some(v) = version.as_str() else {
+        return Err((
+            code::INVALID_PARAMS,
+            "the protocol version must be a string".into(),
+            None,
+        ));
+    };
+    if !protocol::is_stateless_version(v) {
+        return Err((
+            code::UNSUPPORTED_VERSION,
+            "Unsupported protocol version".into(),
+            Some(json!({"supported": protocol::STATELESS_VERSIONS, "requested": v})),
+        ));
+    }
+    Ok(())
+}
+
+fn accepts(headers: &HeaderMap) -> (bool, bool) {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let types: Vec<String> = accept
+        .split(',')
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let any = types.iter().any(|t| t == "*/*");
+    let json = any
+        || types
+            .iter()
+            .any(|t| t == "application/json" || t == "application/*");
+    let sse = any
+        || types
+            .iter()
+            .any(|t| t == "text/event-stream" || t == "text/*");
+    (json, sse)
+}
+
+/// 128 random bits, hex: unguessable and a valid header value.
+fn new_session_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Binds the MCP listener and serves the gateway on it (HTTP/1.1 and h2c).
+pub async fn serve(
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "MCP listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let gw = gateway.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    fn call(version: &str) -> Value {
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo",
+            "_meta": {protocol::META_PROTOCOL_VERSION: version, protocol::META_CLIENT_CAPABILITIES: {}}}})
+    }
+
+    #[test]
+    fn ladder_checks_headers_then_version() {
+        let ok = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        assert!(stateless_ladder(&call("2026-07-28"), "tools/call", &ok).is_ok());
+        let wrong_name = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "other"),
+        ]);
+        assert_eq!(
+            stateless_ladder(&call("2026-07-28"), "tools/call", &wrong_name)
+                .unwrap_err()
+                .0,
+            code::HEADER_MISMATCH
+        );
+        let wrong_method = headers(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+            ("mcp-name", "echo"),
+        ]);
+        assert_eq!(
+            stateless_ladder(&call("2026-07-28"), "tools/call", &wrong_method)
+                .unwrap_err()
+                .0,
+            code::HEADER_MISMATCH
+        );
+        let future = headers(&[
+            ("mcp-protocol-version", "2099-01-01"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "echo"),
+        ]);
+        let e = stateless_ladder(&call("2099-01-01"), "tools/call", &future).unwrap_err();
+        assert_eq!(e.0, code::UNSUPPORTED_VERSION);
+        assert_eq!(e.2.unwrap()["supported"], json!(["2026-07-28"]));
+        let no_meta = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+        assert_eq!(
+            stateless_ladder(&no_meta, "tools/list", &ok).unwrap_err().0,
+            code::INVALID_PARAMS
+        );
+    }
+
+    #[test]
+    fn accept_rules() {
+        assert_eq!(
+            accepts(&headers(&[(
+                "accept",
+                "application/json, text/event-stream"
+            )])),
+            (true, true)
+        );
+        assert_eq!(accepts(&headers(&[("accept", "*/*")])), (true, true));
+        assert_eq!(
+            accepts(&headers(&[("accept", "application/json")])),
+            (true, false)
+        );
+    }
+
+    #[test]
+    fn session_ids_are_long_and_distinct() {
+        let a = new_session_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_session_id());
+    }
+}

@@ -1,0 +1,9 @@
+//! MCP over Streamable HTTP: the protocol constants, the gateway that agents
+//! talk to, the clients Dome keeps to its upstream servers, and the federated
+//! tool catalog.
+
+pub mod catalog;
+pub mod gateway;
+pub mod protocol;
+pub mod sse;
+pub mod upstream;

@@ -1,0 +1,97 @@
+//! MCP protocol constants shared by the gateway, the upstream client and the
+//! demo upstream: versions of both eras, JSON-RPC error codes, header names.
+
+/// Versions reached through the `initialize` handshake (the session era),
+/// oldest first.
+pub const SESSION_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
+/// Versions of the stateless era (per-request `_meta`, `server/discover`).
+pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+pub const LATEST_SESSION: &str = "2025-11-25";
+pub const LATEST_STATELESS: &str = "2026-07-28";
+
+/// `_meta` keys of the stateless era.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+
+/// HTTP headers.
+pub const H_SESSION: &str = "mcp-session-id";
+pub const H_VERSION: &str = "mcp-protocol-version";
+pub const H_METHOD: &str = "mcp-method";
+pub const H_NAME: &str = "mcp-name";
+
+/// JSON-RPC error codes.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// Stateless era: an HTTP routing header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
+    /// Stateless era: the requested protocol version is not served.
+    pub const UNSUPPORTED_VERSION: i64 = -32022;
+    /// Dome: an upstream could not be reached or failed (implementation-defined range).
+    pub const UPSTREAM_UNAVAILABLE: i64 = -32001;
+    /// Dome: the request's session is unknown or ended.
+    pub const SESSION_NOT_FOUND: i64 = -32002;
+}
+
+/// Whether `v` is a session-era version Dome negotiates.
+pub fn is_session_version(v: &str) -> bool {
+    SESSION_VERSIONS.contains(&v)
+}
+
+/// Whether `v` is a stateless-era version Dome serves.
+pub fn is_stateless_version(v: &str) -> bool {
+    STATELESS_VERSIONS.contains(&v)
+}
+
+/// Version negotiation of `initialize`: the client's version when Dome
+/// speaks it, else the latest session-era version.
+pub fn negotiate(requested: &str) -> &'static str {
+    SESSION_VERSIONS
+        .iter()
+        .find(|v| **v == requested)
+        .copied()
+        .unwrap_or(LATEST_SESSION)
+}
+
+/// The methods whose name the stateless era mirrors in `Mcp-Name`, and the
+/// params key holding it.
+pub fn name_key(method: &str) -> Option<&'static str> {
+    match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" => Some("uri"),
+        _ => None,
+    }
+}
+
+/// MCP's tool-name alphabet: `[A-Za-z0-9_.-]{1,128}`.
+pub fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_keeps_known_versions_and_falls_back_to_latest() {
+        assert_eq!(negotiate("2025-06-18"), "2025-06-18");
+        assert_eq!(negotiate("2024-01-01"), LATEST_SESSION);
+        assert_eq!(negotiate("2026-07-28"), LATEST_SESSION);
+    }
+
+    #[test]
+    fn tool_names() {
+        assert!(valid_tool_name("demo.echo-1_x"));
+        assert!(!valid_tool_name(""));
+        assert!(!valid_tool_name("has space"));
+        assert!(!valid_tool_name(&"a".repeat(129)));
+    }
+}

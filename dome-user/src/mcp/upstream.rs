@@ -1,0 +1,444 @@
+//! A client for one upstream MCP server. It finds out which era the
+//! upstream speaks (`server/discover` first, else `initialize`), holds the
+//! upstream session in the session era and re-initializes it transparently
+//! when the upstream forgets it, and keeps pooled keep-alive connections.
+//! Calls are never retried once the upstream may have acted on them.
+
+use std::{
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::TokioExecutor,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::protocol::{self, code};
+
+/// How tool names of this upstream appear downstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrefixMode {
+    /// Always `upstream.tool`.
+    Always,
+    /// Never prefixed; on a clash the upstream listed first wins.
+    Never,
+    /// Prefixed only where two upstreams offer the same name.
+    OnConflict,
+}
+
+/// `[[upstream]]` in `dome.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `http://host:port/path` of the upstream's MCP endpoint.
+    pub url: String,
+    #[serde(default = "default_prefix")]
+    pub prefix: PrefixMode,
+    /// Whole-call timeout, milliseconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_ms: u64,
+    /// Idle keep-alive connections kept per upstream.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_connections: usize,
+}
+
+fn default_prefix() -> PrefixMode {
+    PrefixMode::OnConflict
+}
+fn default_timeout() -> u64 {
+    30_000
+}
+fn default_connect_timeout() -> u64 {
+    2_000
+}
+fn default_max_idle() -> usize {
+    64
+}
+
+/// Why an upstream call failed; always names the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream `{0}` is unreachable: {1}")]
+    Unreachable(String, String),
+    #[error("upstream `{0}` timed out")]
+    Timeout(String),
+    #[error("upstream `{0}` answered HTTP {1}")]
+    Status(String, u16),
+    #[error("upstream `{0}` sent an invalid response: {1}")]
+    Invalid(String, String),
+}
+
+impl UpstreamError {
+    /// The JSON-RPC error to give the caller.
+    pub fn to_jsonrpc(&self) -> Value {
+        json!({"code": code::UPSTREAM_UNAVAILABLE, "message": self.to_string()})
+    }
+}
+
+/// What an upstream answered.
+pub enum Reply {
+    /// One JSON-RPC message (the response), with the upstream's request id.
+    Json(Value),
+    /// An SSE stream: notifications, then the response.
+    Stream(Response<Incoming>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Era {
+    Unknown,
+    Session { id: Option<String>, version: String },
+    Stateless { version: String },
+}
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    uri: hyper::Uri,
+    client: Client<HttpConnector, Full<Bytes>>,
+    era: RwLock<Era>,
+    connecting: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(|e| format!("`{}` is not a URL: {e}", config.url))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(format!(
+                "`{}`: only http:// upstreams are supported",
+                config.url
+            ));
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.max_idle_connections)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Upstream {
+            config,
+            uri,
+            client,
+            era: RwLock::new(Era::Unknown),
+            connecting: tokio::sync::Mutex::new(()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Which era the upstream speaks, once known (for `/stats` and tests).
+    pub fn era_name(&self) -> &'static str {
+        match *self.era.read().expect("era lock") {
+            Era::Unknown => "unknown",
+            Era::Session { .. } => "session",
+            Era::Stateless { .. } => "stateless",
+        }
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.timeout_ms)
+    }
+
+    /// Sends a request and returns the upstream's reply. `params` is sent as
+    /// given (plus the era's envelope). In the session era an expired
+    /// upstream session is re-initialized and the request sent once more:
+    /// the upstream refused it without acting on it.
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+    ) -> Result<(Reply, u64), UpstreamError> {
+        self.ensure_connected().await?;
+        let (reply, id, status) = self.send(method, params.clone()).await?;
+        if status == StatusCode::NOT_FOUND
+            && matches!(*self.era.read().expect("era"), Era::Session { .. })
+        {
+            tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
+            *self.era.write().expect("era") = Era::Unknown;
+            self.ensure_connected().await?;
+            let (reply, id, status) = self.send(method, params).await?;
+            return finish(self.name(), reply, id, status);
+        }
+        finish(self.name(), reply, id, status)
+    }
+
+    /// Sends a notification (no reply expected beyond the HTTP status).
+    pub async fn notify(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
+        self.ensure_connected().await?;
+        self.notify_connected(method, params).await
+    }
+
+    async fn notify_connected(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
+        let body = json!({"jsonrpc": "2.0", "method": method, "params": params});
+        let req = self.build(method, None, &body)?;
+        let resp = self.exchange(req).await?;
+        let _ = resp.into_body().collect().await;
+        Ok(())
+    }
+
+    async fn ensure_connected(&self) -> Result<(), UpstreamError> {
+        if *self.era.read().expect("era") != Era::Unknown {
+            return Ok(());
+        }
+        // One connect at a time; whoever waited finds it done.
+        let _guard = self.connecting.lock().await;
+        if *self.era.read().expect("era") != Era::Unknown {
+            return Ok(());
+        }
+        // The stateless era first: one round trip, no state to keep.
+        let discover = json!({"_meta": stateless_meta(protocol::LATEST_STATELESS)});
+        *self.era.write().expect("era") = Era::Stateless {
+            version: protocol::LATEST_STATELESS.into(),
+        };
+        if let Ok((Reply::Json(v), _, StatusCode::OK)) =
+            self.send("server/discover", discover).await
+            && v["result"]["supportedVersions"]
+                .as_array()
+                .is_some_and(|a| {
+                    a.iter()
+                        .any(|x| x.as_str().is_some_and(protocol::is_stateless_version))
+                })
+        {
+            tracing::info!(upstream = %self.name(), "upstream speaks the stateless era");
+            return Ok(());
+        }
+        *self.era.write().expect("era") = Era::Session {
+            id: None,
+            version: protocol::LATEST_SESSION.into(),
+        };
+        let init = json!({
+            "protocolVersion": protocol::LATEST_SESSION,
+            "capabilities": {},
+            "clientInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": init});
+        let req = self.build("initialize", None, &body)?;
+        let resp = self.exchange(req).await?;
+        let status = resp.status();
+        let session = resp
+            .headers()
+            .get(protocol::H_SESSION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let reply = read_reply(self.name(), resp).await?;
+        let msg = match reply {
+            Reply::Json(v) => v,
+            Reply::Stream(s) => first_response(self.name(), s).await?,
+        };
+        if !status.is_success() || msg.get("result").is_none() {
+            *self.era.write().expect("era") = Era::Unknown;
+            return Err(UpstreamError::Invalid(
+                self.name().into(),
+                format!("initialize failed (HTTP {status}): {msg}"),
+            ));
+        }
+        let version = msg["result"]["protocolVersion"]
+            .as_str()
+            .unwrap_or(protocol::LATEST_SESSION)
+            .to_string();
+        *self.era.write().expect("era") = Era::Session {
+            id: session,
+            version,
+        };
+        self.notify_connected("notifications/initialized", json!({}))
+            .await?;
+        tracing::info!(upstream = %self.name(), "upstream speaks the session era");
+        Ok(())
+    }
+
+    async fn send(
+        &self,
+        method: &str,
+        mut params: Value,
+    ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Era::Stateless { version } = &*self.era.read().expect("era") {
+            if !params.is_object() {
+                params = json!({});
+            }
+            let meta = params
+                .as_object_mut()
+                .expect("object")
+                .entry("_meta")
+                .or_insert_with(|| json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                for (k, v) in stateless_meta(version).as_object().expect("object") {
+                    m.entry(k.clone()).or_insert(v.clone());
+                }
+            }
+        }
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let name =
+            protocol::name_key(method).and_then(|k| body["params"][k].as_str().map(str::to_string));
+        let req = self.build(method, name.as_deref(), &body)?;
+        let resp = self.exchange(req).await?;
+        let status = resp.status();
+        Ok((read_reply(self.name(), resp).await?, id, status))
+    }
+
+    fn build(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        body: &Value,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        let mut b = Request::post(self.uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        match &*self.era.read().expect("era") {
+            Era::Stateless { version } => {
+                b = b
+                    .header(protocol::H_VERSION, version.as_str())
+                    .header(protocol::H_METHOD, method);
+                if let Some(n) = name {
+                    b = b.header(protocol::H_NAME, n);
+                }
+            }
+            Era::Session { id, version } => {
+                if method != "initialize" {
+                    b = b.header(protocol::H_VERSION, version.as_str());
+                }
+                if let Some(id) = id {
+                    b = b.header(protocol::H_SESSION, id.as_str());
+                }
+            }
+            Era::Unknown => {}
+        }
+        b.body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| UpstreamError::Invalid(self.name().into(), e.to_string()))
+    }
+
+    async fn exchange(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(self.timeout(), self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(self.name().into())),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(
+                self.name().into(),
+                error_chain(&e),
+            )),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// Ends the upstream session (session era) on shutdown.
+    pub async fn close(&self) {
+        let era = self.era.read().expect("era").clone();
+        if let Era::Session {
+            id: Some(id),
+            version,
+        } = era
+        {
+            let req = Request::delete(self.uri.clone())
+                .header(protocol::H_SESSION, id)
+                .header(protocol::H_VERSION, version)
+                .body(Full::new(Bytes::new()));
+            if let Ok(req) = req {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), self.client.request(req)).await;
+            }
+        }
+    }
+}
+
+fn stateless_meta(version: &str) -> Value {
+    json!({
+        protocol::META_PROTOCOL_VERSION: version,
+        protocol::META_CLIENT_CAPABILITIES: {},
+        protocol::META_CLIENT_INFO: {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+    })
+}
+
+fn finish(
+    name: &str,
+    reply: Reply,
+    id: u64,
+    status: StatusCode,
+) -> Result<(Reply, u64), UpstreamError> {
+    match (&reply, status) {
+        // JSON-RPC errors come with 4xx in the stateless era: still a reply.
+        (Reply::Json(v), _) if v.get("error").is_some() || v.get("result").is_some() => {
+            Ok((reply, id))
+        }
+        (_, s) if s.is_success() => Ok((reply, id)),
+        (_, s) => Err(UpstreamError::Status(name.into(), s.as_u16())),
+    }
+}
+
+async fn read_reply(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if is_sse {
+        return Ok(Reply::Stream(resp));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(Reply::Json(Value::Null));
+    }
+    serde_json::from_slice(&body)
+        .map(Reply::Json)
+        .map_err(|e| UpstreamError::Invalid(name.into(), format!("not JSON: {e}")))
+}
+
+/// Reads an SSE reply to its JSON-RPC response, dropping notifications.
+pub async fn first_response(name: &str, resp: Response<Incoming>) -> Result<Value, UpstreamError> {
+    let mut body = resp.into_body();
+    let mut parser = super::sse::SseParser::default();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
+        if let Some(data) = frame.data_ref() {
+            parser.push(data);
+            while let Some(ev) = parser.next_event() {
+                if let Ok(v) = serde_json::from_str::<Value>(&ev)
+                    && (v.get("result").is_some() || v.get("error").is_some())
+                {
+                    return Ok(v);
+                }
+            }
+        }
+    }
+    Err(UpstreamError::Invalid(
+        name.into(),
+        "the stream ended without a response".into(),
+    ))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
