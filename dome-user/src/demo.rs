@@ -32,13 +32,32 @@ type Body = BoxBody<Bytes, Infallible>;
 struct State {
     sessions: Mutex<HashSet<String>>,
     next: std::sync::atomic::AtomicU64,
+    session_only: bool,
+}
+
+/// How the demo upstream behaves.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DemoOptions {
+    /// Speak only the session era (as servers written before 2026-07-28 do).
+    pub session_only: bool,
 }
 
 /// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
 pub async fn serve(addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(addr, DemoOptions::default()).await
+}
+
+/// As [`serve`], with options.
+pub async fn serve_with(
+    addr: SocketAddr,
+    options: DemoOptions,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let state = Arc::new(State::default());
+    let state = Arc::new(State {
+        session_only: options.session_only,
+        ..Default::default()
+    });
     let task = tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -122,7 +141,8 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
         // Notifications and responses are acknowledged.
         return empty(StatusCode::ACCEPTED);
     };
-    let stateless = msg["params"]["_meta"][protocol::META_PROTOCOL_VERSION].is_string();
+    let stateless =
+        !state.session_only && msg["params"]["_meta"][protocol::META_PROTOCOL_VERSION].is_string();
     if stateless {
         let v = msg["params"]["_meta"][protocol::META_PROTOCOL_VERSION]
             .as_str()
@@ -177,6 +197,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let complete = |mut result: Value| {
         if stateless {
             result["resultType"] = "complete".into();
+            if matches!(method.as_str(), "tools/list" | "server/discover") {
+                result["ttlMs"] = 0.into();
+                result["cacheScope"] = "public".into();
+            }
         }
         json!({"jsonrpc": "2.0", "id": id, "result": result})
     };

@@ -14,6 +14,8 @@ use clap::{Parser, Subcommand};
 /// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
+/// Where `cargo xtask run` starts the demo upstream (`configs/dome.toml` points there).
+const DEMO_ADDR: &str = "127.0.0.1:8091";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -65,11 +67,19 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Run { config } => {
             setup(&root)?;
             cargo(&root, &build_args(true))?;
+            // The bundled demo upstream, so Dome serves real tool calls at once.
+            let mut demo = Command::new(root.join("target/release/dome-demo-upstream"))
+                .arg(DEMO_ADDR)
+                .spawn()
+                .context("starting target/release/dome-demo-upstream")?;
             let status = Command::new(root.join("target/release/dome"))
                 .arg("--config")
                 .arg(&config)
                 .status()
-                .context("starting target/release/dome")?;
+                .context("starting target/release/dome");
+            let _ = demo.kill();
+            let _ = demo.wait();
+            let status = status?;
             if !status.success() {
                 bail!("dome exited with {status}");
             }

@@ -1,12 +1,17 @@
-//! `dome-demo-upstream [ADDR]`: the bundled demo MCP server (default 127.0.0.1:8091).
+//! `dome-demo-upstream [ADDR] [--session-only]`: the bundled demo MCP server
+//! (default 127.0.0.1:8091). `--session-only` speaks only the session era.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let addr = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let session_only = args.iter().any(|a| a == "--session-only");
+    let addr = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "127.0.0.1:8091".into());
     let addr: std::net::SocketAddr = match addr.parse() {
         Ok(a) => a,
@@ -15,7 +20,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match dome::demo::serve(addr).await {
+    match dome::demo::serve_with(addr, dome::demo::DemoOptions { session_only }).await {
         Ok((local, task)) => {
             eprintln!("demo upstream: MCP on http://{local}/mcp (tools: echo, slow, records)");
             let _ = task.await;

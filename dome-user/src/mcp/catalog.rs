@@ -25,6 +25,9 @@ pub struct Catalog {
     /// Tools as shown downstream (names rewritten).
     pub tools: Vec<Value>,
     pub routes: HashMap<String, Route>,
+    /// Tools of upstreams that failed this listing, as the last listing had
+    /// them: not shown, but a call still goes to (and fails naming) the upstream.
+    pub unavailable: HashMap<String, Route>,
     /// Content hash: a pagination cursor is only valid for the snapshot it came from.
     pub version: u64,
 }
@@ -34,9 +37,16 @@ const MAX_PAGES: usize = 1000;
 
 /// Lists every page of every upstream's tools, concurrently. An upstream that
 /// fails drops out of this snapshot with a log line; the others stay.
-pub async fn build(upstreams: &[Arc<Upstream>]) -> Catalog {
+pub async fn build(upstreams: &[Arc<Upstream>], previous: &Catalog) -> Catalog {
     let lists = futures_join_all(upstreams).await;
-    assemble(upstreams, lists)
+    let failed: Vec<usize> = (0..lists.len()).filter(|i| lists[*i].is_none()).collect();
+    let mut cat = assemble(upstreams, lists);
+    for (name, route) in previous.routes.iter().chain(previous.unavailable.iter()) {
+        if failed.contains(&route.upstream) && !cat.routes.contains_key(name) {
+            cat.unavailable.insert(name.clone(), route.clone());
+        }
+    }
+    cat
 }
 
 async fn futures_join_all(upstreams: &[Arc<Upstream>]) -> Vec<Option<Vec<Value>>> {

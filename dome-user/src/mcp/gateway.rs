@@ -141,7 +141,8 @@ impl Gateway {
 
     /// Lists every upstream's tools again.
     pub async fn refresh_catalog(&self) -> Arc<Catalog> {
-        let cat = Arc::new(catalog::build(&self.upstreams).await);
+        let previous = self.current_catalog();
+        let cat = Arc::new(catalog::build(&self.upstreams, &previous).await);
         *self.catalog.write().expect("catalog lock") = cat.clone();
         cat
     }
@@ -439,6 +440,13 @@ impl Gateway {
         let ok = |mut result: Value| {
             if era == Era::Stateless {
                 result["resultType"] = "complete".into();
+                if matches!(method, "tools/list" | "server/discover") {
+                    // Cacheable results: the list is per caller (policy
+                    // filters it), so private, and stale at once until
+                    // policy says how long a view stays valid.
+                    result["ttlMs"] = 0.into();
+                    result["cacheScope"] = "private".into();
+                }
             }
             (
                 StatusCode::OK,
@@ -524,7 +532,14 @@ impl Gateway {
         if !cat.routes.contains_key(name) {
             cat = self.refresh_catalog().await;
         }
-        let Some(route) = cat.routes.get(name).cloned() else {
+        // A tool of an upstream that is down is not listed, but a call to it
+        // is still sent there, so the caller learns which upstream failed.
+        let Some(route) = cat
+            .routes
+            .get(name)
+            .or_else(|| cat.unavailable.get(name))
+            .cloned()
+        else {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
         };
         let upstream = self.upstreams[route.upstream].clone();

@@ -1,0 +1,273 @@
+//! Helpers for the integration tests: real processes, real sockets.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until something accepts connections on `addr`.
+pub fn wait_port(addr: SocketAddr, proc: &mut Proc) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = proc.child.try_wait().unwrap() {
+            panic!("{} exited early ({status})", proc.name);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened on {addr}",
+            proc.name
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+/// The Python interpreter of a virtual environment under `target/` that has
+/// the official MCP SDK (pinned), created on first use.
+pub fn python() -> PathBuf {
+    static PY: OnceLock<PathBuf> = OnceLock::new();
+    PY.get_or_init(|| {
+        const SDK: &str = "mcp==2.3.0";
+        let venv = workspace().join("target/pyenv");
+        let py = venv.join("bin/python");
+        let stamp = venv.join("dome-sdk.stamp");
+        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(SDK) && py.is_file() {
+            return py;
+        }
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .expect("python3 -m venv");
+        assert!(ok.success(), "creating the test virtualenv failed");
+        let ok = Command::new(&py)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                SDK,
+            ])
+            .status()
+            .expect("pip install");
+        assert!(ok.success(), "installing {SDK} failed");
+        std::fs::write(&stamp, SDK).unwrap();
+        py
+    })
+    .clone()
+}
+
+pub fn py_script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(name)
+}
+
+/// A raw HTTP/1.1 exchange: (status, lower-cased headers, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: dome\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<Vec<_>>();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, headers, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Dome started on a config written for the test, XDP off (the kernel tests
+/// own XDP), stats and MCP on free ports.
+pub struct Dome {
+    pub proc: Proc,
+    pub mcp: SocketAddr,
+    pub stats: SocketAddr,
+    pub config: PathBuf,
+}
+
+pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
+    let mcp = local(free_port());
+    let mut stats = local(free_port());
+    while stats == mcp {
+        stats = local(free_port());
+    }
+    let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{upstreams_toml}"
+        ),
+    )
+    .unwrap();
+    // Dome's log goes next to its config (target/tmp/NAME-PID.log).
+    let log = std::fs::File::create(config.with_extension("log")).unwrap();
+    let mut proc = Proc::spawn(
+        "dome",
+        Command::new(env!("CARGO_BIN_EXE_dome"))
+            .arg("--config")
+            .arg(&config)
+            .env("DOME_LOG", "info")
+            .stderr(log),
+    );
+    wait_port(stats, &mut proc);
+    wait_port(mcp, &mut proc);
+    Dome {
+        proc,
+        mcp,
+        stats,
+        config,
+    }
+}
+
+/// Starts the Rust demo upstream on a free port.
+pub fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
+    let addr = local(free_port());
+    let mut p = Proc::spawn(
+        "dome-demo-upstream",
+        Command::new(env!("CARGO_BIN_EXE_dome-demo-upstream"))
+            .arg(addr.to_string())
+            .args(extra)
+            .stderr(Stdio::null()),
+    );
+    wait_port(addr, &mut p);
+    (p, addr)
+}
+
+/// Starts the Python SDK upstream on a free port.
+pub fn start_sdk_upstream() -> (Proc, SocketAddr) {
+    let addr = local(free_port());
+    let mut p = Proc::spawn(
+        "sdk_upstream.py",
+        Command::new(python())
+            .arg(py_script("sdk_upstream.py"))
+            .arg(addr.port().to_string())
+            .stderr(Stdio::null()),
+    );
+    wait_port(addr, &mut p);
+    (p, addr)
+}
+
+/// Runs a Python client script; returns its stdout parsed as JSON, or panics
+/// with its stderr.
+pub fn run_client(script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(py_script(script))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{script} {args:?} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{script}: output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}

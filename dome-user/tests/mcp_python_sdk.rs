@@ -1,0 +1,127 @@
+//! The official Python MCP SDK as the client through Dome, in both protocol
+//! eras, against two upstreams at once: the Rust demo upstream and an
+//! upstream written with the same SDK.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+fn upstreams(demo: std::net::SocketAddr, sdk: std::net::SocketAddr) -> String {
+    format!(
+        "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\nprefix = \"on_conflict\"\n\n\
+         [[upstream]]\nname = \"sdk\"\nurl = \"http://{sdk}/mcp\"\nprefix = \"on_conflict\"\n"
+    )
+}
+
+fn check_client_view(seen: &serde_json::Value, version: &str) {
+    assert_eq!(seen["protocol_version"], version, "{seen}");
+    assert_eq!(
+        seen["tools"],
+        json!([
+            "add",
+            "countdown",
+            "demo.echo",
+            "fail",
+            "records",
+            "sdk.echo",
+            "slow"
+        ]),
+        "one list, clashing names prefixed: {seen}"
+    );
+    assert_eq!(seen["demo_echo"], "hello through dome");
+    assert_eq!(seen["sdk_echo"], "sdk:hi");
+    assert_eq!(seen["add"], "42");
+    assert_eq!(seen["slow"], "done after 4 steps");
+    let progress = seen["slow_progress"].as_array().unwrap();
+    assert_eq!(
+        progress.len(),
+        4,
+        "every progress notification arrived: {seen}"
+    );
+    assert_eq!(progress[3][0], 4.0);
+    assert_eq!(progress[3][2], "step 4 of 4");
+    assert_eq!(seen["countdown"], "liftoff");
+    assert_eq!(
+        seen["countdown_progress"].as_array().unwrap().len(),
+        3,
+        "{seen}"
+    );
+    assert_eq!(seen["fail_is_error"], true);
+    // The SDK upstream reports a raised exception as a tool error (without
+    // its message); Dome passes it through as it is.
+    assert!(
+        seen["fail_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Error executing tool fail"),
+        "{seen}"
+    );
+    assert_eq!(seen["unknown_tool_error"], -32602, "{seen}");
+}
+
+#[test]
+fn python_sdk_client_in_both_eras_through_dome_to_two_upstreams() {
+    let (_demo, demo_addr) = start_demo(&[]);
+    let (_sdk, sdk_addr) = start_sdk_upstream();
+    let dome = start_dome("two-upstreams", &upstreams(demo_addr, sdk_addr));
+    let url = format!("http://{}/mcp", dome.mcp);
+
+    let legacy = run_client("client_checks.py", &[&url, "legacy"]);
+    check_client_view(&legacy, "2025-11-25");
+    let modern = run_client("client_checks.py", &[&url, "2026-07-28"]);
+    check_client_view(&modern, "2026-07-28");
+}
+
+#[test]
+fn one_upstream_failing_leaves_the_other_working() {
+    let (_demo, demo_addr) = start_demo(&[]);
+    let (mut sdk, sdk_addr) = start_sdk_upstream();
+    let dome = start_dome("isolation", &upstreams(demo_addr, sdk_addr));
+    let url = format!("http://{}/mcp", dome.mcp);
+    let before = run_client("client_isolation.py", &[&url, "legacy"]);
+    assert_eq!(before["add"], "42", "{before}");
+
+    sdk.kill();
+    for mode in ["legacy", "2026-07-28"] {
+        let after = run_client("client_isolation.py", &[&url, mode]);
+        // The failed upstream's tools drop out; the other's stay (no clash now).
+        assert_eq!(
+            after["tools"],
+            json!(["echo", "records", "slow"]),
+            "{after}"
+        );
+        assert_eq!(after["echo"], "still here", "{after}");
+        let err = after["add_error"].as_str().unwrap();
+        assert!(
+            err.contains("upstream `sdk`"),
+            "the error names the upstream: {err}"
+        );
+    }
+}
+
+#[test]
+fn stateless_client_reaches_a_session_only_upstream_across_its_restart() {
+    let (mut demo, demo_addr) = start_demo(&["--session-only"]);
+    let dome = start_dome(
+        "session-only",
+        &format!("[[upstream]]\nname = \"legacy\"\nurl = \"http://{demo_addr}/mcp\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let first = run_client("client_isolation.py", &[&url, "2026-07-28"]);
+    assert_eq!(first["echo"], "still here", "{first}");
+
+    // The upstream restarts and forgets every session; Dome initializes a new one.
+    demo.kill();
+    let mut again = Proc::spawn(
+        "dome-demo-upstream",
+        std::process::Command::new(env!("CARGO_BIN_EXE_dome-demo-upstream"))
+            .arg(demo_addr.to_string())
+            .arg("--session-only"),
+    );
+    wait_port(demo_addr, &mut again);
+    let second = run_client("client_isolation.py", &[&url, "2026-07-28"]);
+    assert_eq!(second["echo"], "still here", "{second}");
+    let legacy = run_client("client_isolation.py", &[&url, "legacy"]);
+    assert_eq!(legacy["echo"], "still here", "{legacy}");
+}
