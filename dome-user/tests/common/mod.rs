@@ -197,8 +197,10 @@ pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     while stats == mcp {
         stats = local(free_port());
     }
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("{name}-{}.toml", std::process::id()));
+        .join(format!("{name}-{}-{seq}.toml", std::process::id()));
     std::fs::write(
         &config,
         format!(

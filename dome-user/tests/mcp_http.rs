@@ -1,0 +1,371 @@
+//! Streamable HTTP rules of both eras, checked on the wire with raw HTTP
+//! against a real Dome in front of the real demo upstream.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+const ACCEPT: (&str, &str) = ("Accept", "application/json, text/event-stream");
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+fn setup(extra: &str) -> (Proc, Dome) {
+    let (demo, addr) = start_demo(&[]);
+    let dome = start_dome(
+        "http-rules",
+        &format!("{extra}\n[[upstream]]\nname = \"demo\"\nurl = \"http://{addr}/mcp\"\n"),
+    );
+    (demo, dome)
+}
+
+fn post(dome: &Dome, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String, String)>, Value) {
+    let (status, h, b) = http(dome.mcp, "POST", "/mcp", headers, body);
+    let v = serde_json::from_str(&b).unwrap_or(Value::Null);
+    (status, h, v)
+}
+
+fn initialize(dome: &Dome, version: &str) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (status, h, v) = post(dome, &[ACCEPT, JSON], &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["protocolVersion"], version);
+    let sid = header(&h, "mcp-session-id")
+        .expect("session id")
+        .to_string();
+    assert_eq!(sid.len(), 32, "128 random bits");
+    sid
+}
+
+fn stateless(method: &str, name: Option<&str>, params: Value) -> (Vec<(String, String)>, String) {
+    let mut p = params;
+    p["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}
+    });
+    if let Some(n) = name {
+        p["name"] = n.into();
+    }
+    let mut h = vec![
+        ("MCP-Protocol-Version".to_string(), "2026-07-28".to_string()),
+        ("Mcp-Method".to_string(), method.to_string()),
+    ];
+    if let Some(n) = name {
+        h.push(("Mcp-Name".to_string(), n.to_string()));
+    }
+    (
+        h,
+        json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": p}).to_string(),
+    )
+}
+
+fn as_refs(h: &[(String, String)]) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = h.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    v.push(ACCEPT);
+    v.push(JSON);
+    v
+}
+
+#[test]
+fn session_era_rules() {
+    let (_demo, dome) = setup("");
+    let sid = initialize(&dome, "2025-06-18");
+    let with_sid = [ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())];
+
+    // Unknown versions negotiate down to the latest Dome speaks.
+    let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2024-01-01", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (_, _, v) = post(&dome, &[ACCEPT, JSON], &body.to_string());
+    assert_eq!(v["result"]["protocolVersion"], "2025-11-25");
+
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let (status, _, v) = post(&dome, &with_sid, ping);
+    assert_eq!((status, &v["result"]), (200, &json!({})));
+
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON], ping);
+    assert_eq!(status, 400, "no session id: {v}");
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", "0123")], ping);
+    assert_eq!(status, 404, "unknown session: {v}");
+    let (status, _, _) = post(
+        &dome,
+        &[
+            ACCEPT,
+            JSON,
+            ("Mcp-Session-Id", &sid),
+            ("MCP-Protocol-Version", "1999-01-01"),
+        ],
+        ping,
+    );
+    assert_eq!(status, 400, "unsupported MCP-Protocol-Version header");
+
+    let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    assert_eq!(post(&dome, &with_sid, note).0, 202);
+    let cancelled =
+        r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":5}}"#;
+    assert_eq!(post(&dome, &with_sid, cancelled).0, 202);
+
+    let (status, _, v) = post(
+        &dome,
+        &with_sid,
+        r#"{"jsonrpc":"2.0","id":2,"method":"nope/nope"}"#,
+    );
+    assert_eq!((status, v["error"]["code"].as_i64()), (200, Some(-32601)));
+
+    let (status, _, v) = post(
+        &dome,
+        &with_sid,
+        r#"[{"jsonrpc":"2.0","id":3,"method":"ping"}]"#,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32600)),
+        "no batches after 2025-03-26"
+    );
+
+    assert_eq!(
+        http(
+            dome.mcp,
+            "GET",
+            "/mcp",
+            &[("Accept", "text/event-stream")],
+            ""
+        )
+        .0,
+        405
+    );
+    assert_eq!(
+        http(dome.mcp, "DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "").0,
+        200
+    );
+    assert_eq!(
+        post(&dome, &with_sid, ping).0,
+        404,
+        "a deleted session is gone"
+    );
+    assert_eq!(
+        http(dome.mcp, "DELETE", "/mcp", &[("Mcp-Session-Id", &sid)], "").0,
+        404
+    );
+}
+
+#[test]
+fn batches_only_under_2025_03_26() {
+    let (_demo, dome) = setup("");
+    let sid = initialize(&dome, "2025-03-26");
+    let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"},
+                   {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo","arguments":{"message":"b"}}}]"#;
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", &sid)], batch);
+    assert_eq!(status, 200, "{v}");
+    let a = v.as_array().expect("an array of responses");
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0]["id"], 1);
+    assert_eq!(a[1]["result"]["content"][0]["text"], "b");
+}
+
+#[test]
+fn client_mistakes_get_their_codes_never_a_500() {
+    let (_demo, dome) = setup("[mcp]\nmax_body_bytes = 2048\n");
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON], "{not json");
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32700)));
+    let (status, _, v) = post(
+        &dome,
+        &[ACCEPT, JSON],
+        r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON], r#"{"jsonrpc":"2.0","id":1}"#);
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
+        "x".repeat(4096)
+    );
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON], &big);
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (413, Some(-32600)),
+        "{v}"
+    );
+    let (status, _, _) = post(
+        &dome,
+        &[("Accept", "application/json"), JSON],
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(status, 406, "Accept must allow SSE too");
+    let (status, _, _) = post(
+        &dome,
+        &[ACCEPT, JSON, ("Origin", "https://evil.example")],
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(status, 403);
+    let sid = initialize(&dome, "2025-11-25");
+    let (status, _, _) = post(
+        &dome,
+        &[
+            ACCEPT,
+            JSON,
+            ("Origin", "http://localhost:3000"),
+            ("Mcp-Session-Id", &sid),
+        ],
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(status, 200, "loopback origins are fine");
+    assert_eq!(http(dome.mcp, "GET", "/other", &[], "").0, 404);
+}
+
+#[test]
+fn stateless_era_rules() {
+    let (_demo, dome) = setup("");
+    let (h, body) = stateless("server/discover", None, json!({}));
+    let (status, _, v) = post(&dome, &as_refs(&h), &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["supportedVersions"], json!(["2026-07-28"]));
+    assert_eq!(v["result"]["resultType"], "complete");
+
+    let (h, body) = stateless(
+        "tools/call",
+        Some("echo"),
+        json!({"arguments": {"message": "m"}}),
+    );
+    let (status, _, v) = post(&dome, &as_refs(&h), &body);
+    assert_eq!(
+        (status, &v["result"]["content"][0]["text"]),
+        (200, &json!("m"))
+    );
+
+    // Mcp-Name disagrees with the body.
+    let (mut h, body) = stateless(
+        "tools/call",
+        Some("echo"),
+        json!({"arguments": {"message": "m"}}),
+    );
+    h[2].1 = "records".into();
+    let (status, _, v) = post(&dome, &as_refs(&h), &body);
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32020)));
+    // Mcp-Method disagrees with the body.
+    let (mut h, body) = stateless("tools/list", None, json!({}));
+    h[1].1 = "tools/call".into();
+    assert_eq!(post(&dome, &as_refs(&h), &body).2["error"]["code"], -32020);
+
+    // A version Dome does not serve.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2099-01-01",
+        "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let h = [
+        ACCEPT,
+        JSON,
+        ("MCP-Protocol-Version", "2099-01-01"),
+        ("Mcp-Method", "tools/list"),
+    ];
+    let (status, _, v) = post(&dome, &h, &body);
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32022)));
+    assert_eq!(v["error"]["data"]["supported"], json!(["2026-07-28"]));
+
+    // Unknown method: 404; ping is not part of this era.
+    for m in ["nope/nope", "ping"] {
+        let (h, body) = stateless(m, None, json!({}));
+        let (status, _, v) = post(&dome, &as_refs(&h), &body);
+        assert_eq!(
+            (status, v["error"]["code"].as_i64()),
+            (404, Some(-32601)),
+            "{m}"
+        );
+    }
+    // Unknown tool.
+    let (h, body) = stateless("tools/call", Some("ghost"), json!({"arguments": {}}));
+    let (status, _, v) = post(&dome, &as_refs(&h), &body);
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32602)));
+    // Notifications are acknowledged.
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let h = [
+        ACCEPT,
+        JSON,
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "notifications/progress"),
+    ];
+    assert_eq!(post(&dome, &h, &note).0, 202);
+    assert_eq!(
+        http(dome.mcp, "DELETE", "/mcp", &[], "").0,
+        400,
+        "no session to delete"
+    );
+}
+
+#[test]
+fn tools_list_pages_walk_the_whole_catalog() {
+    let (_demo, dome) = setup("[mcp]\npage_size = 2\n");
+    let sid = initialize(&dome, "2025-11-25");
+    let h = [ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())];
+    let (_, _, v) = post(
+        &dome,
+        &h,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    );
+    let page1: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(page1, ["echo", "slow"]);
+    let cursor = v["result"]["nextCursor"]
+        .as_str()
+        .expect("a next page")
+        .to_string();
+    let body =
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {"cursor": cursor}})
+            .to_string();
+    let (_, _, v) = post(&dome, &h, &body);
+    assert_eq!(v["result"]["tools"][0]["name"], "records");
+    assert!(v["result"].get("nextCursor").is_none(), "last page: {v}");
+    let bad = r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"cursor":"garbage"}}"#;
+    assert_eq!(post(&dome, &h, bad).2["error"]["code"], -32602);
+}
+
+/// Progress events reach the client as the upstream sends them: the first
+/// arrives while the call is still running.
+#[test]
+fn sse_responses_stream_through_unbuffered() {
+    let (_demo, dome) = setup("");
+    let sid = initialize(&dome, "2025-11-25");
+    let body = json!({"jsonrpc": "2.0", "id": "s", "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"steps": 3, "delay_ms": 400}, "_meta": {"progressToken": "tok"}}})
+    .to_string();
+    let mut s = TcpStream::connect(dome.mcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: dome\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\"progress\":1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(
+        !seen.contains("done after"),
+        "the result must not have arrived with the first progress event"
+    );
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    seen.push_str(&rest);
+    assert!(seen.contains("\"progress\":3"));
+    assert!(
+        seen.contains("done after 3 steps") && seen.contains("\"id\":\"s\""),
+        "{seen}"
+    );
+}
