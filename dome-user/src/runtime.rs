@@ -12,7 +12,7 @@ use crate::{
         gateway::{self, Gateway},
         upstream::Upstream,
     },
-    stats::{self, StatsState},
+    stats::{self, StatsState, metrics::Metrics},
     xdp::{self, EventStats, KernelTier, XdpStatus},
 };
 
@@ -77,7 +77,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .map(|u| Upstream::new(u.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()
         .map_err(anyhow::Error::msg)?;
-    let gw = Gateway::new(config.mcp.clone(), upstreams);
+    let metrics = Metrics::new();
+    let gw = Gateway::new(config.mcp.clone(), upstreams, metrics.clone());
     let catalog = gw.refresh_catalog().await;
     tracing::info!(
         upstreams = gw.upstreams().len(),
@@ -92,6 +93,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
     let state = Arc::new(StatsState {
         started: Instant::now(),
+        metrics,
         xdp_status: status,
         tier: tier.clone(),
         events,

@@ -369,3 +369,42 @@ fn sse_responses_stream_through_unbuffered() {
         "{seen}"
     );
 }
+
+#[test]
+fn stats_show_latency_histograms_and_counts() {
+    let (_demo, dome) = setup("");
+    let sid = initialize(&dome, "2025-11-25");
+    let h = [ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())];
+    for i in 0..5 {
+        let body = json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "x"}}});
+        assert_eq!(post(&dome, &h, &body.to_string()).0, 200);
+    }
+    post(&dome, &h, "{oops");
+    let (status, _, body) = http(dome.stats, "GET", "/stats", &[], "");
+    assert_eq!(status, 200);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    let lat = &s["latency"];
+    assert_eq!(lat["tool"]["echo"]["count"], 5, "{s}");
+    assert_eq!(lat["upstream"]["demo"]["count"], 5, "{s}");
+    assert_eq!(lat["phase"]["upstream"]["count"], 5, "{s}");
+    assert!(lat["phase"]["total"]["count"].as_u64().unwrap() >= 7, "{s}");
+    assert!(lat["phase"]["parse"]["count"].as_u64().unwrap() >= 7, "{s}");
+    for q in ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(lat["tool"]["echo"][q].as_u64().unwrap() > 0, "{q}: {s}");
+    }
+    assert_eq!(s["requests"]["by_method"]["tools/call"], 5, "{s}");
+    assert_eq!(s["requests"]["by_jsonrpc_error"]["-32700"], 1, "{s}");
+    assert_eq!(s["requests"]["by_http_status"]["400"], 1, "{s}");
+    let (status, _, text) = http(dome.stats, "GET", "/metrics", &[], "");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("dome_tool_latency_seconds_count{tool=\"echo\"} 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dome_jsonrpc_errors_total{code=\"-32700\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("dome_xdp_attached 0"), "{text}");
+}

@@ -11,6 +11,7 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     sync::{Arc, RwLock},
+    time::Instant,
 };
 
 use bytes::Bytes;
@@ -25,6 +26,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+
+use crate::stats::metrics::{Metrics, phase};
 
 use super::{
     catalog::{self, Catalog},
@@ -84,9 +87,40 @@ pub struct Gateway {
     upstreams: Vec<Arc<Upstream>>,
     catalog: RwLock<Arc<Catalog>>,
     sessions: RwLock<HashMap<String, Session>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What `/stats` learns of one request: its method label and JSON-RPC
+/// error code, noted where they become known.
+#[derive(Default)]
+struct Tally {
+    method: &'static str,
+    rpc_error: Option<i64>,
+}
+
+tokio::task_local! {
+    static TALLY: std::cell::RefCell<Tally>;
+}
+
+fn note_method(m: &'static str) {
+    let _ = TALLY.try_with(|t| t.borrow_mut().method = m);
+}
+
+fn method_label(m: &str) -> &'static str {
+    match m {
+        "initialize" => "initialize",
+        "ping" => "ping",
+        "tools/list" => "tools/list",
+        "tools/call" => "tools/call",
+        "server/discover" => "server/discover",
+        _ => "other",
+    }
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    if let Some(c) = v["error"]["code"].as_i64() {
+        let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
+    }
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -126,10 +160,15 @@ enum Era {
 }
 
 impl Gateway {
-    pub fn new(config: McpConfig, upstreams: Vec<Arc<Upstream>>) -> Arc<Self> {
+    pub fn new(
+        config: McpConfig,
+        upstreams: Vec<Arc<Upstream>>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Gateway {
             config,
             upstreams,
+            metrics,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             sessions: RwLock::new(HashMap::new()),
         })
@@ -152,6 +191,24 @@ impl Gateway {
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let metrics = self.metrics.clone();
+        let tally = std::cell::RefCell::new(Tally {
+            method: "invalid",
+            rpc_error: None,
+        });
+        let (resp, tally) = TALLY
+            .scope(tally, async move {
+                let resp = self.route(req).await;
+                (resp, TALLY.with(|t| std::mem::take(&mut *t.borrow_mut())))
+            })
+            .await;
+        metrics.phase(phase::TOTAL, start.elapsed());
+        metrics.answered(tally.method, resp.status().as_u16(), tally.rpc_error);
+        resp
+    }
+
+    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() != self.config.path {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -166,7 +223,10 @@ impl Gateway {
         }
         match *req.method() {
             Method::POST => self.post(req).await,
-            Method::DELETE => self.delete(req.headers()),
+            Method::DELETE => {
+                note_method("delete");
+                self.delete(req.headers())
+            }
             _ => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
                 .header(header::ALLOW, "POST, DELETE")
@@ -260,7 +320,10 @@ impl Gateway {
             }
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         };
-        let msg: Value = match serde_json::from_slice(&bytes) {
+        let parse_start = Instant::now();
+        let parsed = serde_json::from_slice::<Value>(&bytes);
+        self.metrics.phase(phase::PARSE, parse_start.elapsed());
+        let msg: Value = match parsed {
             Ok(v) => v,
             Err(e) => {
                 return json_response(
@@ -273,6 +336,7 @@ impl Gateway {
         let session_id = header(protocol::H_SESSION).map(str::to_string);
 
         if let Value::Array(batch) = msg {
+            note_method("batch");
             return self.batch(batch, session_id.as_deref(), &headers).await;
         }
         let id = msg.get("id").cloned().unwrap_or(Value::Null);
@@ -295,6 +359,11 @@ impl Gateway {
             );
         }
         let method = method.unwrap_or_default();
+        note_method(if is_response || msg.get("id").is_none() {
+            "notification"
+        } else {
+            method_label(&method)
+        });
 
         let meta_version = msg["params"]["_meta"].get(protocol::META_PROTOCOL_VERSION);
         let header_version = header(protocol::H_VERSION);
@@ -552,7 +621,14 @@ impl Gateway {
                 params.as_object_mut().expect("object").remove("_meta");
             }
         }
-        match upstream.request("tools/call", params).await {
+        let start = Instant::now();
+        let result = upstream.request("tools/call", params).await;
+        // Time to the upstream's answer (for a stream: to its first byte).
+        let took = start.elapsed();
+        self.metrics.phase(phase::UPSTREAM, took);
+        self.metrics.upstream(upstream.name(), took);
+        self.metrics.tool(name, took);
+        match result {
             Ok((reply, uid)) => Ok((upstream.name().to_string(), reply, uid)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");

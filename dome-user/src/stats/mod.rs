@@ -1,5 +1,9 @@
-//! The stats listener: `GET /stats` (JSON). Shows the kernel tier's attach
-//! state, its counters and the events it reported.
+//! The stats listener: `GET /stats` (JSON) and `GET /metrics` (Prometheus
+//! text). Latency histograms per phase, tool and upstream; request counts by
+//! method, HTTP status and JSON-RPC error; the kernel tier's attach state,
+//! counters and events.
+
+pub mod metrics;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -14,6 +18,7 @@ use crate::xdp::{EventStats, KernelTier, XdpStatus};
 /// What `/stats` reports.
 pub struct StatsState {
     pub started: Instant,
+    pub metrics: Arc<metrics::Metrics>,
     pub xdp_status: XdpStatus,
     pub tier: Option<Arc<KernelTier>>,
     pub events: Arc<EventStats>,
@@ -34,13 +39,36 @@ impl StatsState {
             }
         }
         xdp["events"] = self.events.to_json();
+        let m = self.metrics.snapshot().to_json();
         serde_json::json!({
             "dome": {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_s": self.started.elapsed().as_secs(),
             },
+            "latency": m["latency"],
+            "requests": m["requests"],
             "xdp": xdp,
         })
+    }
+
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        self.metrics.snapshot().to_prometheus(&mut out);
+        if let Some(t) = &self.tier
+            && let Ok(c) = t.counters()
+        {
+            out.push_str("# TYPE dome_xdp_packets_total counter\n");
+            for (name, v) in dome_common::counter::NAMES.iter().zip(c.0.iter()) {
+                out.push_str(&format!(
+                    "dome_xdp_packets_total{{counter=\"{name}\"}} {v}\n"
+                ));
+            }
+        }
+        let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;
+        out.push_str(&format!(
+            "# TYPE dome_xdp_attached gauge\ndome_xdp_attached {attached}\n"
+        ));
+        out
     }
 }
 
@@ -54,6 +82,11 @@ fn respond(state: &StatsState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats") => json(StatusCode::OK, state.snapshot()),
+        (&Method::GET, "/metrics") => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(state.prometheus())))
+            .expect("static response parts"),
         (_, "/stats") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"error": "use GET"}),
