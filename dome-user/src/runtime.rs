@@ -1,15 +1,22 @@
-//! `dome run`: wires configuration, the kernel tier and the listeners, and
-//! shuts down cleanly on SIGINT/SIGTERM.
+//! `dome run`: wires configuration, the kernel tier and the listeners;
+//! reloads the configuration on SIGHUP and when the file changes; shuts down
+//! cleanly on SIGINT/SIGTERM.
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
     mcp::{
-        gateway::{self, Gateway},
+        gateway::{self, Gateway, SessionTable},
         upstream::Upstream,
     },
     stats::{self, StatsState, metrics::Metrics},
@@ -44,10 +51,194 @@ pub fn start_kernel_tier(config: &Config) -> (Option<Arc<KernelTier>>, XdpStatus
     }
 }
 
+/// The configuration Dome runs on and how the last reload went (`/stats`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigStatus {
+    pub file: PathBuf,
+    /// Content hash of the file in force.
+    pub version: String,
+    pub loaded_unix_s: u64,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub unix_s: u64,
+    /// The error (file, line, field) when the new file was refused.
+    pub error: Option<String>,
+    /// Changes that need a restart and were not applied.
+    pub needs_restart: Vec<String>,
+}
+
+/// FNV-1a over the file's bytes: a stable, short version id.
+pub fn content_version(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Everything a reload swaps or updates.
+struct Live {
+    path: PathBuf,
+    config: Mutex<Config>,
+    /// Hash of the file text last looked at (valid or not), so a broken file
+    /// is reported once, not every poll.
+    seen: Mutex<String>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    sessions: Arc<SessionTable>,
+    metrics: Arc<Metrics>,
+    tier: Option<Arc<KernelTier>>,
+    status: Arc<Mutex<ConfigStatus>>,
+}
+
+/// Builds upstream clients for `configs`, reusing `current` ones whose
+/// settings did not change (their pooled connections and sessions stay).
+fn upstreams_for(
+    configs: &[crate::mcp::upstream::UpstreamConfig],
+    current: &[Arc<Upstream>],
+) -> anyhow::Result<Vec<Arc<Upstream>>> {
+    configs
+        .iter()
+        .map(|c| match current.iter().find(|u| u.config == *c) {
+            Some(u) => Ok(u.clone()),
+            None => Upstream::new(c.clone())
+                .map(Arc::new)
+                .map_err(anyhow::Error::msg),
+        })
+        .collect()
+}
+
+impl Live {
+    /// Reads the file again; applies it when it is valid and different.
+    async fn reload(&self, why: &str) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                self.refuse(format!(
+                    "{}: cannot read the file: {e}",
+                    self.path.display()
+                ));
+                return;
+            }
+        };
+        let version = content_version(&text);
+        {
+            let mut seen = self.seen.lock().expect("seen lock");
+            if why == "file change" && *seen == version {
+                return;
+            }
+            *seen = version.clone();
+        }
+        if self.status.lock().expect("status lock").version == version && why == "file change" {
+            return;
+        }
+        let new = match config::parse(&text, &self.path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "configuration refused; the running configuration stays");
+                self.refuse(e.to_string());
+                return;
+            }
+        };
+        let old = self.config.lock().expect("config lock").clone();
+        let mut applied = new.clone();
+        let mut needs_restart = Vec::new();
+        if new.server.listen != old.server.listen {
+            needs_restart.push("server.listen".to_string());
+            applied.server.listen = old.server.listen;
+        }
+        if new.stats.listen != old.stats.listen {
+            needs_restart.push("stats.listen".to_string());
+            applied.stats.listen = old.stats.listen;
+        }
+        if (new.xdp.enabled, &new.xdp.interface, new.xdp.mode)
+            != (old.xdp.enabled, &old.xdp.interface, old.xdp.mode)
+        {
+            needs_restart.push("xdp.enabled/interface/mode".to_string());
+            applied.xdp.enabled = old.xdp.enabled;
+            applied.xdp.interface = old.xdp.interface.clone();
+            applied.xdp.mode = old.xdp.mode;
+        }
+        for field in &needs_restart {
+            tracing::warn!(
+                field,
+                "changed in the file; takes effect at the next restart"
+            );
+        }
+
+        let current = self.gateway.load_full();
+        let upstreams = match upstreams_for(&applied.upstreams, current.upstreams()) {
+            Ok(u) => u,
+            Err(e) => {
+                self.refuse(e.to_string());
+                return;
+            }
+        };
+        if let Some(t) = &self.tier
+            && let Err(e) = t.apply_settings(&applied.program_settings())
+        {
+            tracing::warn!(error = %e, "updating the XDP program's settings failed");
+        }
+        let gw = Gateway::new(
+            applied.mcp.clone(),
+            upstreams,
+            self.metrics.clone(),
+            self.sessions.clone(),
+        );
+        let catalog = gw.refresh_catalog().await;
+        // Requests in flight keep the gateway they started on.
+        self.gateway.store(gw);
+        *self.config.lock().expect("config lock") = applied;
+        let mut st = self.status.lock().expect("status lock");
+        st.version = version.clone();
+        st.loaded_unix_s = unix_now();
+        st.reloads += 1;
+        st.last_reload = Some(ReloadOutcome {
+            ok: true,
+            unix_s: unix_now(),
+            error: None,
+            needs_restart,
+        });
+        tracing::info!(%version, why, tools = catalog.tools.len(), "configuration reloaded");
+    }
+
+    fn refuse(&self, error: String) {
+        let mut st = self.status.lock().expect("status lock");
+        st.last_reload = Some(ReloadOutcome {
+            ok: false,
+            unix_s: unix_now(),
+            error: Some(error),
+            needs_restart: Vec::new(),
+        });
+    }
+}
+
+/// How often the config file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Runs Dome until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let config = config::load(config_path)?;
-    tracing::info!(config = %config_path.display(), "configuration loaded");
+    let text = std::fs::read_to_string(config_path).map_err(|e| config::ConfigError {
+        file: config_path.to_path_buf(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        reason: format!("cannot read the file: {e}"),
+    })?;
+    let config = config::parse(&text, config_path)?;
+    let version = content_version(&text);
+    tracing::info!(config = %config_path.display(), %version, "configuration loaded");
 
     let (tier, status) = start_kernel_tier(&config);
     let events = Arc::new(EventStats::default());
@@ -61,7 +252,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         let sweeper = t.clone();
         background.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
                 if let Err(e) = sweeper.sweep_expired() {
@@ -71,49 +262,76 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }));
     }
 
-    let upstreams = config
-        .upstreams
-        .iter()
-        .map(|u| Upstream::new(u.clone()).map(Arc::new))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(anyhow::Error::msg)?;
+    let upstreams = upstreams_for(&config.upstreams, &[])?;
     let metrics = Metrics::new();
-    let gw = Gateway::new(config.mcp.clone(), upstreams, metrics.clone());
+    let sessions = SessionTable::new();
+    let gw = Gateway::new(
+        config.mcp.clone(),
+        upstreams,
+        metrics.clone(),
+        sessions.clone(),
+    );
     let catalog = gw.refresh_catalog().await;
     tracing::info!(
         upstreams = gw.upstreams().len(),
         tools = catalog.tools.len(),
         "federated tool catalog ready"
     );
-    let (mcp_addr, mcp_task) = gateway::serve(config.server.listen, gw.clone())
+    let live_gw = Arc::new(ArcSwap::new(gw));
+    let (mcp_addr, mcp_task) = gateway::serve(config.server.listen, live_gw.clone())
         .await
         .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
     background.push(mcp_task);
     tracing::info!(%mcp_addr, path = %config.mcp.path, "MCP listener ready");
 
+    let config_status = Arc::new(Mutex::new(ConfigStatus {
+        file: config_path.to_path_buf(),
+        version: version.clone(),
+        loaded_unix_s: unix_now(),
+        reloads: 0,
+        last_reload: None,
+    }));
     let state = Arc::new(StatsState {
         started: Instant::now(),
-        metrics,
+        metrics: metrics.clone(),
         xdp_status: status,
         tier: tier.clone(),
         events,
+        config: config_status.clone(),
+        sessions: sessions.clone(),
     });
     let (stats_addr, stats_task) = stats::serve(config.stats.listen, state)
         .await
         .with_context(|| format!("binding the stats listener on {}", config.stats.listen))?;
     background.push(stats_task);
-    tracing::info!(%stats_addr, "stats listener ready: GET /stats");
+    tracing::info!(%stats_addr, "stats listener ready: GET /stats, GET /metrics");
 
+    let live = Arc::new(Live {
+        path: config_path.to_path_buf(),
+        config: Mutex::new(config),
+        seen: Mutex::new(version),
+        gateway: live_gw.clone(),
+        sessions,
+        metrics,
+        tier: tier.clone(),
+        status: config_status,
+    });
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => live.reload("SIGHUP").await,
+            _ = watch.tick() => live.reload("file change").await,
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+        }
     }
     for task in background {
         task.abort();
     }
-    for u in gw.upstreams() {
+    for u in live_gw.load().upstreams() {
         u.close().await;
     }
     if let Some(t) = tier {
@@ -121,4 +339,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tracing::info!("XDP detached");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_stable_and_content_bound() {
+        assert_eq!(content_version(""), "cbf29ce484222325");
+        assert_ne!(content_version("a"), content_version("b"));
+        assert_eq!(content_version("same"), content_version("same"));
+    }
 }

@@ -14,6 +14,7 @@ use std::{
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::{
@@ -81,12 +82,29 @@ struct Session {
     version: &'static str,
 }
 
+/// Downstream sessions. Shared by successive gateways, so a config reload
+/// keeps every session.
+#[derive(Default)]
+pub struct SessionTable(RwLock<HashMap<String, Session>>);
+
+impl SessionTable {
+    pub fn new() -> Arc<Self> {
+        Arc::new(SessionTable::default())
+    }
+    pub fn len(&self) -> usize {
+        self.0.read().expect("sessions lock").len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// The gateway: upstreams, the current catalog and the downstream sessions.
 pub struct Gateway {
     config: McpConfig,
     upstreams: Vec<Arc<Upstream>>,
     catalog: RwLock<Arc<Catalog>>,
-    sessions: RwLock<HashMap<String, Session>>,
+    sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
 }
 
@@ -164,13 +182,14 @@ impl Gateway {
         config: McpConfig,
         upstreams: Vec<Arc<Upstream>>,
         metrics: Arc<Metrics>,
+        sessions: Arc<SessionTable>,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             config,
             upstreams,
             metrics,
             catalog: RwLock::new(Arc::new(Catalog::default())),
-            sessions: RwLock::new(HashMap::new()),
+            sessions,
         })
     }
 
@@ -272,7 +291,7 @@ impl Gateway {
                 ),
             );
         };
-        match self.sessions.write().expect("sessions lock").remove(id) {
+        match self.sessions.0.write().expect("sessions lock").remove(id) {
             Some(_) => empty(StatusCode::OK),
             None => json_response(
                 StatusCode::NOT_FOUND,
@@ -401,7 +420,7 @@ impl Gateway {
                 ),
             );
         };
-        let version = match self.sessions.read().expect("sessions lock").get(&sid) {
+        let version = match self.sessions.0.read().expect("sessions lock").get(&sid) {
             Some(s) => s.version,
             None => {
                 return json_response(
@@ -440,6 +459,7 @@ impl Gateway {
     ) -> Response<Body> {
         let version = session.and_then(|s| {
             self.sessions
+                .0
                 .read()
                 .expect("sessions lock")
                 .get(s)
@@ -485,6 +505,7 @@ impl Gateway {
         let version = protocol::negotiate(requested);
         let sid = new_session_id();
         self.sessions
+            .0
             .write()
             .expect("sessions lock")
             .insert(sid.clone(), Session { version });
@@ -853,10 +874,12 @@ fn new_session_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Binds the MCP listener and serves the gateway on it (HTTP/1.1 and h2c).
+/// Binds the MCP listener and serves the current gateway on it (HTTP/1.1
+/// and h2c). Each request takes the gateway current when it arrives and
+/// finishes on it, whatever a reload swaps in meanwhile.
 pub async fn serve(
     addr: SocketAddr,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -874,7 +897,7 @@ pub async fn serve(
             let gw = gateway.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
-                    let gw = gw.clone();
+                    let gw = gw.load_full();
                     async move { Ok::<_, Infallible>(gw.handle(req).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())

@@ -22,6 +22,8 @@ pub struct StatsState {
     pub xdp_status: XdpStatus,
     pub tier: Option<Arc<KernelTier>>,
     pub events: Arc<EventStats>,
+    pub config: Arc<std::sync::Mutex<crate::runtime::ConfigStatus>>,
+    pub sessions: Arc<crate::mcp::gateway::SessionTable>,
 }
 
 impl StatsState {
@@ -45,6 +47,8 @@ impl StatsState {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_s": self.started.elapsed().as_secs(),
             },
+            "config": serde_json::to_value(&*self.config.lock().expect("config status")).unwrap_or_default(),
+            "sessions": self.sessions.len(),
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,

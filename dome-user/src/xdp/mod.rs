@@ -217,6 +217,8 @@ pub struct KernelTier {
     /// Write-locked to attach or detach; read-locked for test runs, which
     /// may run concurrently on several CPUs.
     ebpf: RwLock<Ebpf>,
+    /// The port bitmap map and the words last written to it.
+    ports: Mutex<(Array<MapData, u64>, Vec<u64>)>,
     flows: Mutex<HashMap<MapData, FlowKey, FlowBinding>>,
     identities: Mutex<Array<MapData, Identity>>,
     blocks: Mutex<Blocks>,
@@ -247,7 +249,7 @@ impl KernelTier {
         };
         let config =
             Array::try_from(take(&mut ebpf, maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
-        let mut ports: Array<MapData, u64> =
+        let ports: Array<MapData, u64> =
             Array::try_from(take(&mut ebpf, maps::PORTS)?).map_err(map_err(maps::PORTS))?;
         let flows =
             HashMap::try_from(take(&mut ebpf, maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
@@ -262,20 +264,6 @@ impl KernelTier {
         let events =
             RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;
 
-        let mut words = vec![0u64; 2 * PORT_WORDS as usize];
-        for (proto, list) in [
-            (PROTO_TCP, &settings.tcp_ports),
-            (PROTO_UDP, &settings.udp_ports),
-        ] {
-            for &p in list {
-                words[port_word(proto, p) as usize] |= port_bit(p);
-            }
-        }
-        for (i, w) in words.iter().enumerate() {
-            if *w != 0 {
-                ports.set(i as u32, *w, 0).map_err(map_err(maps::PORTS))?;
-            }
-        }
         let mut blocks = Blocks {
             config,
             cfg: XdpConfig {
@@ -289,15 +277,50 @@ impl KernelTier {
             n_prefixes: 0,
         };
         blocks.publish()?;
-        Ok(Arc::new(KernelTier {
+        let tier = KernelTier {
             ebpf: RwLock::new(ebpf),
+            ports: Mutex::new((ports, vec![0; 2 * PORT_WORDS as usize])),
             flows: Mutex::new(flows),
             identities: Mutex::new(identities),
             blocks: Mutex::new(blocks),
             counters,
             events: Mutex::new(Some(events)),
             attached: Mutex::new(None),
-        }))
+        };
+        tier.write_ports(settings)?;
+        Ok(Arc::new(tier))
+    }
+
+    /// Applies new settings to the running program (a config reload):
+    /// listener ports, the pre-auth budget and the event rate.
+    pub fn apply_settings(&self, settings: &ProgramSettings) -> Result<(), XdpError> {
+        self.write_ports(settings)?;
+        let mut b = self.blocks.lock().expect("blocks lock");
+        b.cfg.preauth = settings.preauth.to_kernel();
+        b.cfg.events_per_sec = settings.events_per_sec;
+        b.publish()
+    }
+
+    /// Writes the listener-port bitmap, touching only words that change.
+    fn write_ports(&self, settings: &ProgramSettings) -> Result<(), XdpError> {
+        let mut words = vec![0u64; 2 * PORT_WORDS as usize];
+        for (proto, list) in [
+            (PROTO_TCP, &settings.tcp_ports),
+            (PROTO_UDP, &settings.udp_ports),
+        ] {
+            for &p in list {
+                words[port_word(proto, p) as usize] |= port_bit(p);
+            }
+        }
+        let mut guard = self.ports.lock().expect("ports lock");
+        let (map, current) = &mut *guard;
+        for (i, (w, old)) in words.iter().zip(current.iter_mut()).enumerate() {
+            if w != old {
+                map.set(i as u32, *w, 0).map_err(map_err(maps::PORTS))?;
+                *old = *w;
+            }
+        }
+        Ok(())
     }
 
     /// Attaches to `interface`. `Auto` tries native mode first and falls back

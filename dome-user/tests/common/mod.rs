@@ -191,6 +191,25 @@ pub struct Dome {
     pub config: PathBuf,
 }
 
+fn config_text(mcp: SocketAddr, stats: SocketAddr, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}"
+    )
+}
+
+impl Dome {
+    /// Rewrites the config file with the same listeners and `rest`.
+    pub fn rewrite(&self, rest: &str) {
+        std::fs::write(&self.config, config_text(self.mcp, self.stats, rest)).unwrap();
+    }
+
+    pub fn stats_json(&self) -> serde_json::Value {
+        let (status, _, body) = http(self.stats, "GET", "/stats", &[], "");
+        assert_eq!(status, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
 pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     let mcp = local(free_port());
     let mut stats = local(free_port());
@@ -201,13 +220,7 @@ pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}-{seq}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{upstreams_toml}"
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_text(mcp, stats, upstreams_toml)).unwrap();
     // Dome's log goes next to its config (target/tmp/NAME-PID.log).
     let log = std::fs::File::create(config.with_extension("log")).unwrap();
     let mut proc = Proc::spawn(
