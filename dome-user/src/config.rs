@@ -26,6 +26,9 @@ pub struct Config {
     pub stats: StatsConfig,
     #[serde(default)]
     pub xdp: XdpSection,
+    /// Serve HTTPS when set.
+    #[serde(default)]
+    pub tls: Option<crate::transport::TlsConfig>,
     #[serde(default)]
     pub mcp: McpConfig,
     /// The MCP servers Dome federates.
@@ -40,14 +43,62 @@ pub struct ServerConfig {
     /// The MCP listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (HTTP/1.1) or header list (HTTP/2).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Time to receive a request's headers, and the longest a kept-alive
+    /// connection may sit idle, milliseconds.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Time to receive a request's body, milliseconds.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// HTTP/2 streams per connection.
+    #[serde(default = "default_streams")]
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
+            header_timeout_ms: default_header_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            max_concurrent_streams: default_streams(),
         }
     }
+}
+
+impl ServerConfig {
+    pub fn limits(&self) -> crate::transport::Limits {
+        crate::transport::Limits {
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+            max_concurrent_streams: self.max_concurrent_streams,
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+fn default_header_timeout() -> u64 {
+    30_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_streams() -> u32 {
+    100
 }
 
 fn default_listen() -> SocketAddr {
@@ -193,6 +244,26 @@ impl Config {
             out.push((
                 "xdp.udp_ports".into(),
                 "port 0 is not a listener port".into(),
+            ));
+        }
+        if let Some(tls) = &self.tls
+            && let Err(e) = crate::transport::check_tls(tls)
+        {
+            out.push(("tls".into(), e));
+        }
+        if self.server.max_connections == 0 {
+            out.push(("server.max_connections".into(), "must be at least 1".into()));
+        }
+        if self.server.max_header_bytes < 1024 {
+            out.push((
+                "server.max_header_bytes".into(),
+                "must be at least 1024".into(),
+            ));
+        }
+        if self.server.header_timeout_ms == 0 || self.server.body_timeout_ms == 0 {
+            out.push((
+                "server.header_timeout_ms".into(),
+                "timeouts must be at least 1 ms".into(),
             ));
         }
         if !self.mcp.path.starts_with('/') {

@@ -7,4 +7,5 @@ pub mod demo;
 pub mod mcp;
 pub mod runtime;
 pub mod stats;
+pub mod transport;
 pub mod xdp;

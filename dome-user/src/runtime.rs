@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{self, Config},
     mcp::{
-        gateway::{self, Gateway, SessionTable},
+        gateway::{Gateway, SessionTable},
         upstream::Upstream,
     },
     stats::{self, StatsState, metrics::Metrics},
@@ -158,6 +158,16 @@ impl Live {
             needs_restart.push("server.listen".to_string());
             applied.server.listen = old.server.listen;
         }
+        let mut server_rest = new.server.clone();
+        server_rest.listen = old.server.listen;
+        if server_rest != old.server {
+            needs_restart.push("server (limits)".to_string());
+            applied.server = old.server.clone();
+        }
+        if new.tls != old.tls {
+            needs_restart.push("tls".to_string());
+            applied.tls = old.tls.clone();
+        }
         if new.stats.listen != old.stats.listen {
             needs_restart.push("stats.listen".to_string());
             applied.stats.listen = old.stats.listen;
@@ -195,6 +205,7 @@ impl Live {
             upstreams,
             self.metrics.clone(),
             self.sessions.clone(),
+            Duration::from_millis(applied.server.body_timeout_ms),
         );
         let catalog = gw.refresh_catalog().await;
         // Requests in flight keep the gateway they started on.
@@ -270,6 +281,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         upstreams,
         metrics.clone(),
         sessions.clone(),
+        Duration::from_millis(config.server.body_timeout_ms),
     );
     let catalog = gw.refresh_catalog().await;
     tracing::info!(
@@ -278,11 +290,26 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "federated tool catalog ready"
     );
     let live_gw = Arc::new(ArcSwap::new(gw));
-    let (mcp_addr, mcp_task) = gateway::serve(config.server.listen, live_gw.clone())
-        .await
-        .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
+    let tls = match &config.tls {
+        Some(t) => Some(crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let handler_gw = live_gw.clone();
+    let (mcp_addr, mcp_task) = crate::transport::serve(
+        config.server.listen,
+        tls,
+        config.server.limits(),
+        move |req| {
+            // Each request finishes on the gateway current when it arrived.
+            let gw = handler_gw.load_full();
+            gw.handle(req)
+        },
+    )
+    .await
+    .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
     background.push(mcp_task);
-    tracing::info!(%mcp_addr, path = %config.mcp.path, "MCP listener ready");
+    tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), "MCP listener ready");
 
     let config_status = Arc::new(Mutex::new(ConfigStatus {
         file: config_path.to_path_buf(),

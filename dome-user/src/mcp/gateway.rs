@@ -9,24 +9,19 @@
 use std::{
     collections::HashMap,
     convert::Infallible,
-    net::SocketAddr,
     sync::{Arc, RwLock},
     time::Instant,
 };
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Frame, Incoming},
     header::{self, HeaderMap},
-    service::service_fn,
 };
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::stats::metrics::{Metrics, phase};
 
@@ -106,6 +101,7 @@ pub struct Gateway {
     catalog: RwLock<Arc<Catalog>>,
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
+    body_timeout: std::time::Duration,
 }
 
 /// What `/stats` learns of one request: its method label and JSON-RPC
@@ -178,11 +174,13 @@ enum Era {
 }
 
 impl Gateway {
+    /// `body_timeout`: how long a request body may take to arrive (408 beyond).
     pub fn new(
         config: McpConfig,
         upstreams: Vec<Arc<Upstream>>,
         metrics: Arc<Metrics>,
         sessions: Arc<SessionTable>,
+        body_timeout: std::time::Duration,
     ) -> Arc<Self> {
         Arc::new(Gateway {
             config,
@@ -190,6 +188,7 @@ impl Gateway {
             metrics,
             catalog: RwLock::new(Arc::new(Catalog::default())),
             sessions,
+            body_timeout,
         })
     }
 
@@ -319,10 +318,22 @@ impl Gateway {
             );
         }
         // Phase: parse.
-        let bytes = match Limited::new(body, self.config.max_body_bytes)
-            .collect()
-            .await
-        {
+        let collected = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, self.config.max_body_bytes).collect(),
+        )
+        .await;
+        let Ok(collected) = collected else {
+            return json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "the request body did not arrive in time",
+                ),
+            );
+        };
+        let bytes = match collected {
             Ok(b) => b.to_bytes(),
             Err(e)
                 if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -872,41 +883,6 @@ fn accepts(headers: &HeaderMap) -> (bool, bool) {
 fn new_session_id() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Binds the MCP listener and serves the current gateway on it (HTTP/1.1
-/// and h2c). Each request takes the gateway current when it arrives and
-/// finishes on it, whatever a reload swaps in meanwhile.
-pub async fn serve(
-    addr: SocketAddr,
-    gateway: Arc<ArcSwap<Gateway>>,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "MCP listener accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let gw = gateway.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let gw = gw.load_full();
-                    async move { Ok::<_, Infallible>(gw.handle(req).await) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok((local, task))
 }
 
 #[cfg(test)]

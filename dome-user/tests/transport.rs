@@ -1,0 +1,193 @@
+//! The MCP listener's transport: TLS with a real client (curl), HTTP/2 by
+//! ALPN, and the limits (header size, header and body timeouts, connections).
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
+
+fn self_signed() -> (PathBuf, PathBuf) {
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.cert.pem()).unwrap();
+    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+#[test]
+fn tls_serves_mcp_over_http2_and_http1() {
+    let (cert, key) = self_signed();
+    let (_demo, demo) = start_demo(&[]);
+    let dome = start_dome(
+        "tls",
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    for (flag, want) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args(["-s", "--cacert"])
+            .arg(&cert)
+            .args([
+                flag,
+                "-w",
+                "\n%{http_version}",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args([
+                "-H",
+                "Accept: application/json, text/event-stream",
+                "-d",
+                INIT,
+            ])
+            .arg(format!("https://localhost:{}/mcp", dome.mcp.port()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, version) = text.rsplit_once('\n').unwrap();
+        assert_eq!(version, want);
+        assert!(
+            body.contains("\"protocolVersion\":\"2025-11-25\""),
+            "{body}"
+        );
+    }
+    // Plain HTTP to the TLS port gets nowhere.
+    let (status, _, _) = http(dome.mcp, "POST", "/mcp", &[], INIT);
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn a_bad_certificate_path_is_a_config_error_naming_the_file() {
+    let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("badtls-{}.toml", std::process::id()));
+    std::fs::write(&config, "[xdp]\nenabled = false\n[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dome"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":3:") && err.contains("field `tls`") && err.contains("/nonexistent/cert.pem"),
+        "{err}"
+    );
+}
+
+#[test]
+fn limits_are_enforced() {
+    let (_demo, demo) = start_demo(&[]);
+    // Limits need their own [server] section, so this test writes its config whole.
+    let mcp = local(free_port());
+    let mut stats = local(free_port());
+    while stats == mcp {
+        stats = local(free_port());
+    }
+    let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("limits-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{mcp}\"\nmax_connections = 1\nmax_header_bytes = 8192\nheader_timeout_ms = 400\nbody_timeout_ms = 400\n\
+             [stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"
+        ),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(
+        "dome",
+        Command::new(env!("CARGO_BIN_EXE_dome"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_port(stats, &mut proc);
+    wait_port(mcp, &mut proc);
+    // wait_port's probe connections may still hold the single slot briefly.
+    std::thread::sleep(Duration::from_millis(600));
+
+    let ok = http(
+        mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+        ],
+        INIT,
+    );
+    assert_eq!(ok.0, 200);
+
+    // A head over max_header_bytes.
+    let big = "x".repeat(20_000);
+    let (status, _, _) = http(mcp, "POST", "/mcp", &[("X-Big", &big)], INIT);
+    assert_eq!(status, 431);
+
+    // A body that never finishes arriving: 408 after body_timeout_ms.
+    let mut s = TcpStream::connect(mcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"jsonrpc\"").unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    drop(s);
+
+    // Headers that never finish: the connection is closed after header_timeout_ms.
+    let mut s = TcpStream::connect(mcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /mcp HTTP/1.1\r\nHost: d\r\n").unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the slow client was not cut off"
+    );
+    drop(s);
+
+    // One connection at a time: a second waits until the first closes.
+    let holder = TcpStream::connect(mcp).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut second = TcpStream::connect(mcp).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{INIT}",
+        INIT.len()
+    );
+    second.write_all(req.as_bytes()).unwrap();
+    let mut got = [0u8; 64];
+    assert!(
+        second.read(&mut got).is_err(),
+        "served beyond max_connections"
+    );
+    drop(holder);
+    second
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut resp = String::new();
+    let _ = second.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
