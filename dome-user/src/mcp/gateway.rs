@@ -27,6 +27,7 @@ use crate::stats::metrics::{Metrics, phase};
 
 use super::{
     catalog::{self, Catalog},
+    envelope::{self, Envelope, EnvelopeError, Meta, Parsed},
     protocol::{self, code},
     sse::{self, SseParser},
     upstream::{Reply, Upstream},
@@ -351,75 +352,86 @@ impl Gateway {
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         };
         let parse_start = Instant::now();
-        let parsed = serde_json::from_slice::<Value>(&bytes);
+        let parsed = envelope::parse(&bytes);
         self.metrics.phase(phase::PARSE, parse_start.elapsed());
-        let msg: Value = match parsed {
-            Ok(v) => v,
-            Err(e) => {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let session_id = header(protocol::H_SESSION).map(str::to_string);
+        let e = match parsed {
+            Ok(Parsed::One(e)) => e,
+            Ok(Parsed::Batch) => {
+                note_method("batch");
+                return self.batch(&bytes, session_id.as_deref()).await;
+            }
+            Err(EnvelopeError::Parse(why)) => {
                 return json_response(
                     StatusCode::BAD_REQUEST,
-                    &rpc_error(&Value::Null, code::PARSE_ERROR, format!("Parse error: {e}")),
+                    &rpc_error(
+                        &Value::Null,
+                        code::PARSE_ERROR,
+                        format!("Parse error: {why}"),
+                    ),
+                );
+            }
+            Err(EnvelopeError::NotObject) => {
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &rpc_error(
+                        &Value::Null,
+                        code::INVALID_REQUEST,
+                        "a JSON-RPC message is an object",
+                    ),
                 );
             }
         };
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let session_id = header(protocol::H_SESSION).map(str::to_string);
-
-        if let Value::Array(batch) = msg {
-            note_method("batch");
-            return self.batch(batch, session_id.as_deref(), &headers).await;
-        }
-        let id = msg.get("id").cloned().unwrap_or(Value::Null);
-        if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        let id = e.id.clone().unwrap_or(Value::Null);
+        if !e.jsonrpc_ok {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&id, code::INVALID_REQUEST, "jsonrpc must be \"2.0\""),
             );
         }
-        let method = msg
-            .get("method")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        let is_response =
-            method.is_none() && (msg.get("result").is_some() || msg.get("error").is_some());
-        if method.is_none() && !is_response {
+        let is_response = e.method.is_none() && e.is_response;
+        if e.method.is_none() && !is_response {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
             );
         }
-        let method = method.unwrap_or_default();
-        note_method(if is_response || msg.get("id").is_none() {
+        let method = e.method.clone().unwrap_or_default();
+        let is_notification = is_response || e.id.is_none();
+        note_method(if is_notification {
             "notification"
         } else {
             method_label(&method)
         });
 
-        let meta_version = msg["params"]["_meta"].get(protocol::META_PROTOCOL_VERSION);
         let header_version = header(protocol::H_VERSION);
-        let stateless = meta_version.is_some()
-            || method == "server/discover"
+        let stateless = matches!(
+            &e.meta,
+            Meta::Object {
+                version: Some(_),
+                ..
+            }
+        ) || method == "server/discover"
             || header_version.is_some_and(protocol::is_stateless_version);
 
         if stateless {
-            if let Err((code, message, data)) = stateless_ladder(&msg, &method, &headers) {
-                let mut e = rpc_error(&id, code, message);
+            if let Err((code, message, data)) = stateless_ladder(&e, &method, &headers) {
+                let mut err = rpc_error(&id, code, message);
                 if let Some(d) = data {
-                    e["error"]["data"] = d;
+                    err["error"]["data"] = d;
                 }
-                return json_response(stateless_status(code), &e);
+                return json_response(stateless_status(code), &err);
             }
-            if msg.get("id").is_none() {
+            if is_notification {
                 return empty(StatusCode::ACCEPTED);
             }
-            return self
-                .dispatch(Era::Stateless, &method, id, msg, sse_ok)
-                .await;
+            return self.dispatch(Era::Stateless, &method, id, &e, sse_ok).await;
         }
 
         // Session era.
         if method == "initialize" {
-            return self.initialize(id, &msg);
+            return self.initialize(id, &e);
         }
         let Some(sid) = session_id else {
             return json_response(
@@ -452,22 +464,17 @@ impl Gateway {
                 ),
             );
         }
-        if is_response || msg.get("id").is_none() {
+        if is_notification {
             if method == "notifications/cancelled" {
                 tracing::debug!("client cancelled a request");
             }
             return empty(StatusCode::ACCEPTED);
         }
-        self.dispatch(Era::Session(version), &method, id, msg, sse_ok)
+        self.dispatch(Era::Session(version), &method, id, &e, sse_ok)
             .await
     }
 
-    async fn batch(
-        self: Arc<Self>,
-        batch: Vec<Value>,
-        session: Option<&str>,
-        _headers: &HeaderMap,
-    ) -> Response<Body> {
+    async fn batch(self: Arc<Self>, bytes: &[u8], session: Option<&str>) -> Response<Body> {
         let version = session.and_then(|s| {
             self.sessions
                 .0
@@ -486,20 +493,24 @@ impl Gateway {
                 ),
             );
         }
+        let Ok(batch) = serde_json::from_slice::<Vec<Value>>(bytes) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::PARSE_ERROR, "Parse error"),
+            );
+        };
         let mut out = Vec::new();
         for msg in batch {
-            let Some(method) = msg
-                .get("method")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-            else {
+            // Batches are rare (one old protocol version): each element takes
+            // the ordinary envelope path.
+            let Ok(Parsed::One(e)) = envelope::parse(msg.to_string().as_bytes()) else {
                 continue;
             };
-            let Some(id) = msg.get("id").cloned() else {
+            let (Some(method), Some(id)) = (e.method.clone(), e.id.clone()) else {
                 continue;
             };
             let (_, v) = self
-                .answer(Era::Session("2025-03-26"), &method, id, msg)
+                .answer(Era::Session("2025-03-26"), &method, id, &e)
                 .await;
             out.push(v);
         }
@@ -509,10 +520,8 @@ impl Gateway {
         json_response(StatusCode::OK, &Value::Array(out))
     }
 
-    fn initialize(&self, id: Value, msg: &Value) -> Response<Body> {
-        let requested = msg["params"]["protocolVersion"]
-            .as_str()
-            .unwrap_or_default();
+    fn initialize(&self, id: Value, e: &Envelope) -> Response<Body> {
+        let requested = e.init_version.as_deref().unwrap_or_default();
         let version = protocol::negotiate(requested);
         let sid = new_session_id();
         self.sessions
@@ -537,7 +546,7 @@ impl Gateway {
     }
 
     /// Answers a request that needs no streaming (also used for batches).
-    async fn answer(&self, era: Era, method: &str, id: Value, msg: Value) -> (StatusCode, Value) {
+    async fn answer(&self, era: Era, method: &str, id: Value, e: &Envelope) -> (StatusCode, Value) {
         let ok = |mut result: Value| {
             if era == Era::Stateless {
                 result["resultType"] = "complete".into();
@@ -570,7 +579,7 @@ impl Gateway {
                 "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
             })),
             "tools/list" => {
-                let cursor = msg["params"]["cursor"].as_str();
+                let cursor = e.cursor.as_deref();
                 let cat = match cursor {
                     None => self.refresh_catalog().await,
                     Some(_) => self.current_catalog(),
@@ -592,7 +601,7 @@ impl Gateway {
                 }
                 ok(result)
             }
-            "tools/call" => match self.forward_call(&msg).await {
+            "tools/call" => match self.forward_call(e).await {
                 Err((c, m)) => err(c, m),
                 Ok((upstream, Reply::Json(mut v), _)) => {
                     v["id"] = id.clone();
@@ -625,8 +634,8 @@ impl Gateway {
 
     /// Phase: forward. Resolves the public tool name and sends the call to
     /// its upstream with the upstream's own name and request id.
-    async fn forward_call(&self, msg: &Value) -> Result<(String, Reply, u64), (i64, String)> {
-        let Some(name) = msg["params"]["name"].as_str() else {
+    async fn forward_call(&self, e: &Envelope) -> Result<(String, Reply, u64), (i64, String)> {
+        let Some(name) = e.name.as_deref() else {
             return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
         };
         let mut cat = self.current_catalog();
@@ -644,17 +653,12 @@ impl Gateway {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
         };
         let upstream = self.upstreams[route.upstream].clone();
-        let mut params = msg["params"].clone();
-        params["name"] = Value::String(route.original.clone());
-        // The caller's era envelope is the caller's; the upstream client adds its own.
-        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
-            meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
-            if meta.is_empty() {
-                params.as_object_mut().expect("object").remove("_meta");
-            }
-        }
         let start = Instant::now();
-        let result = upstream.request("tools/call", params).await;
+        // The caller's era envelope stays here (the envelope parser left it
+        // out of `meta_entries`); the upstream client adds its own.
+        let result = upstream
+            .call_tool(&route.original, e.arguments.as_deref(), &e.meta_entries)
+            .await;
         // Time to the upstream's answer (for a stream: to its first byte).
         let took = start.elapsed();
         self.metrics.phase(phase::UPSTREAM, took);
@@ -674,11 +678,11 @@ impl Gateway {
         era: Era,
         method: &str,
         id: Value,
-        msg: Value,
+        e: &Envelope,
         sse_ok: bool,
     ) -> Response<Body> {
         if method == "tools/call" && sse_ok {
-            match self.forward_call(&msg).await {
+            match self.forward_call(e).await {
                 Ok((upstream, Reply::Stream(s), _)) => return relay(upstream, s, id, era),
                 Ok((_, Reply::Json(mut v), _)) => {
                     v["id"] = id;
@@ -704,7 +708,7 @@ impl Gateway {
                 }
             }
         }
-        let (status, v) = self.answer(era, method, id, msg).await;
+        let (status, v) = self.answer(era, method, id, e).await;
         json_response(status, &v)
     }
 }
@@ -779,37 +783,42 @@ fn relay(upstream: String, resp: Response<Incoming>, id: Value, era: Era) -> Res
 /// The stateless era's validation ladder: envelope keys, routing headers,
 /// then the version. First failure wins.
 fn stateless_ladder(
-    msg: &Value,
+    e: &Envelope,
     method: &str,
     headers: &HeaderMap,
 ) -> Result<(), (i64, String, Option<Value>)> {
-    let meta = &msg["params"]["_meta"];
-    if !meta.is_object() {
-        return Err((
+    let missing = |key: &str| {
+        (
             code::INVALID_PARAMS,
-            format!(
-                "params._meta must be an object carrying {} and {}",
-                protocol::META_PROTOCOL_VERSION,
-                protocol::META_CLIENT_CAPABILITIES
-            ),
+            format!("params._meta is missing {key}"),
             None,
-        ));
-    }
-    for key in [
-        protocol::META_PROTOCOL_VERSION,
-        protocol::META_CLIENT_CAPABILITIES,
-    ] {
-        if meta.get(key).is_none() {
+        )
+    };
+    let (version, has_capabilities) = match &e.meta {
+        Meta::Object {
+            version,
+            has_capabilities,
+        } => (version.clone(), *has_capabilities),
+        _ => {
             return Err((
                 code::INVALID_PARAMS,
-                format!("params._meta is missing {key}"),
+                format!(
+                    "params._meta must be an object carrying {} and {}",
+                    protocol::META_PROTOCOL_VERSION,
+                    protocol::META_CLIENT_CAPABILITIES
+                ),
                 None,
             ));
         }
+    };
+    let Some(version) = version else {
+        return Err(missing(protocol::META_PROTOCOL_VERSION));
+    };
+    if !has_capabilities {
+        return Err(missing(protocol::META_CLIENT_CAPABILITIES));
     }
-    let version = &meta[protocol::META_PROTOCOL_VERSION];
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_str()) {
+    if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_deref()) {
         return Err((
             code::HEADER_MISMATCH,
             "MCP-Protocol-Version header does not match _meta's protocol version".into(),
@@ -824,7 +833,7 @@ fn stateless_ladder(
         ));
     }
     if let Some(key) = protocol::name_key(method)
-        && let Some(body_name) = msg["params"][key].as_str()
+        && let Some(body_name) = e.name.as_deref()
         && header(protocol::H_NAME) != Some(body_name)
     {
         return Err((
@@ -833,14 +842,14 @@ fn stateless_ladder(
             None,
         ));
     }
-    let Some(v) = version.as_str() else {
+    let Some(v) = version else {
         return Err((
             code::INVALID_PARAMS,
             "the protocol version must be a string".into(),
             None,
         ));
     };
-    if !protocol::is_stateless_version(v) {
+    if !protocol::is_stateless_version(&v) {
         return Err((
             code::UNSUPPORTED_VERSION,
             "Unsupported protocol version".into(),
@@ -900,9 +909,18 @@ mod tests {
         h
     }
 
-    fn call(version: &str) -> Value {
-        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo",
-            "_meta": {protocol::META_PROTOCOL_VERSION: version, protocol::META_CLIENT_CAPABILITIES: {}}}})
+    fn env(v: Value) -> Envelope {
+        match envelope::parse(v.to_string().as_bytes()).unwrap() {
+            Parsed::One(e) => *e,
+            Parsed::Batch => panic!("batch"),
+        }
+    }
+
+    fn call(version: &str) -> Envelope {
+        env(
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo",
+            "_meta": {protocol::META_PROTOCOL_VERSION: version, protocol::META_CLIENT_CAPABILITIES: {}}}}),
+        )
     }
 
     #[test]
@@ -943,7 +961,7 @@ mod tests {
         let e = stateless_ladder(&call("2099-01-01"), "tools/call", &future).unwrap_err();
         assert_eq!(e.0, code::UNSUPPORTED_VERSION);
         assert_eq!(e.2.unwrap()["supported"], json!(["2026-07-28"]));
-        let no_meta = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}});
+        let no_meta = env(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}));
         assert_eq!(
             stateless_ladder(&no_meta, "tools/list", &ok).unwrap_err().0,
             code::INVALID_PARAMS

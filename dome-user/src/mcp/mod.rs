@@ -3,6 +3,7 @@
 //! tool catalog.
 
 pub mod catalog;
+pub mod envelope;
 pub mod gateway;
 pub mod protocol;
 pub mod sse;

@@ -181,6 +181,47 @@ impl Upstream {
         finish(self.name(), reply, id, status)
     }
 
+    /// Calls tool `name` with `arguments` (JSON text, passed through as it
+    /// came) and the caller's `_meta` entries (key, JSON text). The body is
+    /// written directly: no JSON tree is built on this path.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: Option<&str>,
+        meta: &[(String, String)],
+    ) -> Result<(Reply, u64), UpstreamError> {
+        self.ensure_connected().await?;
+        let (reply, id, status) = self.send_call(name, arguments, meta).await?;
+        if status == StatusCode::NOT_FOUND
+            && matches!(*self.era.read().expect("era"), Era::Session { .. })
+        {
+            tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
+            *self.era.write().expect("era") = Era::Unknown;
+            self.ensure_connected().await?;
+            let (reply, id, status) = self.send_call(name, arguments, meta).await?;
+            return finish(self.name(), reply, id, status);
+        }
+        finish(self.name(), reply, id, status)
+    }
+
+    async fn send_call(
+        &self,
+        name: &str,
+        arguments: Option<&str>,
+        meta: &[(String, String)],
+    ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stateless = match &*self.era.read().expect("era") {
+            Era::Stateless { version } => Some(version.clone()),
+            _ => None,
+        };
+        let body = call_body(id, name, arguments, meta, stateless.as_deref());
+        let req = self.build_text("tools/call", Some(name), Bytes::from(body))?;
+        let resp = self.exchange(req).await?;
+        let status = resp.status();
+        Ok((read_reply(self.name(), resp).await?, id, status))
+    }
+
     /// Sends a notification (no reply expected beyond the HTTP status).
     pub async fn notify(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
         self.ensure_connected().await?;
@@ -302,6 +343,15 @@ impl Upstream {
         name: Option<&str>,
         body: &Value,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        self.build_text(method, name, Bytes::from(body.to_string()))
+    }
+
+    fn build_text(
+        &self,
+        method: &str,
+        name: Option<&str>,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
         let mut b = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
@@ -324,7 +374,7 @@ impl Upstream {
             }
             Era::Unknown => {}
         }
-        b.body(Full::new(Bytes::from(body.to_string())))
+        b.body(Full::new(body))
             .map_err(|e| UpstreamError::Invalid(self.name().into(), e.to_string()))
     }
 
@@ -360,6 +410,54 @@ impl Upstream {
             }
         }
     }
+}
+
+/// The JSON text of a `tools/call` request.
+pub fn call_body(
+    id: u64,
+    name: &str,
+    arguments: Option<&str>,
+    meta: &[(String, String)],
+    stateless_version: Option<&str>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut b = String::with_capacity(128 + arguments.map_or(0, str::len));
+    let _ = write!(
+        b,
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":"
+    );
+    b.push_str(&Value::String(name.to_string()).to_string());
+    if let Some(a) = arguments {
+        b.push_str(",\"arguments\":");
+        b.push_str(a);
+    }
+    let mut entries: Vec<(&str, String)> =
+        meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    if let Some(v) = stateless_version {
+        entries.push((
+            protocol::META_PROTOCOL_VERSION,
+            Value::String(v.to_string()).to_string(),
+        ));
+        entries.push((protocol::META_CLIENT_CAPABILITIES, "{}".to_string()));
+        entries.push((
+            protocol::META_CLIENT_INFO,
+            json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")}).to_string(),
+        ));
+    }
+    if !entries.is_empty() {
+        b.push_str(",\"_meta\":{");
+        for (i, (k, v)) in entries.iter().enumerate() {
+            if i > 0 {
+                b.push(',');
+            }
+            b.push_str(&Value::String((*k).to_string()).to_string());
+            b.push(':');
+            b.push_str(v);
+        }
+        b.push('}');
+    }
+    b.push_str("}}");
+    b
 }
 
 fn stateless_meta(version: &str) -> Value {
@@ -441,4 +539,35 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_bodies_are_valid_json() {
+        let meta = vec![("progressToken".to_string(), "\"t\"".to_string())];
+        let b = call_body(
+            9,
+            "ec\"ho",
+            Some(r#"{"a":[1,{"b":null}]}"#),
+            &meta,
+            Some("2026-07-28"),
+        );
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(v["id"], 9);
+        assert_eq!(v["params"]["name"], "ec\"ho");
+        assert_eq!(v["params"]["arguments"]["a"][1]["b"], Value::Null);
+        assert_eq!(v["params"]["_meta"]["progressToken"], "t");
+        assert_eq!(
+            v["params"]["_meta"][protocol::META_PROTOCOL_VERSION],
+            "2026-07-28"
+        );
+        let plain: Value = serde_json::from_str(&call_body(1, "x", None, &[], None)).unwrap();
+        assert_eq!(
+            plain,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+        );
+    }
 }
