@@ -41,7 +41,7 @@ enum Cmd {
     },
     /// Run every test; the kernel tests too when root (reported as skipped otherwise).
     Test,
-    /// Run a benchmark: `xdp`.
+    /// Run a benchmark: `xdp`, `parse` or `e2e`; each writes target/bench/NAME.json.
     Bench { name: String },
 }
 
@@ -337,6 +337,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
                 &["run", "--release", "-p", "bench", "--bin", "bench-xdp"],
             )
         }
-        other => bail!("unknown benchmark `{other}`; available: xdp"),
+        "parse" => cargo(root, &["run", "--release", "-p", "bench", "--bin", "bench-parse"]),
+        "e2e" => {
+            cargo(root, &build_args(true))?;
+            cargo(root, &["run", "--release", "-p", "bench", "--bin", "bench-e2e"])
+        }
+        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e"),
     }
 }
