@@ -8,7 +8,10 @@ use std::{
     collections::HashSet,
     convert::Infallible,
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -33,6 +36,13 @@ struct State {
     sessions: Mutex<HashSet<String>>,
     next: std::sync::atomic::AtomicU64,
     session_only: bool,
+    /// Request ids (as JSON text) the client cancelled with `notifications/cancelled`.
+    cancelled: Mutex<HashSet<String>>,
+    slow_completed: AtomicU64,
+    /// The response stream was closed before the call finished.
+    slow_aborted: AtomicU64,
+    /// Stopped by `notifications/cancelled`.
+    slow_cancelled: AtomicU64,
 }
 
 /// How the demo upstream behaves.
@@ -98,7 +108,18 @@ fn error(id: &Value, code: i64, message: &str) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message}})
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/demo-stats" {
+        // What became of `slow` calls: lets tests see cancellations arrive.
+        return full(
+            StatusCode::OK,
+            json!({
+                "slow_completed": state.slow_completed.load(Ordering::Relaxed),
+                "slow_aborted": state.slow_aborted.load(Ordering::Relaxed),
+                "slow_cancelled": state.slow_cancelled.load(Ordering::Relaxed),
+            }),
+        );
+    }
     if req.uri().path() != "/mcp" {
         return empty(StatusCode::NOT_FOUND);
     }
@@ -138,6 +159,10 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let method = msg["method"].as_str().unwrap_or_default().to_string();
     let id = msg.get("id").cloned();
     let Some(id) = id else {
+        if method == "notifications/cancelled" {
+            let rid = msg["params"]["requestId"].to_string();
+            state.cancelled.lock().unwrap().insert(rid);
+        }
         // Notifications and responses are acknowledged.
         return empty(StatusCode::ACCEPTED);
     };
@@ -266,19 +291,34 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
                     }
                     let (tx, rx) =
                         tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+                    let state = state.clone();
+                    let rid = id.to_string();
                     tokio::spawn(async move {
                         for i in 1..=steps {
                             tokio::time::sleep(delay).await;
+                            if state.cancelled.lock().unwrap().remove(&rid) {
+                                state.slow_cancelled.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                            if tx.is_closed() {
+                                state.slow_aborted.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
                             if !token.is_null() {
                                 let n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
                                     "progressToken": token, "progress": i, "total": steps,
                                     "message": format!("step {i} of {steps}")}});
                                 if tx.send(Ok(Frame::data(sse(&n)))).await.is_err() {
+                                    state.slow_aborted.fetch_add(1, Ordering::Relaxed);
                                     return;
                                 }
                             }
                         }
-                        let _ = tx.send(Ok(Frame::data(sse(&result)))).await;
+                        if tx.send(Ok(Frame::data(sse(&result)))).await.is_ok() {
+                            state.slow_completed.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            state.slow_aborted.fetch_add(1, Ordering::Relaxed);
+                        }
                     });
                     Response::builder()
                         .status(StatusCode::OK)

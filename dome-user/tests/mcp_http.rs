@@ -408,3 +408,76 @@ fn stats_show_latency_histograms_and_counts() {
     );
     assert!(text.contains("dome_xdp_attached 0"), "{text}");
 }
+
+fn demo_stats(addr: std::net::SocketAddr) -> Value {
+    let (_, _, body) = http(addr, "GET", "/demo-stats", &[], "");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn wait_demo(addr: std::net::SocketAddr, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while demo_stats(addr)[key] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{key} never reached the upstream: {}",
+            demo_stats(addr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Opens a `slow` call and returns the stream once its first progress event arrived.
+fn start_slow(dome: &Dome, headers: &[(&str, &str)], body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(dome.mcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("\"progress\":1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "stream ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    s
+}
+
+#[test]
+fn cancellation_reaches_the_upstream_in_both_eras() {
+    let (_demo, demo) = start_demo(&[]);
+    let dome = start_dome(
+        "cancel",
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+    );
+
+    // Session era: notifications/cancelled names the client's request id.
+    let sid = initialize(&dome, "2025-11-25");
+    let h = [ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())];
+    let call = json!({"jsonrpc": "2.0", "id": "c1", "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"steps": 20, "delay_ms": 150}, "_meta": {"progressToken": "p"}}});
+    let _stream = start_slow(&dome, &h, &call.to_string());
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c1"}});
+    assert_eq!(post(&dome, &h, &cancel.to_string()).0, 202);
+    wait_demo(demo, "slow_cancelled");
+
+    // Stateless era: closing the response stream cancels the upstream call.
+    let (sh, body) = stateless(
+        "tools/call",
+        Some("slow"),
+        json!({"arguments": {"steps": 20, "delay_ms": 150}}),
+    );
+    let mut body: Value = serde_json::from_str(&body).unwrap();
+    body["params"]["_meta"]["progressToken"] = "q".into();
+    let stream = start_slow(&dome, &as_refs(&sh), &body.to_string());
+    drop(stream);
+    wait_demo(demo, "slow_aborted");
+    assert_eq!(demo_stats(demo)["slow_completed"], 0);
+}

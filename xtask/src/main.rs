@@ -337,10 +337,16 @@ fn bench(root: &Path, name: &str) -> Result<()> {
                 &["run", "--release", "-p", "bench", "--bin", "bench-xdp"],
             )
         }
-        "parse" => cargo(root, &["run", "--release", "-p", "bench", "--bin", "bench-parse"]),
+        "parse" => cargo(
+            root,
+            &["run", "--release", "-p", "bench", "--bin", "bench-parse"],
+        ),
         "e2e" => {
             cargo(root, &build_args(true))?;
-            cargo(root, &["run", "--release", "-p", "bench", "--bin", "bench-e2e"])
+            cargo(
+                root,
+                &["run", "--release", "-p", "bench", "--bin", "bench-e2e"],
+            )
         }
         other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e"),
     }

@@ -36,7 +36,11 @@ impl Drop for Kill {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
@@ -188,13 +192,18 @@ fn main() -> anyhow::Result<()> {
             .arg("--config")
             .arg(&config)
             .env("DOME_LOG", "warn")
-            .env("TOKIO_WORKER_THREADS", std::env::var("DOME_WORKERS").unwrap_or_else(|_| "2".into()))
+            .env(
+                "TOKIO_WORKER_THREADS",
+                std::env::var("DOME_WORKERS").unwrap_or_else(|_| "2".into()),
+            )
             .stderr(Stdio::null())
             .spawn()?,
     );
     wait_port(dome)?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let direct_rps = max_throughput(upstream).await?;
         let dome_rps = max_throughput(dome).await?;

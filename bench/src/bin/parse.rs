@@ -11,7 +11,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 fn message(arg_bytes: usize) -> Vec<u8> {
-    let text: String = "lorem ipsum dolor sit amet ".chars().cycle().take(arg_bytes).collect();
+    let text: String = "lorem ipsum dolor sit amet "
+        .chars()
+        .cycle()
+        .take(arg_bytes)
+        .collect();
     serde_json::json!({
         "jsonrpc": "2.0", "id": 42, "method": "tools/call",
         "params": {
@@ -34,7 +38,12 @@ fn serde_value(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, 
     let args = v["params"].get("arguments").map(|a| a.to_string());
     let meta = v["params"]["_meta"]
         .as_object()
-        .map(|m| m.iter().filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/")).map(|(k, x)| (k.clone(), x.to_string())).count())
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
+                .map(|(k, x)| (k.clone(), x.to_string()))
+                .count()
+        })
         .unwrap_or(0);
     (method, name, args, meta)
 }
@@ -60,8 +69,18 @@ struct Params<'a> {
 fn serde_raw(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) {
     let e: Env<'_> = serde_json::from_slice(body).unwrap();
     let p = e.params.unwrap();
-    let meta = p.meta.map_or(0, |m| m.iter().filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/")).map(|(k, x)| (k.to_string(), x.get().to_string())).count());
-    (e.method.map(str::to_string), p.name.map(|n| n.into_owned()), p.arguments.map(|a| a.get().to_string()), meta)
+    let meta = p.meta.map_or(0, |m| {
+        m.iter()
+            .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
+            .map(|(k, x)| (k.to_string(), x.get().to_string()))
+            .count()
+    });
+    (
+        e.method.map(str::to_string),
+        p.name.map(|n| n.into_owned()),
+        p.arguments.map(|a| a.get().to_string()),
+        meta,
+    )
 }
 
 fn simd(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) {
@@ -72,7 +91,10 @@ fn simd(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) 
 }
 
 /// Median over messages of the median over trials of ns per parse.
-fn measure(msgs: &[Vec<u8>], f: fn(&[u8]) -> (Option<String>, Option<String>, Option<String>, usize)) -> f64 {
+fn measure(
+    msgs: &[Vec<u8>],
+    f: fn(&[u8]) -> (Option<String>, Option<String>, Option<String>, usize),
+) -> f64 {
     const ITERS: usize = 20_000;
     const TRIALS: usize = 5;
     let mut per_msg = Vec::new();
@@ -99,7 +121,10 @@ fn main() -> anyhow::Result<()> {
     let lens: Vec<usize> = msgs.iter().map(Vec::len).collect();
     for m in &msgs {
         let a = simd(m);
-        anyhow::ensure!(a == serde_value(m) && a == serde_raw(m), "the parsers disagree");
+        anyhow::ensure!(
+            a == serde_value(m) && a == serde_raw(m),
+            "the parsers disagree"
+        );
     }
     let simd_ns = measure(&msgs, simd);
     let serde_ns = measure(&msgs, serde_value);

@@ -44,6 +44,8 @@ pub struct Envelope {
     /// `params.protocolVersion` (initialize).
     pub init_version: Option<String>,
     pub meta: Meta,
+    /// `params.requestId` (notifications/cancelled).
+    pub request_id: Option<Json>,
     /// `params.arguments` as JSON text.
     pub arguments: Option<String>,
     /// `params._meta` entries other than the era envelope's, as (key, JSON text).
@@ -124,6 +126,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
                 .and_then(|x| x.as_str())
                 .map(str::to_string);
             e.arguments = params.get("arguments").map(|a| a.encode());
+            e.request_id = params.get("requestId").map(to_json);
             match params.get("_meta") {
                 None => {}
                 Some(BorrowedValue::Object(m)) => {

@@ -76,12 +76,31 @@ fn default_page() -> usize {
 
 struct Session {
     version: &'static str,
+    /// Calls in flight, by the client's request id (JSON text): where they
+    /// went, so `notifications/cancelled` reaches the right upstream request.
+    inflight: std::sync::Mutex<HashMap<String, (Arc<Upstream>, u64)>>,
+}
+
+/// Removes a call from its session's in-flight table when dropped.
+struct Inflight {
+    session: Arc<Session>,
+    key: String,
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.session
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .remove(&self.key);
+    }
 }
 
 /// Downstream sessions. Shared by successive gateways, so a config reload
 /// keeps every session.
 #[derive(Default)]
-pub struct SessionTable(RwLock<HashMap<String, Session>>);
+pub struct SessionTable(RwLock<HashMap<String, Arc<Session>>>);
 
 impl SessionTable {
     pub fn new() -> Arc<Self> {
@@ -426,7 +445,9 @@ impl Gateway {
             if is_notification {
                 return empty(StatusCode::ACCEPTED);
             }
-            return self.dispatch(Era::Stateless, &method, id, &e, sse_ok).await;
+            return self
+                .dispatch(Era::Stateless, &method, id, &e, sse_ok, None)
+                .await;
         }
 
         // Session era.
@@ -443,8 +464,15 @@ impl Gateway {
                 ),
             );
         };
-        let version = match self.sessions.0.read().expect("sessions lock").get(&sid) {
-            Some(s) => s.version,
+        let session = self
+            .sessions
+            .0
+            .read()
+            .expect("sessions lock")
+            .get(&sid)
+            .cloned();
+        let session = match session {
+            Some(s) => s,
             None => {
                 return json_response(
                     StatusCode::NOT_FOUND,
@@ -466,12 +494,19 @@ impl Gateway {
         }
         if is_notification {
             if method == "notifications/cancelled" {
-                tracing::debug!("client cancelled a request");
+                self.forward_cancel(&session, &e);
             }
             return empty(StatusCode::ACCEPTED);
         }
-        self.dispatch(Era::Session(version), &method, id, &e, sse_ok)
-            .await
+        self.dispatch(
+            Era::Session(session.version),
+            &method,
+            id,
+            &e,
+            sse_ok,
+            Some(session),
+        )
+        .await
     }
 
     async fn batch(self: Arc<Self>, bytes: &[u8], session: Option<&str>) -> Response<Body> {
@@ -524,11 +559,13 @@ impl Gateway {
         let requested = e.init_version.as_deref().unwrap_or_default();
         let version = protocol::negotiate(requested);
         let sid = new_session_id();
-        self.sessions
-            .0
-            .write()
-            .expect("sessions lock")
-            .insert(sid.clone(), Session { version });
+        self.sessions.0.write().expect("sessions lock").insert(
+            sid.clone(),
+            Arc::new(Session {
+                version,
+                inflight: Default::default(),
+            }),
+        );
         let result = json!({
             "protocolVersion": version,
             "capabilities": {"tools": {"listChanged": false}},
@@ -601,7 +638,7 @@ impl Gateway {
                 }
                 ok(result)
             }
-            "tools/call" => match self.forward_call(e).await {
+            "tools/call" => match self.forward_call(e, None).await {
                 Err((c, m)) => err(c, m),
                 Ok((upstream, Reply::Json(mut v), _)) => {
                     v["id"] = id.clone();
@@ -632,9 +669,35 @@ impl Gateway {
         }
     }
 
+    /// Passes a client's `notifications/cancelled` to the upstream request
+    /// it names, with that upstream's request id.
+    fn forward_cancel(&self, session: &Arc<Session>, e: &Envelope) {
+        let Some(rid) = &e.request_id else { return };
+        let target = session
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(&rid.to_string())
+            .cloned();
+        let Some((upstream, uid)) = target else {
+            tracing::debug!(request = %rid, "cancellation for no call in flight");
+            return;
+        };
+        tokio::spawn(async move {
+            let params = json!({"requestId": uid, "reason": "cancelled by the client"});
+            if let Err(err) = upstream.notify("notifications/cancelled", params).await {
+                tracing::debug!(upstream = %upstream.name(), error = %err, "forwarding a cancellation failed");
+            }
+        });
+    }
+
     /// Phase: forward. Resolves the public tool name and sends the call to
     /// its upstream with the upstream's own name and request id.
-    async fn forward_call(&self, e: &Envelope) -> Result<(String, Reply, u64), (i64, String)> {
+    async fn forward_call(
+        &self,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+    ) -> Result<(String, Reply, Option<Inflight>), (i64, String)> {
         let Some(name) = e.name.as_deref() else {
             return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
         };
@@ -653,11 +716,31 @@ impl Gateway {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
         };
         let upstream = self.upstreams[route.upstream].clone();
+        let uid = upstream.allocate_id();
+        let guard = match (session, &e.id) {
+            (Some(s), Some(client_id)) => {
+                let key = client_id.to_string();
+                s.inflight
+                    .lock()
+                    .expect("inflight lock")
+                    .insert(key.clone(), (upstream.clone(), uid));
+                Some(Inflight {
+                    session: s.clone(),
+                    key,
+                })
+            }
+            _ => None,
+        };
         let start = Instant::now();
         // The caller's era envelope stays here (the envelope parser left it
         // out of `meta_entries`); the upstream client adds its own.
         let result = upstream
-            .call_tool(&route.original, e.arguments.as_deref(), &e.meta_entries)
+            .call_tool(
+                uid,
+                &route.original,
+                e.arguments.as_deref(),
+                &e.meta_entries,
+            )
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).
         let took = start.elapsed();
@@ -665,7 +748,7 @@ impl Gateway {
         self.metrics.upstream(upstream.name(), took);
         self.metrics.tool(name, took);
         match result {
-            Ok((reply, uid)) => Ok((upstream.name().to_string(), reply, uid)),
+            Ok((reply, _)) => Ok((upstream.name().to_string(), reply, guard)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
                 Err((code::UPSTREAM_UNAVAILABLE, e.to_string()))
@@ -680,10 +763,13 @@ impl Gateway {
         id: Value,
         e: &Envelope,
         sse_ok: bool,
+        session: Option<Arc<Session>>,
     ) -> Response<Body> {
         if method == "tools/call" && sse_ok {
-            match self.forward_call(e).await {
-                Ok((upstream, Reply::Stream(s), _)) => return relay(upstream, s, id, era),
+            match self.forward_call(e, session.as_ref()).await {
+                Ok((upstream, Reply::Stream(s), guard)) => {
+                    return relay(upstream, s, id, era, guard);
+                }
                 Ok((_, Reply::Json(mut v), _)) => {
                     v["id"] = id;
                     if era == Era::Stateless
@@ -717,9 +803,17 @@ impl Gateway {
 /// final response the caller's id. Dropping the downstream stream (the
 /// client went away) drops the upstream body, which closes that upstream
 /// connection and so cancels the call there.
-fn relay(upstream: String, resp: Response<Incoming>, id: Value, era: Era) -> Response<Body> {
+fn relay(
+    upstream: String,
+    resp: Response<Incoming>,
+    id: Value,
+    era: Era,
+    inflight: Option<Inflight>,
+) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     tokio::spawn(async move {
+        // The call stays cancellable until its stream ends.
+        let _inflight = inflight;
         let mut body = resp.into_body();
         let mut parser = SseParser::default();
         loop {

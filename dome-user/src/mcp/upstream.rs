@@ -184,33 +184,41 @@ impl Upstream {
     /// Calls tool `name` with `arguments` (JSON text, passed through as it
     /// came) and the caller's `_meta` entries (key, JSON text). The body is
     /// written directly: no JSON tree is built on this path.
+    /// `id` comes from [`Upstream::allocate_id`], so the caller can name the
+    /// call (to cancel it) before it is sent.
     pub async fn call_tool(
         &self,
+        id: u64,
         name: &str,
         arguments: Option<&str>,
         meta: &[(String, String)],
     ) -> Result<(Reply, u64), UpstreamError> {
         self.ensure_connected().await?;
-        let (reply, id, status) = self.send_call(name, arguments, meta).await?;
+        let (reply, id, status) = self.send_call(id, name, arguments, meta).await?;
         if status == StatusCode::NOT_FOUND
             && matches!(*self.era.read().expect("era"), Era::Session { .. })
         {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
             *self.era.write().expect("era") = Era::Unknown;
             self.ensure_connected().await?;
-            let (reply, id, status) = self.send_call(name, arguments, meta).await?;
+            let (reply, id, status) = self.send_call(id, name, arguments, meta).await?;
             return finish(self.name(), reply, id, status);
         }
         finish(self.name(), reply, id, status)
     }
 
+    /// A fresh request id on this upstream.
+    pub fn allocate_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
     async fn send_call(
         &self,
+        id: u64,
         name: &str,
         arguments: Option<&str>,
         meta: &[(String, String)],
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let stateless = match &*self.era.read().expect("era") {
             Era::Stateless { version } => Some(version.clone()),
             _ => None,
