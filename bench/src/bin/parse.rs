@@ -10,6 +10,14 @@ use dome::mcp::envelope::{self, Parsed};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+/// method, name, arguments (JSON text), `_meta` entries other than the era envelope.
+type Extracted = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Vec<(String, String)>,
+);
+
 fn message(arg_bytes: usize) -> Vec<u8> {
     let text: String = "lorem ipsum dolor sit amet "
         .chars()
@@ -31,7 +39,7 @@ fn message(arg_bytes: usize) -> Vec<u8> {
 }
 
 /// What Dome takes out of an envelope, extracted the serde_json way.
-fn serde_value(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) {
+fn serde_value(body: &[u8]) -> Extracted {
     let v: serde_json::Value = serde_json::from_slice(body).unwrap();
     let method = v["method"].as_str().map(str::to_string);
     let name = v["params"]["name"].as_str().map(str::to_string);
@@ -42,9 +50,9 @@ fn serde_value(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, 
             m.iter()
                 .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
                 .map(|(k, x)| (k.clone(), x.to_string()))
-                .count()
+                .collect()
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
     (method, name, args, meta)
 }
 
@@ -66,14 +74,14 @@ struct Params<'a> {
     meta: Option<BTreeMap<std::borrow::Cow<'a, str>, &'a RawValue>>,
 }
 
-fn serde_raw(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) {
+fn serde_raw(body: &[u8]) -> Extracted {
     let e: Env<'_> = serde_json::from_slice(body).unwrap();
     let p = e.params.unwrap();
-    let meta = p.meta.map_or(0, |m| {
+    let meta = p.meta.map_or_else(Vec::new, |m| {
         m.iter()
             .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
             .map(|(k, x)| (k.to_string(), x.get().to_string()))
-            .count()
+            .collect()
     });
     (
         e.method.map(str::to_string),
@@ -83,18 +91,15 @@ fn serde_raw(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, us
     )
 }
 
-fn simd(body: &[u8]) -> (Option<String>, Option<String>, Option<String>, usize) {
+fn simd(body: &[u8]) -> Extracted {
     match envelope::parse(body).unwrap() {
-        Parsed::One(e) => (e.method, e.name, e.arguments, e.meta_entries.len()),
+        Parsed::One(e) => (e.method, e.name, e.arguments, e.meta_entries),
         Parsed::Batch => unreachable!(),
     }
 }
 
 /// Median over messages of the median over trials of ns per parse.
-fn measure(
-    msgs: &[Vec<u8>],
-    f: fn(&[u8]) -> (Option<String>, Option<String>, Option<String>, usize),
-) -> f64 {
+fn measure(msgs: &[Vec<u8>], f: fn(&[u8]) -> Extracted) -> f64 {
     const ITERS: usize = 20_000;
     const TRIALS: usize = 5;
     let mut per_msg = Vec::new();
