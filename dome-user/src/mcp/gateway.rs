@@ -297,6 +297,18 @@ impl Gateway {
     }
 
     fn delete(&self, headers: &HeaderMap) -> Response<Body> {
+        // The stateless era has no sessions to delete.
+        if headers
+            .get(protocol::H_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(protocol::is_stateless_version)
+        {
+            return Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(header::ALLOW, "POST")
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("static parts");
+        }
         let Some(id) = headers
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())

@@ -53,6 +53,14 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per upstream.
     #[serde(default = "default_max_idle")]
     pub max_idle_connections: usize,
+    /// Requests waiting for this upstream's answer at once (until its
+    /// response begins); more wait for a slot, within `timeout_ms`.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
+}
+
+fn default_max_concurrent() -> usize {
+    256
 }
 
 fn default_prefix() -> PrefixMode {
@@ -110,10 +118,12 @@ pub struct Upstream {
     era: RwLock<Era>,
     connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
+    slots: tokio::sync::Semaphore,
 }
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+        let slots = config.max_concurrent_requests.max(1);
         let uri: hyper::Uri = config
             .url
             .parse()
@@ -137,6 +147,7 @@ impl Upstream {
             client,
             era: RwLock::new(Era::Unknown),
             connecting: tokio::sync::Mutex::new(()),
+            slots: tokio::sync::Semaphore::new(slots),
             next_id: AtomicU64::new(1),
         })
     }
@@ -390,7 +401,13 @@ impl Upstream {
         &self,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout(), self.client.request(req)).await {
+        // The slot is held until the response head arrives; a streamed body
+        // then runs on its own connection.
+        let deadline = tokio::time::Instant::now() + self.timeout();
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
+            return Err(UpstreamError::Timeout(self.name().into()));
+        };
+        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(
                 self.name().into(),
