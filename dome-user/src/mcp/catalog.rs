@@ -83,6 +83,7 @@ async fn list_all(u: &Upstream) -> Result<Vec<Value>, String> {
             .map_err(|e| e.to_string())?;
         let msg = match reply {
             Reply::Json(v) => v,
+            Reply::Raw(b) => serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}"))?,
             Reply::Stream(s) => first_response(u.name(), s)
                 .await
                 .map_err(|e| e.to_string())?,

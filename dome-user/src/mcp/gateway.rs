@@ -23,7 +23,7 @@ use hyper::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::stats::metrics::{Metrics, phase};
+use crate::stats::metrics::{Metrics, RequestRecord};
 
 use super::{
     catalog::{self, Catalog},
@@ -118,7 +118,7 @@ impl SessionTable {
 pub struct Gateway {
     config: McpConfig,
     upstreams: Vec<Arc<Upstream>>,
-    catalog: RwLock<Arc<Catalog>>,
+    catalog: arc_swap::ArcSwap<Catalog>,
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
     body_timeout: std::time::Duration,
@@ -130,6 +130,9 @@ pub struct Gateway {
 struct Tally {
     method: &'static str,
     rpc_error: Option<i64>,
+    parse: Option<std::time::Duration>,
+    /// (upstream, tool, time to the upstream's answer).
+    upstream: Option<(String, String, std::time::Duration)>,
 }
 
 tokio::task_local! {
@@ -160,6 +163,49 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(v.to_string())).boxed())
         .expect("static parts")
+}
+
+/// A JSON body already written as text.
+fn raw_json_response(status: StatusCode, text: String, rpc_error: Option<i64>) -> Response<Body> {
+    if let Some(c) = rpc_error {
+        let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
+    }
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(text)).boxed())
+        .expect("static parts")
+}
+
+/// An upstream's `tools/call` answer re-addressed to the caller's `id`,
+/// without building a tree of it: (HTTP status, JSON text, error code).
+fn readdress(
+    era: Era,
+    upstream: &Upstream,
+    id: &Value,
+    reply: Reply,
+) -> Result<(StatusCode, String, Option<i64>), (i64, String)> {
+    let bytes = match reply {
+        Reply::Raw(b) => b,
+        Reply::Json(v) => Bytes::from(v.to_string()),
+        Reply::Stream(_) => unreachable!("streams are relayed"),
+    };
+    let Some(parts) = super::upstream::ResponseParts::of(&bytes) else {
+        return Err((
+            code::UPSTREAM_UNAVAILABLE,
+            format!(
+                "upstream `{}` sent something that is not a JSON-RPC response",
+                upstream.name()
+            ),
+        ));
+    };
+    let add_result_type = era == Era::Stateless && !upstream.speaks_stateless();
+    let code = parts.error_code();
+    let status = match code {
+        Some(c) if era == Era::Stateless => stateless_status(c),
+        _ => StatusCode::OK,
+    };
+    Ok((status, parts.readdressed(id, add_result_type), code))
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
@@ -206,7 +252,7 @@ impl Gateway {
             config,
             upstreams,
             metrics,
-            catalog: RwLock::new(Arc::new(Catalog::default())),
+            catalog: arc_swap::ArcSwap::from_pointee(Catalog::default()),
             sessions,
             body_timeout,
         })
@@ -220,12 +266,12 @@ impl Gateway {
     pub async fn refresh_catalog(&self) -> Arc<Catalog> {
         let previous = self.current_catalog();
         let cat = Arc::new(catalog::build(&self.upstreams, &previous).await);
-        *self.catalog.write().expect("catalog lock") = cat.clone();
+        self.catalog.store(cat.clone());
         cat
     }
 
     fn current_catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("catalog lock").clone()
+        self.catalog.load_full()
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -233,7 +279,7 @@ impl Gateway {
         let metrics = self.metrics.clone();
         let tally = std::cell::RefCell::new(Tally {
             method: "invalid",
-            rpc_error: None,
+            ..Default::default()
         });
         let (resp, tally) = TALLY
             .scope(tally, async move {
@@ -241,8 +287,17 @@ impl Gateway {
                 (resp, TALLY.with(|t| std::mem::take(&mut *t.borrow_mut())))
             })
             .await;
-        metrics.phase(phase::TOTAL, start.elapsed());
-        metrics.answered(tally.method, resp.status().as_u16(), tally.rpc_error);
+        metrics.request(&RequestRecord {
+            method: tally.method,
+            status: resp.status().as_u16(),
+            rpc_error: tally.rpc_error,
+            total: start.elapsed(),
+            parse: tally.parse,
+            upstream: tally
+                .upstream
+                .as_ref()
+                .map(|(u, t, d)| (u.as_str(), t.as_str(), *d)),
+        });
         resp
     }
 
@@ -384,7 +439,8 @@ impl Gateway {
         };
         let parse_start = Instant::now();
         let parsed = envelope::parse(&bytes);
-        self.metrics.phase(phase::PARSE, parse_start.elapsed());
+        let took = parse_start.elapsed();
+        let _ = TALLY.try_with(|t| t.borrow_mut().parse = Some(took));
         let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let session_id = header(protocol::H_SESSION).map(str::to_string);
         let e = match parsed {
@@ -652,23 +708,8 @@ impl Gateway {
             }
             "tools/call" => match self.forward_call(e, None).await {
                 Err((c, m)) => err(c, m),
-                Ok((upstream, Reply::Json(mut v), _)) => {
-                    v["id"] = id.clone();
-                    if era == Era::Stateless
-                        && v.get("result").is_some()
-                        && v["result"].get("resultType").is_none()
-                    {
-                        v["result"]["resultType"] = "complete".into();
-                    }
-                    let status = match v["error"]["code"].as_i64() {
-                        Some(c) if era == Era::Stateless => stateless_status(c),
-                        _ => StatusCode::OK,
-                    };
-                    let _ = upstream;
-                    (status, v)
-                }
-                Ok((upstream, Reply::Stream(s), _)) => {
-                    match super::upstream::first_response(&upstream, s).await {
+                Ok((upstream, Reply::Stream(st), _)) => {
+                    match super::upstream::first_response(upstream.name(), st).await {
                         Ok(mut v) => {
                             v["id"] = id.clone();
                             (StatusCode::OK, v)
@@ -676,6 +717,12 @@ impl Gateway {
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
                     }
                 }
+                Ok((upstream, reply, _)) => match readdress(era, &upstream, &id, reply) {
+                    Ok((status, text, _)) => {
+                        (status, serde_json::from_str(&text).unwrap_or_default())
+                    }
+                    Err((c, m)) => err(c, m),
+                },
             },
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
         }
@@ -709,7 +756,7 @@ impl Gateway {
         &self,
         e: &Envelope,
         session: Option<&Arc<Session>>,
-    ) -> Result<(String, Reply, Option<Inflight>), (i64, String)> {
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>), (i64, String)> {
         let Some(name) = e.name.as_deref() else {
             return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
         };
@@ -756,11 +803,11 @@ impl Gateway {
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).
         let took = start.elapsed();
-        self.metrics.phase(phase::UPSTREAM, took);
-        self.metrics.upstream(upstream.name(), took);
-        self.metrics.tool(name, took);
+        let _ = TALLY.try_with(|t| {
+            t.borrow_mut().upstream = Some((upstream.name().to_string(), name.to_string(), took))
+        });
         match result {
-            Ok((reply, _)) => Ok((upstream.name().to_string(), reply, guard)),
+            Ok((reply, _)) => Ok((upstream, reply, guard)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
                 Err((code::UPSTREAM_UNAVAILABLE, e.to_string()))
@@ -779,22 +826,14 @@ impl Gateway {
     ) -> Response<Body> {
         if method == "tools/call" && sse_ok {
             match self.forward_call(e, session.as_ref()).await {
-                Ok((upstream, Reply::Stream(s), guard)) => {
-                    return relay(upstream, s, id, era, guard);
+                Ok((upstream, Reply::Stream(st), guard)) => {
+                    return relay(upstream.name().to_string(), st, id, era, guard);
                 }
-                Ok((_, Reply::Json(mut v), _)) => {
-                    v["id"] = id;
-                    if era == Era::Stateless
-                        && v.get("result").is_some()
-                        && v["result"].get("resultType").is_none()
-                    {
-                        v["result"]["resultType"] = "complete".into();
-                    }
-                    let status = match v["error"]["code"].as_i64() {
-                        Some(c) if era == Era::Stateless => stateless_status(c),
-                        _ => StatusCode::OK,
+                Ok((upstream, reply, _)) => {
+                    return match readdress(era, &upstream, &id, reply) {
+                        Ok((status, text, code)) => raw_json_response(status, text, code),
+                        Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
                     };
-                    return json_response(status, &v);
                 }
                 Err((c, m)) => {
                     let status = if era == Era::Stateless {

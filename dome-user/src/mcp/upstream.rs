@@ -100,6 +100,8 @@ impl UpstreamError {
 pub enum Reply {
     /// One JSON-RPC message (the response), with the upstream's request id.
     Json(Value),
+    /// The same, as the upstream's bytes (`tools/call`: passed on without a tree).
+    Raw(Bytes),
     /// An SSE stream: notifications, then the response.
     Stream(Response<Incoming>),
 }
@@ -154,6 +156,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Whether the upstream speaks the stateless era (its results carry `resultType`).
+    pub fn speaks_stateless(&self) -> bool {
+        matches!(*self.era.read().expect("era"), Era::Stateless { .. })
     }
 
     /// Which era the upstream speaks, once known (for `/stats` and tests).
@@ -238,7 +245,7 @@ impl Upstream {
         let req = self.build_text("tools/call", Some(name), Bytes::from(body))?;
         let resp = self.exchange(req).await?;
         let status = resp.status();
-        Ok((read_reply(self.name(), resp).await?, id, status))
+        Ok((read_reply_raw(self.name(), resp).await?, id, status))
     }
 
     /// Sends a notification (no reply expected beyond the HTTP status).
@@ -303,6 +310,9 @@ impl Upstream {
         let reply = read_reply(self.name(), resp).await?;
         let msg = match reply {
             Reply::Json(v) => v,
+            Reply::Raw(b) => serde_json::from_slice(&b).map_err(|e| {
+                UpstreamError::Invalid(self.name().into(), format!("not JSON: {e}"))
+            })?,
             Reply::Stream(s) => first_response(self.name(), s).await?,
         };
         if !status.is_success() || msg.get("result").is_none() {
@@ -501,6 +511,7 @@ fn finish(
 ) -> Result<(Reply, u64), UpstreamError> {
     match (&reply, status) {
         // JSON-RPC errors come with 4xx in the stateless era: still a reply.
+        (Reply::Raw(b), _) if ResponseParts::of(b).is_some() => Ok((reply, id)),
         (Reply::Json(v), _) if v.get("error").is_some() || v.get("result").is_some() => {
             Ok((reply, id))
         }
@@ -530,6 +541,84 @@ async fn read_reply(name: &str, resp: Response<Incoming>) -> Result<Reply, Upstr
     serde_json::from_slice(&body)
         .map(Reply::Json)
         .map_err(|e| UpstreamError::Invalid(name.into(), format!("not JSON: {e}")))
+}
+
+async fn read_reply_raw(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
+    let is_sse = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("text/event-stream"));
+    if is_sse {
+        return Ok(Reply::Stream(resp));
+    }
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?
+        .to_bytes();
+    Ok(Reply::Raw(body))
+}
+
+/// A JSON-RPC response seen without building a tree: its `result` or
+/// `error` as raw JSON text borrowed from the body.
+#[derive(serde::Deserialize)]
+pub struct ResponseParts<'a> {
+    #[serde(borrow, default)]
+    pub result: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    pub error: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> ResponseParts<'a> {
+    pub fn of(body: &'a [u8]) -> Option<Self> {
+        let p: ResponseParts<'a> = serde_json::from_slice(body).ok()?;
+        (p.result.is_some() || p.error.is_some()).then_some(p)
+    }
+
+    /// The error's code, if this is an error response.
+    pub fn error_code(&self) -> Option<i64> {
+        #[derive(serde::Deserialize)]
+        struct Code {
+            code: i64,
+        }
+        serde_json::from_str::<Code>(self.error?.get())
+            .ok()
+            .map(|c| c.code)
+    }
+
+    /// The response re-addressed to `id`, as JSON text. With `result_type`,
+    /// a result object without one gets `"resultType":"complete"` (a
+    /// session-era upstream answering a stateless-era caller).
+    pub fn readdressed(&self, id: &Value, result_type: bool) -> String {
+        let mut out = String::with_capacity(64 + self.result.map_or(0, |r| r.get().len()));
+        out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
+        out.push_str(&id.to_string());
+        match (self.result, self.error) {
+            (Some(r), _) => {
+                out.push_str(",\"result\":");
+                let raw = r.get().trim_start();
+                match raw.strip_prefix('{') {
+                    Some(rest) if result_type => {
+                        out.push_str("{\"resultType\":\"complete\"");
+                        if !rest.trim_start().starts_with('}') {
+                            out.push(',');
+                        }
+                        out.push_str(rest);
+                    }
+                    _ => out.push_str(raw),
+                }
+            }
+            (None, Some(e)) => {
+                out.push_str(",\"error\":");
+                out.push_str(e.get());
+            }
+            (None, None) => out.push_str(",\"result\":{}"),
+        }
+        out.push('}');
+        out
+    }
 }
 
 /// Reads an SSE reply to its JSON-RPC response, dropping notifications.
@@ -569,6 +658,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn responses_are_readdressed_without_a_tree() {
+        let body =
+            br#"{"jsonrpc":"2.0","id":77,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
+        let p = ResponseParts::of(body).unwrap();
+        let v: Value = serde_json::from_str(&p.readdressed(&json!("c-1"), false)).unwrap();
+        assert_eq!(
+            v,
+            json!({"jsonrpc": "2.0", "id": "c-1", "result": {"content": [{"type": "text", "text": "hi"}]}})
+        );
+        let v: Value = serde_json::from_str(&p.readdressed(&json!(5), true)).unwrap();
+        assert_eq!(v["result"]["resultType"], "complete");
+        let empty = ResponseParts::of(br#"{"jsonrpc":"2.0","id":1,"result":{ }}"#).unwrap();
+        let v: Value = serde_json::from_str(&empty.readdressed(&json!(1), true)).unwrap();
+        assert_eq!(v["result"], json!({"resultType": "complete"}));
+        let err = ResponseParts::of(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#,
+        )
+        .unwrap();
+        assert_eq!(err.error_code(), Some(-32602));
+        let v: Value = serde_json::from_str(&err.readdressed(&json!(9), true)).unwrap();
+        assert_eq!(v["error"]["message"], "no");
+        assert!(ResponseParts::of(b"{\"jsonrpc\":\"2.0\"}").is_none());
+        assert!(ResponseParts::of(b"garbage").is_none());
+    }
 
     #[test]
     fn call_bodies_are_valid_json() {

@@ -45,6 +45,37 @@ fn record(map_entry: &mut Histogram<u64>, d: Duration) {
     let _ = map_entry.record(us);
 }
 
+/// What one request contributes to the metrics.
+pub struct RequestRecord<'a> {
+    pub method: &'a str,
+    pub status: u16,
+    pub rpc_error: Option<i64>,
+    pub total: Duration,
+    pub parse: Option<Duration>,
+    /// (upstream, tool, time to the upstream's answer).
+    pub upstream: Option<(&'a str, &'a str, Duration)>,
+}
+
+/// Method labels are a closed set, so a client cannot grow the label space.
+fn method_label(method: &str) -> &str {
+    match method {
+        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover"
+        | "notification" | "batch" | "delete" | "invalid" => method,
+        _ => "other",
+    }
+}
+
+fn record_keyed(map: &mut HashMap<Box<str>, Histogram<u64>>, key: &str, d: Duration) {
+    match map.get_mut(key) {
+        Some(h) => record(h, d),
+        None => {
+            let mut h = new_histogram();
+            record(&mut h, d);
+            map.insert(key.into(), h);
+        }
+    }
+}
+
 /// The registry of every thread's shard.
 pub struct Metrics {
     id: usize,
@@ -86,25 +117,11 @@ impl Metrics {
     }
 
     pub fn tool(&self, tool: &str, d: Duration) {
-        self.with_shard(|s| match s.tools.get_mut(tool) {
-            Some(h) => record(h, d),
-            None => {
-                let mut h = new_histogram();
-                record(&mut h, d);
-                s.tools.insert(tool.into(), h);
-            }
-        });
+        self.with_shard(|s| record_keyed(&mut s.tools, tool, d));
     }
 
     pub fn upstream(&self, upstream: &str, d: Duration) {
-        self.with_shard(|s| match s.upstreams.get_mut(upstream) {
-            Some(h) => record(h, d),
-            None => {
-                let mut h = new_histogram();
-                record(&mut h, d);
-                s.upstreams.insert(upstream.into(), h);
-            }
-        });
+        self.with_shard(|s| record_keyed(&mut s.upstreams, upstream, d));
     }
 
     /// One answered request: its method (bounded: unknown methods count as
@@ -124,6 +141,43 @@ impl Metrics {
             }
             *s.http_status.entry(status).or_default() += 1;
             if let Some(c) = rpc_error {
+                *s.rpc_errors.entry(c).or_default() += 1;
+            }
+        });
+    }
+
+    /// One request's figures at once (one shard lock on the hot path).
+    pub fn request(&self, r: &RequestRecord<'_>) {
+        let method = method_label(r.method);
+        self.with_shard(|s| {
+            record(
+                s.phases.entry(phase::TOTAL).or_insert_with(new_histogram),
+                r.total,
+            );
+            if let Some(d) = r.parse {
+                record(
+                    s.phases.entry(phase::PARSE).or_insert_with(new_histogram),
+                    d,
+                );
+            }
+            if let Some((upstream, tool, d)) = r.upstream {
+                record(
+                    s.phases
+                        .entry(phase::UPSTREAM)
+                        .or_insert_with(new_histogram),
+                    d,
+                );
+                record_keyed(&mut s.upstreams, upstream, d);
+                record_keyed(&mut s.tools, tool, d);
+            }
+            match s.methods.get_mut(method) {
+                Some(c) => *c += 1,
+                None => {
+                    s.methods.insert(method.into(), 1);
+                }
+            }
+            *s.http_status.entry(r.status).or_default() += 1;
+            if let Some(c) = r.rpc_error {
                 *s.rpc_errors.entry(c).or_default() += 1;
             }
         });
