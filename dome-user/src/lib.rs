@@ -9,3 +9,15 @@ pub mod runtime;
 pub mod stats;
 pub mod transport;
 pub mod xdp;
+
+/// An error and its sources, joined with `: ` (for one log line).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -340,21 +340,13 @@ fn sse_responses_stream_through_unbuffered() {
     let body = json!({"jsonrpc": "2.0", "id": "s", "method": "tools/call", "params": {
         "name": "slow", "arguments": {"steps": 3, "delay_ms": 400}, "_meta": {"progressToken": "tok"}}})
     .to_string();
-    let mut s = TcpStream::connect(dome.mcp).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /mcp HTTP/1.1\r\nHost: dome\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nMcp-Session-Id: {sid}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("\"progress\":1") {
-        let n = s.read(&mut buf).unwrap();
-        assert!(n > 0, "stream ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let h = [
+        ACCEPT,
+        JSON,
+        ("Mcp-Session-Id", sid.as_str()),
+        ("Connection", "close"),
+    ];
+    let (mut s, mut seen) = start_slow(&dome, &h, &body);
     assert!(seen.contains("text/event-stream"), "{seen}");
     assert!(
         !seen.contains("done after"),
@@ -426,8 +418,9 @@ fn wait_demo(addr: std::net::SocketAddr, key: &str) {
     }
 }
 
-/// Opens a `slow` call and returns the stream once its first progress event arrived.
-fn start_slow(dome: &Dome, headers: &[(&str, &str)], body: &str) -> TcpStream {
+/// Opens a `slow` call and returns the stream, and what it said, once its
+/// first progress event arrived.
+fn start_slow(dome: &Dome, headers: &[(&str, &str)], body: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(dome.mcp).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
@@ -447,7 +440,7 @@ fn start_slow(dome: &Dome, headers: &[(&str, &str)], body: &str) -> TcpStream {
         assert!(n > 0, "stream ended early: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    s
+    (s, seen)
 }
 
 #[test]
@@ -464,6 +457,7 @@ fn cancellation_reaches_the_upstream_in_both_eras() {
     let call = json!({"jsonrpc": "2.0", "id": "c1", "method": "tools/call", "params": {
         "name": "slow", "arguments": {"steps": 20, "delay_ms": 150}, "_meta": {"progressToken": "p"}}});
     let _stream = start_slow(&dome, &h, &call.to_string());
+    assert!(_stream.1.contains("step 1 of 20"));
     let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "c1"}});
     assert_eq!(post(&dome, &h, &cancel.to_string()).0, 202);
     wait_demo(demo, "slow_cancelled");
@@ -476,7 +470,7 @@ fn cancellation_reaches_the_upstream_in_both_eras() {
     );
     let mut body: Value = serde_json::from_str(&body).unwrap();
     body["params"]["_meta"]["progressToken"] = "q".into();
-    let stream = start_slow(&dome, &as_refs(&sh), &body.to_string());
+    let (stream, _) = start_slow(&dome, &as_refs(&sh), &body.to_string());
     drop(stream);
     wait_demo(demo, "slow_aborted");
     assert_eq!(demo_stats(demo)["slow_completed"], 0);

@@ -421,7 +421,7 @@ impl Upstream {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(
                 self.name().into(),
-                error_chain(&e),
+                crate::error_chain(&e),
             )),
             Ok(Ok(r)) => Ok(r),
         }
@@ -521,26 +521,13 @@ fn finish(
 }
 
 async fn read_reply(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
-    let is_sse = resp
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("text/event-stream"));
-    if is_sse {
-        return Ok(Reply::Stream(resp));
+    match read_reply_raw(name, resp).await? {
+        Reply::Raw(body) if body.is_empty() => Ok(Reply::Json(Value::Null)),
+        Reply::Raw(body) => serde_json::from_slice(&body)
+            .map(Reply::Json)
+            .map_err(|e| UpstreamError::Invalid(name.into(), format!("not JSON: {e}"))),
+        other => Ok(other),
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?
-        .to_bytes();
-    if body.is_empty() {
-        return Ok(Reply::Json(Value::Null));
-    }
-    serde_json::from_slice(&body)
-        .map(Reply::Json)
-        .map_err(|e| UpstreamError::Invalid(name.into(), format!("not JSON: {e}")))
 }
 
 async fn read_reply_raw(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
@@ -642,17 +629,6 @@ pub async fn first_response(name: &str, resp: Response<Incoming>) -> Result<Valu
         name.into(),
         "the stream ended without a response".into(),
     ))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -334,7 +334,7 @@ impl KernelTier {
             .expect("checked at load");
         let attach_err = |e: ProgramError| XdpError::Attach {
             interface: interface.to_string(),
-            reason: error_chain(&e),
+            reason: crate::error_chain(&e),
         };
         let got = match mode {
             ModeSetting::Native => prog
@@ -348,7 +348,7 @@ impl KernelTier {
                 Err(native) => {
                     tracing::info!(
                         interface,
-                        reason = %error_chain(&native),
+                        reason = %crate::error_chain(&native),
                         "native XDP not available; attaching in SKB (generic) mode"
                     );
                     prog.attach(interface, XdpMode::Skb)
@@ -638,17 +638,6 @@ impl CounterSnapshot {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
-
 fn verifier_message(e: ProgramError) -> String {
     match &e {
         ProgramError::LoadError { verifier_log, .. } => {
@@ -657,10 +646,10 @@ fn verifier_message(e: ProgramError) -> String {
             let tail: Vec<&str> = log.lines().rev().take(20).collect();
             format!(
                 "{}\n{}",
-                error_chain(&e),
+                crate::error_chain(&e),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )
         }
-        _ => error_chain(&e),
+        _ => crate::error_chain(&e),
     }
 }
