@@ -207,7 +207,7 @@ impl Live {
             self.sessions.clone(),
             Duration::from_millis(applied.server.body_timeout_ms),
         );
-        let catalog = gw.refresh_catalog().await;
+        let counts = gw.refresh_all().await;
         // Requests in flight keep the gateway they started on.
         self.gateway.store(gw);
         *self.config.lock().expect("config lock") = applied;
@@ -221,7 +221,7 @@ impl Live {
             error: None,
             needs_restart,
         });
-        tracing::info!(%version, why, tools = catalog.tools.len(), "configuration reloaded");
+        tracing::info!(%version, why, tools = counts[0], prompts = counts[1], resources = counts[2], "configuration reloaded");
     }
 
     fn refuse(&self, error: String) {
@@ -283,11 +283,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         sessions.clone(),
         Duration::from_millis(config.server.body_timeout_ms),
     );
-    let catalog = gw.refresh_catalog().await;
+    let counts = gw.refresh_all().await;
     tracing::info!(
         upstreams = gw.upstreams().len(),
-        tools = catalog.tools.len(),
-        "federated tool catalog ready"
+        tools = counts[0],
+        prompts = counts[1],
+        resources = counts[2],
+        templates = counts[3],
+        "federated catalogs ready"
     );
     let live_gw = Arc::new(ArcSwap::new(gw));
     let tls = match &config.tls {

@@ -225,6 +225,11 @@ fn stateless_era_rules() {
     let (status, _, v) = post(&dome, &as_refs(&h), &body);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["supportedVersions"], json!(["2026-07-28"]));
+    assert_eq!(
+        v["result"]["capabilities"],
+        json!({"tools": {"listChanged": false}}),
+        "the demo upstream offers tools only, so Dome announces nothing more"
+    );
     assert_eq!(v["result"]["resultType"], "complete");
 
     let (h, body) = stateless(

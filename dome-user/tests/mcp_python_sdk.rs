@@ -125,3 +125,57 @@ fn stateless_client_reaches_a_session_only_upstream_across_its_restart() {
     let legacy = run_client("client_isolation.py", &[&url, "legacy"]);
     assert_eq!(legacy["echo"], "still here", "{legacy}");
 }
+
+/// Prompts, resources (text and binary), templates and completion from two
+/// upstreams at once, in both eras.
+#[test]
+fn prompts_and_resources_from_two_upstreams() {
+    let (_one, one) = start_sdk_flavor("one");
+    let (_two, two) = start_sdk_flavor("two");
+    let dome = start_dome(
+        "resources",
+        &format!(
+            "[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n\n[[upstream]]\nname = \"two\"\nurl = \"http://{two}/mcp\"\n"
+        ),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    for mode in ["legacy", "2026-07-28"] {
+        let seen = run_client("client_resources.py", &[&url, mode]);
+        assert_eq!(
+            seen["prompts"],
+            json!(["one.greet", "two.greet"]),
+            "{mode}: {seen}"
+        );
+        assert_eq!(seen["greet_two"], "Hello Ada from two", "{mode}: {seen}");
+        assert_eq!(
+            seen["resources"],
+            json!([
+                "blob://one/bytes",
+                "blob://two/bytes",
+                "notes://one/readme",
+                "notes://two/readme"
+            ]),
+            "{mode}: {seen}"
+        );
+        assert_eq!(
+            seen["templates"],
+            json!(["users://one/{user_id}", "users://two/{user_id}"]),
+            "{mode}: {seen}"
+        );
+        assert_eq!(seen["readme_one"], "readme of one");
+        assert_eq!(seen["blob_two"], json!([0, 1, 2, 250, 251, 252]));
+        assert_eq!(
+            seen["user_two_42"], "user 42 of two",
+            "the template routed the read to `two`"
+        );
+        assert_eq!(seen["completion"], json!(["Gr-one"]), "{mode}: {seen}");
+        if mode == "legacy" {
+            // (A client pinned to 2026-07-28 skips discovery and knows no capabilities.)
+            assert_eq!(
+                seen["caps"],
+                json!(["completions", "prompts", "resources", "tools"]),
+                "the union of the upstreams' capabilities, no logging: {seen}"
+            );
+        }
+    }
+}

@@ -1,7 +1,9 @@
-//! The federated tool catalog: every upstream's tools, named as the
-//! upstream's prefix mode says, in a deterministic order (upstreams in config
-//! order, tools in each upstream's order), with a route from each public name
-//! back to its upstream and original name.
+//! The federated catalogs: every upstream's tools, prompts, resources and
+//! resource templates, in a deterministic order (upstreams in config order,
+//! items in each upstream's order), with a route from each public key back
+//! to its upstream and original key. Tools and prompts are renamed as each
+//! upstream's prefix mode says; resources keep their URIs (an URI is global;
+//! on a clash the upstream listed first wins).
 
 use std::{collections::HashMap, sync::Arc};
 
@@ -12,21 +14,78 @@ use super::{
     upstream::{PrefixMode, Reply, Upstream, first_response},
 };
 
-/// Where a public tool name goes.
+/// What a catalog lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Tools,
+    Prompts,
+    Resources,
+    Templates,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Tools, Kind::Prompts, Kind::Resources, Kind::Templates];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+    /// The list method.
+    pub fn method(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools/list",
+            Kind::Prompts => "prompts/list",
+            Kind::Resources => "resources/list",
+            Kind::Templates => "resources/templates/list",
+        }
+    }
+    /// The result field holding the items.
+    pub fn field(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Prompts => "prompts",
+            Kind::Resources => "resources",
+            Kind::Templates => "resourceTemplates",
+        }
+    }
+    /// The item field that identifies it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Tools | Kind::Prompts => "name",
+            Kind::Resources => "uri",
+            Kind::Templates => "uriTemplate",
+        }
+    }
+    /// The capability an upstream announces for it.
+    pub fn capability(self) -> &'static str {
+        match self {
+            Kind::Tools => "tools",
+            Kind::Prompts => "prompts",
+            Kind::Resources | Kind::Templates => "resources",
+        }
+    }
+    fn renamed(self) -> bool {
+        matches!(self, Kind::Tools | Kind::Prompts)
+    }
+    pub fn of_method(method: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.method() == method)
+    }
+}
+
+/// Where a public key goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub upstream: usize,
     pub original: String,
 }
 
-/// One snapshot of the catalog.
+/// One snapshot of one kind's catalog.
 #[derive(Debug, Default)]
 pub struct Catalog {
-    /// Tools as shown downstream (names rewritten).
-    pub tools: Vec<Value>,
+    /// Items as shown downstream (keys rewritten where renamed).
+    pub items: Vec<Value>,
     pub routes: HashMap<String, Route>,
-    /// Tools of upstreams that failed this listing, as the last listing had
-    /// them: not shown, but a call still goes to (and fails naming) the upstream.
+    /// Items of upstreams that failed this listing, as the last listing had
+    /// them: not shown, but a request still goes to (and fails naming) the upstream.
     pub unavailable: HashMap<String, Route>,
     /// Content hash: a pagination cursor is only valid for the snapshot it came from.
     pub version: u64,
@@ -35,32 +94,33 @@ pub struct Catalog {
 /// Upper bound on pages fetched from one upstream (a loop guard).
 const MAX_PAGES: usize = 1000;
 
-/// Lists every page of every upstream's tools, concurrently. An upstream that
-/// fails drops out of this snapshot with a log line; the others stay.
-pub async fn build(upstreams: &[Arc<Upstream>], previous: &Catalog) -> Catalog {
-    let lists = futures_join_all(upstreams).await;
+/// Lists every page of every upstream's items of `kind`, concurrently. An
+/// upstream that fails drops out of this snapshot with a log line; one that
+/// does not offer the kind simply has none.
+pub async fn build(kind: Kind, upstreams: &[Arc<Upstream>], previous: &Catalog) -> Catalog {
+    let lists = list_everywhere(kind, upstreams).await;
     let failed: Vec<usize> = (0..lists.len()).filter(|i| lists[*i].is_none()).collect();
-    let mut cat = assemble(upstreams, lists);
-    for (name, route) in previous.routes.iter().chain(previous.unavailable.iter()) {
-        if failed.contains(&route.upstream) && !cat.routes.contains_key(name) {
-            cat.unavailable.insert(name.clone(), route.clone());
+    let mut cat = assemble(kind, upstreams, lists);
+    for (key, route) in previous.routes.iter().chain(previous.unavailable.iter()) {
+        if failed.contains(&route.upstream) && !cat.routes.contains_key(key) {
+            cat.unavailable.insert(key.clone(), route.clone());
         }
     }
     cat
 }
 
-async fn futures_join_all(upstreams: &[Arc<Upstream>]) -> Vec<Option<Vec<Value>>> {
+async fn list_everywhere(kind: Kind, upstreams: &[Arc<Upstream>]) -> Vec<Option<Vec<Value>>> {
     let mut tasks = Vec::with_capacity(upstreams.len());
     for u in upstreams {
         let u = u.clone();
-        tasks.push(tokio::spawn(async move { list_all(&u).await }));
+        tasks.push(tokio::spawn(async move { list_all(kind, &u).await }));
     }
     let mut out = Vec::with_capacity(tasks.len());
     for (t, u) in tasks.into_iter().zip(upstreams) {
         match t.await {
-            Ok(Ok(tools)) => out.push(Some(tools)),
+            Ok(Ok(items)) => out.push(Some(items)),
             Ok(Err(e)) => {
-                tracing::warn!(upstream = %u.name(), error = %e, "upstream's tools left out of the list");
+                tracing::warn!(upstream = %u.name(), error = %e, "upstream's {} left out of the list", kind.field());
                 out.push(None);
             }
             Err(_) => out.push(None),
@@ -69,8 +129,12 @@ async fn futures_join_all(upstreams: &[Arc<Upstream>]) -> Vec<Option<Vec<Value>>
     out
 }
 
-async fn list_all(u: &Upstream) -> Result<Vec<Value>, String> {
-    let mut tools = Vec::new();
+async fn list_all(kind: Kind, u: &Upstream) -> Result<Vec<Value>, String> {
+    u.connect().await.map_err(|e| e.to_string())?;
+    if u.capabilities().get(kind.capability()).is_none() {
+        return Ok(Vec::new());
+    }
+    let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_PAGES {
         let params = match &cursor {
@@ -78,7 +142,7 @@ async fn list_all(u: &Upstream) -> Result<Vec<Value>, String> {
             None => serde_json::json!({}),
         };
         let (reply, _) = u
-            .request("tools/list", params)
+            .request(kind.method(), params)
             .await
             .map_err(|e| e.to_string())?;
         let msg = match reply {
@@ -89,38 +153,44 @@ async fn list_all(u: &Upstream) -> Result<Vec<Value>, String> {
                 .map_err(|e| e.to_string())?,
         };
         if let Some(err) = msg.get("error") {
-            return Err(format!("tools/list failed: {err}"));
+            return Err(format!("{} failed: {err}", kind.method()));
         }
         let result = &msg["result"];
-        if let Some(page) = result["tools"].as_array() {
-            tools.extend(page.iter().cloned());
+        if let Some(page) = result[kind.field()].as_array() {
+            items.extend(page.iter().cloned());
         }
         match result["nextCursor"].as_str() {
             Some(c) if !c.is_empty() => cursor = Some(c.to_string()),
-            _ => return Ok(tools),
+            _ => return Ok(items),
         }
     }
-    Err(format!("more than {MAX_PAGES} pages of tools"))
+    Err(format!("more than {MAX_PAGES} pages of {}", kind.field()))
 }
 
-/// Names and routes the listed tools (pure; `lists[i]` belongs to `upstreams[i]`).
-pub fn assemble(upstreams: &[Arc<Upstream>], lists: Vec<Option<Vec<Value>>>) -> Catalog {
+/// Names and routes the listed items (pure; `lists[i]` belongs to `upstreams[i]`).
+pub fn assemble(
+    kind: Kind,
+    upstreams: &[Arc<Upstream>],
+    lists: Vec<Option<Vec<Value>>>,
+) -> Catalog {
     let modes: Vec<(String, PrefixMode)> = upstreams
         .iter()
         .map(|u| (u.name().to_string(), u.config.prefix))
         .collect();
-    assemble_named(&modes, lists)
+    assemble_named(kind, &modes, lists)
 }
 
 /// As [`assemble`], from (name, prefix mode) pairs.
 pub fn assemble_named(
+    kind: Kind,
     upstreams: &[(String, PrefixMode)],
     lists: Vec<Option<Vec<Value>>>,
 ) -> Catalog {
+    let key = kind.key();
     let mut count: HashMap<&str, usize> = HashMap::new();
     for list in lists.iter().flatten() {
         for t in list {
-            if let Some(n) = t["name"].as_str() {
+            if let Some(n) = t[key].as_str() {
                 *count.entry(n).or_default() += 1;
             }
         }
@@ -130,29 +200,30 @@ pub fn assemble_named(
         let Some(list) = list else { continue };
         let (uname, mode) = &upstreams[i];
         for t in list {
-            let Some(original) = t["name"].as_str() else {
+            let Some(original) = t[key].as_str() else {
                 continue;
             };
-            let prefixed = match mode {
-                PrefixMode::Always => true,
-                PrefixMode::Never => false,
-                PrefixMode::OnConflict => count.get(original).copied().unwrap_or(0) > 1,
-            };
+            let prefixed = kind.renamed()
+                && match mode {
+                    PrefixMode::Always => true,
+                    PrefixMode::Never => false,
+                    PrefixMode::OnConflict => count.get(original).copied().unwrap_or(0) > 1,
+                };
             let public = if prefixed {
                 format!("{uname}.{original}")
             } else {
                 original.to_string()
             };
-            if !protocol::valid_tool_name(&public) {
+            if kind == Kind::Tools && !protocol::valid_tool_name(&public) {
                 tracing::warn!(upstream = %uname, tool = %public, "tool name outside [A-Za-z0-9_.-]{{1,128}}; left out");
                 continue;
             }
             if cat.routes.contains_key(&public) {
-                tracing::warn!(upstream = %uname, tool = %public, "tool name already taken by an upstream listed earlier; left out");
+                tracing::warn!(upstream = %uname, key = %public, "{} already taken by an upstream listed earlier; left out", kind.key());
                 continue;
             }
             let mut shown = t.clone();
-            shown["name"] = Value::String(public.clone());
+            shown[key] = Value::String(public.clone());
             cat.routes.insert(
                 public,
                 Route {
@@ -160,17 +231,32 @@ pub fn assemble_named(
                     original: original.to_string(),
                 },
             );
-            cat.tools.push(shown);
+            cat.items.push(shown);
         }
     }
-    cat.version = hash(&cat.tools);
+    cat.version = hash(&cat.items);
     cat
 }
 
-fn hash(tools: &[Value]) -> u64 {
+/// The upstream whose template could produce `uri` (the longest literal
+/// prefix before the first `{` wins).
+pub fn template_route(templates: &Catalog, uri: &str) -> Option<usize> {
+    templates
+        .routes
+        .iter()
+        .filter_map(|(t, r)| {
+            let literal = t.split('{').next().unwrap_or(t);
+            uri.starts_with(literal)
+                .then_some((literal.len(), r.upstream))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, u)| u)
+}
+
+fn hash(items: &[Value]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    for t in tools {
+    for t in items {
         t.to_string().hash(&mut h);
     }
     h.finish()
@@ -199,20 +285,12 @@ mod tests {
 
     use super::*;
 
-    fn tools(names: &[&str]) -> Option<Vec<Value>> {
-        Some(
-            names
-                .iter()
-                .map(|n| json!({"name": n, "inputSchema": {"type": "object"}}))
-                .collect(),
-        )
+    fn items(key: &str, names: &[&str]) -> Option<Vec<Value>> {
+        Some(names.iter().map(|n| json!({key: n})).collect())
     }
 
-    fn names(c: &Catalog) -> Vec<&str> {
-        c.tools
-            .iter()
-            .map(|t| t["name"].as_str().unwrap())
-            .collect()
+    fn keys<'a>(c: &'a Catalog, key: &str) -> Vec<&'a str> {
+        c.items.iter().map(|t| t[key].as_str().unwrap()).collect()
     }
 
     #[test]
@@ -223,10 +301,15 @@ mod tests {
             ("c".to_string(), PrefixMode::Always),
         ];
         let c = assemble_named(
+            Kind::Tools,
             &ups,
-            vec![tools(&["echo", "x"]), tools(&["echo", "y"]), tools(&["z"])],
+            vec![
+                items("name", &["echo", "x"]),
+                items("name", &["echo", "y"]),
+                items("name", &["z"]),
+            ],
         );
-        assert_eq!(names(&c), vec!["a.echo", "x", "b.echo", "y", "c.z"]);
+        assert_eq!(keys(&c, "name"), vec!["a.echo", "x", "b.echo", "y", "c.z"]);
         assert_eq!(
             c.routes["b.echo"],
             Route {
@@ -244,11 +327,49 @@ mod tests {
             ("c".to_string(), PrefixMode::Never),
         ];
         let c = assemble_named(
+            Kind::Tools,
             &ups,
-            vec![tools(&["echo"]), None, tools(&["echo", "bad name"])],
+            vec![
+                items("name", &["echo"]),
+                None,
+                items("name", &["echo", "bad name"]),
+            ],
         );
-        assert_eq!(names(&c), vec!["echo"]);
+        assert_eq!(keys(&c, "name"), vec!["echo"]);
         assert_eq!(c.routes["echo"].upstream, 0);
+    }
+
+    #[test]
+    fn resources_keep_their_uris_and_templates_route_by_prefix() {
+        let ups = vec![
+            ("a".to_string(), PrefixMode::Always),
+            ("b".to_string(), PrefixMode::Always),
+        ];
+        let c = assemble_named(
+            Kind::Resources,
+            &ups,
+            vec![
+                items("uri", &["file:///a.txt"]),
+                items("uri", &["file:///a.txt", "mem://b"]),
+            ],
+        );
+        assert_eq!(
+            keys(&c, "uri"),
+            vec!["file:///a.txt", "mem://b"],
+            "first upstream wins a clash"
+        );
+        assert_eq!(c.routes["mem://b"].upstream, 1);
+        let t = assemble_named(
+            Kind::Templates,
+            &ups,
+            vec![
+                items("uriTemplate", &["users://{id}"]),
+                items("uriTemplate", &["users://admins/{id}"]),
+            ],
+        );
+        assert_eq!(template_route(&t, "users://admins/7"), Some(1));
+        assert_eq!(template_route(&t, "users://42"), Some(0));
+        assert_eq!(template_route(&t, "other://x"), None);
     }
 
     #[test]

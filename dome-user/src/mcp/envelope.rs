@@ -48,6 +48,9 @@ pub struct Envelope {
     pub request_id: Option<Json>,
     /// `params.arguments` as JSON text.
     pub arguments: Option<String>,
+    /// The whole `params` as JSON text, for methods other than `tools/call`
+    /// (rare, small; `tools/call` never pays for it).
+    pub params: Option<String>,
     /// `params._meta` entries other than the era envelope's, as (key, JSON text).
     pub meta_entries: Vec<(String, String)>,
 }
@@ -127,6 +130,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
                 .map(str::to_string);
             e.arguments = params.get("arguments").map(|a| a.encode());
             e.request_id = params.get("requestId").map(to_json);
+            if e.method.as_deref() != Some("tools/call") {
+                e.params = Some(params.encode());
+            }
             match params.get("_meta") {
                 None => {}
                 Some(BorrowedValue::Object(m)) => {

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::stats::metrics::{Metrics, RequestRecord};
 
 use super::{
-    catalog::{self, Catalog},
+    catalog::{self, Catalog, Kind},
     envelope::{self, Envelope, EnvelopeError, Meta, Parsed},
     protocol::{self, code},
     sse::{self, SseParser},
@@ -118,7 +118,8 @@ impl SessionTable {
 pub struct Gateway {
     config: McpConfig,
     upstreams: Vec<Arc<Upstream>>,
-    catalog: arc_swap::ArcSwap<Catalog>,
+    /// One catalog per kind (`Kind::index`).
+    catalogs: [arc_swap::ArcSwap<Catalog>; 4],
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
     body_timeout: std::time::Duration,
@@ -252,7 +253,7 @@ impl Gateway {
             config,
             upstreams,
             metrics,
-            catalog: arc_swap::ArcSwap::from_pointee(Catalog::default()),
+            catalogs: std::array::from_fn(|_| arc_swap::ArcSwap::from_pointee(Catalog::default())),
             sessions,
             body_timeout,
         })
@@ -263,15 +264,64 @@ impl Gateway {
     }
 
     /// Lists every upstream's tools again.
-    pub async fn refresh_catalog(&self) -> Arc<Catalog> {
-        let previous = self.current_catalog();
-        let cat = Arc::new(catalog::build(&self.upstreams, &previous).await);
-        self.catalog.store(cat.clone());
+    /// Lists one kind from every upstream again.
+    pub async fn refresh(&self, kind: Kind) -> Arc<Catalog> {
+        let previous = self.current(kind);
+        let cat = Arc::new(catalog::build(kind, &self.upstreams, &previous).await);
+        self.catalogs[kind.index()].store(cat.clone());
         cat
     }
 
-    fn current_catalog(&self) -> Arc<Catalog> {
-        self.catalog.load_full()
+    /// Lists every kind again; returns how many items of each.
+    pub async fn refresh_all(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for kind in Kind::ALL {
+            n[kind.index()] = self.refresh(kind).await.items.len();
+        }
+        n
+    }
+
+    fn current(&self, kind: Kind) -> Arc<Catalog> {
+        self.catalogs[kind.index()].load_full()
+    }
+
+    /// Where `key` of `kind` goes, listing again once when it is unknown.
+    async fn lookup(&self, kind: Kind, key: &str) -> Option<catalog::Route> {
+        let mut cat = self.current(kind);
+        if !cat.routes.contains_key(key) && !cat.unavailable.contains_key(key) {
+            cat = self.refresh(kind).await;
+        }
+        // An item of an upstream that is down is not listed, but a request
+        // for it still goes there, so the caller learns which upstream failed.
+        cat.routes
+            .get(key)
+            .or_else(|| cat.unavailable.get(key))
+            .cloned()
+    }
+
+    /// What Dome announces: the union of its upstreams' capabilities over
+    /// what Dome relays today (no list-changed or subscription relaying yet,
+    /// so those flags stay off).
+    fn capabilities(&self) -> Value {
+        let mut caps = serde_json::Map::new();
+        for u in &self.upstreams {
+            let c = u.capabilities();
+            for (key, value) in [
+                ("tools", json!({"listChanged": false})),
+                ("prompts", json!({"listChanged": false})),
+                (
+                    "resources",
+                    json!({"listChanged": false, "subscribe": false}),
+                ),
+                ("completions", json!({})),
+                ("logging", json!({})),
+            ] {
+                if c.get(key).is_some() {
+                    caps.insert(key.to_string(), value);
+                }
+            }
+        }
+        Value::Object(caps)
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -636,7 +686,7 @@ impl Gateway {
         );
         let result = json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {"listChanged": false}},
+            "capabilities": self.capabilities(),
             "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
         });
         let mut resp = json_response(
@@ -655,7 +705,7 @@ impl Gateway {
         let ok = |mut result: Value| {
             if era == Era::Stateless {
                 result["resultType"] = "complete".into();
-                if matches!(method, "tools/list" | "server/discover") {
+                if method == "server/discover" || Kind::of_method(method).is_some() {
                     // Cacheable results: the list is per caller (policy
                     // filters it), so private, and stale at once until
                     // policy says how long a view stays valid.
@@ -680,31 +730,65 @@ impl Gateway {
             "ping" if era != Era::Stateless => ok(json!({})),
             "server/discover" => ok(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
-                "capabilities": {"tools": {"listChanged": false}},
+                "capabilities": self.capabilities(),
                 "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
             })),
-            "tools/list" => {
+            m if Kind::of_method(m).is_some() => {
+                let kind = Kind::of_method(m).expect("matched");
                 let cursor = e.cursor.as_deref();
                 let cat = match cursor {
-                    None => self.refresh_catalog().await,
-                    Some(_) => self.current_catalog(),
+                    None => self.refresh(kind).await,
+                    Some(_) => self.current(kind),
                 };
                 let offset = match cursor.map(catalog::parse_cursor) {
                     None => 0,
-                    Some(Some((v, o))) if v == cat.version && o <= cat.tools.len() => o,
+                    Some(Some((v, o))) if v == cat.version && o <= cat.items.len() => o,
                     Some(_) => {
                         return err(
                             code::INVALID_PARAMS,
-                            "invalid or stale cursor: the tool list changed; list again from the start".into(),
+                            "invalid or stale cursor: the list changed; list again from the start"
+                                .into(),
                         );
                     }
                 };
-                let end = (offset + self.config.page_size.max(1)).min(cat.tools.len());
-                let mut result = json!({"tools": &cat.tools[offset..end]});
-                if end < cat.tools.len() {
+                let end = (offset + self.config.page_size.max(1)).min(cat.items.len());
+                let mut result = json!({ kind.field(): &cat.items[offset..end] });
+                if end < cat.items.len() {
                     result["nextCursor"] = catalog::cursor(cat.version, end).into();
                 }
                 ok(result)
+            }
+            "prompts/get"
+            | "resources/read"
+            | "completion/complete"
+            | "resources/subscribe"
+            | "resources/unsubscribe" => match self.forward_other(method, e).await {
+                Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply) {
+                    Ok((status, text, _)) => {
+                        (status, serde_json::from_str(&text).unwrap_or_default())
+                    }
+                    Err((c, m)) => err(c, m),
+                },
+                Err((c, m)) => err(c, m),
+            },
+            "logging/setLevel" if era != Era::Stateless => {
+                let params: Value = e
+                    .params
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or_default();
+                for u in &self.upstreams {
+                    if u.capabilities().get("logging").is_some() {
+                        let u = u.clone();
+                        let params = params.clone();
+                        tokio::spawn(async move {
+                            if let Err(err) = u.request("logging/setLevel", params).await {
+                                tracing::debug!(upstream = %u.name(), error = %err, "logging/setLevel failed");
+                            }
+                        });
+                    }
+                }
+                ok(json!({}))
             }
             "tools/call" => match self.forward_call(e, None).await {
                 Err((c, m)) => err(c, m),
@@ -725,6 +809,101 @@ impl Gateway {
                 },
             },
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
+        }
+    }
+
+    /// Forwards a prompt, resource or completion request to the upstream
+    /// that owns what it names, with the upstream's own name for it.
+    async fn forward_other(
+        &self,
+        method: &str,
+        e: &Envelope,
+    ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
+        let mut params: Value = e
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_else(|| json!({}));
+        // The caller's era envelope stays here; the upstream client adds its own.
+        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+        }
+        let (kind, key, field): (Kind, Option<String>, Option<&str>) = match method {
+            "prompts/get" => (
+                Kind::Prompts,
+                params["name"].as_str().map(str::to_string),
+                Some("name"),
+            ),
+            "completion/complete" => match params["ref"]["type"].as_str() {
+                Some("ref/prompt") => (
+                    Kind::Prompts,
+                    params["ref"]["name"].as_str().map(str::to_string),
+                    None,
+                ),
+                _ => (
+                    Kind::Templates,
+                    params["ref"]["uri"].as_str().map(str::to_string),
+                    None,
+                ),
+            },
+            _ => (
+                Kind::Resources,
+                params["uri"].as_str().map(str::to_string),
+                None,
+            ),
+        };
+        let Some(key) = key else {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("{method} needs the name or URI of what it asks for"),
+            ));
+        };
+        let upstream = match kind {
+            Kind::Resources | Kind::Templates => {
+                let direct = if kind == Kind::Resources {
+                    self.lookup(Kind::Resources, &key).await
+                } else {
+                    None
+                };
+                match direct {
+                    Some(r) => Some(r.upstream),
+                    None => {
+                        let mut t = self.current(Kind::Templates);
+                        if catalog::template_route(&t, &key).is_none() {
+                            t = self.refresh(Kind::Templates).await;
+                        }
+                        catalog::template_route(&t, &key)
+                            .or_else(|| t.routes.get(&key).map(|r| r.upstream))
+                    }
+                }
+            }
+            _ => self.lookup(kind, &key).await.map(|r| {
+                match (field, method) {
+                    (Some(f), _) => params[f] = Value::String(r.original.clone()),
+                    (None, "completion/complete") => {
+                        params["ref"]["name"] = Value::String(r.original.clone())
+                    }
+                    _ => {}
+                }
+                r.upstream
+            }),
+        };
+        let Some(index) = upstream else {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("Unknown {}: {key}", kind.key()),
+            ));
+        };
+        let upstream = self.upstreams[index].clone();
+        match upstream.request(method, params).await {
+            Ok((Reply::Stream(s), _)) => {
+                match super::upstream::first_response(upstream.name(), s).await {
+                    Ok(v) => Ok((upstream, Reply::Json(v))),
+                    Err(err) => Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+                }
+            }
+            Ok((reply, _)) => Ok((upstream, reply)),
+            Err(err) => Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
         }
     }
 
@@ -760,18 +939,7 @@ impl Gateway {
         let Some(name) = e.name.as_deref() else {
             return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
         };
-        let mut cat = self.current_catalog();
-        if !cat.routes.contains_key(name) {
-            cat = self.refresh_catalog().await;
-        }
-        // A tool of an upstream that is down is not listed, but a call to it
-        // is still sent there, so the caller learns which upstream failed.
-        let Some(route) = cat
-            .routes
-            .get(name)
-            .or_else(|| cat.unavailable.get(name))
-            .cloned()
-        else {
+        let Some(route) = self.lookup(Kind::Tools, name).await else {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
         };
         let upstream = self.upstreams[route.upstream].clone();

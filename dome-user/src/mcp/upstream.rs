@@ -118,6 +118,8 @@ pub struct Upstream {
     uri: hyper::Uri,
     client: Client<HttpConnector, Full<Bytes>>,
     era: RwLock<Era>,
+    /// What the upstream said it offers (`initialize` or `server/discover`).
+    capabilities: RwLock<Value>,
     connecting: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
     slots: tokio::sync::Semaphore,
@@ -148,6 +150,7 @@ impl Upstream {
             uri,
             client,
             era: RwLock::new(Era::Unknown),
+            capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
             slots: tokio::sync::Semaphore::new(slots),
             next_id: AtomicU64::new(1),
@@ -156,6 +159,16 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The upstream's capabilities, after it was first reached (`Null` before).
+    pub fn capabilities(&self) -> Value {
+        self.capabilities.read().expect("caps").clone()
+    }
+
+    /// Connects (finds the era, initializes) if not yet done.
+    pub async fn connect(&self) -> Result<(), UpstreamError> {
+        self.ensure_connected().await
     }
 
     /// Whether the upstream speaks the stateless era (its results carry `resultType`).
@@ -285,6 +298,7 @@ impl Upstream {
                         .any(|x| x.as_str().is_some_and(protocol::is_stateless_version))
                 })
         {
+            *self.capabilities.write().expect("caps") = v["result"]["capabilities"].clone();
             tracing::info!(upstream = %self.name(), "upstream speaks the stateless era");
             return Ok(());
         }
@@ -326,6 +340,7 @@ impl Upstream {
             .as_str()
             .unwrap_or(protocol::LATEST_SESSION)
             .to_string();
+        *self.capabilities.write().expect("caps") = msg["result"]["capabilities"].clone();
         *self.era.write().expect("era") = Era::Session {
             id: session,
             version,

@@ -257,12 +257,19 @@ pub fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
 
 /// Starts the Python SDK upstream on a free port.
 pub fn start_sdk_upstream() -> (Proc, SocketAddr) {
+    start_sdk_flavor("one")
+}
+
+/// Starts the Python SDK upstream with its content named by `flavor`.
+pub fn start_sdk_flavor(flavor: &str) -> (Proc, SocketAddr) {
     let addr = local(free_port());
     let mut p = Proc::spawn(
         "sdk_upstream.py",
         Command::new(python())
             .arg(py_script("sdk_upstream.py"))
             .arg(addr.port().to_string())
+            .arg(flavor)
+            .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
     wait_port(addr, &mut p);

@@ -1,14 +1,18 @@
 """An upstream MCP server written with the official Python SDK (MCPServer).
 
-Usage: sdk_upstream.py PORT
-Serves Streamable HTTP on 127.0.0.1:PORT/mcp in both protocol eras.
+Usage: sdk_upstream.py PORT [FLAVOR]
+Serves Streamable HTTP on 127.0.0.1:PORT/mcp in both protocol eras. FLAVOR
+(default `one`) names its resources and marks its prompt, so two instances
+offer distinguishable content.
 """
 
 import sys
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from mcp_types import Completion, PromptReference
 
+FLAVOR = sys.argv[2] if len(sys.argv) > 2 else "one"
 mcp = MCPServer("sdk-upstream")
 
 
@@ -37,6 +41,37 @@ async def countdown(n: int, ctx: Context) -> str:
 def fail(reason: str) -> str:
     """Always fails with the given reason."""
     raise ValueError(reason)
+
+
+@mcp.resource(f"notes://{FLAVOR}/readme", mime_type="text/plain")
+def readme() -> str:
+    """A text resource."""
+    return f"readme of {FLAVOR}"
+
+
+@mcp.resource(f"blob://{FLAVOR}/bytes", mime_type="application/octet-stream")
+def blob() -> bytes:
+    """A binary resource."""
+    return bytes([0, 1, 2, 250, 251, 252])
+
+
+@mcp.resource(f"users://{FLAVOR}/{{user_id}}")
+def user(user_id: str) -> str:
+    """A templated resource."""
+    return f"user {user_id} of {FLAVOR}"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """Greets someone."""
+    return f"Hello {name} from {FLAVOR}"
+
+
+@mcp.completion()
+async def complete(ref, argument, context):
+    if isinstance(ref, PromptReference) and argument.name == "name":
+        return Completion(values=[f"{argument.value}-{FLAVOR}"])
+    return None
 
 
 if __name__ == "__main__":
