@@ -23,6 +23,7 @@ fn check_client_view(seen: &serde_json::Value, version: &str) {
             "countdown",
             "demo.echo",
             "fail",
+            "paint",
             "records",
             "sdk.echo",
             "slow"
@@ -178,4 +179,19 @@ fn prompts_and_resources_from_two_upstreams() {
             );
         }
     }
+}
+
+/// Stateless era: the upstream answers `input_required`; the client's retry
+/// (answers and request state in `params`) passes through Dome intact.
+#[test]
+fn input_required_round_trip_in_the_stateless_era() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = start_dome(
+        "elicit",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let seen = run_client("client_elicit.py", &[&url, "2026-07-28"]);
+    assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
+    assert_eq!(seen["text"], "fence painted teal", "{seen}");
 }

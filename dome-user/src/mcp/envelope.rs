@@ -48,9 +48,15 @@ pub struct Envelope {
     pub request_id: Option<Json>,
     /// `params.arguments` as JSON text.
     pub arguments: Option<String>,
+    /// `tools/call` params other than `name`, `arguments` and `_meta`
+    /// (`inputResponses`, `requestState`, …) as (key, JSON text): passed on.
+    pub extra_params: Vec<(String, String)>,
     /// The whole `params` as JSON text, for methods other than `tools/call`
     /// (rare, small; `tools/call` never pays for it).
     pub params: Option<String>,
+    /// The caller's `io.modelcontextprotocol/clientCapabilities` as JSON text
+    /// (a stateless-era upstream is told what the caller can answer).
+    pub client_capabilities: Option<String>,
     /// `params._meta` entries other than the era envelope's, as (key, JSON text).
     pub meta_entries: Vec<(String, String)>,
 }
@@ -132,6 +138,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
             e.request_id = params.get("requestId").map(to_json);
             if e.method.as_deref() != Some("tools/call") {
                 e.params = Some(params.encode());
+            } else if let BorrowedValue::Object(p) = params {
+                e.extra_params = p
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_ref(), "name" | "arguments" | "_meta"))
+                    .map(|(k, x)| (k.to_string(), x.encode()))
+                    .collect();
             }
             match params.get("_meta") {
                 None => {}
@@ -142,6 +154,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
                             .map(|x| x.as_str().map(str::to_string)),
                         has_capabilities: m.contains_key(protocol::META_CLIENT_CAPABILITIES),
                     };
+                    e.client_capabilities = m
+                        .get(protocol::META_CLIENT_CAPABILITIES)
+                        .map(|c| c.encode());
                     e.meta_entries = m
                         .iter()
                         .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))

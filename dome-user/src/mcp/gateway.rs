@@ -967,6 +967,8 @@ impl Gateway {
                 &route.original,
                 e.arguments.as_deref(),
                 &e.meta_entries,
+                &e.extra_params,
+                e.client_capabilities.as_deref(),
             )
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).

@@ -223,16 +223,25 @@ impl Upstream {
         name: &str,
         arguments: Option<&str>,
         meta: &[(String, String)],
+        extra: &[(String, String)],
+        client_capabilities: Option<&str>,
     ) -> Result<(Reply, u64), UpstreamError> {
         self.ensure_connected().await?;
-        let (reply, id, status) = self.send_call(id, name, arguments, meta).await?;
+        let call = CallParts {
+            name,
+            arguments,
+            meta,
+            extra,
+            client_capabilities,
+        };
+        let (reply, id, status) = self.send_call(id, &call).await?;
         if status == StatusCode::NOT_FOUND
             && matches!(*self.era.read().expect("era"), Era::Session { .. })
         {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
             *self.era.write().expect("era") = Era::Unknown;
             self.ensure_connected().await?;
-            let (reply, id, status) = self.send_call(id, name, arguments, meta).await?;
+            let (reply, id, status) = self.send_call(id, &call).await?;
             return finish(self.name(), reply, id, status);
         }
         finish(self.name(), reply, id, status)
@@ -246,16 +255,14 @@ impl Upstream {
     async fn send_call(
         &self,
         id: u64,
-        name: &str,
-        arguments: Option<&str>,
-        meta: &[(String, String)],
+        call: &CallParts<'_>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         let stateless = match &*self.era.read().expect("era") {
             Era::Stateless { version } => Some(version.clone()),
             _ => None,
         };
-        let body = call_body(id, name, arguments, meta, stateless.as_deref());
-        let req = self.build_text("tools/call", Some(name), Bytes::from(body))?;
+        let body = call_body(id, call, stateless.as_deref());
+        let req = self.build_text("tools/call", Some(call.name), Bytes::from(body))?;
         let resp = self.exchange(req).await?;
         let status = resp.status();
         Ok((read_reply_raw(self.name(), resp).await?, id, status))
@@ -462,14 +469,27 @@ impl Upstream {
     }
 }
 
+/// What a `tools/call` carries to the upstream, as JSON texts.
+pub struct CallParts<'a> {
+    pub name: &'a str,
+    pub arguments: Option<&'a str>,
+    /// The caller's `_meta` entries other than the era envelope.
+    pub meta: &'a [(String, String)],
+    /// Other params (`inputResponses`, `requestState`, …).
+    pub extra: &'a [(String, String)],
+    /// The caller's capabilities (stateless era), told to a stateless upstream.
+    pub client_capabilities: Option<&'a str>,
+}
+
 /// The JSON text of a `tools/call` request.
-pub fn call_body(
-    id: u64,
-    name: &str,
-    arguments: Option<&str>,
-    meta: &[(String, String)],
-    stateless_version: Option<&str>,
-) -> String {
+pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>) -> String {
+    let CallParts {
+        name,
+        arguments,
+        meta,
+        extra,
+        client_capabilities,
+    } = *call;
     use std::fmt::Write as _;
     let mut b = String::with_capacity(128 + arguments.map_or(0, str::len));
     let _ = write!(
@@ -481,6 +501,12 @@ pub fn call_body(
         b.push_str(",\"arguments\":");
         b.push_str(a);
     }
+    for (k, v) in extra {
+        b.push(',');
+        b.push_str(&Value::String(k.clone()).to_string());
+        b.push(':');
+        b.push_str(v);
+    }
     let mut entries: Vec<(&str, String)> =
         meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     if let Some(v) = stateless_version {
@@ -488,7 +514,10 @@ pub fn call_body(
             protocol::META_PROTOCOL_VERSION,
             Value::String(v.to_string()).to_string(),
         ));
-        entries.push((protocol::META_CLIENT_CAPABILITIES, "{}".to_string()));
+        entries.push((
+            protocol::META_CLIENT_CAPABILITIES,
+            client_capabilities.unwrap_or("{}").to_string(),
+        ));
         entries.push((
             protocol::META_CLIENT_INFO,
             json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")}).to_string(),
@@ -679,23 +708,41 @@ mod tests {
     #[test]
     fn call_bodies_are_valid_json() {
         let meta = vec![("progressToken".to_string(), "\"t\"".to_string())];
-        let b = call_body(
-            9,
-            "ec\"ho",
-            Some(r#"{"a":[1,{"b":null}]}"#),
-            &meta,
-            Some("2026-07-28"),
-        );
+        let extra = vec![("requestState".to_string(), "\"s1\"".to_string())];
+        let call = CallParts {
+            name: "ec\"ho",
+            arguments: Some(r#"{"a":[1,{"b":null}]}"#),
+            meta: &meta,
+            extra: &extra,
+            client_capabilities: Some(r#"{"elicitation":{}}"#),
+        };
+        let b = call_body(9, &call, Some("2026-07-28"));
         let v: Value = serde_json::from_str(&b).unwrap();
         assert_eq!(v["id"], 9);
         assert_eq!(v["params"]["name"], "ec\"ho");
         assert_eq!(v["params"]["arguments"]["a"][1]["b"], Value::Null);
         assert_eq!(v["params"]["_meta"]["progressToken"], "t");
+        assert_eq!(v["params"]["requestState"], "s1");
+        assert_eq!(
+            v["params"]["_meta"][protocol::META_CLIENT_CAPABILITIES],
+            json!({"elicitation": {}})
+        );
         assert_eq!(
             v["params"]["_meta"][protocol::META_PROTOCOL_VERSION],
             "2026-07-28"
         );
-        let plain: Value = serde_json::from_str(&call_body(1, "x", None, &[], None)).unwrap();
+        let plain: Value = serde_json::from_str(&call_body(
+            1,
+            &CallParts {
+                name: "x",
+                arguments: None,
+                meta: &[],
+                extra: &[],
+                client_capabilities: None,
+            },
+            None,
+        ))
+        .unwrap();
         assert_eq!(
             plain,
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})

@@ -7,10 +7,12 @@ offer distinguishable content.
 """
 
 import sys
+from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp_types import Completion, PromptReference
+from pydantic import BaseModel
 
 FLAVOR = sys.argv[2] if len(sys.argv) > 2 else "one"
 mcp = MCPServer("sdk-upstream")
@@ -41,6 +43,20 @@ async def countdown(n: int, ctx: Context) -> str:
 def fail(reason: str) -> str:
     """Always fails with the given reason."""
     raise ValueError(reason)
+
+
+class Color(BaseModel):
+    color: str
+
+
+def ask_color() -> Elicit[Color]:
+    return Elicit("Which colour?", Color)
+
+
+@mcp.tool()
+def paint(thing: str, choice: Annotated[Color, Resolve(ask_color)]) -> str:
+    """Paints a thing in a colour the client is asked for (elicitation)."""
+    return f"{thing} painted {choice.color}"
 
 
 @mcp.resource(f"notes://{FLAVOR}/readme", mime_type="text/plain")
