@@ -195,3 +195,18 @@ fn input_required_round_trip_in_the_stateless_era() {
     assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
     assert_eq!(seen["text"], "fence painted teal", "{seen}");
 }
+
+/// Session era: the upstream asks the client mid-call (elicitation); Dome
+/// relays the request under its own id and routes the answer back.
+#[test]
+fn server_to_client_requests_are_relayed_in_the_session_era() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = start_dome(
+        "relay-requests",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"session\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let seen = run_client("client_elicit.py", &[&url, "legacy"]);
+    assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
+    assert_eq!(seen["text"], "fence painted teal", "{seen}");
+}

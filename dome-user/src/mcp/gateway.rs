@@ -74,8 +74,14 @@ fn default_page() -> usize {
     100
 }
 
+/// Ids Dome gives the upstreams' requests to clients.
+static NEXT_SERVER_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 struct Session {
     version: &'static str,
+    /// Upstream requests relayed to this client, by the id Dome gave them
+    /// (JSON text): which upstream asked, and its id for the request.
+    server_requests: std::sync::Mutex<HashMap<String, (Arc<Upstream>, Value)>>,
     /// Calls in flight, by the client's request id (JSON text): where they
     /// went, so `notifications/cancelled` reaches the right upstream request.
     inflight: std::sync::Mutex<HashMap<String, (Arc<Upstream>, u64)>>,
@@ -614,6 +620,9 @@ impl Gateway {
             if method == "notifications/cancelled" {
                 self.forward_cancel(&session, &e);
             }
+            if is_response {
+                self.forward_answer(&session, &bytes);
+            }
             return empty(StatusCode::ACCEPTED);
         }
         self.dispatch(
@@ -682,6 +691,7 @@ impl Gateway {
             Arc::new(Session {
                 version,
                 inflight: Default::default(),
+                server_requests: Default::default(),
             }),
         );
         let result = json!({
@@ -907,6 +917,32 @@ impl Gateway {
         }
     }
 
+    /// Passes a client's answer to a relayed upstream request back to the
+    /// upstream that asked, under the upstream's id.
+    fn forward_answer(&self, session: &Arc<Session>, bytes: &[u8]) {
+        let Ok(msg) = serde_json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        let key = msg["id"].to_string();
+        let target = session
+            .server_requests
+            .lock()
+            .expect("server requests lock")
+            .remove(&key);
+        let Some((upstream, up_id)) = target else {
+            tracing::debug!(id = %key, "an answer to no relayed request");
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(err) = upstream
+                .answer(up_id, msg.get("result").cloned(), msg.get("error").cloned())
+                .await
+            {
+                tracing::debug!(upstream = %upstream.name(), error = %err, "relaying an answer failed");
+            }
+        });
+    }
+
     /// Passes a client's `notifications/cancelled` to the upstream request
     /// it names, with that upstream's request id.
     fn forward_cancel(&self, session: &Arc<Session>, e: &Envelope) {
@@ -997,7 +1033,7 @@ impl Gateway {
         if method == "tools/call" && sse_ok {
             match self.forward_call(e, session.as_ref()).await {
                 Ok((upstream, Reply::Stream(st), guard)) => {
-                    return relay(upstream.name().to_string(), st, id, era, guard);
+                    return relay(upstream, st, id, era, guard);
                 }
                 Ok((upstream, reply, _)) => {
                     return match readdress(era, &upstream, &id, reply) {
@@ -1025,14 +1061,16 @@ impl Gateway {
 /// client went away) drops the upstream body, which closes that upstream
 /// connection and so cancels the call there.
 fn relay(
-    upstream: String,
+    up: Arc<Upstream>,
     resp: Response<Incoming>,
     id: Value,
     era: Era,
     inflight: Option<Inflight>,
 ) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    let session = inflight.as_ref().map(|i| i.session.clone());
     tokio::spawn(async move {
+        let upstream = up.name().to_string();
         // The call stays cancellable until its stream ends.
         let _inflight = inflight;
         let mut body = resp.into_body();
@@ -1065,6 +1103,38 @@ fn relay(
                 };
                 let is_response = v.get("method").is_none()
                     && (v.get("result").is_some() || v.get("error").is_some());
+                if v.get("method").is_some() && v.get("id").is_some() {
+                    // A request from the upstream to the client (sampling,
+                    // elicitation, roots): relayed under an id of Dome's, its
+                    // answer routed back (see `forward_answer`).
+                    let up_id = v["id"].take();
+                    match &session {
+                        Some(s) => {
+                            let down_id = format!(
+                                "dome-{}",
+                                NEXT_SERVER_REQUEST
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                            );
+                            s.server_requests
+                                .lock()
+                                .expect("server requests lock")
+                                .insert(
+                                    Value::String(down_id.clone()).to_string(),
+                                    (up.clone(), up_id),
+                                );
+                            v["id"] = Value::String(down_id);
+                        }
+                        None => {
+                            // No session to answer on (a stateless caller).
+                            let up = up.clone();
+                            tokio::spawn(async move {
+                                let err = json!({"code": code::METHOD_NOT_FOUND, "message": "the client cannot take requests on this connection"});
+                                let _ = up.answer(up_id, None, Some(err)).await;
+                            });
+                            continue;
+                        }
+                    }
+                }
                 if is_response {
                     v["id"] = id.clone();
                     if era == Era::Stateless

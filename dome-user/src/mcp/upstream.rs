@@ -53,10 +53,24 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per upstream.
     #[serde(default = "default_max_idle")]
     pub max_idle_connections: usize,
+    /// Which era to speak to it: `auto` (stateless if it answers
+    /// `server/discover`, else the session era), `session` or `stateless`.
+    #[serde(default)]
+    pub era: EraSetting,
     /// Requests waiting for this upstream's answer at once (until its
     /// response begins); more wait for a slot, within `timeout_ms`.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
+}
+
+/// `era` of an `[[upstream]]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EraSetting {
+    #[default]
+    Auto,
+    Session,
+    Stateless,
 }
 
 fn default_max_concurrent() -> usize {
@@ -268,6 +282,24 @@ impl Upstream {
         Ok((read_reply_raw(self.name(), resp).await?, id, status))
     }
 
+    /// Answers a request the upstream sent (sampling, elicitation, roots).
+    pub async fn answer(
+        &self,
+        id: Value,
+        result: Option<Value>,
+        error: Option<Value>,
+    ) -> Result<(), UpstreamError> {
+        let body = match (result, error) {
+            (Some(r), _) => json!({"jsonrpc": "2.0", "id": id, "result": r}),
+            (None, Some(e)) => json!({"jsonrpc": "2.0", "id": id, "error": e}),
+            (None, None) => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+        };
+        let req = self.build("", None, &body)?;
+        let resp = self.exchange(req).await?;
+        let _ = resp.into_body().collect().await;
+        Ok(())
+    }
+
     /// Sends a notification (no reply expected beyond the HTTP status).
     pub async fn notify(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
         self.ensure_connected().await?;
@@ -296,8 +328,9 @@ impl Upstream {
         *self.era.write().expect("era") = Era::Stateless {
             version: protocol::LATEST_STATELESS.into(),
         };
-        if let Ok((Reply::Json(v), _, StatusCode::OK)) =
-            self.send("server/discover", discover).await
+        if self.config.era != EraSetting::Session
+            && let Ok((Reply::Json(v), _, StatusCode::OK)) =
+                self.send("server/discover", discover).await
             && v["result"]["supportedVersions"]
                 .as_array()
                 .is_some_and(|a| {
@@ -309,13 +342,22 @@ impl Upstream {
             tracing::info!(upstream = %self.name(), "upstream speaks the stateless era");
             return Ok(());
         }
+        if self.config.era == EraSetting::Stateless {
+            *self.era.write().expect("era") = Era::Unknown;
+            return Err(UpstreamError::Invalid(
+                self.name().into(),
+                "configured for the stateless era, but server/discover failed".into(),
+            ));
+        }
         *self.era.write().expect("era") = Era::Session {
             id: None,
             version: protocol::LATEST_SESSION.into(),
         };
+        // Dome relays the upstream's requests to its clients, so it declares
+        // what a client may answer; a client that cannot gets an error back.
         let init = json!({
             "protocolVersion": protocol::LATEST_SESSION,
-            "capabilities": {},
+            "capabilities": {"sampling": {}, "elicitation": {"form": {}}, "roots": {"listChanged": false}},
             "clientInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
