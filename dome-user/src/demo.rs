@@ -30,6 +30,8 @@ use tokio::net::TcpListener;
 use crate::mcp::protocol::{self, code};
 
 type Body = BoxBody<Bytes, Infallible>;
+/// A session's GET stream.
+type Push = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
 #[derive(Default)]
 struct State {
@@ -43,6 +45,12 @@ struct State {
     slow_aborted: AtomicU64,
     /// Stopped by `notifications/cancelled`.
     slow_cancelled: AtomicU64,
+    resources: bool,
+    /// Each session's GET stream (server-initiated messages).
+    streams: Mutex<std::collections::HashMap<String, Push>>,
+    /// Subscribed sessions by resource URI.
+    subscriptions: Mutex<std::collections::HashMap<String, HashSet<String>>>,
+    counter: AtomicU64,
 }
 
 /// How the demo upstream behaves.
@@ -50,6 +58,9 @@ struct State {
 pub struct DemoOptions {
     /// Speak only the session era (as servers written before 2026-07-28 do).
     pub session_only: bool,
+    /// Offer one subscribable resource, `demo://counter`; `POST /demo-touch`
+    /// bumps it and notifies its subscribers on their GET streams.
+    pub resources: bool,
 }
 
 /// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
@@ -66,6 +77,7 @@ pub async fn serve_with(
     let local = listener.local_addr()?;
     let state = Arc::new(State {
         session_only: options.session_only,
+        resources: options.resources,
         ..Default::default()
     });
     let task = tokio::spawn(async move {
@@ -120,6 +132,28 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }),
         );
     }
+    if req.uri().path() == "/demo-touch" {
+        let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let uri = "demo://counter";
+        let subscribers: Vec<String> = state
+            .subscriptions
+            .lock()
+            .unwrap()
+            .get(uri)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}});
+        let mut notified = 0;
+        for sid in subscribers {
+            let tx = state.streams.lock().unwrap().get(&sid).cloned();
+            if let Some(tx) = tx
+                && tx.send(Ok(Frame::data(sse(&note)))).await.is_ok()
+            {
+                notified += 1;
+            }
+        }
+        return full(StatusCode::OK, json!({"counter": n, "notified": notified}));
+    }
     if req.uri().path() != "/mcp" {
         return empty(StatusCode::NOT_FOUND);
     }
@@ -136,6 +170,19 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 Some(_) => empty(StatusCode::NOT_FOUND),
                 None => empty(StatusCode::BAD_REQUEST),
             };
+        }
+        Method::GET if state.resources => {
+            let Some(sid) = session.filter(|s| state.sessions.lock().unwrap().contains(s)) else {
+                return empty(StatusCode::BAD_REQUEST);
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+            state.streams.lock().unwrap().insert(sid, tx);
+            return Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, "text/event-stream")
+                .header(header::CACHE_CONTROL, "no-cache")
+                .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+                .expect("static parts");
         }
         _ => return empty(StatusCode::METHOD_NOT_ALLOWED),
     }
@@ -194,7 +241,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             json!({"jsonrpc": "2.0", "id": id, "result": {
                 "protocolVersion": protocol::negotiate(requested),
-                "capabilities": {"tools": {"listChanged": false}},
+                "capabilities": capabilities(state.resources),
                 "serverInfo": {"name": "dome-demo-upstream", "version": env!("CARGO_PKG_VERSION")},
             }}),
         );
@@ -234,11 +281,42 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             StatusCode::OK,
             complete(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
-                "capabilities": {"tools": {"listChanged": false}},
+                "capabilities": capabilities(state.resources),
                 "serverInfo": {"name": "dome-demo-upstream", "version": env!("CARGO_PKG_VERSION")},
             })),
         ),
         "ping" => full(StatusCode::OK, complete(json!({}))),
+        "resources/list" if state.resources => full(
+            StatusCode::OK,
+            complete(
+                json!({"resources": [{"uri": "demo://counter", "name": "counter", "mimeType": "text/plain"}]}),
+            ),
+        ),
+        "resources/templates/list" if state.resources => {
+            full(StatusCode::OK, complete(json!({"resourceTemplates": []})))
+        }
+        "resources/read" if state.resources => full(
+            StatusCode::OK,
+            complete(
+                json!({"contents": [{"uri": "demo://counter", "mimeType": "text/plain",
+                "text": state.counter.load(Ordering::Relaxed).to_string()}]}),
+            ),
+        ),
+        "resources/subscribe" | "resources/unsubscribe" if state.resources => {
+            let uri = msg["params"]["uri"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let sid = session.clone().unwrap_or_default();
+            let mut subs = state.subscriptions.lock().unwrap();
+            let set = subs.entry(uri).or_default();
+            if method == "resources/subscribe" {
+                set.insert(sid);
+            } else {
+                set.remove(&sid);
+            }
+            full(StatusCode::OK, complete(json!({})))
+        }
         "tools/list" => full(StatusCode::OK, complete(json!({"tools": tools()}))),
         "tools/call" => {
             let name = msg["params"]["name"].as_str().unwrap_or_default();
@@ -356,6 +434,14 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
 
 fn sse(v: &Value) -> Bytes {
     Bytes::from(format!("event: message\ndata: {v}\n\n"))
+}
+
+fn capabilities(resources: bool) -> Value {
+    if resources {
+        json!({"tools": {"listChanged": false}, "resources": {"subscribe": true, "listChanged": false}})
+    } else {
+        json!({"tools": {"listChanged": false}})
+    }
 }
 
 fn tools() -> Value {

@@ -210,3 +210,24 @@ fn server_to_client_requests_are_relayed_in_the_session_era() {
     assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
     assert_eq!(seen["text"], "fence painted teal", "{seen}");
 }
+
+/// Session era: a resource update reaches the session that subscribed to it
+/// (on its GET stream), and no other session.
+#[test]
+fn resource_updates_reach_only_the_subscriber() {
+    let (_demo, demo) = start_demo(&["--session-only", "--resources"]);
+    let dome = start_dome(
+        "subscribe",
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let touch = format!("http://{demo}/demo-touch");
+    let seen = run_client("client_subscribe.py", &[&url, &touch]);
+    assert_eq!(
+        seen["a"],
+        json!([["notifications/resources/updated", "demo://counter"]]),
+        "{seen}"
+    );
+    assert_eq!(seen["b"], json!([]), "{seen}");
+    assert_eq!(seen["counter"], "1");
+}

@@ -1,5 +1,6 @@
-//! `dome-demo-upstream [ADDR] [--session-only]`: the bundled demo MCP server
-//! (default 127.0.0.1:8091). `--session-only` speaks only the session era.
+//! `dome-demo-upstream [ADDR] [--session-only] [--resources]`: the bundled
+//! demo MCP server (default 127.0.0.1:8091). `--session-only` speaks only the
+//! session era; `--resources` adds a subscribable resource.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -8,6 +9,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let session_only = args.iter().any(|a| a == "--session-only");
+    let resources = args.iter().any(|a| a == "--resources");
     let addr = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -20,7 +22,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    match dome::demo::serve_with(addr, dome::demo::DemoOptions { session_only }).await {
+    match dome::demo::serve_with(
+        addr,
+        dome::demo::DemoOptions {
+            session_only,
+            resources,
+        },
+    )
+    .await
+    {
         Ok((local, task)) => {
             eprintln!("demo upstream: MCP on http://{local}/mcp (tools: echo, slow, records)");
             let _ = task.await;

@@ -78,7 +78,10 @@ fn default_page() -> usize {
 static NEXT_SERVER_REQUEST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct Session {
+    id: String,
     version: &'static str,
+    /// The client's GET stream, for messages no request of its own carries.
+    push: std::sync::Mutex<Option<Push>>,
     /// Upstream requests relayed to this client, by the id Dome gave them
     /// (JSON text): which upstream asked, and its id for the request.
     server_requests: std::sync::Mutex<HashMap<String, (Arc<Upstream>, Value)>>,
@@ -106,11 +109,63 @@ impl Drop for Inflight {
 /// Downstream sessions. Shared by successive gateways, so a config reload
 /// keeps every session.
 #[derive(Default)]
-pub struct SessionTable(RwLock<HashMap<String, Arc<Session>>>);
+pub struct SessionTable(
+    RwLock<HashMap<String, Arc<Session>>>,
+    /// Subscribed session ids by resource URI.
+    std::sync::Mutex<HashMap<String, std::collections::HashSet<String>>>,
+);
+
+type Push = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
 impl SessionTable {
     pub fn new() -> Arc<Self> {
         Arc::new(SessionTable::default())
+    }
+
+    fn pushes(&self, ids: Option<&std::collections::HashSet<String>>) -> Vec<Push> {
+        let sessions = self.0.read().expect("sessions lock");
+        sessions
+            .iter()
+            .filter(|(id, _)| ids.is_none_or(|set| set.contains(*id)))
+            .filter_map(|(_, s)| s.push.lock().expect("push lock").clone())
+            .collect()
+    }
+
+    /// Routes a notification an upstream sent on its own (GET) stream: a
+    /// resource update to the sessions subscribed to that URI only; list
+    /// changes and log messages to every session listening.
+    pub fn route_upstream_notification(&self, v: &Value) {
+        let method = v["method"].as_str().unwrap_or_default();
+        let targets = match method {
+            "notifications/resources/updated" => {
+                let uri = v["params"]["uri"].as_str().unwrap_or_default();
+                let subs = self.1.lock().expect("subscriptions lock").get(uri).cloned();
+                match subs {
+                    Some(set) => self.pushes(Some(&set)),
+                    None => Vec::new(),
+                }
+            }
+            m if m.ends_with("/list_changed") || m == "notifications/message" => self.pushes(None),
+            _ => Vec::new(),
+        };
+        let event = sse::event(&v.to_string());
+        for push in targets {
+            // A full or closed stream loses this notification, never blocks the upstream's.
+            let _ = push.try_send(Ok(Frame::data(event.clone())));
+        }
+    }
+
+    fn subscribe(&self, uri: &str, session: &str, on: bool) {
+        let mut subs = self.1.lock().expect("subscriptions lock");
+        let set = subs.entry(uri.to_string()).or_default();
+        if on {
+            set.insert(session.to_string());
+        } else {
+            set.remove(session);
+            if set.is_empty() {
+                subs.remove(uri);
+            }
+        }
     }
     pub fn len(&self) -> usize {
         self.0.read().expect("sessions lock").len()
@@ -255,6 +310,14 @@ impl Gateway {
         sessions: Arc<SessionTable>,
         body_timeout: std::time::Duration,
     ) -> Arc<Self> {
+        for u in &upstreams {
+            let table = Arc::downgrade(&sessions);
+            u.set_notification_sink(Arc::new(move |v: &Value| {
+                if let Some(t) = table.upgrade() {
+                    t.route_upstream_notification(v);
+                }
+            }));
+        }
         Arc::new(Gateway {
             config,
             upstreams,
@@ -306,8 +369,8 @@ impl Gateway {
     }
 
     /// What Dome announces: the union of its upstreams' capabilities over
-    /// what Dome relays today (no list-changed or subscription relaying yet,
-    /// so those flags stay off).
+    /// what Dome relays today (resource subscriptions yes; list-changed
+    /// notifications are passed on but not announced).
     fn capabilities(&self) -> Value {
         let mut caps = serde_json::Map::new();
         for u in &self.upstreams {
@@ -372,6 +435,10 @@ impl Gateway {
         }
         match *req.method() {
             Method::POST => self.post(req).await,
+            Method::GET if req.headers().contains_key(protocol::H_SESSION) => {
+                note_method("other");
+                self.open_stream(req.headers())
+            }
             Method::DELETE => {
                 note_method("delete");
                 self.delete(req.headers())
@@ -382,6 +449,51 @@ impl Gateway {
                 .body(Full::new(Bytes::new()).boxed())
                 .expect("static parts"),
         }
+    }
+
+    /// `GET` in the session era: the session's stream for messages that
+    /// answer no request of the client's (resource updates, list changes).
+    fn open_stream(&self, headers: &HeaderMap) -> Response<Body> {
+        if !accepts(headers).1 {
+            return json_response(
+                StatusCode::NOT_ACCEPTABLE,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "Accept must list text/event-stream",
+                ),
+            );
+        }
+        let sid = headers
+            .get(protocol::H_SESSION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some(session) = self
+            .sessions
+            .0
+            .read()
+            .expect("sessions lock")
+            .get(sid)
+            .cloned()
+        else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &rpc_error(
+                    &Value::Null,
+                    code::SESSION_NOT_FOUND,
+                    "unknown or ended session",
+                ),
+            );
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // A new GET replaces an older one.
+        *session.push.lock().expect("push lock") = Some(tx);
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+            .expect("static parts")
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -689,7 +801,9 @@ impl Gateway {
         self.sessions.0.write().expect("sessions lock").insert(
             sid.clone(),
             Arc::new(Session {
+                id: sid.clone(),
                 version,
+                push: Default::default(),
                 inflight: Default::default(),
                 server_requests: Default::default(),
             }),
@@ -1050,6 +1164,22 @@ impl Gateway {
                     return json_response(status, &rpc_error(&id, c, m));
                 }
             }
+        }
+        if matches!(method, "resources/subscribe" | "resources/unsubscribe")
+            && let Some(s) = &session
+            && let Some(uri) = e
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                .and_then(|p| p["uri"].as_str().map(str::to_string))
+        {
+            let uri = uri.as_str();
+            let (status, v) = self.answer(era, method, id, e).await;
+            if v.get("result").is_some() {
+                self.sessions
+                    .subscribe(uri, &s.id, method == "resources/subscribe");
+            }
+            return json_response(status, &v);
         }
         let (status, v) = self.answer(era, method, id, e).await;
         json_response(status, &v)

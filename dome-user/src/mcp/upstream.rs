@@ -6,7 +6,7 @@
 
 use std::{
     sync::{
-        RwLock,
+        Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -127,6 +127,9 @@ enum Era {
     Stateless { version: String },
 }
 
+/// Receives notifications an upstream sends on its own stream.
+pub type NotificationSink = Arc<dyn Fn(&Value) + Send + Sync>;
+
 pub struct Upstream {
     pub config: UpstreamConfig,
     uri: hyper::Uri,
@@ -135,6 +138,10 @@ pub struct Upstream {
     /// What the upstream said it offers (`initialize` or `server/discover`).
     capabilities: RwLock<Value>,
     connecting: tokio::sync::Mutex<()>,
+    /// Where notifications from the upstream's own (GET) stream go.
+    sink: std::sync::OnceLock<NotificationSink>,
+    /// This upstream, for the GET-stream task it spawns.
+    me: std::sync::OnceLock<std::sync::Weak<Upstream>>,
     next_id: AtomicU64,
     slots: tokio::sync::Semaphore,
 }
@@ -166,6 +173,8 @@ impl Upstream {
             era: RwLock::new(Era::Unknown),
             capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
+            sink: std::sync::OnceLock::new(),
+            me: std::sync::OnceLock::new(),
             slots: tokio::sync::Semaphore::new(slots),
             next_id: AtomicU64::new(1),
         })
@@ -173,6 +182,61 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Where the upstream's own notifications go (set once; a reused
+    /// upstream keeps its first sink, which outlives reloads).
+    pub fn set_notification_sink(self: &Arc<Self>, sink: NotificationSink) {
+        let _ = self.sink.set(sink);
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// Opens the session's GET stream and passes what arrives to the sink,
+    /// reconnecting while the upstream session lasts.
+    fn spawn_listener(&self, session: String) {
+        let (Some(me), Some(_)) = (self.me.get().and_then(|w| w.upgrade()), self.sink.get()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                let current = match &*me.era.read().expect("era") {
+                    Era::Session {
+                        id: Some(id),
+                        version,
+                    } if *id == session => version.clone(),
+                    _ => return,
+                };
+                let req = Request::get(me.uri.clone())
+                    .header(header::ACCEPT, "text/event-stream")
+                    .header(protocol::H_SESSION, session.as_str())
+                    .header(protocol::H_VERSION, current)
+                    .body(Full::new(Bytes::new()));
+                let Ok(req) = req else { return };
+                match me.client.request(req).await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        let mut body = resp.into_body();
+                        let mut parser = super::sse::SseParser::default();
+                        while let Some(Ok(frame)) = body.frame().await {
+                            let Some(data) = frame.data_ref() else {
+                                continue;
+                            };
+                            parser.push(data);
+                            while let Some(ev) = parser.next_event() {
+                                if let (Ok(v), Some(sink)) =
+                                    (serde_json::from_str::<Value>(&ev), me.sink.get())
+                                {
+                                    sink(&v);
+                                }
+                            }
+                        }
+                    }
+                    // 405: the upstream has no stream to offer; nothing to listen to.
+                    Ok(resp) if resp.status() == StatusCode::METHOD_NOT_ALLOWED => return,
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// The upstream's capabilities, after it was first reached (`Null` before).
@@ -391,11 +455,14 @@ impl Upstream {
             .to_string();
         *self.capabilities.write().expect("caps") = msg["result"]["capabilities"].clone();
         *self.era.write().expect("era") = Era::Session {
-            id: session,
+            id: session.clone(),
             version,
         };
         self.notify_connected("notifications/initialized", json!({}))
             .await?;
+        if let Some(sid) = session {
+            self.spawn_listener(sid);
+        }
         tracing::info!(upstream = %self.name(), "upstream speaks the session era");
         Ok(())
     }
