@@ -1438,41 +1438,36 @@ mod tests {
         )
     }
 
+    fn routing(version: &str, method: &str, name: &str) -> HeaderMap {
+        headers(&[
+            ("mcp-protocol-version", version),
+            ("mcp-method", method),
+            ("mcp-name", name),
+        ])
+    }
+
+    /// The ladder's error code for a tools/call of `echo` at `body_version`.
+    fn ladder_code(body_version: &str, h: &HeaderMap) -> Option<i64> {
+        stateless_ladder(&call(body_version), "tools/call", h)
+            .err()
+            .map(|e| e.0)
+    }
+
     #[test]
     fn ladder_checks_headers_then_version() {
-        let ok = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-        ]);
-        assert!(stateless_ladder(&call("2026-07-28"), "tools/call", &ok).is_ok());
-        let wrong_name = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "other"),
-        ]);
+        let ok = routing("2026-07-28", "tools/call", "echo");
+        assert_eq!(ladder_code("2026-07-28", &ok), None);
+        let wrong_name = routing("2026-07-28", "tools/call", "other");
         assert_eq!(
-            stateless_ladder(&call("2026-07-28"), "tools/call", &wrong_name)
-                .unwrap_err()
-                .0,
-            code::HEADER_MISMATCH
+            ladder_code("2026-07-28", &wrong_name),
+            Some(code::HEADER_MISMATCH)
         );
-        let wrong_method = headers(&[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/list"),
-            ("mcp-name", "echo"),
-        ]);
+        let wrong_method = routing("2026-07-28", "tools/list", "echo");
         assert_eq!(
-            stateless_ladder(&call("2026-07-28"), "tools/call", &wrong_method)
-                .unwrap_err()
-                .0,
-            code::HEADER_MISMATCH
+            ladder_code("2026-07-28", &wrong_method),
+            Some(code::HEADER_MISMATCH)
         );
-        let future = headers(&[
-            ("mcp-protocol-version", "2099-01-01"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", "echo"),
-        ]);
+        let future = routing("2099-01-01", "tools/call", "echo");
         let e = stateless_ladder(&call("2099-01-01"), "tools/call", &future).unwrap_err();
         assert_eq!(e.0, code::UNSUPPORTED_VERSION);
         assert_eq!(e.2.unwrap()["supported"], json!(["2026-07-28"]));
