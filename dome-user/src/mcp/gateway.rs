@@ -246,6 +246,7 @@ fn readdress(
     upstream: &Upstream,
     id: &Value,
     reply: Reply,
+    method: &str,
 ) -> Result<(StatusCode, String, Option<i64>), (i64, String)> {
     let bytes = match reply {
         Reply::Raw(b) => b,
@@ -261,13 +262,21 @@ fn readdress(
             ),
         ));
     };
-    let add_result_type = era == Era::Stateless && !upstream.speaks_stateless();
+    let fields = if era == Era::Stateless && !upstream.speaks_stateless() {
+        if method == "resources/read" {
+            super::upstream::CACHEABLE
+        } else {
+            super::upstream::RESULT_TYPE
+        }
+    } else {
+        ""
+    };
     let code = parts.error_code();
     let status = match code {
         Some(c) if era == Era::Stateless => stateless_status(c),
         _ => StatusCode::OK,
     };
-    Ok((status, parts.readdressed(id, add_result_type), code))
+    Ok((status, parts.readdressed(id, fields), code))
 }
 
 fn empty(status: StatusCode) -> Response<Body> {
@@ -887,7 +896,7 @@ impl Gateway {
             | "completion/complete"
             | "resources/subscribe"
             | "resources/unsubscribe" => match self.forward_other(method, e).await {
-                Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply) {
+                Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, _)) => {
                         (status, serde_json::from_str(&text).unwrap_or_default())
                     }
@@ -925,7 +934,7 @@ impl Gateway {
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
                     }
                 }
-                Ok((upstream, reply, _)) => match readdress(era, &upstream, &id, reply) {
+                Ok((upstream, reply, _)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, _)) => {
                         (status, serde_json::from_str(&text).unwrap_or_default())
                     }
@@ -1150,7 +1159,7 @@ impl Gateway {
                     return relay(upstream, st, id, era, guard);
                 }
                 Ok((upstream, reply, _)) => {
-                    return match readdress(era, &upstream, &id, reply) {
+                    return match readdress(era, &upstream, &id, reply, method) {
                         Ok((status, text, code)) => raw_json_response(status, text, code),
                         Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
                     };

@@ -701,6 +701,12 @@ async fn read_reply_raw(name: &str, resp: Response<Incoming>) -> Result<Reply, U
     Ok(Reply::Raw(body))
 }
 
+/// What every stateless-era result carries.
+pub const RESULT_TYPE: &str = "\"resultType\":\"complete\"";
+/// What a stateless-era cacheable result (lists, reads) carries besides:
+/// private and stale at once, since Dome's view is per caller.
+pub const CACHEABLE: &str = "\"resultType\":\"complete\",\"ttlMs\":0,\"cacheScope\":\"private\"";
+
 /// A JSON-RPC response seen without building a tree: its `result` or
 /// `error` as raw JSON text borrowed from the body.
 #[derive(serde::Deserialize)]
@@ -728,10 +734,10 @@ impl<'a> ResponseParts<'a> {
             .map(|c| c.code)
     }
 
-    /// The response re-addressed to `id`, as JSON text. With `result_type`,
-    /// a result object without one gets `"resultType":"complete"` (a
-    /// session-era upstream answering a stateless-era caller).
-    pub fn readdressed(&self, id: &Value, result_type: bool) -> String {
+    /// The response re-addressed to `id`, as JSON text. `fields` (JSON
+    /// members, e.g. `"resultType":"complete"`) are added to a result object:
+    /// what a stateless-era caller needs from a session-era upstream's answer.
+    pub fn readdressed(&self, id: &Value, fields: &str) -> String {
         let mut out = String::with_capacity(64 + self.result.map_or(0, |r| r.get().len()));
         out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
         out.push_str(&id.to_string());
@@ -740,8 +746,9 @@ impl<'a> ResponseParts<'a> {
                 out.push_str(",\"result\":");
                 let raw = r.get().trim_start();
                 match raw.strip_prefix('{') {
-                    Some(rest) if result_type => {
-                        out.push_str("{\"resultType\":\"complete\"");
+                    Some(rest) if !fields.is_empty() => {
+                        out.push('{');
+                        out.push_str(fields);
                         if !rest.trim_start().starts_with('}') {
                             out.push(',');
                         }
@@ -793,22 +800,22 @@ mod tests {
         let body =
             br#"{"jsonrpc":"2.0","id":77,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
         let p = ResponseParts::of(body).unwrap();
-        let v: Value = serde_json::from_str(&p.readdressed(&json!("c-1"), false)).unwrap();
+        let v: Value = serde_json::from_str(&p.readdressed(&json!("c-1"), "")).unwrap();
         assert_eq!(
             v,
             json!({"jsonrpc": "2.0", "id": "c-1", "result": {"content": [{"type": "text", "text": "hi"}]}})
         );
-        let v: Value = serde_json::from_str(&p.readdressed(&json!(5), true)).unwrap();
+        let v: Value = serde_json::from_str(&p.readdressed(&json!(5), RESULT_TYPE)).unwrap();
         assert_eq!(v["result"]["resultType"], "complete");
         let empty = ResponseParts::of(br#"{"jsonrpc":"2.0","id":1,"result":{ }}"#).unwrap();
-        let v: Value = serde_json::from_str(&empty.readdressed(&json!(1), true)).unwrap();
+        let v: Value = serde_json::from_str(&empty.readdressed(&json!(1), RESULT_TYPE)).unwrap();
         assert_eq!(v["result"], json!({"resultType": "complete"}));
         let err = ResponseParts::of(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#,
         )
         .unwrap();
         assert_eq!(err.error_code(), Some(-32602));
-        let v: Value = serde_json::from_str(&err.readdressed(&json!(9), true)).unwrap();
+        let v: Value = serde_json::from_str(&err.readdressed(&json!(9), RESULT_TYPE)).unwrap();
         assert_eq!(v["error"]["message"], "no");
         assert!(ResponseParts::of(b"{\"jsonrpc\":\"2.0\"}").is_none());
         assert!(ResponseParts::of(b"garbage").is_none());
