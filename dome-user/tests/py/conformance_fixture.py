@@ -12,11 +12,16 @@ import json
 import sys
 
 import anyio
+from mcp.server.lowlevel.server import HandlerEntry
 from mcp.server.mcpserver import Context, MCPServer
 from mcp_types import (
     AudioContent,
     Completion,
     EmbeddedResource,
+    EmptyResult,
+    SamplingMessage,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
     ImageContent,
     PromptMessage,
     TextContent,
@@ -39,21 +44,25 @@ mcp = MCPServer("dome-conformance-fixture")
 
 @mcp.tool()
 def test_simple_text() -> list:
+    """Returns simple text."""
     return [TextContent(type="text", text="This is a simple text response for testing.")]
 
 
 @mcp.tool()
 def test_image_content() -> list:
+    """Returns an image."""
     return [ImageContent(type="image", data=PNG, mimeType="image/png")]
 
 
 @mcp.tool()
 def test_audio_content() -> list:
+    """Returns audio."""
     return [AudioContent(type="audio", data=WAV, mimeType="audio/wav")]
 
 
 @mcp.tool()
 def test_embedded_resource() -> list:
+    """Returns an embedded resource."""
     return [
         EmbeddedResource(
             type="resource",
@@ -66,6 +75,7 @@ def test_embedded_resource() -> list:
 
 @mcp.tool()
 def test_multiple_content_types() -> list:
+    """Returns text, an image and a resource."""
     return [
         TextContent(type="text", text="Multiple content types test:"),
         ImageContent(type="image", data=PNG, mimeType="image/png"),
@@ -105,36 +115,43 @@ async def test_tool_with_progress(ctx: Context) -> str:
 
 @mcp.resource("test://static-text", mime_type="text/plain")
 def static_text() -> str:
+    """A static text resource."""
     return "This is the content of the static text resource."
 
 
 @mcp.resource("test://static-binary", mime_type="image/png")
 def static_binary() -> bytes:
+    """A static binary resource."""
     return base64.b64decode(PNG)
 
 
 @mcp.resource("test://template/{id}/data", mime_type="application/json")
 def template_data(id: str) -> str:
+    """Data by id."""
     return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
 
 
 @mcp.resource("test://watched-resource", mime_type="text/plain")
 def watched() -> str:
+    """A resource to subscribe to."""
     return "Watched resource content."
 
 
 @mcp.prompt()
 def test_simple_prompt() -> str:
+    """A prompt without arguments."""
     return "This is a simple prompt for testing."
 
 
 @mcp.prompt()
 def test_prompt_with_arguments(arg1: str, arg2: str) -> str:
+    """A prompt with two arguments."""
     return f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"
 
 
 @mcp.prompt()
 def test_prompt_with_embedded_resource(resourceUri: str) -> list:
+    """A prompt embedding a resource."""
     return [
         PromptMessage(
             role="user",
@@ -151,6 +168,7 @@ def test_prompt_with_embedded_resource(resourceUri: str) -> list:
 
 @mcp.prompt()
 def test_prompt_with_image() -> list:
+    """A prompt with an image."""
     return [
         PromptMessage(role="user", content=ImageContent(type="image", data=PNG, mimeType="image/png")),
         PromptMessage(role="user", content=TextContent(type="text", text="Please analyze the image above.")),
@@ -160,6 +178,98 @@ def test_prompt_with_image() -> list:
 @mcp.completion()
 async def complete(ref, argument, context):
     return Completion(values=[v for v in ("paris", "park", "party") if v.startswith(argument.value)], total=3, hasMore=False)
+
+
+@mcp.tool()
+async def test_sampling(prompt: str, ctx: Context) -> str:
+    """Asks the client's LLM."""
+    result = await ctx.session.create_message(
+        [SamplingMessage(role="user", content=TextContent(type="text", text=prompt))],
+        max_tokens=100,
+        related_request_id=ctx.request_id,
+    )
+    text = getattr(result.content, "text", "")
+    return f"LLM response: {text}"
+
+
+@mcp.tool()
+async def test_elicitation(message: str, ctx: Context) -> str:
+    """Asks the user."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"},
+        },
+        "required": ["username", "email"],
+    }
+    r = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+    return f"User response: action={r.action}, content={json.dumps(r.content)}"
+
+
+@mcp.tool()
+async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+    """Asks with defaults for every primitive type."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "default": "John Doe"},
+            "age": {"type": "integer", "default": 30},
+            "score": {"type": "number", "default": 95.5},
+            "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+            "verified": {"type": "boolean", "default": True},
+        },
+    }
+    r = await ctx.session.elicit_form("Please review your information", schema, related_request_id=ctx.request_id)
+    return f"Elicitation completed: action={r.action}, content={json.dumps(r.content)}"
+
+
+@mcp.tool()
+async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+    """Asks with every enum variant."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+            "titledSingle": {
+                "type": "string",
+                "oneOf": [
+                    {"const": "value1", "title": "First Option"},
+                    {"const": "value2", "title": "Second Option"},
+                    {"const": "value3", "title": "Third Option"},
+                ],
+            },
+            "legacyEnum": {
+                "type": "string",
+                "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"],
+            },
+            "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+            "titledMulti": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        {"const": "value1", "title": "First Choice"},
+                        {"const": "value2", "title": "Second Choice"},
+                        {"const": "value3", "title": "Third Choice"},
+                    ]
+                },
+            },
+        },
+    }
+    r = await ctx.session.elicit_form("Please choose", schema, related_request_id=ctx.request_id)
+    return f"Elicitation completed: action={r.action}, content={json.dumps(r.content)}"
+
+
+async def _subscribe(ctx, params) -> EmptyResult:
+    return EmptyResult()
+
+
+# MCPServer handles subscriptions through `subscriptions/listen`; the session
+# era's resources/subscribe is registered on its low-level server.
+for _method in ("resources/subscribe", "resources/unsubscribe"):
+    _params = SubscribeRequestParams if _method.endswith("/subscribe") else UnsubscribeRequestParams
+    mcp._lowlevel_server._request_handlers[_method] = HandlerEntry(_params, _subscribe)
 
 
 if __name__ == "__main__":
