@@ -449,27 +449,39 @@ fn conformance_tools(root: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((node, suite))
 }
 
-/// (scored scenarios passed, scored scenarios failed) from the suite's summary.
+/// (scored scenarios passed, scored scenarios failed) from the suite's
+/// summary; scenarios it lists under "Not scored" are left out.
 fn scored(output: &str) -> (Vec<String>, Vec<String>) {
-    let (mut pass, mut fail) = (Vec::new(), Vec::new());
+    let name = |l: &str| {
+        let l = l.trim_start();
+        l[l.find(' ').map_or(0, |i| i + 1)..]
+            .split([':', ' '])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let (mut pass, mut fail, mut unscored) = (Vec::new(), Vec::new(), Vec::new());
+    let mut in_summary = true;
     for line in output.lines() {
         if line.starts_with("Total:") {
-            break;
+            in_summary = false;
+            continue;
         }
-        let name = |l: &str| {
-            l[l.find(' ').map_or(0, |i| i + 1)..]
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string()
-        };
-        if line.starts_with('✓') {
-            pass.push(name(line));
-        } else if line.starts_with('✗') {
-            fail.push(name(line));
+        let t = line.trim_start();
+        let mark = t.starts_with('✓') || t.starts_with('✗');
+        if in_summary && mark && !line.starts_with(' ') {
+            if t.starts_with('✓') {
+                pass.push(name(line));
+            } else {
+                fail.push(name(line));
+            }
+        } else if !in_summary && mark {
+            unscored.push(name(line));
         }
     }
+    pass.retain(|n| !unscored.contains(n));
+    fail.retain(|n| !unscored.contains(n));
     (pass, fail)
 }
 
@@ -535,6 +547,9 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
                 .output()
                 .context("running the conformance suite")?;
             let text = String::from_utf8_lossy(&out.stdout);
+            // The suite's own report, for a reader who wants the details.
+            let log = root.join(format!("target/conformance/{set}-{target}.txt"));
+            std::fs::write(&log, text.as_bytes())?;
             let (pass, fail) = scored(&text);
             println!(
                 "{set} {target}: {} scored scenarios passed, {} failed",
@@ -576,4 +591,15 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
     std::fs::write(&path, &report)?;
     println!("wrote {}", path.display());
     Ok(dome_only)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn scored_leaves_out_unscored_scenarios() {
+        let out = "✓ ping: 2 passed, 0 failed\n✗ json-schema-2020-12: 1 passed, 1 failed\n✗ tools-list: 2 passed, 1 failed\n\nTotal: 5 passed, 2 failed\n\nNot scored for 2025-11-25: 1 scenario(s) run, 1 failing.\n  ✗ json-schema-2020-12 (pending)\n";
+        let (pass, fail) = super::scored(out);
+        assert_eq!(pass, vec!["ping"]);
+        assert_eq!(fail, vec!["tools-list"]);
+    }
 }

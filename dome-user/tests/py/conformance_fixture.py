@@ -13,7 +13,7 @@ import sys
 
 import anyio
 from mcp.server.lowlevel.server import HandlerEntry
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, MCPServer, UserMessage
 from mcp_types import (
     AudioContent,
     Completion,
@@ -23,7 +23,6 @@ from mcp_types import (
     SubscribeRequestParams,
     UnsubscribeRequestParams,
     ImageContent,
-    PromptMessage,
     TextContent,
     TextResourceContents,
 )
@@ -92,6 +91,7 @@ def test_multiple_content_types() -> list:
 
 @mcp.tool()
 async def test_tool_with_logging(ctx: Context) -> str:
+    """Logs three messages while it runs."""
     await ctx.info("Tool execution started")
     await anyio.sleep(0.05)
     await ctx.info("Tool processing data")
@@ -102,11 +102,13 @@ async def test_tool_with_logging(ctx: Context) -> str:
 
 @mcp.tool()
 def test_error_handling() -> str:
+    """Always fails."""
     raise ValueError("This tool intentionally returns an error for testing")
 
 
 @mcp.tool()
 async def test_tool_with_progress(ctx: Context) -> str:
+    """Reports progress 0, 50, 100."""
     for p in (0, 50, 100):
         await ctx.report_progress(p, 100)
         await anyio.sleep(0.05)
@@ -153,8 +155,7 @@ def test_prompt_with_arguments(arg1: str, arg2: str) -> str:
 def test_prompt_with_embedded_resource(resourceUri: str) -> list:
     """A prompt embedding a resource."""
     return [
-        PromptMessage(
-            role="user",
+        UserMessage(
             content=EmbeddedResource(
                 type="resource",
                 resource=TextResourceContents(
@@ -162,7 +163,7 @@ def test_prompt_with_embedded_resource(resourceUri: str) -> list:
                 ),
             ),
         ),
-        PromptMessage(role="user", content=TextContent(type="text", text="Please process the embedded resource above.")),
+        UserMessage(content=TextContent(type="text", text="Please process the embedded resource above.")),
     ]
 
 
@@ -170,8 +171,8 @@ def test_prompt_with_embedded_resource(resourceUri: str) -> list:
 def test_prompt_with_image() -> list:
     """A prompt with an image."""
     return [
-        PromptMessage(role="user", content=ImageContent(type="image", data=PNG, mimeType="image/png")),
-        PromptMessage(role="user", content=TextContent(type="text", text="Please analyze the image above.")),
+        UserMessage(content=ImageContent(type="image", data=PNG, mimeType="image/png")),
+        UserMessage(content=TextContent(type="text", text="Please analyze the image above.")),
     ]
 
 
