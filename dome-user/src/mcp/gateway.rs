@@ -861,6 +861,11 @@ impl Gateway {
         };
         match method {
             "ping" if era != Era::Stateless => ok(json!({})),
+            // Removed in the stateless era (it has `subscriptions/listen`).
+            "resources/subscribe" | "resources/unsubscribe" if era == Era::Stateless => err(
+                code::METHOD_NOT_FOUND,
+                format!("Method not found: {method}"),
+            ),
             "server/discover" => ok(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
                 "capabilities": self.capabilities(),

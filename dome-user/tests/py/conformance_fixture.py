@@ -8,15 +8,21 @@ apart: the fixture's or Dome's.
 """
 
 import base64
+import hashlib
+import hmac
 import json
 import sys
+from typing import Annotated
 
 import anyio
 from mcp.server.lowlevel.server import HandlerEntry
-from mcp.server.mcpserver import Context, MCPServer, UserMessage
+from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample, UserMessage
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
     AudioContent,
     Completion,
+    CreateMessageResult,
+    InputRequiredResult,
     EmbeddedResource,
     EmptyResult,
     SamplingMessage,
@@ -260,6 +266,201 @@ async def test_elicitation_sep1330_enums(ctx: Context) -> str:
     }
     r = await ctx.session.elicit_form("Please choose", schema, related_request_id=ctx.request_id)
     return f"Elicitation completed: action={r.action}, content={json.dumps(r.content)}"
+
+
+# --- 2026-07-28: multi-round-trip requests (SEP-2322) ---------------------
+
+ELICIT_NAME = {
+    "method": "elicitation/create",
+    "params": {
+        "message": "What is your name?",
+        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]},
+    },
+}
+SAMPLE_CAPITAL = {
+    "method": "sampling/createMessage",
+    "params": {
+        "messages": [{"role": "user", "content": {"type": "text", "text": "What is the capital of France?"}}],
+        "maxTokens": 100,
+    },
+}
+LIST_ROOTS = {"method": "roots/list", "params": {}}
+SECRET = b"dome-conformance-fixture"
+
+
+def _input_required(requests: dict, state: str | None = None) -> InputRequiredResult:
+    body = {"resultType": "input_required", "inputRequests": requests}
+    if state is not None:
+        body["requestState"] = state
+    return InputRequiredResult.model_validate(body)
+
+
+def _answer(ctx: Context, key: str):
+    responses = ctx.input_responses or {}
+    return responses.get(key)
+
+
+def _dump(value) -> dict:
+    return value.model_dump(by_alias=True, exclude_none=True) if hasattr(value, "model_dump") else dict(value)
+
+
+def _sign(state: str) -> str:
+    return state + "." + hmac.new(SECRET, state.encode(), hashlib.sha256).hexdigest()
+
+
+def _verified(signed: str | None) -> str | None:
+    if not signed or "." not in signed:
+        return None
+    state, mac = signed.rsplit(".", 1)
+    ok = hmac.compare_digest(mac, hmac.new(SECRET, state.encode(), hashlib.sha256).hexdigest())
+    return state if ok else None
+
+
+@mcp.tool()
+def test_input_required_result_elicitation(ctx: Context) -> str | InputRequiredResult:
+    """Asks for a name with an input_required result."""
+    got = _answer(ctx, "user_name")
+    if got is None:
+        return _input_required({"user_name": ELICIT_NAME})
+    return f"Hello, {_dump(got).get('content', {}).get('name', '')}!"
+
+
+@mcp.tool()
+def test_input_required_result_sampling(ctx: Context) -> str | InputRequiredResult:
+    """Asks the client's LLM with an input_required result."""
+    got = _answer(ctx, "capital_question")
+    if got is None:
+        return _input_required({"capital_question": SAMPLE_CAPITAL})
+    return f"The model said: {_dump(got).get('content', {}).get('text', '')}"
+
+
+@mcp.tool()
+def test_input_required_result_list_roots(ctx: Context) -> str | InputRequiredResult:
+    """Asks for the client's roots with an input_required result."""
+    got = _answer(ctx, "client_roots")
+    if got is None:
+        return _input_required({"client_roots": LIST_ROOTS})
+    roots = [r.get("uri") for r in _dump(got).get("roots", [])]
+    return f"Roots: {', '.join(roots)}"
+
+
+@mcp.tool()
+def test_input_required_result_request_state(ctx: Context) -> str | InputRequiredResult:
+    """Round-trips its request state."""
+    if _answer(ctx, "confirm") is None:
+        return _input_required(
+            {
+                "confirm": {
+                    "method": "elicitation/create",
+                    "params": {
+                        "message": "Please confirm",
+                        "requestedSchema": {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]},
+                    },
+                }
+            },
+            _sign("round-1"),
+        )
+    if _verified(ctx.request_state) != "round-1":
+        raise MCPError(code=-32602, message="requestState failed its integrity check")
+    return "state-ok"
+
+
+@mcp.tool()
+def test_input_required_result_multi_round(ctx: Context) -> str | InputRequiredResult:
+    """Three rounds with evolving state."""
+    state = _verified(ctx.request_state)
+    if state is None:
+        return _input_required(
+            {"step1": {"method": "elicitation/create", "params": {"message": "Step 1: What is your name?",
+             "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}}}},
+            _sign("round-1"),
+        )
+    if state == "round-1":
+        return _input_required(
+            {"step2": {"method": "elicitation/create", "params": {"message": "Step 2: What is your favorite color?",
+             "requestedSchema": {"type": "object", "properties": {"color": {"type": "string"}}, "required": ["color"]}}}},
+            _sign("round-2"),
+        )
+    return "All rounds complete"
+
+
+@mcp.tool()
+def test_input_required_result_multiple_inputs(ctx: Context) -> str | InputRequiredResult:
+    """Asks three things at once."""
+    if _verified(ctx.request_state) != "multi":
+        return _input_required(
+            {
+                "user_name": ELICIT_NAME,
+                "greeting": {"method": "sampling/createMessage", "params": {"messages": [{"role": "user", "content": {"type": "text", "text": "Generate a greeting"}}], "maxTokens": 50}},
+                "client_roots": LIST_ROOTS,
+            },
+            _sign("multi"),
+        )
+    return "Received all inputs"
+
+
+@mcp.tool()
+def test_input_required_result_tampered_state(ctx: Context) -> str | InputRequiredResult:
+    """Refuses a request state that was changed."""
+    if ctx.request_state is None:
+        return _input_required({"user_name": ELICIT_NAME}, _sign("tamper-check"))
+    if _verified(ctx.request_state) != "tamper-check":
+        raise MCPError(code=-32602, message="requestState failed its integrity check")
+    return "state verified"
+
+
+@mcp.tool()
+def test_input_required_result_capabilities(ctx: Context) -> str | InputRequiredResult:
+    """Asks only for what the client can answer."""
+    if ctx.input_responses:
+        return "Received the inputs"
+    caps = ctx.client_capabilities
+    requests = {}
+    if caps is not None and caps.elicitation is not None:
+        requests["user_name"] = ELICIT_NAME
+    if caps is not None and caps.sampling is not None:
+        requests["capital_question"] = SAMPLE_CAPITAL
+    if not requests:
+        return "The client can answer nothing"
+    return _input_required(requests)
+
+
+@mcp.prompt()
+def test_input_required_result_prompt(ctx: Context) -> str | InputRequiredResult:
+    """A prompt that needs context first."""
+    got = _answer(ctx, "user_context")
+    if got is None:
+        return _input_required(
+            {"user_context": {"method": "elicitation/create", "params": {"message": "What context should the prompt use?",
+             "requestedSchema": {"type": "object", "properties": {"context": {"type": "string"}}, "required": ["context"]}}}}
+        )
+    return f"Use this context: {_dump(got).get('content', {}).get('context', '')}"
+
+
+@mcp.tool()
+def test_streaming_elicitation(ctx: Context) -> str | InputRequiredResult:
+    """Asks for a name; on the stateless wire only as an input_required result."""
+    got = _answer(ctx, "user_name")
+    if got is None:
+        return _input_required({"user_name": ELICIT_NAME})
+    return "Thanks"
+
+
+@mcp.tool()
+async def test_logging_tool(ctx: Context) -> str:
+    """Logs; a stateless caller that set no logLevel must not hear it."""
+    await ctx.info("a log line")
+    return "logged"
+
+
+def _need_sampling() -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text="ping"))], max_tokens=5)
+
+
+@mcp.tool()
+def test_missing_capability(answer: Annotated[CreateMessageResult, Resolve(_need_sampling)]) -> str:
+    """Needs the client's sampling capability."""
+    return "sampled"
 
 
 async def _subscribe(ctx, params) -> EmptyResult:
