@@ -317,7 +317,17 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
             full(StatusCode::OK, complete(json!({})))
         }
-        "tools/list" => full(StatusCode::OK, complete(json!({"tools": tools()}))),
+        "tools/list" => {
+            let mut list = tools();
+            if state.resources {
+                list.as_array_mut().expect("array").push(json!({
+                    "name": "ask_then_cancel",
+                    "description": "Asks the client something, then withdraws the question.",
+                    "inputSchema": {"type": "object"},
+                }));
+            }
+            full(StatusCode::OK, complete(json!({"tools": list})))
+        }
         "tools/call" => {
             let name = msg["params"]["name"].as_str().unwrap_or_default();
             let args = &msg["params"]["arguments"];
@@ -353,6 +363,23 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                             "isError": false,
                         })),
                     )
+                }
+                "ask_then_cancel" if state.resources => {
+                    // A request to the client on the call's stream, withdrawn
+                    // at once: lets tests see a cancellation relayed downstream.
+                    let ask = json!({"jsonrpc": "2.0", "id": "q1", "method": "elicitation/create",
+                        "params": {"message": "Never mind", "requestedSchema": {"type": "object", "properties": {}}}});
+                    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": "q1", "reason": "no longer needed"}});
+                    let done = complete(
+                        json!({"content": [{"type": "text", "text": "withdrawn"}], "isError": false}),
+                    );
+                    let body = [sse(&ask), sse(&cancel), sse(&done)].concat();
+                    Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "text/event-stream")
+                        .body(Full::new(Bytes::from(body)).boxed())
+                        .expect("static parts")
                 }
                 "slow" => {
                     let steps = args["steps"].as_u64().unwrap_or(3).clamp(1, 50);

@@ -480,3 +480,41 @@ fn cancellation_reaches_the_upstream_in_both_eras() {
     wait_demo(demo, "slow_aborted");
     assert_eq!(demo_stats(demo)["slow_completed"], 0);
 }
+
+/// An upstream's request to the client, and its withdrawal, reach the client
+/// under the same id of Dome's.
+#[test]
+fn upstream_cancellation_of_a_relayed_request_names_dome_s_id() {
+    let (_demo, demo) = start_demo(&["--session-only", "--resources"]);
+    let dome = start_dome(
+        "withdraw",
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+    );
+    let sid = initialize(&dome, "2025-11-25");
+    let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"ask_then_cancel","arguments":{}}}"#;
+    let (status, _, text) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())],
+        body,
+    );
+    assert_eq!(status, 200);
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events.len(), 3, "{text}");
+    let asked = &events[0]["id"];
+    assert!(
+        asked.as_str().unwrap().starts_with("dome-"),
+        "Dome's own id: {asked}"
+    );
+    assert_eq!(events[1]["method"], "notifications/cancelled");
+    assert_eq!(
+        &events[1]["params"]["requestId"], asked,
+        "the withdrawal names the id the client saw"
+    );
+    assert_eq!(events[2]["id"], 7);
+}

@@ -1247,6 +1247,22 @@ fn relay(
                 };
                 let is_response = v.get("method").is_none()
                     && (v.get("result").is_some() || v.get("error").is_some());
+                if v["method"] == "notifications/cancelled"
+                    && let Some(s) = &session
+                {
+                    // The upstream gave up a request it relayed to the
+                    // client: name it by the id the client knows.
+                    let up_id = v["params"]["requestId"].clone();
+                    let mut pending = s.server_requests.lock().expect("server requests lock");
+                    let key = pending
+                        .iter()
+                        .find(|(_, (u, id))| Arc::ptr_eq(u, &up) && *id == up_id)
+                        .map(|(k, _)| k.clone());
+                    if let Some(k) = key {
+                        pending.remove(&k);
+                        v["params"]["requestId"] = serde_json::from_str(&k).unwrap_or(Value::Null);
+                    }
+                }
                 if v.get("method").is_some() && v.get("id").is_some() {
                     // A request from the upstream to the client (sampling,
                     // elicitation, roots): relayed under an id of Dome's, its
