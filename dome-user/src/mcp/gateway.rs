@@ -279,6 +279,14 @@ fn readdress(
     Ok((status, parts.readdressed(id, fields), code))
 }
 
+/// 404 for a session id Dome does not know (never issued, or ended).
+fn session_not_found(id: &Value) -> Response<Body> {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &rpc_error(id, code::SESSION_NOT_FOUND, "unknown or ended session"),
+    )
+}
+
 fn empty(status: StatusCode) -> Response<Body> {
     Response::builder()
         .status(status)
@@ -485,14 +493,7 @@ impl Gateway {
             .get(sid)
             .cloned()
         else {
-            return json_response(
-                StatusCode::NOT_FOUND,
-                &rpc_error(
-                    &Value::Null,
-                    code::SESSION_NOT_FOUND,
-                    "unknown or ended session",
-                ),
-            );
+            return session_not_found(&Value::Null);
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         // A new GET replaces an older one.
@@ -556,14 +557,7 @@ impl Gateway {
         };
         match self.sessions.0.write().expect("sessions lock").remove(id) {
             Some(_) => empty(StatusCode::OK),
-            None => json_response(
-                StatusCode::NOT_FOUND,
-                &rpc_error(
-                    &Value::Null,
-                    code::SESSION_NOT_FOUND,
-                    "unknown or ended session",
-                ),
-            ),
+            None => session_not_found(&Value::Null),
         }
     }
 
@@ -719,10 +713,7 @@ impl Gateway {
         let session = match session {
             Some(s) => s,
             None => {
-                return json_response(
-                    StatusCode::NOT_FOUND,
-                    &rpc_error(&id, code::SESSION_NOT_FOUND, "unknown or ended session"),
-                );
+                return session_not_found(&id);
             }
         };
         if let Some(v) = header_version
