@@ -388,8 +388,16 @@ impl Gateway {
     /// What Dome announces: the union of its upstreams' capabilities over
     /// what Dome relays today (resource subscriptions yes; list-changed
     /// notifications are passed on but not announced).
-    fn capabilities(&self) -> Value {
+    /// `session_era`: resource subscriptions are relayed in the session era
+    /// (`resources/subscribe`) but not yet in the stateless one
+    /// (`subscriptions/listen`), so only the former may announce them.
+    fn capabilities(&self, session_era: bool) -> Value {
         let mut caps = serde_json::Map::new();
+        let subscribe = session_era
+            && self
+                .upstreams
+                .iter()
+                .any(|u| u.capabilities()["resources"]["subscribe"] == true);
         for u in &self.upstreams {
             let c = u.capabilities();
             for (key, value) in [
@@ -397,7 +405,7 @@ impl Gateway {
                 ("prompts", json!({"listChanged": false})),
                 (
                     "resources",
-                    json!({"listChanged": false, "subscribe": false}),
+                    json!({"listChanged": false, "subscribe": subscribe}),
                 ),
                 ("completions", json!({})),
                 ("logging", json!({})),
@@ -810,7 +818,7 @@ impl Gateway {
         );
         let result = json!({
             "protocolVersion": version,
-            "capabilities": self.capabilities(),
+            "capabilities": self.capabilities(true),
             "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
         });
         let mut resp = json_response(
@@ -859,7 +867,7 @@ impl Gateway {
             ),
             "server/discover" => ok(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
-                "capabilities": self.capabilities(),
+                "capabilities": self.capabilities(false),
                 "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
             })),
             m if Kind::of_method(m).is_some() => {

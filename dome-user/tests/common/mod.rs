@@ -135,8 +135,10 @@ pub fn http(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body.as_bytes()).unwrap();
+    // A server may answer and close before it has read everything (a 431 for
+    // an oversized head): a failed write is not the test's verdict, the reply is.
+    let _ = s.write_all(req.as_bytes());
+    let _ = s.write_all(body.as_bytes());
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).to_string();
