@@ -279,6 +279,18 @@ fn readdress(
     Ok((status, parts.readdressed(id, fields), code))
 }
 
+/// An SSE response fed by `rx`, one event per frame, sent as it comes.
+fn sse_response(
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+        .expect("static parts")
+}
+
 /// 404 for a session id Dome does not know (never issued, or ended).
 fn session_not_found(id: &Value) -> Response<Body> {
     json_response(
@@ -506,12 +518,7 @@ impl Gateway {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         // A new GET replaces an older one.
         *session.push.lock().expect("push lock") = Some(tx);
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "text/event-stream")
-            .header(header::CACHE_CONTROL, "no-cache")
-            .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
-            .expect("static parts")
+        sse_response(rx)
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -1316,12 +1323,7 @@ fn relay(
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
-        .expect("static parts")
+    sse_response(rx)
 }
 
 /// The stateless era's validation ladder: envelope keys, routing headers,
