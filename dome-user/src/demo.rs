@@ -177,12 +177,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
             state.streams.lock().unwrap().insert(sid, tx);
-            return Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "text/event-stream")
-                .header(header::CACHE_CONTROL, "no-cache")
-                .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
-                .expect("static parts");
+            return sse_stream(rx);
         }
         _ => return empty(StatusCode::METHOD_NOT_ALLOWED),
     }
@@ -425,15 +420,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                             state.slow_aborted.fetch_add(1, Ordering::Relaxed);
                         }
                     });
-                    Response::builder()
-                        .status(StatusCode::OK)
-                        .header(header::CONTENT_TYPE, "text/event-stream")
-                        .header(header::CACHE_CONTROL, "no-cache")
-                        .body(
-                            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-                                .boxed(),
-                        )
-                        .expect("static parts")
+                    sse_stream(rx)
                 }
                 other => full(
                     StatusCode::OK,
@@ -457,6 +444,16 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             )
         }
     }
+}
+
+/// An SSE response fed by `rx`, events sent as they come.
+fn sse_stream(rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
+        .expect("static parts")
 }
 
 fn sse(v: &Value) -> Bytes {

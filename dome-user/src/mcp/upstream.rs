@@ -254,15 +254,6 @@ impl Upstream {
         matches!(*self.era.read().expect("era"), Era::Stateless { .. })
     }
 
-    /// Which era the upstream speaks, once known (for `/stats` and tests).
-    pub fn era_name(&self) -> &'static str {
-        match *self.era.read().expect("era lock") {
-            Era::Unknown => "unknown",
-            Era::Session { .. } => "session",
-            Era::Stateless { .. } => "stateless",
-        }
-    }
-
     fn timeout(&self) -> Duration {
         Duration::from_millis(self.config.timeout_ms)
     }
@@ -276,15 +267,27 @@ impl Upstream {
         method: &str,
         params: Value,
     ) -> Result<(Reply, u64), UpstreamError> {
+        self.with_session(|| self.send(method, params.clone()))
+            .await
+    }
+
+    /// Connects, sends, and — when a session-era upstream answers 404 (it
+    /// forgot the session, so it did not act on the request) — initializes a
+    /// new session and sends once more.
+    async fn with_session<'a, F, Fut>(&'a self, send: F) -> Result<(Reply, u64), UpstreamError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(Reply, u64, StatusCode), UpstreamError>> + 'a,
+    {
         self.ensure_connected().await?;
-        let (reply, id, status) = self.send(method, params.clone()).await?;
+        let (reply, id, status) = send().await?;
         if status == StatusCode::NOT_FOUND
             && matches!(*self.era.read().expect("era"), Era::Session { .. })
         {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
             *self.era.write().expect("era") = Era::Unknown;
             self.ensure_connected().await?;
-            let (reply, id, status) = self.send(method, params).await?;
+            let (reply, id, status) = send().await?;
             return finish(self.name(), reply, id, status);
         }
         finish(self.name(), reply, id, status)
@@ -304,7 +307,6 @@ impl Upstream {
         extra: &[(String, String)],
         client_capabilities: Option<&str>,
     ) -> Result<(Reply, u64), UpstreamError> {
-        self.ensure_connected().await?;
         let call = CallParts {
             name,
             arguments,
@@ -312,17 +314,7 @@ impl Upstream {
             extra,
             client_capabilities,
         };
-        let (reply, id, status) = self.send_call(id, &call).await?;
-        if status == StatusCode::NOT_FOUND
-            && matches!(*self.era.read().expect("era"), Era::Session { .. })
-        {
-            tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
-            *self.era.write().expect("era") = Era::Unknown;
-            self.ensure_connected().await?;
-            let (reply, id, status) = self.send_call(id, &call).await?;
-            return finish(self.name(), reply, id, status);
-        }
-        finish(self.name(), reply, id, status)
+        self.with_session(|| self.send_call(id, &call)).await
     }
 
     /// A fresh request id on this upstream.

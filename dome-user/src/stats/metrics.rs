@@ -112,40 +112,6 @@ impl Metrics {
         f(&mut shard.lock().expect("shard"));
     }
 
-    pub fn phase(&self, phase: &'static str, d: Duration) {
-        self.with_shard(|s| record(s.phases.entry(phase).or_insert_with(new_histogram), d));
-    }
-
-    pub fn tool(&self, tool: &str, d: Duration) {
-        self.with_shard(|s| record_keyed(&mut s.tools, tool, d));
-    }
-
-    pub fn upstream(&self, upstream: &str, d: Duration) {
-        self.with_shard(|s| record_keyed(&mut s.upstreams, upstream, d));
-    }
-
-    /// One answered request: its method (bounded: unknown methods count as
-    /// `other`), HTTP status and JSON-RPC error code if any.
-    pub fn answered(&self, method: &str, status: u16, rpc_error: Option<i64>) {
-        let method = match method {
-            "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover"
-            | "notification" | "batch" | "delete" | "invalid" => method,
-            _ => "other",
-        };
-        self.with_shard(|s| {
-            match s.methods.get_mut(method) {
-                Some(c) => *c += 1,
-                None => {
-                    s.methods.insert(method.into(), 1);
-                }
-            }
-            *s.http_status.entry(status).or_default() += 1;
-            if let Some(c) = rpc_error {
-                *s.rpc_errors.entry(c).or_default() += 1;
-            }
-        });
-    }
-
     /// One request's figures at once (one shard lock on the hot path).
     pub fn request(&self, r: &RequestRecord<'_>) {
         let method = method_label(r.method);
@@ -305,6 +271,41 @@ impl Snapshot {
         for (k, c) in &s.rpc_errors {
             let _ = writeln!(out, "dome_jsonrpc_errors_total{{code=\"{k}\"}} {c}");
         }
+    }
+}
+
+/// Single-figure recording, for the tests (the request path records a
+/// whole request at once with `Metrics::request`).
+#[cfg(test)]
+impl Metrics {
+    fn phase(&self, phase: &'static str, d: Duration) {
+        self.with_shard(|s| record(s.phases.entry(phase).or_insert_with(new_histogram), d));
+    }
+
+    fn tool(&self, tool: &str, d: Duration) {
+        self.with_shard(|s| record_keyed(&mut s.tools, tool, d));
+    }
+
+    /// One answered request: its method (bounded: unknown methods count as
+    /// `other`), HTTP status and JSON-RPC error code if any.
+    fn answered(&self, method: &str, status: u16, rpc_error: Option<i64>) {
+        let method = match method {
+            "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover"
+            | "notification" | "batch" | "delete" | "invalid" => method,
+            _ => "other",
+        };
+        self.with_shard(|s| {
+            match s.methods.get_mut(method) {
+                Some(c) => *c += 1,
+                None => {
+                    s.methods.insert(method.into(), 1);
+                }
+            }
+            *s.http_status.entry(status).or_default() += 1;
+            if let Some(c) = rpc_error {
+                *s.rpc_errors.entry(c).or_default() += 1;
+            }
+        });
     }
 }
 
