@@ -59,6 +59,10 @@ pub struct ServerConfig {
     /// HTTP/2 streams per connection.
     #[serde(default = "default_streams")]
     pub max_concurrent_streams: u32,
+    /// Worker threads, each with its own runtime, listener socket
+    /// (SO_REUSEPORT) and upstream connections; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +74,7 @@ impl Default for ServerConfig {
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
             max_concurrent_streams: default_streams(),
+            workers: 0,
         }
     }
 }

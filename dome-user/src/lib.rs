@@ -8,6 +8,7 @@ pub mod mcp;
 pub mod runtime;
 pub mod stats;
 pub mod transport;
+pub mod workers;
 pub mod xdp;
 
 /// An error and its sources, joined with `: ` (for one log line).

@@ -273,6 +273,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }));
     }
 
+    // Before any upstream client exists: each keeps one pool per lane.
+    let workers = crate::workers::configure(config.server.workers);
     let upstreams = upstreams_for(&config.upstreams, &[])?;
     let metrics = Metrics::new();
     let sessions = SessionTable::new();
@@ -299,20 +301,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let handler_gw = live_gw.clone();
-    let (mcp_addr, mcp_task) = crate::transport::serve(
+    let mcp_addr = crate::transport::serve(
         config.server.listen,
         tls,
         config.server.limits(),
+        workers,
         move |req| {
             // Each request finishes on the gateway current when it arrived.
             let gw = handler_gw.load_full();
             gw.handle(req)
         },
     )
-    .await
     .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
-    background.push(mcp_task);
-    tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), "MCP listener ready");
+    tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), workers, "MCP listener ready");
 
     let config_status = Arc::new(Mutex::new(ConfigStatus {
         file: config_path.to_path_buf(),

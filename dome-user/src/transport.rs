@@ -75,20 +75,26 @@ pub fn check_tls(tls: &TlsConfig) -> Result<(), String> {
     tls_acceptor(tls).map(|_| ())
 }
 
-/// Binds `addr` and serves `handler` on every connection, within `limits`.
-pub async fn serve<H, F>(
+/// Binds `addr` once per worker (SO_REUSEPORT) and serves `handler` on
+/// every connection, within `limits` (the connection limit is shared out
+/// over the workers).
+pub fn serve<H, F>(
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     limits: Limits,
+    workers: usize,
     handler: H,
-) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)>
+) -> std::io::Result<SocketAddr>
 where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
 {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let listeners = crate::workers::bind(addr, workers)?;
+    let local = listeners[0].local_addr()?;
+    // Each worker holds its share: a permit must sit with the socket that
+    // accepts, or a connection could wait in one worker's backlog while
+    // another worker holds the free slot.
+    let share = limits.max_connections.div_ceil(listeners.len()).max(1);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -104,58 +110,78 @@ where
         .keep_alive_interval(Some(limits.header_timeout))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
-    let task = tokio::spawn(async move {
-        loop {
-            // At the connection limit, stop accepting: new connections wait
-            // in the kernel's backlog instead of being accepted and starved.
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let (stream, peer) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let handler = handler.clone();
-            let builder = builder.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let svc = service_fn(move |req| {
-                    let fut = handler(req);
-                    async move { Ok::<_, Infallible>(fut.await) }
-                });
-                let result = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                builder
-                                    .serve_connection(TokioIo::new(tls_stream), svc)
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
+    crate::workers::spawn(listeners, move |listener| {
+        accept_loop(
+            listener,
+            tls.clone(),
+            limits,
+            Arc::new(Semaphore::new(share)),
+            builder.clone(),
+            handler.clone(),
+        )
+    })?;
+    Ok(local)
+}
+
+async fn accept_loop<H, F>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    limits: Limits,
+    permits: Arc<Semaphore>,
+    builder: Arc<Builder<TokioExecutor>>,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+{
+    loop {
+        // At the connection limit, stop accepting: new connections wait
+        // in the kernel's backlog instead of being accepted and starved.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let svc = service_fn(move |req| {
+                let fut = handler(req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
+            let result = match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => {
+                            builder
+                                .serve_connection(TokioIo::new(tls_stream), svc)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
                         }
                     }
-                    None => builder.serve_connection(TokioIo::new(stream), svc).await,
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-            });
-        }
-    });
-    Ok((local, task))
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
 }

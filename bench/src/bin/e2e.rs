@@ -98,8 +98,31 @@ async fn call(sender: &mut Sender, addr: SocketAddr, body: &Bytes) -> anyhow::Re
     Ok(())
 }
 
-/// Closed loop on every connection for `RUN` after `WARMUP`: requests/s.
-async fn max_throughput(addr: SocketAddr) -> anyhow::Result<f64> {
+/// CPU time (user + system) a process has used so far, µs.
+fn cpu_us(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces): utime is the 12th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
+}
+
+/// Requests per second and CPU µs per request of each watched process.
+struct Throughput {
+    rps: f64,
+    cpu_us_per_call: Vec<f64>,
+}
+
+/// Closed loop on every connection for `RUN` after `WARMUP`: requests/s,
+/// and the CPU each process in `watch` spent per request meanwhile.
+async fn max_throughput(addr: SocketAddr, watch: &[u32]) -> anyhow::Result<Throughput> {
     let body = body();
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -120,11 +143,21 @@ async fn max_throughput(addr: SocketAddr) -> anyhow::Result<f64> {
     }
     tokio::time::sleep(WARMUP).await;
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
+    let cpu_before: Vec<u64> = watch.iter().map(|p| cpu_us(*p)).collect();
     let started = Instant::now();
     for t in tasks {
         t.await??;
     }
-    Ok(count.load(std::sync::atomic::Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let cpu_after: Vec<u64> = watch.iter().map(|p| cpu_us(*p)).collect();
+    let calls = count.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
+    Ok(Throughput {
+        rps: calls / started.elapsed().as_secs_f64(),
+        cpu_us_per_call: cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(b, a)| a.saturating_sub(*b) as f64 / calls)
+            .collect(),
+    })
 }
 
 /// Open loop at `rate` requests/s for `RUN`: latency histogram (µs) from
@@ -185,7 +218,7 @@ fn main() -> anyhow::Result<()> {
     let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let dome: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let stats: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let _up = Kill(
+    let up = Kill(
         Command::new(release.join("dome-demo-upstream"))
             .arg(upstream.to_string())
             .stderr(Stdio::null())
@@ -201,26 +234,29 @@ fn main() -> anyhow::Result<()> {
              [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n"
         ),
     )?;
-    let _dome = Kill(
+    let dome_proc = Kill(
         Command::new(release.join("dome"))
             .arg("--config")
             .arg(&config)
             .env("DOME_LOG", "warn")
-            .env(
-                "TOKIO_WORKER_THREADS",
-                std::env::var("DOME_WORKERS").unwrap_or_else(|_| "2".into()),
-            )
             .stderr(Stdio::null())
             .spawn()?,
     );
+    let me = std::process::id();
+    let (up_pid, dome_pid) = (up.0.id(), dome_proc.0.id());
     wait_port(dome)?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let direct_rps = max_throughput(upstream).await?;
-        let dome_rps = max_throughput(dome).await?;
+        let direct = max_throughput(upstream, &[me, up_pid]).await?;
+        let through = max_throughput(dome, &[me, up_pid, dome_pid]).await?;
+        let (direct_rps, dome_rps) = (direct.rps, through.rps);
+        let cpu = serde_json::json!({
+            "direct": {"loadgen": direct.cpu_us_per_call[0], "upstream": direct.cpu_us_per_call[1]},
+            "through_dome": {"loadgen": through.cpu_us_per_call[0], "upstream": through.cpu_us_per_call[1], "dome": through.cpu_us_per_call[2]},
+        });
         // A rate both sustain with room to spare: a fifth of the slower side's maximum.
         let rate = (direct_rps.min(dome_rps) * 0.2).max(100.0);
         let direct = fixed_rate(upstream, rate).await?;
@@ -239,6 +275,7 @@ fn main() -> anyhow::Result<()> {
                 "dome_p99_us": q(&through, 0.99),
                 "added_p50_us": q(&through, 0.5) - q(&direct, 0.5),
                 "added_p99_us": q(&through, 0.99) - q(&direct, 0.99),
+                "cpu_us_per_call": cpu,
                 "connections": CONNECTIONS,
                 "run_s": RUN.as_secs(),
                 "request": "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive",

@@ -133,7 +133,9 @@ pub type NotificationSink = Arc<dyn Fn(&Value) + Send + Sync>;
 pub struct Upstream {
     pub config: UpstreamConfig,
     uri: hyper::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// One pool per lane (see `workers`): a worker's connections live on
+    /// its own runtime and only it uses them.
+    clients: Box<[Client<HttpConnector, Full<Bytes>>]>,
     era: RwLock<Era>,
     /// What the upstream said it offers (`initialize` or `server/discover`).
     capabilities: RwLock<Value>,
@@ -162,14 +164,21 @@ impl Upstream {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.max_idle_connections)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let lanes = crate::workers::lanes();
+        // The idle allowance is the upstream's, shared out over the lanes.
+        let idle = config.max_idle_connections.div_ceil(lanes).max(1);
+        let clients = (0..lanes)
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_max_idle_per_host(idle)
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector.clone())
+            })
+            .collect();
         Ok(Upstream {
             config,
             uri,
-            client,
+            clients,
             era: RwLock::new(Era::Unknown),
             capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
@@ -182,6 +191,10 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn client(&self) -> &Client<HttpConnector, Full<Bytes>> {
+        &self.clients[crate::workers::lane() % self.clients.len()]
     }
 
     /// Where the upstream's own notifications go (set once; a reused
@@ -212,7 +225,7 @@ impl Upstream {
                     .header(protocol::H_VERSION, current)
                     .body(Full::new(Bytes::new()));
                 let Ok(req) = req else { return };
-                match me.client.request(req).await {
+                match me.client().request(req).await {
                     Ok(resp) if resp.status() == StatusCode::OK => {
                         let mut body = resp.into_body();
                         let mut parser = super::sse::SseParser::default();
@@ -540,7 +553,7 @@ impl Upstream {
         let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(UpstreamError::Timeout(self.name().into()));
         };
-        match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+        match tokio::time::timeout_at(deadline, self.client().request(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(
                 self.name().into(),
@@ -564,7 +577,7 @@ impl Upstream {
                 .body(Full::new(Bytes::new()));
             if let Ok(req) = req {
                 let _ =
-                    tokio::time::timeout(Duration::from_secs(1), self.client.request(req)).await;
+                    tokio::time::timeout(Duration::from_secs(1), self.client().request(req)).await;
             }
         }
     }
