@@ -51,6 +51,59 @@ struct State {
     /// Subscribed sessions by resource URI.
     subscriptions: Mutex<std::collections::HashMap<String, HashSet<String>>>,
     counter: AtomicU64,
+    /// Open `subscriptions/listen` streams (stateless era).
+    listens: Mutex<Vec<DemoListen>>,
+}
+
+/// One `subscriptions/listen` stream: its id, what it asked for, where it goes.
+struct DemoListen {
+    id: Value,
+    tools: bool,
+    uris: HashSet<String>,
+    push: Push,
+}
+
+impl State {
+    /// Sends `note` to every session GET stream in `sessions` (all when
+    /// `None`) and every listen stream `admits` lets through (stamped with
+    /// its id); returns how many streams took it.
+    async fn publish(
+        &self,
+        note: &Value,
+        sessions: Option<Vec<String>>,
+        admits: impl Fn(&DemoListen) -> bool,
+    ) -> usize {
+        let pushes: Vec<Push> = {
+            let streams = self.streams.lock().unwrap();
+            match sessions {
+                Some(ids) => ids.iter().filter_map(|s| streams.get(s).cloned()).collect(),
+                None => streams.values().cloned().collect(),
+            }
+        };
+        let mut notified = 0;
+        for tx in pushes {
+            if tx.send(Ok(Frame::data(sse(note)))).await.is_ok() {
+                notified += 1;
+            }
+        }
+        let listens: Vec<(Value, Push)> = {
+            let mut listens = self.listens.lock().unwrap();
+            listens.retain(|l| !l.push.is_closed());
+            listens
+                .iter()
+                .filter(|l| admits(l))
+                .map(|l| (l.id.clone(), l.push.clone()))
+                .collect()
+        };
+        for (id, tx) in listens {
+            let mut stamped = note.clone();
+            stamped["params"]["_meta"][protocol::META_SUBSCRIPTION_ID] = id;
+            if tx.send(Ok(Frame::data(sse(&stamped)))).await.is_ok() {
+                notified += 1;
+            }
+        }
+        notified
+    }
 }
 
 /// How the demo upstream behaves.
@@ -59,7 +112,9 @@ pub struct DemoOptions {
     /// Speak only the session era (as servers written before 2026-07-28 do).
     pub session_only: bool,
     /// Offer one subscribable resource, `demo://counter`; `POST /demo-touch`
-    /// bumps it and notifies its subscribers on their GET streams.
+    /// bumps it and notifies its subscribers (on their GET streams, or
+    /// listen streams in the stateless era); `POST /demo-tools-changed`
+    /// announces a tool list change.
     pub resources: bool,
 }
 
@@ -122,6 +177,13 @@ fn error(id: &Value, code: i64, message: &str) -> Value {
 
 async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if req.uri().path() == "/demo-stats" {
+        let listens: Vec<Value> = {
+            let mut l = state.listens.lock().unwrap();
+            l.retain(|l| !l.push.is_closed());
+            l.iter()
+                .map(|l| json!({"id": l.id, "tools": l.tools, "uris": l.uris}))
+                .collect()
+        };
         // What became of `slow` calls: lets tests see cancellations arrive.
         return full(
             StatusCode::OK,
@@ -129,6 +191,10 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 "slow_completed": state.slow_completed.load(Ordering::Relaxed),
                 "slow_aborted": state.slow_aborted.load(Ordering::Relaxed),
                 "slow_cancelled": state.slow_cancelled.load(Ordering::Relaxed),
+                "listens": listens,
+                "subscribers": state.subscriptions.lock().unwrap().iter()
+                    .map(|(uri, set)| (uri.clone(), set.len()))
+                    .collect::<std::collections::HashMap<_, _>>(),
             }),
         );
     }
@@ -143,16 +209,15 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         let note = json!({"jsonrpc": "2.0", "method": "notifications/resources/updated", "params": {"uri": uri}});
-        let mut notified = 0;
-        for sid in subscribers {
-            let tx = state.streams.lock().unwrap().get(&sid).cloned();
-            if let Some(tx) = tx
-                && tx.send(Ok(Frame::data(sse(&note)))).await.is_ok()
-            {
-                notified += 1;
-            }
-        }
+        let notified = state
+            .publish(&note, Some(subscribers), |l| l.uris.contains(uri))
+            .await;
         return full(StatusCode::OK, json!({"counter": n, "notified": notified}));
+    }
+    if req.uri().path() == "/demo-tools-changed" {
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"});
+        let notified = state.publish(&note, None, |l| l.tools).await;
+        return full(StatusCode::OK, json!({"notified": notified}));
     }
     if req.uri().path() != "/mcp" {
         return empty(StatusCode::NOT_FOUND);
@@ -297,6 +362,36 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 "text": state.counter.load(Ordering::Relaxed).to_string()}]}),
             ),
         ),
+        "subscriptions/listen" if stateless && state.resources => {
+            let asked = &msg["params"]["notifications"];
+            let tools = asked["toolsListChanged"] == true;
+            let uris: HashSet<String> = asked["resourceSubscriptions"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|u| u.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut honored = json!({});
+            if tools {
+                honored["toolsListChanged"] = true.into();
+            }
+            if !uris.is_empty() {
+                honored["resourceSubscriptions"] = json!(uris);
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+            let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                "params": {"notifications": honored, "_meta": {protocol::META_SUBSCRIPTION_ID: id}}});
+            let _ = tx.try_send(Ok(Frame::data(sse(&ack))));
+            state.listens.lock().unwrap().push(DemoListen {
+                id: id.clone(),
+                tools,
+                uris,
+                push: tx,
+            });
+            sse_stream(rx)
+        }
         "resources/subscribe" | "resources/unsubscribe" if state.resources => {
             let uri = msg["params"]["uri"]
                 .as_str()
@@ -462,7 +557,7 @@ fn sse(v: &Value) -> Bytes {
 
 fn capabilities(resources: bool) -> Value {
     if resources {
-        json!({"tools": {"listChanged": false}, "resources": {"subscribe": true, "listChanged": false}})
+        json!({"tools": {"listChanged": true}, "resources": {"subscribe": true, "listChanged": false}})
     } else {
         json!({"tools": {"listChanged": false}})
     }

@@ -212,22 +212,84 @@ fn server_to_client_requests_are_relayed_in_the_session_era() {
 }
 
 /// Session era: a resource update reaches the session that subscribed to it
-/// (on its GET stream), and no other session.
+/// (on its GET stream), and no other session — whether the upstream speaks
+/// the session era (Dome subscribes there) or only serves
+/// `subscriptions/listen` (Dome listens there for the URI).
 #[test]
 fn resource_updates_reach_only_the_subscriber() {
-    let (_demo, demo) = start_demo(&["--session-only", "--resources"]);
-    let dome = start_dome(
-        "subscribe",
-        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
-    );
-    let url = format!("http://{}/mcp", dome.mcp);
-    let touch = format!("http://{demo}/demo-touch");
-    let seen = run_client("client_subscribe.py", &[&url, &touch]);
-    assert_eq!(
-        seen["a"],
-        json!([["notifications/resources/updated", "demo://counter"]]),
-        "{seen}"
-    );
-    assert_eq!(seen["b"], json!([]), "{seen}");
-    assert_eq!(seen["counter"], "1");
+    for flags in [&["--session-only", "--resources"][..], &["--resources"][..]] {
+        let (_demo, demo) = start_demo(flags);
+        let dome = start_dome(
+            "subscribe",
+            &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+        );
+        let url = format!("http://{}/mcp", dome.mcp);
+        let touch = format!("http://{demo}/demo-touch");
+        let seen = run_client("client_subscribe.py", &[&url, &touch]);
+        assert_eq!(
+            seen["a"],
+            json!([["notifications/resources/updated", "demo://counter"]]),
+            "{flags:?}: {seen}"
+        );
+        assert_eq!(seen["b"], json!([]), "{flags:?}: {seen}");
+        assert_eq!(seen["counter"], "1");
+    }
+}
+
+/// Stateless era: each `subscriptions/listen` stream is acknowledged with
+/// the filter Dome honors and then carries exactly what it asked for,
+/// stamped with its id, from an upstream of either era; the upstream
+/// subscription ends when the last stream that wanted it closes.
+#[test]
+fn listen_streams_carry_what_they_asked_for() {
+    for flags in [&["--session-only", "--resources"][..], &["--resources"][..]] {
+        let (_demo, demo) = start_demo(flags);
+        let dome = start_dome(
+            "listen",
+            &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+        );
+        let url = format!("http://{}/mcp", dome.mcp);
+        let seen = run_client(
+            "client_listen.py",
+            &[
+                &url,
+                &format!("http://{demo}/demo-touch"),
+                &format!("http://{demo}/demo-tools-changed"),
+                &format!("http://{demo}/demo-stats"),
+            ],
+        );
+        assert_eq!(
+            seen["a_honored"],
+            json!({"resourceSubscriptions": ["demo://counter"]}),
+            "{flags:?}: {seen}"
+        );
+        assert_eq!(
+            seen["b_honored"],
+            json!({"toolsListChanged": true}),
+            "{seen}"
+        );
+        assert_eq!(
+            seen["a"],
+            json!([["resource_updated", "demo://counter"]]),
+            "{flags:?}: {seen}"
+        );
+        assert_eq!(
+            seen["b"],
+            json!([["tools_list_changed"]]),
+            "{flags:?}: {seen}"
+        );
+        assert_eq!(seen["counter"], "1");
+        if flags.contains(&"--session-only") {
+            // Dome relays the session upstream's GET stream; no listen there.
+            assert_eq!(seen["upstream_listens_open"], json!([]), "{seen}");
+        } else {
+            // One upstream stream serves both clients' streams.
+            let open = seen["upstream_listens_open"].as_array().unwrap();
+            assert_eq!(open.len(), 1, "{seen}");
+            assert_eq!(open[0]["uris"], json!(["demo://counter"]), "{seen}");
+            assert_eq!(open[0]["tools"], true, "{seen}");
+            let after = seen["upstream_listens_after"].as_array().unwrap();
+            assert!(after.iter().all(|l| l["uris"] == json!([])), "{seen}");
+        }
+    }
 }

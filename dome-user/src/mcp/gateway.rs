@@ -106,14 +106,66 @@ impl Drop for Inflight {
     }
 }
 
-/// Downstream sessions. Shared by successive gateways, so a config reload
-/// keeps every session.
+/// Downstream sessions and listen streams. Shared by successive gateways,
+/// so a config reload keeps every session and stream.
 #[derive(Default)]
-pub struct SessionTable(
-    RwLock<HashMap<String, Arc<Session>>>,
-    /// Subscribed session ids by resource URI.
-    std::sync::Mutex<HashMap<String, std::collections::HashSet<String>>>,
-);
+pub struct SessionTable {
+    sessions: RwLock<HashMap<String, Arc<Session>>>,
+    /// Subscribed session ids by resource URI (session era).
+    subscriptions: std::sync::Mutex<HashMap<String, std::collections::HashSet<String>>>,
+    /// Open `subscriptions/listen` streams (stateless era), by a key of Dome's.
+    listens: std::sync::Mutex<HashMap<u64, Listen>>,
+}
+
+/// One client's `subscriptions/listen` stream: what it asked for (and
+/// Dome honored) and where its notifications go.
+struct Listen {
+    /// The listen request's id, stamped on every message of the stream.
+    id: Value,
+    filter: ListenFilter,
+    push: Push,
+}
+
+#[derive(Default)]
+struct ListenFilter {
+    tools: bool,
+    prompts: bool,
+    resources: bool,
+    uris: std::collections::HashSet<String>,
+}
+
+impl ListenFilter {
+    fn admits(&self, method: &str, uri: &str) -> bool {
+        match method {
+            "notifications/tools/list_changed" => self.tools,
+            "notifications/prompts/list_changed" => self.prompts,
+            "notifications/resources/list_changed" => self.resources,
+            "notifications/resources/updated" => self.uris.contains(uri),
+            _ => false,
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        let mut f = serde_json::Map::new();
+        for (on, key) in [
+            (self.tools, "toolsListChanged"),
+            (self.prompts, "promptsListChanged"),
+            (self.resources, "resourcesListChanged"),
+        ] {
+            if on {
+                f.insert(key.into(), true.into());
+            }
+        }
+        if !self.uris.is_empty() {
+            let mut uris: Vec<&String> = self.uris.iter().collect();
+            uris.sort();
+            f.insert("resourceSubscriptions".into(), json!(uris));
+        }
+        Value::Object(f)
+    }
+}
+
+static NEXT_LISTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 type Push = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
@@ -122,8 +174,16 @@ impl SessionTable {
         Arc::new(SessionTable::default())
     }
 
+    fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions
+            .read()
+            .expect("sessions lock")
+            .get(id)
+            .cloned()
+    }
+
     fn pushes(&self, ids: Option<&std::collections::HashSet<String>>) -> Vec<Push> {
-        let sessions = self.0.read().expect("sessions lock");
+        let sessions = self.sessions.read().expect("sessions lock");
         sessions
             .iter()
             .filter(|(id, _)| ids.is_none_or(|set| set.contains(*id)))
@@ -131,15 +191,22 @@ impl SessionTable {
             .collect()
     }
 
-    /// Routes a notification an upstream sent on its own (GET) stream: a
-    /// resource update to the sessions subscribed to that URI only; list
-    /// changes and log messages to every session listening.
+    /// Routes a notification an upstream sent on its own stream (a session
+    /// era GET stream or Dome's listen stream): a resource update to the
+    /// sessions and listen streams that asked for that URI only; list
+    /// changes to every session and to the listen streams that asked for
+    /// that kind; log messages to every session listening.
     pub fn route_upstream_notification(&self, v: &Value) {
         let method = v["method"].as_str().unwrap_or_default();
+        let uri = v["params"]["uri"].as_str().unwrap_or_default();
         let targets = match method {
             "notifications/resources/updated" => {
-                let uri = v["params"]["uri"].as_str().unwrap_or_default();
-                let subs = self.1.lock().expect("subscriptions lock").get(uri).cloned();
+                let subs = self
+                    .subscriptions
+                    .lock()
+                    .expect("subscriptions lock")
+                    .get(uri)
+                    .cloned();
                 match subs {
                     Some(set) => self.pushes(Some(&set)),
                     None => Vec::new(),
@@ -153,22 +220,48 @@ impl SessionTable {
             // A full or closed stream loses this notification, never blocks the upstream's.
             let _ = push.try_send(Ok(Frame::data(event.clone())));
         }
-    }
-
-    fn subscribe(&self, uri: &str, session: &str, on: bool) {
-        let mut subs = self.1.lock().expect("subscriptions lock");
-        let set = subs.entry(uri.to_string()).or_default();
-        if on {
-            set.insert(session.to_string());
-        } else {
-            set.remove(session);
-            if set.is_empty() {
-                subs.remove(uri);
-            }
+        let listens = self.listens.lock().expect("listens lock");
+        for l in listens.values().filter(|l| l.filter.admits(method, uri)) {
+            let mut stamped = v.clone();
+            stamped["params"]["_meta"][protocol::META_SUBSCRIPTION_ID] = l.id.clone();
+            let _ = l
+                .push
+                .try_send(Ok(Frame::data(sse::event(&stamped.to_string()))));
         }
     }
+
+    /// Records that `session` is (`on`) or is no longer subscribed to
+    /// `uri`; true when that changed anything.
+    fn subscribe(&self, uri: &str, session: &str, on: bool) -> bool {
+        let mut subs = self.subscriptions.lock().expect("subscriptions lock");
+        let set = subs.entry(uri.to_string()).or_default();
+        let changed = if on {
+            set.insert(session.to_string())
+        } else {
+            set.remove(session)
+        };
+        if set.is_empty() {
+            subs.remove(uri);
+        }
+        changed
+    }
+
+    /// Ends a session; returns the URIs it was subscribed to.
+    fn remove(&self, id: &str) -> Option<Vec<String>> {
+        self.sessions.write().expect("sessions lock").remove(id)?;
+        let mut subs = self.subscriptions.lock().expect("subscriptions lock");
+        let mut uris = Vec::new();
+        subs.retain(|uri, set| {
+            if set.remove(id) {
+                uris.push(uri.clone());
+            }
+            !set.is_empty()
+        });
+        Some(uris)
+    }
+
     pub fn len(&self) -> usize {
-        self.0.read().expect("sessions lock").len()
+        self.sessions.read().expect("sessions lock").len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -397,33 +490,26 @@ impl Gateway {
             .cloned()
     }
 
-    /// What Dome announces: the union of its upstreams' capabilities over
-    /// what Dome relays today (resource subscriptions yes; list-changed
-    /// notifications are passed on but not announced).
-    /// `session_era`: resource subscriptions are relayed in the session era
-    /// (`resources/subscribe`) but not yet in the stateless one
-    /// (`subscriptions/listen`), so only the former may announce them.
-    fn capabilities(&self, session_era: bool) -> Value {
+    /// What Dome announces: the union of its upstreams' capabilities, each
+    /// flag true only where some upstream's is (change notifications and
+    /// resource subscriptions are relayed in both eras).
+    fn capabilities(&self) -> Value {
         let mut caps = serde_json::Map::new();
-        let subscribe = session_era
-            && self
-                .upstreams
-                .iter()
-                .any(|u| u.capabilities()["resources"]["subscribe"] == true);
         for u in &self.upstreams {
             let c = u.capabilities();
-            for (key, value) in [
-                ("tools", json!({"listChanged": false})),
-                ("prompts", json!({"listChanged": false})),
-                (
-                    "resources",
-                    json!({"listChanged": false, "subscribe": subscribe}),
-                ),
-                ("completions", json!({})),
-                ("logging", json!({})),
-            ] {
-                if c.get(key).is_some() {
-                    caps.insert(key.to_string(), value);
+            for key in ["tools", "prompts", "resources", "completions", "logging"] {
+                if c.get(key).is_none() {
+                    continue;
+                }
+                let entry = caps.entry(key).or_insert_with(|| match key {
+                    "tools" | "prompts" => json!({"listChanged": false}),
+                    "resources" => json!({"listChanged": false, "subscribe": false}),
+                    _ => json!({}),
+                });
+                for flag in ["listChanged", "subscribe"] {
+                    if c[key][flag] == true && entry.get(flag).is_some() {
+                        entry[flag] = true.into();
+                    }
                 }
             }
         }
@@ -505,14 +591,7 @@ impl Gateway {
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let Some(session) = self
-            .sessions
-            .0
-            .read()
-            .expect("sessions lock")
-            .get(sid)
-            .cloned()
-        else {
+        let Some(session) = self.sessions.get(sid) else {
             return session_not_found(&Value::Null);
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -544,7 +623,7 @@ impl Gateway {
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 
-    fn delete(&self, headers: &HeaderMap) -> Response<Body> {
+    fn delete(self: &Arc<Self>, headers: &HeaderMap) -> Response<Body> {
         // The stateless era has no sessions to delete.
         if headers
             .get(protocol::H_VERSION)
@@ -570,8 +649,19 @@ impl Gateway {
                 ),
             );
         };
-        match self.sessions.0.write().expect("sessions lock").remove(id) {
-            Some(_) => empty(StatusCode::OK),
+        match self.sessions.remove(id) {
+            Some(uris) => {
+                // Its subscriptions end with it.
+                for uri in uris {
+                    let gw = self.clone();
+                    tokio::spawn(async move {
+                        if let Some(u) = gw.resource_upstream(&uri).await {
+                            let _ = u.want(&uri, false).await;
+                        }
+                    });
+                }
+                empty(StatusCode::OK)
+            }
             None => session_not_found(&Value::Null),
         }
     }
@@ -718,13 +808,7 @@ impl Gateway {
                 ),
             );
         };
-        let session = self
-            .sessions
-            .0
-            .read()
-            .expect("sessions lock")
-            .get(&sid)
-            .cloned();
+        let session = self.sessions.get(&sid);
         let session = match session {
             Some(s) => s,
             None => {
@@ -764,14 +848,7 @@ impl Gateway {
     }
 
     async fn batch(self: Arc<Self>, bytes: &[u8], session: Option<&str>) -> Response<Body> {
-        let version = session.and_then(|s| {
-            self.sessions
-                .0
-                .read()
-                .expect("sessions lock")
-                .get(s)
-                .map(|x| x.version)
-        });
+        let version = session.and_then(|s| self.sessions.get(s).map(|x| x.version));
         if version != Some("2025-03-26") {
             return json_response(
                 StatusCode::BAD_REQUEST,
@@ -813,19 +890,23 @@ impl Gateway {
         let requested = e.init_version.as_deref().unwrap_or_default();
         let version = protocol::negotiate(requested);
         let sid = new_session_id();
-        self.sessions.0.write().expect("sessions lock").insert(
-            sid.clone(),
-            Arc::new(Session {
-                id: sid.clone(),
-                version,
-                push: Default::default(),
-                inflight: Default::default(),
-                server_requests: Default::default(),
-            }),
-        );
+        self.sessions
+            .sessions
+            .write()
+            .expect("sessions lock")
+            .insert(
+                sid.clone(),
+                Arc::new(Session {
+                    id: sid.clone(),
+                    version,
+                    push: Default::default(),
+                    inflight: Default::default(),
+                    server_requests: Default::default(),
+                }),
+            );
         let result = json!({
             "protocolVersion": version,
-            "capabilities": self.capabilities(true),
+            "capabilities": self.capabilities(),
             "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
         });
         let mut resp = json_response(
@@ -874,8 +955,10 @@ impl Gateway {
             ),
             "server/discover" => ok(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
-                "capabilities": self.capabilities(false),
+                "capabilities": self.capabilities(),
                 "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+                // Where clients since spec PR #3002 look; the body's copy is for older ones.
+                "_meta": {protocol::META_SERVER_INFO: {"name": "dome", "version": env!("CARGO_PKG_VERSION")}},
             })),
             m if Kind::of_method(m).is_some() => {
                 let kind = Kind::of_method(m).expect("matched");
@@ -1185,24 +1268,197 @@ impl Gateway {
                 }
             }
         }
-        if matches!(method, "resources/subscribe" | "resources/unsubscribe")
-            && let Some(s) = &session
-            && let Some(uri) = e
-                .params
-                .as_deref()
-                .and_then(|p| serde_json::from_str::<Value>(p).ok())
-                .and_then(|p| p["uri"].as_str().map(str::to_string))
-        {
-            let uri = uri.as_str();
-            let (status, v) = self.answer(era, method, id, e).await;
-            if v.get("result").is_some() {
-                self.sessions
-                    .subscribe(uri, &s.id, method == "resources/subscribe");
-            }
+        if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (&session, method) {
+            let (status, v) = self
+                .subscribe(s, method == "resources/subscribe", id, e)
+                .await;
             return json_response(status, &v);
+        }
+        if method == "subscriptions/listen" && era == Era::Stateless {
+            return self.listen(id, e, sse_ok).await;
         }
         let (status, v) = self.answer(era, method, id, e).await;
         json_response(status, &v)
+    }
+}
+
+impl Gateway {
+    /// The upstream serving resource `uri`: the one that lists it, else the
+    /// one with a template that could produce it.
+    async fn resource_upstream(&self, uri: &str) -> Option<Arc<Upstream>> {
+        let index = match self.lookup(Kind::Resources, uri).await {
+            Some(r) => Some(r.upstream),
+            None => {
+                let mut t = self.current(Kind::Templates);
+                if catalog::template_route(&t, uri).is_none() {
+                    t = self.refresh(Kind::Templates).await;
+                }
+                catalog::template_route(&t, uri).or_else(|| t.routes.get(uri).map(|r| r.upstream))
+            }
+        }?;
+        self.upstreams.get(index).cloned()
+    }
+
+    /// `resources/subscribe` and `unsubscribe` of a session: recorded per
+    /// session; the upstream is asked only for the first subscriber of a URI
+    /// and told when the last one leaves (see `Upstream::want`).
+    async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        on: bool,
+        id: Value,
+        e: &Envelope,
+    ) -> (StatusCode, Value) {
+        let ok = (
+            StatusCode::OK,
+            json!({"jsonrpc": "2.0", "id": id, "result": {}}),
+        );
+        let Some(uri) = e
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .and_then(|p| p["uri"].as_str().map(str::to_string))
+        else {
+            return (
+                StatusCode::OK,
+                rpc_error(&id, code::INVALID_PARAMS, "params.uri is required"),
+            );
+        };
+        let Some(upstream) = self.resource_upstream(&uri).await else {
+            return (
+                StatusCode::OK,
+                rpc_error(
+                    &id,
+                    code::INVALID_PARAMS,
+                    format!("Unknown resource: {uri}"),
+                ),
+            );
+        };
+        if !self.sessions.subscribe(&uri, &session.id, on) {
+            // Already subscribed (or not subscribed): nothing changes.
+            return ok;
+        }
+        match upstream.want(&uri, on).await {
+            Ok(Some(answer)) if answer.get("result").is_none() => {
+                if on {
+                    self.sessions.subscribe(&uri, &session.id, false);
+                }
+                let mut answer = answer;
+                answer["id"] = id;
+                (StatusCode::OK, answer)
+            }
+            Ok(_) => ok,
+            Err(err) => {
+                if on {
+                    self.sessions.subscribe(&uri, &session.id, false);
+                }
+                (
+                    StatusCode::OK,
+                    rpc_error(&id, code::UPSTREAM_UNAVAILABLE, err.to_string()),
+                )
+            }
+        }
+    }
+
+    /// `subscriptions/listen` (stateless era): the response is a stream that
+    /// opens with `notifications/subscriptions/acknowledged` (the filter
+    /// Dome honors: what the client asked for that some upstream offers)
+    /// and then carries the matching change notifications of every
+    /// upstream, each stamped with the listen request's id, until the
+    /// client closes it.
+    async fn listen(&self, id: Value, e: &Envelope, sse_ok: bool) -> Response<Body> {
+        let bad = |c: i64, m: &str| json_response(stateless_status(c), &rpc_error(&id, c, m));
+        let caps = self.capabilities();
+        let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
+        if !(offers("tools", "listChanged")
+            || offers("prompts", "listChanged")
+            || offers("resources", "listChanged")
+            || offers("resources", "subscribe"))
+        {
+            return bad(
+                code::METHOD_NOT_FOUND,
+                "Method not found: subscriptions/listen (no upstream offers change notifications)",
+            );
+        }
+        if id.is_null() {
+            return bad(
+                code::INVALID_REQUEST,
+                "subscriptions/listen needs a request id",
+            );
+        }
+        if !sse_ok {
+            return bad(
+                code::INVALID_REQUEST,
+                "subscriptions/listen answers with a stream: Accept must list text/event-stream",
+            );
+        }
+        let params: Value = e
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default();
+        let Some(asked) = params.get("notifications").and_then(Value::as_object) else {
+            return bad(
+                code::INVALID_PARAMS,
+                "subscriptions/listen needs params.notifications (a SubscriptionFilter)",
+            );
+        };
+        let wants = |key: &str| asked.get(key) == Some(&Value::Bool(true));
+        let mut filter = ListenFilter {
+            tools: wants("toolsListChanged") && offers("tools", "listChanged"),
+            prompts: wants("promptsListChanged") && offers("prompts", "listChanged"),
+            resources: wants("resourcesListChanged") && offers("resources", "listChanged"),
+            uris: Default::default(),
+        };
+        let mut wanted = Vec::new();
+        if offers("resources", "subscribe") {
+            let uris = asked
+                .get("resourceSubscriptions")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for uri in uris {
+                // Like a subscription to a URI no upstream serves, one the
+                // upstream refuses is honored and never fires.
+                filter.uris.insert(uri.to_string());
+                if let Some(u) = self.resource_upstream(uri).await {
+                    match u.want(uri, true).await {
+                        Ok(Some(a)) if a.get("result").is_none() => {
+                            tracing::debug!(upstream = %u.name(), uri, answer = %a, "resource subscription refused");
+                        }
+                        Ok(_) => wanted.push((u, uri.to_string())),
+                        Err(err) => {
+                            tracing::warn!(upstream = %u.name(), uri, error = %err, "resource subscription failed");
+                        }
+                    }
+                }
+            }
+        }
+        let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+            "params": {"notifications": filter.to_json(), "_meta": {protocol::META_SUBSCRIPTION_ID: id}}});
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // The ack goes first: nothing is routed to this stream before it is
+        // registered below.
+        let _ = tx.try_send(Ok(Frame::data(sse::event(&ack.to_string()))));
+        let key = NEXT_LISTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions.listens.lock().expect("listens lock").insert(
+            key,
+            Listen {
+                id,
+                filter,
+                push: tx.clone(),
+            },
+        );
+        let table = self.sessions.clone();
+        tokio::spawn(async move {
+            // The client closed the stream: forget it and its URIs.
+            tx.closed().await;
+            table.listens.lock().expect("listens lock").remove(&key);
+            for (u, uri) in wanted {
+                let _ = u.want(&uri, false).await;
+            }
+        });
+        sse_response(rx)
     }
 }
 

@@ -146,6 +146,12 @@ pub struct Upstream {
     me: std::sync::OnceLock<std::sync::Weak<Upstream>>,
     next_id: AtomicU64,
     slots: tokio::sync::Semaphore,
+    /// Resource URIs Dome's clients want updates for, and how many want
+    /// each: the upstream is asked once per URI, however many clients ask.
+    wanted: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Bumped when `wanted` changes: a stateless upstream's listen stream
+    /// then reopens with the new filter (a filter cannot change mid-stream).
+    listen_filter: tokio::sync::watch::Sender<u64>,
 }
 
 impl Upstream {
@@ -186,6 +192,8 @@ impl Upstream {
             me: std::sync::OnceLock::new(),
             slots: tokio::sync::Semaphore::new(slots),
             next_id: AtomicU64::new(1),
+            wanted: Default::default(),
+            listen_filter: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -250,6 +258,180 @@ impl Upstream {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+
+    /// A stateless upstream has no standing stream: Dome opens one
+    /// `subscriptions/listen` for the change notifications the upstream
+    /// offers and the resource URIs its clients want, passes what arrives to
+    /// the sink, and reopens it when the wanted URIs change or it ends.
+    fn spawn_stateless_listener(&self) {
+        let caps = self.capabilities();
+        let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
+        if !(offers("tools", "listChanged")
+            || offers("prompts", "listChanged")
+            || offers("resources", "listChanged")
+            || offers("resources", "subscribe"))
+        {
+            return;
+        }
+        let (Some(me), Some(_)) = (self.me.get().cloned(), self.sink.get()) else {
+            return;
+        };
+        let mut changed = self.listen_filter.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Some(up) = me.upgrade() else { return };
+                if !matches!(*up.era.read().expect("era"), Era::Stateless { .. }) {
+                    return;
+                }
+                changed.mark_unchanged();
+                let reopen = match up.open_listen().await {
+                    Ok(resp) if resp.status() == StatusCode::OK => {
+                        let mut body = resp.into_body();
+                        let mut parser = super::sse::SseParser::default();
+                        // Hold only a weak reference while waiting, so a
+                        // reload that drops this upstream ends the stream.
+                        drop(up);
+                        loop {
+                            let frame = tokio::select! {
+                                f = body.frame() => f,
+                                _ = changed.changed() => break true,
+                            };
+                            let Some(Ok(frame)) = frame else { break false };
+                            let Some(data) = frame.data_ref() else {
+                                continue;
+                            };
+                            parser.push(data);
+                            let Some(up) = me.upgrade() else { return };
+                            while let Some(ev) = parser.next_event() {
+                                let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
+                                    continue;
+                                };
+                                if v["method"] == "notifications/subscriptions/acknowledged"
+                                    || v.get("method").is_none()
+                                {
+                                    continue;
+                                }
+                                // The subscription id is Dome's own; each
+                                // client's stream is stamped with its own.
+                                if let Some(m) = v["params"]["_meta"].as_object_mut() {
+                                    m.remove(protocol::META_SUBSCRIPTION_ID);
+                                }
+                                if let Some(sink) = up.sink.get() {
+                                    sink(&v);
+                                }
+                            }
+                        }
+                    }
+                    Ok(resp) => {
+                        tracing::warn!(upstream = %up.name(), status = %resp.status(), "subscriptions/listen refused");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(upstream = %up.name(), error = %e, "subscriptions/listen failed");
+                        false
+                    }
+                };
+                if !reopen {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = changed.changed() => {}
+                    }
+                }
+            }
+        });
+    }
+
+    /// Opens a `subscriptions/listen` stream with the current filter.
+    async fn open_listen(&self) -> Result<Response<Incoming>, UpstreamError> {
+        let Era::Stateless { version } = self.era.read().expect("era").clone() else {
+            return Err(UpstreamError::Invalid(
+                self.name().into(),
+                "not a stateless upstream".into(),
+            ));
+        };
+        let caps = self.capabilities();
+        let mut filter = serde_json::Map::new();
+        for (kind, key) in [
+            ("tools", "toolsListChanged"),
+            ("prompts", "promptsListChanged"),
+            ("resources", "resourcesListChanged"),
+        ] {
+            if caps[kind]["listChanged"] == true {
+                filter.insert(key.into(), true.into());
+            }
+        }
+        let uris: Vec<String> = self
+            .wanted
+            .lock()
+            .expect("wanted lock")
+            .keys()
+            .cloned()
+            .collect();
+        if !uris.is_empty() {
+            filter.insert("resourceSubscriptions".into(), json!(uris));
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+            "params": {"notifications": filter, "_meta": stateless_meta(&version)}});
+        let req = self.build("subscriptions/listen", None, &body)?;
+        self.exchange(req).await
+    }
+
+    /// A client of Dome's starts (`on`) or stops wanting updates of `uri`,
+    /// which this upstream serves. The upstream hears of it only when the
+    /// first client starts or the last one stops: a session-era upstream by
+    /// `resources/subscribe`/`unsubscribe` (its answer is returned), a
+    /// stateless one by its listen stream reopening with the new filter
+    /// (`None`: nothing to relay).
+    pub async fn want(&self, uri: &str, on: bool) -> Result<Option<Value>, UpstreamError> {
+        let edge = {
+            let mut wanted = self.wanted.lock().expect("wanted lock");
+            let n = wanted.entry(uri.to_string()).or_insert(0);
+            if on {
+                *n += 1;
+                *n == 1
+            } else {
+                *n = n.saturating_sub(1);
+                let last = *n == 0;
+                if last {
+                    wanted.remove(uri);
+                }
+                last
+            }
+        };
+        if !edge {
+            return Ok(None);
+        }
+        self.ensure_connected().await?;
+        if matches!(*self.era.read().expect("era"), Era::Stateless { .. }) {
+            self.listen_filter.send_modify(|g| *g += 1);
+            return Ok(None);
+        }
+        let method = if on {
+            "resources/subscribe"
+        } else {
+            "resources/unsubscribe"
+        };
+        let answer = match self.request(method, json!({"uri": uri})).await {
+            Ok((Reply::Json(v), _)) => Ok(v),
+            Ok((Reply::Raw(b), _)) => serde_json::from_slice(&b)
+                .map_err(|e| UpstreamError::Invalid(self.name().into(), format!("not JSON: {e}"))),
+            Ok((Reply::Stream(st), _)) => first_response(self.name(), st).await,
+            Err(e) => Err(e),
+        };
+        let refused = !matches!(&answer, Ok(v) if v.get("result").is_some());
+        if on && refused {
+            // Not subscribed after all: the next client to ask tries again.
+            let mut wanted = self.wanted.lock().expect("wanted lock");
+            if let Some(n) = wanted.get_mut(uri) {
+                *n -= 1;
+                if *n == 0 {
+                    wanted.remove(uri);
+                }
+            }
+        }
+        answer.map(Some)
     }
 
     /// The upstream's capabilities, after it was first reached (`Null` before).
@@ -409,6 +591,7 @@ impl Upstream {
         {
             *self.capabilities.write().expect("caps") = v["result"]["capabilities"].clone();
             tracing::info!(upstream = %self.name(), "upstream speaks the stateless era");
+            self.spawn_stateless_listener();
             return Ok(());
         }
         if self.config.era == EraSetting::Stateless {

@@ -463,6 +463,20 @@ def test_missing_capability(answer: Annotated[CreateMessageResult, Resolve(_need
     return "sampled"
 
 
+@mcp.tool()
+async def test_trigger_tool_change(ctx: Context) -> str:
+    """Announces a tool list change to `subscriptions/listen` streams."""
+    await ctx.notify_tools_changed()
+    return "tool list changed"
+
+
+@mcp.tool()
+async def test_trigger_prompt_change(ctx: Context) -> str:
+    """Announces a prompt list change to `subscriptions/listen` streams."""
+    await ctx.notify_prompts_changed()
+    return "prompt list changed"
+
+
 async def _subscribe(ctx, params) -> EmptyResult:
     return EmptyResult()
 
