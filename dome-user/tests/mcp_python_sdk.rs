@@ -181,34 +181,31 @@ fn prompts_and_resources_from_two_upstreams() {
     }
 }
 
-/// Stateless era: the upstream answers `input_required`; the client's retry
-/// (answers and request state in `params`) passes through Dome intact.
+/// A tool that needs the client's input works for a client of either era
+/// in front of an upstream of either era: the same era passes through
+/// (`input_required` rounds, or mid-call requests relayed under Dome's ids);
+/// across eras Dome translates (it parks a session upstream's call for a
+/// stateless client's retry, or asks a session client on the call's stream
+/// and calls a stateless upstream again with the answers).
 #[test]
-fn input_required_round_trip_in_the_stateless_era() {
+fn client_input_works_across_eras() {
     let (_one, one) = start_sdk_flavor("one");
-    let dome = start_dome(
-        "elicit",
-        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"),
-    );
-    let url = format!("http://{}/mcp", dome.mcp);
-    let seen = run_client("client_elicit.py", &[&url, "2026-07-28"]);
-    assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
-    assert_eq!(seen["text"], "fence painted teal", "{seen}");
-}
-
-/// Session era: the upstream asks the client mid-call (elicitation); Dome
-/// relays the request under its own id and routes the answer back.
-#[test]
-fn server_to_client_requests_are_relayed_in_the_session_era() {
-    let (_one, one) = start_sdk_flavor("one");
-    let dome = start_dome(
-        "relay-requests",
-        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"session\"\n"),
-    );
-    let url = format!("http://{}/mcp", dome.mcp);
-    let seen = run_client("client_elicit.py", &[&url, "legacy"]);
-    assert_eq!(seen["asked"], json!(["Which colour?"]), "{seen}");
-    assert_eq!(seen["text"], "fence painted teal", "{seen}");
+    for upstream_era in ["stateless", "session"] {
+        let dome = start_dome(
+            &format!("elicit-{upstream_era}"),
+            &format!(
+                "[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"{upstream_era}\"\n"
+            ),
+        );
+        let url = format!("http://{}/mcp", dome.mcp);
+        for client in ["2026-07-28", "legacy"] {
+            let seen = run_client("client_elicit.py", &[&url, client]);
+            let case = format!("{client} client, {upstream_era} upstream");
+            assert_eq!(seen["asked"], json!(["Which colour?"]), "{case}: {seen}");
+            assert_eq!(seen["text"], "fence painted teal", "{case}: {seen}");
+            assert_eq!(seen["is_error"], false, "{case}: {seen}");
+        }
+    }
 }
 
 /// Session era: a resource update reaches the session that subscribed to it

@@ -88,6 +88,12 @@ struct Session {
     /// Calls in flight, by the client's request id (JSON text): where they
     /// went, so `notifications/cancelled` reaches the right upstream request.
     inflight: std::sync::Mutex<HashMap<String, (Arc<Upstream>, u64)>>,
+    /// What the client declared at `initialize` (JSON text): a stateless
+    /// upstream is told, so it knows what it may ask for.
+    capabilities: Option<String>,
+    /// Requests Dome itself sent this client (a stateless upstream's
+    /// `input_required` round), by Dome's id (JSON text): where the answer goes.
+    local_requests: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
 }
 
 /// Removes a call from its session's in-flight table when dropped.
@@ -115,6 +121,9 @@ pub struct SessionTable {
     subscriptions: std::sync::Mutex<HashMap<String, std::collections::HashSet<String>>>,
     /// Open `subscriptions/listen` streams (stateless era), by a key of Dome's.
     listens: std::sync::Mutex<HashMap<u64, Listen>>,
+    /// Calls waiting for a stateless caller's input, by the token in the
+    /// `requestState` it was given (see `input`).
+    parked: std::sync::Mutex<HashMap<String, (Instant, super::input::Parked)>>,
 }
 
 /// One client's `subscriptions/listen` stream: what it asked for (and
@@ -244,6 +253,19 @@ impl SessionTable {
             subs.remove(uri);
         }
         changed
+    }
+
+    /// Parks a call until the caller's retry; returns the `input_required`
+    /// result that asks for its input. Calls parked too long are dropped
+    /// (which cancels them upstream).
+    fn park(&self, call: super::input::Parked) -> Value {
+        let token = new_session_id();
+        let result = super::input::input_required(&call.asks, &token);
+        let now = Instant::now();
+        let mut parked = self.parked.lock().expect("parked lock");
+        parked.retain(|_, (at, _)| now.duration_since(*at) < super::input::PARK_TTL);
+        parked.insert(token, (now, call));
+        result
     }
 
     /// Ends a session; returns the URIs it was subscribed to.
@@ -902,6 +924,12 @@ impl Gateway {
                     push: Default::default(),
                     inflight: Default::default(),
                     server_requests: Default::default(),
+                    capabilities: e
+                        .params
+                        .as_deref()
+                        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                        .and_then(|p| p.get("capabilities").map(Value::to_string)),
+                    local_requests: Default::default(),
                 }),
             );
         let result = json!({
@@ -1141,6 +1169,15 @@ impl Gateway {
             return;
         };
         let key = msg["id"].to_string();
+        let local = session
+            .local_requests
+            .lock()
+            .expect("local requests lock")
+            .remove(&key);
+        if let Some(tx) = local {
+            let _ = tx.send(msg);
+            return;
+        }
         let target = session
             .server_requests
             .lock()
@@ -1214,6 +1251,11 @@ impl Gateway {
         let start = Instant::now();
         // The caller's era envelope stays here (the envelope parser left it
         // out of `meta_entries`); the upstream client adds its own.
+        // A session's client declared its capabilities at `initialize`.
+        let caps = e
+            .client_capabilities
+            .as_deref()
+            .or_else(|| session.and_then(|s| s.capabilities.as_deref()));
         let result = upstream
             .call_tool(
                 uid,
@@ -1221,7 +1263,7 @@ impl Gateway {
                 e.arguments.as_deref(),
                 &e.meta_entries,
                 &e.extra_params,
-                e.client_capabilities.as_deref(),
+                caps,
             )
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).
@@ -1247,10 +1289,36 @@ impl Gateway {
         sse_ok: bool,
         session: Option<Arc<Session>>,
     ) -> Response<Body> {
+        if method == "tools/call"
+            && era == Era::Stateless
+            && let Some(token) = super::input::parked_token(&e.extra_params)
+        {
+            return self.resume(&token, id, e).await;
+        }
         if method == "tools/call" && sse_ok {
             match self.forward_call(e, session.as_ref()).await {
                 Ok((upstream, Reply::Stream(st), guard)) => {
-                    return relay(upstream, st, id, era, guard);
+                    let to = RelayTo {
+                        id,
+                        era,
+                        inflight: guard,
+                        stateless: (era == Era::Stateless)
+                            .then(|| (e.client_capabilities.clone(), self.sessions.clone())),
+                        tool: e.name.clone().unwrap_or_default(),
+                        retry: session.is_some().then(|| (self.clone(), e.clone())),
+                    };
+                    return relay(upstream, st.into_body(), SseParser::default(), to);
+                }
+                Ok((_, reply, _))
+                    if let Some(s) = &session
+                        && let Some(first) = super::input::required(&reply) =>
+                {
+                    // A stateless upstream wants input this session-era
+                    // client gives by answering requests on the stream.
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    let (gw, s, e) = (self.clone(), s.clone(), e.clone());
+                    tokio::spawn(async move { gw.fulfil(s, e, id, first, tx).await });
+                    return sse_response(rx);
                 }
                 Ok((upstream, reply, _)) => {
                     return match readdress(era, &upstream, &id, reply, method) {
@@ -1297,6 +1365,228 @@ impl Gateway {
             }
         }?;
         self.upstreams.get(index).cloned()
+    }
+
+    /// A stateless caller's retry of a call Dome parked for its input: the
+    /// answers go to the upstream's requests, and the call's stream resumes
+    /// as this request's response. Answers still missing are asked again.
+    async fn resume(&self, token: &str, id: Value, e: &Envelope) -> Response<Body> {
+        let parked = self
+            .sessions
+            .parked
+            .lock()
+            .expect("parked lock")
+            .remove(token)
+            .map(|(_, p)| p);
+        let Some(mut call) = parked.filter(|p| e.name.as_deref() == Some(p.tool.as_str())) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &id,
+                    code::INVALID_PARAMS,
+                    "requestState names no call Dome is holding for this tool (expired, already resumed, or another tool's)",
+                ),
+            );
+        };
+        let answers = super::input::responses(&e.extra_params);
+        let mut missing = Vec::new();
+        let mut given = Vec::new();
+        for (key, up_id, req) in call.asks.drain(..) {
+            match answers.get(&key) {
+                Some(a) => given.push((up_id, a.clone())),
+                None => missing.push((key, up_id, req)),
+            }
+        }
+        let up = call.upstream.clone();
+        let answered = async move {
+            for (up_id, a) in given {
+                if let Err(err) = up.answer(up_id, Some(a), None).await {
+                    tracing::debug!(upstream = %up.name(), error = %err, "relaying an input response failed");
+                }
+            }
+        };
+        if !missing.is_empty() {
+            tokio::spawn(answered);
+            call.asks = missing;
+            let result = self.sessions.park(call);
+            return json_response(
+                StatusCode::OK,
+                &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            );
+        }
+        let super::input::Parked {
+            upstream,
+            body,
+            parser,
+            tool,
+            ..
+        } = call;
+        // The answers reach the upstream before its stream is read again.
+        answered.await;
+        let to = RelayTo {
+            id,
+            era: Era::Stateless,
+            inflight: None,
+            stateless: Some((e.client_capabilities.clone(), self.sessions.clone())),
+            tool,
+            retry: None,
+        };
+        relay(upstream, body, parser, to)
+    }
+
+    /// Rounds of a stateless upstream's `input_required` for a session-era
+    /// client: each request goes to the client on the call's stream (`tx`)
+    /// under an id of Dome's; with every answer in, the call goes to the
+    /// upstream again with `inputResponses` and its `requestState`, until a
+    /// final result, which goes to the client under its own id.
+    async fn fulfil(
+        self: Arc<Self>,
+        session: Arc<Session>,
+        e: Envelope,
+        id: Value,
+        first: Value,
+        tx: Push,
+    ) {
+        let send = |v: Value| {
+            let tx = tx.clone();
+            async move {
+                tx.send(Ok(Frame::data(sse::event(&v.to_string()))))
+                    .await
+                    .is_ok()
+            }
+        };
+        let mut result = first;
+        loop {
+            let mut waits = Vec::new();
+            let requests = result["inputRequests"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+            for (key, req) in requests {
+                let down_id = format!(
+                    "dome-{}",
+                    NEXT_SERVER_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                let (otx, orx) = tokio::sync::oneshot::channel();
+                session
+                    .local_requests
+                    .lock()
+                    .expect("local requests lock")
+                    .insert(Value::String(down_id.clone()).to_string(), otx);
+                let mut msg = json!({"jsonrpc": "2.0", "id": down_id, "method": req["method"]});
+                if let Some(p) = req.get("params") {
+                    msg["params"] = p.clone();
+                }
+                if !send(msg).await {
+                    return;
+                }
+                waits.push((key, orx));
+            }
+            let mut answers = serde_json::Map::new();
+            for (key, orx) in waits {
+                let answer = tokio::select! {
+                    a = tokio::time::timeout(super::input::ANSWER_TTL, orx) => a,
+                    _ = tx.closed() => return,
+                };
+                match answer {
+                    Ok(Ok(a)) if a.get("result").is_some() => {
+                        answers.insert(key, a["result"].clone());
+                    }
+                    Ok(Ok(a)) => {
+                        // The client refused: the call ends with its error.
+                        let mut err = a;
+                        err["id"] = id.clone();
+                        send(err).await;
+                        return;
+                    }
+                    _ => {
+                        send(rpc_error(
+                            &id,
+                            code::INVALID_REQUEST,
+                            "the client did not answer the upstream's request for input",
+                        ))
+                        .await;
+                        return;
+                    }
+                }
+            }
+            let mut again = e.clone();
+            again
+                .extra_params
+                .retain(|(k, _)| k != "inputResponses" && k != "requestState");
+            again
+                .extra_params
+                .push(("inputResponses".into(), Value::Object(answers).to_string()));
+            if let Some(state) = result.get("requestState") {
+                again
+                    .extra_params
+                    .push(("requestState".into(), state.to_string()));
+            }
+            let (upstream, reply) = match self.forward_call(&again, Some(&session)).await {
+                Ok((u, r, _)) => (u, r),
+                Err((c, m)) => {
+                    send(rpc_error(&id, c, m)).await;
+                    return;
+                }
+            };
+            let last = match reply {
+                Reply::Stream(resp) => {
+                    // Notifications pass on; the response ends the round.
+                    let mut body = resp.into_body();
+                    let mut parser = SseParser::default();
+                    let mut last = None;
+                    'read: while let Some(Ok(frame)) = body.frame().await {
+                        let Some(data) = frame.data_ref() else {
+                            continue;
+                        };
+                        parser.push(data);
+                        while let Some(ev) = parser.next_event() {
+                            let Ok(v) = serde_json::from_str::<Value>(&ev) else {
+                                continue;
+                            };
+                            if v.get("method").is_none() {
+                                last = Some(v);
+                                break 'read;
+                            }
+                            if !send(v).await {
+                                return;
+                            }
+                        }
+                    }
+                    match last {
+                        Some(v) => v,
+                        None => {
+                            send(rpc_error(
+                                &id,
+                                code::UPSTREAM_UNAVAILABLE,
+                                format!("upstream `{}` broke the stream", upstream.name()),
+                            ))
+                            .await;
+                            return;
+                        }
+                    }
+                }
+                Reply::Json(v) => v,
+                Reply::Raw(b) => serde_json::from_slice(&b).unwrap_or_else(|_| {
+                    rpc_error(
+                        &id,
+                        code::UPSTREAM_UNAVAILABLE,
+                        format!(
+                            "upstream `{}` sent something that is not JSON",
+                            upstream.name()
+                        ),
+                    )
+                }),
+            };
+            if super::input::is_input_required(&last) {
+                result = last["result"].clone();
+                continue;
+            }
+            let mut last = last;
+            last["id"] = id;
+            send(last).await;
+            return;
+        }
     }
 
     /// `resources/subscribe` and `unsubscribe` of a session: recorded per
@@ -1462,25 +1752,47 @@ impl Gateway {
     }
 }
 
+/// Where a relayed stream's final response goes and what its caller can do.
+struct RelayTo {
+    id: Value,
+    era: Era,
+    inflight: Option<Inflight>,
+    /// A stateless caller: the capabilities it declared (JSON text), and
+    /// where a call waiting for its input is parked between its rounds.
+    stateless: Option<(Option<String>, Arc<SessionTable>)>,
+    /// The tool called, so a retry that resumes a parked call names it.
+    tool: String,
+    /// A session-era caller's call, to call again when a stateless upstream
+    /// answers `input_required` at the end of its stream.
+    retry: Option<(Arc<Gateway>, Envelope)>,
+}
+
 /// Relays an upstream SSE response event by event as it arrives, giving the
 /// final response the caller's id. Dropping the downstream stream (the
 /// client went away) drops the upstream body, which closes that upstream
 /// connection and so cancels the call there.
-fn relay(
-    up: Arc<Upstream>,
-    resp: Response<Incoming>,
-    id: Value,
-    era: Era,
-    inflight: Option<Inflight>,
-) -> Response<Body> {
+///
+/// A request the upstream sends mid-call goes to a session-era caller under
+/// an id of Dome's. A stateless caller cannot take requests: Dome parks the
+/// call and answers `input_required` with the upstream's requests; the
+/// caller's retry resumes it (see `Gateway::resume`).
+fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    let session = inflight.as_ref().map(|i| i.session.clone());
+    let session = to.inflight.as_ref().map(|i| i.session.clone());
     tokio::spawn(async move {
+        let RelayTo {
+            id,
+            era,
+            inflight,
+            stateless,
+            tool,
+            retry,
+        } = to;
         let upstream = up.name().to_string();
         // The call stays cancellable until its stream ends.
         let _inflight = inflight;
-        let mut body = resp.into_body();
-        let mut parser = SseParser::default();
+        let mut body = body;
+        let mut parser = parser;
         loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
@@ -1503,6 +1815,9 @@ fn relay(
                 continue;
             };
             parser.push(data);
+            // Requests for a stateless caller's input, gathered over the
+            // events that arrived together.
+            let mut asks: Vec<(Value, Value)> = Vec::new();
             while let Some(ev) = parser.next_event() {
                 let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
                     continue;
@@ -1527,11 +1842,12 @@ fn relay(
                 }
                 if v.get("method").is_some() && v.get("id").is_some() {
                     // A request from the upstream to the client (sampling,
-                    // elicitation, roots): relayed under an id of Dome's, its
-                    // answer routed back (see `forward_answer`).
+                    // elicitation, roots).
                     let up_id = v["id"].take();
-                    match &session {
-                        Some(s) => {
+                    match (&session, &stateless) {
+                        (Some(s), _) => {
+                            // Relayed under an id of Dome's, its answer
+                            // routed back (see `forward_answer`).
                             let down_id = format!(
                                 "dome-{}",
                                 NEXT_SERVER_REQUEST
@@ -1546,16 +1862,32 @@ fn relay(
                                 );
                             v["id"] = Value::String(down_id);
                         }
-                        None => {
-                            // No session to answer on (a stateless caller).
+                        (None, Some((caps, _)))
+                            if super::input::declares(caps.as_deref(), &v["method"]) =>
+                        {
+                            asks.push((up_id, v));
+                            continue;
+                        }
+                        _ => {
+                            // Nobody to ask: the upstream hears so.
                             let up = up.clone();
                             tokio::spawn(async move {
-                                let err = json!({"code": code::METHOD_NOT_FOUND, "message": "the client cannot take requests on this connection"});
+                                let err = json!({"code": code::METHOD_NOT_FOUND, "message": "the client cannot take this request (it did not declare the capability)"});
                                 let _ = up.answer(up_id, None, Some(err)).await;
                             });
                             continue;
                         }
                     }
+                }
+                if is_response
+                    && super::input::is_input_required(&v)
+                    && let (Some((gw, e)), Some(s)) = (&retry, &session)
+                {
+                    let first = v["result"].take();
+                    gw.clone()
+                        .fulfil(s.clone(), e.clone(), id.clone(), first, tx.clone())
+                        .await;
+                    return;
                 }
                 if is_response {
                     v["id"] = id.clone();
@@ -1576,6 +1908,24 @@ fn relay(
                 if is_response {
                     return;
                 }
+            }
+            if !asks.is_empty()
+                && let Some((_, table)) = &stateless
+            {
+                let result = table.park(super::input::Parked {
+                    upstream: up.clone(),
+                    body,
+                    parser,
+                    tool,
+                    asks: asks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, (up_id, req))| (format!("dome-{}", i + 1), up_id, req))
+                        .collect(),
+                });
+                let v = json!({"jsonrpc": "2.0", "id": id, "result": result});
+                let _ = tx.send(Ok(Frame::data(sse::event(&v.to_string())))).await;
+                return;
             }
         }
     });

@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod envelope;
 pub mod gateway;
+pub mod input;
 pub mod protocol;
 pub mod sse;
 pub mod upstream;
