@@ -190,11 +190,14 @@ fn prompts_and_resources_from_two_upstreams() {
 #[test]
 fn client_input_works_across_eras() {
     let (_one, one) = start_sdk_flavor("one");
+    // A second upstream beside it, so routing is not trivially right.
+    let (_demo, demo) = start_demo(&[]);
     for upstream_era in ["stateless", "session"] {
         let dome = start_dome(
             &format!("elicit-{upstream_era}"),
             &format!(
-                "[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"{upstream_era}\"\n"
+                "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+                 [[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"{upstream_era}\"\n"
             ),
         );
         let url = format!("http://{}/mcp", dome.mcp);
@@ -216,9 +219,13 @@ fn client_input_works_across_eras() {
 fn resource_updates_reach_only_the_subscriber() {
     for flags in [&["--session-only", "--resources"][..], &["--resources"][..]] {
         let (_demo, demo) = start_demo(flags);
+        let (_one, one) = start_sdk_flavor("one");
         let dome = start_dome(
             "subscribe",
-            &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+            &format!(
+                "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+                 [[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"
+            ),
         );
         let url = format!("http://{}/mcp", dome.mcp);
         let touch = format!("http://{demo}/demo-touch");
@@ -241,9 +248,13 @@ fn resource_updates_reach_only_the_subscriber() {
 fn listen_streams_carry_what_they_asked_for() {
     for flags in [&["--session-only", "--resources"][..], &["--resources"][..]] {
         let (_demo, demo) = start_demo(flags);
+        let (_one, one) = start_sdk_flavor("one");
         let dome = start_dome(
             "listen",
-            &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+            &format!(
+                "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+                 [[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"
+            ),
         );
         let url = format!("http://{}/mcp", dome.mcp);
         let seen = run_client(
