@@ -11,13 +11,16 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::config::{
+    AdminConfig, AgentConfig, AssertionConfig, AuthConfig, TenantConfig,
+};
 use crate::{
     mcp::{gateway::McpConfig, upstream::UpstreamConfig},
     xdp::{BudgetSpec, ModeSetting, ProgramSettings},
 };
 
 /// The whole configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -34,6 +37,16 @@ pub struct Config {
     /// The MCP servers Dome federates.
     #[serde(default, rename = "upstream")]
     pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    #[serde(default)]
+    pub assertion: AssertionConfig,
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default, rename = "agent")]
+    pub agents: Vec<AgentConfig>,
 }
 
 /// `[server]`: where agents reach Dome.
@@ -220,8 +233,79 @@ impl Config {
     }
 
     /// Every semantic problem, as (field path, reason).
+    fn identity_problems(&self, out: &mut Vec<(String, String)>) {
+        use crate::identity::{apikey, budget::Rate};
+        let rate = |field: String, r: &Rate, out: &mut Vec<(String, String)>| {
+            if !(r.calls_per_s > 0.0 && r.calls_per_s.is_finite()) {
+                out.push((format!("{field}.calls_per_s"), "must be above 0".into()));
+            }
+            if r.burst == 0 {
+                out.push((format!("{field}.burst"), "must be at least 1".into()));
+            }
+        };
+        if let Some(r) = &self.auth.agent_budget {
+            rate("auth.agent_budget".into(), r, out);
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.name.is_empty() || !names.insert(t.name.as_str()) {
+                out.push((format!("tenant[{i}].name"), "must be set and unique".into()));
+            }
+            if let Some(r) = &t.budget {
+                rate(format!("tenant[{i}].budget"), r, out);
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, a) in self.agents.iter().enumerate() {
+            if !apikey::valid_agent_id(&a.id) || !ids.insert(a.id.as_str()) {
+                out.push((
+                    format!("agent[{i}].id"),
+                    "must be unique, 1 to 40 of a-z, 0-9 and -".into(),
+                ));
+            }
+            if !names.contains(a.tenant.as_str()) {
+                out.push((
+                    format!("agent[{i}].tenant"),
+                    format!("no [[tenant]] named `{}`", a.tenant),
+                ));
+            }
+            for (k, h) in a.api_keys.iter().enumerate() {
+                if apikey::from_hex(h).is_none() {
+                    out.push((
+                        format!("agent[{i}].api_keys[{k}]"),
+                        "must be a SHA-256 in hex (`dome hash-key KEY` prints it), never the key itself".into(),
+                    ));
+                }
+            }
+            if let Some(r) = &a.budget {
+                rate(format!("agent[{i}].budget"), r, out);
+            }
+            for (tool, r) in &a.tool_budgets {
+                rate(format!("agent[{i}].tool_budgets.{tool}"), r, out);
+            }
+        }
+        if let Some(a) = &self.admin
+            && apikey::from_hex(&a.token_sha256).is_none()
+        {
+            out.push((
+                "admin.token_sha256".into(),
+                "must be a SHA-256 in hex (`dome hash-key TOKEN` prints it)".into(),
+            ));
+        }
+        if hyper::header::HeaderName::from_bytes(self.assertion.header.as_bytes()).is_err() {
+            out.push((
+                "assertion.header".into(),
+                "must be a valid header name".into(),
+            ));
+        }
+        if self.assertion.ttl_s == 0 {
+            out.push(("assertion.ttl_s".into(), "must be at least 1".into()));
+        }
+    }
+
     fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
+        self.identity_problems(&mut out);
         let x = &self.xdp;
         if x.interface.is_empty() || x.interface.len() > 15 || x.interface.contains('/') {
             out.push((

@@ -46,6 +46,7 @@ struct State {
     /// Stopped by `notifications/cancelled`.
     slow_cancelled: AtomicU64,
     resources: bool,
+    whoami: bool,
     /// Each session's GET stream (server-initiated messages).
     streams: Mutex<std::collections::HashMap<String, Push>>,
     /// Subscribed sessions by resource URI.
@@ -116,6 +117,8 @@ pub struct DemoOptions {
     /// listen streams in the stateless era); `POST /demo-tools-changed`
     /// announces a tool list change.
     pub resources: bool,
+    /// Offer `whoami`, which shows the identity headers a call arrived with.
+    pub whoami: bool,
 }
 
 /// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
@@ -133,6 +136,7 @@ pub async fn serve_with(
     let state = Arc::new(State {
         session_only: options.session_only,
         resources: options.resources,
+        whoami: options.whoami,
         ..Default::default()
     });
     let task = tokio::spawn(async move {
@@ -246,6 +250,19 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => return empty(StatusCode::METHOD_NOT_ALLOWED),
     }
+    // What Dome vouched for (the `whoami` tool shows it), and every header
+    // that reached the upstream (so tests can see what was not forwarded).
+    let identity_headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("dome-") || *k == header::AUTHORIZATION)
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.to_str().unwrap_or_default().into()),
+            )
+        })
+        .collect();
     let wants_sse = req
         .headers()
         .get(header::ACCEPT)
@@ -409,6 +426,13 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         "tools/list" => {
             let mut list = tools();
+            if state.whoami {
+                list.as_array_mut().expect("array").push(json!({
+                    "name": "whoami",
+                    "description": "Shows the identity headers the call arrived with (Dome's assertion).",
+                    "inputSchema": {"type": "object"},
+                }));
+            }
             if state.resources {
                 list.as_array_mut().expect("array").push(json!({
                     "name": "ask_then_cancel",
@@ -433,6 +457,13 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         })),
                     )
                 }
+                "whoami" if state.whoami => full(
+                    StatusCode::OK,
+                    complete(json!({
+                        "content": [{"type": "text", "text": Value::Object(identity_headers).to_string()}],
+                        "isError": false,
+                    })),
+                ),
                 "records" => {
                     let n = args["count"].as_u64().unwrap_or(3).min(100);
                     let rows: Vec<Value> = (0..n)
@@ -565,6 +596,7 @@ fn capabilities(resources: bool) -> Value {
 
 fn tools() -> Value {
     json!([
+
         {
             "name": "echo",
             "description": "Returns the message it is given.",

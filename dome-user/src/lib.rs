@@ -4,6 +4,7 @@
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod identity;
 pub mod mcp;
 pub mod runtime;
 pub mod stats;

@@ -23,6 +23,9 @@ enum Command {
     Run,
     /// Validate the configuration file and exit.
     CheckConfig,
+    /// Print the SHA-256 (hex) of an API key or admin token, as the config
+    /// file stores it.
+    HashKey { key: String },
 }
 
 fn main() -> ExitCode {
@@ -35,6 +38,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Run) {
+        Command::HashKey { key } => {
+            println!(
+                "{}",
+                dome::identity::apikey::to_hex(&dome::identity::apikey::hash(&key))
+            );
+            ExitCode::SUCCESS
+        }
         Command::CheckConfig => match dome::config::load(&cli.config) {
             Ok(_) => {
                 println!("{}: ok", cli.config.display());

@@ -15,8 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
+    identity::{assertion::Signer, registry::Registry},
     mcp::{
-        gateway::{Gateway, SessionTable},
+        gateway::{Gateway, Identity, SessionTable},
         upstream::Upstream,
     },
     stats::{self, StatsState, metrics::Metrics},
@@ -88,6 +89,34 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Resolves `p` against the config file's folder.
+fn beside(config_path: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        config_path.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+/// The identity settings of `config` over an existing registry and signer.
+fn identity_for(config: &Config, registry: Arc<Registry>, signer: Arc<Signer>) -> Arc<Identity> {
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Arc::new(Identity {
+        registry,
+        signer,
+        required: config.auth.required,
+        resource: config
+            .auth
+            .resource
+            .clone()
+            .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path)),
+    })
+}
+
 /// Everything a reload swaps or updates.
 struct Live {
     path: PathBuf,
@@ -100,6 +129,7 @@ struct Live {
     metrics: Arc<Metrics>,
     tier: Option<Arc<KernelTier>>,
     status: Arc<Mutex<ConfigStatus>>,
+    identity: Mutex<Arc<Identity>>,
 }
 
 /// Builds upstream clients for `configs`, reusing `current` ones whose
@@ -180,6 +210,18 @@ impl Live {
             applied.xdp.interface = old.xdp.interface.clone();
             applied.xdp.mode = old.xdp.mode;
         }
+        if new.assertion != old.assertion {
+            needs_restart.push("assertion".to_string());
+            applied.assertion = old.assertion.clone();
+        }
+        if new.auth.data_dir != old.auth.data_dir {
+            needs_restart.push("auth.data_dir".to_string());
+            applied.auth.data_dir = old.auth.data_dir.clone();
+        }
+        if new.admin != old.admin {
+            needs_restart.push("admin".to_string());
+            applied.admin = old.admin.clone();
+        }
         for field in &needs_restart {
             tracing::warn!(
                 field,
@@ -200,12 +242,27 @@ impl Live {
         {
             tracing::warn!(error = %e, "updating the XDP program's settings failed");
         }
+        let identity = {
+            let current = self.identity.lock().expect("identity lock").clone();
+            if let Err(e) = current.registry.set_config(
+                applied.tenants.clone(),
+                applied.agents.clone(),
+                applied.auth.agent_budget,
+                crate::clock::unix_s(),
+            ) {
+                self.refuse(e.to_string());
+                return;
+            }
+            identity_for(&applied, current.registry.clone(), current.signer.clone())
+        };
+        *self.identity.lock().expect("identity lock") = identity.clone();
         let gw = Gateway::new(
             applied.mcp.clone(),
             upstreams,
             self.metrics.clone(),
             self.sessions.clone(),
             Duration::from_millis(applied.server.body_timeout_ms),
+            identity,
         );
         let counts = gw.refresh_all().await;
         // Requests in flight keep the gateway they started on.
@@ -278,12 +335,45 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let upstreams = upstreams_for(&config.upstreams, &[])?;
     let metrics = Metrics::new();
     let sessions = SessionTable::new();
+    let registry = Arc::new(
+        Registry::open(
+            &beside(config_path, &config.auth.data_dir),
+            config.tenants.clone(),
+            config.agents.clone(),
+            config.auth.agent_budget,
+            crate::clock::unix_s(),
+        )
+        .context("opening the agent registry")?,
+    );
+    let key_paths: Vec<PathBuf> = config
+        .assertion
+        .keys
+        .iter()
+        .map(|k| beside(config_path, k))
+        .collect();
+    let signer = Arc::new(
+        Signer::new(&key_paths, &config.assertion.header, config.assertion.ttl_s)
+            .map_err(anyhow::Error::msg)
+            .context("loading the assertion keys")?,
+    );
+    if key_paths.is_empty() {
+        tracing::warn!(
+            "[assertion] names no keys: assertions are signed with an ephemeral key that changes at every start"
+        );
+    }
+    if !config.auth.required {
+        tracing::warn!(
+            "[auth] required = false: callers without a credential are served anonymously"
+        );
+    }
+    let identity = identity_for(&config, registry, signer);
     let gw = Gateway::new(
         config.mcp.clone(),
         upstreams,
         metrics.clone(),
         sessions.clone(),
         Duration::from_millis(config.server.body_timeout_ms),
+        identity.clone(),
     );
     let counts = gw.refresh_all().await;
     tracing::info!(
@@ -346,6 +436,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         metrics,
         tier: tier.clone(),
         status: config_status,
+        identity: Mutex::new(identity),
     });
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

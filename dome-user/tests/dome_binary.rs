@@ -15,6 +15,11 @@ use std::{
 fn temp_config(name: &str, text: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let path = dir.join(format!("{name}-{}.toml", std::process::id()));
+    // A registry folder of its own (tests run side by side).
+    let text = format!(
+        "{text}\n[auth]\ndata_dir = \"{}\"\n",
+        path.with_extension("data").display()
+    );
     std::fs::write(&path, text).unwrap();
     path
 }

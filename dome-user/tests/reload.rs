@@ -114,9 +114,10 @@ fn reload_applies_good_files_refuses_bad_ones_and_keeps_sessions() {
     std::fs::write(
         &dome.config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{other}\"\n[stats]\nlisten = \"{}\"\n[xdp]\nenabled = false\n[mcp]\npage_size = 2\n{}",
+            "[server]\nlisten = \"127.0.0.1:{other}\"\n[stats]\nlisten = \"{}\"\n[xdp]\nenabled = false\n[mcp]\npage_size = 2\n{}{}",
             dome.stats,
-            upstream("a", a, "never")
+            upstream("a", a, "never"),
+            auth_off(&dome.config)
         ),
     )
     .unwrap();

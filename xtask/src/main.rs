@@ -73,6 +73,7 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&root, &build_args(true))?;
             // The bundled demo upstream, so Dome serves real tool calls at once.
             let mut demo = Command::new(root.join("target/release/dome-demo-upstream"))
+                .arg("--whoami")
                 .arg(DEMO_ADDR)
                 .spawn()
                 .context("starting target/release/dome-demo-upstream")?;
@@ -507,8 +508,7 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
     );
     wait_port(fixture_port, &mut fixture.0, "the conformance fixture")?;
     // One Dome per requirement set, speaking that set's era to the fixture
-    // (Dome relays mid-call requests within one era; translating between
-    // eras is not done yet).
+    // (the cross-era cases are the Python SDK tests').
     let mut domes = Vec::new();
     for (set, era) in [("2025-11-25", "session"), ("2026-07-28", "stateless")] {
         let (mcp, stats) = (free_port()?, free_port()?);
@@ -517,7 +517,8 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
             &config,
             format!(
                 "[server]\nlisten = \"127.0.0.1:{mcp}\"\n[stats]\nlisten = \"127.0.0.1:{stats}\"\n[xdp]\nenabled = false\n\
-                 [[upstream]]\nname = \"fixture\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\nprefix = \"never\"\nera = \"{era}\"\n"
+                 [[upstream]]\nname = \"fixture\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\nprefix = \"never\"\nera = \"{era}\"\n\
+                 # The suite sends no credentials.\n[auth]\nrequired = false\ndata_dir = \"dome-{set}-data\"\n"
             ),
         )?;
         let mut dome = KillOnDrop(

@@ -231,7 +231,8 @@ fn main() -> anyhow::Result<()> {
         &config,
         format!(
             "[server]\nlisten = \"{dome}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
-             [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n"
+             [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n\
+             [auth]\nrequired = false\ndata_dir = \"e2e-data\"\n"
         ),
     )?;
     let dome_proc = Kill(

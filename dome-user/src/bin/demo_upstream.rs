@@ -1,6 +1,7 @@
-//! `dome-demo-upstream [ADDR] [--session-only] [--resources]`: the bundled
-//! demo MCP server (default 127.0.0.1:8091). `--session-only` speaks only the
-//! session era; `--resources` adds a subscribable resource.
+//! `dome-demo-upstream [ADDR] [--session-only] [--resources] [--whoami]`: the
+//! bundled demo MCP server (default 127.0.0.1:8091). `--session-only` speaks
+//! only the session era; `--resources` adds a subscribable resource;
+//! `--whoami` adds a tool that shows the identity headers a call arrived with.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -10,6 +11,7 @@ async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let session_only = args.iter().any(|a| a == "--session-only");
     let resources = args.iter().any(|a| a == "--resources");
+    let whoami = args.iter().any(|a| a == "--whoami");
     let addr = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -27,6 +29,7 @@ async fn main() -> std::process::ExitCode {
         dome::demo::DemoOptions {
             session_only,
             resources,
+            whoami,
         },
     )
     .await

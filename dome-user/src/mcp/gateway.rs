@@ -23,7 +23,10 @@ use hyper::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::stats::metrics::{Metrics, RequestRecord};
+use crate::{
+    identity::authn::{self, Caller},
+    stats::metrics::{Metrics, RequestRecord},
+};
 
 use super::{
     catalog::{self, Catalog, Kind},
@@ -94,6 +97,9 @@ struct Session {
     /// Requests Dome itself sent this client (a stateless upstream's
     /// `input_required` round), by Dome's id (JSON text): where the answer goes.
     local_requests: std::sync::Mutex<HashMap<String, tokio::sync::oneshot::Sender<Value>>>,
+    /// Who opened the session: every later request must be the same agent
+    /// (and is vouched for upstream as that agent and user).
+    caller: Option<Caller>,
 }
 
 /// Removes a call from its session's in-flight table when dropped.
@@ -299,7 +305,38 @@ pub struct Gateway {
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
     body_timeout: std::time::Duration,
+    identity: Arc<Identity>,
 }
+
+/// Who may call and how Dome vouches for them upstream.
+pub struct Identity {
+    pub registry: Arc<crate::identity::registry::Registry>,
+    pub signer: Arc<crate::identity::assertion::Signer>,
+    /// Every request must authenticate.
+    pub required: bool,
+    /// The MCP endpoint's public URL (RFC 9728 `resource`).
+    pub resource: String,
+}
+
+impl Identity {
+    /// Where the protected-resource metadata is (RFC 9728): the well-known
+    /// path at the resource's origin.
+    fn metadata_url(&self) -> String {
+        let origin = match self.resource.find("://") {
+            Some(i) => match self.resource[i + 3..].find('/') {
+                Some(j) => &self.resource[..i + 3 + j],
+                None => self.resource.as_str(),
+            },
+            None => self.resource.as_str(),
+        };
+        format!("{origin}{METADATA_PATH}")
+    }
+}
+
+const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+/// `params._meta` key of the caller's stated intent (carried in the assertion).
+pub const INTENT_META: &str = "dome/intent";
+const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// What `/stats` learns of one request: its method label and JSON-RPC
 /// error code, noted where they become known.
@@ -314,6 +351,14 @@ struct Tally {
 
 tokio::task_local! {
     static TALLY: std::cell::RefCell<Tally>;
+    /// The authenticated caller of the request being served.
+    static CALLER: Option<Caller>;
+}
+
+/// The caller of the request being served (`None`: anonymous, allowed
+/// only when `[auth] required = false`).
+fn current_caller() -> Option<Caller> {
+    CALLER.try_with(Clone::clone).ok().flatten()
 }
 
 fn note_method(m: &'static str) {
@@ -407,6 +452,14 @@ fn sse_response(
 }
 
 /// 404 for a session id Dome does not know (never issued, or ended).
+fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => a.agent.id == b.agent.id,
+        _ => false,
+    }
+}
+
 fn session_not_found(id: &Value) -> Response<Body> {
     json_response(
         StatusCode::NOT_FOUND,
@@ -435,6 +488,7 @@ fn stateless_status(code: i64) -> StatusCode {
         | code::MISSING_CLIENT_CAPABILITY
         | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
         code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         _ => StatusCode::OK,
     }
 }
@@ -453,6 +507,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         sessions: Arc<SessionTable>,
         body_timeout: std::time::Duration,
+        identity: Arc<Identity>,
     ) -> Arc<Self> {
         for u in &upstreams {
             let table = Arc::downgrade(&sessions);
@@ -469,6 +524,7 @@ impl Gateway {
             catalogs: std::array::from_fn(|_| arc_swap::ArcSwap::from_pointee(Catalog::default())),
             sessions,
             body_timeout,
+            identity,
         })
     }
 
@@ -566,6 +622,76 @@ impl Gateway {
     }
 
     async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if req.method() == Method::GET {
+            if path == METADATA_PATH || path.strip_prefix(METADATA_PATH) == Some(&self.config.path)
+            {
+                return json_response(StatusCode::OK, &self.resource_metadata());
+            }
+            if path == JWKS_PATH {
+                let mut r = raw_json_response(
+                    StatusCode::OK,
+                    self.identity.signer.jwks().to_string(),
+                    None,
+                );
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("max-age=300"),
+                );
+                return r;
+            }
+        }
+        if path != self.config.path {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("not found; MCP is at {}", self.config.path)}),
+            );
+        }
+        // Phase: authenticate.
+        let index = self.identity.registry.index();
+        let caller = match authn::authenticate(
+            req.headers(),
+            req.uri().query(),
+            &index,
+            self.identity.required,
+            crate::clock::unix_s(),
+        ) {
+            Ok(c) => c,
+            Err(f) => return self.unauthenticated(f),
+        };
+        CALLER.scope(caller, self.route_authenticated(req)).await
+    }
+
+    /// The RFC 9728 protected-resource metadata.
+    fn resource_metadata(&self) -> Value {
+        json!({
+            "resource": self.identity.resource,
+            "authorization_servers": [],
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Dome MCP gateway",
+        })
+    }
+
+    /// 401/403/400 with `WWW-Authenticate` pointing at the metadata.
+    fn unauthenticated(&self, f: authn::Failure) -> Response<Body> {
+        let mut challenge = format!(
+            "Bearer resource_metadata=\"{}\"",
+            self.identity.metadata_url()
+        );
+        if let Some(e) = f.error {
+            challenge.push_str(&format!(", error=\"{e}\""));
+        }
+        let mut resp = json_response(
+            f.status,
+            &rpc_error(&Value::Null, code::UNAUTHORIZED, f.message),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+
+    async fn route_authenticated(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.uri().path() != self.config.path {
             return json_response(
                 StatusCode::NOT_FOUND,
@@ -832,8 +958,9 @@ impl Gateway {
         };
         let session = self.sessions.get(&sid);
         let session = match session {
-            Some(s) => s,
-            None => {
+            // Another agent's session id is as good as none.
+            Some(s) if same_agent(s.caller.as_ref(), current_caller().as_ref()) => s,
+            _ => {
                 return session_not_found(&id);
             }
         };
@@ -930,6 +1057,7 @@ impl Gateway {
                         .and_then(|p| serde_json::from_str::<Value>(p).ok())
                         .and_then(|p| p.get("capabilities").map(Value::to_string)),
                     local_requests: Default::default(),
+                    caller: current_caller(),
                 }),
             );
         let result = json!({
@@ -1233,6 +1361,78 @@ impl Gateway {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
         };
         let upstream = self.upstreams[route.upstream].clone();
+        // A session's caller authenticated when it opened the session (a
+        // task that outlives the request, like a round of client input,
+        // finds it there).
+        let caller = session
+            .and_then(|s| s.caller.clone())
+            .or_else(current_caller);
+        // Phase: budget.
+        if let Some(c) = &caller {
+            let b = &c.agent.budgets;
+            let mut levels: Vec<(&str, &crate::identity::budget::Bucket)> = Vec::with_capacity(3);
+            if let Some(t) = b.tools.get(name) {
+                levels.push(("agent x tool", t));
+            }
+            if let Some(a) = &b.agent {
+                levels.push(("agent", a));
+            }
+            if let Some(t) = &c.tenant.budget {
+                levels.push(("tenant", t));
+            }
+            let buckets: Vec<&crate::identity::budget::Bucket> =
+                levels.iter().map(|(_, b)| *b).collect();
+            if let Err((i, refusal)) =
+                crate::identity::budget::take_all(&buckets, crate::clock::monotonic_ns())
+            {
+                let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
+                return Err((
+                    code::RATE_LIMITED,
+                    format!(
+                        "over the {} call budget; retry in {retry_ms} ms",
+                        levels[i].0
+                    ),
+                ));
+            }
+        }
+        // Phase: vouch. The caller's own credential never goes upstream.
+        let call_id = format!("{:016x}", rand::random::<u64>());
+        let assertion = caller.as_ref().and_then(|c| {
+            let signer = &self.identity.signer;
+            let now = crate::clock::unix_s();
+            let intent = e
+                .meta_entries
+                .iter()
+                .find(|(k, _)| k == INTENT_META)
+                .and_then(|(_, v)| serde_json::from_str::<String>(v).ok());
+            let claims = crate::identity::assertion::Claims {
+                iss: "dome",
+                aud: upstream.name(),
+                sub: &c.agent.id,
+                tenant: &c.agent.tenant,
+                agent_kind: match c.agent.kind {
+                    crate::identity::config::AgentKind::CustomerAgent => "customer_agent",
+                    crate::identity::config::AgentKind::Partner => "partner",
+                },
+                labels: &c.agent.labels,
+                user: c.user.as_deref(),
+                session: session.map(|s| s.id.as_str()),
+                intent: intent.as_deref(),
+                jti: &call_id,
+                iat: now,
+                exp: now + signer.ttl_s,
+            };
+            match signer.sign(&claims) {
+                Ok(t) => Some(t),
+                Err(err) => {
+                    tracing::error!(error = %err, "signing the identity assertion failed");
+                    None
+                }
+            }
+        });
+        if caller.is_some() && assertion.is_none() {
+            return Err((code::INTERNAL_ERROR, "cannot vouch for the caller".into()));
+        }
         let uid = upstream.allocate_id();
         let guard = match (session, &e.id) {
             (Some(s), Some(client_id)) => {
@@ -1259,11 +1459,16 @@ impl Gateway {
         let result = upstream
             .call_tool(
                 uid,
-                &route.original,
-                e.arguments.as_deref(),
-                &e.meta_entries,
-                &e.extra_params,
-                caps,
+                &super::upstream::CallParts {
+                    name: &route.original,
+                    arguments: e.arguments.as_deref(),
+                    meta: &e.meta_entries,
+                    extra: &e.extra_params,
+                    client_capabilities: caps,
+                    assertion: assertion
+                        .as_deref()
+                        .map(|a| (&self.identity.signer.header, a)),
+                },
             )
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).

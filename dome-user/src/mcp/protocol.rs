@@ -39,6 +39,11 @@ pub mod code {
     pub const UPSTREAM_UNAVAILABLE: i64 = -32001;
     /// Dome: the request's session is unknown or ended.
     pub const SESSION_NOT_FOUND: i64 = -32002;
+    /// Dome: the request is not authenticated (HTTP 401/403).
+    pub const UNAUTHORIZED: i64 = -32003;
+    /// Dome: over a call budget (HTTP 429 in the stateless era); `data`
+    /// says which budget and `retryAfterMs`.
+    pub const RATE_LIMITED: i64 = -32004;
 }
 
 /// Whether `v` is a session-era version Dome negotiates.

@@ -488,28 +488,17 @@ impl Upstream {
         finish(self.name(), reply, id, status)
     }
 
-    /// Calls tool `name` with `arguments` (JSON text, passed through as it
-    /// came) and the caller's `_meta` entries (key, JSON text). The body is
-    /// written directly: no JSON tree is built on this path.
+    /// Calls a tool: arguments (JSON text, passed through as it came), the
+    /// caller's `_meta` entries and Dome's assertion are in `call`. The body
+    /// is written directly: no JSON tree is built on this path.
     /// `id` comes from [`Upstream::allocate_id`], so the caller can name the
     /// call (to cancel it) before it is sent.
     pub async fn call_tool(
         &self,
         id: u64,
-        name: &str,
-        arguments: Option<&str>,
-        meta: &[(String, String)],
-        extra: &[(String, String)],
-        client_capabilities: Option<&str>,
+        call: &CallParts<'_>,
     ) -> Result<(Reply, u64), UpstreamError> {
-        let call = CallParts {
-            name,
-            arguments,
-            meta,
-            extra,
-            client_capabilities,
-        };
-        self.with_session(|| self.send_call(id, &call)).await
+        self.with_session(|| self.send_call(id, call)).await
     }
 
     /// A fresh request id on this upstream.
@@ -527,7 +516,12 @@ impl Upstream {
             _ => None,
         };
         let body = call_body(id, call, stateless.as_deref());
-        let req = self.build_text("tools/call", Some(call.name), Bytes::from(body))?;
+        let mut req = self.build_text("tools/call", Some(call.name), Bytes::from(body))?;
+        if let Some((h, v)) = call.assertion
+            && let Ok(v) = header::HeaderValue::from_str(v)
+        {
+            req.headers_mut().insert(h.clone(), v);
+        }
         let resp = self.exchange(req).await?;
         let status = resp.status();
         Ok((read_reply_raw(self.name(), resp).await?, id, status))
@@ -776,6 +770,8 @@ pub struct CallParts<'a> {
     pub extra: &'a [(String, String)],
     /// The caller's capabilities (stateless era), told to a stateless upstream.
     pub client_capabilities: Option<&'a str>,
+    /// The identity assertion Dome signed for this call, and its header.
+    pub assertion: Option<(&'a header::HeaderName, &'a str)>,
 }
 
 /// The JSON text of a `tools/call` request.
@@ -786,6 +782,7 @@ pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>)
         meta,
         extra,
         client_capabilities,
+        ..
     } = *call;
     use std::fmt::Write as _;
     let mut b = String::with_capacity(128 + arguments.map_or(0, str::len));
@@ -1019,6 +1016,7 @@ mod tests {
             meta: &meta,
             extra: &extra,
             client_capabilities: Some(r#"{"elicitation":{}}"#),
+            assertion: None,
         };
         let b = call_body(9, &call, Some("2026-07-28"));
         let v: Value = serde_json::from_str(&b).unwrap();
@@ -1043,6 +1041,7 @@ mod tests {
                 meta: &[],
                 extra: &[],
                 client_capabilities: None,
+                assertion: None,
             },
             None,
         ))

@@ -193,16 +193,40 @@ pub struct Dome {
     pub config: PathBuf,
 }
 
-fn config_text(mcp: SocketAddr, stats: SocketAddr, rest: &str) -> String {
+fn config_text(config: &Path, mcp: SocketAddr, stats: SocketAddr, rest: &str) -> String {
+    let auth = if rest.contains("[auth]") {
+        String::new()
+    } else {
+        auth_off(config)
+    };
+    // `[auth]` goes last, so line numbers in `rest` stay as a test wrote them.
     format!(
-        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}"
+        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}\n{auth}"
+    )
+}
+
+/// The registry folder of the Dome run on `config`: one per test run.
+pub fn data_dir(config: &Path) -> PathBuf {
+    config.with_extension("data")
+}
+
+/// An `[auth]` section for tests that are not about authentication:
+/// anonymous callers allowed, and a registry folder of the test's own.
+pub fn auth_off(config: &Path) -> String {
+    format!(
+        "\n[auth]\nrequired = false\ndata_dir = \"{}\"\n",
+        data_dir(config).display()
     )
 }
 
 impl Dome {
     /// Rewrites the config file with the same listeners and `rest`.
     pub fn rewrite(&self, rest: &str) {
-        std::fs::write(&self.config, config_text(self.mcp, self.stats, rest)).unwrap();
+        std::fs::write(
+            &self.config,
+            config_text(&self.config, self.mcp, self.stats, rest),
+        )
+        .unwrap();
     }
 
     pub fn stats_json(&self) -> serde_json::Value {
@@ -222,7 +246,7 @@ pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}-{seq}.toml", std::process::id()));
-    std::fs::write(&config, config_text(mcp, stats, upstreams_toml)).unwrap();
+    std::fs::write(&config, config_text(&config, mcp, stats, upstreams_toml)).unwrap();
     // Dome's log goes next to its config (target/tmp/NAME-PID.log).
     let log = std::fs::File::create(config.with_extension("log")).unwrap();
     let mut proc = Proc::spawn(

@@ -1,0 +1,10 @@
+//! Who is calling: tenants, agents and their credentials, the end user an
+//! agent acts for, call budgets, and the signed assertion that tells the
+//! upstream whose request it is.
+
+pub mod apikey;
+pub mod assertion;
+pub mod authn;
+pub mod budget;
+pub mod config;
+pub mod registry;

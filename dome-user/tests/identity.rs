@@ -1,0 +1,303 @@
+//! Authentication, sessions bound to their agent, the identity assertion
+//! upstreams receive, and call budgets: the real `dome` binary in front of
+//! the demo upstream, over real sockets.
+
+mod common;
+
+use common::*;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use serde_json::{Value, json};
+
+const KEY_A: &str = "dome_agent-a_first-agent-key-for-the-tests";
+const KEY_B: &str = "dome_agent-b_second-agent-key-for-the-tests";
+
+fn sha(key: &str) -> String {
+    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
+}
+
+/// Dome with tenant `acme` (delegation on), agents A and B, and the demo
+/// upstream; A may call `echo` twice in a burst, then once a minute.
+fn dome_with_agents(name: &str, demo: std::net::SocketAddr) -> Dome {
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.agents-data", std::process::id()));
+    start_dome(
+        name,
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\ndelegation = true\n\
+             [[tenant]]\nname = \"strict\"\n\
+             [[agent]]\nid = \"agent-a\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
+             tool_budgets = {{ echo = {{ calls_per_s = 0.016, burst = 2 }} }}\n\
+             [[agent]]\nid = \"agent-b\"\ntenant = \"strict\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            sha(KEY_A),
+            sha(KEY_B)
+        ),
+    )
+}
+
+fn call(name: &str, args: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+        "name": name, "arguments": args,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {},
+                  "dome/intent": "check the caller"}}})
+    .to_string()
+}
+
+fn post(
+    dome: &Dome,
+    extra: &[(&str, &str)],
+    tool: &str,
+    body: &str,
+) -> (u16, Vec<(String, String)>, Value) {
+    let mut headers = vec![
+        ("Accept", "application/json, text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", tool),
+    ];
+    headers.extend_from_slice(extra);
+    let (status, h, body) = http(dome.mcp, "POST", "/mcp", &headers, body);
+    (
+        status,
+        h,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn callers_without_a_valid_credential_are_challenged() {
+    let (_demo, demo) = start_demo(&["--whoami"]);
+    let dome = dome_with_agents("authn", demo);
+    let body = call("echo", json!({"message": "hi"}));
+
+    let (status, h, v) = post(&dome, &[], "echo", &body);
+    assert_eq!(status, 401, "{v}");
+    let challenge = header(&h, "www-authenticate").unwrap().to_string();
+    let metadata_url = format!("http://{}/.well-known/oauth-protected-resource", dome.mcp);
+    assert!(
+        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
+        "{challenge}"
+    );
+
+    // The RFC 9728 document names the resource.
+    let (status, _, doc) = http(
+        dome.mcp,
+        "GET",
+        "/.well-known/oauth-protected-resource",
+        &[],
+        "",
+    );
+    assert_eq!(status, 200);
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["resource"], format!("http://{}/mcp", dome.mcp));
+
+    for bad in [
+        "Bearer dome_agent-a_not-the-right-key-at-all",
+        "Bearer dome_nobody_first-agent-key-for-the-tests",
+        "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+    ] {
+        let (status, h, _) = post(&dome, &[("Authorization", bad)], "echo", &body);
+        assert_eq!(status, 401, "{bad}");
+        assert!(
+            header(&h, "www-authenticate").unwrap().contains("error="),
+            "{bad}"
+        );
+    }
+    // A credential in the query string is refused even when it is valid.
+    let (status, _, _) = http(
+        dome.mcp,
+        "POST",
+        &format!("/mcp?access_token={KEY_A}"),
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+        ],
+        &body,
+    );
+    assert_eq!(status, 400);
+    // Naming the end user needs a tenant that allows delegation.
+    let (status, _, _) = post(
+        &dome,
+        &[
+            ("Authorization", &format!("Bearer {KEY_B}")),
+            ("Dome-User", "mallory"),
+        ],
+        "echo",
+        &body,
+    );
+    assert_eq!(status, 403);
+
+    let (status, _, v) = post(
+        &dome,
+        &[("Authorization", &format!("Bearer {KEY_A}"))],
+        "echo",
+        &body,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "hi");
+}
+
+#[test]
+fn upstreams_get_a_verifiable_assertion_and_never_the_callers_headers() {
+    let (_demo, demo) = start_demo(&["--whoami"]);
+    let dome = dome_with_agents("assertion", demo);
+    let (status, _, v) = post(
+        &dome,
+        &[
+            ("Authorization", &format!("Bearer {KEY_A}")),
+            ("Dome-User", "alice@example.com"),
+            // Imitations of Dome's own headers.
+            ("Dome-Assertion", "forged.by.client"),
+            ("Dome-Tenant", "someone-else"),
+        ],
+        "whoami",
+        &call("whoami", json!({})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let seen: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    let got = seen.as_object().unwrap();
+    assert!(
+        !got.contains_key("authorization"),
+        "the caller's key went upstream: {seen}"
+    );
+    assert!(
+        !got.contains_key("dome-tenant") && !got.contains_key("dome-user"),
+        "{seen}"
+    );
+    let token = seen["dome-assertion"].as_str().unwrap();
+    assert_ne!(token, "forged.by.client");
+
+    let (status, _, jwks) = http(dome.mcp, "GET", "/.well-known/jwks.json", &[], "");
+    assert_eq!(status, 200);
+    let set: JwkSet = serde_json::from_str(&jwks).unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let key = DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["demo"]);
+    validation.set_issuer(&["dome"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "agent-a");
+    assert_eq!(claims["tenant"], "acme");
+    assert_eq!(claims["user"], "alice@example.com");
+    assert_eq!(claims["intent"], "check the caller");
+    assert_eq!(claims["labels"], json!(["support"]));
+    assert!(claims["exp"].as_u64().unwrap() <= claims["iat"].as_u64().unwrap() + 60);
+}
+
+#[test]
+fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
+    let (_demo, demo) = start_demo(&["--whoami"]);
+    let dome = dome_with_agents("budgets", demo);
+    let auth = format!("Bearer {KEY_A}");
+    let body = call("echo", json!({"message": "x"}));
+    for _ in 0..2 {
+        let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], -32004, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("agent x tool"),
+        "{v}"
+    );
+    // Another tool of the same agent has no such budget.
+    let (status, _, _) = post(
+        &dome,
+        &[("Authorization", &auth)],
+        "whoami",
+        &call("whoami", json!({})),
+    );
+    assert_eq!(status, 200);
+
+    // A session opened by agent A is unknown to agent B.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let accept = ("Accept", "application/json, text/event-stream");
+    let ctype = ("Content-Type", "application/json");
+    let (status, h, _) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[accept, ctype, ("Authorization", &auth)],
+        &init,
+    );
+    assert_eq!(status, 200);
+    let sid = header(&h, "mcp-session-id").unwrap().to_string();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+    let with = |key: &str| {
+        let auth = format!("Bearer {key}");
+        http(
+            dome.mcp,
+            "POST",
+            "/mcp",
+            &[
+                accept,
+                ctype,
+                ("Authorization", &auth),
+                ("Mcp-Session-Id", &sid),
+                ("MCP-Protocol-Version", "2025-11-25"),
+            ],
+            &list,
+        )
+        .0
+    };
+    assert_eq!(with(KEY_A), 200);
+    assert_eq!(with(KEY_B), 404);
+}
+
+/// The official Python SDK client authenticates with an API key in both
+/// eras; the upstream gets Dome's assertion for the agent and the end user
+/// (and the session, in the session era), and the client without the key
+/// is refused.
+#[test]
+fn python_sdk_client_authenticates_with_an_api_key() {
+    let (_demo, demo) = start_demo(&["--whoami"]);
+    let dome = dome_with_agents("sdk-auth", demo);
+    let url = format!("http://{}/mcp", dome.mcp);
+    let (_, _, jwks) = http(dome.mcp, "GET", "/.well-known/jwks.json", &[], "");
+    let set: JwkSet = serde_json::from_str(&jwks).unwrap();
+    for mode in ["legacy", "2026-07-28"] {
+        let seen = run_client("client_auth.py", &[&url, KEY_A, mode]);
+        assert_eq!(
+            seen["tools"],
+            json!(["echo", "records", "slow", "whoami"]),
+            "{mode}: {seen}"
+        );
+        assert!(
+            seen["anonymous"].as_str().unwrap().starts_with("refused"),
+            "{mode}: {seen}"
+        );
+        assert!(
+            seen["whoami"].get("authorization").is_none(),
+            "{mode}: {seen}"
+        );
+        let token = seen["whoami"]["dome-assertion"].as_str().unwrap();
+        let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+        let key = DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap();
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.set_audience(&["demo"]);
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &v)
+            .unwrap()
+            .claims;
+        assert_eq!(claims["sub"], "agent-a", "{mode}");
+        assert_eq!(claims["user"], "carol", "{mode}");
+        assert_eq!(
+            claims["session"].is_string(),
+            mode == "legacy",
+            "{mode}: {claims}"
+        );
+    }
+}
