@@ -47,6 +47,8 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     #[serde(default, rename = "agent")]
     pub agents: Vec<AgentConfig>,
+    #[serde(default)]
+    pub escalation: crate::identity::escalation::EscalationConfig,
 }
 
 /// `[server]`: where agents reach Dome.
@@ -296,6 +298,13 @@ impl Config {
             out.push((
                 "assertion.header".into(),
                 "must be a valid header name".into(),
+            ));
+        }
+        let esc = &self.escalation;
+        if esc.max_strikes == 0 || esc.window_s == 0 || esc.block_s == 0 {
+            out.push((
+                "escalation".into(),
+                "max_strikes, window_s and block_s must be at least 1".into(),
             ));
         }
         if self.assertion.ttl_s == 0 {

@@ -1,6 +1,7 @@
 //! Dome in user space: configuration, the MCP gateway, the kernel tier's
 //! handle, and the stats endpoint. The `dome` binary (`main.rs`) wires these together.
 
+pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod demo;

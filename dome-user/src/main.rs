@@ -26,6 +26,103 @@ enum Command {
     /// Print the SHA-256 (hex) of an API key or admin token, as the config
     /// file stores it.
     HashKey { key: String },
+    /// Manage agents through the admin API (`[admin]` of the config; the
+    /// token comes from the DOME_ADMIN_TOKEN environment variable).
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// List or lift kernel blocks made by escalation (admin API).
+    #[command(subcommand)]
+    Blocks(BlocksCmd),
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    List,
+    Show {
+        id: String,
+    },
+    /// Register an agent; prints its API key once.
+    Register {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: String,
+        /// customer_agent or partner.
+        #[arg(long, default_value = "customer_agent")]
+        kind: String,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    /// A new key; the old ones stay valid for the overlap.
+    Rotate {
+        id: String,
+        #[arg(long, default_value_t = 3600)]
+        overlap_s: u64,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum BlocksCmd {
+    List,
+    /// Lift a block by the key `list` shows (`identity/7`, `prefix/10.0.0.9/32`).
+    Lift {
+        key: String,
+    },
+}
+
+/// Sends one admin API request and prints the answer.
+fn admin(
+    config: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> ExitCode {
+    let cfg = match dome::config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(a) = cfg.admin else {
+        eprintln!(
+            "error: {}: no [admin] section, so no admin API to talk to",
+            config.display()
+        );
+        return ExitCode::from(2);
+    };
+    let Ok(token) = std::env::var("DOME_ADMIN_TOKEN") else {
+        eprintln!("error: set DOME_ADMIN_TOKEN to the admin token");
+        return ExitCode::from(2);
+    };
+    match dome::admin::call(a.listen, &token, method, path, body.as_ref()) {
+        Ok((status, text)) => {
+            let pretty = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| serde_json::to_string_pretty(&v).ok())
+                .unwrap_or(text);
+            println!("{pretty}");
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: HTTP {status}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: admin API at {}: {e}", a.listen);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -38,6 +135,43 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Agents(cmd) => {
+            let c = &cli.config;
+            match cmd {
+                AgentsCmd::List => admin(c, "GET", "/agents", None),
+                AgentsCmd::Show { id } => admin(c, "GET", &format!("/agents/{id}"), None),
+                AgentsCmd::Register {
+                    tenant,
+                    name,
+                    kind,
+                    labels,
+                } => admin(
+                    c,
+                    "POST",
+                    "/agents",
+                    Some(
+                        serde_json::json!({"tenant": tenant, "name": name, "kind": kind, "labels": labels}),
+                    ),
+                ),
+                AgentsCmd::Disable { id } => {
+                    admin(c, "POST", &format!("/agents/{id}/disable"), None)
+                }
+                AgentsCmd::Enable { id } => admin(c, "POST", &format!("/agents/{id}/enable"), None),
+                AgentsCmd::Rotate { id, overlap_s } => admin(
+                    c,
+                    "POST",
+                    &format!("/agents/{id}/rotate"),
+                    Some(serde_json::json!({"overlap_s": overlap_s})),
+                ),
+                AgentsCmd::Delete { id } => admin(c, "DELETE", &format!("/agents/{id}"), None),
+            }
+        }
+        Command::Blocks(cmd) => match cmd {
+            BlocksCmd::List => admin(&cli.config, "GET", "/blocks", None),
+            BlocksCmd::Lift { key } => {
+                admin(&cli.config, "DELETE", &format!("/blocks/{key}"), None)
+            }
+        },
         Command::HashKey { key } => {
             println!(
                 "{}",

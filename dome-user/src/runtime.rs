@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
-    identity::{assertion::Signer, registry::Registry},
+    identity::{assertion::Signer, escalation::Escalation, registry::Registry},
     mcp::{
         gateway::{Gateway, Identity, SessionTable},
         upstream::Upstream,
@@ -99,15 +99,18 @@ fn beside(config_path: &Path, p: &Path) -> PathBuf {
 }
 
 /// The identity settings of `config` over an existing registry and signer.
-fn identity_for(config: &Config, registry: Arc<Registry>, signer: Arc<Signer>) -> Arc<Identity> {
+fn identity_for(config: &Config, current: &Identity) -> Arc<Identity> {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
     Arc::new(Identity {
-        registry,
-        signer,
+        registry: current.registry.clone(),
+        signer: current.signer.clone(),
+        escalation: current.escalation.clone(),
+        tier: current.tier.clone(),
+        kernel_budget: config.xdp.default_budget,
         required: config.auth.required,
         resource: config
             .auth
@@ -253,7 +256,7 @@ impl Live {
                 self.refuse(e.to_string());
                 return;
             }
-            identity_for(&applied, current.registry.clone(), current.signer.clone())
+            identity_for(&applied, &current)
         };
         *self.identity.lock().expect("identity lock") = identity.clone();
         let gw = Gateway::new(
@@ -366,7 +369,32 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "[auth] required = false: callers without a credential are served anonymously"
         );
     }
-    let identity = identity_for(&config, registry, signer);
+    let escalation = Arc::new(Escalation::new(config.escalation.clone(), tier.clone()));
+    let identity = identity_for(
+        &config,
+        &Identity {
+            registry: registry.clone(),
+            signer,
+            required: false,
+            resource: String::new(),
+            escalation: escalation.clone(),
+            tier: tier.clone(),
+            kernel_budget: config.xdp.default_budget,
+        },
+    );
+    if let Some(admin) = &config.admin {
+        let state = Arc::new(crate::admin::AdminState {
+            registry: registry.clone(),
+            token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
+                .context("admin.token_sha256")?,
+            escalation: Some(escalation.clone()),
+        });
+        let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
+            .await
+            .with_context(|| format!("binding the admin listener on {}", admin.listen))?;
+        background.push(admin_task);
+        tracing::info!(%admin_addr, "admin listener ready: /agents, /blocks");
+    }
     let gw = Gateway::new(
         config.mcp.clone(),
         upstreams,

@@ -40,6 +40,32 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 }
 
+/// The connection a request came on (a request extension): the client's
+/// address and Dome's port, and the kernel flow binding made for it, which
+/// goes when the connection closes.
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub binding: std::sync::Mutex<Option<ConnBinding>>,
+}
+
+/// A flow bound to an identity slot in the kernel tier.
+pub struct ConnBinding {
+    pub tier: Arc<crate::xdp::KernelTier>,
+    pub flow: crate::xdp::Flow,
+    pub slot: u32,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(b) = self.binding.get_mut().ok().and_then(Option::take)
+            && let Err(e) = b.tier.unbind_flow(&b.flow)
+        {
+            tracing::debug!(error = %e, "unbinding a closed connection's flow failed");
+        }
+    }
+}
+
 /// Loads the certificate chain and key; errors name the file.
 pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
@@ -152,9 +178,15 @@ async fn accept_loop<H, F>(
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
+        let conn = Arc::new(Conn {
+            peer,
+            local_port: stream.local_addr().map_or(0, |a| a.port()),
+            binding: std::sync::Mutex::new(None),
+        });
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = service_fn(move |req| {
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(conn.clone());
                 let fut = handler(req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });

@@ -7,4 +7,5 @@ pub mod assertion;
 pub mod authn;
 pub mod budget;
 pub mod config;
+pub mod escalation;
 pub mod registry;

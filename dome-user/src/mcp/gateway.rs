@@ -24,7 +24,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::{
-    identity::authn::{self, Caller},
+    identity::{
+        authn::{self, Caller},
+        escalation::Subject,
+    },
     stats::metrics::{Metrics, RequestRecord},
 };
 
@@ -316,6 +319,11 @@ pub struct Identity {
     pub required: bool,
     /// The MCP endpoint's public URL (RFC 9728 `resource`).
     pub resource: String,
+    pub escalation: Arc<crate::identity::escalation::Escalation>,
+    /// The kernel tier, when attached: authenticated flows are bound there.
+    pub tier: Option<Arc<crate::xdp::KernelTier>>,
+    /// The packet and byte budget an agent's identity slot gets.
+    pub kernel_budget: crate::xdp::BudgetSpec,
 }
 
 impl Identity {
@@ -351,14 +359,25 @@ struct Tally {
 
 tokio::task_local! {
     static TALLY: std::cell::RefCell<Tally>;
-    /// The authenticated caller of the request being served.
-    static CALLER: Option<Caller>;
+    /// Who sent the request being served.
+    static CTX: RequestCtx;
 }
 
-/// The caller of the request being served (`None`: anonymous, allowed
-/// only when `[auth] required = false`).
+#[derive(Clone, Default)]
+struct RequestCtx {
+    /// The authenticated caller (`None`: anonymous, allowed only when
+    /// `[auth] required = false`).
+    caller: Option<Caller>,
+    /// The client's address.
+    source: Option<std::net::IpAddr>,
+}
+
 fn current_caller() -> Option<Caller> {
-    CALLER.try_with(Clone::clone).ok().flatten()
+    CTX.try_with(|c| c.caller.clone()).ok().flatten()
+}
+
+fn current_source() -> Option<std::net::IpAddr> {
+    CTX.try_with(|c| c.source).ok().flatten()
 }
 
 fn note_method(m: &'static str) {
@@ -648,18 +667,106 @@ impl Gateway {
             );
         }
         // Phase: authenticate.
+        let conn = req
+            .extensions()
+            .get::<Arc<crate::transport::Conn>>()
+            .cloned();
+        let source = conn.as_ref().map(|c| c.peer.ip());
+        let now_s = crate::clock::unix_s();
+        let escalation = &self.identity.escalation;
+        if escalation.blocked(source, None, now_s) {
+            return self.blocked();
+        }
         let index = self.identity.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
             req.uri().query(),
             &index,
             self.identity.required,
-            crate::clock::unix_s(),
+            now_s,
         ) {
             Ok(c) => c,
-            Err(f) => return self.unauthenticated(f),
+            Err(f) => {
+                if f.bad_credential
+                    && let Some(ip) = source
+                {
+                    escalation.strike(
+                        Subject::Source(ip),
+                        "authentication failure",
+                        crate::clock::monotonic_ns(),
+                        now_s,
+                    );
+                }
+                return self.unauthenticated(f);
+            }
         };
-        CALLER.scope(caller, self.route_authenticated(req)).await
+        if let Some(c) = &caller {
+            if escalation.blocked(None, Some(c.agent.slot), now_s) {
+                return self.blocked();
+            }
+            if let Some(conn) = &conn {
+                self.bind_kernel(conn, c);
+            }
+        }
+        CTX.scope(RequestCtx { caller, source }, self.route_authenticated(req))
+            .await
+    }
+
+    /// Binds the connection's flow to the agent's kernel identity slot
+    /// (once per connection): its packets are then held to the agent's
+    /// budget in XDP. The binding goes when the connection closes.
+    fn bind_kernel(&self, conn: &crate::transport::Conn, c: &Caller) {
+        let Some(tier) = &self.identity.tier else {
+            return;
+        };
+        let mut binding = conn.binding.lock().expect("binding lock");
+        if binding.as_ref().is_some_and(|b| b.slot == c.agent.slot) {
+            return;
+        }
+        let flow = crate::xdp::Flow {
+            proto: crate::xdp::L4::Tcp,
+            src: conn.peer.ip(),
+            src_port: conn.peer.port(),
+            dst_port: conn.local_port,
+        };
+        let bound = tier
+            .set_budget(c.agent.slot, &self.identity.kernel_budget)
+            .and_then(|()| tier.bind_flow(&flow, c.agent.slot));
+        match bound {
+            Ok(()) => {
+                *binding = Some(crate::transport::ConnBinding {
+                    tier: tier.clone(),
+                    flow,
+                    slot: c.agent.slot,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(agent = %c.agent.id, error = %e, "binding the flow in the kernel tier failed")
+            }
+        }
+    }
+
+    fn strike_source(&self, why: &str) {
+        if let Some(ip) = current_source() {
+            self.identity.escalation.strike(
+                Subject::Source(ip),
+                why,
+                crate::clock::monotonic_ns(),
+                crate::clock::unix_s(),
+            );
+        }
+    }
+
+    /// 403 for a source or agent blocked by escalation.
+    fn blocked(&self) -> Response<Body> {
+        json_response(
+            StatusCode::FORBIDDEN,
+            &rpc_error(
+                &Value::Null,
+                code::UNAUTHORIZED,
+                "blocked for repeated abuse; try again later",
+            ),
+        )
     }
 
     /// The RFC 9728 protected-resource metadata.
@@ -874,6 +981,7 @@ impl Gateway {
                 return self.batch(&bytes, session_id.as_deref()).await;
             }
             Err(EnvelopeError::Parse(why)) => {
+                self.strike_source("malformed request");
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     &rpc_error(
@@ -884,6 +992,7 @@ impl Gateway {
                 );
             }
             Err(EnvelopeError::NotObject) => {
+                self.strike_source("malformed request");
                 return json_response(
                     StatusCode::BAD_REQUEST,
                     &rpc_error(
@@ -1386,6 +1495,15 @@ impl Gateway {
                 crate::identity::budget::take_all(&buckets, crate::clock::monotonic_ns())
             {
                 let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
+                self.identity.escalation.strike(
+                    Subject::Agent {
+                        id: c.agent.id.clone(),
+                        slot: c.agent.slot,
+                    },
+                    "over budget",
+                    crate::clock::monotonic_ns(),
+                    crate::clock::unix_s(),
+                );
                 return Err((
                     code::RATE_LIMITED,
                     format!(

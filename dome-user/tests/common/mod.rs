@@ -229,6 +229,22 @@ impl Dome {
         .unwrap();
     }
 
+    /// Stops Dome and starts it again on the same config file.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        let log = std::fs::File::create(self.config.with_extension("restart.log")).unwrap();
+        self.proc = Proc::spawn(
+            "dome",
+            Command::new(env!("CARGO_BIN_EXE_dome"))
+                .arg("--config")
+                .arg(&self.config)
+                .env("DOME_LOG", "info")
+                .stderr(log),
+        );
+        wait_port(self.stats, &mut self.proc);
+        wait_port(self.mcp, &mut self.proc);
+    }
+
     pub fn stats_json(&self) -> serde_json::Value {
         let (status, _, body) = http(self.stats, "GET", "/stats", &[], "");
         assert_eq!(status, 200);

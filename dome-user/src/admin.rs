@@ -1,0 +1,301 @@
+//! The admin API, on its own listener and guarded by the admin token
+//! (`Authorization: Bearer <token>`, compared with the configured SHA-256 in
+//! constant time): register, list, show, disable, enable, rotate the key
+//! of, and delete agents; list and lift kernel blocks.
+//!
+//! | method and path | does |
+//! | --- | --- |
+//! | `GET /agents` | every agent (config and registered), never a key or hash |
+//! | `POST /agents` | registers `{tenant, name, kind?, labels?, budget?, tool_budgets?}`; 201 with the agent and its API key, shown this once |
+//! | `GET /agents/{id}` | one agent |
+//! | `POST /agents/{id}/disable`, `/enable` | |
+//! | `POST /agents/{id}/rotate` | a new key; `{overlap_s}` (default 3600) keeps the old ones valid meanwhile |
+//! | `DELETE /agents/{id}` | |
+//! | `GET /blocks` | kernel blocks in force |
+//! | `DELETE /blocks/{kind}/{key}` | lifts one (`identity/<slot>`, `prefix/<cidr>`) |
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use crate::identity::{
+    apikey,
+    registry::{Agent, AgentRecord, NewAgent, Registry, RegistryError},
+};
+
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    pub token_sha256: [u8; 32],
+    pub escalation: Option<Arc<crate::identity::escalation::Escalation>>,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, v: Value) -> Resp {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .expect("static parts")
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Resp {
+    json_resp(status, json!({"error": message.into()}))
+}
+
+fn registry_error(e: RegistryError) -> Resp {
+    let status = match &e {
+        RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::FromConfig(_) => StatusCode::CONFLICT,
+        RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.to_string())
+}
+
+/// An agent as the admin API shows it: never a key or a hash.
+fn view(agent: &Agent, record: Option<&AgentRecord>) -> Value {
+    let mut v = json!({
+        "id": agent.id,
+        "tenant": agent.tenant,
+        "name": agent.name,
+        "kind": agent.kind,
+        "labels": agent.labels,
+        "disabled": agent.disabled,
+        "source": agent.source,
+        "slot": agent.slot,
+    });
+    if let Some(r) = record {
+        v["created_unix_s"] = r.created_unix_s.into();
+        v["keys"] = r
+            .keys
+            .iter()
+            .map(
+                |k| json!({"created_unix_s": k.created_unix_s, "expires_unix_s": k.expires_unix_s}),
+            )
+            .collect();
+        v["budget"] = serde_json::to_value(r.budget).unwrap_or_default();
+    }
+    v
+}
+
+fn show(reg: &Registry, id: &str) -> Resp {
+    let index = reg.index();
+    let Some(agent) = index.agents.get(id) else {
+        return error(StatusCode::NOT_FOUND, format!("no agent `{id}`"));
+    };
+    let record = reg.record(id).ok();
+    json_resp(StatusCode::OK, view(agent, record.as_ref()))
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Resp> {
+    let bytes = Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|_| error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"))?
+        .to_bytes();
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("body: {e}")))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotate {
+    #[serde(default = "default_overlap")]
+    overlap_s: u64,
+}
+
+fn default_overlap() -> u64 {
+    3600
+}
+
+async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !apikey::matches(token, &[state.token_sha256]) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "admin token required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    let path: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(str::to_string)
+        .collect();
+    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    let reg = state.registry.clone();
+    let now = crate::clock::unix_s();
+    // Registry writes commit to disk: off the async threads.
+    let blocking = |f: Box<dyn FnOnce() -> Resp + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "admin task failed"))
+    };
+    match (req.method().clone(), parts.as_slice()) {
+        (Method::GET, ["agents"]) => {
+            let index = reg.index();
+            let records = reg.records().unwrap_or_default();
+            let mut agents: Vec<&Arc<Agent>> = index.agents.values().collect();
+            agents.sort_by(|a, b| a.id.cmp(&b.id));
+            let list: Vec<Value> = agents
+                .iter()
+                .map(|a| view(a, records.iter().find(|r| r.id == a.id)))
+                .collect();
+            json_resp(StatusCode::OK, json!({"agents": list}))
+        }
+        (Method::POST, ["agents"]) => {
+            let new: NewAgent = match body_json(req).await {
+                Ok(n) => n,
+                Err(r) => return r,
+            };
+            blocking(Box::new(move || match reg.register(new, now) {
+                Ok((rec, key)) => {
+                    let index = reg.index();
+                    let mut v = json!({"api_key": key});
+                    if let Some(a) = index.agents.get(&rec.id) {
+                        v["agent"] = view(a, Some(&rec));
+                    }
+                    json_resp(StatusCode::CREATED, v)
+                }
+                Err(e) => registry_error(e),
+            }))
+            .await
+        }
+        (Method::GET, ["agents", id]) => show(&reg, id),
+        (Method::POST, ["agents", id, action @ ("disable" | "enable")]) => {
+            let (id, off) = (id.to_string(), *action == "disable");
+            blocking(Box::new(move || match reg.set_disabled(&id, off, now) {
+                Ok(_) => show(&reg, &id),
+                Err(e) => registry_error(e),
+            }))
+            .await
+        }
+        (Method::POST, ["agents", id, "rotate"]) => {
+            let id = id.to_string();
+            let r: Rotate = match body_json(req).await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            blocking(Box::new(move || match reg.rotate(&id, r.overlap_s, now) {
+                Ok((rec, key)) => {
+                    let index = reg.index();
+                    let mut v = json!({"api_key": key});
+                    if let Some(a) = index.agents.get(&rec.id) {
+                        v["agent"] = view(a, Some(&rec));
+                    }
+                    json_resp(StatusCode::OK, v)
+                }
+                Err(e) => registry_error(e),
+            }))
+            .await
+        }
+        (Method::DELETE, ["agents", id]) => {
+            let id = id.to_string();
+            blocking(Box::new(move || match reg.delete(&id, now) {
+                Ok(()) => json_resp(StatusCode::OK, json!({"deleted": id})),
+                Err(e) => registry_error(e),
+            }))
+            .await
+        }
+        (Method::GET, ["blocks"]) => match &state.escalation {
+            Some(e) => json_resp(StatusCode::OK, e.blocks_json()),
+            None => json_resp(StatusCode::OK, json!({"blocks": [], "kernel": false})),
+        },
+        (Method::DELETE, ["blocks", kind, rest @ ..]) => match &state.escalation {
+            Some(e) => match e.lift(kind, &rest.join("/")) {
+                Ok(true) => json_resp(
+                    StatusCode::OK,
+                    json!({"lifted": format!("{kind}/{}", rest.join("/"))}),
+                ),
+                Ok(false) => error(StatusCode::NOT_FOUND, "no such block"),
+                Err(m) => error(StatusCode::BAD_REQUEST, m),
+            },
+            None => error(StatusCode::NOT_FOUND, "no kernel tier: nothing is blocked"),
+        },
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "not found; see GET /agents, POST /agents, GET /blocks",
+        ),
+    }
+}
+
+/// Binds the admin listener; returns the bound address and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    state: Arc<AdminState>,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin listener accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(respond(state, req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((local, task))
+}
+
+/// A blocking HTTP/1.1 request to the admin API (the `dome agents` and
+/// `dome blocks` commands): (status, body).
+pub fn call(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, rest.to_string()))
+}

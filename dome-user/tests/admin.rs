@@ -1,0 +1,283 @@
+//! The admin API and the `dome agents` / `dome blocks` commands: agent
+//! registration, rotation, disabling and deletion across a restart, and
+//! escalation blocks (user space here; the kernel half is in `kernel_escalation`).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::{Value, json};
+
+const ADMIN_TOKEN: &str = "admin-token-for-the-tests";
+
+fn sha(key: &str) -> String {
+    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
+}
+
+/// Runs `dome ARGS --config CONFIG` with the admin token; (success, JSON out).
+fn cli(dome: &Dome, args: &[&str]) -> (bool, Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(args)
+        .arg("--config")
+        .arg(&dome.config)
+        .env("DOME_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), v)
+}
+
+fn echo(dome: &Dome, key: &str) -> u16 {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "m"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let auth = format!("Bearer {key}");
+    http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "echo"),
+            ("Authorization", &auth),
+        ],
+        &body,
+    )
+    .0
+}
+
+fn dome_with_admin(name: &str, extra: &str) -> (Proc, Dome, std::net::SocketAddr) {
+    let (demo_proc, demo) = start_demo(&[]);
+    let admin = local(free_port());
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.admin-data", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
+    let dome = start_dome(
+        name,
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n\
+             [admin]\nlisten = \"{admin}\"\ntoken_sha256 = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"cfg-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n{extra}",
+            data.display(),
+            sha(ADMIN_TOKEN),
+            sha("dome_cfg-bot_config-agent-key-for-tests")
+        ),
+    );
+    (demo_proc, dome, admin)
+}
+
+#[test]
+fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
+    let (_demo, mut dome, admin) = dome_with_admin("admin", "");
+
+    // The admin API wants its token.
+    let (status, _, _) = http(admin, "GET", "/agents", &[], "");
+    assert_eq!(status, 401);
+    let (status, _, _) = http(
+        admin,
+        "GET",
+        "/agents",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    );
+    assert_eq!(status, 401);
+
+    let (ok, v) = cli(
+        &dome,
+        &[
+            "agents",
+            "register",
+            "--tenant",
+            "acme",
+            "--name",
+            "Billing bot",
+            "--label",
+            "billing",
+        ],
+    );
+    assert!(ok, "{v}");
+    let key = v["api_key"].as_str().unwrap().to_string();
+    let id = v["agent"]["id"].as_str().unwrap().to_string();
+    assert!(key.starts_with(&format!("dome_{id}_")), "{key}");
+    assert_eq!(v["agent"]["labels"], json!(["billing"]));
+    assert_eq!(echo(&dome, &key), 200);
+
+    // A registration for no tenant is refused, and nothing is stored.
+    let (ok, v) = cli(
+        &dome,
+        &["agents", "register", "--tenant", "nobody", "--name", "x"],
+    );
+    assert!(!ok, "{v}");
+
+    // Listed with both agents; never a key or a hash.
+    let (ok, v) = cli(&dome, &["agents", "list"]);
+    assert!(ok);
+    let text = v.to_string();
+    assert!(!text.contains(&key) && !text.contains(&sha(&key)), "{text}");
+    let ids: Vec<&str> = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{v}");
+    assert!(
+        ids.contains(&"cfg-bot") && ids.contains(&id.as_str()),
+        "{v}"
+    );
+
+    // Registration survives a restart, slot included.
+    let slot = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap()["slot"]
+        .clone();
+    dome.restart();
+    assert_eq!(echo(&dome, &key), 200);
+    let (_, v) = cli(&dome, &["agents", "show", &id]);
+    assert_eq!(v["slot"], slot, "{v}");
+
+    // Rotation with an overlap: both keys work; with none, only the new one.
+    let (ok, v) = cli(&dome, &["agents", "rotate", &id]);
+    assert!(ok, "{v}");
+    let key2 = v["api_key"].as_str().unwrap().to_string();
+    assert_eq!(echo(&dome, &key2), 200);
+    assert_eq!(echo(&dome, &key), 200, "inside the overlap");
+    let (ok, v) = cli(&dome, &["agents", "rotate", &id, "--overlap-s", "0"]);
+    assert!(ok, "{v}");
+    let key3 = v["api_key"].as_str().unwrap().to_string();
+    assert_eq!(echo(&dome, &key3), 200);
+    assert_eq!(echo(&dome, &key), 401);
+    assert_eq!(echo(&dome, &key2), 401);
+
+    let (ok, _) = cli(&dome, &["agents", "disable", &id]);
+    assert!(ok);
+    assert_eq!(echo(&dome, &key3), 401);
+    let (ok, _) = cli(&dome, &["agents", "enable", &id]);
+    assert!(ok);
+    assert_eq!(echo(&dome, &key3), 200);
+
+    // Agents of the config file are changed there, not here.
+    let (ok, v) = cli(&dome, &["agents", "disable", "cfg-bot"]);
+    assert!(!ok, "{v}");
+
+    let (ok, _) = cli(&dome, &["agents", "delete", &id]);
+    assert!(ok);
+    assert_eq!(echo(&dome, &key3), 401);
+    let (ok, _) = cli(&dome, &["agents", "show", &id]);
+    assert!(!ok);
+}
+
+#[test]
+fn repeated_bad_credentials_get_the_source_blocked_until_lifted() {
+    let (_demo, dome, _admin) = dome_with_admin(
+        "escalate",
+        "[escalation]\nmax_strikes = 3\nwindow_s = 60\nblock_s = 600\n",
+    );
+    let good = "dome_cfg-bot_config-agent-key-for-tests";
+    assert_eq!(echo(&dome, good), 200);
+    for _ in 0..3 {
+        assert_eq!(echo(&dome, "dome_cfg-bot_a-wrong-key-a-wrong-key"), 401);
+    }
+    // Blocked: even a good credential from that source is turned away.
+    assert_eq!(echo(&dome, good), 403);
+    let (ok, v) = cli(&dome, &["blocks", "list"]);
+    assert!(ok, "{v}");
+    let blocks = v["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 1, "{v}");
+    assert_eq!(blocks[0]["subject"]["source"], "127.0.0.1", "{v}");
+    assert_eq!(v["escalations"], 1);
+    let key = blocks[0]["key"].as_str().unwrap().to_string();
+    let (ok, v) = cli(&dome, &["blocks", "lift", &key]);
+    assert!(ok, "{v}");
+    assert_eq!(echo(&dome, good), 200);
+}
+
+/// One request from a chosen loopback source address; `None` when the
+/// connection cannot be made (its SYN was dropped).
+#[cfg(feature = "kernel-tests")]
+fn request_from(src: &str, dome: &Dome, key: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&dome.mcp.into(), std::time::Duration::from_secs(1))
+        .ok()?;
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "echo", "arguments": {"message": "m"},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n\
+         Mcp-Name: echo\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Escalation reaches the kernel: after repeated bad credentials from one
+/// source, that source's packets are dropped by XDP before any socket sees
+/// them, while other sources still get through; an authenticated
+/// connection's flow is bound to its agent's identity. Needs root (XDP on
+/// `lo`, SKB mode).
+#[cfg(feature = "kernel-tests")]
+#[test]
+fn kernel_escalation_drops_an_abusive_source() {
+    let (_demo, dome, _admin) = dome_with_admin(
+        "kernel-escalate",
+        "[escalation]\nmax_strikes = 3\nwindow_s = 60\nblock_s = 600\n",
+    );
+    // start_dome turns XDP off; this test needs it on `lo`.
+    let text = std::fs::read_to_string(&dome.config).unwrap().replace(
+        "[xdp]\nenabled = false\n",
+        "[xdp]\ninterface = \"lo\"\nmode = \"skb\"\n",
+    );
+    std::fs::write(&dome.config, text).unwrap();
+    let mut dome = dome;
+    dome.restart();
+    let s = dome.stats_json();
+    assert_eq!(s["xdp"]["status"], "attached", "{s}");
+
+    let good = "dome_cfg-bot_config-agent-key-for-tests";
+    assert_eq!(request_from("127.0.0.1", &dome, good), Some(200));
+    let s = dome.stats_json();
+    assert!(
+        s["xdp"]["counters"]["pass_bound"].as_u64().unwrap() >= 1,
+        "the authenticated flow was bound: {s}"
+    );
+
+    for _ in 0..3 {
+        assert_eq!(
+            request_from("127.0.0.77", &dome, "dome_cfg-bot_a-wrong-key-a-wrong-key"),
+            Some(401)
+        );
+    }
+    // Dropped in the kernel now: the connection cannot even be made.
+    assert_eq!(request_from("127.0.0.77", &dome, good), None);
+    let s = dome.stats_json();
+    assert!(
+        s["xdp"]["counters"]["drop_blocklist"].as_u64().unwrap() >= 1,
+        "{s}"
+    );
+    // Another source is unaffected.
+    assert_eq!(request_from("127.0.0.1", &dome, good), Some(200));
+}
