@@ -256,6 +256,25 @@ impl Config {
             if let Some(r) = &t.budget {
                 rate(format!("tenant[{i}].budget"), r, out);
             }
+            if let Some(j) = &t.jwt {
+                if j.issuer.is_empty() {
+                    out.push((format!("tenant[{i}].jwt.issuer"), "must be set".into()));
+                }
+                if j.jwks_file.is_some() == j.jwks_url.is_some() {
+                    out.push((
+                        format!("tenant[{i}].jwt"),
+                        "needs exactly one of jwks_file and jwks_url".into(),
+                    ));
+                }
+                if let Some(u) = &j.jwks_url
+                    && !(u.starts_with("https://") || u.starts_with("http://"))
+                {
+                    out.push((
+                        format!("tenant[{i}].jwt.jwks_url"),
+                        "must be an http(s) URL".into(),
+                    ));
+                }
+            }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, a) in self.agents.iter().enumerate() {

@@ -99,25 +99,53 @@ fn beside(config_path: &Path, p: &Path) -> PathBuf {
 }
 
 /// The identity settings of `config` over an existing registry and signer.
-fn identity_for(config: &Config, current: &Identity) -> Arc<Identity> {
+fn identity_for(
+    config: &Config,
+    config_path: &Path,
+    current: &Identity,
+) -> Result<Arc<Identity>, String> {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    Arc::new(Identity {
+    let resource = config
+        .auth
+        .resource
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path));
+    let dir = config_path.parent().unwrap_or(Path::new("."));
+    let jwt = crate::identity::jwt::providers(&config.tenants, &resource, dir)?;
+    for (issuer, p) in &jwt.by_issuer {
+        // An unchanged URL provider keeps the keys it has; a new one fetches.
+        match current.jwt.by_issuer.get(issuer) {
+            Some(old)
+                if old.config.jwks_url.is_some() && old.config.jwks_url == p.config.jwks_url =>
+            {
+                p.keys.store(old.keys.load_full());
+                p.fetched_unix_s.store(
+                    old.fetched_unix_s
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            _ if p.config.jwks_url.is_some() => {
+                let p = p.clone();
+                tokio::spawn(async move { p.refresh(crate::clock::unix_s(), 0).await });
+            }
+            _ => {}
+        }
+    }
+    Ok(Arc::new(Identity {
+        jwt: Arc::new(jwt),
         registry: current.registry.clone(),
         signer: current.signer.clone(),
         escalation: current.escalation.clone(),
         tier: current.tier.clone(),
         kernel_budget: config.xdp.default_budget,
         required: config.auth.required,
-        resource: config
-            .auth
-            .resource
-            .clone()
-            .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path)),
-    })
+        resource,
+    }))
 }
 
 /// Everything a reload swaps or updates.
@@ -256,7 +284,13 @@ impl Live {
                 self.refuse(e.to_string());
                 return;
             }
-            identity_for(&applied, &current)
+            match identity_for(&applied, &self.path, &current) {
+                Ok(i) => i,
+                Err(e) => {
+                    self.refuse(e);
+                    return;
+                }
+            }
         };
         *self.identity.lock().expect("identity lock") = identity.clone();
         let gw = Gateway::new(
@@ -372,7 +406,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let escalation = Arc::new(Escalation::new(config.escalation.clone(), tier.clone()));
     let identity = identity_for(
         &config,
+        config_path,
         &Identity {
+            jwt: Default::default(),
             registry: registry.clone(),
             signer,
             required: false,
@@ -381,7 +417,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             tier: tier.clone(),
             kernel_budget: config.xdp.default_budget,
         },
-    );
+    )
+    .map_err(anyhow::Error::msg)
+    .context("loading the identity providers' keys")?;
     if let Some(admin) = &config.admin {
         let state = Arc::new(crate::admin::AdminState {
             registry: registry.clone(),
@@ -470,8 +508,20 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    // Identity providers' key sets behind URLs, on their refresh schedule.
+    let mut keys_tick = tokio::time::interval(Duration::from_secs(15));
     loop {
         tokio::select! {
+            _ = keys_tick.tick() => {
+                let identity = live.identity.lock().expect("identity lock").clone();
+                for p in identity.jwt.by_issuer.values() {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        let gap = p.config.refresh_s;
+                        p.refresh(crate::clock::unix_s(), gap).await
+                    });
+                }
+            }
             _ = hup.recv() => live.reload("SIGHUP").await,
             _ = watch.tick() => live.reload("file change").await,
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }

@@ -7,6 +7,7 @@ use hyper::{HeaderMap, StatusCode};
 
 use super::{
     apikey,
+    jwt::{JwtError, Verifier},
     registry::{Agent, Index, Tenant},
 };
 
@@ -33,6 +34,10 @@ pub struct Failure {
     /// Counts toward escalation (a presented credential that is wrong, not
     /// a missing one).
     pub bad_credential: bool,
+    /// The scopes a token lacked (`insufficient_scope`).
+    pub scope: Option<String>,
+    /// A trusted issuer whose key set lacked the token's key: worth a refresh.
+    pub refresh_issuer: Option<String>,
 }
 
 fn fail(
@@ -46,6 +51,8 @@ fn fail(
         error,
         message: message.into(),
         bad_credential: bad,
+        scope: None,
+        refresh_issuer: None,
     }
 }
 
@@ -58,6 +65,7 @@ pub fn authenticate(
     headers: &HeaderMap,
     query: Option<&str>,
     index: &Index,
+    jwt: &Verifier,
     required: bool,
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
@@ -102,9 +110,7 @@ pub fn authenticate(
     };
     let invalid = |m: &str| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
     let Some(agent_id) = apikey::agent_of(token) else {
-        return Err(invalid(
-            "not a Dome API key, and no tenant accepts bearer tokens from an identity provider here",
-        ));
+        return from_token(token, index, jwt, now_unix_s);
     };
     // An unknown agent and a wrong key get the same answer.
     let Some(agent) = index.agents.get(agent_id) else {
@@ -146,5 +152,59 @@ pub fn authenticate(
         agent: agent.clone(),
         tenant: tenant.clone(),
         user,
+    }))
+}
+
+/// A bearer token from a tenant's identity provider: the agent it names
+/// must be one of that tenant's; the end user is the token's.
+fn from_token(
+    token: &str,
+    index: &Index,
+    jwt: &Verifier,
+    now_unix_s: u64,
+) -> Result<Option<Caller>, Failure> {
+    let invalid = |m: String| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
+    let v = match jwt.verify(token, now_unix_s) {
+        Ok(v) => v,
+        Err(JwtError::Invalid(m)) => return Err(invalid(m)),
+        Err(JwtError::UnknownKey { issuer }) => {
+            let mut f = invalid("the token's key is not in its provider's key set".into());
+            f.refresh_issuer = Some(issuer);
+            // Likely a key the provider just rotated in: no strike.
+            f.bad_credential = false;
+            return Err(f);
+        }
+        Err(JwtError::InsufficientScope { required }) => {
+            let mut f = fail(
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                format!("the token lacks scopes: needs `{required}`"),
+                false,
+            );
+            f.scope = Some(required);
+            return Err(f);
+        }
+    };
+    let agent = index
+        .agents
+        .get(&v.agent)
+        .filter(|a| a.tenant == v.tenant)
+        .ok_or_else(|| {
+            invalid(format!(
+                "`{}` is not an agent of tenant `{}`",
+                v.agent, v.tenant
+            ))
+        })?;
+    if agent.disabled {
+        return Err(invalid("this agent is disabled".into()));
+    }
+    let tenant = index
+        .tenants
+        .get(&v.tenant)
+        .ok_or_else(|| invalid("the token's tenant no longer exists".into()))?;
+    Ok(Some(Caller {
+        agent: agent.clone(),
+        tenant: tenant.clone(),
+        user: v.user,
     }))
 }

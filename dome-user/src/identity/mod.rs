@@ -8,4 +8,5 @@ pub mod authn;
 pub mod budget;
 pub mod config;
 pub mod escalation;
+pub mod jwt;
 pub mod registry;

@@ -508,6 +508,7 @@ mod tests {
             name: "acme".into(),
             budget: None,
             delegation: false,
+            jwt: None,
         }]
     }
 

@@ -324,6 +324,8 @@ pub struct Identity {
     pub tier: Option<Arc<crate::xdp::KernelTier>>,
     /// The packet and byte budget an agent's identity slot gets.
     pub kernel_budget: crate::xdp::BudgetSpec,
+    /// Tenants' identity providers, for bearer tokens.
+    pub jwt: Arc<crate::identity::jwt::Verifier>,
 }
 
 impl Identity {
@@ -682,6 +684,7 @@ impl Gateway {
             req.headers(),
             req.uri().query(),
             &index,
+            &self.identity.jwt,
             self.identity.required,
             now_s,
         ) {
@@ -696,6 +699,16 @@ impl Gateway {
                         crate::clock::monotonic_ns(),
                         now_s,
                     );
+                }
+                if let Some(p) = f
+                    .refresh_issuer
+                    .as_ref()
+                    .and_then(|i| self.identity.jwt.by_issuer.get(i))
+                {
+                    // A key the provider may have rotated in: fetch its set
+                    // again (at most every 5 s); the client's retry may pass.
+                    let p = p.clone();
+                    tokio::spawn(async move { p.refresh(now_s, 5).await });
                 }
                 return self.unauthenticated(f);
             }
@@ -773,7 +786,12 @@ impl Gateway {
     fn resource_metadata(&self) -> Value {
         json!({
             "resource": self.identity.resource,
-            "authorization_servers": [],
+            "authorization_servers": self
+                .identity
+                .jwt
+                .by_issuer
+                .keys()
+                .collect::<std::collections::BTreeSet<_>>(),
             "bearer_methods_supported": ["header"],
             "resource_name": "Dome MCP gateway",
         })
@@ -787,6 +805,9 @@ impl Gateway {
         );
         if let Some(e) = f.error {
             challenge.push_str(&format!(", error=\"{e}\""));
+        }
+        if let Some(scope) = &f.scope {
+            challenge.push_str(&format!(", scope=\"{scope}\""));
         }
         let mut resp = json_response(
             f.status,

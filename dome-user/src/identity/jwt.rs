@@ -1,0 +1,411 @@
+//! Bearer tokens (JWT) from a tenant's identity provider. The token's `iss`
+//! picks the tenant; its `kid` picks a key from the tenant's JWKS (a file or
+//! a URL, cached and refreshed); the algorithm must suit that key's type
+//! (so `none`, and HMAC with a public key as the secret, never verify);
+//! `iss`, `aud`, `exp` and `nbf` are checked against the time given, not a
+//! clock read here. The agent is named by a claim (`client_id` by default)
+//! and must be one of the tenant's agents; the end user is the `sub`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use arc_swap::ArcSwap;
+use base64::Engine as _;
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+};
+use serde_json::Value;
+
+use super::config::JwtConfig;
+
+/// One tenant's provider: what its tokens must say, and its keys.
+pub struct Provider {
+    pub tenant: String,
+    pub config: JwtConfig,
+    pub audience: String,
+    pub keys: ArcSwap<JwkSet>,
+    /// When the keys were last fetched (unix s), to rate-limit refreshes.
+    pub fetched_unix_s: AtomicU64,
+}
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub tenant: String,
+    pub agent: String,
+    pub user: Option<String>,
+}
+
+/// Why a token does not verify.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JwtError {
+    /// `invalid_token`, with the reason.
+    Invalid(String),
+    /// The issuer is trusted but the key id is not in its key set (yet):
+    /// worth a key refresh.
+    UnknownKey { issuer: String },
+    /// Valid, but short of the scopes the tenant requires.
+    InsufficientScope { required: String },
+}
+
+/// Trusted providers, by issuer.
+#[derive(Default)]
+pub struct Verifier {
+    pub by_issuer: HashMap<String, Arc<Provider>>,
+}
+
+fn invalid(m: impl Into<String>) -> JwtError {
+    JwtError::Invalid(m.into())
+}
+
+/// The algorithms a key of this type may verify.
+fn algorithms_for(jwk: &jsonwebtoken::jwk::Jwk) -> Vec<Algorithm> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => vec![],
+        },
+        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+        // Shared secrets have no place in a provider's public key set.
+        AlgorithmParameters::OctetKey(_) => vec![],
+    };
+    // A key that names its algorithm allows only that one.
+    match jwk
+        .common
+        .key_algorithm
+        .and_then(|a| a.to_string().parse::<Algorithm>().ok())
+    {
+        Some(a) if by_type.contains(&a) => vec![a],
+        Some(_) => vec![],
+        None => by_type,
+    }
+}
+
+fn payload(token: &str) -> Result<Value, JwtError> {
+    let part = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| invalid("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| invalid("not a JWT"))?;
+    serde_json::from_slice(&bytes).map_err(|_| invalid("not a JWT"))
+}
+
+fn scopes(claims: &Value) -> Vec<String> {
+    match (&claims["scope"], &claims["scp"]) {
+        (Value::String(s), _) => s.split_whitespace().map(str::to_string).collect(),
+        (_, Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+        (_, Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Verifier {
+    /// Verifies `token` at `now_unix_s`.
+    pub fn verify(&self, token: &str, now_unix_s: u64) -> Result<Verified, JwtError> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| invalid("not a JWT, or its algorithm is not accepted"))?;
+        let unverified = payload(token)?;
+        let issuer = unverified["iss"]
+            .as_str()
+            .ok_or_else(|| invalid("the token has no issuer"))?;
+        let p = self
+            .by_issuer
+            .get(issuer)
+            .ok_or_else(|| invalid("the token's issuer is not trusted here"))?;
+        let kid = header
+            .kid
+            .as_deref()
+            .ok_or_else(|| invalid("the token names no key (kid)"))?;
+        let keys = p.keys.load();
+        let Some(jwk) = keys.find(kid) else {
+            return Err(JwtError::UnknownKey {
+                issuer: issuer.to_string(),
+            });
+        };
+        let allowed = algorithms_for(jwk);
+        if !allowed.contains(&header.alg) {
+            return Err(invalid(format!(
+                "algorithm {:?} does not suit the provider's key",
+                header.alg
+            )));
+        }
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|_| invalid("the provider's key is unusable"))?;
+        let mut v = Validation::new(header.alg);
+        v.algorithms = allowed;
+        v.set_issuer(&[&p.config.issuer]);
+        v.set_audience(&[&p.audience]);
+        // Time is checked below against the time given, not read here.
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.required_spec_claims = ["exp", "iss", "aud"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &v)
+            .map_err(|e| invalid(format!("the token does not verify: {e}")))?
+            .claims;
+        let leeway = p.config.leeway_s;
+        let exp = claims["exp"]
+            .as_u64()
+            .ok_or_else(|| invalid("exp is not a number"))?;
+        if now_unix_s >= exp.saturating_add(leeway) {
+            return Err(invalid("the token has expired"));
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            let nbf = nbf.as_u64().ok_or_else(|| invalid("nbf is not a number"))?;
+            if now_unix_s.saturating_add(leeway) < nbf {
+                return Err(invalid("the token is not valid yet"));
+            }
+        }
+        let have = scopes(&claims);
+        let missing: Vec<&String> = p
+            .config
+            .required_scopes
+            .iter()
+            .filter(|s| !have.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(JwtError::InsufficientScope {
+                required: p.config.required_scopes.join(" "),
+            });
+        }
+        let agent = claims[p.config.agent_claim.as_str()]
+            .as_str()
+            .or_else(|| claims["azp"].as_str())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the token has no `{}` naming the agent",
+                    p.config.agent_claim
+                ))
+            })?
+            .to_string();
+        let user = claims[p.config.user_claim.as_str()]
+            .as_str()
+            .map(str::to_string);
+        Ok(Verified {
+            tenant: p.tenant.clone(),
+            agent,
+            user,
+        })
+    }
+}
+
+/// Fetches a JWKS document over HTTP(S).
+pub async fn fetch(url: &str) -> Result<JwkSet, String> {
+    use http_body_util::BodyExt;
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https);
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| format!("{url}: timed out"))?
+        .map_err(|e| format!("{url}: {}", crate::error_chain(&e)))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url}: HTTP {}", resp.status()));
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+        .collect()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: not a JWKS: {e}"))
+}
+
+impl Provider {
+    /// Fetches the keys again (URL providers), at most once per `min_gap_s`.
+    pub async fn refresh(&self, now_unix_s: u64, min_gap_s: u64) {
+        let Some(url) = &self.config.jwks_url else {
+            return;
+        };
+        let last = self.fetched_unix_s.load(Ordering::Relaxed);
+        if last != 0 && now_unix_s < last + min_gap_s {
+            return;
+        }
+        self.fetched_unix_s.store(now_unix_s, Ordering::Relaxed);
+        match fetch(url).await {
+            Ok(set) => {
+                tracing::info!(tenant = %self.tenant, keys = set.keys.len(), "identity provider keys fetched");
+                self.keys.store(Arc::new(set));
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %self.tenant, error = %e, "fetching the identity provider's keys failed")
+            }
+        }
+    }
+}
+
+/// Builds the providers of `tenants` (JWKS files read now; URL key sets
+/// start empty until fetched).
+pub fn providers(
+    tenants: &[super::config::TenantConfig],
+    default_audience: &str,
+    config_dir: &std::path::Path,
+) -> Result<Verifier, String> {
+    let mut by_issuer = HashMap::new();
+    for t in tenants {
+        let Some(j) = &t.jwt else { continue };
+        let keys = match &j.jwks_file {
+            Some(f) => {
+                let path = if f.is_absolute() {
+                    f.clone()
+                } else {
+                    config_dir.join(f)
+                };
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not a JWKS: {e}", path.display()))?
+            }
+            None => JwkSet { keys: Vec::new() },
+        };
+        by_issuer.insert(
+            j.issuer.clone(),
+            Arc::new(Provider {
+                tenant: t.name.clone(),
+                audience: j
+                    .audience
+                    .clone()
+                    .unwrap_or_else(|| default_audience.to_string()),
+                config: j.clone(),
+                keys: ArcSwap::from_pointee(keys),
+                fetched_unix_s: AtomicU64::new(0),
+            }),
+        );
+    }
+    Ok(Verifier { by_issuer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+    use serde_json::json;
+
+    /// An ES256 key: (encoding key, its JWK).
+    fn key(kid: &str) -> (EncodingKey, Value) {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let public = pair.public_key().as_ref();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+            "x": b64.encode(&public[1..33]), "y": b64.encode(&public[33..65])});
+        (EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+    }
+
+    fn verifier(jwks: Value, scopes: &[&str]) -> Verifier {
+        let config = JwtConfig {
+            issuer: "https://idp.example".into(),
+            audience: Some("https://dome.example/mcp".into()),
+            jwks_file: None,
+            jwks_url: None,
+            refresh_s: 300,
+            agent_claim: "client_id".into(),
+            user_claim: "sub".into(),
+            required_scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            leeway_s: 0,
+        };
+        let mut by_issuer = HashMap::new();
+        by_issuer.insert(
+            config.issuer.clone(),
+            Arc::new(Provider {
+                tenant: "acme".into(),
+                audience: config.audience.clone().unwrap(),
+                config,
+                keys: ArcSwap::from_pointee(serde_json::from_value(jwks).unwrap()),
+                fetched_unix_s: AtomicU64::new(0),
+            }),
+        );
+        Verifier { by_issuer }
+    }
+
+    fn claims() -> Value {
+        json!({"iss": "https://idp.example", "aud": "https://dome.example/mcp", "sub": "alice",
+               "client_id": "acme-bot", "exp": 2000, "nbf": 1000, "scope": "mcp:tools other"})
+    }
+
+    fn sign(k: &EncodingKey, kid: &str, c: &Value) -> String {
+        let mut h = Header::new(Algorithm::ES256);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, c, k).unwrap()
+    }
+
+    #[test]
+    fn every_check_bites() {
+        let (k, jwk) = key("k1");
+        let v = verifier(json!({"keys": [jwk]}), &["mcp:tools"]);
+        let ok = sign(&k, "k1", &claims());
+        assert_eq!(
+            v.verify(&ok, 1500),
+            Ok(Verified {
+                tenant: "acme".into(),
+                agent: "acme-bot".into(),
+                user: Some("alice".into())
+            })
+        );
+        let bad = |t: &str, now: u64| matches!(v.verify(t, now), Err(JwtError::Invalid(_)));
+        assert!(bad(&ok, 2000), "expired");
+        assert!(bad(&ok, 999), "not yet valid");
+        let mut c = claims();
+        c["aud"] = "https://elsewhere".into();
+        assert!(bad(&sign(&k, "k1", &c), 1500), "wrong audience");
+        let mut c = claims();
+        c["iss"] = "https://evil.example".into();
+        assert!(bad(&sign(&k, "k1", &c), 1500), "untrusted issuer");
+        let (other, _) = key("k1");
+        assert!(bad(&sign(&other, "k1", &claims()), 1500), "bad signature");
+        assert_eq!(
+            v.verify(&sign(&k, "k9", &claims()), 1500),
+            Err(JwtError::UnknownKey {
+                issuer: "https://idp.example".into()
+            })
+        );
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","kid":"k1"}"#),
+            b64.encode(claims().to_string())
+        );
+        assert!(bad(&none, 1500), "alg none");
+        // HS256 keyed with the public key's bytes (algorithm confusion).
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("k1".into());
+        let hs = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(b"x")).unwrap();
+        assert!(bad(&hs, 1500), "HMAC confusion");
+        let mut c = claims();
+        c["scope"] = "other".into();
+        assert!(matches!(
+            v.verify(&sign(&k, "k1", &c), 1500),
+            Err(JwtError::InsufficientScope { .. })
+        ));
+    }
+}
