@@ -122,7 +122,7 @@ fn identity_for(
             Some(old)
                 if old.config.jwks_url.is_some() && old.config.jwks_url == p.config.jwks_url =>
             {
-                p.keys.store(old.keys.load_full());
+                p.set_keys(old.keys.load_full());
                 p.fetched_unix_s.store(
                     old.fetched_unix_s
                         .load(std::sync::atomic::Ordering::Relaxed),
@@ -486,6 +486,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         events,
         config: config_status.clone(),
         sessions: sessions.clone(),
+        registry: registry.clone(),
+        escalation: escalation.clone(),
     });
     let (stats_addr, stats_task) = stats::serve(config.stats.listen, state)
         .await

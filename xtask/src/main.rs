@@ -367,7 +367,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
                 &["run", "--release", "-p", "bench", "--bin", "bench-e2e"],
             )
         }
-        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e"),
+        "auth" => cargo(
+            root,
+            &["run", "--release", "-p", "bench", "--bin", "bench-auth"],
+        ),
+        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth"),
     }
 }
 

@@ -164,7 +164,7 @@ fn from_token(
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
     let invalid = |m: String| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
-    let v = match jwt.verify(token, now_unix_s) {
+    let v = match jwt.verify_cached(token, now_unix_s) {
         Ok(v) => v,
         Err(JwtError::Invalid(m)) => return Err(invalid(m)),
         Err(JwtError::UnknownKey { issuer }) => {

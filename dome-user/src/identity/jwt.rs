@@ -32,6 +32,45 @@ pub struct Provider {
     pub keys: ArcSwap<JwkSet>,
     /// When the keys were last fetched (unix s), to rate-limit refreshes.
     pub fetched_unix_s: AtomicU64,
+    /// Bumped whenever `keys` changes: tokens verified under older keys
+    /// are verified again.
+    pub generation: AtomicU64,
+}
+
+impl Provider {
+    pub fn new(tenant: String, config: JwtConfig, audience: String, keys: JwkSet) -> Provider {
+        Provider {
+            tenant,
+            config,
+            audience,
+            keys: ArcSwap::from_pointee(keys),
+            fetched_unix_s: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn set_keys(&self, keys: Arc<JwkSet>) {
+        self.keys.store(keys);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// A token this thread verified: agents reuse a token for many calls, and
+/// a signature check costs tens of microseconds. Keyed by the token's
+/// SHA-256; the time limits are checked again on every use.
+struct Cached {
+    verified: Verified,
+    provider: Arc<Provider>,
+    generation: u64,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+const CACHE_CAP: usize = 4096;
+
+thread_local! {
+    static CACHE: std::cell::RefCell<HashMap<[u8; 32], Cached>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
 /// A verified token.
@@ -120,8 +159,58 @@ fn scopes(claims: &Value) -> Vec<String> {
 }
 
 impl Verifier {
+    /// As [`Verifier::verify`], answering from this thread's cache of
+    /// verified tokens when the token, its provider and its provider's keys
+    /// are the same as when it was verified (and it is still in time).
+    pub fn verify_cached(&self, token: &str, now_unix_s: u64) -> Result<Verified, JwtError> {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hit = CACHE.with(|c| {
+            let c = c.borrow();
+            let e = c.get(&digest)?;
+            let current = self.by_issuer.get(&e.provider.config.issuer)?;
+            let fresh = Arc::ptr_eq(current, &e.provider)
+                && e.generation == e.provider.generation.load(Ordering::Acquire);
+            let leeway = e.provider.config.leeway_s;
+            let in_time = now_unix_s < e.exp.saturating_add(leeway)
+                && e.nbf
+                    .is_none_or(|nbf| now_unix_s.saturating_add(leeway) >= nbf);
+            (fresh && in_time).then(|| e.verified.clone())
+        });
+        if let Some(v) = hit {
+            return Ok(v);
+        }
+        let (verified, provider, generation, exp, nbf) = self.verify_full(token, now_unix_s)?;
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.len() >= CACHE_CAP {
+                c.clear();
+            }
+            c.insert(
+                digest,
+                Cached {
+                    verified: verified.clone(),
+                    provider,
+                    generation,
+                    exp,
+                    nbf,
+                },
+            );
+        });
+        Ok(verified)
+    }
+
     /// Verifies `token` at `now_unix_s`.
     pub fn verify(&self, token: &str, now_unix_s: u64) -> Result<Verified, JwtError> {
+        self.verify_full(token, now_unix_s).map(|r| r.0)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn verify_full(
+        &self,
+        token: &str,
+        now_unix_s: u64,
+    ) -> Result<(Verified, Arc<Provider>, u64, u64, Option<u64>), JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("not a JWT, or its algorithm is not accepted"))?;
         let unverified = payload(token)?;
@@ -136,6 +225,7 @@ impl Verifier {
             .kid
             .as_deref()
             .ok_or_else(|| invalid("the token names no key (kid)"))?;
+        let generation = p.generation.load(Ordering::Acquire);
         let keys = p.keys.load();
         let Some(jwk) = keys.find(kid) else {
             return Err(JwtError::UnknownKey {
@@ -172,11 +262,14 @@ impl Verifier {
         if now_unix_s >= exp.saturating_add(leeway) {
             return Err(invalid("the token has expired"));
         }
-        if let Some(nbf) = claims.get("nbf") {
-            let nbf = nbf.as_u64().ok_or_else(|| invalid("nbf is not a number"))?;
-            if now_unix_s.saturating_add(leeway) < nbf {
-                return Err(invalid("the token is not valid yet"));
-            }
+        let nbf = match claims.get("nbf") {
+            Some(n) => Some(n.as_u64().ok_or_else(|| invalid("nbf is not a number"))?),
+            None => None,
+        };
+        if let Some(nbf) = nbf
+            && now_unix_s.saturating_add(leeway) < nbf
+        {
+            return Err(invalid("the token is not valid yet"));
         }
         let have = scopes(&claims);
         let missing: Vec<&String> = p
@@ -203,11 +296,17 @@ impl Verifier {
         let user = claims[p.config.user_claim.as_str()]
             .as_str()
             .map(str::to_string);
-        Ok(Verified {
-            tenant: p.tenant.clone(),
-            agent,
-            user,
-        })
+        Ok((
+            Verified {
+                tenant: p.tenant.clone(),
+                agent,
+                user,
+            },
+            p.clone(),
+            generation,
+            exp,
+            nbf,
+        ))
     }
 }
 
@@ -252,7 +351,7 @@ impl Provider {
         match fetch(url).await {
             Ok(set) => {
                 tracing::info!(tenant = %self.tenant, keys = set.keys.len(), "identity provider keys fetched");
-                self.keys.store(Arc::new(set));
+                self.set_keys(Arc::new(set));
             }
             Err(e) => {
                 tracing::warn!(tenant = %self.tenant, error = %e, "fetching the identity provider's keys failed")
@@ -285,18 +384,13 @@ pub fn providers(
             }
             None => JwkSet { keys: Vec::new() },
         };
+        let audience = j
+            .audience
+            .clone()
+            .unwrap_or_else(|| default_audience.to_string());
         by_issuer.insert(
             j.issuer.clone(),
-            Arc::new(Provider {
-                tenant: t.name.clone(),
-                audience: j
-                    .audience
-                    .clone()
-                    .unwrap_or_else(|| default_audience.to_string()),
-                config: j.clone(),
-                keys: ArcSwap::from_pointee(keys),
-                fetched_unix_s: AtomicU64::new(0),
-            }),
+            Arc::new(Provider::new(t.name.clone(), j.clone(), audience, keys)),
         );
     }
     Ok(Verifier { by_issuer })
@@ -335,15 +429,15 @@ mod tests {
             leeway_s: 0,
         };
         let mut by_issuer = HashMap::new();
+        let audience = config.audience.clone().unwrap();
         by_issuer.insert(
             config.issuer.clone(),
-            Arc::new(Provider {
-                tenant: "acme".into(),
-                audience: config.audience.clone().unwrap(),
+            Arc::new(Provider::new(
+                "acme".into(),
                 config,
-                keys: ArcSwap::from_pointee(serde_json::from_value(jwks).unwrap()),
-                fetched_unix_s: AtomicU64::new(0),
-            }),
+                audience,
+                serde_json::from_value(jwks).unwrap(),
+            )),
         );
         Verifier { by_issuer }
     }
@@ -357,6 +451,29 @@ mod tests {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(kid.into());
         jsonwebtoken::encode(&h, c, k).unwrap()
+    }
+
+    #[test]
+    fn cached_tokens_still_expire_and_follow_key_changes() {
+        let (k, jwk) = key("k1");
+        let v = verifier(json!({"keys": [jwk]}), &[]);
+        let t = sign(&k, "k1", &claims());
+        assert!(v.verify_cached(&t, 1500).is_ok());
+        assert!(v.verify_cached(&t, 1600).is_ok(), "from the cache");
+        assert!(
+            v.verify_cached(&t, 2000).is_err(),
+            "expired even when cached"
+        );
+        assert!(
+            v.verify_cached(&t, 999).is_err(),
+            "not yet valid even when cached"
+        );
+        // The provider drops the key: the cached verdict goes with it.
+        let p = v.by_issuer["https://idp.example"].clone();
+        p.set_keys(Arc::new(
+            serde_json::from_value(json!({"keys": []})).unwrap(),
+        ));
+        assert!(v.verify_cached(&t, 1500).is_err());
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct StatsState {
     pub events: Arc<EventStats>,
     pub config: Arc<std::sync::Mutex<crate::runtime::ConfigStatus>>,
     pub sessions: Arc<crate::mcp::gateway::SessionTable>,
+    pub registry: Arc<crate::identity::registry::Registry>,
+    pub escalation: Arc<crate::identity::escalation::Escalation>,
 }
 
 impl StatsState {
@@ -49,6 +51,12 @@ impl StatsState {
             },
             "config": serde_json::to_value(&*self.config.lock().expect("config status")).unwrap_or_default(),
             "sessions": self.sessions.len(),
+            "identity": {
+                "agents": self.registry.index().agents.len(),
+                "tenants": self.registry.index().tenants.len(),
+                "escalations": self.escalation.escalations(),
+                "blocks": self.escalation.blocks_json()["blocks"].as_array().map_or(0, Vec::len),
+            },
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,
@@ -68,6 +76,10 @@ impl StatsState {
                 ));
             }
         }
+        out.push_str(&format!(
+            "# TYPE dome_escalations_total counter\ndome_escalations_total {}\n",
+            self.escalation.escalations()
+        ));
         let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;
         out.push_str(&format!(
             "# TYPE dome_xdp_attached gauge\ndome_xdp_attached {attached}\n"
