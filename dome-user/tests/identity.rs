@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 const KEY_A: &str = "dome_agent-a_first-agent-key-for-the-tests";
 const KEY_B: &str = "dome_agent-b_second-agent-key-for-the-tests";
+const KEY_ACME_BOT: &str = "dome_acme-bot_an-agent-key-beside-the-tokens";
 
 fn sha(key: &str) -> String {
     dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
@@ -359,8 +360,9 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
              [[tenant]]\nname = \"acme\"\n\
              [tenant.jwt]\nissuer = \"https://idp.acme.test\"\njwks_url = \"http://{idp}/jwks.json\"\n\
              required_scopes = [\"mcp:tools\"]\nleeway_s = 0\n\
-             [[agent]]\nid = \"acme-bot\"\ntenant = \"acme\"\n",
-            data.display()
+             [[agent]]\nid = \"acme-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            sha(KEY_ACME_BOT)
         ),
     );
     let aud = format!("http://{}/mcp", dome.mcp);
@@ -453,6 +455,55 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         doc["authorization_servers"],
         json!(["https://idp.acme.test"])
     );
+
+    // An agent with an API key passes its end user's own token: the user
+    // is the token's (and a token that does not verify is refused).
+    let user_token = token(
+        &k1,
+        "k1",
+        &json!({"iss": "https://idp.acme.test", "aud": aud, "sub": "dora@acme.test",
+                "exp": now + 300, "scope": "mcp:tools"}),
+    );
+    let (status, _, v) = post(
+        &dome,
+        &[
+            ("Authorization", &format!("Bearer {KEY_ACME_BOT}")),
+            ("Dome-User-Token", &user_token),
+        ],
+        "whoami",
+        &call("whoami", json!({})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let seen: Value =
+        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert!(
+        seen.get("dome-user-token").is_none(),
+        "the user's token went upstream"
+    );
+    let claims_of = |t: &str| {
+        let kid = jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
+        jsonwebtoken::decode::<Value>(
+            t,
+            &DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap(),
+            &val,
+        )
+        .unwrap()
+        .claims
+    };
+    assert_eq!(
+        claims_of(seen["dome-assertion"].as_str().unwrap())["user"],
+        "dora@acme.test"
+    );
+    let (status, _, _) = post(
+        &dome,
+        &[
+            ("Authorization", &format!("Bearer {KEY_ACME_BOT}")),
+            ("Dome-User-Token", "not.a.token"),
+        ],
+        "whoami",
+        &call("whoami", json!({})),
+    );
+    assert_eq!(status, 401);
 
     // The provider rotates in a new key: the first token signed with it is
     // refused (unknown key) and triggers a refresh; then it verifies.

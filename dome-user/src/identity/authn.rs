@@ -15,6 +15,10 @@ use super::{
 /// user it acts for. Like every `dome-*` header, never forwarded upstream.
 pub const H_USER: &str = "dome-user";
 
+/// Header in which an agent passes a token the tenant's identity provider
+/// issued to the end user: the user is then the token's, verified.
+pub const H_USER_TOKEN: &str = "dome-user-token";
+
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {
@@ -125,6 +129,47 @@ pub fn authenticate(
     let Some(tenant) = index.tenants.get(&agent.tenant) else {
         return Err(invalid("the agent's tenant no longer exists"));
     };
+    // A user token the tenant's identity provider signed names the end
+    // user best; else the agent may assert it where its tenant allows.
+    if let Some(t) = headers.get(H_USER_TOKEN) {
+        let bad = |m: String| {
+            fail(
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                format!("Dome-User-Token: {m}"),
+                true,
+            )
+        };
+        let t = t.to_str().map_err(|_| bad("not text".into()))?;
+        let v = match jwt.verify_cached(t, now_unix_s) {
+            Ok(v) => v,
+            Err(JwtError::Invalid(m)) => return Err(bad(m)),
+            Err(JwtError::UnknownKey { issuer }) => {
+                let mut f = bad("its key is not in its provider's key set".into());
+                f.refresh_issuer = Some(issuer);
+                f.bad_credential = false;
+                return Err(f);
+            }
+            Err(JwtError::InsufficientScope { required }) => {
+                let mut f = fail(
+                    StatusCode::FORBIDDEN,
+                    Some("insufficient_scope"),
+                    format!("Dome-User-Token lacks scopes: needs `{required}`"),
+                    false,
+                );
+                f.scope = Some(required);
+                return Err(f);
+            }
+        };
+        if v.tenant != tenant.name {
+            return Err(bad("issued for another tenant".into()));
+        }
+        return Ok(Some(Caller {
+            agent: agent.clone(),
+            tenant: tenant.clone(),
+            user: v.user,
+        }));
+    }
     let user = match headers.get(H_USER).map(|v| v.to_str()) {
         None => None,
         Some(Ok(u)) if tenant.delegation && !u.is_empty() && u.len() <= 256 => Some(u.to_string()),
@@ -185,14 +230,20 @@ fn from_token(
             return Err(f);
         }
     };
+    let Some(agent_id) = v.agent.as_deref() else {
+        return Err(invalid(
+            "the token names no agent (client_id or azp); a user's token goes in Dome-User-Token"
+                .into(),
+        ));
+    };
     let agent = index
         .agents
-        .get(&v.agent)
+        .get(agent_id)
         .filter(|a| a.tenant == v.tenant)
         .ok_or_else(|| {
             invalid(format!(
-                "`{}` is not an agent of tenant `{}`",
-                v.agent, v.tenant
+                "`{agent_id}` is not an agent of tenant `{}`",
+                v.tenant
             ))
         })?;
     if agent.disabled {

@@ -253,8 +253,8 @@ mod tests {
         let mut s = Strikes::default();
         let who = Subject::Source("10.0.0.9".parse().unwrap());
         assert!(!s.record(&who, 0, 3, 10 * S));
-        assert!(!s.record(&who, S, 3, 10 * S));
-        // The first strike has left the window by now.
+        assert!(!s.record(&who, 5 * S, 3, 10 * S));
+        // The first strike has left the window by now: two in it.
         assert!(!s.record(&who, 11 * S, 3, 10 * S));
         assert!(s.record(&who, 12 * S, 3, 10 * S));
         // Counting starts again after a block.

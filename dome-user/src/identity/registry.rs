@@ -154,6 +154,9 @@ pub struct Registry {
     db: Database,
     index: ArcSwap<Index>,
     config: Mutex<ConfigPart>,
+    /// One rebuild at a time, so an older snapshot never replaces a newer
+    /// index (readers never take it).
+    rebuilding: Mutex<()>,
 }
 
 impl Registry {
@@ -179,6 +182,7 @@ impl Registry {
                 agents,
                 default_budget,
             }),
+            rebuilding: Mutex::new(()),
         };
         reg.rebuild(now_unix_s)?;
         Ok(reg)
@@ -370,6 +374,7 @@ impl Registry {
     /// carrying budget state over for agents whose budgets did not change.
     fn rebuild(&self, now_unix_s: u64) -> Result<(), RegistryError> {
         let _ = now_unix_s;
+        let _one = self.rebuilding.lock().expect("rebuild lock");
         let records = self.records()?;
         let cfg = self.config.lock().expect("config lock");
         let old = self.index();

@@ -1408,7 +1408,14 @@ impl Gateway {
             ));
         };
         let upstream = self.upstreams[index].clone();
-        match upstream.request(method, params).await {
+        let assertion = match current_caller() {
+            Some(c) => Some(self.vouch(&upstream, &c, None, e)?),
+            None => None,
+        };
+        let vouched = assertion
+            .as_deref()
+            .map(|a| (&self.identity.signer.header, a));
+        match upstream.request_as(method, params, vouched).await {
             Ok((Reply::Stream(s), _)) => {
                 match super::upstream::first_response(upstream.name(), s).await {
                     Ok(v) => Ok((upstream, Reply::Json(v))),
@@ -1477,6 +1484,55 @@ impl Gateway {
         });
     }
 
+    /// The signed assertion that tells `upstream` whose call this is.
+    fn vouch(
+        &self,
+        upstream: &Upstream,
+        c: &Caller,
+        session: Option<&Arc<Session>>,
+        e: &Envelope,
+    ) -> Result<String, (i64, String)> {
+        let signer = &self.identity.signer;
+        let now = crate::clock::unix_s();
+        let call_id = format!("{:016x}", rand::random::<u64>());
+        let intent = e
+            .meta_entries
+            .iter()
+            .find(|(k, _)| k == INTENT_META)
+            .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
+            .or_else(|| {
+                // Methods other than tools/call keep `_meta` inside `params`.
+                e.params
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                    .and_then(|p| p["_meta"][INTENT_META].as_str().map(str::to_string))
+            });
+        let claims = crate::identity::assertion::Claims {
+            iss: "dome",
+            aud: upstream.name(),
+            sub: &c.agent.id,
+            tenant: &c.agent.tenant,
+            agent_kind: match c.agent.kind {
+                crate::identity::config::AgentKind::CustomerAgent => "customer_agent",
+                crate::identity::config::AgentKind::Partner => "partner",
+            },
+            labels: &c.agent.labels,
+            user: c.user.as_deref(),
+            session: session.map(|s| s.id.as_str()),
+            intent: intent.as_deref(),
+            jti: &call_id,
+            iat: now,
+            exp: now + signer.ttl_s,
+        };
+        signer.sign(&claims).map_err(|err| {
+            tracing::error!(error = %err, "signing the identity assertion failed");
+            (
+                code::INTERNAL_ERROR,
+                "cannot vouch for the caller".to_string(),
+            )
+        })
+    }
+
     /// Phase: forward. Resolves the public tool name and sends the call to
     /// its upstream with the upstream's own name and request id.
     async fn forward_call(
@@ -1535,43 +1591,10 @@ impl Gateway {
             }
         }
         // Phase: vouch. The caller's own credential never goes upstream.
-        let call_id = format!("{:016x}", rand::random::<u64>());
-        let assertion = caller.as_ref().and_then(|c| {
-            let signer = &self.identity.signer;
-            let now = crate::clock::unix_s();
-            let intent = e
-                .meta_entries
-                .iter()
-                .find(|(k, _)| k == INTENT_META)
-                .and_then(|(_, v)| serde_json::from_str::<String>(v).ok());
-            let claims = crate::identity::assertion::Claims {
-                iss: "dome",
-                aud: upstream.name(),
-                sub: &c.agent.id,
-                tenant: &c.agent.tenant,
-                agent_kind: match c.agent.kind {
-                    crate::identity::config::AgentKind::CustomerAgent => "customer_agent",
-                    crate::identity::config::AgentKind::Partner => "partner",
-                },
-                labels: &c.agent.labels,
-                user: c.user.as_deref(),
-                session: session.map(|s| s.id.as_str()),
-                intent: intent.as_deref(),
-                jti: &call_id,
-                iat: now,
-                exp: now + signer.ttl_s,
-            };
-            match signer.sign(&claims) {
-                Ok(t) => Some(t),
-                Err(err) => {
-                    tracing::error!(error = %err, "signing the identity assertion failed");
-                    None
-                }
-            }
-        });
-        if caller.is_some() && assertion.is_none() {
-            return Err((code::INTERNAL_ERROR, "cannot vouch for the caller".into()));
-        }
+        let assertion = match &caller {
+            Some(c) => Some(self.vouch(&upstream, c, session, e)?),
+            None => None,
+        };
         let uid = upstream.allocate_id();
         let guard = match (session, &e.id) {
             (Some(s), Some(client_id)) => {

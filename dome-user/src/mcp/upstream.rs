@@ -462,7 +462,17 @@ impl Upstream {
         method: &str,
         params: Value,
     ) -> Result<(Reply, u64), UpstreamError> {
-        self.with_session(|| self.send(method, params.clone()))
+        self.request_as(method, params, None).await
+    }
+
+    /// As [`Upstream::request`], with Dome's identity assertion for the caller.
+    pub async fn request_as(
+        &self,
+        method: &str,
+        params: Value,
+        assertion: Option<(&header::HeaderName, &str)>,
+    ) -> Result<(Reply, u64), UpstreamError> {
+        self.with_session(|| self.send_as(method, params.clone(), assertion))
             .await
     }
 
@@ -652,7 +662,16 @@ impl Upstream {
     async fn send(
         &self,
         method: &str,
+        params: Value,
+    ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
+        self.send_as(method, params, None).await
+    }
+
+    async fn send_as(
+        &self,
+        method: &str,
         mut params: Value,
+        assertion: Option<(&header::HeaderName, &str)>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Era::Stateless { version } = &*self.era.read().expect("era") {
@@ -673,7 +692,12 @@ impl Upstream {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         let name =
             protocol::name_key(method).and_then(|k| body["params"][k].as_str().map(str::to_string));
-        let req = self.build(method, name.as_deref(), &body)?;
+        let mut req = self.build(method, name.as_deref(), &body)?;
+        if let Some((h, v)) = assertion
+            && let Ok(v) = header::HeaderValue::from_str(v)
+        {
+            req.headers_mut().insert(h.clone(), v);
+        }
         let resp = self.exchange(req).await?;
         let status = resp.status();
         Ok((read_reply(self.name(), resp).await?, id, status))
