@@ -202,9 +202,16 @@ fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
         let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
         assert_eq!(status, 200, "{v}");
     }
-    let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
+    let (status, h, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["code"], -32004, "{v}");
+    // One call a minute: the next one passes in about a minute.
+    let retry_ms = v["error"]["data"]["retryAfterMs"].as_u64().unwrap();
+    assert!((55_000..=62_500).contains(&retry_ms), "{v}");
+    assert_eq!(
+        header(&h, "retry-after"),
+        Some(retry_ms.div_ceil(1000).to_string().as_str())
+    );
     assert!(
         v["error"]["message"]
             .as_str()

@@ -119,6 +119,9 @@ pub struct Escalation {
     tier: Option<Arc<KernelTier>>,
     strikes: Mutex<Strikes>,
     blocks: Mutex<HashMap<String, Block>>,
+    /// What every request checks: block keys and their ends (unix s),
+    /// swapped after each change so the check takes no lock.
+    view: arc_swap::ArcSwap<HashMap<String, u64>>,
     escalations: AtomicU64,
 }
 
@@ -129,6 +132,7 @@ impl Escalation {
             tier,
             strikes: Mutex::default(),
             blocks: Mutex::default(),
+            view: arc_swap::ArcSwap::from_pointee(HashMap::new()),
             escalations: AtomicU64::new(0),
         }
     }
@@ -166,7 +170,9 @@ impl Escalation {
         };
         self.escalations.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(subject = ?who, reason = why, block_s = self.config.block_s, kernel, "escalation: blocked");
-        self.blocks.lock().expect("blocks lock").insert(
+        let mut blocks = self.blocks.lock().expect("blocks lock");
+        blocks.retain(|_, b| now_unix_s < b.until_unix_s);
+        blocks.insert(
             who.key(),
             Block {
                 subject: who,
@@ -175,26 +181,28 @@ impl Escalation {
                 kernel,
             },
         );
+        self.publish(&blocks);
+    }
+
+    fn publish(&self, blocks: &HashMap<String, Block>) {
+        self.view.store(std::sync::Arc::new(
+            blocks
+                .iter()
+                .map(|(k, b)| (k.clone(), b.until_unix_s))
+                .collect(),
+        ));
     }
 
     /// Whether a block is in force against the source or the agent (the
     /// user-space half of enforcement).
     pub fn blocked(&self, source: Option<IpAddr>, slot: Option<u32>, now_unix_s: u64) -> bool {
-        let blocks = self.blocks.lock().expect("blocks lock");
-        if blocks.is_empty() {
+        let view = self.view.load();
+        if view.is_empty() {
             return false;
         }
-        let live = |k: String| blocks.get(&k).is_some_and(|b| now_unix_s < b.until_unix_s);
+        let live = |k: String| view.get(&k).is_some_and(|until| now_unix_s < *until);
         source.is_some_and(|ip| live(Subject::Source(ip).key()))
-            || slot.is_some_and(|s| {
-                live(
-                    Subject::Agent {
-                        id: String::new(),
-                        slot: s,
-                    }
-                    .key(),
-                )
-            })
+            || slot.is_some_and(|s| live(format!("identity/{s}")))
     }
 
     /// `GET /blocks` of the admin API.
@@ -202,6 +210,7 @@ impl Escalation {
         let now = crate::clock::unix_s();
         let mut blocks = self.blocks.lock().expect("blocks lock");
         blocks.retain(|_, b| now < b.until_unix_s);
+        self.publish(&blocks);
         let list: Vec<Value> = blocks
             .iter()
             .map(|(k, b)| {
@@ -220,7 +229,13 @@ impl Escalation {
     /// Lifts the block `kind/key` (as `GET /blocks` names it); true when one was in force.
     pub fn lift(&self, kind: &str, key: &str) -> Result<bool, String> {
         let full = format!("{kind}/{key}");
-        let Some(b) = self.blocks.lock().expect("blocks lock").remove(&full) else {
+        let b = {
+            let mut blocks = self.blocks.lock().expect("blocks lock");
+            let b = blocks.remove(&full);
+            self.publish(&blocks);
+            b
+        };
+        let Some(b) = b else {
             return Ok(false);
         };
         if let Some(t) = &self.tier {

@@ -1304,7 +1304,14 @@ impl Gateway {
                 ok(json!({}))
             }
             "tools/call" => match self.forward_call(e, None).await {
-                Err((c, m)) => err(c, m),
+                Err(r) => {
+                    let status = if era == Era::Stateless {
+                        stateless_status(r.code)
+                    } else {
+                        StatusCode::OK
+                    };
+                    (status, r.to_rpc(&id))
+                }
                 Ok((upstream, Reply::Stream(st), _)) => {
                     match super::upstream::first_response(upstream.name(), st).await {
                         Ok(mut v) => {
@@ -1539,12 +1546,16 @@ impl Gateway {
         &self,
         e: &Envelope,
         session: Option<&Arc<Session>>,
-    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>), (i64, String)> {
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>), Refusal> {
         let Some(name) = e.name.as_deref() else {
-            return Err((code::INVALID_PARAMS, "tools/call needs params.name".into()));
+            return Err((
+                code::INVALID_PARAMS,
+                "tools/call needs params.name".to_string(),
+            )
+                .into());
         };
         let Some(route) = self.lookup(Kind::Tools, name).await else {
-            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")));
+            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
         let upstream = self.upstreams[route.upstream].clone();
         // A session's caller authenticated when it opened the session (a
@@ -1556,20 +1567,26 @@ impl Gateway {
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
-            let mut levels: Vec<(&str, &crate::identity::budget::Bucket)> = Vec::with_capacity(3);
-            if let Some(t) = b.tools.get(name) {
-                levels.push(("agent x tool", t));
+            // Most specific first; no allocation on this path.
+            let named: [(&str, Option<&crate::identity::budget::Bucket>); 3] = [
+                ("agent x tool", b.tools.get(name)),
+                ("agent", b.agent.as_ref()),
+                ("tenant", c.tenant.budget.as_deref()),
+            ];
+            let mut levels: [&crate::identity::budget::Bucket; 3] =
+                [named[0].1.unwrap_or(&UNLIMITED); 3];
+            let mut names = [""; 3];
+            let mut n = 0;
+            for (label, bucket) in named {
+                if let Some(bucket) = bucket {
+                    levels[n] = bucket;
+                    names[n] = label;
+                    n += 1;
+                }
             }
-            if let Some(a) = &b.agent {
-                levels.push(("agent", a));
-            }
-            if let Some(t) = &c.tenant.budget {
-                levels.push(("tenant", t));
-            }
-            let buckets: Vec<&crate::identity::budget::Bucket> =
-                levels.iter().map(|(_, b)| *b).collect();
+            let buckets = &levels[..n];
             if let Err((i, refusal)) =
-                crate::identity::budget::take_all(&buckets, crate::clock::monotonic_ns())
+                crate::identity::budget::take_all(buckets, crate::clock::monotonic_ns())
             {
                 let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
                 self.identity.escalation.strike(
@@ -1581,18 +1598,19 @@ impl Gateway {
                     crate::clock::monotonic_ns(),
                     crate::clock::unix_s(),
                 );
-                return Err((
-                    code::RATE_LIMITED,
-                    format!(
-                        "over the {} call budget; retry in {retry_ms} ms",
-                        levels[i].0
-                    ),
-                ));
+                return Err(Refusal {
+                    code: code::RATE_LIMITED,
+                    message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
+                    retry_after_ms: Some(retry_ms),
+                });
             }
         }
         // Phase: vouch. The caller's own credential never goes upstream.
         let assertion = match &caller {
-            Some(c) => Some(self.vouch(&upstream, c, session, e)?),
+            Some(c) => Some(
+                self.vouch(&upstream, c, session, e)
+                    .map_err(Refusal::from)?,
+            ),
             None => None,
         };
         let uid = upstream.allocate_id();
@@ -1642,7 +1660,7 @@ impl Gateway {
             Ok((reply, _)) => Ok((upstream, reply, guard)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
-                Err((code::UPSTREAM_UNAVAILABLE, e.to_string()))
+                Err((code::UPSTREAM_UNAVAILABLE, e.to_string()).into())
             }
         }
     }
@@ -1693,14 +1711,7 @@ impl Gateway {
                         Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
                     };
                 }
-                Err((c, m)) => {
-                    let status = if era == Era::Stateless {
-                        stateless_status(c)
-                    } else {
-                        StatusCode::OK
-                    };
-                    return json_response(status, &rpc_error(&id, c, m));
-                }
+                Err(r) => return r.respond(&id, era),
             }
         }
         if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (&session, method) {
@@ -1891,8 +1902,8 @@ impl Gateway {
             }
             let (upstream, reply) = match self.forward_call(&again, Some(&session)).await {
                 Ok((u, r, _)) => (u, r),
-                Err((c, m)) => {
-                    send(rpc_error(&id, c, m)).await;
+                Err(r) => {
+                    send(r.to_rpc(&id)).await;
                     return;
                 }
             };
@@ -2116,6 +2127,61 @@ impl Gateway {
             }
         });
         sse_response(rx)
+    }
+}
+
+/// A bucket that never refuses, to fill unused budget levels.
+static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
+    std::sync::LazyLock::new(|| {
+        crate::identity::budget::Bucket::new(crate::identity::budget::Rate {
+            calls_per_s: f64::MAX,
+            burst: u32::MAX,
+        })
+    });
+
+/// Why a tool call was not forwarded.
+struct Refusal {
+    code: i64,
+    message: String,
+    /// Over a budget: when the call would pass (`data.retryAfterMs`, and
+    /// `Retry-After` on a 429).
+    retry_after_ms: Option<u64>,
+}
+
+impl From<(i64, String)> for Refusal {
+    fn from((code, message): (i64, String)) -> Self {
+        Refusal {
+            code,
+            message,
+            retry_after_ms: None,
+        }
+    }
+}
+
+impl Refusal {
+    fn to_rpc(&self, id: &Value) -> Value {
+        let mut v = rpc_error(id, self.code, self.message.clone());
+        if let Some(ms) = self.retry_after_ms {
+            v["error"]["data"] = json!({"retryAfterMs": ms});
+        }
+        v
+    }
+
+    /// The response in `era` (429 and `Retry-After` for a budget refusal
+    /// in the stateless era).
+    fn respond(&self, id: &Value, era: Era) -> Response<Body> {
+        let status = if era == Era::Stateless {
+            stateless_status(self.code)
+        } else {
+            StatusCode::OK
+        };
+        let mut resp = json_response(status, &self.to_rpc(id));
+        if let (Some(ms), StatusCode::TOO_MANY_REQUESTS) = (self.retry_after_ms, status)
+            && let Ok(v) = header::HeaderValue::from_str(&ms.div_ceil(1000).to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
     }
 }
 
