@@ -497,7 +497,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -506,7 +506,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Every key in the document with the byte range from its key to the end of its value.
-fn field_spans(doc: &toml_edit::ImDocument<&str>) -> Vec<(String, Range<usize>)> {
+pub(crate) fn field_spans(doc: &toml_edit::ImDocument<&str>) -> Vec<(String, Range<usize>)> {
     let mut out = Vec::new();
     walk_table(doc.as_table(), "", &mut out);
     out
@@ -554,12 +554,22 @@ fn walk_item(
                 }
             }
         }
+        toml_edit::Item::Value(toml_edit::Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                walk_item(
+                    None,
+                    &toml_edit::Item::Value(v.clone()),
+                    &format!("{path}[{i}]"),
+                    out,
+                );
+            }
+        }
         _ => {}
     }
 }
 
 /// The narrowest field whose range holds `span`.
-fn innermost(fields: &[(String, Range<usize>)], span: &Range<usize>) -> Option<String> {
+pub(crate) fn innermost(fields: &[(String, Range<usize>)], span: &Range<usize>) -> Option<String> {
     fields
         .iter()
         .filter(|(_, r)| r.start <= span.start && span.start <= r.end && r.end > r.start)
@@ -569,7 +579,7 @@ fn innermost(fields: &[(String, Range<usize>)], span: &Range<usize>) -> Option<S
 
 /// Where `field` is written, or its nearest written parent (a missing field
 /// is reported at its table).
-fn locate(fields: &[(String, Range<usize>)], field: &str) -> usize {
+pub(crate) fn locate(fields: &[(String, Range<usize>)], field: &str) -> usize {
     let mut path = field;
     loop {
         if let Some((_, r)) = fields.iter().find(|(p, _)| p == path) {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod demo;
 pub mod identity;
 pub mod mcp;
+pub mod policy;
 pub mod runtime;
 pub mod stats;
 pub mod transport;

@@ -1,0 +1,669 @@
+//! Compiles policy files into tables and evaluates calls against them.
+//!
+//! The compiler validates everything (unknown keys and bad values with file,
+//! line and field; regexes; argument conditions) and indexes rules by tool:
+//! a call only looks at the rules naming its tool exactly plus those with a
+//! tool glob or no tool condition. Regexes, globs and JSON pointers are
+//! prepared once. Evaluation allocates nothing, takes no lock and does no
+//! I/O. The policy version is the content hash of the sources.
+
+use std::collections::HashMap;
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::lang::{ArgCond, ArgOp, Effect, LogArgs, Obligations, PolicyFile, Rule, TestCase};
+
+/// A call as policy sees it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Request<'a> {
+    pub tenant: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    pub labels: &'a [String],
+    pub user: Option<&'a str>,
+    pub tool: &'a str,
+    pub upstream: Option<&'a str>,
+    pub intent: Option<&'a str>,
+    pub args: Option<&'a Value>,
+}
+
+/// What policy says of a call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Decision<'p> {
+    /// Allowed by `rule` (the first matching allow rule in file order,
+    /// which also gives the obligations).
+    Allow {
+        rule: &'p str,
+        obligations: &'p Obligations,
+    },
+    /// Denied by `rule` (`None`: no rule allows it), with the reason an
+    /// agent may be shown.
+    Deny {
+        rule: Option<&'p str>,
+        reason: &'p str,
+    },
+}
+
+impl Decision<'_> {
+    pub fn effect(&self) -> Effect {
+        match self {
+            Decision::Allow { .. } => Effect::Allow,
+            Decision::Deny { .. } => Effect::Deny,
+        }
+    }
+}
+
+pub const DEFAULT_DENY: &str = "no policy rule allows this call";
+const DENIED: &str = "denied by policy";
+
+/// A glob with `*` wildcards, matched without allocating.
+#[derive(Clone, Debug)]
+pub struct Glob(String);
+
+impl Glob {
+    pub fn matches(&self, s: &str) -> bool {
+        glob_match(self.0.as_bytes(), s.as_bytes())
+    }
+    fn is_literal(&self) -> bool {
+        !self.0.contains('*')
+    }
+}
+
+fn glob_match(p: &[u8], s: &[u8]) -> bool {
+    // Iterative wildcard match with one backtrack point: linear time.
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if pi < p.len() && p[pi] == s[si] {
+            pi += 1;
+            si += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// A JSON pointer split once into its unescaped tokens.
+#[derive(Clone, Debug)]
+pub struct Pointer(Vec<String>);
+
+impl Pointer {
+    fn parse(p: &str) -> Result<Pointer, String> {
+        if p.is_empty() {
+            return Ok(Pointer(Vec::new()));
+        }
+        let Some(rest) = p.strip_prefix('/') else {
+            return Err(format!("`{p}` is not a JSON pointer (it starts with `/`)"));
+        };
+        Ok(Pointer(
+            rest.split('/')
+                .map(|t| t.replace("~1", "/").replace("~0", "~"))
+                .collect(),
+        ))
+    }
+
+    pub fn resolve<'v>(&self, v: &'v Value) -> Option<&'v Value> {
+        let mut cur = v;
+        for t in &self.0 {
+            cur = match cur {
+                Value::Object(m) => m.get(t.as_str())?,
+                Value::Array(a) => a.get(t.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+        }
+        Some(cur)
+    }
+}
+
+#[derive(Debug)]
+enum Test {
+    Eq(Value),
+    In(Vec<Value>),
+    Prefix(String),
+    Regex(Regex),
+    Range(f64, f64),
+    MaxLen(usize),
+    Present,
+    Absent,
+    Type(String),
+}
+
+#[derive(Debug)]
+struct CArg {
+    at: Pointer,
+    test: Test,
+}
+
+impl CArg {
+    fn holds(&self, args: Option<&Value>) -> bool {
+        let v = args.and_then(|a| self.at.resolve(a));
+        match (&self.test, v) {
+            (Test::Absent, v) => v.is_none(),
+            (_, None) => false,
+            (Test::Present, Some(_)) => true,
+            (Test::Eq(x), Some(v)) => v == x,
+            (Test::In(xs), Some(v)) => xs.contains(v),
+            (Test::Prefix(p), Some(Value::String(s))) => s.starts_with(p.as_str()),
+            (Test::Regex(r), Some(Value::String(s))) => r.is_match(s),
+            (Test::Range(lo, hi), Some(Value::Number(n))) => {
+                n.as_f64().is_some_and(|f| *lo <= f && f <= *hi)
+            }
+            (Test::MaxLen(m), Some(Value::String(s))) => s.chars().count() <= *m,
+            (Test::MaxLen(m), Some(Value::Array(a))) => a.len() <= *m,
+            (Test::Type(t), Some(v)) => type_is(t, v),
+            _ => false,
+        }
+    }
+}
+
+fn type_is(t: &str, v: &Value) -> bool {
+    match t {
+        "string" => v.is_string(),
+        "number" => v.is_number(),
+        "integer" => v.is_i64() || v.is_u64(),
+        "boolean" => v.is_boolean(),
+        "array" => v.is_array(),
+        "object" => v.is_object(),
+        "null" => v.is_null(),
+        _ => false,
+    }
+}
+
+#[derive(Debug)]
+struct CIntent {
+    required: bool,
+    pattern: Option<Regex>,
+    /// Indexes into `Policy::categories`.
+    categories: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct CRule {
+    id: String,
+    effect: Effect,
+    reason: String,
+    tenants: Option<Vec<String>>,
+    agents: Option<Vec<String>>,
+    labels: Vec<String>,
+    users: Option<Vec<Glob>>,
+    user_present: Option<bool>,
+    tools: Option<Vec<Glob>>,
+    upstreams: Option<Vec<String>>,
+    intent: Option<CIntent>,
+    args: Vec<CArg>,
+    obligations: Obligations,
+}
+
+/// A compiled policy set.
+#[derive(Debug, Default)]
+pub struct Policy {
+    rules: Vec<CRule>,
+    /// Rules naming a tool exactly, by tool.
+    by_tool: HashMap<String, Vec<u32>>,
+    /// Rules with a tool glob or no tool condition.
+    any_tool: Vec<u32>,
+    categories: Vec<(String, Vec<Regex>)>,
+    pub tests: Vec<TestCase>,
+    /// Content hash of the sources.
+    pub version: String,
+}
+
+/// A compile error: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub file: String,
+    pub line: usize,
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if !self.field.is_empty() {
+            write!(f, "field `{}`: ", self.field)?;
+        }
+        write!(f, "{}", self.reason)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl CRule {
+    fn matches(&self, p: &Policy, r: &Request<'_>) -> bool {
+        let one_of = |set: &Option<Vec<String>>, v: Option<&str>| match set {
+            None => true,
+            Some(s) => v.is_some_and(|v| s.iter().any(|x| x == v)),
+        };
+        if !one_of(&self.tenants, r.tenant) || !one_of(&self.agents, r.agent) {
+            return false;
+        }
+        if !one_of(&self.upstreams, r.upstream) {
+            return false;
+        }
+        if !self.labels.iter().all(|l| r.labels.contains(l)) {
+            return false;
+        }
+        if let Some(want) = self.user_present
+            && want != r.user.is_some()
+        {
+            return false;
+        }
+        if let Some(us) = &self.users
+            && !r.user.is_some_and(|u| us.iter().any(|g| g.matches(u)))
+        {
+            return false;
+        }
+        if let Some(ts) = &self.tools
+            && !ts.iter().any(|g| g.matches(r.tool))
+        {
+            return false;
+        }
+        if let Some(i) = &self.intent {
+            match r.intent {
+                None if i.required || i.pattern.is_some() || !i.categories.is_empty() => {
+                    return false;
+                }
+                None => {}
+                Some(text) => {
+                    if let Some(re) = &i.pattern
+                        && !re.is_match(text)
+                    {
+                        return false;
+                    }
+                    if !i.categories.is_empty()
+                        && !i
+                            .categories
+                            .iter()
+                            .any(|c| p.categories[*c].1.iter().any(|re| re.is_match(text)))
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.args.iter().all(|a| a.holds(r.args))
+    }
+}
+
+impl Policy {
+    /// Decides a call. Deny overrides; default deny.
+    pub fn decide<'p>(&'p self, r: &Request<'_>) -> Decision<'p> {
+        let exact: &[u32] = self.by_tool.get(r.tool).map_or(&[], Vec::as_slice);
+        // Both lists are in rule order; walk them merged so "first" means
+        // first in the files.
+        let (mut i, mut j) = (0, 0);
+        let mut allow: Option<&CRule> = None;
+        loop {
+            let next = match (exact.get(i), self.any_tool.get(j)) {
+                (Some(a), Some(b)) if a < b => {
+                    i += 1;
+                    *a
+                }
+                (Some(_), Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (Some(a), None) => {
+                    i += 1;
+                    *a
+                }
+                (None, Some(b)) => {
+                    j += 1;
+                    *b
+                }
+                (None, None) => break,
+            };
+            let rule = &self.rules[next as usize];
+            if !rule.matches(self, r) {
+                continue;
+            }
+            match rule.effect {
+                Effect::Deny => {
+                    return Decision::Deny {
+                        rule: Some(&rule.id),
+                        reason: &rule.reason,
+                    };
+                }
+                Effect::Allow => {
+                    if allow.is_none() {
+                        allow = Some(rule);
+                    }
+                }
+            }
+        }
+        match allow {
+            Some(rule) => Decision::Allow {
+                rule: &rule.id,
+                obligations: &rule.obligations,
+            },
+            None => Decision::Deny {
+                rule: None,
+                reason: DEFAULT_DENY,
+            },
+        }
+    }
+
+    /// Whether some rule could allow `tool` for this caller, whatever the
+    /// arguments and intent (`tools/list` shows only those).
+    pub fn could_allow(&self, r: &Request<'_>) -> bool {
+        let exact: &[u32] = self.by_tool.get(r.tool).map_or(&[], Vec::as_slice);
+        exact.iter().chain(&self.any_tool).any(|&i| {
+            let rule = &self.rules[i as usize];
+            if rule.effect != Effect::Allow {
+                return false;
+            }
+            // Identity and tool only: the call-time conditions may hold.
+            let loose = Request {
+                intent: r.intent,
+                args: None,
+                ..*r
+            };
+            let one_of = |set: &Option<Vec<String>>, v: Option<&str>| match set {
+                None => true,
+                Some(s) => v.is_some_and(|v| s.iter().any(|x| x == v)),
+            };
+            one_of(&rule.tenants, loose.tenant)
+                && one_of(&rule.agents, loose.agent)
+                && one_of(&rule.upstreams, loose.upstream)
+                && rule.labels.iter().all(|l| loose.labels.contains(l))
+                && rule
+                    .tools
+                    .as_ref()
+                    .is_none_or(|ts| ts.iter().any(|g| g.matches(loose.tool)))
+                && rule
+                    .users
+                    .as_ref()
+                    .is_none_or(|us| loose.user.is_some_and(|u| us.iter().any(|g| g.matches(u))))
+        })
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+}
+
+/// FNV-1a over the sources, in order, with their names.
+fn version(sources: &[(String, String)]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for (name, text) in sources {
+        for b in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+/// Parses and compiles policy sources (file name, text), in order.
+pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
+    let mut files = Vec::new();
+    for (name, text) in sources {
+        let at = |offset: usize, field: String, reason: String| {
+            let (line, _) = crate::config::line_col(text, offset);
+            PolicyError {
+                file: name.clone(),
+                line,
+                field,
+                reason,
+            }
+        };
+        let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
+            at(
+                e.span().map_or(0, |s| s.start),
+                String::new(),
+                e.message().trim().to_string(),
+            )
+        })?;
+        let fields = crate::config::field_spans(&doc);
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            let field = crate::config::innermost(&fields, &span).unwrap_or_default();
+            at(span.start, field, e.message().trim().to_string())
+        })?;
+        files.push((file, at_fn(name, text, &fields)));
+    }
+    // Categories are shared across files.
+    let mut categories: Vec<(String, Vec<Regex>)> = Vec::new();
+    for (file, err) in &files {
+        for (name, patterns) in &file.intent_categories {
+            if categories.iter().any(|(n, _)| n == name) {
+                return Err(err(
+                    &format!("intent_categories.{name}"),
+                    "defined twice".into(),
+                ));
+            }
+            let mut res = Vec::new();
+            for p in patterns {
+                res.push(Regex::new(p).map_err(|e| {
+                    err(
+                        &format!("intent_categories.{name}"),
+                        format!("bad regex: {e}"),
+                    )
+                })?);
+            }
+            categories.push((name.clone(), res));
+        }
+    }
+    let mut policy = Policy {
+        version: version(sources),
+        ..Default::default()
+    };
+    let mut ids = std::collections::HashSet::new();
+    for (file, err) in &files {
+        for (i, rule) in file.rules.iter().enumerate() {
+            let field = |f: &str| format!("rule[{i}]{f}");
+            if rule.id.is_empty() || !ids.insert(rule.id.clone()) {
+                return Err(err(
+                    &field(".id"),
+                    "must be set and unique across the files".into(),
+                ));
+            }
+            let c = compile_rule(rule, &categories).map_err(|(f, why)| err(&field(&f), why))?;
+            let n = policy.rules.len() as u32;
+            match &c.tools {
+                Some(ts) if ts.iter().all(Glob::is_literal) => {
+                    for t in ts {
+                        policy.by_tool.entry(t.0.clone()).or_default().push(n);
+                    }
+                }
+                _ => policy.any_tool.push(n),
+            }
+            policy.rules.push(c);
+        }
+        policy.tests.extend(file.tests.iter().cloned());
+    }
+    policy.categories = categories;
+    Ok(policy)
+}
+
+type ErrAt = Box<dyn Fn(&str, String) -> PolicyError>;
+
+fn at_fn(name: &str, text: &str, fields: &[(String, std::ops::Range<usize>)]) -> ErrAt {
+    let (name, text, fields) = (name.to_string(), text.to_string(), fields.to_vec());
+    Box::new(move |field: &str, reason: String| {
+        let offset = crate::config::locate(&fields, field);
+        let (line, _) = crate::config::line_col(&text, offset);
+        PolicyError {
+            file: name.clone(),
+            line,
+            field: field.to_string(),
+            reason,
+        }
+    })
+}
+
+fn compile_rule(
+    rule: &Rule,
+    categories: &[(String, Vec<Regex>)],
+) -> Result<CRule, (String, String)> {
+    let w = &rule.when;
+    let names = |v: &Option<super::lang::OneOrMany>| {
+        v.as_ref().map(|o| {
+            o.items()
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+    };
+    let intent = match &w.intent {
+        None => None,
+        Some(i) => Some(CIntent {
+            required: i.required,
+            pattern: match &i.pattern {
+                Some(p) => Some(
+                    Regex::new(p)
+                        .map_err(|e| (".when.intent.pattern".into(), format!("bad regex: {e}")))?,
+                ),
+                None => None,
+            },
+            categories: i
+                .categories
+                .iter()
+                .map(|c| {
+                    categories.iter().position(|(n, _)| n == c).ok_or_else(|| {
+                        (
+                            ".when.intent.categories".to_string(),
+                            format!("no intent category `{c}`"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        }),
+    };
+    let mut args = Vec::new();
+    for (k, a) in w.args.iter().enumerate() {
+        args.push(compile_arg(a).map_err(|why| (format!(".when.args[{k}]"), why))?);
+    }
+    for r in &rule.obligations.redact {
+        let known = [
+            "email",
+            "card",
+            "national_id",
+            "api_key",
+            "jwt",
+            "private_key",
+        ];
+        match r.strip_prefix("regex:") {
+            Some(p) => {
+                Regex::new(p)
+                    .map_err(|e| (".obligations.redact".to_string(), format!("bad regex: {e}")))?;
+            }
+            None if known.contains(&r.as_str()) => {}
+            None => {
+                return Err((
+                    ".obligations.redact".into(),
+                    format!(
+                        "unknown detector `{r}`; known: {}, or regex:<pattern>",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(b) = &rule.obligations.budget
+        && !(b.calls_per_s > 0.0 && b.burst >= 1)
+    {
+        return Err((
+            ".obligations.budget".into(),
+            "calls_per_s must be above 0 and burst at least 1".into(),
+        ));
+    }
+    Ok(CRule {
+        id: rule.id.clone(),
+        effect: rule.effect,
+        reason: match (rule.effect, &rule.reason) {
+            (Effect::Deny, Some(r)) => r.clone(),
+            _ => DENIED.to_string(),
+        },
+        tenants: names(&w.tenant),
+        agents: names(&w.agent),
+        labels: w.labels.clone(),
+        users: names(&w.user).map(|v| v.into_iter().map(Glob).collect()),
+        user_present: w.user_present,
+        tools: names(&w.tool).map(|v| v.into_iter().map(Glob).collect()),
+        upstreams: names(&w.upstream),
+        intent,
+        args,
+        obligations: Obligations {
+            require_intent: rule.obligations.require_intent,
+            redact: rule.obligations.redact.clone(),
+            log_args: rule.obligations.log_args,
+            budget: rule.obligations.budget,
+        },
+    })
+}
+
+fn compile_arg(a: &ArgCond) -> Result<CArg, String> {
+    let at = Pointer::parse(&a.path)?;
+    let need_value = || {
+        a.value
+            .clone()
+            .ok_or_else(|| format!("`{:?}` needs `value`", a.op))
+    };
+    let test = match a.op {
+        ArgOp::Eq => Test::Eq(need_value()?),
+        ArgOp::In => {
+            if a.values.is_empty() {
+                return Err("`in` needs a non-empty `values`".into());
+            }
+            Test::In(a.values.clone())
+        }
+        ArgOp::Prefix => match need_value()? {
+            Value::String(s) => Test::Prefix(s),
+            _ => return Err("`prefix` needs a string `value`".into()),
+        },
+        ArgOp::Regex => match need_value()? {
+            Value::String(s) => Test::Regex(Regex::new(&s).map_err(|e| format!("bad regex: {e}"))?),
+            _ => return Err("`regex` needs a string `value`".into()),
+        },
+        ArgOp::Range => {
+            let (lo, hi) = (
+                a.min.unwrap_or(f64::NEG_INFINITY),
+                a.max.unwrap_or(f64::INFINITY),
+            );
+            if a.min.is_none() && a.max.is_none() || lo > hi {
+                return Err("`range` needs `min` and/or `max`, min ≤ max".into());
+            }
+            Test::Range(lo, hi)
+        }
+        ArgOp::MaxLen => match a.max {
+            Some(m) if m >= 0.0 => Test::MaxLen(m as usize),
+            _ => return Err("`max_len` needs `max`".into()),
+        },
+        ArgOp::Present => Test::Present,
+        ArgOp::Absent => Test::Absent,
+        ArgOp::Type => {
+            match a.ty.as_deref() {
+                Some(
+                    t @ ("string" | "number" | "integer" | "boolean" | "array" | "object" | "null"),
+                ) => Test::Type(t.to_string()),
+                _ => return Err(
+                    "`type` needs `type` = string, number, integer, boolean, array, object or null"
+                        .into(),
+                ),
+            }
+        }
+    };
+    Ok(CArg { at, test })
+}
+
+/// The effective log setting of an allow (for the audit record).
+pub fn log_args(d: &Decision<'_>) -> LogArgs {
+    match d {
+        Decision::Allow { obligations, .. } => obligations.log_args,
+        Decision::Deny { .. } => LogArgs::None,
+    }
+}

@@ -1,0 +1,212 @@
+//! The policy language as written: TOML files of rules (and test cases).
+//!
+//! ```toml
+//! [[rule]]
+//! id = "support-reads-records"
+//! effect = "allow"                      # or "deny" (with a reason)
+//! [rule.when]
+//! tenant = "demo"                       # one name or a list
+//! agent = ["demo-agent"]
+//! labels = ["support"]                  # the agent has every one of these
+//! user = "*@acme.test"                  # glob on the end user; `user_present = true`
+//! tool = "records"                      # exact name or glob (`crm.*`)
+//! upstream = "demo"
+//! intent = { required = true, pattern = "(?i)refund", categories = ["billing"] }
+//! args = [{ path = "/count", op = "range", min = 1, max = 10 }]
+//! [rule.obligations]
+//! require_intent = true
+//! redact = ["email", "card"]
+//! log_args = "digest"                   # full | digest | none
+//! budget = { calls_per_s = 1.0, burst = 5 }
+//!
+//! [intent_categories]
+//! billing = ["(?i)refund", "(?i)invoice"]
+//! ```
+//!
+//! A rule matches when every condition it states holds; a condition it
+//! does not state matches anything. Deny overrides: a call is allowed only
+//! when some allow rule matches and no deny rule does; with no matching
+//! rule it is denied (default deny).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::budget::Rate;
+
+/// One policy file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
+    /// Named intent categories: an intent is in a category when one of its
+    /// patterns matches.
+    #[serde(default)]
+    pub intent_categories: BTreeMap<String, Vec<String>>,
+    #[serde(default, rename = "test")]
+    pub tests: Vec<TestCase>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub id: String,
+    pub effect: Effect,
+    /// For a deny: what the agent is told.
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub when: When,
+    #[serde(default)]
+    pub obligations: Obligations,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+/// One name or several.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => vec![s.as_str()],
+            OneOrMany::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct When {
+    #[serde(default)]
+    pub tenant: Option<OneOrMany>,
+    #[serde(default)]
+    pub agent: Option<OneOrMany>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Glob(s) on the end user.
+    #[serde(default)]
+    pub user: Option<OneOrMany>,
+    #[serde(default)]
+    pub user_present: Option<bool>,
+    /// Exact tool names or globs (`*` any run of characters).
+    #[serde(default)]
+    pub tool: Option<OneOrMany>,
+    #[serde(default)]
+    pub upstream: Option<OneOrMany>,
+    #[serde(default)]
+    pub intent: Option<IntentCond>,
+    #[serde(default)]
+    pub args: Vec<ArgCond>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntentCond {
+    #[serde(default)]
+    pub required: bool,
+    /// A regex the intent must match.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// The intent must be in one of these categories.
+    #[serde(default)]
+    pub categories: Vec<String>,
+}
+
+/// A condition on the call's arguments at a JSON pointer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArgCond {
+    pub path: String,
+    pub op: ArgOp,
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    #[serde(default)]
+    pub values: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub min: Option<f64>,
+    #[serde(default)]
+    pub max: Option<f64>,
+    /// For `type`: string, number, integer, boolean, array, object, null.
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArgOp {
+    Eq,
+    In,
+    Prefix,
+    Regex,
+    Range,
+    MaxLen,
+    Present,
+    Absent,
+    Type,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Obligations {
+    #[serde(default)]
+    pub require_intent: bool,
+    /// Redaction detectors (`email`, `card`, `national_id`, `api_key`,
+    /// `jwt`, `private_key`) or `regex:<pattern>`.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    #[serde(default)]
+    pub log_args: LogArgs,
+    /// A budget for this agent × tool instead of the configured one.
+    #[serde(default)]
+    pub budget: Option<Rate>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogArgs {
+    #[default]
+    None,
+    Digest,
+    Full,
+}
+
+/// A test case: a request and the decision expected (`dome policy test`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    pub request: TestRequest,
+    pub expect: Effect,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestRequest {
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    pub tool: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub intent: Option<String>,
+    #[serde(default)]
+    pub args: Option<serde_json::Value>,
+}
