@@ -49,6 +49,8 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
     #[serde(default)]
     pub escalation: crate::identity::escalation::EscalationConfig,
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// `[server]`: where agents reach Dome.

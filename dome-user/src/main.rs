@@ -33,6 +33,39 @@ enum Command {
     /// List or lift kernel blocks made by escalation (admin API).
     #[command(subcommand)]
     Blocks(BlocksCmd),
+    /// Check the policy files or run their test cases.
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Compile the policy (and run its tests); print its version.
+    Check {
+        /// The policy folder (default: `[policy] dir` of the config).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the policy's test cases; exit non-zero on any failure.
+    Test {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn policy_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let cfg = dome::config::load(config).map_err(|e| e.to_string())?;
+    Ok(if cfg.policy.dir.is_absolute() {
+        cfg.policy.dir
+    } else {
+        config
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join(cfg.policy.dir)
+    })
 }
 
 #[derive(Subcommand)]
@@ -172,6 +205,54 @@ fn main() -> ExitCode {
                 admin(&cli.config, "DELETE", &format!("/blocks/{key}"), None)
             }
         },
+        Command::Policy(cmd) => {
+            let (dir, test_only) = match cmd {
+                PolicyCmd::Check { dir } => (dir, false),
+                PolicyCmd::Test { dir } => (dir, true),
+            };
+            let dir = match policy_dir(&cli.config, dir) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let sources = match dome::policy::read_dir(&dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let policy = match dome::policy::compile::compile(&sources) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let failures = dome::policy::run_tests(&policy);
+            if test_only {
+                println!("{} test(s), {} failed", policy.tests.len(), failures.len());
+            } else {
+                println!(
+                    "{}: {} rule(s), version {}, {} test(s), {} failed",
+                    dir.display(),
+                    policy.rule_count(),
+                    policy.version,
+                    policy.tests.len(),
+                    failures.len()
+                );
+            }
+            for f in &failures {
+                eprintln!("FAIL {f}");
+            }
+            if failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
         Command::HashKey { key } => {
             println!(
                 "{}",
@@ -181,6 +262,18 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig => match dome::config::load(&cli.config) {
             Ok(_) => {
+                // The policy is part of the configuration.
+                let dir = match policy_dir(&cli.config, None) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                if let Err(e) = dome::policy::load(&dir) {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }

@@ -58,6 +58,10 @@ pub struct ConfigStatus {
     pub file: PathBuf,
     /// Content hash of the file in force.
     pub version: String,
+    /// Content hash of the policy files in force.
+    pub policy_version: String,
+    /// Rules in the policy in force.
+    pub policy_rules: usize,
     pub loaded_unix_s: u64,
     pub reloads: u64,
     pub last_reload: Option<ReloadOutcome>,
@@ -116,6 +120,11 @@ fn identity_for(
         .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path));
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let jwt = crate::identity::jwt::providers(&config.tenants, &resource, dir)?;
+    let policy_dir = beside(config_path, &config.policy.dir);
+    let policy = crate::policy::load(&policy_dir)?;
+    if policy.rule_count() == 0 {
+        tracing::warn!(dir = %policy_dir.display(), "no policy rules: every tool call is denied");
+    }
     for (issuer, p) in &jwt.by_issuer {
         // An unchanged URL provider keeps the keys it has; a new one fetches.
         match current.jwt.by_issuer.get(issuer) {
@@ -137,6 +146,7 @@ fn identity_for(
         }
     }
     Ok(Arc::new(Identity {
+        policy: Arc::new(policy),
         jwt: Arc::new(jwt),
         registry: current.registry.clone(),
         signer: current.signer.clone(),
@@ -155,6 +165,8 @@ struct Live {
     /// Hash of the file text last looked at (valid or not), so a broken file
     /// is reported once, not every poll.
     seen: Mutex<String>,
+    /// Version of the policy files last looked at.
+    seen_policy: Mutex<String>,
     gateway: Arc<ArcSwap<Gateway>>,
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
@@ -194,14 +206,29 @@ impl Live {
             }
         };
         let version = content_version(&text);
+        // Policy files count as part of the configuration.
+        let policy_version = {
+            let dir = beside(
+                &self.path,
+                &self.config.lock().expect("config lock").policy.dir,
+            );
+            crate::policy::read_dir(&dir)
+                .map(|s| crate::policy::compile::version(&s))
+                .unwrap_or_default()
+        };
+        let policy_changed = *self.seen_policy.lock().expect("seen lock") != policy_version;
         {
             let mut seen = self.seen.lock().expect("seen lock");
-            if why == "file change" && *seen == version {
+            if why == "file change" && *seen == version && !policy_changed {
                 return;
             }
             *seen = version.clone();
+            *self.seen_policy.lock().expect("seen lock") = policy_version;
         }
-        if self.status.lock().expect("status lock").version == version && why == "file change" {
+        if self.status.lock().expect("status lock").version == version
+            && why == "file change"
+            && !policy_changed
+        {
             return;
         }
         let new = match config::parse(&text, &self.path) {
@@ -293,6 +320,7 @@ impl Live {
             }
         };
         *self.identity.lock().expect("identity lock") = identity.clone();
+        let identity_now = identity.clone();
         let gw = Gateway::new(
             applied.mcp.clone(),
             upstreams,
@@ -307,6 +335,8 @@ impl Live {
         *self.config.lock().expect("config lock") = applied;
         let mut st = self.status.lock().expect("status lock");
         st.version = version.clone();
+        st.policy_version = identity_now.policy.version.clone();
+        st.policy_rules = identity_now.policy.rule_count();
         st.loaded_unix_s = unix_now();
         st.reloads += 1;
         st.last_reload = Some(ReloadOutcome {
@@ -408,6 +438,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         &config,
         config_path,
         &Identity {
+            policy: Default::default(),
             jwt: Default::default(),
             registry: registry.clone(),
             signer,
@@ -472,6 +503,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), workers, "MCP listener ready");
 
     let config_status = Arc::new(Mutex::new(ConfigStatus {
+        policy_version: identity.policy.version.clone(),
+        policy_rules: identity.policy.rule_count(),
         file: config_path.to_path_buf(),
         version: version.clone(),
         loaded_unix_s: unix_now(),
@@ -499,6 +532,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         path: config_path.to_path_buf(),
         config: Mutex::new(config),
         seen: Mutex::new(version),
+        seen_policy: Mutex::new(identity.policy.version.clone()),
         gateway: live_gw.clone(),
         sessions,
         metrics,

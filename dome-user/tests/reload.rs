@@ -114,10 +114,11 @@ fn reload_applies_good_files_refuses_bad_ones_and_keeps_sessions() {
     std::fs::write(
         &dome.config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{other}\"\n[stats]\nlisten = \"{}\"\n[xdp]\nenabled = false\n[mcp]\npage_size = 2\n{}{}",
+            "[server]\nlisten = \"127.0.0.1:{other}\"\n[stats]\nlisten = \"{}\"\n[xdp]\nenabled = false\n[mcp]\npage_size = 2\n{}{}{}",
             dome.stats,
             upstream("a", a, "never"),
-            auth_off(&dome.config)
+            auth_off(&dome.config),
+            allow_all_policy(&dome.config)
         ),
     )
     .unwrap();

@@ -111,8 +111,9 @@ fn limits_are_enforced() {
         &config,
         format!(
             "[server]\nlisten = \"{mcp}\"\nmax_connections = 1\nworkers = 1\nmax_header_bytes = 8192\nheader_timeout_ms = 400\nbody_timeout_ms = 400\n\
-             [stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n{}",
-            auth_off(&config)
+             [stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n{}{}",
+            auth_off(&config),
+            allow_all_policy(&config)
         ),
     )
     .unwrap();

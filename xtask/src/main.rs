@@ -513,6 +513,13 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
     wait_port(fixture_port, &mut fixture.0, "the conformance fixture")?;
     // One Dome per requirement set, speaking that set's era to the fixture
     // (the cross-era cases are the Python SDK tests').
+    // The suite's calls are all allowed: policy is tested elsewhere.
+    let policies = root.join("target/conformance/policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(
+        policies.join("allow-all.toml"),
+        "[[rule]]\nid = \"allow-everything\"\neffect = \"allow\"\n",
+    )?;
     let mut domes = Vec::new();
     for (set, era) in [("2025-11-25", "session"), ("2026-07-28", "stateless")] {
         let (mcp, stats) = (free_port()?, free_port()?);
@@ -522,7 +529,8 @@ fn conformance(root: &Path) -> Result<Vec<String>> {
             format!(
                 "[server]\nlisten = \"127.0.0.1:{mcp}\"\n[stats]\nlisten = \"127.0.0.1:{stats}\"\n[xdp]\nenabled = false\n\
                  [[upstream]]\nname = \"fixture\"\nurl = \"http://127.0.0.1:{fixture_port}/mcp\"\nprefix = \"never\"\nera = \"{era}\"\n\
-                 # The suite sends no credentials.\n[auth]\nrequired = false\ndata_dir = \"dome-{set}-data\"\n"
+                 # The suite sends no credentials.\n[auth]\nrequired = false\ndata_dir = \"dome-{set}-data\"\n\
+                 [policy]\ndir = \"policies\"\n"
             ),
         )?;
         let mut dome = KillOnDrop(

@@ -229,12 +229,19 @@ fn main() -> anyhow::Result<()> {
     wait_port(upstream)?;
     let config = root.join("target/bench/e2e-dome.toml");
     std::fs::create_dir_all(config.parent().unwrap())?;
+    // Every call allowed, evaluated on each call like any policy.
+    let policies = root.join("target/bench/e2e-policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(
+        policies.join("allow-all.toml"),
+        "[[rule]]\nid = \"allow-everything\"\neffect = \"allow\"\n",
+    )?;
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"{dome}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
              [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n\
-             [auth]\nrequired = false\ndata_dir = \"e2e-data\"\n"
+             [auth]\nrequired = false\ndata_dir = \"e2e-data\"\n[policy]\ndir = \"e2e-policies\"\n"
         ),
     )?;
     let dome_proc = Kill(

@@ -30,6 +30,8 @@ pub struct Claims<'a> {
     pub session: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<&'a str>,
+    /// The policy version that allowed the call.
+    pub policy: &'a str,
     /// The call id (also in Dome's audit trail).
     pub jti: &'a str,
     pub iat: u64,
@@ -127,6 +129,7 @@ mod tests {
             user: Some("alice"),
             session: None,
             intent: Some("refund"),
+            policy: "0123456789abcdef",
             jti: "c1",
             iat: 1_700_000_000,
             exp: 4_000_000_000,

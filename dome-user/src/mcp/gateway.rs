@@ -326,6 +326,8 @@ pub struct Identity {
     pub kernel_budget: crate::xdp::BudgetSpec,
     /// Tenants' identity providers, for bearer tokens.
     pub jwt: Arc<crate::identity::jwt::Verifier>,
+    /// The policy in force.
+    pub policy: Arc<crate::policy::compile::Policy>,
 }
 
 impl Identity {
@@ -473,6 +475,21 @@ fn sse_response(
 }
 
 /// 404 for a session id Dome does not know (never issued, or ended).
+/// The caller's stated intent: `params._meta["dome/intent"]`.
+fn intent_of(e: &Envelope) -> Option<String> {
+    e.meta_entries
+        .iter()
+        .find(|(k, _)| k == INTENT_META)
+        .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
+        .or_else(|| {
+            // Methods other than tools/call keep `_meta` inside `params`.
+            e.params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                .and_then(|p| p["_meta"][INTENT_META].as_str().map(str::to_string))
+        })
+}
+
 fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -510,6 +527,7 @@ fn stateless_status(code: i64) -> StatusCode {
         | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
         code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
         code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
+        code::POLICY_DENIED => StatusCode::FORBIDDEN,
         _ => StatusCode::OK,
     }
 }
@@ -1253,9 +1271,38 @@ impl Gateway {
                     None => self.refresh(kind).await,
                     Some(_) => self.current(kind),
                 };
+                // Tool visibility equals authorization: a caller sees the
+                // tools some policy rule could allow it to call.
+                let visible: Vec<&Value> = if kind == Kind::Tools {
+                    let caller = current_caller();
+                    let policy = &self.identity.policy;
+                    cat.items
+                        .iter()
+                        .filter(|t| {
+                            let name = t["name"].as_str().unwrap_or_default();
+                            let upstream = cat
+                                .routes
+                                .get(name)
+                                .and_then(|r| self.upstreams.get(r.upstream))
+                                .map(|u| u.name());
+                            policy.could_allow(&crate::policy::compile::Request {
+                                tenant: caller.as_ref().map(|c| c.agent.tenant.as_str()),
+                                agent: caller.as_ref().map(|c| c.agent.id.as_str()),
+                                labels: caller.as_ref().map_or(&[], |c| c.agent.labels.as_slice()),
+                                user: caller.as_ref().and_then(|c| c.user.as_deref()),
+                                tool: name,
+                                upstream,
+                                intent: None,
+                                args: None,
+                            })
+                        })
+                        .collect()
+                } else {
+                    cat.items.iter().collect()
+                };
                 let offset = match cursor.map(catalog::parse_cursor) {
                     None => 0,
-                    Some(Some((v, o))) if v == cat.version && o <= cat.items.len() => o,
+                    Some(Some((v, o))) if v == cat.version && o <= visible.len() => o,
                     Some(_) => {
                         return err(
                             code::INVALID_PARAMS,
@@ -1264,9 +1311,9 @@ impl Gateway {
                         );
                     }
                 };
-                let end = (offset + self.config.page_size.max(1)).min(cat.items.len());
-                let mut result = json!({ kind.field(): &cat.items[offset..end] });
-                if end < cat.items.len() {
+                let end = (offset + self.config.page_size.max(1)).min(visible.len());
+                let mut result = json!({ kind.field(): &visible[offset..end] });
+                if end < visible.len() {
                     result["nextCursor"] = catalog::cursor(cat.version, end).into();
                 }
                 ok(result)
@@ -1491,6 +1538,55 @@ impl Gateway {
         });
     }
 
+    /// Policy on a tool call: who, which tool of which upstream, with which
+    /// arguments and intent. A denial carries the reason an agent may see.
+    fn decide(
+        &self,
+        tool: &str,
+        upstream: &Upstream,
+        caller: Option<&Caller>,
+        e: &Envelope,
+    ) -> Result<(), Refusal> {
+        let policy = &self.identity.policy;
+        let args: Option<Value> = if policy.reads_args {
+            e.arguments
+                .as_deref()
+                .and_then(|a| serde_json::from_str(a).ok())
+        } else {
+            None
+        };
+        let intent = intent_of(e);
+        let req = crate::policy::compile::Request {
+            tenant: caller.map(|c| c.agent.tenant.as_str()),
+            agent: caller.map(|c| c.agent.id.as_str()),
+            labels: caller.map_or(&[], |c| c.agent.labels.as_slice()),
+            user: caller.and_then(|c| c.user.as_deref()),
+            tool,
+            upstream: Some(upstream.name()),
+            intent: intent.as_deref(),
+            args: args.as_ref(),
+        };
+        let deny = |reason: &str| Refusal {
+            code: code::POLICY_DENIED,
+            message: format!("denied: {reason}"),
+            retry_after_ms: None,
+        };
+        match policy.decide(&req) {
+            crate::policy::compile::Decision::Allow { obligations, .. } => {
+                if obligations.require_intent && intent.is_none() {
+                    return Err(deny(&format!(
+                        "this call needs a stated intent (params._meta[\"{INTENT_META}\"])"
+                    )));
+                }
+                Ok(())
+            }
+            crate::policy::compile::Decision::Deny { rule, reason } => {
+                tracing::debug!(tool, rule = ?rule, "policy denied a call");
+                Err(deny(reason))
+            }
+        }
+    }
+
     /// The signed assertion that tells `upstream` whose call this is.
     fn vouch(
         &self,
@@ -1502,18 +1598,7 @@ impl Gateway {
         let signer = &self.identity.signer;
         let now = crate::clock::unix_s();
         let call_id = format!("{:016x}", rand::random::<u64>());
-        let intent = e
-            .meta_entries
-            .iter()
-            .find(|(k, _)| k == INTENT_META)
-            .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
-            .or_else(|| {
-                // Methods other than tools/call keep `_meta` inside `params`.
-                e.params
-                    .as_deref()
-                    .and_then(|p| serde_json::from_str::<Value>(p).ok())
-                    .and_then(|p| p["_meta"][INTENT_META].as_str().map(str::to_string))
-            });
+        let intent = intent_of(e);
         let claims = crate::identity::assertion::Claims {
             iss: "dome",
             aud: upstream.name(),
@@ -1527,6 +1612,7 @@ impl Gateway {
             user: c.user.as_deref(),
             session: session.map(|s| s.id.as_str()),
             intent: intent.as_deref(),
+            policy: &self.identity.policy.version,
             jti: &call_id,
             iat: now,
             exp: now + signer.ttl_s,
@@ -1564,6 +1650,8 @@ impl Gateway {
         let caller = session
             .and_then(|s| s.caller.clone())
             .or_else(current_caller);
+        // Phase: decide.
+        self.decide(name, &upstream, caller.as_ref(), e)?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;

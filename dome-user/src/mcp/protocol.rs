@@ -44,6 +44,9 @@ pub mod code {
     /// Dome: over a call budget (HTTP 429 in the stateless era); `data`
     /// says which budget and `retryAfterMs`.
     pub const RATE_LIMITED: i64 = -32004;
+    /// Dome: policy denies the call (HTTP 403 in the stateless era); the
+    /// message is the reason an agent may be shown.
+    pub const POLICY_DENIED: i64 = -32005;
 }
 
 /// Whether `v` is a session-era version Dome negotiates.

@@ -218,6 +218,8 @@ pub struct Policy {
     pub tests: Vec<TestCase>,
     /// Content hash of the sources.
     pub version: String,
+    /// Some rule looks at arguments (else a call's arguments need no parse).
+    pub reads_args: bool,
 }
 
 /// A compile error: where and why.
@@ -396,7 +398,7 @@ impl Policy {
 }
 
 /// FNV-1a over the sources, in order, with their names.
-fn version(sources: &[(String, String)]) -> String {
+pub fn version(sources: &[(String, String)]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (name, text) in sources {
         for b in name.bytes().chain([0]).chain(text.bytes()).chain([0]) {
@@ -472,6 +474,7 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
                 ));
             }
             let c = compile_rule(rule, &categories).map_err(|(f, why)| err(&field(&f), why))?;
+            policy.reads_args |= !c.args.is_empty();
             let n = policy.rules.len() as u32;
             match &c.tools {
                 Some(ts) if ts.iter().all(Glob::is_literal) => {

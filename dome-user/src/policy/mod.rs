@@ -12,3 +12,86 @@ pub mod reference;
 
 #[cfg(test)]
 mod tests;
+
+use std::path::Path;
+
+/// `[policy]`: where the policy files are.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A folder of `*.toml` policy files, read in name order; relative to
+    /// the config file. Without any rule every tool call is denied.
+    #[serde(default = "default_dir")]
+    pub dir: std::path::PathBuf,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig { dir: default_dir() }
+    }
+}
+
+fn default_dir() -> std::path::PathBuf {
+    "policies".into()
+}
+
+/// The policy sources in `dir` (file name, text), in name order. A missing
+/// folder has none.
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, String> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: {e}", dir.display())),
+    };
+    let mut paths: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map(|t| (p.display().to_string(), t))
+                .map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
+/// Reads and compiles the policy in `dir`, and runs its test cases: a
+/// policy whose tests fail is refused like one that does not compile.
+pub fn load(dir: &Path) -> Result<compile::Policy, String> {
+    let sources = read_dir(dir)?;
+    let policy = compile::compile(&sources).map_err(|e| e.to_string())?;
+    let failures = run_tests(&policy);
+    if let Some(f) = failures.first() {
+        return Err(format!(
+            "{} policy test(s) fail, first: {f}",
+            failures.len()
+        ));
+    }
+    Ok(policy)
+}
+
+/// Runs the policy's test cases; returns a line per failure.
+pub fn run_tests(policy: &compile::Policy) -> Vec<String> {
+    let mut failures = Vec::new();
+    for t in &policy.tests {
+        let r = &t.request;
+        let req = compile::Request {
+            tenant: r.tenant.as_deref(),
+            agent: r.agent.as_deref(),
+            labels: &r.labels,
+            user: r.user.as_deref(),
+            tool: &r.tool,
+            upstream: r.upstream.as_deref(),
+            intent: r.intent.as_deref(),
+            args: r.args.as_ref(),
+        };
+        let d = policy.decide(&req);
+        if d.effect() != t.expect {
+            failures.push(format!("`{}`: expected {:?}, got {d:?}", t.name, t.expect));
+        }
+    }
+    failures
+}

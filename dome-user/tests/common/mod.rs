@@ -199,15 +199,33 @@ fn config_text(config: &Path, mcp: SocketAddr, stats: SocketAddr, rest: &str) ->
     } else {
         auth_off(config)
     };
-    // `[auth]` goes last, so line numbers in `rest` stay as a test wrote them.
+    let policy = if rest.contains("[policy]") {
+        String::new()
+    } else {
+        allow_all_policy(config)
+    };
+    // These go last, so line numbers in `rest` stay as a test wrote them.
     format!(
-        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}\n{auth}"
+        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}\n{auth}{policy}"
     )
 }
 
 /// The registry folder of the Dome run on `config`: one per test run.
 pub fn data_dir(config: &Path) -> PathBuf {
     config.with_extension("data")
+}
+
+/// A `[policy]` section for tests that are not about policy: a folder of
+/// its own with one rule that allows every call.
+pub fn allow_all_policy(config: &Path) -> String {
+    let dir = config.with_extension("policies");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("allow-all.toml"),
+        "[[rule]]\nid = \"allow-everything\"\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    format!("\n[policy]\ndir = \"{}\"\n", dir.display())
 }
 
 /// An `[auth]` section for tests that are not about authentication:

@@ -1,0 +1,255 @@
+//! Policy through the real `dome` binary: decisions on identity, tool,
+//! arguments and intent; tool visibility; obligations; live reload that
+//! refuses a broken or failing policy and keeps the old one serving.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+const SUPPORT: &str = "dome_support-bot_key-of-the-support-agent";
+const SALES: &str = "dome_sales-bot_key-of-the-sales-agent";
+
+fn sha(key: &str) -> String {
+    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
+}
+
+const POLICY: &str = r#"
+[[rule]]
+id = "echo-for-acme"
+effect = "allow"
+[rule.when]
+tenant = "acme"
+tool = "echo"
+args = [{ path = "/message", op = "max_len", max = 10 }]
+
+[[rule]]
+id = "records-for-support"
+effect = "allow"
+[rule.when]
+labels = ["support"]
+tool = "records"
+[rule.obligations]
+require_intent = true
+
+[[test]]
+name = "support reads records"
+request = { tenant = "acme", labels = ["support"], tool = "records", intent = "help a customer" }
+expect = "allow"
+"#;
+
+fn call(tool: &str, args: Value, intent: Option<&str>) -> String {
+    let mut meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                          "io.modelcontextprotocol/clientCapabilities": {}});
+    if let Some(i) = intent {
+        meta["dome/intent"] = i.into();
+    }
+    json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+           "params": {"name": tool, "arguments": args, "_meta": meta}})
+    .to_string()
+}
+
+fn post(dome: &Dome, key: &str, method: &str, name: &str, body: &str) -> (u16, Value) {
+    let auth = format!("Bearer {key}");
+    let (status, _, text) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", method),
+            ("Mcp-Name", name),
+            ("Authorization", &auth),
+        ],
+        body,
+    );
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn tools(dome: &Dome, key: &str) -> Vec<String> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let auth = format!("Bearer {key}");
+    let (_, _, text) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/list"),
+            ("Authorization", &auth),
+        ],
+        &body,
+    );
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn start(name: &str) -> (Proc, Dome, std::path::PathBuf) {
+    let (demo_proc, demo) = start_demo(&[]);
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let policies = tmp.join(format!("{name}-{}.rules", std::process::id()));
+    let _ = std::fs::remove_dir_all(&policies);
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("main.toml"), POLICY).unwrap();
+    let data = tmp.join(format!("{name}-{}.agents-data", std::process::id()));
+    let dome = start_dome(
+        name,
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"support-bot\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
+             [[agent]]\nid = \"sales-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            policies.display(),
+            sha(SUPPORT),
+            sha(SALES)
+        ),
+    );
+    (demo_proc, dome, policies)
+}
+
+#[test]
+fn calls_are_judged_and_callers_see_only_what_they_may_call() {
+    let (_demo, dome, _) = start("policy-decide");
+    // Visibility equals authorization.
+    assert_eq!(tools(&dome, SUPPORT), ["echo", "records"]);
+    assert_eq!(tools(&dome, SALES), ["echo"]);
+
+    let (status, v) = post(
+        &dome,
+        SALES,
+        "tools/call",
+        "echo",
+        &call("echo", json!({"message": "short"}), None),
+    );
+    assert_eq!(status, 200, "{v}");
+    // An argument outside what the rule allows: default deny, a stable code,
+    // a reason without the policy's internals.
+    let (status, v) = post(
+        &dome,
+        SALES,
+        "tools/call",
+        "echo",
+        &call("echo", json!({"message": "far too long a message"}), None),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], -32005, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        !msg.contains("echo-for-acme") && !msg.contains("max_len"),
+        "{msg}"
+    );
+    // Not a support agent.
+    let (status, _) = post(
+        &dome,
+        SALES,
+        "tools/call",
+        "records",
+        &call("records", json!({"count": 1}), Some("x")),
+    );
+    assert_eq!(status, 403);
+    // The obligation: support may read records only with a stated intent.
+    let (status, v) = post(
+        &dome,
+        SUPPORT,
+        "tools/call",
+        "records",
+        &call("records", json!({"count": 1}), None),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("intent"),
+        "{v}"
+    );
+    let (status, v) = post(
+        &dome,
+        SUPPORT,
+        "tools/call",
+        "records",
+        &call("records", json!({"count": 1}), Some("answer ticket 42")),
+    );
+    assert_eq!(status, 200, "{v}");
+    // The policy version is on /stats.
+    let s = dome.stats_json();
+    assert_eq!(s["config"]["policy_rules"], 2, "{s}");
+}
+
+#[test]
+fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
+    let (_demo, dome, policies) = start("policy-reload");
+    let before = dome.stats_json()["config"]["policy_version"].clone();
+    let wait_reload = |what: &str, pred: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = dome.stats_json();
+            if pred(&s) {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {s}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    // A file that does not compile: refused with its file and line.
+    std::fs::write(
+        policies.join("zz-broken.toml"),
+        "[[rule]]\nid = \"x\"\neffect = \"maybe\"\n",
+    )
+    .unwrap();
+    let s = wait_reload("broken refused", &|s| {
+        s["config"]["last_reload"]["ok"] == false
+    });
+    let err = s["config"]["last_reload"]["error"].as_str().unwrap();
+    assert!(err.contains("zz-broken.toml:3"), "{err}");
+    assert_eq!(s["config"]["policy_version"], before);
+    assert_eq!(
+        tools(&dome, SUPPORT),
+        ["echo", "records"],
+        "the old policy still serves"
+    );
+
+    // A policy whose own tests fail: refused too.
+    std::fs::write(
+        policies.join("zz-broken.toml"),
+        "[[test]]\nname = \"sales reads records\"\nrequest = { tenant = \"acme\", tool = \"records\" }\nexpect = \"allow\"\n",
+    )
+    .unwrap();
+    let s = wait_reload("failing tests refused", &|s| {
+        s["config"]["last_reload"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("sales reads records"))
+    });
+    assert_eq!(s["config"]["policy_version"], before);
+
+    // A good change applies live: echo for nobody now.
+    std::fs::remove_file(policies.join("zz-broken.toml")).unwrap();
+    std::fs::write(
+        policies.join("main.toml"),
+        POLICY.replace("tool = \"echo\"", "tool = \"echo-nobody-has\""),
+    )
+    .unwrap();
+    wait_reload("good change applied", &|s| {
+        s["config"]["last_reload"]["ok"] == true && s["config"]["policy_version"] != before
+    });
+    assert_eq!(tools(&dome, SALES), Vec::<String>::new());
+    let (status, _) = post(
+        &dome,
+        SALES,
+        "tools/call",
+        "echo",
+        &call("echo", json!({"message": "hi"}), None),
+    );
+    assert_eq!(status, 403);
+}
