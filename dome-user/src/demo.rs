@@ -614,6 +614,14 @@ fn tools() -> Value {
             "name": "records",
             "description": "Returns customer records (with e-mail addresses and card numbers).",
             "inputSchema": {"type": "object", "properties": {"count": {"type": "integer", "minimum": 0, "maximum": 100}}},
+            "outputSchema": {"type": "object", "properties": {"records": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"}, "name": {"type": "string"},
+                    "email": {"type": "string", "format": "email"}, "card": {"type": "string"},
+                },
+                "required": ["id", "name", "email", "card"],
+            }}}, "required": ["records"]},
         },
     ])
 }

@@ -31,6 +31,15 @@ labels = ["support"]
 tool = "records"
 [rule.obligations]
 require_intent = true
+redact = ["email", "card"]
+
+[[rule]]
+id = "slow-hidden-result"
+effect = "allow"
+[rule.when]
+tool = "slow"
+[rule.obligations]
+redact = ["regex:done after \\d+ steps"]
 
 [[test]]
 name = "support reads records"
@@ -125,8 +134,8 @@ fn start(name: &str) -> (Proc, Dome, std::path::PathBuf) {
 fn calls_are_judged_and_callers_see_only_what_they_may_call() {
     let (_demo, dome, _) = start("policy-decide");
     // Visibility equals authorization.
-    assert_eq!(tools(&dome, SUPPORT), ["echo", "records"]);
-    assert_eq!(tools(&dome, SALES), ["echo"]);
+    assert_eq!(tools(&dome, SUPPORT), ["echo", "slow", "records"]);
+    assert_eq!(tools(&dome, SALES), ["echo", "slow"]);
 
     let (status, v) = post(
         &dome,
@@ -184,7 +193,7 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
     assert_eq!(status, 200, "{v}");
     // The policy version is on /stats.
     let s = dome.stats_json();
-    assert_eq!(s["config"]["policy_rules"], 2, "{s}");
+    assert_eq!(s["config"]["policy_rules"], 3, "{s}");
 }
 
 #[test]
@@ -216,7 +225,7 @@ fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
     assert_eq!(s["config"]["policy_version"], before);
     assert_eq!(
         tools(&dome, SUPPORT),
-        ["echo", "records"],
+        ["echo", "slow", "records"],
         "the old policy still serves"
     );
 
@@ -243,7 +252,7 @@ fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
     wait_reload("good change applied", &|s| {
         s["config"]["last_reload"]["ok"] == true && s["config"]["policy_version"] != before
     });
-    assert_eq!(tools(&dome, SALES), Vec::<String>::new());
+    assert_eq!(tools(&dome, SALES), ["slow"]);
     let (status, _) = post(
         &dome,
         SALES,
@@ -252,4 +261,67 @@ fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
         &call("echo", json!({"message": "hi"}), None),
     );
     assert_eq!(status, 403);
+}
+
+/// The policy's redactions: text and structured content of a result lose
+/// the e-mail addresses and card numbers (the structure and types stay, an
+/// e-mail field keeps an address shape), also on a streamed result; the
+/// counts show on /stats.
+#[test]
+fn results_are_redacted_as_the_rule_says() {
+    let (_demo, dome, _) = start("policy-redact");
+    let (status, v) = post(
+        &dome,
+        SUPPORT,
+        "tools/call",
+        "records",
+        &call("records", json!({"count": 2}), Some("answer ticket 42")),
+    );
+    assert_eq!(status, 200, "{v}");
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        !text.contains("@example.com") && !text.contains("4111"),
+        "{text}"
+    );
+    // The text was JSON and still is.
+    let rows: Value = serde_json::from_str(text).unwrap();
+    assert_eq!(rows[1]["email"], "[REDACTED:email]");
+    let sc = &v["result"]["structuredContent"]["records"];
+    assert_eq!(sc[0]["email"], "redacted@redacted.invalid", "{v}");
+    assert_eq!(sc[0]["card"], "[REDACTED:card]");
+    assert_eq!(sc[0]["id"], 0, "numbers stay numbers");
+    assert_eq!(
+        sc[1]["name"], "Customer 1",
+        "what matches no detector stays"
+    );
+
+    // A streamed result (SSE with progress): its final result is redacted.
+    let (status, _, body) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "slow"),
+            ("Authorization", &format!("Bearer {SALES}")),
+        ],
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+            "name": "slow", "arguments": {"steps": 2, "delay_ms": 10},
+            "_meta": {"progressToken": "p",
+                      "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {}}}})
+        .to_string(),
+    );
+    assert_eq!(status, 200);
+    assert!(body.contains("notifications/progress"), "{body}");
+    assert!(!body.contains("done after"), "{body}");
+    assert!(body.contains("[REDACTED]"), "{body}");
+
+    let s = dome.stats_json();
+    assert!(s["redactions"]["email"].as_u64().unwrap() >= 4, "{s}");
+    assert!(s["redactions"]["card"].as_u64().unwrap() >= 4, "{s}");
+    assert!(s["redactions"]["custom"].as_u64().unwrap() >= 1, "{s}");
 }

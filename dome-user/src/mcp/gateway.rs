@@ -1359,16 +1359,25 @@ impl Gateway {
                     };
                     (status, r.to_rpc(&id))
                 }
-                Ok((upstream, Reply::Stream(st), _)) => {
+                Ok((upstream, Reply::Stream(st), _, redaction)) => {
                     match super::upstream::first_response(upstream.name(), st).await {
                         Ok(mut v) => {
+                            if let Some(r) = &redaction {
+                                r.apply(&mut v);
+                            }
                             v["id"] = id.clone();
                             (StatusCode::OK, v)
                         }
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
                     }
                 }
-                Ok((upstream, reply, _)) => match readdress(era, &upstream, &id, reply, method) {
+                Ok((upstream, reply, _, redaction)) => match readdress(
+                    era,
+                    &upstream,
+                    &id,
+                    redacted(reply, redaction.as_ref()),
+                    method,
+                ) {
                     Ok((status, text, _)) => {
                         (status, serde_json::from_str(&text).unwrap_or_default())
                     }
@@ -1538,6 +1547,16 @@ impl Gateway {
         });
     }
 
+    /// A tool's `outputSchema`, as its upstream published it.
+    fn output_schema(&self, tool: &str) -> Value {
+        self.current(Kind::Tools)
+            .items
+            .iter()
+            .find(|t| t["name"] == tool)
+            .map(|t| t["outputSchema"].clone())
+            .unwrap_or(Value::Null)
+    }
+
     /// Policy on a tool call: who, which tool of which upstream, with which
     /// arguments and intent. A denial carries the reason an agent may see.
     fn decide(
@@ -1546,7 +1565,7 @@ impl Gateway {
         upstream: &Upstream,
         caller: Option<&Caller>,
         e: &Envelope,
-    ) -> Result<(), Refusal> {
+    ) -> Result<Option<Redaction>, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
             e.arguments
@@ -1572,13 +1591,20 @@ impl Gateway {
             retry_after_ms: None,
         };
         match policy.decide(&req) {
-            crate::policy::compile::Decision::Allow { obligations, .. } => {
+            crate::policy::compile::Decision::Allow {
+                obligations,
+                redactor,
+                ..
+            } => {
                 if obligations.require_intent && intent.is_none() {
                     return Err(deny(&format!(
                         "this call needs a stated intent (params._meta[\"{INTENT_META}\"])"
                     )));
                 }
-                Ok(())
+                Ok(redactor.map(|r| Redaction {
+                    redactor: r.clone(),
+                    schema: self.output_schema(tool),
+                }))
             }
             crate::policy::compile::Decision::Deny { rule, reason } => {
                 tracing::debug!(tool, rule = ?rule, "policy denied a call");
@@ -1632,7 +1658,7 @@ impl Gateway {
         &self,
         e: &Envelope,
         session: Option<&Arc<Session>>,
-    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>), Refusal> {
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let Some(name) = e.name.as_deref() else {
             return Err((
                 code::INVALID_PARAMS,
@@ -1651,7 +1677,7 @@ impl Gateway {
             .and_then(|s| s.caller.clone())
             .or_else(current_caller);
         // Phase: decide.
-        self.decide(name, &upstream, caller.as_ref(), e)?;
+        let redaction = self.decide(name, &upstream, caller.as_ref(), e)?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
@@ -1745,7 +1771,7 @@ impl Gateway {
             t.borrow_mut().upstream = Some((upstream.name().to_string(), name.to_string(), took))
         });
         match result {
-            Ok((reply, _)) => Ok((upstream, reply, guard)),
+            Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
                 Err((code::UPSTREAM_UNAVAILABLE, e.to_string()).into())
@@ -1770,7 +1796,7 @@ impl Gateway {
         }
         if method == "tools/call" && sse_ok {
             match self.forward_call(e, session.as_ref()).await {
-                Ok((upstream, Reply::Stream(st), guard)) => {
+                Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
                         era,
@@ -1779,10 +1805,11 @@ impl Gateway {
                             .then(|| (e.client_capabilities.clone(), self.sessions.clone())),
                         tool: e.name.clone().unwrap_or_default(),
                         retry: session.is_some().then(|| (self.clone(), e.clone())),
+                        redaction,
                     };
                     return relay(upstream, st.into_body(), SseParser::default(), to);
                 }
-                Ok((_, reply, _))
+                Ok((_, reply, _, _))
                     if let Some(s) = &session
                         && let Some(first) = super::input::required(&reply) =>
                 {
@@ -1793,7 +1820,8 @@ impl Gateway {
                     tokio::spawn(async move { gw.fulfil(s, e, id, first, tx).await });
                     return sse_response(rx);
                 }
-                Ok((upstream, reply, _)) => {
+                Ok((upstream, reply, _, redaction)) => {
+                    let reply = redacted(reply, redaction.as_ref());
                     return match readdress(era, &upstream, &id, reply, method) {
                         Ok((status, text, code)) => raw_json_response(status, text, code),
                         Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
@@ -1885,6 +1913,7 @@ impl Gateway {
             body,
             parser,
             tool,
+            redaction: call_redaction,
             ..
         } = call;
         // The answers reach the upstream before its stream is read again.
@@ -1896,6 +1925,8 @@ impl Gateway {
             stateless: Some((e.client_capabilities.clone(), self.sessions.clone())),
             tool,
             retry: None,
+            // The parked call was judged when it began.
+            redaction: call_redaction,
         };
         relay(upstream, body, parser, to)
     }
@@ -1988,8 +2019,9 @@ impl Gateway {
                     .extra_params
                     .push(("requestState".into(), state.to_string()));
             }
-            let (upstream, reply) = match self.forward_call(&again, Some(&session)).await {
-                Ok((u, r, _)) => (u, r),
+            let (upstream, reply, redaction) = match self.forward_call(&again, Some(&session)).await
+            {
+                Ok((u, r, _, red)) => (u, r, red),
                 Err(r) => {
                     send(r.to_rpc(&id)).await;
                     return;
@@ -2049,6 +2081,9 @@ impl Gateway {
                 continue;
             }
             let mut last = last;
+            if let Some(r) = &redaction {
+                r.apply(&mut last);
+            }
             last["id"] = id;
             send(last).await;
             return;
@@ -2218,6 +2253,44 @@ impl Gateway {
     }
 }
 
+/// What a policy rule asks to be redacted from a call's result, with the
+/// tool's output schema (so structured content stays valid).
+#[derive(Clone)]
+pub struct Redaction {
+    redactor: Arc<crate::policy::redact::Redactor>,
+    schema: Value,
+}
+
+impl Redaction {
+    /// Redacts a JSON-RPC response's result in place.
+    fn apply(&self, response: &mut Value) {
+        if let Some(result) = response.get_mut("result") {
+            let counts = self.redactor.result(result, &self.schema);
+            if counts.total() > 0 {
+                tracing::debug!(
+                    redacted = counts.total(),
+                    "redacted values from a tool result"
+                );
+            }
+        }
+    }
+}
+
+/// `reply` with the policy's redactions applied (a tree is built only then).
+fn redacted(reply: Reply, redaction: Option<&Redaction>) -> Reply {
+    let Some(r) = redaction else { return reply };
+    let mut v: Value = match &reply {
+        Reply::Json(v) => v.clone(),
+        Reply::Raw(b) => match serde_json::from_slice(b) {
+            Ok(v) => v,
+            Err(_) => return reply,
+        },
+        Reply::Stream(_) => return reply,
+    };
+    r.apply(&mut v);
+    Reply::Json(v)
+}
+
 /// A bucket that never refuses, to fill unused budget levels.
 static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
     std::sync::LazyLock::new(|| {
@@ -2286,6 +2359,8 @@ struct RelayTo {
     /// A session-era caller's call, to call again when a stateless upstream
     /// answers `input_required` at the end of its stream.
     retry: Option<(Arc<Gateway>, Envelope)>,
+    /// Redaction the policy asks of the result.
+    redaction: Option<Redaction>,
 }
 
 /// Relays an upstream SSE response event by event as it arrives, giving the
@@ -2308,6 +2383,7 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
             stateless,
             tool,
             retry,
+            redaction,
         } = to;
         let upstream = up.name().to_string();
         // The call stays cancellable until its stream ends.
@@ -2411,6 +2487,9 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                     return;
                 }
                 if is_response {
+                    if let Some(r) = &redaction {
+                        r.apply(&mut v);
+                    }
                     v["id"] = id.clone();
                     if era == Era::Stateless
                         && v.get("result").is_some()
@@ -2438,6 +2517,7 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                     body,
                     parser,
                     tool,
+                    redaction,
                     asks: asks
                         .into_iter()
                         .enumerate()

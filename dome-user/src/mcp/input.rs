@@ -40,6 +40,8 @@ pub struct Parked {
     pub tool: String,
     /// (key given to the caller, the upstream's request id, the request).
     pub asks: Vec<(String, Value, Value)>,
+    /// What policy asked to be redacted from the call's result.
+    pub redaction: Option<super::gateway::Redaction>,
 }
 
 /// Whether capabilities a stateless caller declared (JSON text) let it

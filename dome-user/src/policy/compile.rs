@@ -35,6 +35,8 @@ pub enum Decision<'p> {
     Allow {
         rule: &'p str,
         obligations: &'p Obligations,
+        /// The rule's redactions of the result, compiled.
+        redactor: Option<&'p std::sync::Arc<super::redact::Redactor>>,
     },
     /// Denied by `rule` (`None`: no rule allows it), with the reason an
     /// agent may be shown.
@@ -204,6 +206,7 @@ struct CRule {
     intent: Option<CIntent>,
     args: Vec<CArg>,
     obligations: Obligations,
+    redactor: Option<std::sync::Arc<super::redact::Redactor>>,
 }
 
 /// A compiled policy set.
@@ -350,6 +353,7 @@ impl Policy {
             Some(rule) => Decision::Allow {
                 rule: &rule.id,
                 obligations: &rule.obligations,
+                redactor: rule.redactor.as_ref(),
             },
             None => Decision::Deny {
                 rule: None,
@@ -600,6 +604,14 @@ fn compile_rule(
         upstreams: names(&w.upstream),
         intent,
         args,
+        redactor: if rule.obligations.redact.is_empty() {
+            None
+        } else {
+            Some(std::sync::Arc::new(
+                super::redact::Redactor::new(&rule.obligations.redact)
+                    .map_err(|e| (".obligations.redact".to_string(), e))?,
+            ))
+        },
         obligations: Obligations {
             require_intent: rule.obligations.require_intent,
             redact: rule.obligations.redact.clone(),

@@ -8,6 +8,7 @@
 
 pub mod compile;
 pub mod lang;
+pub mod redact;
 pub mod reference;
 
 #[cfg(test)]

@@ -102,7 +102,9 @@ fn every_matcher_and_effect() {
         ..req("records", Some(&a3))
     };
     match p.decide(&r) {
-        Decision::Allow { rule, obligations } => {
+        Decision::Allow {
+            rule, obligations, ..
+        } => {
             assert_eq!(rule, "support-records");
             assert_eq!(obligations.redact, ["email", "card"]);
             assert_eq!(obligations.log_args, LogArgs::Digest);

@@ -57,6 +57,10 @@ impl StatsState {
                 "escalations": self.escalation.escalations(),
                 "blocks": self.escalation.blocks_json()["blocks"].as_array().map_or(0, Vec::len),
             },
+            "redactions": crate::policy::redact::totals()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                .collect::<serde_json::Map<_, _>>(),
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,
