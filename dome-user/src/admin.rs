@@ -32,6 +32,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub token_sha256: [u8; 32],
     pub escalation: Option<Arc<crate::identity::escalation::Escalation>>,
+    pub policy_store: Arc<crate::policy::store::PolicyStore>,
+    pub policy_dir: std::path::PathBuf,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -212,6 +214,45 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             blocking(Box::new(move || match reg.delete(&id, now) {
                 Ok(()) => json_resp(StatusCode::OK, json!({"deleted": id})),
                 Err(e) => registry_error(e),
+            }))
+            .await
+        }
+        (Method::GET, ["policy", "versions"]) => match state.policy_store.list() {
+            Ok(all) => json_resp(
+                StatusCode::OK,
+                json!({"versions": all.iter().map(|a| json!({
+                    "version": a.version, "activated_unix_s": a.activated_unix_s,
+                    "message": a.message, "rules": a.rules,
+                    "files": a.sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>()}),
+            ),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        },
+        (Method::POST, ["policy", "rollback"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Rollback {
+                #[serde(default)]
+                version: Option<String>,
+            }
+            let r: Rollback = match body_json(req).await {
+                Ok(r) => r,
+                Err(r) => return r,
+            };
+            let (store, dir) = (state.policy_store.clone(), state.policy_dir.clone());
+            blocking(Box::new(move || {
+                let target = match store.target(r.version.as_deref()) {
+                    Ok(t) => t,
+                    Err(e) => return error(StatusCode::NOT_FOUND, e),
+                };
+                match crate::policy::store::restore(&dir, &target) {
+                    Ok(()) => json_resp(
+                        StatusCode::OK,
+                        json!({"restored": target.version,
+                               "note": "the policy files are back as they were; the live reload activates them within a second"}),
+                    ),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                }
             }))
             .await
         }

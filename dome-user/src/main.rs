@@ -51,6 +51,11 @@ enum PolicyCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// List the activated versions (admin API).
+    Versions,
+    /// Restore an activated version exactly (default: the one before the
+    /// active one) through the admin API; the live reload activates it.
+    Rollback { version: Option<String> },
 }
 
 fn policy_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -209,6 +214,15 @@ fn main() -> ExitCode {
             let (dir, test_only) = match cmd {
                 PolicyCmd::Check { dir } => (dir, false),
                 PolicyCmd::Test { dir } => (dir, true),
+                PolicyCmd::Versions => return admin(&cli.config, "GET", "/policy/versions", None),
+                PolicyCmd::Rollback { version } => {
+                    return admin(
+                        &cli.config,
+                        "POST",
+                        "/policy/rollback",
+                        Some(serde_json::json!({"version": version})),
+                    );
+                }
             };
             let dir = match policy_dir(&cli.config, dir) {
                 Ok(d) => d,

@@ -121,9 +121,19 @@ fn identity_for(
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let jwt = crate::identity::jwt::providers(&config.tenants, &resource, dir)?;
     let policy_dir = beside(config_path, &config.policy.dir);
-    let policy = crate::policy::load(&policy_dir)?;
+    let (policy, sources) = crate::policy::load_with_sources(&policy_dir)?;
     if policy.rule_count() == 0 {
         tracing::warn!(dir = %policy_dir.display(), "no policy rules: every tool call is denied");
+    }
+    let activation = crate::policy::store::Activation {
+        version: policy.version.clone(),
+        activated_unix_s: crate::clock::unix_s(),
+        message: policy.message.clone(),
+        rules: policy.rule_count(),
+        sources,
+    };
+    if current.policy_store.record(&activation)? {
+        tracing::info!(version = %policy.version, rules = policy.rule_count(), message = %policy.message, "policy activated");
     }
     for (issuer, p) in &jwt.by_issuer {
         // An unchanged URL provider keeps the keys it has; a new one fetches.
@@ -146,6 +156,7 @@ fn identity_for(
         }
     }
     Ok(Arc::new(Identity {
+        policy_store: current.policy_store.clone(),
         policy: Arc::new(policy),
         jwt: Arc::new(jwt),
         registry: current.registry.clone(),
@@ -275,6 +286,10 @@ impl Live {
         if new.auth.data_dir != old.auth.data_dir {
             needs_restart.push("auth.data_dir".to_string());
             applied.auth.data_dir = old.auth.data_dir.clone();
+        }
+        if new.policy.dir != old.policy.dir {
+            needs_restart.push("policy.dir".to_string());
+            applied.policy.dir = old.policy.dir.clone();
         }
         if new.admin != old.admin {
             needs_restart.push("admin".to_string());
@@ -438,6 +453,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         &config,
         config_path,
         &Identity {
+            policy_store: Arc::new(
+                crate::policy::store::PolicyStore::open(&beside(
+                    config_path,
+                    &config.auth.data_dir,
+                ))
+                .map_err(anyhow::Error::msg)?,
+            ),
             policy: Default::default(),
             jwt: Default::default(),
             registry: registry.clone(),
@@ -457,6 +479,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
                 .context("admin.token_sha256")?,
             escalation: Some(escalation.clone()),
+            policy_store: identity.policy_store.clone(),
+            policy_dir: beside(config_path, &config.policy.dir),
         });
         let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
             .await

@@ -281,3 +281,54 @@ fn kernel_escalation_drops_an_abusive_source() {
     // Another source is unaffected.
     assert_eq!(request_from("127.0.0.1", &dome, good), Some(200));
 }
+
+/// Every activated policy version is kept; `dome policy rollback` puts the
+/// previous one's files back exactly and the live reload activates it.
+#[test]
+fn policy_rollback_restores_the_previous_version_exactly() {
+    let (_demo, dome, _admin) = dome_with_admin("rollback", "");
+    let good = "dome_cfg-bot_config-agent-key-for-tests";
+    let policies = dome.config.with_extension("policies");
+    let original = std::fs::read_to_string(policies.join("allow-all.toml")).unwrap();
+    let v1 = dome.stats_json()["config"]["policy_version"].clone();
+    assert_eq!(echo(&dome, good), 200);
+
+    std::fs::write(
+        policies.join("no-echo.toml"),
+        "message = \"stop echo\"\n[[rule]]\nid = \"no-echo\"\neffect = \"deny\"\nreason = \"echo is off\"\n[rule.when]\ntool = \"echo\"\n",
+    )
+    .unwrap();
+    let wait = |pred: &dyn Fn(&Value) -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let s = dome.stats_json();
+            if pred(&s) {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    wait(&|s| s["config"]["policy_version"] != v1);
+    assert_eq!(echo(&dome, good), 403);
+
+    let (ok, v) = cli(&dome, &["policy", "versions"]);
+    assert!(ok, "{v}");
+    let versions = v["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{v}");
+    assert_eq!(versions[1]["message"], "stop echo");
+
+    let (ok, v) = cli(&dome, &["policy", "rollback"]);
+    assert!(ok, "{v}");
+    assert_eq!(v["restored"], v1);
+    wait(&|s| s["config"]["policy_version"] == v1);
+    assert_eq!(echo(&dome, good), 200);
+    assert!(!policies.join("no-echo.toml").exists());
+    assert_eq!(
+        std::fs::read_to_string(policies.join("allow-all.toml")).unwrap(),
+        original
+    );
+    // An unknown version is refused and changes nothing.
+    let (ok, _) = cli(&dome, &["policy", "rollback", "0000000000000000"]);
+    assert!(!ok);
+}

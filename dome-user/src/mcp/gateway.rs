@@ -328,6 +328,8 @@ pub struct Identity {
     pub jwt: Arc<crate::identity::jwt::Verifier>,
     /// The policy in force.
     pub policy: Arc<crate::policy::compile::Policy>,
+    /// Every activated policy version.
+    pub policy_store: Arc<crate::policy::store::PolicyStore>,
 }
 
 impl Identity {

@@ -223,6 +223,8 @@ pub struct Policy {
     pub version: String,
     /// Some rule looks at arguments (else a call's arguments need no parse).
     pub reads_args: bool,
+    /// The files' `message`s, joined.
+    pub message: String,
 }
 
 /// A compile error: where and why.
@@ -491,6 +493,12 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
             policy.rules.push(c);
         }
         policy.tests.extend(file.tests.iter().cloned());
+        if let Some(m) = &file.message {
+            if !policy.message.is_empty() {
+                policy.message.push_str("; ");
+            }
+            policy.message.push_str(m);
+        }
     }
     policy.categories = categories;
     Ok(policy)

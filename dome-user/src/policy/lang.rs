@@ -38,6 +38,9 @@ use crate::identity::budget::Rate;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
+    /// What this version changes (kept with it in the version history).
+    #[serde(default)]
+    pub message: Option<String>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
     /// Named intent categories: an intent is in a category when one of its

@@ -10,6 +10,7 @@ pub mod compile;
 pub mod lang;
 pub mod redact;
 pub mod reference;
+pub mod store;
 
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,11 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, String> {
 /// Reads and compiles the policy in `dir`, and runs its test cases: a
 /// policy whose tests fail is refused like one that does not compile.
 pub fn load(dir: &Path) -> Result<compile::Policy, String> {
+    load_with_sources(dir).map(|(p, _)| p)
+}
+
+/// As [`load`], also returning the sources it compiled.
+pub fn load_with_sources(dir: &Path) -> Result<(compile::Policy, Vec<(String, String)>), String> {
     let sources = read_dir(dir)?;
     let policy = compile::compile(&sources).map_err(|e| e.to_string())?;
     let failures = run_tests(&policy);
@@ -71,7 +77,7 @@ pub fn load(dir: &Path) -> Result<compile::Policy, String> {
             failures.len()
         ));
     }
-    Ok(policy)
+    Ok((policy, sources))
 }
 
 /// Runs the policy's test cases; returns a line per failure.
