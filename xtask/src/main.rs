@@ -371,7 +371,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             root,
             &["run", "--release", "-p", "bench", "--bin", "bench-auth"],
         ),
-        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth"),
+        "policy" => cargo(
+            root,
+            &["run", "--release", "-p", "bench", "--bin", "bench-policy"],
+        ),
+        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy"),
     }
 }
 
