@@ -51,11 +51,88 @@ enum PolicyCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Which decisions change from the policy in OLD to the one in NEW,
+    /// over both policies' test requests and any in `--requests` (a JSON
+    /// array of test requests).
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long)]
+        requests: Option<PathBuf>,
+    },
     /// List the activated versions (admin API).
     Versions,
     /// Restore an activated version exactly (default: the one before the
     /// active one) through the admin API; the live reload activates it.
     Rollback { version: Option<String> },
+}
+
+fn policy_diff(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    requests: Option<&std::path::Path>,
+) -> ExitCode {
+    let compile = |d: &std::path::Path| {
+        dome::policy::read_dir(d)
+            .and_then(|s| dome::policy::compile::compile(&s).map_err(|e| e.to_string()))
+    };
+    let (a, b) = match (compile(old), compile(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut reqs: Vec<dome::policy::lang::TestRequest> = a
+        .tests
+        .iter()
+        .chain(&b.tests)
+        .map(|t| t.request.clone())
+        .collect();
+    if let Some(f) = requests {
+        match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| {
+                serde_json::from_str::<Vec<dome::policy::lang::TestRequest>>(&t)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(more) => reqs.extend(more),
+            Err(e) => {
+                eprintln!("error: {}: {e}", f.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let mut changed = 0;
+    for r in &reqs {
+        let req = dome::policy::compile::Request {
+            tenant: r.tenant.as_deref(),
+            agent: r.agent.as_deref(),
+            labels: &r.labels,
+            user: r.user.as_deref(),
+            tool: &r.tool,
+            upstream: r.upstream.as_deref(),
+            intent: r.intent.as_deref(),
+            args: r.args.as_ref(),
+        };
+        let (x, y) = (a.decide(&req), b.decide(&req));
+        if x.effect() != y.effect() {
+            changed += 1;
+            println!(
+                "{:?} -> {:?}: {}",
+                x.effect(),
+                y.effect(),
+                serde_json::to_string(r).unwrap_or_default()
+            );
+        }
+    }
+    println!(
+        "{changed} of {} decisions change ({} -> {})",
+        reqs.len(),
+        a.version,
+        b.version
+    );
+    ExitCode::SUCCESS
 }
 
 fn policy_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -215,6 +292,9 @@ fn main() -> ExitCode {
                 PolicyCmd::Check { dir } => (dir, false),
                 PolicyCmd::Test { dir } => (dir, true),
                 PolicyCmd::Versions => return admin(&cli.config, "GET", "/policy/versions", None),
+                PolicyCmd::Diff { old, new, requests } => {
+                    return policy_diff(&old, &new, requests.as_deref());
+                }
                 PolicyCmd::Rollback { version } => {
                     return admin(
                         &cli.config,

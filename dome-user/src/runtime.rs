@@ -155,7 +155,17 @@ fn identity_for(
             _ => {}
         }
     }
+    let shadow = match &config.policy.shadow_dir {
+        Some(d) => {
+            let p = crate::policy::load(&beside(config_path, d))
+                .map_err(|e| format!("shadow policy: {e}"))?;
+            tracing::info!(version = %p.version, rules = p.rule_count(), "shadow policy judging beside the active one");
+            Some(Arc::new(p))
+        }
+        None => None,
+    };
     Ok(Arc::new(Identity {
+        shadow,
         policy_store: current.policy_store.clone(),
         policy: Arc::new(policy),
         jwt: Arc::new(jwt),
@@ -219,13 +229,13 @@ impl Live {
         let version = content_version(&text);
         // Policy files count as part of the configuration.
         let policy_version = {
-            let dir = beside(
-                &self.path,
-                &self.config.lock().expect("config lock").policy.dir,
-            );
-            crate::policy::read_dir(&dir)
-                .map(|s| crate::policy::compile::version(&s))
-                .unwrap_or_default()
+            let cfg = self.config.lock().expect("config lock");
+            let mut sources =
+                crate::policy::read_dir(&beside(&self.path, &cfg.policy.dir)).unwrap_or_default();
+            if let Some(d) = &cfg.policy.shadow_dir {
+                sources.extend(crate::policy::read_dir(&beside(&self.path, d)).unwrap_or_default());
+            }
+            crate::policy::compile::version(&sources)
         };
         let policy_changed = *self.seen_policy.lock().expect("seen lock") != policy_version;
         {
@@ -453,6 +463,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         &config,
         config_path,
         &Identity {
+            shadow: None,
             policy_store: Arc::new(
                 crate::policy::store::PolicyStore::open(&beside(
                     config_path,
@@ -552,11 +563,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     background.push(stats_task);
     tracing::info!(%stats_addr, "stats listener ready: GET /stats, GET /metrics");
 
+    let policy_seen = {
+        let mut sources =
+            crate::policy::read_dir(&beside(config_path, &config.policy.dir)).unwrap_or_default();
+        if let Some(d) = &config.policy.shadow_dir {
+            sources.extend(crate::policy::read_dir(&beside(config_path, d)).unwrap_or_default());
+        }
+        crate::policy::compile::version(&sources)
+    };
     let live = Arc::new(Live {
         path: config_path.to_path_buf(),
         config: Mutex::new(config),
         seen: Mutex::new(version),
-        seen_policy: Mutex::new(identity.policy.version.clone()),
+        seen_policy: Mutex::new(policy_seen),
         gateway: live_gw.clone(),
         sessions,
         metrics,

@@ -325,3 +325,71 @@ fn results_are_redacted_as_the_rule_says() {
     assert!(s["redactions"]["card"].as_u64().unwrap() >= 4, "{s}");
     assert!(s["redactions"]["custom"].as_u64().unwrap() >= 1, "{s}");
 }
+
+/// A shadow policy judges beside the active one without enforcing:
+/// disagreements are counted; `dome policy diff` shows what would change.
+#[test]
+fn a_shadow_policy_is_judged_but_not_enforced() {
+    let (_demo, demo) = start_demo(&[]);
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let active = tmp.join(format!("shadow-{}.active", std::process::id()));
+    let shadow = tmp.join(format!("shadow-{}.shadow", std::process::id()));
+    for (d, text) in [
+        (&active, POLICY.to_string()),
+        (&shadow, "[[rule]]\nid = \"nothing-but-records\"\neffect = \"allow\"\n[rule.when]\ntool = \"records\"\n".to_string()),
+    ] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("main.toml"), text).unwrap();
+    }
+    let data = tmp.join(format!("shadow-{}.agents-data", std::process::id()));
+    let dome = start_dome(
+        "policy-shadow",
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\nshadow_dir = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"sales-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            active.display(),
+            shadow.display(),
+            sha(SALES)
+        ),
+    );
+    // The active policy allows it; the shadow would not: allowed, counted.
+    let (status, _) = post(
+        &dome,
+        SALES,
+        "tools/call",
+        "echo",
+        &call("echo", json!({"message": "hi"}), None),
+    );
+    assert_eq!(status, 200);
+    let s = dome.stats_json();
+    assert_eq!(s["shadow_policy"]["decisions"], 1, "{s}");
+    assert_eq!(s["shadow_policy"]["disagreements"], 1, "{s}");
+
+    let requests = tmp.join(format!("shadow-{}.requests.json", std::process::id()));
+    std::fs::write(
+        &requests,
+        json!([{"tenant": "acme", "agent": "sales-bot", "tool": "echo", "args": {"message": "hi"}}]).to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(["policy", "diff"])
+        .arg(&active)
+        .arg(&shadow)
+        .arg("--requests")
+        .arg(&requests)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The active policy's own test case (support reads records) is allowed
+    // by both; the echo call would change.
+    assert!(
+        text.contains("Allow -> Deny") && text.contains("\"tool\":\"echo\""),
+        "{text}"
+    );
+    assert!(text.contains("1 of 2 decisions change"), "{text}");
+}

@@ -330,7 +330,15 @@ pub struct Identity {
     pub policy: Arc<crate::policy::compile::Policy>,
     /// Every activated policy version.
     pub policy_store: Arc<crate::policy::store::PolicyStore>,
+    /// A candidate policy judged beside the active one, never enforced.
+    pub shadow: Option<Arc<crate::policy::compile::Policy>>,
 }
+
+/// Shadow decisions that differed from the active policy's, since start.
+pub static SHADOW_DISAGREEMENTS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(0);
+/// Calls the shadow policy judged, since start.
+pub static SHADOW_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Identity {
     /// Where the protected-resource metadata is (RFC 9728): the well-known
@@ -1592,7 +1600,23 @@ impl Gateway {
             message: format!("denied: {reason}"),
             retry_after_ms: None,
         };
-        match policy.decide(&req) {
+        let decision = policy.decide(&req);
+        if let Some(shadow) = &self.identity.shadow {
+            let other = shadow.decide(&req);
+            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if other.effect() != decision.effect() {
+                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    tool,
+                    agent = req.agent.unwrap_or("-"),
+                    active = ?decision.effect(),
+                    shadow = ?other.effect(),
+                    shadow_version = %shadow.version,
+                    "shadow policy disagrees"
+                );
+            }
+        }
+        match decision {
             crate::policy::compile::Decision::Allow {
                 obligations,
                 redactor,

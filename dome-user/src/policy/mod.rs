@@ -25,11 +25,18 @@ pub struct PolicyConfig {
     /// the config file. Without any rule every tool call is denied.
     #[serde(default = "default_dir")]
     pub dir: std::path::PathBuf,
+    /// A candidate policy folder evaluated beside the active one on live
+    /// traffic without enforcing: disagreements are counted and logged.
+    #[serde(default)]
+    pub shadow_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
-        PolicyConfig { dir: default_dir() }
+        PolicyConfig {
+            dir: default_dir(),
+            shadow_dir: None,
+        }
     }
 }
 

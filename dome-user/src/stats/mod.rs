@@ -57,6 +57,10 @@ impl StatsState {
                 "escalations": self.escalation.escalations(),
                 "blocks": self.escalation.blocks_json()["blocks"].as_array().map_or(0, Vec::len),
             },
+            "shadow_policy": {
+                "decisions": crate::mcp::gateway::SHADOW_DECISIONS.load(std::sync::atomic::Ordering::Relaxed),
+                "disagreements": crate::mcp::gateway::SHADOW_DISAGREEMENTS.load(std::sync::atomic::Ordering::Relaxed),
+            },
             "redactions": crate::policy::redact::totals()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
