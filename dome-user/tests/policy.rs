@@ -191,6 +191,24 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
         &call("records", json!({"count": 1}), Some("answer ticket 42")),
     );
     assert_eq!(status, 200, "{v}");
+    // The intent may come in the Dome-Intent header instead.
+    let auth = format!("Bearer {SUPPORT}");
+    let (status, _, body) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("MCP-Protocol-Version", "2026-07-28"),
+            ("Mcp-Method", "tools/call"),
+            ("Mcp-Name", "records"),
+            ("Authorization", &auth),
+            ("Dome-Intent", "answer ticket 43"),
+        ],
+        &call("records", json!({"count": 1}), None),
+    );
+    assert_eq!(status, 200, "{body}");
     // The policy version is on /stats.
     let s = dome.stats_json();
     assert_eq!(s["config"]["policy_rules"], 3, "{s}");

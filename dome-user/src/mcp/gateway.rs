@@ -384,6 +384,8 @@ struct RequestCtx {
     caller: Option<Caller>,
     /// The client's address.
     source: Option<std::net::IpAddr>,
+    /// The `Dome-Intent` header, when the caller states its intent there.
+    intent: Option<String>,
 }
 
 fn current_caller() -> Option<Caller> {
@@ -485,7 +487,11 @@ fn sse_response(
 }
 
 /// 404 for a session id Dome does not know (never issued, or ended).
-/// The caller's stated intent: `params._meta["dome/intent"]`.
+/// Header in which a caller may state its intent instead of `_meta`.
+pub const H_INTENT: &str = "dome-intent";
+
+/// The caller's stated intent: `params._meta["dome/intent"]`, else the
+/// `Dome-Intent` header.
 fn intent_of(e: &Envelope) -> Option<String> {
     e.meta_entries
         .iter()
@@ -498,6 +504,7 @@ fn intent_of(e: &Envelope) -> Option<String> {
                 .and_then(|p| serde_json::from_str::<Value>(p).ok())
                 .and_then(|p| p["_meta"][INTENT_META].as_str().map(str::to_string))
         })
+        .or_else(|| CTX.try_with(|c| c.intent.clone()).ok().flatten())
 }
 
 fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
@@ -749,8 +756,20 @@ impl Gateway {
                 self.bind_kernel(conn, c);
             }
         }
-        CTX.scope(RequestCtx { caller, source }, self.route_authenticated(req))
-            .await
+        let intent = req
+            .headers()
+            .get(H_INTENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        CTX.scope(
+            RequestCtx {
+                caller,
+                source,
+                intent,
+            },
+            self.route_authenticated(req),
+        )
+        .await
     }
 
     /// Binds the connection's flow to the agent's kernel identity slot
