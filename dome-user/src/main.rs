@@ -111,6 +111,7 @@ fn policy_diff(
             labels: &r.labels,
             user: r.user.as_deref(),
             tool: &r.tool,
+            kind: r.kind.as_deref().unwrap_or("tool"),
             upstream: r.upstream.as_deref(),
             intent: r.intent.as_deref(),
             args: r.args.as_ref(),

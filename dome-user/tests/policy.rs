@@ -106,12 +106,16 @@ fn tools(dome: &Dome, key: &str) -> Vec<String> {
 }
 
 fn start(name: &str) -> (Proc, Dome, std::path::PathBuf) {
-    let (demo_proc, demo) = start_demo(&[]);
+    start_with(name, &[], POLICY)
+}
+
+fn start_with(name: &str, demo_flags: &[&str], policy: &str) -> (Proc, Dome, std::path::PathBuf) {
+    let (demo_proc, demo) = start_demo(demo_flags);
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let policies = tmp.join(format!("{name}-{}.rules", std::process::id()));
     let _ = std::fs::remove_dir_all(&policies);
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("main.toml"), POLICY).unwrap();
+    std::fs::write(policies.join("main.toml"), policy).unwrap();
     let data = tmp.join(format!("{name}-{}.agents-data", std::process::id()));
     let dome = start_dome(
         name,
@@ -410,4 +414,24 @@ fn a_shadow_policy_is_judged_but_not_enforced() {
         "{text}"
     );
     assert!(text.contains("1 of 2 decisions change"), "{text}");
+}
+
+/// Resources (and prompts) are judged by kind and name like tools.
+#[test]
+fn resources_are_judged_by_kind_and_name() {
+    let policy = format!(
+        "{POLICY}\n[[rule]]\nid = \"counter-for-support\"\neffect = \"allow\"\n[rule.when]\nkind = \"resource\"\ntool = \"demo://*\"\nlabels = [\"support\"]\n"
+    );
+    let (_demo, dome, _) = start_with("policy-kinds", &["--resources"], &policy);
+    let read = json!({"jsonrpc": "2.0", "id": 4, "method": "resources/read", "params": {
+        "uri": "demo://counter",
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let (status, v) = post(&dome, SUPPORT, "resources/read", "demo://counter", &read);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["contents"][0]["uri"], "demo://counter", "{v}");
+    let (status, v) = post(&dome, SALES, "resources/read", "demo://counter", &read);
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(v["error"]["code"], -32005, "{v}");
 }

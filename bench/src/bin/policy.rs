@@ -136,6 +136,7 @@ fn main() -> anyhow::Result<()> {
             labels: labels.as_slice(),
             user: None,
             tool: &r.tool,
+            kind: "tool",
             upstream: None,
             intent: None,
             args: Some(&r.args),

@@ -1315,6 +1315,7 @@ impl Gateway {
                                 .and_then(|r| self.upstreams.get(r.upstream))
                                 .map(|u| u.name());
                             policy.could_allow(&crate::policy::compile::Request {
+                                kind: "tool",
                                 tenant: caller.as_ref().map(|c| c.agent.tenant.as_str()),
                                 agent: caller.as_ref().map(|c| c.agent.id.as_str()),
                                 labels: caller.as_ref().map_or(&[], |c| c.agent.labels.as_slice()),
@@ -1500,6 +1501,23 @@ impl Gateway {
             ));
         };
         let upstream = self.upstreams[index].clone();
+        // Phase: decide (prompts, resources and completion by kind and name).
+        let policy_kind = match method {
+            "prompts/get" => "prompt",
+            "completion/complete" => "completion",
+            _ => "resource",
+        };
+        let args_text = params.get("arguments").map(Value::to_string);
+        if let Err(r) = self.decide_kind(
+            policy_kind,
+            &key,
+            args_text.as_deref(),
+            &upstream,
+            current_caller().as_ref(),
+            e,
+        ) {
+            return Err((r.code, r.message));
+        }
         let assertion = match current_caller() {
             Some(c) => Some(self.vouch(&upstream, &c, None, e)?),
             None => None,
@@ -1595,16 +1613,29 @@ impl Gateway {
         caller: Option<&Caller>,
         e: &Envelope,
     ) -> Result<Option<Redaction>, Refusal> {
+        self.decide_kind("tool", tool, e.arguments.as_deref(), upstream, caller, e)
+    }
+
+    /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
+    /// `completion`) naming `name`, with its arguments as JSON text.
+    fn decide_kind(
+        &self,
+        kind: &str,
+        tool: &str,
+        args_text: Option<&str>,
+        upstream: &Upstream,
+        caller: Option<&Caller>,
+        e: &Envelope,
+    ) -> Result<Option<Redaction>, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
-            e.arguments
-                .as_deref()
-                .and_then(|a| serde_json::from_str(a).ok())
+            args_text.and_then(|a| serde_json::from_str(a).ok())
         } else {
             None
         };
         let intent = intent_of(e);
         let req = crate::policy::compile::Request {
+            kind,
             tenant: caller.map(|c| c.agent.tenant.as_str()),
             agent: caller.map(|c| c.agent.id.as_str()),
             labels: caller.map_or(&[], |c| c.agent.labels.as_slice()),

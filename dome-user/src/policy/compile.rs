@@ -22,6 +22,9 @@ pub struct Request<'a> {
     pub labels: &'a [String],
     pub user: Option<&'a str>,
     pub tool: &'a str,
+    /// What kind of thing `tool` names: `tool` (also when empty), `prompt`,
+    /// `resource` or `completion`.
+    pub kind: &'a str,
     pub upstream: Option<&'a str>,
     pub intent: Option<&'a str>,
     pub args: Option<&'a Value>,
@@ -56,6 +59,11 @@ impl Decision<'_> {
 }
 
 pub const DEFAULT_DENY: &str = "no policy rule allows this call";
+
+/// A request's kind, `tool` when unset.
+pub fn kind_of<'a>(r: &Request<'a>) -> &'a str {
+    if r.kind.is_empty() { "tool" } else { r.kind }
+}
 const DENIED: &str = "denied by policy";
 
 /// A glob with `*` wildcards, matched without allocating.
@@ -202,6 +210,7 @@ struct CRule {
     users: Option<Vec<Glob>>,
     user_present: Option<bool>,
     tools: Option<Vec<Glob>>,
+    kinds: Option<Vec<String>>,
     upstreams: Option<Vec<String>>,
     intent: Option<CIntent>,
     args: Vec<CArg>,
@@ -270,6 +279,11 @@ impl CRule {
         }
         if let Some(us) = &self.users
             && !r.user.is_some_and(|u| us.iter().any(|g| g.matches(u)))
+        {
+            return false;
+        }
+        if let Some(ks) = &self.kinds
+            && !ks.iter().any(|k| k == kind_of(r))
         {
             return false;
         }
@@ -387,6 +401,10 @@ impl Policy {
                 && one_of(&rule.agents, loose.agent)
                 && one_of(&rule.upstreams, loose.upstream)
                 && rule.labels.iter().all(|l| loose.labels.contains(l))
+                && rule
+                    .kinds
+                    .as_ref()
+                    .is_none_or(|ks| ks.iter().any(|k| k == kind_of(&loose)))
                 && rule
                     .tools
                     .as_ref()
@@ -609,6 +627,21 @@ fn compile_rule(
         users: names(&w.user).map(|v| v.into_iter().map(Glob).collect()),
         user_present: w.user_present,
         tools: names(&w.tool).map(|v| v.into_iter().map(Glob).collect()),
+        kinds: match names(&w.kind) {
+            Some(ks) => {
+                if let Some(bad) = ks
+                    .iter()
+                    .find(|k| !["tool", "prompt", "resource", "completion"].contains(&k.as_str()))
+                {
+                    return Err((
+                        ".when.kind".into(),
+                        format!("`{bad}` is not a kind: tool, prompt, resource or completion"),
+                    ));
+                }
+                Some(ks)
+            }
+            None => None,
+        },
         upstreams: names(&w.upstream),
         intent,
         args,

@@ -103,7 +103,12 @@ pub struct When {
     pub user: Option<OneOrMany>,
     #[serde(default)]
     pub user_present: Option<bool>,
-    /// Exact tool names or globs (`*` any run of characters).
+    /// What is called: `tool`, `prompt`, `resource` or `completion`
+    /// (absent: any kind).
+    #[serde(default)]
+    pub kind: Option<OneOrMany>,
+    /// Exact names or globs (`*` any run of characters) of what is called:
+    /// the tool or prompt name, or the resource URI.
     #[serde(default)]
     pub tool: Option<OneOrMany>,
     #[serde(default)]
@@ -206,6 +211,9 @@ pub struct TestRequest {
     #[serde(default)]
     pub user: Option<String>,
     pub tool: String,
+    /// `tool` (default), `prompt`, `resource` or `completion`.
+    #[serde(default)]
+    pub kind: Option<String>,
     #[serde(default)]
     pub upstream: Option<String>,
     #[serde(default)]

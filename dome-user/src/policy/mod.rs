@@ -98,6 +98,7 @@ pub fn run_tests(policy: &compile::Policy) -> Vec<String> {
             labels: &r.labels,
             user: r.user.as_deref(),
             tool: &r.tool,
+            kind: r.kind.as_deref().unwrap_or("tool"),
             upstream: r.upstream.as_deref(),
             intent: r.intent.as_deref(),
             args: r.args.as_ref(),

@@ -43,6 +43,12 @@ fn rule_matches(file: &PolicyFile, rule: &Rule, r: &Request<'_>) -> bool {
     {
         return false;
     }
+    if let Some(ks) = &w.kind {
+        let kind = if r.kind.is_empty() { "tool" } else { r.kind };
+        if !ks.items().contains(&kind) {
+            return false;
+        }
+    }
     if !w.labels.iter().all(|l| r.labels.contains(l)) {
         return false;
     }

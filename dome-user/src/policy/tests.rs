@@ -306,6 +306,12 @@ fn random_policy(g: &mut Gen) -> String {
             out.push_str(&format!("tool = \"{}\"\n", g.pick(&TOOL_PATTERNS)));
         }
         if g.chance(4) {
+            out.push_str(&format!(
+                "kind = [\"{}\"]\n",
+                g.pick(&["tool", "prompt", "resource"])
+            ));
+        }
+        if g.chance(4) {
             out.push_str("intent = { categories = [\"money\"] }\n");
         }
         if g.chance(3) {
@@ -348,6 +354,7 @@ fn compiled_tables_agree_with_the_reference_interpreter() {
                 labels: &labels,
                 user: (!g.chance(3)).then(|| g.pick(&USERS)),
                 tool: g.pick(&TOOLS),
+                kind: g.pick(&["", "tool", "prompt", "resource"]),
                 upstream: None,
                 intent: match g.next() % 3 {
                     0 => None,
