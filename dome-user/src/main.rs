@@ -105,17 +105,7 @@ fn policy_diff(
     }
     let mut changed = 0;
     for r in &reqs {
-        let req = dome::policy::compile::Request {
-            tenant: r.tenant.as_deref(),
-            agent: r.agent.as_deref(),
-            labels: &r.labels,
-            user: r.user.as_deref(),
-            tool: &r.tool,
-            kind: r.kind.as_deref().unwrap_or("tool"),
-            upstream: r.upstream.as_deref(),
-            intent: r.intent.as_deref(),
-            args: r.args.as_ref(),
-        };
+        let req = r.as_request();
         let (x, y) = (a.decide(&req), b.decide(&req));
         if x.effect() != y.effect() {
             changed += 1;

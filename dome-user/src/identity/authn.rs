@@ -141,26 +141,9 @@ pub fn authenticate(
             )
         };
         let t = t.to_str().map_err(|_| bad("not text".into()))?;
-        let v = match jwt.verify_cached(t, now_unix_s) {
-            Ok(v) => v,
-            Err(JwtError::Invalid(m)) => return Err(bad(m)),
-            Err(JwtError::UnknownKey { issuer }) => {
-                let mut f = bad("its key is not in its provider's key set".into());
-                f.refresh_issuer = Some(issuer);
-                f.bad_credential = false;
-                return Err(f);
-            }
-            Err(JwtError::InsufficientScope { required }) => {
-                let mut f = fail(
-                    StatusCode::FORBIDDEN,
-                    Some("insufficient_scope"),
-                    format!("Dome-User-Token lacks scopes: needs `{required}`"),
-                    false,
-                );
-                f.scope = Some(required);
-                return Err(f);
-            }
-        };
+        let v = jwt
+            .verify_cached(t, now_unix_s)
+            .map_err(|e| token_failure(e, "Dome-User-Token: "))?;
         if v.tenant != tenant.name {
             return Err(bad("issued for another tenant".into()));
         }
@@ -200,6 +183,40 @@ pub fn authenticate(
     }))
 }
 
+/// Why a token from an identity provider was refused, as an answer;
+/// `what` prefixes the messages (which header it came in).
+fn token_failure(e: JwtError, what: &str) -> Failure {
+    match e {
+        JwtError::Invalid(m) => fail(
+            StatusCode::UNAUTHORIZED,
+            Some("invalid_token"),
+            format!("{what}{m}"),
+            true,
+        ),
+        JwtError::UnknownKey { issuer } => {
+            let mut f = fail(
+                StatusCode::UNAUTHORIZED,
+                Some("invalid_token"),
+                format!("{what}the token's key is not in its provider's key set"),
+                // Likely a key the provider just rotated in: no strike.
+                false,
+            );
+            f.refresh_issuer = Some(issuer);
+            f
+        }
+        JwtError::InsufficientScope { required } => {
+            let mut f = fail(
+                StatusCode::FORBIDDEN,
+                Some("insufficient_scope"),
+                format!("{what}the token lacks scopes: needs `{required}`"),
+                false,
+            );
+            f.scope = Some(required);
+            f
+        }
+    }
+}
+
 /// A bearer token from a tenant's identity provider: the agent it names
 /// must be one of that tenant's; the end user is the token's.
 fn from_token(
@@ -209,27 +226,9 @@ fn from_token(
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
     let invalid = |m: String| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
-    let v = match jwt.verify_cached(token, now_unix_s) {
-        Ok(v) => v,
-        Err(JwtError::Invalid(m)) => return Err(invalid(m)),
-        Err(JwtError::UnknownKey { issuer }) => {
-            let mut f = invalid("the token's key is not in its provider's key set".into());
-            f.refresh_issuer = Some(issuer);
-            // Likely a key the provider just rotated in: no strike.
-            f.bad_credential = false;
-            return Err(f);
-        }
-        Err(JwtError::InsufficientScope { required }) => {
-            let mut f = fail(
-                StatusCode::FORBIDDEN,
-                Some("insufficient_scope"),
-                format!("the token lacks scopes: needs `{required}`"),
-                false,
-            );
-            f.scope = Some(required);
-            return Err(f);
-        }
-    };
+    let v = jwt
+        .verify_cached(token, now_unix_s)
+        .map_err(|e| token_failure(e, ""))?;
     let Some(agent_id) = v.agent.as_deref() else {
         return Err(invalid(
             "the token names no agent (client_id or azp); a user's token goes in Dome-User-Token"

@@ -487,6 +487,28 @@ fn sse_response(
 }
 
 /// 404 for a session id Dome does not know (never issued, or ended).
+/// A call as policy sees it, for `caller` (anonymous when `None`).
+fn policy_request<'a>(
+    caller: Option<&'a Caller>,
+    kind: &'a str,
+    tool: &'a str,
+    upstream: Option<&'a str>,
+    intent: Option<&'a str>,
+    args: Option<&'a Value>,
+) -> crate::policy::compile::Request<'a> {
+    crate::policy::compile::Request {
+        tenant: caller.map(|c| c.agent.tenant.as_str()),
+        agent: caller.map(|c| c.agent.id.as_str()),
+        labels: caller.map_or(&[], |c| c.agent.labels.as_slice()),
+        user: caller.and_then(|c| c.user.as_deref()),
+        tool,
+        kind,
+        upstream,
+        intent,
+        args,
+    }
+}
+
 /// Header in which a caller may state its intent instead of `_meta`.
 pub const H_INTENT: &str = "dome-intent";
 
@@ -1314,17 +1336,14 @@ impl Gateway {
                                 .get(name)
                                 .and_then(|r| self.upstreams.get(r.upstream))
                                 .map(|u| u.name());
-                            policy.could_allow(&crate::policy::compile::Request {
-                                kind: "tool",
-                                tenant: caller.as_ref().map(|c| c.agent.tenant.as_str()),
-                                agent: caller.as_ref().map(|c| c.agent.id.as_str()),
-                                labels: caller.as_ref().map_or(&[], |c| c.agent.labels.as_slice()),
-                                user: caller.as_ref().and_then(|c| c.user.as_deref()),
-                                tool: name,
+                            policy.could_allow(&policy_request(
+                                caller.as_ref(),
+                                "tool",
+                                name,
                                 upstream,
-                                intent: None,
-                                args: None,
-                            })
+                                None,
+                                None,
+                            ))
                         })
                         .collect()
                 } else {
@@ -1508,18 +1527,20 @@ impl Gateway {
             _ => "resource",
         };
         let args_text = params.get("arguments").map(Value::to_string);
+        let caller = current_caller();
+        let intent = intent_of(e);
         if let Err(r) = self.decide_kind(
             policy_kind,
             &key,
             args_text.as_deref(),
             &upstream,
-            current_caller().as_ref(),
-            e,
+            caller.as_ref(),
+            intent.as_deref(),
         ) {
             return Err((r.code, r.message));
         }
-        let assertion = match current_caller() {
-            Some(c) => Some(self.vouch(&upstream, &c, None, e)?),
+        let assertion = match &caller {
+            Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref())?),
             None => None,
         };
         let vouched = assertion
@@ -1612,8 +1633,16 @@ impl Gateway {
         upstream: &Upstream,
         caller: Option<&Caller>,
         e: &Envelope,
+        intent: Option<&str>,
     ) -> Result<Option<Redaction>, Refusal> {
-        self.decide_kind("tool", tool, e.arguments.as_deref(), upstream, caller, e)
+        self.decide_kind(
+            "tool",
+            tool,
+            e.arguments.as_deref(),
+            upstream,
+            caller,
+            intent,
+        )
     }
 
     /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
@@ -1625,7 +1654,7 @@ impl Gateway {
         args_text: Option<&str>,
         upstream: &Upstream,
         caller: Option<&Caller>,
-        e: &Envelope,
+        intent: Option<&str>,
     ) -> Result<Option<Redaction>, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
@@ -1633,18 +1662,14 @@ impl Gateway {
         } else {
             None
         };
-        let intent = intent_of(e);
-        let req = crate::policy::compile::Request {
+        let req = policy_request(
+            caller,
             kind,
-            tenant: caller.map(|c| c.agent.tenant.as_str()),
-            agent: caller.map(|c| c.agent.id.as_str()),
-            labels: caller.map_or(&[], |c| c.agent.labels.as_slice()),
-            user: caller.and_then(|c| c.user.as_deref()),
             tool,
-            upstream: Some(upstream.name()),
-            intent: intent.as_deref(),
-            args: args.as_ref(),
-        };
+            Some(upstream.name()),
+            intent,
+            args.as_ref(),
+        );
         let deny = |reason: &str| Refusal {
             code: code::POLICY_DENIED,
             message: format!("denied: {reason}"),
@@ -1695,12 +1720,11 @@ impl Gateway {
         upstream: &Upstream,
         c: &Caller,
         session: Option<&Arc<Session>>,
-        e: &Envelope,
+        intent: Option<&str>,
     ) -> Result<String, (i64, String)> {
         let signer = &self.identity.signer;
         let now = crate::clock::unix_s();
         let call_id = format!("{:016x}", rand::random::<u64>());
-        let intent = intent_of(e);
         let claims = crate::identity::assertion::Claims {
             iss: "dome",
             aud: upstream.name(),
@@ -1713,7 +1737,7 @@ impl Gateway {
             labels: &c.agent.labels,
             user: c.user.as_deref(),
             session: session.map(|s| s.id.as_str()),
-            intent: intent.as_deref(),
+            intent,
             policy: &self.identity.policy.version,
             jti: &call_id,
             iat: now,
@@ -1753,7 +1777,8 @@ impl Gateway {
             .and_then(|s| s.caller.clone())
             .or_else(current_caller);
         // Phase: decide.
-        let redaction = self.decide(name, &upstream, caller.as_ref(), e)?;
+        let intent = intent_of(e);
+        let redaction = self.decide(name, &upstream, caller.as_ref(), e, intent.as_deref())?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
@@ -1798,7 +1823,7 @@ impl Gateway {
         // Phase: vouch. The caller's own credential never goes upstream.
         let assertion = match &caller {
             Some(c) => Some(
-                self.vouch(&upstream, c, session, e)
+                self.vouch(&upstream, c, session, intent.as_deref())
                     .map_err(Refusal::from)?,
             ),
             None => None,

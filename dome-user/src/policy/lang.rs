@@ -199,6 +199,23 @@ pub struct TestCase {
     pub expect: Effect,
 }
 
+impl TestRequest {
+    /// The call this test request describes, as policy sees calls.
+    pub fn as_request(&self) -> super::compile::Request<'_> {
+        super::compile::Request {
+            tenant: self.tenant.as_deref(),
+            agent: self.agent.as_deref(),
+            labels: &self.labels,
+            user: self.user.as_deref(),
+            tool: &self.tool,
+            kind: self.kind.as_deref().unwrap_or("tool"),
+            upstream: self.upstream.as_deref(),
+            intent: self.intent.as_deref(),
+            args: self.args.as_ref(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {

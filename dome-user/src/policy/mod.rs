@@ -91,19 +91,7 @@ pub fn load_with_sources(dir: &Path) -> Result<(compile::Policy, Vec<(String, St
 pub fn run_tests(policy: &compile::Policy) -> Vec<String> {
     let mut failures = Vec::new();
     for t in &policy.tests {
-        let r = &t.request;
-        let req = compile::Request {
-            tenant: r.tenant.as_deref(),
-            agent: r.agent.as_deref(),
-            labels: &r.labels,
-            user: r.user.as_deref(),
-            tool: &r.tool,
-            kind: r.kind.as_deref().unwrap_or("tool"),
-            upstream: r.upstream.as_deref(),
-            intent: r.intent.as_deref(),
-            args: r.args.as_ref(),
-        };
-        let d = policy.decide(&req);
+        let d = policy.decide(&t.request.as_request());
         if d.effect() != t.expect {
             failures.push(format!("`{}`: expected {:?}, got {d:?}", t.name, t.expect));
         }
