@@ -1,0 +1,24 @@
+//! The audit trail: every tool call (and prompt, resource and completion
+//! request) recorded with who, what, why and what was decided, durably,
+//! tamper-evidently and queryably.
+//!
+//! - `record`: the record and its rkyv encoding (no I/O).
+//! - `frame`: the on-disk frame: length, CRC, hash chain (no I/O).
+//! - `segment`: segment files, their indexes and start-up recovery.
+//! - `trail`: the request path's ring and the writer thread.
+//! - `query`: filtered scans and `verify`.
+//! - `config`: `[audit]`.
+
+pub mod config;
+pub mod frame;
+pub mod query;
+pub mod record;
+pub mod segment;
+pub mod trail;
+
+pub use config::AuditConfig;
+pub use record::Record;
+pub use trail::Trail;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,392 @@
+//! Reading the trail: filtered queries (skipping segments whose index rules
+//! them out) and verification of every CRC and link of the chain.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use super::frame::{self, Bad, Hash};
+use super::record::{ArchivedRecord, Decision, Kind};
+use super::segment::{self, Index, Segment};
+
+/// Which records a query wants. Every field set must match.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub tenant: Option<String>,
+    pub agent: Option<String>,
+    pub user: Option<String>,
+    /// Tool (prompt, resource) name; a trailing `*` matches a prefix.
+    pub name: Option<String>,
+    pub kind: Option<Kind>,
+    pub decision: Option<Decision>,
+    pub call_id: Option<String>,
+    /// Unix µs, inclusive.
+    pub since_us: Option<u64>,
+    /// Unix µs, exclusive.
+    pub until_us: Option<u64>,
+    /// Text the intent contains (ASCII case ignored).
+    pub intent: Option<String>,
+}
+
+fn contains_ignore_case(hay: &str, needle: &str) -> bool {
+    let (h, n) = (hay.as_bytes(), needle.as_bytes());
+    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+}
+
+fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => name.starts_with(prefix),
+        None => pattern == name,
+    }
+}
+
+impl Filter {
+    /// By time alone, from a frame header (before decoding the record).
+    pub fn time_ok(&self, t: u64) -> bool {
+        self.since_us.is_none_or(|s| t >= s) && self.until_us.is_none_or(|u| t < u)
+    }
+
+    pub fn matches(&self, r: &ArchivedRecord<'_>) -> bool {
+        self.time_ok(r.time_us())
+            && self.tenant.as_deref().is_none_or(|t| *r.tenant == *t)
+            && self.agent.as_deref().is_none_or(|a| *r.agent == *a)
+            && self.user.as_deref().is_none_or(|u| *r.user == *u)
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|p| name_matches(p, &r.name))
+            && self.kind.is_none_or(|k| r.kind() == k)
+            && self.decision.is_none_or(|d| r.decision() == d)
+            && self.call_id.as_deref().is_none_or(|c| *r.call_id == *c)
+            && self
+                .intent
+                .as_deref()
+                .is_none_or(|i| contains_ignore_case(&r.intent, i))
+    }
+
+    /// False when the segment's index shows no record in it can match.
+    pub fn may_match(&self, ix: &Index) -> bool {
+        if ix.count == 0 {
+            return false;
+        }
+        let listed =
+            |set: &Option<std::collections::BTreeSet<String>>, want: &Option<String>| match (
+                set, want,
+            ) {
+                (Some(set), Some(w)) => set.contains(w),
+                _ => true,
+            };
+        let names_ok = match (&ix.names, &self.name) {
+            (Some(set), Some(p)) => set.iter().any(|n| name_matches(p, n)),
+            _ => true,
+        };
+        self.since_us.is_none_or(|s| ix.max_time_us >= s)
+            && self.until_us.is_none_or(|u| ix.min_time_us < u)
+            && listed(&ix.tenants, &self.tenant)
+            && listed(&ix.agents, &self.agent)
+            && listed(&ix.users, &self.user)
+            && names_ok
+            && self
+                .decision
+                .is_none_or(|d| ix.decisions & (1 << (d as u8)) != 0)
+    }
+
+    /// From `key=value` pairs (the admin API's query string, `dome audit
+    /// query`'s flags). Times are RFC 3339 (UTC), Unix seconds, or an age
+    /// like `15m`, `2h`, `7d` (meaning that long before `now_us`).
+    pub fn set(&mut self, key: &str, value: &str, now_us: u64) -> Result<(), String> {
+        let v = Some(value.to_string());
+        match key {
+            "tenant" => self.tenant = v,
+            "agent" => self.agent = v,
+            "user" => self.user = v,
+            "tool" | "name" => self.name = v,
+            "call_id" => self.call_id = v,
+            "intent" => self.intent = v,
+            "kind" => {
+                self.kind = Some(Kind::from_name(value).ok_or_else(|| {
+                    format!("kind `{value}`: expected tool, prompt, resource or completion")
+                })?)
+            }
+            "decision" => {
+                self.decision = Some(Decision::from_name(value).ok_or_else(|| {
+                    format!("decision `{value}`: expected allow, deny, over_budget or error")
+                })?)
+            }
+            "since" => self.since_us = Some(parse_time(value, now_us)?),
+            "until" => self.until_us = Some(parse_time(value, now_us)?),
+            other => return Err(format!("unknown filter `{other}`")),
+        }
+        Ok(())
+    }
+}
+
+/// Unix µs from RFC 3339, Unix seconds or an age before `now_us`.
+pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
+    let age = |n: &str, unit: u64| -> Option<u64> {
+        n.parse::<u64>()
+            .ok()
+            .map(|n| now_us.saturating_sub(n * unit * 1_000_000))
+    };
+    let parsed = if let Some(n) = s.strip_suffix('s') {
+        age(n, 1)
+    } else if let Some(n) = s.strip_suffix('m') {
+        age(n, 60)
+    } else if let Some(n) = s.strip_suffix('h') {
+        age(n, 3600)
+    } else if let Some(n) = s.strip_suffix('d') {
+        age(n, 86_400)
+    } else if s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse::<u64>().ok().map(|n| n * 1_000_000)
+    } else {
+        super::record::parse_rfc3339(s).map(|n| n * 1_000_000)
+    };
+    parsed.ok_or_else(|| {
+        format!("time `{s}`: expected RFC 3339 (2026-11-25T10:00:00Z), Unix seconds, or an age (30m, 2h, 7d)")
+    })
+}
+
+/// What a scan did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub segments_read: usize,
+    pub segments_skipped: usize,
+    pub records_scanned: u64,
+    pub matched: u64,
+    /// Frames that did not read (a torn or damaged tail; `verify` says more).
+    pub unreadable: u64,
+}
+
+/// Calls `each` with every matching record, oldest first (or newest first
+/// with `newest_first`), until it breaks.
+pub fn scan(
+    dir: &Path,
+    filter: &Filter,
+    newest_first: bool,
+    mut each: impl FnMut(u64, &ArchivedRecord<'_>) -> ControlFlow<()>,
+) -> std::io::Result<Scanned> {
+    let mut segments = segment::list(dir)?;
+    if newest_first {
+        segments.reverse();
+    }
+    let mut out = Scanned::default();
+    let mut hits: Vec<(u64, usize)> = Vec::new();
+    for seg in &segments {
+        if let Some(ix) = Index::load(seg)
+            && !filter.may_match(&ix)
+        {
+            out.segments_skipped += 1;
+            continue;
+        }
+        let buf = match segment::read_aligned(&seg.path) {
+            Ok(b) => b,
+            // Retired while we listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        out.segments_read += 1;
+        let mut at = segment::HEADER;
+        hits.clear();
+        while at < buf.len() {
+            let Ok(f) = frame::read(&buf, at) else {
+                out.unreadable += 1;
+                break;
+            };
+            at = f.next;
+            out.records_scanned += 1;
+            if !filter.time_ok(f.header.time_us) {
+                continue;
+            }
+            let Ok(r) = segment::record(f.payload, f.header.schema) else {
+                out.unreadable += 1;
+                continue;
+            };
+            if filter.matches(r) {
+                if newest_first {
+                    hits.push((
+                        f.header.seq,
+                        at - frame::padded(f.payload.len()) - frame::HEADER,
+                    ));
+                    continue;
+                }
+                out.matched += 1;
+                if each(f.header.seq, r).is_break() {
+                    return Ok(out);
+                }
+            }
+        }
+        for &(seq, off) in hits.iter().rev() {
+            let Ok(f) = frame::read(&buf, off) else {
+                continue;
+            };
+            let Ok(r) = segment::record(f.payload, f.header.schema) else {
+                continue;
+            };
+            out.matched += 1;
+            if each(seq, r).is_break() {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The first thing wrong in the trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub segment: PathBuf,
+    pub offset: u64,
+    /// The sequence number the bad record has or should have had.
+    pub seq: u64,
+    pub why: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "record {} ({} at byte {}): {}",
+            self.seq,
+            self.segment.display(),
+            self.offset,
+            self.why
+        )
+    }
+}
+
+/// What `verify` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub segments: usize,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Hex hash of the last frame: anchor it elsewhere to detect a cut at
+    /// the end later.
+    pub head: Option<String>,
+    /// The first frame's `prev` when earlier segments were retired (the
+    /// chain is checked from there).
+    pub anchored_after_retirement: bool,
+    /// The newest segment ends in a partial frame (being written now, or
+    /// torn by a crash that start-up recovery will cut).
+    pub incomplete_tail: bool,
+    pub problem: Option<Problem>,
+}
+
+/// Checks every segment header, frame CRC, sequence number, chain link and
+/// record encoding, in order; stops at the first problem.
+pub fn verify(dir: &Path) -> std::io::Result<Report> {
+    let segments = segment::list(dir)?;
+    let mut report = Report {
+        segments: segments.len(),
+        ..Default::default()
+    };
+    let mut expected: Option<(u64, Hash)> = None;
+    for (i, seg) in segments.iter().enumerate() {
+        let newest = i + 1 == segments.len();
+        if let Err(p) = verify_segment(seg, newest, &mut expected, &mut report)? {
+            report.problem = Some(p);
+            return Ok(report);
+        }
+    }
+    if let Some((next, head)) = expected {
+        report.last_seq = Some(next - 1);
+        report.head = Some(hex::encode(head));
+    }
+    Ok(report)
+}
+
+fn verify_segment(
+    seg: &Segment,
+    newest: bool,
+    expected: &mut Option<(u64, Hash)>,
+    report: &mut Report,
+) -> std::io::Result<Result<(), Problem>> {
+    let problem = |offset: usize, seq: u64, why: String| Problem {
+        segment: seg.path.clone(),
+        offset: offset as u64,
+        seq,
+        why,
+    };
+    let buf = segment::read_aligned(&seg.path)?;
+    match segment::parse_header(&buf) {
+        Ok((_, first)) if first == seg.first_seq => {}
+        Ok((_, first)) => {
+            return Ok(Err(problem(
+                0,
+                seg.first_seq,
+                format!(
+                    "the segment header says it starts at {first}, its name says {}",
+                    seg.first_seq
+                ),
+            )));
+        }
+        Err(why) => return Ok(Err(problem(0, seg.first_seq, why))),
+    }
+    if let Some((next, _)) = expected
+        && seg.first_seq != *next
+    {
+        return Ok(Err(problem(
+            0,
+            *next,
+            format!(
+                "records {next}..{} are missing (the segment starts at {})",
+                seg.first_seq - 1,
+                seg.first_seq
+            ),
+        )));
+    }
+    let mut at = segment::HEADER;
+    while at < buf.len() {
+        let want_seq = expected.map_or(seg.first_seq, |(n, _)| n);
+        let f = match frame::read(&buf, at) {
+            Ok(f) => f,
+            Err(Bad::Short) if newest => {
+                report.incomplete_tail = true;
+                return Ok(Ok(()));
+            }
+            Err(bad) => return Ok(Err(problem(at, want_seq, bad.to_string()))),
+        };
+        match expected {
+            None => {
+                if f.header.seq != seg.first_seq {
+                    return Ok(Err(problem(
+                        at,
+                        seg.first_seq,
+                        format!(
+                            "the first record is {}, expected {}",
+                            f.header.seq, seg.first_seq
+                        ),
+                    )));
+                }
+                report.first_seq = Some(f.header.seq);
+                report.anchored_after_retirement = f.header.prev != [0; 32];
+            }
+            Some((next, prev)) => {
+                if f.header.seq != *next {
+                    return Ok(Err(problem(
+                        at,
+                        *next,
+                        format!(
+                            "found record {} where record {next} belongs (removed or reordered)",
+                            f.header.seq
+                        ),
+                    )));
+                }
+                if f.header.prev != *prev {
+                    return Ok(Err(problem(
+                        at,
+                        *next,
+                        "the hash chain breaks here (the record before it was changed, removed or reordered)".into(),
+                    )));
+                }
+            }
+        }
+        if let Err(why) = segment::record(f.payload, f.header.schema) {
+            return Ok(Err(problem(at, f.header.seq, why)));
+        }
+        *expected = Some((f.header.seq + 1, f.hash()));
+        report.records += 1;
+        at = f.next;
+    }
+    Ok(Ok(()))
+}

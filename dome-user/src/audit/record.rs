@@ -1,0 +1,366 @@
+//! One audit record: who called what, why, what was decided and how it
+//! ended. Encoded with rkyv so a reader sees the fields in place (no parse);
+//! no I/O here.
+//!
+//! The record borrows every string it names, so building one on the
+//! request path copies nothing until it is encoded into a reused buffer.
+//! Its schema is versioned by the frame that carries it (`SCHEMA`): a new
+//! layout gets a new struct and number, and readers keep the old ones.
+
+use rkyv::with::InlineAsBox;
+use rkyv::{Archive, Serialize};
+use serde_json::{Value, json};
+
+/// The schema version of [`Record`], written in every frame's header.
+pub const SCHEMA: u16 = 1;
+
+/// What the call asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Tool = 0,
+    Prompt = 1,
+    Resource = 2,
+    Completion = 3,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Tool, Kind::Prompt, Kind::Resource, Kind::Completion];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Tool => "tool",
+            Kind::Prompt => "prompt",
+            Kind::Resource => "resource",
+            Kind::Completion => "completion",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+
+    fn from_u8(v: u8) -> Kind {
+        Kind::ALL.get(v as usize).copied().unwrap_or(Kind::Tool)
+    }
+}
+
+/// What Dome decided about the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Decision {
+    /// Policy allowed it and it went upstream.
+    Allow = 0,
+    /// Policy denied it.
+    Deny = 1,
+    /// A budget refused it.
+    OverBudget = 2,
+    /// It never reached a decision (unknown tool, invalid parameters) or
+    /// Dome could not carry it out (the audit trail itself refused it).
+    Error = 3,
+}
+
+impl Decision {
+    pub const ALL: [Decision; 4] = [
+        Decision::Allow,
+        Decision::Deny,
+        Decision::OverBudget,
+        Decision::Error,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+            Decision::OverBudget => "over_budget",
+            Decision::Error => "error",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Decision> {
+        Decision::ALL.into_iter().find(|d| d.name() == s)
+    }
+
+    pub fn from_u8(v: u8) -> Decision {
+        Decision::ALL
+            .get(v as usize)
+            .copied()
+            .unwrap_or(Decision::Error)
+    }
+}
+
+/// How the call ended, beyond its JSON-RPC status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// Answered with a result.
+    Ok = 0,
+    /// Answered with a result the tool marked `isError`.
+    ToolError = 1,
+    /// Answered with a JSON-RPC error (`status` holds its code).
+    Error = 2,
+    /// The client went away before the answer; the upstream call was
+    /// cancelled.
+    Cancelled = 3,
+    /// The call waits for the client's input (a later record resumes it).
+    InputRequired = 4,
+    /// The answer was not seen by Dome (the record was closed without one).
+    Unknown = 5,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::ToolError,
+        Outcome::Error,
+        Outcome::Cancelled,
+        Outcome::InputRequired,
+        Outcome::Unknown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::ToolError => "tool_error",
+            Outcome::Error => "error",
+            Outcome::Cancelled => "cancelled",
+            Outcome::InputRequired => "input_required",
+            Outcome::Unknown => "unknown",
+        }
+    }
+
+    fn from_u8(v: u8) -> Outcome {
+        Outcome::ALL
+            .get(v as usize)
+            .copied()
+            .unwrap_or(Outcome::Unknown)
+    }
+}
+
+/// Phases timed per call, in this order in [`Record::phase_ns`].
+pub const PHASES: [&str; 5] = ["parse", "auth", "policy", "upstream", "total"];
+
+/// Redaction detectors counted per call, in this order in
+/// [`Record::redactions`] (the policy's built-in detectors, then custom).
+pub const REDACTIONS: usize = crate::policy::redact::DETECTORS.len() + 1;
+
+/// Schema 1. Empty strings stand for "not known" (anonymous caller, no
+/// session, no intent …).
+#[derive(Archive, Serialize, Debug, Clone, Default, PartialEq)]
+pub struct Record<'a> {
+    /// Unix time of the call's arrival, in microseconds.
+    pub time_us: u64,
+    /// The call id (the `jti` of the identity assertion when one was sent).
+    #[rkyv(with = InlineAsBox)]
+    pub call_id: &'a str,
+    /// W3C trace id from the caller's `traceparent`, when it sent one.
+    #[rkyv(with = InlineAsBox)]
+    pub trace_id: &'a str,
+    /// The Dome node that served the call.
+    #[rkyv(with = InlineAsBox)]
+    pub node: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub tenant: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub agent: &'a str,
+    /// The end user the agent acted for.
+    #[rkyv(with = InlineAsBox)]
+    pub user: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub session: &'a str,
+    /// The client's address.
+    #[rkyv(with = InlineAsBox)]
+    pub source: &'a str,
+    /// [`Kind`] as a byte.
+    pub kind: u8,
+    /// The tool or prompt name, or the resource URI, as the caller named it.
+    #[rkyv(with = InlineAsBox)]
+    pub name: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub upstream: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub intent: &'a str,
+    /// SHA-256 of the arguments' JSON text as received (zero: none).
+    pub args_digest: [u8; 32],
+    /// The arguments, redacted, where policy says to log them.
+    #[rkyv(with = InlineAsBox)]
+    pub args: &'a str,
+    /// [`Decision`] as a byte.
+    pub decision: u8,
+    /// The policy rule that decided (empty: the default deny).
+    #[rkyv(with = InlineAsBox)]
+    pub rule: &'a str,
+    #[rkyv(with = InlineAsBox)]
+    pub policy_version: &'a str,
+    /// The JSON-RPC error code of the answer (0: a result).
+    pub status: i32,
+    /// [`Outcome`] as a byte.
+    pub outcome: u8,
+    /// Why the call was refused or failed, as the caller was told.
+    #[rkyv(with = InlineAsBox)]
+    pub reason: &'a str,
+    /// Values redacted from the result, per detector ([`REDACTIONS`]).
+    pub redactions: [u32; REDACTIONS],
+    /// Nanoseconds per phase ([`PHASES`]); 0 when the phase did not run.
+    pub phase_ns: [u64; 5],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl ArchivedRecord<'_> {
+    pub fn kind(&self) -> Kind {
+        Kind::from_u8(self.kind)
+    }
+
+    pub fn decision(&self) -> Decision {
+        Decision::from_u8(self.decision)
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        Outcome::from_u8(self.outcome)
+    }
+
+    pub fn time_us(&self) -> u64 {
+        self.time_us.to_native()
+    }
+
+    /// The record as JSON, for `dome audit query/export` and the admin API.
+    pub fn to_json(&self, seq: u64) -> Value {
+        let redactions: serde_json::Map<String, Value> = crate::policy::redact::DETECTORS
+            .iter()
+            .copied()
+            .chain(["custom"])
+            .zip(self.redactions.iter())
+            .filter(|(_, n)| n.to_native() > 0)
+            .map(|(d, n)| (d.to_string(), n.to_native().into()))
+            .collect();
+        let phases: serde_json::Map<String, Value> = PHASES
+            .iter()
+            .zip(self.phase_ns.iter())
+            .filter(|(_, n)| n.to_native() > 0)
+            .map(|(p, n)| (p.to_string(), n.to_native().into()))
+            .collect();
+        let opt = |s: &str| {
+            if s.is_empty() {
+                Value::Null
+            } else {
+                Value::String(s.to_string())
+            }
+        };
+        let digest = if self.args_digest == [0; 32] {
+            Value::Null
+        } else {
+            hex::encode(self.args_digest).into()
+        };
+        json!({
+            "seq": seq,
+            "time": rfc3339_us(self.time_us()),
+            "call_id": opt(&self.call_id),
+            "trace_id": opt(&self.trace_id),
+            "node": opt(&self.node),
+            "tenant": opt(&self.tenant),
+            "agent": opt(&self.agent),
+            "user": opt(&self.user),
+            "session": opt(&self.session),
+            "source": opt(&self.source),
+            "kind": self.kind().name(),
+            "name": &*self.name,
+            "upstream": opt(&self.upstream),
+            "intent": opt(&self.intent),
+            "args_sha256": digest,
+            "args": if self.args.is_empty() { Value::Null } else {
+                serde_json::from_str(&self.args).unwrap_or_else(|_| Value::String(self.args.to_string()))
+            },
+            "decision": self.decision().name(),
+            "rule": opt(&self.rule),
+            "policy_version": opt(&self.policy_version),
+            "status": self.status.to_native(),
+            "outcome": self.outcome().name(),
+            "reason": opt(&self.reason),
+            "redactions": redactions,
+            "phase_ns": phases,
+            "bytes_in": self.bytes_in.to_native(),
+            "bytes_out": self.bytes_out.to_native(),
+        })
+    }
+}
+
+/// `2026-11-25T23:51:13.123456Z` from Unix microseconds.
+pub fn rfc3339_us(us: u64) -> String {
+    let secs = (us / 1_000_000) as i64;
+    let (y, m, d, hh, mm, ss) = civil(secs);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z",
+        us % 1_000_000
+    )
+}
+
+/// Unix seconds → (year, month, day, hour, minute, second), proleptic
+/// Gregorian (Howard Hinnant's days-to-civil).
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+/// Unix seconds from `YYYY-MM-DD[THH:MM[:SS]][Z]` (UTC).
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let s = s.trim_end_matches('Z');
+    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let hh: i64 = t.next()?.parse().ok()?;
+    let mm: i64 = t.next().unwrap_or("0").parse().ok()?;
+    let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 {
+        return None;
+    }
+    // days-from-civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss as i64;
+    u64::try_from(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_formats_round_trip() {
+        assert_eq!(rfc3339_us(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_us(1_795_737_073_123_456),
+            "2026-11-26T23:51:13.123456Z"
+        );
+        assert_eq!(parse_rfc3339("2026-11-26T23:51:13Z"), Some(1_795_737_073));
+        assert_eq!(parse_rfc3339("2024-02-29"), Some(1_709_164_800));
+        assert_eq!(parse_rfc3339("2024-13-01"), None);
+        for s in [0u64, 951_782_400, 1_709_164_800, 4_102_444_799] {
+            let text = rfc3339_us(s * 1_000_000);
+            assert_eq!(parse_rfc3339(&text[..19]), Some(s), "{text}");
+        }
+    }
+}
