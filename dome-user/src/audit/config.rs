@@ -132,7 +132,7 @@ impl AuditConfig {
             segment_age: Duration::from_secs(self.segment_s.max(1)),
             retain_age: (self.retain_days > 0)
                 .then(|| Duration::from_secs(self.retain_days * 86_400)),
-            retain_bytes: (self.retain_mb > 0).then(|| self.retain_mb << 20),
+            retain_bytes: (self.retain_mb > 0).then_some(self.retain_mb << 20),
         }
     }
 

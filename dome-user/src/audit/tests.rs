@@ -34,8 +34,12 @@ fn record(i: u64, intent: &str) -> Record<'_> {
         time_us: 1_000_000_000 + i * 1_000,
         call_id: "c",
         tenant: TENANTS[(i % 3) as usize],
-        agent: if i % 2 == 0 { "bot-a" } else { "bot-b" },
-        user: if i % 5 == 0 { "alice" } else { "" },
+        agent: if i.is_multiple_of(2) {
+            "bot-a"
+        } else {
+            "bot-b"
+        },
+        user: if i.is_multiple_of(5) { "alice" } else { "" },
         kind: Kind::Tool as u8,
         name: TOOLS[(i % 4) as usize],
         upstream: "demo",
