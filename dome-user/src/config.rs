@@ -51,6 +51,8 @@ pub struct Config {
     pub escalation: crate::identity::escalation::EscalationConfig,
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[server]`: where agents reach Dome.

@@ -176,6 +176,14 @@ fn identity_for(
         kernel_budget: config.xdp.default_budget,
         required: config.auth.required,
         resource,
+        audit: {
+            // Durability, limits and retention apply live.
+            current
+                .audit
+                .settings
+                .store(Arc::new(config.audit.settings()));
+            current.audit.clone()
+        },
     }))
 }
 
@@ -296,6 +304,15 @@ impl Live {
         if new.auth.data_dir != old.auth.data_dir {
             needs_restart.push("auth.data_dir".to_string());
             applied.auth.data_dir = old.auth.data_dir.clone();
+        }
+        if (&new.audit.dir, new.audit.ring, &new.audit.node)
+            != (&old.audit.dir, old.audit.ring, &old.audit.node)
+            || new.auth.data_dir != old.auth.data_dir
+        {
+            needs_restart.push("audit.dir/ring/node".to_string());
+            applied.audit.dir = old.audit.dir.clone();
+            applied.audit.ring = old.audit.ring;
+            applied.audit.node = old.audit.node.clone();
         }
         if new.policy.dir != old.policy.dir {
             needs_restart.push("policy.dir".to_string());
@@ -459,6 +476,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     let escalation = Arc::new(Escalation::new(config.escalation.clone(), tier.clone()));
+    let audit_dir = audit_dir(&config, config_path);
+    let audit = crate::audit::Trail::open(
+        &audit_dir,
+        config.audit.ring,
+        config.audit.node_name(),
+        config.audit.settings(),
+    )
+    .with_context(|| format!("opening the audit trail in {}", audit_dir.display()))?;
+    tracing::info!(dir = %audit_dir.display(), fsync = ?config.audit.fsync, head = audit.head().0, "audit trail open");
     let identity = identity_for(
         &config,
         config_path,
@@ -480,6 +506,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             escalation: escalation.clone(),
             tier: tier.clone(),
             kernel_budget: config.xdp.default_budget,
+            audit: audit.clone(),
         },
     )
     .map_err(anyhow::Error::msg)
@@ -617,7 +644,19 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         t.detach();
         tracing::info!("XDP detached");
     }
+    // Whatever is still in the ring goes to disk before Dome exits.
+    audit.close();
+    tracing::info!(head = audit.head().0, "audit trail closed");
     Ok(())
+}
+
+/// The audit folder: `[audit] dir`, else `audit` under `[auth] data_dir`
+/// (both relative to the config file).
+pub fn audit_dir(config: &Config, config_path: &Path) -> PathBuf {
+    match &config.audit.dir {
+        Some(d) => beside(config_path, d),
+        None => beside(config_path, &config.auth.data_dir).join("audit"),
+    }
 }
 
 #[cfg(test)]

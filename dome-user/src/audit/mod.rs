@@ -9,6 +9,7 @@
 //! - `query`: filtered scans and `verify`.
 //! - `config`: `[audit]`.
 
+pub mod call;
 pub mod config;
 pub mod frame;
 pub mod query;
@@ -16,6 +17,7 @@ pub mod record;
 pub mod segment;
 pub mod trail;
 
+pub use call::Call;
 pub use config::AuditConfig;
 pub use record::Record;
 pub use trail::Trail;

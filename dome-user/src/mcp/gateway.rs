@@ -332,6 +332,8 @@ pub struct Identity {
     pub policy_store: Arc<crate::policy::store::PolicyStore>,
     /// A candidate policy judged beside the active one, never enforced.
     pub shadow: Option<Arc<crate::policy::compile::Policy>>,
+    /// Where every call's record goes.
+    pub audit: Arc<crate::audit::Trail>,
 }
 
 /// Shadow decisions that differed from the active policy's, since start.
@@ -358,6 +360,9 @@ impl Identity {
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// `params._meta` key of the caller's stated intent (carried in the assertion).
 pub const INTENT_META: &str = "dome/intent";
+
+use crate::audit::Call;
+use crate::audit::call::phase as audit_phase;
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
 /// What `/stats` learns of one request: its method label and JSON-RPC
@@ -369,6 +374,50 @@ struct Tally {
     parse: Option<std::time::Duration>,
     /// (upstream, tool, time to the upstream's answer).
     upstream: Option<(String, String, std::time::Duration)>,
+    /// The request body's size.
+    bytes_in: u64,
+    /// The audit record of the call this request makes (more than one
+    /// only in a 2025-03-26 batch).
+    call: Option<Call>,
+    more_calls: Vec<Call>,
+}
+
+/// Hands the call's record to the request that is answering it (finished
+/// in `handle` once the response is known). Outside a request (a spawned
+/// task) the record is committed at once.
+fn stash(call: Call) {
+    let mut call = Some(call);
+    let _ = TALLY.try_with(|t| {
+        let mut t = t.borrow_mut();
+        if let Some(prev) = t.call.take() {
+            t.more_calls.push(prev);
+        }
+        t.call = call.take();
+    });
+}
+
+/// Takes the current call's record back (its answer streams on after the
+/// request returns).
+fn unstash() -> Option<Call> {
+    TALLY
+        .try_with(|t| t.borrow_mut().call.take())
+        .ok()
+        .flatten()
+}
+
+/// Applies `f` to the current call's record, if any.
+fn with_call(f: impl FnOnce(&mut Call)) {
+    let _ = TALLY.try_with(|t| {
+        if let Some(c) = t.borrow_mut().call.as_mut() {
+            f(c)
+        }
+    });
+}
+
+/// A result's `isError`, from its JSON text (a quote inside a JSON string
+/// is escaped, so this key can only be a key).
+fn is_tool_error(text: &str) -> bool {
+    text.contains("\"isError\":true") || text.contains("\"isError\": true")
 }
 
 tokio::task_local! {
@@ -386,6 +435,19 @@ struct RequestCtx {
     source: Option<std::net::IpAddr>,
     /// The `Dome-Intent` header, when the caller states its intent there.
     intent: Option<String>,
+    /// When the request arrived, and how long authenticating it took.
+    arrived: Option<Instant>,
+    auth_ns: u64,
+    /// The W3C trace id of the caller's `traceparent`.
+    trace: Option<String>,
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn trace_id(traceparent: &str) -> Option<String> {
+    let mut parts = traceparent.trim().split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()) && trace != "0".repeat(32))
+        .then(|| trace.to_ascii_lowercase())
 }
 
 fn current_caller() -> Option<Caller> {
@@ -567,6 +629,7 @@ fn stateless_status(code: i64) -> StatusCode {
         code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
         code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
         code::POLICY_DENIED => StatusCode::FORBIDDEN,
+        code::AUDIT_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     }
 }
@@ -679,12 +742,47 @@ impl Gateway {
             method: "invalid",
             ..Default::default()
         });
-        let (resp, tally) = TALLY
+        let (mut resp, mut tally) = TALLY
             .scope(tally, async move {
                 let resp = self.route(req).await;
                 (resp, TALLY.with(|t| std::mem::take(&mut *t.borrow_mut())))
             })
             .await;
+        // Phase: audit. The answer leaves only once its record is durable.
+        if let Some(call) = tally.call.take() {
+            let mut last = None;
+            for mut c in std::mem::take(&mut tally.more_calls) {
+                if c.outcome.is_none() {
+                    c.outcome = Some(crate::audit::record::Outcome::Ok);
+                }
+                last = c.commit().or(last);
+            }
+            let mut call = call;
+            call.bytes_out = hyper::body::Body::size_hint(resp.body())
+                .exact()
+                .unwrap_or(0);
+            if call.status.is_none()
+                && let Some(code) = tally.rpc_error
+            {
+                call.status = Some(code as i32);
+                call.outcome = Some(crate::audit::record::Outcome::Error);
+            }
+            if call.outcome.is_none() {
+                call.outcome = Some(crate::audit::record::Outcome::Ok);
+            }
+            let id = call.rpc_id.take();
+            last = call.commit().or(last);
+            if let Some((trail, ticket)) = last
+                && let Err(u) = trail.durable(ticket).await
+            {
+                tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
+                tally.rpc_error = Some(code::AUDIT_UNAVAILABLE);
+                resp = json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &rpc_error(&id.unwrap_or(Value::Null), code::AUDIT_UNAVAILABLE, u.0),
+                );
+            }
+        }
         metrics.request(&RequestRecord {
             method: tally.method,
             status: resp.status().as_u16(),
@@ -736,6 +834,7 @@ impl Gateway {
         if escalation.blocked(source, None, now_s) {
             return self.blocked();
         }
+        let arrived = Instant::now();
         let index = self.identity.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
@@ -788,6 +887,13 @@ impl Gateway {
                 caller,
                 source,
                 intent,
+                arrived: Some(arrived),
+                auth_ns: arrived.elapsed().as_nanos() as u64,
+                trace: req
+                    .headers()
+                    .get("traceparent")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(trace_id),
             },
             self.route_authenticated(req),
         )
@@ -1058,6 +1164,7 @@ impl Gateway {
             }
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         };
+        let _ = TALLY.try_with(|t| t.borrow_mut().bytes_in = bytes.len() as u64);
         let parse_start = Instant::now();
         let parsed = envelope::parse(&bytes);
         let took = parse_start.elapsed();
@@ -1412,7 +1519,13 @@ impl Gateway {
                     match super::upstream::first_response(upstream.name(), st).await {
                         Ok(mut v) => {
                             if let Some(r) = &redaction {
-                                r.apply(&mut v);
+                                let counts = r.apply(&mut v);
+                                with_call(|c| c.add_redactions(&counts));
+                            }
+                            if v["result"]["isError"] == true {
+                                with_call(|c| {
+                                    c.outcome = Some(crate::audit::record::Outcome::ToolError)
+                                });
                             }
                             v["id"] = id.clone();
                             (StatusCode::OK, v)
@@ -1428,6 +1541,11 @@ impl Gateway {
                     method,
                 ) {
                     Ok((status, text, _)) => {
+                        if is_tool_error(&text) {
+                            with_call(|c| {
+                                c.outcome = Some(crate::audit::record::Outcome::ToolError)
+                            });
+                        }
                         (status, serde_json::from_str(&text).unwrap_or_default())
                     }
                     Err((c, m)) => err(c, m),
@@ -1437,12 +1555,81 @@ impl Gateway {
         }
     }
 
+    /// Opens the audit record of a call of `kind`: reserves its room in the
+    /// ring (a call that could not be recorded is refused, unless the
+    /// operator chose to drop records) and notes what is known already.
+    async fn open_call(
+        &self,
+        kind: crate::audit::record::Kind,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+    ) -> Result<Call, Refusal> {
+        let audit = &self.identity.audit;
+        let slot = audit.reserve().await.map_err(|u| Refusal {
+            code: code::AUDIT_UNAVAILABLE,
+            message: u.0,
+            retry_after_ms: None,
+        })?;
+        let ctx = CTX.try_with(|c| c.clone()).unwrap_or_default();
+        let mut call = Call::new(
+            slot,
+            kind,
+            ctx.arrived.unwrap_or_else(Instant::now),
+            crate::clock::unix_us(),
+        );
+        call.caller = session.and_then(|s| s.caller.clone()).or(ctx.caller);
+        call.source = ctx.source;
+        call.session = session.map(|s| s.id.clone());
+        call.trace_id = ctx.trace.or_else(|| {
+            e.meta_entries
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
+                .and_then(|t| trace_id(&t))
+        });
+        call.call_id = Some(format!("{:016x}", rand::random::<u64>()));
+        call.policy_version = Some(self.identity.policy.version.clone());
+        call.rpc_id = e.id.clone();
+        call.phase_ns[audit_phase::AUTH] = ctx.auth_ns;
+        let _ = TALLY.try_with(|t| {
+            let t = t.borrow();
+            call.bytes_in = t.bytes_in;
+            call.phase_ns[audit_phase::PARSE] = t.parse.map_or(0, |d| d.as_nanos() as u64);
+        });
+        Ok(call)
+    }
+
     /// Forwards a prompt, resource or completion request to the upstream
-    /// that owns what it names, with the upstream's own name for it.
+    /// that owns what it names, with the upstream's own name for it. Its
+    /// audit record goes with the request (see `stash`).
     async fn forward_other(
         &self,
         method: &str,
         e: &Envelope,
+    ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
+        use crate::audit::record::Kind as AuditKind;
+        let kind = match method {
+            "prompts/get" => AuditKind::Prompt,
+            "completion/complete" => AuditKind::Completion,
+            _ => AuditKind::Resource,
+        };
+        let mut call = self
+            .open_call(kind, e, None)
+            .await
+            .map_err(|r| (r.code, r.message))?;
+        let result = self.forward_other_inner(method, e, &mut call).await;
+        if let Err((c, m)) = &result {
+            call.failed(*c, m);
+        }
+        stash(call);
+        result
+    }
+
+    async fn forward_other_inner(
+        &self,
+        method: &str,
+        e: &Envelope,
+        call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
         let mut params: Value = e
             .params
@@ -1483,6 +1670,7 @@ impl Gateway {
                 format!("{method} needs the name or URI of what it asks for"),
             ));
         };
+        call.name = key.clone();
         let upstream = match kind {
             Kind::Resources | Kind::Templates => {
                 let direct = if kind == Kind::Resources {
@@ -1520,6 +1708,7 @@ impl Gateway {
             ));
         };
         let upstream = self.upstreams[index].clone();
+        call.upstream = upstream.name().to_string();
         // Phase: decide (prompts, resources and completion by kind and name).
         let policy_kind = match method {
             "prompts/get" => "prompt",
@@ -1529,6 +1718,10 @@ impl Gateway {
         let args_text = params.get("arguments").map(Value::to_string);
         let caller = current_caller();
         let intent = intent_of(e);
+        call.intent = intent.clone();
+        if let Some(a) = &args_text {
+            call.digest_args(a);
+        }
         if let Err(r) = self.decide_kind(
             policy_kind,
             &key,
@@ -1536,17 +1729,21 @@ impl Gateway {
             &upstream,
             caller.as_ref(),
             intent.as_deref(),
+            call,
         ) {
             return Err((r.code, r.message));
         }
         let assertion = match &caller {
-            Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref())?),
+            Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref(), call)?),
             None => None,
         };
+        let start = Instant::now();
         let vouched = assertion
             .as_deref()
             .map(|a| (&self.identity.signer.header, a));
-        match upstream.request_as(method, params, vouched).await {
+        let result = upstream.request_as(method, params, vouched).await;
+        call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
+        match result {
             Ok((Reply::Stream(s), _)) => {
                 match super::upstream::first_response(upstream.name(), s).await {
                     Ok(v) => Ok((upstream, Reply::Json(v))),
@@ -1634,6 +1831,7 @@ impl Gateway {
         caller: Option<&Caller>,
         e: &Envelope,
         intent: Option<&str>,
+        call: &mut Call,
     ) -> Result<Option<Redaction>, Refusal> {
         self.decide_kind(
             "tool",
@@ -1642,11 +1840,15 @@ impl Gateway {
             upstream,
             caller,
             intent,
+            call,
         )
     }
 
     /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
-    /// `completion`) naming `name`, with its arguments as JSON text.
+    /// `completion`) naming `name`, with its arguments as JSON text. The
+    /// decision, its rule and the arguments (where the rule says to log
+    /// them) go into the call's record.
+    #[allow(clippy::too_many_arguments)]
     fn decide_kind(
         &self,
         kind: &str,
@@ -1655,6 +1857,24 @@ impl Gateway {
         upstream: &Upstream,
         caller: Option<&Caller>,
         intent: Option<&str>,
+        call: &mut Call,
+    ) -> Result<Option<Redaction>, Refusal> {
+        let started = Instant::now();
+        let result = self.decide_inner(kind, tool, args_text, upstream, caller, intent, call);
+        call.phase_ns[audit_phase::POLICY] = started.elapsed().as_nanos() as u64;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide_inner(
+        &self,
+        kind: &str,
+        tool: &str,
+        args_text: Option<&str>,
+        upstream: &Upstream,
+        caller: Option<&Caller>,
+        intent: Option<&str>,
+        call: &mut Call,
     ) -> Result<Option<Redaction>, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
@@ -1695,12 +1915,20 @@ impl Gateway {
             crate::policy::compile::Decision::Allow {
                 obligations,
                 redactor,
-                ..
+                rule,
             } => {
+                call.rule = Some(rule.to_string());
                 if obligations.require_intent && intent.is_none() {
+                    call.decision = crate::audit::record::Decision::Deny;
                     return Err(deny(&format!(
                         "this call needs a stated intent (params._meta[\"{INTENT_META}\"])"
                     )));
+                }
+                call.decision = crate::audit::record::Decision::Allow;
+                if obligations.log_args == crate::policy::lang::LogArgs::Full
+                    && let Some(text) = args_text
+                {
+                    call.args = Some(logged_args(text, redactor.map(|r| &**r)));
                 }
                 Ok(redactor.map(|r| Redaction {
                     redactor: r.clone(),
@@ -1709,6 +1937,8 @@ impl Gateway {
             }
             crate::policy::compile::Decision::Deny { rule, reason } => {
                 tracing::debug!(tool, rule = ?rule, "policy denied a call");
+                call.decision = crate::audit::record::Decision::Deny;
+                call.rule = rule.map(str::to_string);
                 Err(deny(reason))
             }
         }
@@ -1721,10 +1951,11 @@ impl Gateway {
         c: &Caller,
         session: Option<&Arc<Session>>,
         intent: Option<&str>,
+        call: &Call,
     ) -> Result<String, (i64, String)> {
         let signer = &self.identity.signer;
         let now = crate::clock::unix_s();
-        let call_id = format!("{:016x}", rand::random::<u64>());
+        let call_id = call.call_id.as_deref().unwrap_or_default();
         let claims = crate::identity::assertion::Claims {
             iss: "dome",
             aud: upstream.name(),
@@ -1739,7 +1970,7 @@ impl Gateway {
             session: session.map(|s| s.id.as_str()),
             intent,
             policy: &self.identity.policy.version,
-            jti: &call_id,
+            jti: call_id,
             iat: now,
             exp: now + signer.ttl_s,
         };
@@ -1752,13 +1983,39 @@ impl Gateway {
         })
     }
 
-    /// Phase: forward. Resolves the public tool name and sends the call to
-    /// its upstream with the upstream's own name and request id.
+    /// A tool call, every phase: its audit record is opened first (so
+    /// whatever happens is recorded) and handed to the request answering
+    /// it (see `stash`).
     async fn forward_call(
         &self,
         e: &Envelope,
         session: Option<&Arc<Session>>,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
+        let mut call = self
+            .open_call(crate::audit::record::Kind::Tool, e, session)
+            .await?;
+        let result = self.forward_call_inner(e, session, &mut call).await;
+        if let Err(r) = &result {
+            call.failed(r.code, &r.message);
+        }
+        stash(call);
+        result
+    }
+
+    /// Phase: forward. Resolves the public tool name and sends the call to
+    /// its upstream with the upstream's own name and request id.
+    async fn forward_call_inner(
+        &self,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+        call: &mut Call,
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
+        if let Some(n) = &e.name {
+            call.name = n.clone();
+        }
+        if let Some(a) = &e.arguments {
+            call.digest_args(a);
+        }
         let Some(name) = e.name.as_deref() else {
             return Err((
                 code::INVALID_PARAMS,
@@ -1770,6 +2027,7 @@ impl Gateway {
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
         let upstream = self.upstreams[route.upstream].clone();
+        call.upstream = upstream.name().to_string();
         // A session's caller authenticated when it opened the session (a
         // task that outlives the request, like a round of client input,
         // finds it there).
@@ -1778,7 +2036,9 @@ impl Gateway {
             .or_else(current_caller);
         // Phase: decide.
         let intent = intent_of(e);
-        let redaction = self.decide(name, &upstream, caller.as_ref(), e, intent.as_deref())?;
+        call.intent = intent.clone();
+        let redaction =
+            self.decide(name, &upstream, caller.as_ref(), e, intent.as_deref(), call)?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
@@ -1804,6 +2064,7 @@ impl Gateway {
                 crate::identity::budget::take_all(buckets, crate::clock::monotonic_ns())
             {
                 let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
+                call.decision = crate::audit::record::Decision::OverBudget;
                 self.identity.escalation.strike(
                     Subject::Agent {
                         id: c.agent.id.clone(),
@@ -1823,7 +2084,7 @@ impl Gateway {
         // Phase: vouch. The caller's own credential never goes upstream.
         let assertion = match &caller {
             Some(c) => Some(
-                self.vouch(&upstream, c, session, intent.as_deref())
+                self.vouch(&upstream, c, session, intent.as_deref(), call)
                     .map_err(Refusal::from)?,
             ),
             None => None,
@@ -1868,6 +2129,7 @@ impl Gateway {
             .await;
         // Time to the upstream's answer (for a stream: to its first byte).
         let took = start.elapsed();
+        call.phase_ns[audit_phase::UPSTREAM] = took.as_nanos() as u64;
         let _ = TALLY.try_with(|t| {
             t.borrow_mut().upstream = Some((upstream.name().to_string(), name.to_string(), took))
         });
@@ -1907,6 +2169,7 @@ impl Gateway {
                         tool: e.name.clone().unwrap_or_default(),
                         retry: session.is_some().then(|| (self.clone(), e.clone())),
                         redaction,
+                        call: unstash(),
                     };
                     return relay(upstream, st.into_body(), SseParser::default(), to);
                 }
@@ -1924,7 +2187,14 @@ impl Gateway {
                 Ok((upstream, reply, _, redaction)) => {
                     let reply = redacted(reply, redaction.as_ref());
                     return match readdress(era, &upstream, &id, reply, method) {
-                        Ok((status, text, code)) => raw_json_response(status, text, code),
+                        Ok((status, text, code)) => {
+                            if is_tool_error(&text) {
+                                with_call(|c| {
+                                    c.outcome = Some(crate::audit::record::Outcome::ToolError)
+                                });
+                            }
+                            raw_json_response(status, text, code)
+                        }
                         Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
                     };
                 }
@@ -2019,6 +2289,18 @@ impl Gateway {
         } = call;
         // The answers reach the upstream before its stream is read again.
         answered.await;
+        // The resumed call gets a record of its own (the parked one says
+        // it waited for input).
+        let mut record = match self
+            .open_call(crate::audit::record::Kind::Tool, e, None)
+            .await
+        {
+            Ok(c) => c,
+            Err(r) => return r.respond(&id, Era::Stateless),
+        };
+        record.name = tool.clone();
+        record.upstream = upstream.name().to_string();
+        record.decision = crate::audit::record::Decision::Allow;
         let to = RelayTo {
             id,
             era: Era::Stateless,
@@ -2028,6 +2310,7 @@ impl Gateway {
             retry: None,
             // The parked call was judged when it began.
             redaction: call_redaction,
+            call: Some(record),
         };
         relay(upstream, body, parser, to)
     }
@@ -2363,16 +2646,12 @@ pub struct Redaction {
 }
 
 impl Redaction {
-    /// Redacts a JSON-RPC response's result in place.
-    fn apply(&self, response: &mut Value) {
-        if let Some(result) = response.get_mut("result") {
-            let counts = self.redactor.result(result, &self.schema);
-            if counts.total() > 0 {
-                tracing::debug!(
-                    redacted = counts.total(),
-                    "redacted values from a tool result"
-                );
-            }
+    /// Redacts a JSON-RPC response's result in place; says how many
+    /// values of each kind it took out.
+    fn apply(&self, response: &mut Value) -> crate::policy::redact::Counts {
+        match response.get_mut("result") {
+            Some(result) => self.redactor.result(result, &self.schema),
+            None => Default::default(),
         }
     }
 }
@@ -2388,8 +2667,31 @@ fn redacted(reply: Reply, redaction: Option<&Redaction>) -> Reply {
         },
         Reply::Stream(_) => return reply,
     };
-    r.apply(&mut v);
+    let counts = r.apply(&mut v);
+    with_call(|c| c.add_redactions(&counts));
     Reply::Json(v)
+}
+
+/// Arguments as the audit record logs them: with the rule's redactions,
+/// or every built-in detector when the rule has none (values a policy
+/// did not think of stay out of the trail too).
+fn logged_args(text: &str, redactor: Option<&crate::policy::redact::Redactor>) -> String {
+    static ALL: std::sync::LazyLock<crate::policy::redact::Redactor> =
+        std::sync::LazyLock::new(|| {
+            let names: Vec<String> = crate::policy::redact::DETECTORS
+                .iter()
+                .map(|d| d.to_string())
+                .collect();
+            crate::policy::redact::Redactor::new(&names).expect("built-in detectors compile")
+        });
+    let Ok(mut v) = serde_json::from_str::<Value>(text) else {
+        return String::new();
+    };
+    let mut counts = Default::default();
+    redactor
+        .unwrap_or(&ALL)
+        .value(&mut v, &Value::Null, &mut counts);
+    v.to_string()
 }
 
 /// A bucket that never refuses, to fill unused budget levels.
@@ -2462,6 +2764,9 @@ struct RelayTo {
     retry: Option<(Arc<Gateway>, Envelope)>,
     /// Redaction the policy asks of the result.
     redaction: Option<Redaction>,
+    /// The call's audit record, finished when the final response passes
+    /// (and before it does, so nothing is answered unrecorded).
+    call: Option<Call>,
 }
 
 /// Relays an upstream SSE response event by event as it arrives, giving the
@@ -2485,8 +2790,11 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
             tool,
             retry,
             redaction,
+            call,
         } = to;
+        let mut call = call;
         let upstream = up.name().to_string();
+        let mut bytes_out = 0u64;
         // The call stays cancellable until its stream ends.
         let _inflight = inflight;
         let mut body = body;
@@ -2496,16 +2804,22 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                 f = body.frame() => f,
                 _ = tx.closed() => {
                     tracing::debug!(%upstream, "client closed the stream; cancelling the upstream call");
+                    if let Some(c) = call.as_mut() {
+                        c.outcome = Some(crate::audit::record::Outcome::Cancelled);
+                        c.bytes_out = bytes_out;
+                    }
                     return;
                 }
             };
             let Some(frame) = frame else { break };
             let Ok(frame) = frame else {
-                let e = rpc_error(
-                    &id,
-                    code::UPSTREAM_UNAVAILABLE,
-                    format!("upstream `{upstream}` broke the stream"),
-                );
+                let message = format!("upstream `{upstream}` broke the stream");
+                if let Some(mut c) = call.take() {
+                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
+                    c.bytes_out = bytes_out;
+                    let _ = c.finish().await;
+                }
+                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
                 let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
                 return;
             };
@@ -2582,15 +2896,17 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                     && let (Some((gw, e)), Some(s)) = (&retry, &session)
                 {
                     let first = v["result"].take();
+                    if let Some(c) = call.as_mut() {
+                        c.outcome = Some(crate::audit::record::Outcome::InputRequired);
+                    }
+                    drop(call.take());
                     gw.clone()
                         .fulfil(s.clone(), e.clone(), id.clone(), first, tx.clone())
                         .await;
                     return;
                 }
                 if is_response {
-                    if let Some(r) = &redaction {
-                        r.apply(&mut v);
-                    }
+                    let counts = redaction.as_ref().map(|r| r.apply(&mut v));
                     v["id"] = id.clone();
                     if era == Era::Stateless
                         && v.get("result").is_some()
@@ -2598,12 +2914,32 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                     {
                         v["result"]["resultType"] = "complete".into();
                     }
+                    if let Some(mut c) = call.take() {
+                        use crate::audit::record::Outcome;
+                        if let Some(counts) = &counts {
+                            c.add_redactions(counts);
+                        }
+                        match v["error"]["code"].as_i64() {
+                            Some(code) => {
+                                c.failed(code, v["error"]["message"].as_str().unwrap_or(""))
+                            }
+                            None if v["result"]["isError"] == true => {
+                                c.outcome = Some(Outcome::ToolError)
+                            }
+                            None => c.outcome = Some(Outcome::Ok),
+                        }
+                        let text = v.to_string();
+                        c.bytes_out = bytes_out + text.len() as u64;
+                        // The answer leaves only once its record is durable.
+                        if let Err(u) = c.finish().await {
+                            tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
+                            v = rpc_error(&id, code::AUDIT_UNAVAILABLE, u.0);
+                        }
+                    }
                 }
-                if tx
-                    .send(Ok(Frame::data(sse::event(&v.to_string()))))
-                    .await
-                    .is_err()
-                {
+                let text = v.to_string();
+                bytes_out += text.len() as u64;
+                if tx.send(Ok(Frame::data(sse::event(&text)))).await.is_err() {
                     return;
                 }
                 if is_response {
@@ -2613,6 +2949,11 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
             if !asks.is_empty()
                 && let Some((_, table)) = &stateless
             {
+                if let Some(c) = call.as_mut() {
+                    c.outcome = Some(crate::audit::record::Outcome::InputRequired);
+                    c.bytes_out = bytes_out;
+                }
+                drop(call.take());
                 let result = table.park(super::input::Parked {
                     upstream: up.clone(),
                     body,

@@ -47,6 +47,9 @@ pub mod code {
     /// Dome: policy denies the call (HTTP 403 in the stateless era); the
     /// message is the reason an agent may be shown.
     pub const POLICY_DENIED: i64 = -32005;
+    /// Dome: the audit trail cannot record the call, so it is not run (or,
+    /// when it already ran, not answered); HTTP 503.
+    pub const AUDIT_UNAVAILABLE: i64 = -32006;
 }
 
 /// Whether `v` is a session-era version Dome negotiates.
