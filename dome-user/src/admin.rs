@@ -13,11 +13,13 @@
 //! | `DELETE /agents/{id}` | |
 //! | `GET /blocks` | kernel blocks in force |
 //! | `DELETE /blocks/{kind}/{key}` | lifts one (`identity/<slot>`, `prefix/<cidr>`) |
+//! | `GET /audit?tenant=&agent=&user=&tool=&kind=&decision=&since=&until=&intent=&call_id=&limit=&order=` | matching audit records, streamed as JSON Lines |
+//! | `GET /audit/verify` | checks every CRC and link of the trail; names the first bad record |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -34,15 +36,64 @@ pub struct AdminState {
     pub escalation: Option<Arc<crate::identity::escalation::Escalation>>,
     pub policy_store: Arc<crate::policy::store::PolicyStore>,
     pub policy_dir: std::path::PathBuf,
+    /// The audit trail's folder (read for queries while the writer appends).
+    pub audit_dir: std::path::PathBuf,
 }
 
-type Resp = Response<Full<Bytes>>;
+type Resp = Response<BoxBody<Bytes, Infallible>>;
 
 fn json_resp(status: StatusCode, v: Value) -> Resp {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(v.to_string())))
+        .body(Full::new(Bytes::from(v.to_string())).boxed())
+        .expect("static parts")
+}
+
+/// Streams the records `query` matches as JSON Lines, read on a blocking
+/// thread and sent in chunks as they are found.
+fn audit_stream(dir: std::path::PathBuf, query: crate::audit::output::Query) -> Resp {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, Infallible>>(8);
+    tokio::task::spawn_blocking(move || {
+        /// Lines gathered into chunks of about this size.
+        struct Chunks {
+            tx: tokio::sync::mpsc::Sender<Result<hyper::body::Frame<Bytes>, Infallible>>,
+            buf: Vec<u8>,
+        }
+        impl std::io::Write for Chunks {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.buf.extend_from_slice(b);
+                if self.buf.len() >= 64 * 1024 {
+                    self.flush()?;
+                }
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                if self.buf.is_empty() {
+                    return Ok(());
+                }
+                let chunk = Bytes::from(std::mem::take(&mut self.buf));
+                self.tx
+                    .blocking_send(Ok(hyper::body::Frame::data(chunk)))
+                    .map_err(|_| std::io::Error::other("the client went away"))
+            }
+        }
+        let mut out = Chunks {
+            tx,
+            buf: Vec::new(),
+        };
+        match crate::audit::output::run(&dir, &query, crate::audit::output::Format::Jsonl, &mut out)
+        {
+            Ok(_) => {
+                let _ = std::io::Write::flush(&mut out);
+            }
+            Err(e) => tracing::debug!(error = %e, "an audit query stream ended early"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
         .expect("static parts")
 }
 
@@ -256,6 +307,37 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
+        (Method::GET, ["audit"]) => {
+            let query = req.uri().query().unwrap_or_default();
+            let pairs: Vec<(String, String)> = url_pairs(query);
+            match crate::audit::output::Query::from_pairs(
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                crate::clock::unix_us(),
+            ) {
+                Ok(q) => audit_stream(state.audit_dir.clone(), q),
+                Err(e) => error(StatusCode::BAD_REQUEST, e),
+            }
+        }
+        (Method::GET, ["audit", "verify"]) => {
+            let dir = state.audit_dir.clone();
+            match tokio::task::spawn_blocking(move || crate::audit::query::verify(&dir)).await {
+                Ok(Ok(r)) => json_resp(
+                    StatusCode::OK,
+                    json!({
+                        "ok": r.problem.is_none(),
+                        "segments": r.segments,
+                        "records": r.records,
+                        "first_seq": r.first_seq,
+                        "last_seq": r.last_seq,
+                        "head": r.head,
+                        "incomplete_tail": r.incomplete_tail,
+                        "problem": r.problem.as_ref().map(|p| p.to_string()),
+                    }),
+                ),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
         (Method::GET, ["blocks"]) => match &state.escalation {
             Some(e) => json_resp(StatusCode::OK, e.blocks_json()),
             None => json_resp(StatusCode::OK, json!({"blocks": [], "kernel": false})),
@@ -276,6 +358,40 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             "not found; see GET /agents, POST /agents, GET /blocks",
         ),
     }
+}
+
+/// `a=1&b=x%20y` → [("a","1"), ("b","x y")] (`+` is a space).
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = |c: u8| (c as char).to_digit(16);
+                    match (hex(b[i + 1]), hex(b[i + 2])) {
+                        (Some(h), Some(l)) => {
+                            out.push((h * 16 + l) as u8);
+                            i += 2;
+                        }
+                        _ => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// Binds the admin listener; returns the bound address and the serving task.

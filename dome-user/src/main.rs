@@ -36,6 +36,220 @@ enum Command {
     /// Check the policy files or run their test cases.
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Query, verify or export the audit trail (read from its folder; safe
+    /// while Dome runs).
+    #[command(subcommand)]
+    Audit(Box<AuditCmd>),
+}
+
+#[derive(clap::Args, Clone, Debug, Default)]
+struct AuditFilter {
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    agent: Option<String>,
+    #[arg(long)]
+    user: Option<String>,
+    /// Tool, prompt or resource; a trailing `*` matches a prefix.
+    #[arg(long)]
+    tool: Option<String>,
+    /// tool, prompt, resource or completion.
+    #[arg(long)]
+    kind: Option<String>,
+    /// allow, deny, over_budget or error.
+    #[arg(long)]
+    decision: Option<String>,
+    #[arg(long)]
+    call_id: Option<String>,
+    /// From this time: RFC 3339 (UTC), Unix seconds, or an age (30m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Text the intent contains (case ignored).
+    #[arg(long)]
+    intent: Option<String>,
+    /// The audit folder (default: the config's).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+impl AuditFilter {
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("tenant", &self.tenant),
+            ("agent", &self.agent),
+            ("user", &self.user),
+            ("tool", &self.tool),
+            ("kind", &self.kind),
+            ("decision", &self.decision),
+            ("call_id", &self.call_id),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("intent", &self.intent),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Records matching every filter given, oldest first.
+    Query {
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// Newest first.
+        #[arg(long)]
+        newest_first: bool,
+        /// table or jsonl.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Check every CRC, sequence number and link of the hash chain; name the
+    /// first bad record. Exit 1 when something is wrong.
+    Verify {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Every matching record as JSON Lines (for a SIEM), to stdout or --out.
+    Export {
+        #[command(flatten)]
+        filter: AuditFilter,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// The audit folder: `--dir`, else the one the config names.
+fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(d) = dir {
+        return Ok(d);
+    }
+    let cfg = dome::config::load(config).map_err(|e| e.to_string())?;
+    Ok(dome::runtime::audit_dir(&cfg, config))
+}
+
+fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
+    use dome::audit::output::{Format, Query, run};
+    let fail = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let now = dome::clock::unix_us();
+    match cmd {
+        AuditCmd::Verify { dir } => {
+            let dir = match audit_dir(config, dir) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            let r = match dome::audit::query::verify(&dir) {
+                Ok(r) => r,
+                Err(e) => return fail(format!("{}: {e}", dir.display())),
+            };
+            println!(
+                "{}: {} segment(s), {} record(s){}",
+                dir.display(),
+                r.segments,
+                r.records,
+                match (r.first_seq, r.last_seq) {
+                    (Some(a), Some(b)) => format!(", sequence {a}..={b}"),
+                    _ => String::new(),
+                }
+            );
+            if r.anchored_after_retirement {
+                println!("older segments were retired: the chain is checked from the oldest kept");
+            }
+            if let Some(h) = &r.head {
+                println!("head {h}");
+            }
+            if r.incomplete_tail {
+                println!(
+                    "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
+                );
+            }
+            match r.problem {
+                None => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Some(p) => {
+                    eprintln!("BAD {p}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCmd::Query {
+            filter,
+            limit,
+            newest_first,
+            format,
+        } => {
+            let format = match format.as_str() {
+                "table" => Format::Table,
+                "jsonl" | "json" => Format::Jsonl,
+                other => return fail(format!("--format `{other}`: expected table or jsonl")),
+            };
+            let dir = match audit_dir(config, filter.dir.clone()) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            let mut q = match Query::from_pairs(filter.pairs(), now) {
+                Ok(q) => q,
+                Err(e) => return fail(e),
+            };
+            q.limit = Some(limit);
+            q.newest_first = newest_first;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match run(&dir, &q, format, &mut out) {
+                Ok(s) => {
+                    drop(out);
+                    eprintln!(
+                        "{} record(s); {} segment(s) read, {} skipped by their index",
+                        s.matched.min(limit),
+                        s.segments_read,
+                        s.segments_skipped
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{}: {e}", dir.display())),
+            }
+        }
+        AuditCmd::Export { filter, out } => {
+            let dir = match audit_dir(config, filter.dir.clone()) {
+                Ok(d) => d,
+                Err(e) => return fail(e),
+            };
+            let q = match Query::from_pairs(filter.pairs(), now) {
+                Ok(q) => q,
+                Err(e) => return fail(e),
+            };
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(p) => match std::fs::File::create(p) {
+                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                    Err(e) => return fail(format!("{}: {e}", p.display())),
+                },
+                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            };
+            let result =
+                run(&dir, &q, Format::Jsonl, &mut sink).and_then(|s| sink.flush().map(|()| s));
+            match result {
+                Ok(s) => {
+                    eprintln!("{} record(s) exported", s.matched);
+                    ExitCode::SUCCESS
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => fail(format!("{}: {e}", dir.display())),
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -241,6 +455,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Audit(cmd) => audit(&cli.config, *cmd),
         Command::Agents(cmd) => {
             let c = &cli.config;
             match cmd {

@@ -519,6 +519,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             escalation: Some(escalation.clone()),
             policy_store: identity.policy_store.clone(),
             policy_dir: beside(config_path, &config.policy.dir),
+            audit_dir: audit_dir.clone(),
         });
         let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
             .await
@@ -583,6 +584,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         sessions: sessions.clone(),
         registry: registry.clone(),
         escalation: escalation.clone(),
+        audit: audit.clone(),
     });
     let (stats_addr, stats_task) = stats::serve(config.stats.listen, state)
         .await

@@ -12,6 +12,7 @@
 pub mod call;
 pub mod config;
 pub mod frame;
+pub mod output;
 pub mod query;
 pub mod record;
 pub mod segment;

@@ -339,6 +339,31 @@ impl Trail {
         self.failing.load(Ordering::Acquire).then(|| self.failure())
     }
 
+    /// What `/stats` shows of the trail.
+    pub fn to_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = self.settings.load();
+        let (seq, head) = self.head();
+        serde_json::json!({
+            "dir": self.dir.display().to_string(),
+            "fsync": s.fsync,
+            "on_full": s.on_full,
+            "records": load(&c.records),
+            "bytes": load(&c.bytes),
+            "syncs": load(&c.syncs),
+            "dropped": load(&c.dropped),
+            "refused": load(&c.refused),
+            "write_errors": load(&c.write_errors),
+            "segments_retired": load(&c.segments_retired),
+            "queued": self.queued(),
+            "ring": self.capacity(),
+            "last_seq": seq,
+            "head": head,
+            "failing": self.failing(),
+        })
+    }
+
     /// Drains the ring, syncs and stops the writer (at shutdown).
     pub fn close(&self) {
         self.stop.store(true, Ordering::SeqCst);

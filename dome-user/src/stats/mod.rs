@@ -26,6 +26,7 @@ pub struct StatsState {
     pub sessions: Arc<crate::mcp::gateway::SessionTable>,
     pub registry: Arc<crate::identity::registry::Registry>,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
+    pub audit: Arc<crate::audit::Trail>,
 }
 
 impl StatsState {
@@ -65,6 +66,7 @@ impl StatsState {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                 .collect::<serde_json::Map<_, _>>(),
+            "audit": self.audit.to_json(),
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,
@@ -87,6 +89,20 @@ impl StatsState {
         out.push_str(&format!(
             "# TYPE dome_escalations_total counter\ndome_escalations_total {}\n",
             self.escalation.escalations()
+        ));
+        let a = &self.audit.counters;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        out.push_str(&format!(
+            "# TYPE dome_audit_records_total counter\ndome_audit_records_total {}\n\
+             # TYPE dome_audit_dropped_total counter\ndome_audit_dropped_total {}\n\
+             # TYPE dome_audit_refused_total counter\ndome_audit_refused_total {}\n\
+             # TYPE dome_audit_syncs_total counter\ndome_audit_syncs_total {}\n\
+             # TYPE dome_audit_queued gauge\ndome_audit_queued {}\n",
+            load(&a.records),
+            load(&a.dropped),
+            load(&a.refused),
+            load(&a.syncs),
+            self.audit.queued()
         ));
         let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;
         out.push_str(&format!(
