@@ -45,7 +45,8 @@ enum Cmd {
     /// in front of the fixture upstream, and against the fixture alone, for
     /// both requirement sets; writes target/bench/conformance.json.
     Conformance,
-    /// Run a benchmark: `xdp`, `parse` or `e2e`; each writes target/bench/NAME.json.
+    /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy` or `audit`; each
+    /// writes target/bench/NAME.json.
     Bench { name: String },
 }
 
@@ -375,7 +376,13 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             root,
             &["run", "--release", "-p", "bench", "--bin", "bench-policy"],
         ),
-        other => bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy"),
+        "audit" => cargo(
+            root,
+            &["run", "--release", "-p", "bench", "--bin", "bench-audit"],
+        ),
+        other => {
+            bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy, audit")
+        }
     }
 }
 

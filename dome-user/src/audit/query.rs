@@ -29,7 +29,17 @@ pub struct Filter {
 
 fn contains_ignore_case(hay: &str, needle: &str) -> bool {
     let (h, n) = (hay.as_bytes(), needle.as_bytes());
-    n.is_empty() || h.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+    let Some(&first) = n.first() else {
+        return true;
+    };
+    if h.len() < n.len() {
+        return false;
+    }
+    let first = first.to_ascii_lowercase();
+    // Only where the first byte matches is the rest compared.
+    (0..=h.len() - n.len()).any(|i| {
+        h[i].to_ascii_lowercase() == first && h[i + 1..i + n.len()].eq_ignore_ascii_case(&n[1..])
+    })
 }
 
 fn name_matches(pattern: &str, name: &str) -> bool {
@@ -170,6 +180,7 @@ pub fn scan(
     }
     let mut out = Scanned::default();
     let mut hits: Vec<(u64, usize)> = Vec::new();
+    let mut buf = rkyv::util::AlignedVec::<16>::new();
     for seg in &segments {
         if let Some(ix) = Index::load(seg)
             && !filter.may_match(&ix)
@@ -177,12 +188,12 @@ pub fn scan(
             out.segments_skipped += 1;
             continue;
         }
-        let buf = match segment::read_aligned(&seg.path) {
-            Ok(b) => b,
+        match segment::read_aligned_into(&seg.path, &mut buf) {
+            Ok(()) => {}
             // Retired while we listed.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
-        };
+        }
         out.segments_read += 1;
         let mut at = segment::HEADER;
         hits.clear();
