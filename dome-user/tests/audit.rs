@@ -46,12 +46,16 @@ tool = "slow"
 "#;
 
 fn start(name: &str, audit: &str) -> (Proc, Dome) {
+    start_with(name, audit, POLICY)
+}
+
+fn start_with(name: &str, audit: &str, policy: &str) -> (Proc, Dome) {
     let (demo_proc, demo) = start_demo(&[]);
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let policies = tmp.join(format!("{name}-{}.rules", std::process::id()));
     let _ = std::fs::remove_dir_all(&policies);
     std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("main.toml"), POLICY).unwrap();
+    std::fs::write(policies.join("main.toml"), policy).unwrap();
     let data = tmp.join(format!("{name}-{}.audit-data", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
     let admin = local(free_port());
@@ -502,4 +506,80 @@ fn answered_calls_survive_a_crash() {
     assert_eq!(code, 0);
     assert_eq!(jsonl(&out).len(), 1);
     assert_eq!(audit_cli(&dome, &["verify"]).0, 0);
+}
+
+/// `n` concurrent slow calls; returns (HTTP status, body) of each.
+fn concurrent_slow_calls(dome: &Dome, n: usize) -> Vec<(u16, Value)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                s.spawn(move || {
+                    post(
+                        dome,
+                        &[],
+                        "slow",
+                        &call_body(
+                            i as u64,
+                            "slow",
+                            json!({"steps": 1, "delay_ms": 1500}),
+                            Some("hold the ring"),
+                        ),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+#[test]
+fn a_full_ring_refuses_calls_closed_or_drops_them_counted() {
+    let allow_all = "[[rule]]\nid = \"all\"\neffect = \"allow\"\n";
+    let audit = "ring = 16\non_full = \"fail\"\nfull_wait_ms = 20";
+    let (_demo, dome) = start_with("audit-full", audit, allow_all);
+    // Each call in flight holds its record's room: 24 at once cannot all
+    // be recorded, and those that cannot are not run.
+    let results = concurrent_slow_calls(&dome, 24);
+    let refused: Vec<&(u16, Value)> = results.iter().filter(|(s, _)| *s == 503).collect();
+    let answered = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(refused.len() + answered, 24, "{results:?}");
+    assert!(refused.len() >= 8, "{} refused", refused.len());
+    assert!(answered >= 1 && answered <= 16, "{answered} answered");
+    let (_, v) = refused[0];
+    assert_eq!(v["error"]["code"], -32006, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not keeping up"),
+        "{v}"
+    );
+    let stats = dome.stats_json();
+    assert_eq!(stats["audit"]["refused"], refused.len() as u64);
+    assert_eq!(stats["audit"]["records"], answered as u64);
+    let (_, out, _) = audit_cli(&dome, &["query", "--format", "jsonl", "--tool", "slow"]);
+    assert_eq!(jsonl(&out).len(), answered);
+
+    // The operator may prefer running calls unrecorded: a live reload to
+    // `on_full = "drop"` runs them all and counts every drop.
+    let text = std::fs::read_to_string(&dome.config).unwrap();
+    std::fs::write(
+        &dome.config,
+        text.replace("on_full = \"fail\"", "on_full = \"drop\""),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dome.stats_json()["audit"]["on_full"] != "drop" {
+        assert!(Instant::now() < deadline, "the reload never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let results = concurrent_slow_calls(&dome, 24);
+    assert!(results.iter().all(|(s, _)| *s == 200), "{results:?}");
+    let stats = dome.stats_json();
+    let dropped = stats["audit"]["dropped"].as_u64().unwrap();
+    assert!(dropped >= 8, "{}", stats["audit"]);
+    assert_eq!(
+        stats["audit"]["records"].as_u64().unwrap(),
+        answered as u64 + 24 - dropped
+    );
 }
