@@ -214,20 +214,15 @@ async fn fixed_rate(addr: SocketAddr, rate: f64) -> anyhow::Result<Histogram<u64
     Ok(all)
 }
 
-fn main() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let release = root.join("target/release");
-    let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+/// Starts Dome in front of `upstream` with the audit trail's `fsync` mode.
+fn start_dome(
+    root: &std::path::Path,
+    upstream: SocketAddr,
+    fsync: &str,
+) -> anyhow::Result<(Kill, SocketAddr)> {
     let dome: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let stats: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let up = Kill(
-        Command::new(release.join("dome-demo-upstream"))
-            .arg(upstream.to_string())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    wait_port(upstream)?;
-    let config = root.join("target/bench/e2e-dome.toml");
+    let config = root.join(format!("target/bench/e2e-dome-{fsync}.toml"));
     std::fs::create_dir_all(config.parent().unwrap())?;
     // Every call allowed, evaluated on each call like any policy.
     let policies = root.join("target/bench/e2e-policies");
@@ -236,84 +231,126 @@ fn main() -> anyhow::Result<()> {
         policies.join("allow-all.toml"),
         "[[rule]]\nid = \"allow-everything\"\neffect = \"allow\"\n",
     )?;
+    let data = root.join(format!("target/bench/e2e-data-{fsync}"));
+    let _ = std::fs::remove_dir_all(&data);
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"{dome}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
              [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n\
-             [auth]\nrequired = false\ndata_dir = \"e2e-data\"\n[policy]\ndir = \"e2e-policies\"\n"
+             [auth]\nrequired = false\ndata_dir = \"{}\"\n[policy]\ndir = \"e2e-policies\"\n\
+             [audit]\nfsync = \"{fsync}\"\n",
+            data.display()
         ),
     )?;
-    let dome_proc = Kill(
-        Command::new(release.join("dome"))
+    let proc = Kill(
+        Command::new(root.join("target/release/dome"))
             .arg("--config")
             .arg(&config)
             .env("DOME_LOG", "warn")
             .stderr(Stdio::null())
             .spawn()?,
     );
-    let me = std::process::id();
-    let (up_pid, dome_pid) = (up.0.id(), dome_proc.0.id());
     wait_port(dome)?;
+    Ok((proc, dome))
+}
 
+/// One side's figures through Dome against the direct baseline: throughput
+/// (closed loop) and latency at a fixed rate both sustain.
+async fn compare(
+    upstream: SocketAddr,
+    dome: SocketAddr,
+    pids: [u32; 3],
+) -> anyhow::Result<serde_json::Value> {
+    let [me, up_pid, dome_pid] = pids;
+    let direct = max_throughput(upstream, &[me, up_pid]).await?;
+    let through = max_throughput(dome, &[me, up_pid, dome_pid]).await?;
+    let (direct_rps, dome_rps) = (direct.rps, through.rps);
+    let cpu = serde_json::json!({
+        "direct": {"loadgen": direct.cpu_us_per_call[0], "upstream": direct.cpu_us_per_call[1]},
+        "through_dome": {"loadgen": through.cpu_us_per_call[0], "upstream": through.cpu_us_per_call[1], "dome": through.cpu_us_per_call[2]},
+    });
+    // A rate both sustain with room to spare: a fifth of the slower side's maximum.
+    let rate = (direct_rps.min(dome_rps) * 0.2).max(100.0);
+    // Latency in alternating rounds (direct, Dome, direct, …), so drift
+    // on this shared machine hits both sides alike; medians of the rounds.
+    let mut rounds: Vec<(Histogram<u64>, Histogram<u64>)> = Vec::new();
+    for _ in 0..LATENCY_ROUNDS {
+        let d = fixed_rate(upstream, rate).await?;
+        let t = fixed_rate(dome, rate).await?;
+        rounds.push((d, t));
+    }
+    let med = |side: usize, q: f64| {
+        let mut v: Vec<f64> = rounds
+            .iter()
+            .map(|(d, t)| if side == 0 { d } else { t }.value_at_quantile(q) as f64)
+            .collect();
+        bench::median(&mut v)
+    };
+    let per_round: Vec<serde_json::Value> = rounds
+        .iter()
+        .map(|(d, t)| {
+            serde_json::json!({
+                "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
+                "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({
+        "direct_rps": direct_rps,
+        "dome_rps": dome_rps,
+        "dome_vs_direct": dome_rps / direct_rps,
+        "fixed_rate_rps": rate,
+        "direct_p50_us": med(0, 0.5),
+        "direct_p99_us": med(0, 0.99),
+        "dome_p50_us": med(1, 0.5),
+        "dome_p99_us": med(1, 0.99),
+        "added_p50_us": med(1, 0.5) - med(0, 0.5),
+        "added_p99_us": med(1, 0.99) - med(0, 0.99),
+        "latency_rounds": per_round,
+        "cpu_us_per_call": cpu,
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let up = Kill(
+        Command::new(root.join("target/release/dome-demo-upstream"))
+            .arg(upstream.to_string())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(upstream)?;
+    let me = std::process::id();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let direct = max_throughput(upstream, &[me, up_pid]).await?;
-        let through = max_throughput(dome, &[me, up_pid, dome_pid]).await?;
-        let (direct_rps, dome_rps) = (direct.rps, through.rps);
-        let cpu = serde_json::json!({
-            "direct": {"loadgen": direct.cpu_us_per_call[0], "upstream": direct.cpu_us_per_call[1]},
-            "through_dome": {"loadgen": through.cpu_us_per_call[0], "upstream": through.cpu_us_per_call[1], "dome": through.cpu_us_per_call[2]},
-        });
-        // A rate both sustain with room to spare: a fifth of the slower side's maximum.
-        let rate = (direct_rps.min(dome_rps) * 0.2).max(100.0);
-        // Latency in alternating rounds (direct, Dome, direct, …), so drift
-        // on this shared machine hits both sides alike; medians of the rounds.
-        let mut rounds: Vec<(Histogram<u64>, Histogram<u64>)> = Vec::new();
-        for _ in 0..LATENCY_ROUNDS {
-            let d = fixed_rate(upstream, rate).await?;
-            let t = fixed_rate(dome, rate).await?;
-            rounds.push((d, t));
-        }
-        let med = |side: usize, q: f64| {
-            let mut v: Vec<f64> = rounds
-                .iter()
-                .map(|(d, t)| if side == 0 { d } else { t }.value_at_quantile(q) as f64)
-                .collect();
-            bench::median(&mut v)
-        };
-        let per_round: Vec<serde_json::Value> = rounds
-            .iter()
-            .map(|(d, t)| {
-                serde_json::json!({
-                    "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
-                    "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
-                })
-            })
-            .collect();
-        bench::report(
-            "e2e",
-            &serde_json::json!({
-                "direct_rps": direct_rps,
-                "dome_rps": dome_rps,
-                "dome_vs_direct": dome_rps / direct_rps,
-                "fixed_rate_rps": rate,
-                "direct_p50_us": med(0, 0.5),
-                "direct_p99_us": med(0, 0.99),
-                "dome_p50_us": med(1, 0.5),
-                "dome_p99_us": med(1, 0.99),
-                "added_p50_us": med(1, 0.5) - med(0, 0.5),
-                "added_p99_us": med(1, 0.99) - med(0, 0.99),
-                "latency_rounds": per_round,
-                "cpu_us_per_call": cpu,
-                "connections": CONNECTIONS,
-                "run_s": RUN.as_secs(),
-                "request": "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive",
-                "statistic": "rps over the run after 1 s warm-up; latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds",
-            }),
-        )?;
-        anyhow::Ok(())
-    })
+    // The gateway's own cost: every call still recorded, the answer not
+    // held for the disk (`fsync = "off"`).
+    let (dome_off, addr) = start_dome(&root, upstream, "off")?;
+    let gateway = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_off.0.id()]))?;
+    drop(dome_off);
+    // The default: every call answered once its record is on disk (group
+    // commit, at most one sync every 2 ms).
+    let (dome_batch, addr) = start_dome(&root, upstream, "batch")?;
+    let durable = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_batch.0.id()]))?;
+    drop(dome_batch);
+    // Sync as soon as anything is written (records arriving meanwhile share
+    // the next sync).
+    let (dome_always, addr) = start_dome(&root, upstream, "always")?;
+    let always = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_always.0.id()]))?;
+    drop(dome_always);
+    let mut report = gateway.clone();
+    report["with_fsync_always"] = always;
+    report["audit_fsync"] = "off".into();
+    report["with_durable_audit"] = durable;
+    report["with_durable_audit"]["audit_fsync"] = "batch (commit_ms = 2)".into();
+    report["connections"] = CONNECTIONS.into();
+    report["run_s"] = RUN.as_secs().into();
+    report["request"] =
+        "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
+    report["statistic"] = "rps over the run after 1 s warm-up; latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with fsync = batch, with_fsync_always with fsync = always".into();
+    bench::report("e2e", &report)?;
+    Ok(())
 }

@@ -13,9 +13,10 @@ pub enum Fsync {
     /// answered after its record is on disk. Records that arrive during a
     /// sync share the next one (group commit without delay).
     Always,
-    /// The writer syncs every `commit_ms`; a call is answered after its
-    /// record is on disk (it waits up to `commit_ms` plus one sync). Fewer
-    /// syncs under load than `always`, for a little latency.
+    /// Group commit: the writer syncs at most once every `commit_ms` (at
+    /// once when the last sync is older); a call is answered after its
+    /// record is on disk (it waits up to `commit_ms` plus one sync). Under
+    /// load, fewer syncs than `always` for some latency.
     #[default]
     Batch,
     /// Records go to the OS as the writer gets to them; calls do not wait.

@@ -198,7 +198,12 @@ impl Trail {
             written: Vec::new(),
             early: BinaryHeap::new(),
             unsynced_since: None,
-            last_retention: Instant::now() - Duration::from_secs(3600),
+            last_sync: Instant::now()
+                .checked_sub(Duration::from_secs(1))
+                .unwrap_or_else(Instant::now),
+            last_retention: Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or_else(Instant::now),
         };
         let handle = std::thread::Builder::new()
             .name("dome-audit".into())
@@ -420,6 +425,7 @@ struct Writer {
     /// Durable tickets above the watermark (pushed out of order).
     early: BinaryHeap<Reverse<u64>>,
     unsynced_since: Option<Instant>,
+    last_sync: Instant,
     last_retention: Instant,
 }
 
@@ -448,9 +454,11 @@ impl Writer {
             }
             let due = match settings.fsync {
                 Fsync::Always => self.unsynced_since.is_some(),
-                Fsync::Batch => self
-                    .unsynced_since
-                    .is_some_and(|t| t.elapsed() >= settings.commit),
+                // Group commit: at most one sync per `commit`; a record
+                // written after a quiet spell is synced at once.
+                Fsync::Batch => {
+                    self.unsynced_since.is_some() && self.last_sync.elapsed() >= settings.commit
+                }
                 Fsync::Off => false,
             };
             if due || (settings.fsync == Fsync::Off && !self.written.is_empty()) {
@@ -478,13 +486,21 @@ impl Writer {
                 // Sleep until the next push (or the commit deadline, or a
                 // periodic look at rotation and retention).
                 let timeout = match (settings.fsync, self.unsynced_since) {
-                    (Fsync::Batch, Some(t)) => settings.commit.saturating_sub(t.elapsed()),
+                    (Fsync::Batch, Some(_)) => {
+                        settings.commit.saturating_sub(self.last_sync.elapsed())
+                    }
+                    (Fsync::Off, _) => settings.commit,
                     _ => Duration::from_millis(200),
                 };
-                // With a commit pending in batch mode, pushes need not wake
-                // the writer: it comes back at the deadline anyway.
-                let wake_on_push =
-                    !(settings.fsync == Fsync::Batch && self.unsynced_since.is_some());
+                // Only a call that waits for its record needs the writer
+                // woken: with a commit pending in batch mode it comes back
+                // at the deadline anyway, and with fsync off nobody waits
+                // (it drains every `commit`, sparing a wake-up per call).
+                let wake_on_push = match settings.fsync {
+                    Fsync::Always => true,
+                    Fsync::Batch => self.unsynced_since.is_none(),
+                    Fsync::Off => false,
+                };
                 if wake_on_push {
                     self.trail.idle.store(true, Ordering::SeqCst);
                 }
@@ -573,6 +589,7 @@ impl Writer {
                 std::thread::sleep(Duration::from_millis(500));
             }
             self.recovered();
+            self.last_sync = Instant::now();
             self.trail.counters.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.unsynced_since = None;

@@ -372,6 +372,8 @@ struct Tally {
     method: &'static str,
     rpc_error: Option<i64>,
     parse: Option<std::time::Duration>,
+    auth: Option<std::time::Duration>,
+    policy: Option<std::time::Duration>,
     /// (upstream, tool, time to the upstream's answer).
     upstream: Option<(String, String, std::time::Duration)>,
     /// The request body's size.
@@ -789,6 +791,8 @@ impl Gateway {
             rpc_error: tally.rpc_error,
             total: start.elapsed(),
             parse: tally.parse,
+            auth: tally.auth,
+            policy: tally.policy,
             upstream: tally
                 .upstream
                 .as_ref()
@@ -888,7 +892,11 @@ impl Gateway {
                 source,
                 intent,
                 arrived: Some(arrived),
-                auth_ns: arrived.elapsed().as_nanos() as u64,
+                auth_ns: {
+                    let took = arrived.elapsed();
+                    let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
+                    took.as_nanos() as u64
+                },
                 trace: req
                     .headers()
                     .get("traceparent")
@@ -1861,7 +1869,9 @@ impl Gateway {
     ) -> Result<Option<Redaction>, Refusal> {
         let started = Instant::now();
         let result = self.decide_inner(kind, tool, args_text, upstream, caller, intent, call);
-        call.phase_ns[audit_phase::POLICY] = started.elapsed().as_nanos() as u64;
+        let took = started.elapsed();
+        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
+        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
         result
     }
 

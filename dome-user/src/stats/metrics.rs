@@ -15,8 +15,7 @@ use std::{
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
-/// Request phases timed on the path (the identity and policy issues add
-/// `auth` and `policy`).
+/// Request phases timed on the path.
 pub mod phase {
     pub const PARSE: &str = "parse";
     pub const AUTH: &str = "auth";
@@ -52,6 +51,8 @@ pub struct RequestRecord<'a> {
     pub rpc_error: Option<i64>,
     pub total: Duration,
     pub parse: Option<Duration>,
+    pub auth: Option<Duration>,
+    pub policy: Option<Duration>,
     /// (upstream, tool, time to the upstream's answer).
     pub upstream: Option<(&'a str, &'a str, Duration)>,
 }
@@ -120,11 +121,14 @@ impl Metrics {
                 s.phases.entry(phase::TOTAL).or_insert_with(new_histogram),
                 r.total,
             );
-            if let Some(d) = r.parse {
-                record(
-                    s.phases.entry(phase::PARSE).or_insert_with(new_histogram),
-                    d,
-                );
+            for (name, d) in [
+                (phase::PARSE, r.parse),
+                (phase::AUTH, r.auth),
+                (phase::POLICY, r.policy),
+            ] {
+                if let Some(d) = d {
+                    record(s.phases.entry(name).or_insert_with(new_histogram), d);
+                }
             }
             if let Some((upstream, tool, d)) = r.upstream {
                 record(
