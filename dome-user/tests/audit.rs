@@ -544,7 +544,7 @@ fn a_full_ring_refuses_calls_closed_or_drops_them_counted() {
     let answered = results.iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(refused.len() + answered, 24, "{results:?}");
     assert!(refused.len() >= 8, "{} refused", refused.len());
-    assert!(answered >= 1 && answered <= 16, "{answered} answered");
+    assert!((1..=16).contains(&answered), "{answered} answered");
     let (_, v) = refused[0];
     assert_eq!(v["error"]["code"], -32006, "{v}");
     assert!(
