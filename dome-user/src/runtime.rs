@@ -176,6 +176,7 @@ fn identity_for(
         kernel_budget: config.xdp.default_budget,
         required: config.auth.required,
         resource,
+        rule_budgets: current.rule_budgets.clone(),
         audit: {
             // Durability, limits and retention apply live.
             current
@@ -507,6 +508,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             tier: tier.clone(),
             kernel_budget: config.xdp.default_budget,
             audit: audit.clone(),
+            rule_budgets: Default::default(),
         },
     )
     .map_err(anyhow::Error::msg)

@@ -435,3 +435,45 @@ fn resources_are_judged_by_kind_and_name() {
     assert_eq!(status, 403, "{v}");
     assert_eq!(v["error"]["code"], -32005, "{v}");
 }
+
+#[test]
+fn a_rules_budget_replaces_the_configured_one() {
+    let policy = r#"
+[[rule]]
+id = "echo-twice"
+effect = "allow"
+[rule.when]
+tool = "echo"
+[rule.obligations]
+budget = { calls_per_s = 0.001, burst = 2 }
+
+[[rule]]
+id = "slow-unbudgeted"
+effect = "allow"
+[rule.when]
+tool = "slow"
+"#;
+    let (_demo, dome, _) = start_with("policy-budget", &[], policy);
+    let echo = call("echo", json!({"message": "hi"}), None);
+    for _ in 0..2 {
+        let (status, v) = post(&dome, SALES, "tools/call", "echo", &echo);
+        assert_eq!(status, 200, "{v}");
+    }
+    let (status, v) = post(&dome, SALES, "tools/call", "echo", &echo);
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], -32004, "{v}");
+    // Per agent: another agent has its own two calls.
+    let (status, v) = post(&dome, SUPPORT, "tools/call", "echo", &echo);
+    assert_eq!(status, 200, "{v}");
+    // Tools the rule does not allow keep their configured budget (none).
+    for _ in 0..4 {
+        let (status, v) = post(
+            &dome,
+            SALES,
+            "tools/call",
+            "slow",
+            &call("slow", json!({"steps": 1, "delay_ms": 1}), None),
+        );
+        assert_eq!(status, 200, "{v}");
+    }
+}

@@ -3,6 +3,7 @@
 //! argument (nanoseconds on any monotonic scale), which is how the tests
 //! drive it.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -176,5 +177,42 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(ok.load(Ordering::Relaxed), 1000);
+    }
+}
+
+/// Budgets a policy rule sets for the calls it allows (its `budget`
+/// obligation): one bucket per agent × tool, made on the first call and
+/// kept across reloads while the rule's rate stays the same. Readers take
+/// no lock (a snapshot behind `ArcSwap`); only making a new bucket does.
+#[derive(Default)]
+pub struct RuleBudgets {
+    map: arc_swap::ArcSwap<
+        std::collections::HashMap<String, std::collections::HashMap<String, Arc<Bucket>>>,
+    >,
+    making: std::sync::Mutex<()>,
+}
+
+impl RuleBudgets {
+    /// The bucket for `agent` calling `tool` at `rate`.
+    pub fn bucket(&self, agent: &str, tool: &str, rate: Rate) -> Arc<Bucket> {
+        if let Some(b) = self.map.load().get(agent).and_then(|m| m.get(tool))
+            && b.rate() == rate
+        {
+            return b.clone();
+        }
+        let _one_at_a_time = self.making.lock().expect("rule budgets lock");
+        let current = self.map.load_full();
+        if let Some(b) = current.get(agent).and_then(|m| m.get(tool))
+            && b.rate() == rate
+        {
+            return b.clone();
+        }
+        let bucket = Arc::new(Bucket::new(rate));
+        let mut next = (*current).clone();
+        next.entry(agent.to_string())
+            .or_default()
+            .insert(tool.to_string(), bucket.clone());
+        self.map.store(Arc::new(next));
+        bucket
     }
 }

@@ -334,6 +334,17 @@ pub struct Identity {
     pub shadow: Option<Arc<crate::policy::compile::Policy>>,
     /// Where every call's record goes.
     pub audit: Arc<crate::audit::Trail>,
+    /// Budgets set by policy rules (their `budget` obligation).
+    pub rule_budgets: Arc<crate::identity::budget::RuleBudgets>,
+}
+
+/// What an allowing decision asks of the call.
+#[derive(Default)]
+struct Allowed {
+    /// Redaction of the result.
+    redaction: Option<Redaction>,
+    /// The rule's budget for this agent × tool, instead of the configured one.
+    budget: Option<crate::identity::budget::Rate>,
 }
 
 /// Shadow decisions that differed from the active policy's, since start.
@@ -1840,7 +1851,7 @@ impl Gateway {
         e: &Envelope,
         intent: Option<&str>,
         call: &mut Call,
-    ) -> Result<Option<Redaction>, Refusal> {
+    ) -> Result<Allowed, Refusal> {
         self.decide_kind(
             "tool",
             tool,
@@ -1866,7 +1877,7 @@ impl Gateway {
         caller: Option<&Caller>,
         intent: Option<&str>,
         call: &mut Call,
-    ) -> Result<Option<Redaction>, Refusal> {
+    ) -> Result<Allowed, Refusal> {
         let started = Instant::now();
         let result = self.decide_inner(kind, tool, args_text, upstream, caller, intent, call);
         let took = started.elapsed();
@@ -1885,7 +1896,7 @@ impl Gateway {
         caller: Option<&Caller>,
         intent: Option<&str>,
         call: &mut Call,
-    ) -> Result<Option<Redaction>, Refusal> {
+    ) -> Result<Allowed, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
             args_text.and_then(|a| serde_json::from_str(a).ok())
@@ -1940,10 +1951,13 @@ impl Gateway {
                 {
                     call.args = Some(logged_args(text, redactor.map(|r| &**r)));
                 }
-                Ok(redactor.map(|r| Redaction {
-                    redactor: r.clone(),
-                    schema: self.output_schema(tool),
-                }))
+                Ok(Allowed {
+                    redaction: redactor.map(|r| Redaction {
+                        redactor: r.clone(),
+                        schema: self.output_schema(tool),
+                    }),
+                    budget: obligations.budget,
+                })
             }
             crate::policy::compile::Decision::Deny { rule, reason } => {
                 tracing::debug!(tool, rule = ?rule, "policy denied a call");
@@ -2047,14 +2061,20 @@ impl Gateway {
         // Phase: decide.
         let intent = intent_of(e);
         call.intent = intent.clone();
-        let redaction =
+        let Allowed { redaction, budget } =
             self.decide(name, &upstream, caller.as_ref(), e, intent.as_deref(), call)?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
+            // The allowing rule's budget replaces the configured one.
+            let by_rule =
+                budget.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
             // Most specific first; no allocation on this path.
             let named: [(&str, Option<&crate::identity::budget::Bucket>); 3] = [
-                ("agent x tool", b.tools.get(name)),
+                (
+                    "agent x tool",
+                    by_rule.as_deref().or_else(|| b.tools.get(name)),
+                ),
                 ("agent", b.agent.as_ref()),
                 ("tenant", c.tenant.budget.as_deref()),
             ];
