@@ -434,6 +434,84 @@ fn resources_are_judged_by_kind_and_name() {
     let (status, v) = post(&dome, SALES, "resources/read", "demo://counter", &read);
     assert_eq!(status, 403, "{v}");
     assert_eq!(v["error"]["code"], -32005, "{v}");
+
+    // A subscription is a standing read: judged the same way. Session era:
+    for (key, allowed) in [(SUPPORT, true), (SALES, false)] {
+        let v = subscribe_in_session(&dome, key, "demo://counter");
+        if allowed {
+            assert!(v.get("result").is_some(), "{v}");
+        } else {
+            assert_eq!(v["error"]["code"], -32005, "{v}");
+        }
+    }
+    // Stateless era: a URI the caller may not read is left out of the
+    // filter Dome acknowledges.
+    for (key, allowed) in [(SUPPORT, true), (SALES, false)] {
+        let ack = listen_ack(&dome, key, "demo://counter");
+        let uris = &ack["params"]["notifications"]["resourceSubscriptions"];
+        let honored = uris
+            .as_array()
+            .is_some_and(|a| a.iter().any(|u| u == "demo://counter"));
+        assert_eq!(honored, allowed, "{ack}");
+    }
+}
+
+/// `initialize`, then `resources/subscribe` to `uri` in that session.
+fn subscribe_in_session(dome: &Dome, key: &str, uri: &str) -> Value {
+    let auth = format!("Bearer {key}");
+    let base = [
+        ("Accept", "application/json, text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "policy-test", "version": "1"}}})
+    .to_string();
+    let (status, headers, _) = http(dome.mcp, "POST", "/mcp", &base, &init);
+    assert_eq!(status, 200);
+    let sid = header(&headers, "mcp-session-id").unwrap().to_string();
+    let mut with_session = base.to_vec();
+    with_session.push(("Mcp-Session-Id", &sid));
+    with_session.push(("MCP-Protocol-Version", "2025-11-25"));
+    let sub = json!({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+        "params": {"uri": uri}})
+    .to_string();
+    let (status, _, text) = http(dome.mcp, "POST", "/mcp", &with_session, &sub);
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Opens `subscriptions/listen` for `uri` and returns the acknowledgement
+/// (the stream's first event), then closes the stream.
+fn listen_ack(dome: &Dome, key: &str, uri: &str) -> Value {
+    use std::io::{BufRead, Write};
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "subscriptions/listen", "params": {
+        "notifications": {"resourceSubscriptions": [uri]},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(dome.mcp).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: dome\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: subscriptions/listen\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(s);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            return serde_json::from_str(data).unwrap();
+        }
+    }
 }
 
 #[test]

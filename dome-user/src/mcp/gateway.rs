@@ -2507,6 +2507,38 @@ impl Gateway {
     /// `resources/subscribe` and `unsubscribe` of a session: recorded per
     /// session; the upstream is asked only for the first subscriber of a URI
     /// and told when the last one leaves (see `Upstream::want`).
+    /// Whether policy lets `caller` read resource `uri`: a subscription is
+    /// a standing read, judged like one (the denial's reason otherwise).
+    fn may_read(
+        &self,
+        uri: &str,
+        upstream: Option<&Upstream>,
+        caller: Option<&Caller>,
+        intent: Option<&str>,
+    ) -> Result<(), String> {
+        let req = policy_request(
+            caller,
+            "resource",
+            uri,
+            upstream.map(|u| u.name()),
+            intent,
+            None,
+        );
+        match self.identity.policy.decide(&req) {
+            crate::policy::compile::Decision::Allow { obligations, .. }
+                if obligations.require_intent && intent.is_none() =>
+            {
+                Err(format!(
+                    "denied: this resource needs a stated intent (params._meta[\"{INTENT_META}\"])"
+                ))
+            }
+            crate::policy::compile::Decision::Allow { .. } => Ok(()),
+            crate::policy::compile::Decision::Deny { reason, .. } => {
+                Err(format!("denied: {reason}"))
+            }
+        }
+    }
+
     async fn subscribe(
         &self,
         session: &Arc<Session>,
@@ -2539,6 +2571,16 @@ impl Gateway {
                 ),
             );
         };
+        if on
+            && let Err(reason) = self.may_read(
+                &uri,
+                Some(&upstream),
+                session.caller.as_ref(),
+                intent_of(e).as_deref(),
+            )
+        {
+            return (StatusCode::OK, rpc_error(&id, code::POLICY_DENIED, reason));
+        }
         if !self.sessions.subscribe(&uri, &session.id, on) {
             // Already subscribed (or not subscribed): nothing changes.
             return ok;
@@ -2622,11 +2664,22 @@ impl Gateway {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
                 .unwrap_or_default();
+            let caller = current_caller();
+            let intent = intent_of(e);
             for uri in uris {
+                let upstream = self.resource_upstream(uri).await;
+                // Policy first: a URI the caller may not read is left out
+                // of the filter Dome acknowledges.
+                if let Err(reason) =
+                    self.may_read(uri, upstream.as_deref(), caller.as_ref(), intent.as_deref())
+                {
+                    tracing::debug!(uri, reason, "resource subscription denied by policy");
+                    continue;
+                }
                 // Like a subscription to a URI no upstream serves, one the
                 // upstream refuses is honored and never fires.
                 filter.uris.insert(uri.to_string());
-                if let Some(u) = self.resource_upstream(uri).await {
+                if let Some(u) = upstream {
                     match u.want(uri, true).await {
                         Ok(Some(a)) if a.get("result").is_none() => {
                             tracing::debug!(upstream = %u.name(), uri, answer = %a, "resource subscription refused");
