@@ -555,3 +555,26 @@ tool = "slow"
         assert_eq!(status, 200, "{v}");
     }
 }
+
+#[test]
+fn argument_paths_the_tools_schema_cannot_hold_are_reported() {
+    let policy = r#"
+[[rule]]
+id = "echo-typo"
+effect = "allow"
+[rule.when]
+tool = "echo"
+args = [{ path = "/mesage", op = "max_len", max = 10 }]
+"#;
+    let (_demo, dome, _) = start_with("policy-schema", &[], policy);
+    let warnings = dome.stats_json()["policy_warnings"].clone();
+    let w = warnings.as_array().unwrap();
+    assert_eq!(w.len(), 1, "{warnings}");
+    let line = w[0].as_str().unwrap();
+    assert!(
+        line.contains("echo-typo") && line.contains("/mesage") && line.contains("message"),
+        "{line}"
+    );
+    let log = std::fs::read_to_string(dome.config.with_extension("log")).unwrap();
+    assert!(log.contains("/mesage"), "logged at activation");
+}

@@ -352,6 +352,9 @@ pub static SHADOW_DISAGREEMENTS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
 /// Calls the shadow policy judged, since start.
 pub static SHADOW_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Policy argument paths the tools' input schemas cannot hold (refreshed
+/// with the tool catalog; shown on `/stats`).
+pub static SCHEMA_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 impl Identity {
     /// Where the protected-resource metadata is (RFC 9728): the well-known
@@ -692,7 +695,32 @@ impl Gateway {
         let previous = self.current(kind);
         let cat = Arc::new(catalog::build(kind, &self.upstreams, &previous).await);
         self.catalogs[kind.index()].store(cat.clone());
+        if kind == Kind::Tools {
+            self.check_argument_paths(&cat);
+        }
         cat
+    }
+
+    /// Checks the policy's argument paths against the tools' published
+    /// `inputSchema`s; logs what is new and keeps the list for `/stats`.
+    fn check_argument_paths(&self, tools: &Catalog) {
+        let policy = &self.identity.policy;
+        if !policy.reads_args {
+            SCHEMA_WARNINGS.lock().expect("schema warnings").clear();
+            return;
+        }
+        let found: Vec<String> = tools
+            .items
+            .iter()
+            .flat_map(|t| {
+                policy.schema_warnings(t["name"].as_str().unwrap_or_default(), &t["inputSchema"])
+            })
+            .collect();
+        let mut known = SCHEMA_WARNINGS.lock().expect("schema warnings");
+        for w in found.iter().filter(|w| !known.contains(w)) {
+            tracing::warn!(policy = %policy.version, "{w}");
+        }
+        *known = found;
     }
 
     /// Lists every kind again; returns how many items of each.

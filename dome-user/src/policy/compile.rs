@@ -218,6 +218,42 @@ struct CRule {
     redactor: Option<std::sync::Arc<super::redact::Redactor>>,
 }
 
+/// Why `schema` cannot hold a value at `tokens` (a JSON pointer's parts),
+/// or `None` when it can or does not say. Only what the schema states
+/// counts: `properties` without `additionalProperties` allowing more,
+/// `items` of arrays.
+fn schema_gap(schema: &Value, tokens: &[String]) -> Option<String> {
+    let Some((t, rest)) = tokens.split_first() else {
+        return None;
+    };
+    if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        if let Some(sub) = props.get(t.as_str()) {
+            return schema_gap(sub, rest);
+        }
+        return match schema.get("additionalProperties") {
+            Some(Value::Bool(false)) => Some(format!("`{t}` is not one of its properties")),
+            Some(extra @ Value::Object(_)) => schema_gap(extra, rest),
+            // Open to more: a typo is likely but not certain.
+            _ if schema.get("type") == Some(&Value::String("object".into())) => Some(format!(
+                "`{t}` is not among its properties ({})",
+                props
+                    .keys()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            _ => None,
+        };
+    }
+    if let Some(items) = schema.get("items") {
+        return match t.parse::<usize>() {
+            Ok(_) => schema_gap(items, rest),
+            Err(_) => Some(format!("`{t}` indexes an array")),
+        };
+    }
+    None
+}
+
 /// A compiled policy set.
 #[derive(Debug, Default)]
 pub struct Policy {
@@ -320,6 +356,37 @@ impl CRule {
 }
 
 impl Policy {
+    /// Argument conditions of rules that apply to `tool` (by name or glob)
+    /// at paths its published `inputSchema` cannot hold: one line each,
+    /// naming the rule, the path and why. Upstreams publish schemas at run
+    /// time, so these are warnings, not compile errors.
+    pub fn schema_warnings(&self, tool: &str, input_schema: &Value) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.rules {
+            let names_tool = r
+                .tools
+                .as_ref()
+                .is_some_and(|t| t.iter().any(|g| g.matches(tool)));
+            let kind_ok = r
+                .kinds
+                .as_ref()
+                .is_none_or(|k| k.iter().any(|k| k == "tool"));
+            if !names_tool || !kind_ok {
+                continue;
+            }
+            for a in &r.args {
+                if let Some(why) = schema_gap(input_schema, &a.at.0) {
+                    out.push(format!(
+                        "rule `{}`: argument path /{} of tool `{tool}`: {why}",
+                        r.id,
+                        a.at.0.join("/")
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Decides a call. Deny overrides; default deny.
     pub fn decide<'p>(&'p self, r: &Request<'_>) -> Decision<'p> {
         let exact: &[u32] = self.by_tool.get(r.tool).map_or(&[], Vec::as_slice);

@@ -380,3 +380,52 @@ fn compiled_tables_agree_with_the_reference_interpreter() {
     // The generator exercises both outcomes.
     assert!(decisions[0] > 300 && decisions[1] > 300, "{decisions:?}");
 }
+
+#[test]
+fn argument_paths_are_checked_against_input_schemas() {
+    let text = r#"
+[[rule]]
+id = "typo"
+effect = "allow"
+[rule.when]
+tool = "echo"
+args = [{ path = "/mesage", op = "max_len", max = 10 }, { path = "/message", op = "present" }]
+
+[[rule]]
+id = "nested"
+effect = "allow"
+[rule.when]
+tool = "order_*"
+args = [{ path = "/items/0/sku", op = "present" }, { path = "/items/x", op = "present" }, { path = "/meta/anything", op = "present" }]
+
+[[rule]]
+id = "other-kind"
+effect = "allow"
+[rule.when]
+kind = "prompt"
+tool = "echo"
+args = [{ path = "/nothing", op = "present" }]
+"#;
+    let p = compile(&[("s.toml".into(), text.into())]).unwrap();
+    let echo = json!({"type": "object", "properties": {"message": {"type": "string"}}});
+    let w = p.schema_warnings("echo", &echo);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("rule `typo`") && w[0].contains("/mesage"),
+        "{w:?}"
+    );
+    assert!(w[0].contains("message"), "names what the schema has: {w:?}");
+
+    let order = json!({"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "object", "properties": {"sku": {"type": "string"}}, "additionalProperties": false}},
+        "meta": {"type": "object", "additionalProperties": {"type": "string"}}}});
+    let w = p.schema_warnings("order_create", &order);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("/items/x") && w[0].contains("indexes an array"),
+        "{w:?}"
+    );
+    // No schema to speak of: nothing to say; a tool no rule names: nothing.
+    assert!(p.schema_warnings("echo", &json!({})).is_empty());
+    assert!(p.schema_warnings("records", &echo).is_empty());
+}
