@@ -223,9 +223,7 @@ struct CRule {
 /// counts: `properties` without `additionalProperties` allowing more,
 /// `items` of arrays.
 fn schema_gap(schema: &Value, tokens: &[String]) -> Option<String> {
-    let Some((t, rest)) = tokens.split_first() else {
-        return None;
-    };
+    let (t, rest) = tokens.split_first()?;
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         if let Some(sub) = props.get(t.as_str()) {
             return schema_gap(sub, rest);
