@@ -35,13 +35,16 @@ pub struct Call {
     pub session: Option<String>,
     pub source: Option<IpAddr>,
     pub trace_id: Option<String>,
-    pub call_id: Option<String>,
+    /// The call id (the assertion's `jti`): random, written as 16 hex digits.
+    pub call_id: u64,
     pub intent: Option<String>,
     pub args_digest: [u8; 32],
     pub args: Option<String>,
     pub decision: Decision,
     pub rule: Option<String>,
-    pub policy_version: Option<String>,
+    /// The policy in force when the call was judged (its version goes in
+    /// the record; held, not copied).
+    pub policy: Option<Arc<crate::policy::compile::Policy>>,
     pub status: Option<i32>,
     pub outcome: Option<Outcome>,
     pub reason: Option<String>,
@@ -69,13 +72,13 @@ impl Call {
             session: None,
             source: None,
             trace_id: None,
-            call_id: None,
+            call_id: rand::random(),
             intent: None,
             args_digest: [0; 32],
             args: None,
             decision: Decision::Error,
             rule: None,
-            policy_version: None,
+            policy: None,
             status: None,
             outcome: None,
             reason: None,
@@ -85,6 +88,16 @@ impl Call {
             bytes_out: 0,
             rpc_id: None,
         }
+    }
+
+    /// The call id as the assertion and the record write it.
+    pub fn call_id_hex(&self) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = HEX[((self.call_id >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        out
     }
 
     /// SHA-256 of the arguments' JSON text as received.
@@ -130,6 +143,7 @@ impl Call {
             None => 0,
         };
         let outcome = self.outcome.unwrap_or(Outcome::Unknown);
+        let call_id = self.call_id_hex();
         let (tenant, agent, user) = match &self.caller {
             Some(c) => (
                 c.agent.tenant.as_str(),
@@ -140,7 +154,7 @@ impl Call {
         };
         let record = Record {
             time_us: self.time_us,
-            call_id: self.call_id.as_deref().unwrap_or(""),
+            call_id: std::str::from_utf8(&call_id).unwrap_or(""),
             trace_id: self.trace_id.as_deref().unwrap_or(""),
             node: trail.node(),
             tenant,
@@ -156,7 +170,7 @@ impl Call {
             args: self.args.as_deref().unwrap_or(""),
             decision: self.decision as u8,
             rule: self.rule.as_deref().unwrap_or(""),
-            policy_version: self.policy_version.as_deref().unwrap_or(""),
+            policy_version: self.policy.as_ref().map_or("", |p| p.version.as_str()),
             status: self.status.unwrap_or(0),
             outcome: outcome as u8,
             reason: self.reason.as_deref().unwrap_or(""),

@@ -539,3 +539,15 @@ fn segments_rotate_by_age_and_retire_by_total_size() {
     assert_eq!(report.last_seq, Some(30));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn call_ids_are_sixteen_hex_digits() {
+    let mut c = super::Call::new(None, Kind::Tool, std::time::Instant::now(), 0);
+    for id in [0u64, 1, 0xdead_beef, u64::MAX, 0x0123_4567_89ab_cdef] {
+        c.call_id = id;
+        assert_eq!(
+            std::str::from_utf8(&c.call_id_hex()).unwrap(),
+            format!("{id:016x}")
+        );
+    }
+}

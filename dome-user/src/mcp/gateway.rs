@@ -1634,8 +1634,7 @@ impl Gateway {
                 .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
                 .and_then(|t| trace_id(&t))
         });
-        call.call_id = Some(format!("{:016x}", rand::random::<u64>()));
-        call.policy_version = Some(self.identity.policy.version.clone());
+        call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
         call.phase_ns[audit_phase::AUTH] = ctx.auth_ns;
         let _ = TALLY.try_with(|t| {
@@ -2007,7 +2006,8 @@ impl Gateway {
     ) -> Result<String, (i64, String)> {
         let signer = &self.identity.signer;
         let now = crate::clock::unix_s();
-        let call_id = call.call_id.as_deref().unwrap_or_default();
+        let call_id = call.call_id_hex();
+        let call_id = std::str::from_utf8(&call_id).unwrap_or_default();
         let claims = crate::identity::assertion::Claims {
             iss: "dome",
             aud: upstream.name(),
