@@ -154,7 +154,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 std::hint::spin_loop();
             };
-            last = trail.commit(slot, black_box(&record(i as u64)));
+            last = trail.commit(slot, black_box(&record(i as u64))).unwrap();
         }
         let ns = t.elapsed().as_nanos() as f64 / ROUND as f64;
         // Between rounds (untimed): let the writer catch up.
@@ -226,7 +226,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 std::thread::yield_now();
             };
-            last = trail.commit(slot, &record(i as u64));
+            last = trail.commit(slot, &record(i as u64)).unwrap();
         }
         rt.block_on(trail.durable(last))
             .map_err(|u| anyhow::anyhow!(u.0))?;

@@ -179,7 +179,7 @@ impl Call {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
         };
-        let ticket = trail.commit(slot, &record);
+        let ticket = trail.commit(slot, &record)?;
         Some((trail, ticket))
     }
 

@@ -198,9 +198,20 @@ pub fn scan(
         let mut at = segment::HEADER;
         hits.clear();
         while at < buf.len() {
-            let Ok(f) = frame::read(&buf, at) else {
-                out.unreadable += 1;
-                break;
+            let f = match frame::read(&buf, at) {
+                Ok(f) => f,
+                Err(_) => {
+                    // Damage (or a record being written): read on from the
+                    // next good frame, if any.
+                    out.unreadable += 1;
+                    match segment::next_frame(&buf, at + frame::ALIGN) {
+                        Some(next) => {
+                            at = next;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
             };
             at = f.next;
             out.records_scanned += 1;

@@ -210,6 +210,32 @@ impl Index {
     }
 }
 
+/// The first frame at or after `from` (at a 16-byte boundary) that reads
+/// whole with a good CRC: past damage, where reading can pick up again.
+pub fn next_frame(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from.div_ceil(frame::ALIGN) * frame::ALIGN;
+    while at + frame::HEADER <= buf.len() {
+        if buf[at..at + 4] == frame::MAGIC && frame::read(buf, at).is_ok() {
+            return Some(at);
+        }
+        at += frame::ALIGN;
+    }
+    None
+}
+
+/// The last good frame at or after `from`: (its sequence number + 1, its
+/// hash), or `None` when nothing good follows (a torn tail).
+fn last_good_after(buf: &[u8], from: usize) -> Option<(u64, Hash)> {
+    let mut found = None;
+    let mut at = from;
+    while let Some(start) = next_frame(buf, at) {
+        let f = frame::read(buf, start).ok()?;
+        found = Some((f.header.seq + 1, f.hash()));
+        at = f.next;
+    }
+    found
+}
+
 /// What start-up recovery found at the end of the newest segment.
 #[derive(Debug, Default)]
 pub struct Tail {
@@ -225,6 +251,10 @@ pub struct Tail {
     pub index: Index,
     /// The newest segment's size after recovery.
     pub len: u64,
+    /// Damage that is not a torn write (good records follow it): the
+    /// segment is left as it is, for `verify` to name, and the trail goes
+    /// on in a new segment after the last good record.
+    pub damaged: Option<String>,
     pub created_us: u64,
 }
 
@@ -247,6 +277,13 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
     match good_header {
         Ok((created, _)) => tail.created_us = created,
         Err(why) => {
+            if let Some((next, head)) = last_good_after(&buf, HEADER) {
+                tail.damaged = Some(format!("segment header: {why}"));
+                tail.next_seq = tail.next_seq.max(next);
+                tail.head = head;
+                tail.len = buf.len() as u64;
+                return Ok(tail);
+            }
             // A header torn at creation: nothing after it was written.
             let mut f = std::fs::OpenOptions::new().write(true).open(&seg.path)?;
             f.set_len(0)?;
@@ -292,6 +329,20 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
         tail.next_seq = f.header.seq + 1;
         at = f.next;
         first = false;
+    }
+    if at < buf.len()
+        && let Some((next, head)) = last_good_after(&buf, at + frame::ALIGN)
+    {
+        // Good records after the bad spot: damage, not a torn write. Cutting
+        // would destroy them (and the evidence).
+        tail.damaged = Some(format!(
+            "at byte {at}: {}",
+            tail.removed_why.take().unwrap_or_default()
+        ));
+        tail.next_seq = tail.next_seq.max(next);
+        tail.head = head;
+        tail.len = buf.len() as u64;
+        return Ok(tail);
     }
     if at < buf.len() {
         tail.removed_bytes = (buf.len() - at) as u64;

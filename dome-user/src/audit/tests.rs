@@ -64,7 +64,7 @@ fn write(d: &std::path::Path, n: u64, segment_bytes: u64) {
         for i in 0..n {
             let slot = t.reserve().await.unwrap().unwrap();
             let intent = format!("intent number {i}");
-            last = t.commit(slot, &record(i, &intent));
+            last = t.commit(slot, &record(i, &intent)).unwrap();
         }
         t.durable(last).await.unwrap();
     });
@@ -381,7 +381,7 @@ fn durable_waits_for_the_sync_and_off_does_not() {
         let t = Trail::open(&d, 64, "n".into(), s).unwrap();
         rt.block_on(async {
             let slot = t.reserve().await.unwrap().unwrap();
-            let ticket = t.commit(slot, &record(0, "x"));
+            let ticket = t.commit(slot, &record(0, "x")).unwrap();
             let start = std::time::Instant::now();
             t.durable(ticket).await.unwrap();
             if mode != Fsync::Off {
@@ -395,7 +395,7 @@ fn durable_waits_for_the_sync_and_off_does_not() {
                 // (at most one sync per interval).
                 assert!(start.elapsed() < Duration::from_millis(15), "{mode:?}");
                 let slot = t.reserve().await.unwrap().unwrap();
-                let ticket = t.commit(slot, &record(1, "y"));
+                let ticket = t.commit(slot, &record(1, "y")).unwrap();
                 let start = std::time::Instant::now();
                 t.durable(ticket).await.unwrap();
                 assert!(start.elapsed() >= Duration::from_millis(10), "{mode:?}");
@@ -466,7 +466,7 @@ fn retention_retires_the_oldest_sealed_segments() {
         let mut last = 0;
         for i in 0..300 {
             let slot = t.reserve().await.unwrap().unwrap();
-            last = t.commit(slot, &record(i, "old"));
+            last = t.commit(slot, &record(i, "old")).unwrap();
         }
         t.durable(last).await.unwrap();
         // The writer looks at retention every 10 s.
@@ -508,7 +508,7 @@ fn segments_rotate_by_age_and_retire_by_total_size() {
             let mut last = 0;
             for i in 0..5 {
                 let slot = t.reserve().await.unwrap().unwrap();
-                last = t.commit(slot, &record(burst * 5 + i, "aging"));
+                last = t.commit(slot, &record(burst * 5 + i, "aging")).unwrap();
             }
             t.durable(last).await.unwrap();
             tokio::time::sleep(Duration::from_millis(150)).await;
@@ -550,4 +550,31 @@ fn call_ids_are_sixteen_hex_digits() {
             format!("{id:016x}")
         );
     }
+}
+
+#[test]
+fn damage_inside_the_newest_segment_is_kept_not_cut() {
+    let d = dir("damage");
+    write(&d, 20, 64 << 20);
+    let seg = segment::list(&d).unwrap().remove(0);
+    let spans = frames(&seg.path);
+    let mut b = std::fs::read(&seg.path).unwrap();
+    // A flipped byte in record 8: good records follow, so no torn write.
+    b[spans[7].0 + 100] ^= 0x01;
+    std::fs::write(&seg.path, &b).unwrap();
+
+    write(&d, 5, 64 << 20);
+    // The damaged segment is untouched; the trail went on in a new one.
+    assert_eq!(std::fs::read(&seg.path).unwrap(), b);
+    let segs = segment::list(&d).unwrap();
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    assert_eq!(segs[1].first_seq, 21);
+    // Verify names the damage …
+    let p = query::verify(&d).unwrap().problem.expect("named");
+    assert_eq!(p.seq, 8, "{p}");
+    // … and a query reads around it: 24 of 25 records.
+    let got = all(&d, &Filter::default());
+    assert_eq!(got.len(), 24);
+    assert!(got.iter().all(|(s, _)| *s != 8));
+    let _ = std::fs::remove_dir_all(&d);
 }

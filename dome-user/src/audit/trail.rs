@@ -131,31 +131,51 @@ impl Trail {
                     _ => None,
                 };
                 let tail = segment::recover(last, expected)?;
-                if tail.removed_bytes > 0 {
-                    tracing::warn!(
+                if let Some(why) = &tail.damaged {
+                    tracing::error!(
                         segment = %last.path.display(),
-                        removed_bytes = tail.removed_bytes,
-                        why = tail.removed_why.as_deref().unwrap_or("-"),
-                        kept_through = tail.next_seq.saturating_sub(1),
-                        "audit recovery cut a torn tail from the newest segment"
-                    );
-                } else {
-                    tracing::info!(
-                        segment = %last.path.display(),
+                        damage = %why,
                         next_seq = tail.next_seq,
-                        "audit trail recovered cleanly"
+                        "the newest audit segment is damaged (good records follow the damage, so this is no torn write): it is left as it is for `dome audit verify`; the trail goes on in a new segment"
                     );
+                    let now = crate::clock::unix_us();
+                    let (seg, f) = segment::create(dir, tail.next_seq, now)?;
+                    (
+                        seg,
+                        f,
+                        tail.next_seq,
+                        tail.head,
+                        Index::new(),
+                        segment::HEADER as u64,
+                        now,
+                    )
+                } else {
+                    if tail.removed_bytes > 0 {
+                        tracing::warn!(
+                            segment = %last.path.display(),
+                            removed_bytes = tail.removed_bytes,
+                            why = tail.removed_why.as_deref().unwrap_or("-"),
+                            kept_through = tail.next_seq.saturating_sub(1),
+                            "audit recovery cut a torn tail from the newest segment"
+                        );
+                    } else {
+                        tracing::info!(
+                            segment = %last.path.display(),
+                            next_seq = tail.next_seq,
+                            "audit trail recovered cleanly"
+                        );
+                    }
+                    let f = segment::open_append(last, tail.len)?;
+                    (
+                        last.clone(),
+                        f,
+                        tail.next_seq,
+                        tail.head,
+                        tail.index,
+                        tail.len,
+                        tail.created_us,
+                    )
                 }
-                let f = segment::open_append(last, tail.len)?;
-                (
-                    last.clone(),
-                    f,
-                    tail.next_seq,
-                    tail.head,
-                    tail.index,
-                    tail.len,
-                    tail.created_us,
-                )
             }
         };
         let ring = ring.max(16);
@@ -285,12 +305,18 @@ impl Trail {
     /// Encodes `record` and queues it for the writer. Returns its ticket
     /// (see [`Trail::durable`]). Allocates only when the buffer pool is
     /// empty (at start, or after a burst).
-    pub fn commit(&self, mut slot: Slot, record: &Record<'_>) -> u64 {
+    pub fn commit(&self, mut slot: Slot, record: &Record<'_>) -> Option<u64> {
         let buf = self
             .pool
             .pop()
             .unwrap_or_else(|| AlignedVec::with_capacity(1024));
         let buf = encode(record, buf);
+        if buf.is_empty() {
+            // Not encodable (logged by `encode`): nothing to write, nothing
+            // to wait for; the slot goes back when `slot` drops.
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
         slot.used = true;
         let ticket = self.tickets.fetch_add(1, Ordering::AcqRel);
         let entry = Entry {
@@ -310,7 +336,7 @@ impl Trail {
         {
             h.thread().unpark();
         }
-        ticket
+        Some(ticket)
     }
 
     /// Waits until the record with `ticket` is durable per the mode
