@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
 use rkyv::util::AlignedVec;
 
 use super::config::{Fsync, OnFull, Settings};
@@ -59,12 +60,15 @@ pub struct Trail {
     pool: ArrayQueue<AlignedVec>,
     /// Reservations outstanding plus records in the ring: never above the
     /// ring's capacity, so a reserved record's push cannot fail.
-    reserved: AtomicUsize,
-    tickets: AtomicU64,
-    durable: AtomicU64,
+    // Each on its own cache line: the request path writes the first two,
+    // the writer the third, and sharing a line would make every push and
+    // every publish fight over it.
+    reserved: CachePadded<AtomicUsize>,
+    tickets: CachePadded<AtomicU64>,
+    durable: CachePadded<AtomicU64>,
     notify: tokio::sync::Notify,
     /// The writer sleeps and wants a wake-up on the next push.
-    idle: AtomicBool,
+    idle: CachePadded<AtomicBool>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: AtomicBool,
     /// The writer cannot write (disk full, I/O error): calls fail closed.
@@ -188,11 +192,11 @@ impl Trail {
             // (a fresh buffer, freed on the writer's thread, costs several
             // times the whole enqueue). It holds no more than a full ring.
             pool: ArrayQueue::new(ring),
-            reserved: AtomicUsize::new(0),
-            tickets: AtomicU64::new(0),
-            durable: AtomicU64::new(0),
+            reserved: CachePadded::new(AtomicUsize::new(0)),
+            tickets: CachePadded::new(AtomicU64::new(0)),
+            durable: CachePadded::new(AtomicU64::new(0)),
             notify: tokio::sync::Notify::new(),
-            idle: AtomicBool::new(false),
+            idle: CachePadded::new(AtomicBool::new(false)),
             writer: std::sync::Mutex::new(None),
             stop: AtomicBool::new(false),
             failing: AtomicBool::new(false),
