@@ -207,6 +207,25 @@ fn client_input_works_across_eras() {
             assert_eq!(seen["asked"], json!(["Which colour?"]), "{case}: {seen}");
             assert_eq!(seen["text"], "fence painted teal", "{case}: {seen}");
             assert_eq!(seen["is_error"], false, "{case}: {seen}");
+            // The trail has the call: waiting for input, then answered.
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
+                .args([
+                    "audit", "query", "--format", "jsonl", "--tool", "paint", "--config",
+                ])
+                .arg(&dome.config)
+                .output()
+                .unwrap();
+            let outcomes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].to_string()
+                })
+                .collect();
+            assert!(
+                outcomes.iter().any(|o| o == "\"input_required\"")
+                    && outcomes.last().is_some_and(|o| o == "\"ok\""),
+                "{case}: {outcomes:?}"
+            );
         }
     }
 }

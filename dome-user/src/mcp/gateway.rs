@@ -430,10 +430,20 @@ fn with_call(f: impl FnOnce(&mut Call)) {
     });
 }
 
-/// A result's `isError`, from its JSON text (a quote inside a JSON string
-/// is escaped, so this key can only be a key).
-fn is_tool_error(text: &str) -> bool {
-    text.contains("\"isError\":true") || text.contains("\"isError\": true")
+/// How a result ended, from its JSON text, when not plainly: the tool's
+/// `isError`, or the upstream waiting for the caller's input (a quote inside
+/// a JSON string is escaped, so these keys can only be keys).
+fn result_outcome(text: &str) -> Option<crate::audit::record::Outcome> {
+    use crate::audit::record::Outcome;
+    if text.contains("\"isError\":true") || text.contains("\"isError\": true") {
+        Some(Outcome::ToolError)
+    } else if text.contains("\"resultType\":\"input_required\"")
+        || text.contains("\"resultType\": \"input_required\"")
+    {
+        Some(Outcome::InputRequired)
+    } else {
+        None
+    }
 }
 
 tokio::task_local! {
@@ -1588,10 +1598,8 @@ impl Gateway {
                     method,
                 ) {
                     Ok((status, text, _)) => {
-                        if is_tool_error(&text) {
-                            with_call(|c| {
-                                c.outcome = Some(crate::audit::record::Outcome::ToolError)
-                            });
+                        if let Some(o) = result_outcome(&text) {
+                            with_call(|c| c.outcome = Some(o));
                         }
                         (status, serde_json::from_str(&text).unwrap_or_default())
                     }
@@ -1617,17 +1625,28 @@ impl Gateway {
             message: u.0,
             retry_after_ms: None,
         })?;
-        let ctx = CTX.try_with(|c| c.clone()).unwrap_or_default();
+        // What the record needs of the request (not all of it: no intent copy).
+        let (caller, source, arrived, auth_ns, trace) = CTX
+            .try_with(|c| {
+                (
+                    c.caller.clone(),
+                    c.source,
+                    c.arrived,
+                    c.auth_ns,
+                    c.trace.clone(),
+                )
+            })
+            .unwrap_or_default();
         let mut call = Call::new(
             slot,
             kind,
-            ctx.arrived.unwrap_or_else(Instant::now),
+            arrived.unwrap_or_else(Instant::now),
             crate::clock::unix_us(),
         );
-        call.caller = session.and_then(|s| s.caller.clone()).or(ctx.caller);
-        call.source = ctx.source;
+        call.caller = session.and_then(|s| s.caller.clone()).or(caller);
+        call.source = source;
         call.session = session.map(|s| s.id.clone());
-        call.trace_id = ctx.trace.or_else(|| {
+        call.trace_id = trace.or_else(|| {
             e.meta_entries
                 .iter()
                 .find(|(k, _)| k == "traceparent")
@@ -1636,7 +1655,7 @@ impl Gateway {
         });
         call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
-        call.phase_ns[audit_phase::AUTH] = ctx.auth_ns;
+        call.phase_ns[audit_phase::AUTH] = auth_ns;
         let _ = TALLY.try_with(|t| {
             let t = t.borrow();
             call.bytes_in = t.bytes_in;
@@ -2237,6 +2256,7 @@ impl Gateway {
                 {
                     // A stateless upstream wants input this session-era
                     // client gives by answering requests on the stream.
+                    with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
                     let (tx, rx) = tokio::sync::mpsc::channel(16);
                     let (gw, s, e) = (self.clone(), s.clone(), e.clone());
                     tokio::spawn(async move { gw.fulfil(s, e, id, first, tx).await });
@@ -2246,10 +2266,8 @@ impl Gateway {
                     let reply = redacted(reply, redaction.as_ref());
                     return match readdress(era, &upstream, &id, reply, method) {
                         Ok((status, text, code)) => {
-                            if is_tool_error(&text) {
-                                with_call(|c| {
-                                    c.outcome = Some(crate::audit::record::Outcome::ToolError)
-                                });
+                            if let Some(o) = result_outcome(&text) {
+                                with_call(|c| c.outcome = Some(o));
                             }
                             raw_json_response(status, text, code)
                         }
@@ -2461,10 +2479,18 @@ impl Gateway {
                     .extra_params
                     .push(("requestState".into(), state.to_string()));
             }
-            let (upstream, reply, redaction) = match self.forward_call(&again, Some(&session)).await
-            {
+            // Each round is a call upstream with a record of its own, kept
+            // here (this task answers outside any request).
+            let (forwarded, mut record) = TALLY
+                .scope(std::cell::RefCell::new(Tally::default()), async {
+                    let r = self.forward_call(&again, Some(&session)).await;
+                    (r, unstash())
+                })
+                .await;
+            let (upstream, reply, redaction) = match forwarded {
                 Ok((u, r, _, red)) => (u, r, red),
                 Err(r) => {
+                    drop(record);
                     send(r.to_rpc(&id)).await;
                     return;
                 }
@@ -2519,14 +2545,32 @@ impl Gateway {
                 }),
             };
             if super::input::is_input_required(&last) {
+                if let Some(c) = record.as_mut() {
+                    c.outcome = Some(crate::audit::record::Outcome::InputRequired);
+                }
                 result = last["result"].clone();
                 continue;
             }
             let mut last = last;
-            if let Some(r) = &redaction {
-                r.apply(&mut last);
+            let counts = redaction.as_ref().map(|r| r.apply(&mut last));
+            last["id"] = id.clone();
+            if let Some(mut c) = record.take() {
+                use crate::audit::record::Outcome;
+                if let Some(counts) = &counts {
+                    c.add_redactions(counts);
+                }
+                match last["error"]["code"].as_i64() {
+                    Some(code) => c.failed(code, last["error"]["message"].as_str().unwrap_or("")),
+                    None if last["result"]["isError"] == true => {
+                        c.outcome = Some(Outcome::ToolError)
+                    }
+                    None => c.outcome = Some(Outcome::Ok),
+                }
+                // The answer leaves only once its record is durable.
+                if let Err(u) = c.finish().await {
+                    last = rpc_error(&id, code::AUDIT_UNAVAILABLE, u.0);
+                }
             }
-            last["id"] = id;
             send(last).await;
             return;
         }
@@ -3036,6 +3080,9 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                             }
                             None if v["result"]["isError"] == true => {
                                 c.outcome = Some(Outcome::ToolError)
+                            }
+                            None if super::input::is_input_required(&v) => {
+                                c.outcome = Some(Outcome::InputRequired)
                             }
                             None => c.outcome = Some(Outcome::Ok),
                         }
