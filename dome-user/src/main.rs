@@ -126,13 +126,20 @@ enum AuditCmd {
     },
 }
 
-/// The audit folder: `--dir`, else the one the config names.
+/// The audit folder: `--dir`, else the one the config names. It must
+/// exist (a mistyped folder is not an empty, verified trail).
 fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
-    if let Some(d) = dir {
-        return Ok(d);
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let cfg = dome::config::load(config).map_err(|e| e.to_string())?;
+            dome::runtime::audit_dir(&cfg, config)
+        }
+    };
+    if !dir.is_dir() {
+        return Err(format!("{}: no audit trail there", dir.display()));
     }
-    let cfg = dome::config::load(config).map_err(|e| e.to_string())?;
-    Ok(dome::runtime::audit_dir(&cfg, config))
+    Ok(dir)
 }
 
 fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {

@@ -314,6 +314,10 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     let (code, _, err) = audit_cli(&dome, &["query", "--decision", "maybe"]);
     assert_eq!(code, 2);
     assert!(err.contains("decision `maybe`"), "{err}");
+    // … and so is a folder with no trail in it.
+    let (code, _, err) = audit_cli(&dome, &["verify", "--dir", "/nonexistent/audit"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no audit trail"), "{err}");
     // … and from the admin API, streamed.
     let admin = admin_addr(&dome);
     let auth = format!("Bearer {ADMIN}");
