@@ -375,7 +375,7 @@ fn durable_waits_for_the_sync_and_off_does_not() {
         let d = dir(&format!("durable-{mode:?}"));
         let s = Settings {
             fsync: mode,
-            commit: Duration::from_millis(20),
+            commit: Duration::from_millis(300),
             ..settings(64 << 20)
         };
         let t = Trail::open(&d, 64, "n".into(), s).unwrap();
@@ -393,12 +393,12 @@ fn durable_waits_for_the_sync_and_off_does_not() {
                 // After a quiet spell a record is synced at once; the next
                 // one, right behind it, waits for the commit interval
                 // (at most one sync per interval).
-                assert!(start.elapsed() < Duration::from_millis(15), "{mode:?}");
+                assert!(start.elapsed() < Duration::from_millis(150), "{mode:?}");
                 let slot = t.reserve().await.unwrap().unwrap();
                 let ticket = t.commit(slot, &record(1, "y")).unwrap();
                 let start = std::time::Instant::now();
                 t.durable(ticket).await.unwrap();
-                assert!(start.elapsed() >= Duration::from_millis(10), "{mode:?}");
+                assert!(start.elapsed() >= Duration::from_millis(150), "{mode:?}");
                 assert_eq!(all(&d, &Filter::default()).len(), 2);
             }
         });
