@@ -231,12 +231,16 @@ fn start_dome(
         policies.join("allow-all.toml"),
         "[[rule]]\nid = \"allow-everything\"\neffect = \"allow\"\n",
     )?;
+    // `BENCH_E2E_WORKERS=N` pins Dome's worker threads (default: one per CPU).
+    let workers = std::env::var("BENCH_E2E_WORKERS")
+        .map(|n| format!("workers = {n}\n"))
+        .unwrap_or_default();
     let data = root.join(format!("target/bench/e2e-data-{fsync}"));
     let _ = std::fs::remove_dir_all(&data);
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"{dome}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
+            "[server]\nlisten = \"{dome}\"\n{workers}[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
              [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n\
              [auth]\nrequired = false\ndata_dir = \"{}\"\n[policy]\ndir = \"e2e-policies\"\n\
              [audit]\nfsync = \"{fsync}\"\n",
