@@ -435,11 +435,14 @@ fn with_call(f: impl FnOnce(&mut Call)) {
 /// a JSON string is escaped, so these keys can only be keys).
 fn result_outcome(text: &str) -> Option<crate::audit::record::Outcome> {
     use crate::audit::record::Outcome;
-    if text.contains("\"isError\":true") || text.contains("\"isError\": true") {
+    // The value after `"key":`, spaces skipped.
+    let after = |key: &str| {
+        text.find(key)
+            .map(|i| text[i + key.len()..].trim_start_matches([' ', ':']))
+    };
+    if after("\"isError\"").is_some_and(|v| v.starts_with("true")) {
         Some(Outcome::ToolError)
-    } else if text.contains("\"resultType\":\"input_required\"")
-        || text.contains("\"resultType\": \"input_required\"")
-    {
+    } else if after("\"resultType\"").is_some_and(|v| v.starts_with("\"input_required\"")) {
         Some(Outcome::InputRequired)
     } else {
         None
@@ -3329,6 +3332,31 @@ mod tests {
         assert_eq!(
             accepts(&headers(&[("accept", "application/json")])),
             (true, false)
+        );
+    }
+
+    #[test]
+    fn outcomes_read_from_result_text() {
+        use crate::audit::record::Outcome;
+        let r = |t: &str| result_outcome(t);
+        assert_eq!(
+            r(r#"{"result":{"content":[],"isError":true}}"#),
+            Some(Outcome::ToolError)
+        );
+        assert_eq!(
+            r(r#"{"result":{"isError": true}}"#),
+            Some(Outcome::ToolError)
+        );
+        assert_eq!(r(r#"{"result":{"isError":false}}"#), None);
+        assert_eq!(
+            r(r#"{"result":{"resultType":"input_required","inputRequests":{}}}"#),
+            Some(Outcome::InputRequired)
+        );
+        assert_eq!(r(r#"{"result":{"resultType":"complete"}}"#), None);
+        // The words inside a string value are not the keys.
+        assert_eq!(
+            r(r#"{"result":{"content":[{"type":"text","text":"{\"isError\":true}"}]}}"#),
+            None
         );
     }
 
