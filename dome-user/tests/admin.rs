@@ -11,10 +11,6 @@ use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "admin-token-for-the-tests";
 
-fn sha(key: &str) -> String {
-    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
-}
-
 /// Runs `dome ARGS --config CONFIG` with the admin token; (success, JSON out).
 fn cli(dome: &Dome, args: &[&str]) -> (bool, Value) {
     let out = Command::new(env!("CARGO_BIN_EXE_dome"))

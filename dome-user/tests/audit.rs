@@ -16,10 +16,6 @@ use serde_json::{Value, json};
 const SUPPORT: &str = "dome_support-bot_key-of-the-support-agent";
 const ADMIN: &str = "admin-token-for-the-audit-test";
 
-fn sha(key: &str) -> String {
-    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
-}
-
 const POLICY: &str = r#"
 [[rule]]
 id = "echo-logged"

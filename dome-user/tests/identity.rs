@@ -12,10 +12,6 @@ const KEY_A: &str = "dome_agent-a_first-agent-key-for-the-tests";
 const KEY_B: &str = "dome_agent-b_second-agent-key-for-the-tests";
 const KEY_ACME_BOT: &str = "dome_acme-bot_an-agent-key-beside-the-tokens";
 
-fn sha(key: &str) -> String {
-    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
-}
-
 /// Dome with tenant `acme` (delegation on), agents A and B, and the demo
 /// upstream; A may call `echo` twice in a burst, then once a minute.
 fn dome_with_agents(name: &str, demo: std::net::SocketAddr) -> Dome {

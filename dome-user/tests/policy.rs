@@ -10,10 +10,6 @@ use serde_json::{Value, json};
 const SUPPORT: &str = "dome_support-bot_key-of-the-support-agent";
 const SALES: &str = "dome_sales-bot_key-of-the-sales-agent";
 
-fn sha(key: &str) -> String {
-    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
-}
-
 const POLICY: &str = r#"
 [[rule]]
 id = "echo-for-acme"

@@ -287,61 +287,34 @@ impl ArchivedRecord<'_> {
 
 /// `2026-11-25T23:51:13.123456Z` from Unix microseconds.
 pub fn rfc3339_us(us: u64) -> String {
-    let secs = (us / 1_000_000) as i64;
-    let (y, m, d, hh, mm, ss) = civil(secs);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:06}Z",
-        us % 1_000_000
-    )
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| t.format(FORMAT).ok())
+        .unwrap_or_default()
 }
 
-/// Unix seconds → (year, month, day, hour, minute, second), proleptic
-/// Gregorian (Howard Hinnant's days-to-civil).
-fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
-/// Unix seconds from `YYYY-MM-DD[THH:MM[:SS]][Z]` (UTC).
+/// Unix seconds from `YYYY-MM-DD[THH:MM[:SS[.frac]]][Z]` (UTC; a space may
+/// stand for the `T`).
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let s = s.trim_end_matches('Z');
-    let (date, time) = s.split_once(['T', ' ']).unwrap_or((s, "00:00:00"));
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.splitn(3, ':');
-    let hh: i64 = t.next()?.parse().ok()?;
-    let mm: i64 = t.next().unwrap_or("0").parse().ok()?;
-    let ss: f64 = t.next().unwrap_or("0").parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 {
-        return None;
-    }
-    // days-from-civil.
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss as i64;
-    u64::try_from(secs).ok()
+    use time::macros::format_description as fd;
+    let s = s.trim_end_matches('Z').replacen(' ', "T", 1);
+    let at = if s.contains('T') {
+        let full: &[time::format_description::BorrowedFormatItem<'_>] =
+            fd!("[year]-[month]-[day]T[hour]:[minute]:[second][optional [.[subsecond]]]");
+        let minutes: &[time::format_description::BorrowedFormatItem<'_>] =
+            fd!("[year]-[month]-[day]T[hour]:[minute]");
+        time::PrimitiveDateTime::parse(&s, full)
+            .or_else(|_| time::PrimitiveDateTime::parse(&s, minutes))
+            .ok()?
+    } else {
+        time::Date::parse(&s, fd!("[year]-[month]-[day]"))
+            .ok()?
+            .midnight()
+    };
+    u64::try_from(at.assume_utc().unix_timestamp()).ok()
 }
 
 #[cfg(test)]

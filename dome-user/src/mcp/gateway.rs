@@ -464,9 +464,8 @@ struct RequestCtx {
     source: Option<std::net::IpAddr>,
     /// The `Dome-Intent` header, when the caller states its intent there.
     intent: Option<String>,
-    /// When the request arrived, and how long authenticating it took.
+    /// When the request arrived.
     arrived: Option<Instant>,
-    auth_ns: u64,
     /// The W3C trace id of the caller's `traceparent`.
     trace: Option<String>,
 }
@@ -933,6 +932,8 @@ impl Gateway {
                 self.bind_kernel(conn, c);
             }
         }
+        let took = arrived.elapsed();
+        let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
         let intent = req
             .headers()
             .get(H_INTENT)
@@ -944,11 +945,6 @@ impl Gateway {
                 source,
                 intent,
                 arrived: Some(arrived),
-                auth_ns: {
-                    let took = arrived.elapsed();
-                    let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
-                    took.as_nanos() as u64
-                },
                 trace: req
                     .headers()
                     .get("traceparent")
@@ -1629,16 +1625,8 @@ impl Gateway {
             retry_after_ms: None,
         })?;
         // What the record needs of the request (not all of it: no intent copy).
-        let (caller, source, arrived, auth_ns, trace) = CTX
-            .try_with(|c| {
-                (
-                    c.caller.clone(),
-                    c.source,
-                    c.arrived,
-                    c.auth_ns,
-                    c.trace.clone(),
-                )
-            })
+        let (caller, source, arrived, trace) = CTX
+            .try_with(|c| (c.caller.clone(), c.source, c.arrived, c.trace.clone()))
             .unwrap_or_default();
         let mut call = Call::new(
             slot,
@@ -1658,11 +1646,11 @@ impl Gateway {
         });
         call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
-        call.phase_ns[audit_phase::AUTH] = auth_ns;
         let _ = TALLY.try_with(|t| {
             let t = t.borrow();
             call.bytes_in = t.bytes_in;
             call.phase_ns[audit_phase::PARSE] = t.parse.map_or(0, |d| d.as_nanos() as u64);
+            call.phase_ns[audit_phase::AUTH] = t.auth.map_or(0, |d| d.as_nanos() as u64);
         });
         Ok(call)
     }
@@ -1890,32 +1878,11 @@ impl Gateway {
             .unwrap_or(Value::Null)
     }
 
-    /// Policy on a tool call: who, which tool of which upstream, with which
-    /// arguments and intent. A denial carries the reason an agent may see.
-    fn decide(
-        &self,
-        tool: &str,
-        upstream: &Upstream,
-        caller: Option<&Caller>,
-        e: &Envelope,
-        intent: Option<&str>,
-        call: &mut Call,
-    ) -> Result<Allowed, Refusal> {
-        self.decide_kind(
-            "tool",
-            tool,
-            e.arguments.as_deref(),
-            upstream,
-            caller,
-            intent,
-            call,
-        )
-    }
-
     /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
-    /// `completion`) naming `name`, with its arguments as JSON text. The
-    /// decision, its rule and the arguments (where the rule says to log
-    /// them) go into the call's record.
+    /// `completion`) naming `tool`, with its arguments as JSON text: who,
+    /// what of which upstream, with which arguments and intent. A denial
+    /// carries the reason an agent may see. The decision, its rule and the
+    /// arguments (where the rule says to log them) go into the call's record.
     #[allow(clippy::too_many_arguments)]
     fn decide_kind(
         &self,
@@ -1928,24 +1895,6 @@ impl Gateway {
         call: &mut Call,
     ) -> Result<Allowed, Refusal> {
         let started = Instant::now();
-        let result = self.decide_inner(kind, tool, args_text, upstream, caller, intent, call);
-        let took = started.elapsed();
-        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
-        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decide_inner(
-        &self,
-        kind: &str,
-        tool: &str,
-        args_text: Option<&str>,
-        upstream: &Upstream,
-        caller: Option<&Caller>,
-        intent: Option<&str>,
-        call: &mut Call,
-    ) -> Result<Allowed, Refusal> {
         let policy = &self.identity.policy;
         let args: Option<Value> = if policy.reads_args {
             args_text.and_then(|a| serde_json::from_str(a).ok())
@@ -1981,6 +1930,9 @@ impl Gateway {
                 );
             }
         }
+        let took = started.elapsed();
+        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
+        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
         match decision {
             crate::policy::compile::Decision::Allow {
                 obligations,
@@ -2111,8 +2063,15 @@ impl Gateway {
         // Phase: decide.
         let intent = intent_of(e);
         call.intent = intent.clone();
-        let Allowed { redaction, budget } =
-            self.decide(name, &upstream, caller.as_ref(), e, intent.as_deref(), call)?;
+        let Allowed { redaction, budget } = self.decide_kind(
+            "tool",
+            name,
+            e.arguments.as_deref(),
+            &upstream,
+            caller.as_ref(),
+            intent.as_deref(),
+            call,
+        )?;
         // Phase: budget.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
@@ -2558,17 +2517,7 @@ impl Gateway {
             let counts = redaction.as_ref().map(|r| r.apply(&mut last));
             last["id"] = id.clone();
             if let Some(mut c) = record.take() {
-                use crate::audit::record::Outcome;
-                if let Some(counts) = &counts {
-                    c.add_redactions(counts);
-                }
-                match last["error"]["code"].as_i64() {
-                    Some(code) => c.failed(code, last["error"]["message"].as_str().unwrap_or("")),
-                    None if last["result"]["isError"] == true => {
-                        c.outcome = Some(Outcome::ToolError)
-                    }
-                    None => c.outcome = Some(Outcome::Ok),
-                }
+                note_final(&mut c, &last, counts.as_ref());
                 // The answer leaves only once its record is durable.
                 if let Err(u) = c.finish().await {
                     last = rpc_error(&id, code::AUDIT_UNAVAILABLE, u.0);
@@ -2830,6 +2779,22 @@ fn redacted(reply: Reply, redaction: Option<&Redaction>) -> Reply {
     Reply::Json(v)
 }
 
+/// Notes a call's final JSON-RPC response in its record: redactions, and
+/// how it ended (error code, the tool's `isError`, waiting for input, or a
+/// result).
+fn note_final(c: &mut Call, v: &Value, counts: Option<&crate::policy::redact::Counts>) {
+    use crate::audit::record::Outcome;
+    if let Some(counts) = counts {
+        c.add_redactions(counts);
+    }
+    match v["error"]["code"].as_i64() {
+        Some(code) => c.failed(code, v["error"]["message"].as_str().unwrap_or("")),
+        None if v["result"]["isError"] == true => c.outcome = Some(Outcome::ToolError),
+        None if super::input::is_input_required(v) => c.outcome = Some(Outcome::InputRequired),
+        None => c.outcome = Some(Outcome::Ok),
+    }
+}
+
 /// Arguments as the audit record logs them: with the rule's redactions,
 /// or every built-in detector when the rule has none (values a policy
 /// did not think of stay out of the trail too).
@@ -3073,22 +3038,7 @@ fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> R
                         v["result"]["resultType"] = "complete".into();
                     }
                     if let Some(mut c) = call.take() {
-                        use crate::audit::record::Outcome;
-                        if let Some(counts) = &counts {
-                            c.add_redactions(counts);
-                        }
-                        match v["error"]["code"].as_i64() {
-                            Some(code) => {
-                                c.failed(code, v["error"]["message"].as_str().unwrap_or(""))
-                            }
-                            None if v["result"]["isError"] == true => {
-                                c.outcome = Some(Outcome::ToolError)
-                            }
-                            None if super::input::is_input_required(&v) => {
-                                c.outcome = Some(Outcome::InputRequired)
-                            }
-                            None => c.outcome = Some(Outcome::Ok),
-                        }
+                        note_final(&mut c, &v, counts.as_ref());
                         let text = v.to_string();
                         c.bytes_out = bytes_out + text.len() as u64;
                         // The answer leaves only once its record is durable.

@@ -5,13 +5,11 @@
 
 pub mod metrics;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
 use crate::xdp::{EventStats, KernelTier, XdpStatus};
 
@@ -144,29 +142,9 @@ pub async fn serve(
     addr: SocketAddr,
     state: Arc<StatsState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        loop {
-            let (stream, _) = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "stats listener accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let state = state.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let resp = respond(&state, &req);
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok((local, task))
+    crate::transport::serve_http1(addr, "stats", move |req| {
+        let resp = respond(&state, &req);
+        std::future::ready(resp)
+    })
+    .await
 }

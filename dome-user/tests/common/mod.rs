@@ -177,6 +177,11 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// The SHA-256 (hex) of an API key or token, as the config stores it.
+pub fn sha(key: &str) -> String {
+    dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
+}
+
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
