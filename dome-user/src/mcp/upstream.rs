@@ -798,7 +798,8 @@ pub struct CallParts<'a> {
     pub assertion: Option<(&'a header::HeaderName, &'a str)>,
 }
 
-/// The JSON text of a `tools/call` request.
+/// The JSON text of a `tools/call` request, written straight into one
+/// buffer: the caller's arguments and `_meta` values are already JSON text.
 pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>) -> String {
     let CallParts {
         name,
@@ -809,52 +810,78 @@ pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>)
         ..
     } = *call;
     use std::fmt::Write as _;
-    let mut b = String::with_capacity(128 + arguments.map_or(0, str::len));
+    let mut b = String::with_capacity(256 + arguments.map_or(0, str::len));
     let _ = write!(
         b,
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":"
     );
-    b.push_str(&Value::String(name.to_string()).to_string());
+    push_json_str(&mut b, name);
     if let Some(a) = arguments {
         b.push_str(",\"arguments\":");
         b.push_str(a);
     }
     for (k, v) in extra {
         b.push(',');
-        b.push_str(&Value::String(k.clone()).to_string());
+        push_json_str(&mut b, k);
         b.push(':');
         b.push_str(v);
     }
-    let mut entries: Vec<(&str, String)> =
-        meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-    if let Some(v) = stateless_version {
-        entries.push((
-            protocol::META_PROTOCOL_VERSION,
-            Value::String(v.to_string()).to_string(),
-        ));
-        entries.push((
-            protocol::META_CLIENT_CAPABILITIES,
-            client_capabilities.unwrap_or("{}").to_string(),
-        ));
-        entries.push((
-            protocol::META_CLIENT_INFO,
-            json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")}).to_string(),
-        ));
+    if meta.is_empty() && stateless_version.is_none() {
+        b.push_str("}}");
+        return b;
     }
-    if !entries.is_empty() {
-        b.push_str(",\"_meta\":{");
-        for (i, (k, v)) in entries.iter().enumerate() {
-            if i > 0 {
-                b.push(',');
-            }
-            b.push_str(&Value::String((*k).to_string()).to_string());
-            b.push(':');
-            b.push_str(v);
+    b.push_str(",\"_meta\":{");
+    for (i, (k, v)) in meta.iter().enumerate() {
+        if i > 0 {
+            b.push(',');
         }
-        b.push('}');
+        push_json_str(&mut b, k);
+        b.push(':');
+        b.push_str(v);
     }
-    b.push_str("}}");
+    if let Some(v) = stateless_version {
+        if !meta.is_empty() {
+            b.push(',');
+        }
+        push_json_str(&mut b, protocol::META_PROTOCOL_VERSION);
+        b.push(':');
+        push_json_str(&mut b, v);
+        b.push(',');
+        push_json_str(&mut b, protocol::META_CLIENT_CAPABILITIES);
+        b.push(':');
+        b.push_str(client_capabilities.unwrap_or("{}"));
+        b.push(',');
+        b.push_str(client_info_entry());
+    }
+    b.push_str("}}}");
     b
+}
+
+/// `"…/clientInfo":{"name":"dome","version":…}`, made once.
+fn client_info_entry() -> &'static str {
+    static ENTRY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ENTRY.get_or_init(|| {
+        let mut e = String::new();
+        push_json_str(&mut e, protocol::META_CLIENT_INFO);
+        e.push(':');
+        e.push_str(&json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")}).to_string());
+        e
+    })
+}
+
+/// `s` as a JSON string literal, appended to `out` (no intermediate value).
+pub fn push_json_str(out: &mut String, s: &str) {
+    // Plain names (the common case) need no escaping.
+    if s.bytes()
+        .all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f)
+    {
+        out.reserve(s.len() + 2);
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&Value::String(s.to_string()).to_string());
+    }
 }
 
 fn stateless_meta(version: &str) -> Value {
@@ -872,12 +899,12 @@ fn finish(
     status: StatusCode,
 ) -> Result<(Reply, u64), UpstreamError> {
     match (&reply, status) {
+        (_, s) if s.is_success() => Ok((reply, id)),
         // JSON-RPC errors come with 4xx in the stateless era: still a reply.
         (Reply::Raw(b), _) if ResponseParts::of(b).is_some() => Ok((reply, id)),
         (Reply::Json(v), _) if v.get("error").is_some() || v.get("result").is_some() => {
             Ok((reply, id))
         }
-        (_, s) if s.is_success() => Ok((reply, id)),
         (_, s) => Err(UpstreamError::Status(name.into(), s.as_u16())),
     }
 }
@@ -1074,5 +1101,27 @@ mod tests {
             plain,
             json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
         );
+        // `_meta` from the caller only (session-era upstream), and the era's
+        // entries only (no caller `_meta`).
+        let no_era = CallParts {
+            client_capabilities: None,
+            ..call
+        };
+        let v: Value = serde_json::from_str(&call_body(2, &no_era, None)).unwrap();
+        assert_eq!(v["params"]["_meta"], json!({"progressToken": "t"}));
+        let only_era = CallParts { meta: &[], ..call };
+        let v: Value = serde_json::from_str(&call_body(3, &only_era, Some("2026-07-28"))).unwrap();
+        let m = v["params"]["_meta"].as_object().unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[protocol::META_CLIENT_INFO]["name"], "dome");
+    }
+
+    #[test]
+    fn json_strings_are_escaped_only_when_needed() {
+        for s in ["echo", "a\"b", "back\\slash", "tab\there", "é", "\u{7f}"] {
+            let mut out = String::new();
+            push_json_str(&mut out, s);
+            assert_eq!(serde_json::from_str::<String>(&out).unwrap(), s, "{out}");
+        }
     }
 }
