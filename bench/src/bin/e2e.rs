@@ -248,12 +248,17 @@ fn start_dome(
         ),
     )?;
     let proc = Kill(
-        Command::new(root.join("target/release/dome"))
-            .arg("--config")
-            .arg(&config)
-            .env("DOME_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()?,
+        // `BENCH_E2E_DOME=path` runs another build (e.g. one with frame
+        // pointers, for a profile).
+        Command::new(
+            std::env::var_os("BENCH_E2E_DOME")
+                .map_or_else(|| root.join("target/release/dome"), PathBuf::from),
+        )
+        .arg("--config")
+        .arg(&config)
+        .env("DOME_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()?,
     );
     wait_port(dome)?;
     Ok((proc, dome))
@@ -316,6 +321,25 @@ async fn compare(
     }))
 }
 
+/// The floor proxy's figures, with the relay's CPU under the name `proxy`.
+fn floor_summary(run: &serde_json::Value) -> serde_json::Value {
+    let mut v = run.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("latency_rounds");
+        let cpu = &mut m["cpu_us_per_call"]["through_dome"];
+        if let Some(c) = cpu.as_object_mut()
+            && let Some(x) = c.remove("dome")
+        {
+            c.insert("proxy".into(), x);
+        }
+        m.insert(
+            "what".into(),
+            "Dome's transport stack (thread per core, hyper auto server, pooled hyper-util client, mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
+        );
+    }
+    v
+}
+
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
@@ -333,28 +357,52 @@ fn main() -> anyhow::Result<()> {
     // The gateway's own cost: every call still recorded, the answer not
     // held for the disk (`fsync = "off"`).
     let (dome_off, addr) = start_dome(&root, upstream, "off")?;
-    let gateway = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_off.0.id()]))?;
+    let mut gateway = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_off.0.id()]))?;
     drop(dome_off);
-    // The default: every call answered once its record is on disk (group
-    // commit, at most one sync every 2 ms).
-    let (dome_batch, addr) = start_dome(&root, upstream, "batch")?;
-    let durable = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_batch.0.id()]))?;
-    drop(dome_batch);
-    // Sync as soon as anything is written (records arriving meanwhile share
-    // the next sync).
+    // The same relay with none of Dome's work, on Dome's transport stack:
+    // what any gateway built this way can reach on this machine.
+    let floor_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let floor_proc = Kill(
+        Command::new(root.join("target/release/bench-floor-proxy"))
+            .arg(floor_addr.to_string())
+            .arg(format!("http://{upstream}/mcp"))
+            .spawn()?,
+    );
+    wait_port(floor_addr)?;
+    let floor = rt.block_on(compare(
+        upstream,
+        floor_addr,
+        [me, up.0.id(), floor_proc.0.id()],
+    ))?;
+    drop(floor_proc);
+    gateway["floor_proxy"] = floor_summary(&floor);
+    // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floor only, for experiments;
+    // written to e2e-quick.json so the full report stays as it was.
+    if std::env::var_os("BENCH_E2E_QUICK").is_some() {
+        bench::report("e2e-quick", &gateway)?;
+        return Ok(());
+    }
+    // The default: every call answered once its record is on disk, a sync
+    // as soon as anything is written (records arriving meanwhile share the
+    // next).
     let (dome_always, addr) = start_dome(&root, upstream, "always")?;
     let always = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_always.0.id()]))?;
     drop(dome_always);
+    // Group commit bounded to one sync every 2 ms.
+    let (dome_batch, addr) = start_dome(&root, upstream, "batch")?;
+    let batch = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_batch.0.id()]))?;
+    drop(dome_batch);
     let mut report = gateway.clone();
-    report["with_fsync_always"] = always;
     report["audit_fsync"] = "off".into();
-    report["with_durable_audit"] = durable;
-    report["with_durable_audit"]["audit_fsync"] = "batch (commit_ms = 2)".into();
+    report["with_durable_audit"] = always;
+    report["with_durable_audit"]["audit_fsync"] = "always (the default)".into();
+    report["with_fsync_batch"] = batch;
+    report["with_fsync_batch"]["audit_fsync"] = "batch (commit_ms = 2)".into();
     report["connections"] = CONNECTIONS.into();
     report["run_s"] = RUN.as_secs().into();
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over the run after 1 s warm-up; latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with fsync = batch, with_fsync_always with fsync = always".into();
+    report["statistic"] = "rps over the run after 1 s warm-up; latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = always, with_fsync_batch with fsync = batch; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
     bench::report("e2e", &report)?;
     Ok(())
 }
