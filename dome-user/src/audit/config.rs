@@ -11,15 +11,13 @@ use serde::{Deserialize, Serialize};
 pub enum Fsync {
     /// The writer syncs as soon as it has written anything; a call is
     /// answered after its record is on disk. Records that arrive during a
-    /// sync share the next one (group commit without delay). The default:
-    /// it batches by itself under load, so it beats `batch` on latency and,
-    /// unless callers are many, on throughput too (`bench e2e`).
-    #[default]
+    /// sync share the next one (group commit without delay).
     Always,
     /// Group commit: the writer syncs at most once every `commit_ms` (at
     /// once when the last sync is older); a call is answered after its
-    /// record is on disk (it waits up to `commit_ms` plus one sync). For
-    /// disks where the sync rate itself must be bounded.
+    /// record is on disk (it waits up to `commit_ms` plus one sync). Under
+    /// load, fewer syncs than `always` for some latency.
+    #[default]
     Batch,
     /// Records go to the OS as the writer gets to them; calls do not wait.
     /// A crash of Dome can lose what was still in the ring; a crash of the
