@@ -25,7 +25,12 @@ use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 16;
 const WARMUP: Duration = Duration::from_secs(1);
-const RUN: Duration = Duration::from_secs(5);
+const RUN: Duration = Duration::from_secs(3);
+/// Each fixed-rate (latency) round after the warm-up.
+const LATENCY_RUN: Duration = Duration::from_secs(5);
+/// Closed-loop rounds per side (alternating); rps figures are their medians
+/// and the ratio is the median of the rounds' ratios.
+const THROUGHPUT_ROUNDS: usize = 3;
 /// Fixed-rate rounds per side (alternating); latency figures are their medians.
 const LATENCY_ROUNDS: usize = 3;
 
@@ -162,7 +167,7 @@ async fn max_throughput(addr: SocketAddr, watch: &[u32]) -> anyhow::Result<Throu
     })
 }
 
-/// Open loop at `rate` requests/s for `RUN`: latency histogram (µs) from
+/// Open loop at `rate` requests/s for `LATENCY_RUN`: latency histogram (µs) from
 /// each request's intended send time, so a stall is charged to every request
 /// it delayed (no coordinated omission). A dedicated thread paces the sends
 /// with nanosleep (tokio's timer has 1 ms granularity, which would send in
@@ -188,7 +193,7 @@ async fn fixed_rate(addr: SocketAddr, rate: f64) -> anyhow::Result<Histogram<u64
         }));
     }
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = ((WARMUP + RUN).as_secs_f64() * rate) as u64;
+    let total = ((WARMUP + LATENCY_RUN).as_secs_f64() * rate) as u64;
     let warm = (WARMUP.as_secs_f64() * rate) as u64;
     let pacer = std::thread::spawn(move || -> anyhow::Result<()> {
         // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's timer slack.
@@ -272,12 +277,32 @@ async fn compare(
     pids: [u32; 3],
 ) -> anyhow::Result<serde_json::Value> {
     let [me, up_pid, dome_pid] = pids;
-    let direct = max_throughput(upstream, &[me, up_pid]).await?;
-    let through = max_throughput(dome, &[me, up_pid, dome_pid]).await?;
-    let (direct_rps, dome_rps) = (direct.rps, through.rps);
+    // Throughput in alternating rounds too: the host's load drifts over
+    // seconds here, and a ratio of two runs far apart would carry it.
+    let mut direct = Vec::new();
+    let mut through = Vec::new();
+    for _ in 0..THROUGHPUT_ROUNDS {
+        direct.push(max_throughput(upstream, &[me, up_pid]).await?);
+        through.push(max_throughput(dome, &[me, up_pid, dome_pid]).await?);
+    }
+    let med_of = |runs: &[Throughput], f: &dyn Fn(&Throughput) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        bench::median(&mut v)
+    };
+    let direct_rps = med_of(&direct, &|t| t.rps);
+    let dome_rps = med_of(&through, &|t| t.rps);
+    let mut ratios: Vec<f64> = direct
+        .iter()
+        .zip(&through)
+        .map(|(d, t)| t.rps / d.rps)
+        .collect();
+    let ratio = bench::median(&mut ratios);
     let cpu = serde_json::json!({
-        "direct": {"loadgen": direct.cpu_us_per_call[0], "upstream": direct.cpu_us_per_call[1]},
-        "through_dome": {"loadgen": through.cpu_us_per_call[0], "upstream": through.cpu_us_per_call[1], "dome": through.cpu_us_per_call[2]},
+        "direct": {"loadgen": med_of(&direct, &|t| t.cpu_us_per_call[0]),
+                   "upstream": med_of(&direct, &|t| t.cpu_us_per_call[1])},
+        "through_dome": {"loadgen": med_of(&through, &|t| t.cpu_us_per_call[0]),
+                         "upstream": med_of(&through, &|t| t.cpu_us_per_call[1]),
+                         "dome": med_of(&through, &|t| t.cpu_us_per_call[2])},
     });
     // A rate both sustain with room to spare: a fifth of the slower side's maximum.
     let rate = (direct_rps.min(dome_rps) * 0.2).max(100.0);
@@ -308,7 +333,10 @@ async fn compare(
     Ok(serde_json::json!({
         "direct_rps": direct_rps,
         "dome_rps": dome_rps,
-        "dome_vs_direct": dome_rps / direct_rps,
+        "dome_vs_direct": ratio,
+        "throughput_rounds": direct.iter().zip(&through)
+            .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
+            .collect::<Vec<_>>(),
         "fixed_rate_rps": rate,
         "direct_p50_us": med(0, 0.5),
         "direct_p99_us": med(0, 0.99),
@@ -400,9 +428,11 @@ fn main() -> anyhow::Result<()> {
     report["with_fsync_always"]["audit_fsync"] = "always".into();
     report["connections"] = CONNECTIONS.into();
     report["run_s"] = RUN.as_secs().into();
+    report["latency_run_s"] = LATENCY_RUN.as_secs().into();
+    report["throughput_rounds_per_side"] = THROUGHPUT_ROUNDS.into();
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over the run after 1 s warm-up; latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
+    report["statistic"] = "rps over each run after 1 s warm-up, median of alternating rounds (dome_vs_direct: median of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
     bench::report("e2e", &report)?;
     Ok(())
 }

@@ -136,7 +136,9 @@ pub struct Upstream {
     /// One pool per lane (see `workers`): a worker's connections live on
     /// its own runtime and only it uses them.
     clients: Box<[Client<HttpConnector, Full<Bytes>>]>,
-    era: RwLock<Era>,
+    /// Read on every call by every worker: an `ArcSwap`, so reading takes
+    /// no lock and writes no shared cache line.
+    era: arc_swap::ArcSwap<Era>,
     /// What the upstream said it offers (`initialize` or `server/discover`).
     capabilities: RwLock<Value>,
     connecting: tokio::sync::Mutex<()>,
@@ -185,7 +187,7 @@ impl Upstream {
             config,
             uri,
             clients,
-            era: RwLock::new(Era::Unknown),
+            era: arc_swap::ArcSwap::from_pointee(Era::Unknown),
             capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
             sink: std::sync::OnceLock::new(),
@@ -220,7 +222,7 @@ impl Upstream {
         };
         tokio::spawn(async move {
             loop {
-                let current = match &*me.era.read().expect("era") {
+                let current = match &**me.era.load() {
                     Era::Session {
                         id: Some(id),
                         version,
@@ -281,7 +283,7 @@ impl Upstream {
         tokio::spawn(async move {
             loop {
                 let Some(up) = me.upgrade() else { return };
-                if !matches!(*up.era.read().expect("era"), Era::Stateless { .. }) {
+                if !matches!(**up.era.load(), Era::Stateless { .. }) {
                     return;
                 }
                 changed.mark_unchanged();
@@ -344,7 +346,7 @@ impl Upstream {
 
     /// Opens a `subscriptions/listen` stream with the current filter.
     async fn open_listen(&self) -> Result<Response<Incoming>, UpstreamError> {
-        let Era::Stateless { version } = self.era.read().expect("era").clone() else {
+        let Era::Stateless { version } = (**self.era.load()).clone() else {
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 "not a stateless upstream".into(),
@@ -404,7 +406,7 @@ impl Upstream {
             return Ok(None);
         }
         self.ensure_connected().await?;
-        if matches!(*self.era.read().expect("era"), Era::Stateless { .. }) {
+        if matches!(**self.era.load(), Era::Stateless { .. }) {
             self.listen_filter.send_modify(|g| *g += 1);
             return Ok(None);
         }
@@ -446,7 +448,7 @@ impl Upstream {
 
     /// Whether the upstream speaks the stateless era (its results carry `resultType`).
     pub fn speaks_stateless(&self) -> bool {
-        matches!(*self.era.read().expect("era"), Era::Stateless { .. })
+        matches!(**self.era.load(), Era::Stateless { .. })
     }
 
     fn timeout(&self) -> Duration {
@@ -486,11 +488,9 @@ impl Upstream {
     {
         self.ensure_connected().await?;
         let (reply, id, status) = send().await?;
-        if status == StatusCode::NOT_FOUND
-            && matches!(*self.era.read().expect("era"), Era::Session { .. })
-        {
+        if status == StatusCode::NOT_FOUND && matches!(**self.era.load(), Era::Session { .. }) {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
-            *self.era.write().expect("era") = Era::Unknown;
+            self.era.store(Arc::new(Era::Unknown));
             self.ensure_connected().await?;
             let (reply, id, status) = send().await?;
             return finish(self.name(), reply, id, status);
@@ -521,7 +521,7 @@ impl Upstream {
         id: u64,
         call: &CallParts<'_>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
-        let stateless = match &*self.era.read().expect("era") {
+        let stateless = match &**self.era.load() {
             Era::Stateless { version } => Some(version.clone()),
             _ => None,
         };
@@ -570,19 +570,19 @@ impl Upstream {
     }
 
     async fn ensure_connected(&self) -> Result<(), UpstreamError> {
-        if *self.era.read().expect("era") != Era::Unknown {
+        if **self.era.load() != Era::Unknown {
             return Ok(());
         }
         // One connect at a time; whoever waited finds it done.
         let _guard = self.connecting.lock().await;
-        if *self.era.read().expect("era") != Era::Unknown {
+        if **self.era.load() != Era::Unknown {
             return Ok(());
         }
         // The stateless era first: one round trip, no state to keep.
         let discover = json!({"_meta": stateless_meta(protocol::LATEST_STATELESS)});
-        *self.era.write().expect("era") = Era::Stateless {
+        self.era.store(Arc::new(Era::Stateless {
             version: protocol::LATEST_STATELESS.into(),
-        };
+        }));
         if self.config.era != EraSetting::Session
             && let Ok((Reply::Json(v), _, StatusCode::OK)) =
                 self.send("server/discover", discover).await
@@ -599,16 +599,16 @@ impl Upstream {
             return Ok(());
         }
         if self.config.era == EraSetting::Stateless {
-            *self.era.write().expect("era") = Era::Unknown;
+            self.era.store(Arc::new(Era::Unknown));
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 "configured for the stateless era, but server/discover failed".into(),
             ));
         }
-        *self.era.write().expect("era") = Era::Session {
+        self.era.store(Arc::new(Era::Session {
             id: None,
             version: protocol::LATEST_SESSION.into(),
-        };
+        }));
         // Dome relays the upstream's requests to its clients, so it declares
         // what a client may answer; a client that cannot gets an error back.
         let init = json!({
@@ -635,7 +635,7 @@ impl Upstream {
             Reply::Stream(s) => first_response(self.name(), s).await?,
         };
         if !status.is_success() || msg.get("result").is_none() {
-            *self.era.write().expect("era") = Era::Unknown;
+            self.era.store(Arc::new(Era::Unknown));
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 format!("initialize failed (HTTP {status}): {msg}"),
@@ -646,10 +646,10 @@ impl Upstream {
             .unwrap_or(protocol::LATEST_SESSION)
             .to_string();
         *self.capabilities.write().expect("caps") = msg["result"]["capabilities"].clone();
-        *self.era.write().expect("era") = Era::Session {
+        self.era.store(Arc::new(Era::Session {
             id: session.clone(),
             version,
-        };
+        }));
         self.notify_connected("notifications/initialized", json!({}))
             .await?;
         if let Some(sid) = session {
@@ -674,7 +674,7 @@ impl Upstream {
         assertion: Option<(&header::HeaderName, &str)>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Era::Stateless { version } = &*self.era.read().expect("era") {
+        if let Era::Stateless { version } = &**self.era.load() {
             if !params.is_object() {
                 params = json!({});
             }
@@ -721,7 +721,7 @@ impl Upstream {
         let mut b = Request::post(self.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
-        match &*self.era.read().expect("era") {
+        match &**self.era.load() {
             Era::Stateless { version } => {
                 b = b
                     .header(protocol::H_VERSION, version.as_str())
@@ -766,7 +766,7 @@ impl Upstream {
 
     /// Ends the upstream session (session era) on shutdown.
     pub async fn close(&self) {
-        let era = self.era.read().expect("era").clone();
+        let era = (**self.era.load()).clone();
         if let Era::Session {
             id: Some(id),
             version,
