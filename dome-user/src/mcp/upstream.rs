@@ -521,11 +521,11 @@ impl Upstream {
         id: u64,
         call: &CallParts<'_>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
-        let stateless = match &**self.era.load() {
-            Era::Stateless { version } => Some(version.clone()),
-            _ => None,
+        // The era is borrowed for the body only (no copy of its version).
+        let body = match &**self.era.load() {
+            Era::Stateless { version } => call_body(id, call, Some(version)),
+            _ => call_body(id, call, None),
         };
-        let body = call_body(id, call, stateless.as_deref());
         let mut req = self.build_text("tools/call", Some(call.name), Bytes::from(body))?;
         if let Some((h, v)) = call.assertion
             && let Ok(v) = header::HeaderValue::from_str(v)
