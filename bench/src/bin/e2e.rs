@@ -349,11 +349,11 @@ async fn compare(
     }))
 }
 
-/// The floor proxy's figures, with the relay's CPU under the name `proxy`.
+/// The floor proxy's figures (rounds kept: a noisy round shows), with the
+/// relay's CPU under the name `proxy`.
 fn floor_summary(run: &serde_json::Value) -> serde_json::Value {
     let mut v = run.clone();
     if let Some(m) = v.as_object_mut() {
-        m.remove("latency_rounds");
         let cpu = &mut m["cpu_us_per_call"]["through_dome"];
         if let Some(c) = cpu.as_object_mut()
             && let Some(x) = c.remove("dome")
