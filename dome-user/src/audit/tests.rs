@@ -54,10 +54,7 @@ fn record(i: u64, intent: &str) -> Record<'_> {
 
 /// Writes `n` records through a real trail and closes it.
 fn write(d: &std::path::Path, n: u64, segment_bytes: u64) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let t = Trail::open(d, 256, "node-1".into(), settings(segment_bytes)).unwrap();
     rt.block_on(async {
         let mut last = 0;
@@ -79,6 +76,14 @@ fn all(d: &std::path::Path, f: &Filter) -> Vec<(u64, serde_json::Value)> {
     })
     .unwrap();
     out
+}
+
+/// The single-threaded runtime the trail's waits run on in these tests.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
 }
 
 #[test]
@@ -367,10 +372,7 @@ fn recovery_cuts_a_torn_tail_and_keeps_every_whole_record() {
 
 #[test]
 fn durable_waits_for_the_sync_and_off_does_not() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     for mode in [Fsync::Always, Fsync::Batch, Fsync::Off] {
         let d = dir(&format!("durable-{mode:?}"));
         let s = Settings {
@@ -411,10 +413,7 @@ fn durable_waits_for_the_sync_and_off_does_not() {
 
 #[test]
 fn a_full_ring_fails_closed_or_counts_its_drops() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let d = dir("full");
     let t = Trail::open(&d, 16, "n".into(), settings(64 << 20)).unwrap();
     rt.block_on(async {
@@ -453,10 +452,7 @@ fn a_full_ring_fails_closed_or_counts_its_drops() {
 fn retention_retires_the_oldest_sealed_segments() {
     let d = dir("retire");
     // Records from 1970: far past any retention age.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let s = Settings {
         retain_age: Some(Duration::from_secs(86_400)),
         ..settings(8 << 10)
@@ -492,10 +488,7 @@ fn retention_retires_the_oldest_sealed_segments() {
 
 #[test]
 fn segments_rotate_by_age_and_retire_by_total_size() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let d = dir("age-size");
     let s = Settings {
         segment_age: Duration::from_millis(100),

@@ -870,7 +870,7 @@ fn client_info_entry() -> &'static str {
 }
 
 /// `s` as a JSON string literal, appended to `out` (no intermediate value).
-pub fn push_json_str(out: &mut String, s: &str) {
+fn push_json_str(out: &mut String, s: &str) {
     // Plain names (the common case) need no escaping.
     if s.bytes()
         .all(|c| c >= 0x20 && c != b'"' && c != b'\\' && c < 0x7f)
