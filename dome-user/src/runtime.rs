@@ -561,7 +561,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         move |req| {
             // Each request finishes on the gateway current when it arrived.
             let gw = handler_gw.load_full();
-            gw.handle(req)
+            // Boxed once here, so hyper's layers move a pointer rather
+            // than the whole request future.
+            Box::pin(gw.handle(req))
         },
     )
     .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;

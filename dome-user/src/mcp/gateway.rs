@@ -1231,7 +1231,9 @@ impl Gateway {
             Ok(Parsed::One(e)) => e,
             Ok(Parsed::Batch) => {
                 note_method("batch");
-                return self.batch(&bytes, session_id.as_deref()).await;
+                // Cold paths are boxed so the hot path's future (moved on
+                // every call) stays small.
+                return Box::pin(self.batch(&bytes, session_id.as_deref())).await;
             }
             Err(EnvelopeError::Parse(why)) => {
                 self.strike_source("malformed request");
@@ -2194,10 +2196,12 @@ impl Gateway {
             && era == Era::Stateless
             && let Some(token) = super::input::parked_token(&e.extra_params)
         {
-            return self.resume(&token, id, e).await;
+            return Box::pin(self.resume(&token, id, e)).await;
         }
         if method == "tools/call" && sse_ok {
-            match self.forward_call(e, session.as_ref()).await {
+            // Boxed: its future would otherwise be carried (and moved) by
+            // every enclosing layer.
+            match Box::pin(self.forward_call(e, session.as_ref())).await {
                 Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
@@ -2240,15 +2244,16 @@ impl Gateway {
             }
         }
         if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (&session, method) {
-            let (status, v) = self
-                .subscribe(s, method == "resources/subscribe", id, e)
-                .await;
+            let (status, v) =
+                Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
             return json_response(status, &v);
         }
         if method == "subscriptions/listen" && era == Era::Stateless {
-            return self.listen(id, e, sse_ok).await;
+            return Box::pin(self.listen(id, e, sse_ok)).await;
         }
-        let (status, v) = self.answer(era, method, id, e).await;
+        // Boxed: every method but tools/call, so the tools/call future
+        // stays small.
+        let (status, v) = Box::pin(self.answer(era, method, id, e)).await;
         json_response(status, &v)
     }
 }

@@ -486,12 +486,16 @@ impl Upstream {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<(Reply, u64, StatusCode), UpstreamError>> + 'a,
     {
-        self.ensure_connected().await?;
+        // Connecting is the rare path: boxed, so a call's future (moved
+        // on every call) does not carry the handshake's.
+        if **self.era.load() == Era::Unknown {
+            Box::pin(self.ensure_connected()).await?;
+        }
         let (reply, id, status) = send().await?;
         if status == StatusCode::NOT_FOUND && matches!(**self.era.load(), Era::Session { .. }) {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
             self.era.store(Arc::new(Era::Unknown));
-            self.ensure_connected().await?;
+            Box::pin(self.ensure_connected()).await?;
             let (reply, id, status) = send().await?;
             return finish(self.name(), reply, id, status);
         }
