@@ -362,7 +362,7 @@ fn floor_summary(run: &serde_json::Value) -> serde_json::Value {
         }
         m.insert(
             "what".into(),
-            "Dome's transport stack (thread per core, hyper auto server, pooled hyper-util client, mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
+            "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool on hyper's connection API, mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
         );
     }
     v

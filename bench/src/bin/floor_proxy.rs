@@ -2,7 +2,7 @@
 //! built on Dome's transport stack. It is Dome's serving skeleton — one
 //! current-thread runtime per CPU on SO_REUSEPORT listeners
 //! (`dome::workers`), hyper's auto (HTTP/1 + HTTP/2) server, a
-//! per-thread hyper-util pooled client, mimalloc — with none of Dome's work:
+//! per-lane keep-alive pool (`dome::mcp::pool`), mimalloc — with none of Dome's work:
 //! no MCP parsing, identity, policy, audit or filtering. It relays the
 //! body and the MCP headers and returns the upstream's answer.
 //!
@@ -15,10 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
+use dome::mcp::pool::Pool;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
 };
@@ -32,16 +32,12 @@ const CARRIED: [&str; 5] = [
     "mcp-name",
 ];
 
-async fn relay(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    upstream: &hyper::Uri,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+async fn relay(pool: &Pool, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
         return status(400);
     };
-    let mut out = Request::post(upstream.clone());
+    let mut out = Request::post(pool.target().clone());
     for name in CARRIED {
         if let Some(v) = parts.headers.get(name) {
             out = out.header(name, v);
@@ -50,7 +46,7 @@ async fn relay(
     let Ok(out) = out.body(Full::new(body)) else {
         return status(500);
     };
-    let Ok(resp) = client.request(out).await else {
+    let Ok(resp) = pool.send(out).await else {
         return status(502);
     };
     let (parts, body) = resp.into_parts();
@@ -74,16 +70,20 @@ fn main() -> anyhow::Result<()> {
     let listen: SocketAddr = listen.parse()?;
     let upstream: hyper::Uri = upstream.parse()?;
     let workers = dome::workers::configure(0);
+    // As Dome's: one set of connections per worker lane.
+    let pool = std::sync::Arc::new(
+        Pool::new(
+            &upstream,
+            dome::workers::lanes(),
+            64,
+            Duration::from_secs(2),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let listeners = dome::workers::bind(listen, workers)?;
     dome::workers::spawn(listeners, move |listener| {
-        let upstream = upstream.clone();
+        let pool = pool.clone();
         async move {
-            // This thread's own pool, as each Dome worker has.
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(60))
-                .build(connector);
             // Dome's HTTP/1 settings (a header read timeout needs the timer).
             let mut builder = Builder::new(TokioExecutor::new());
             builder
@@ -97,12 +97,11 @@ fn main() -> anyhow::Result<()> {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (client, upstream, builder) =
-                    (client.clone(), upstream.clone(), builder.clone());
+                let (pool, builder) = (pool.clone(), builder.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let (client, upstream) = (client.clone(), upstream.clone());
-                        async move { Ok::<_, Infallible>(relay(&client, &upstream, req).await) }
+                        let pool = pool.clone();
+                        async move { Ok::<_, Infallible>(relay(&pool, req).await) }
                     });
                     let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
                 });

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod envelope;
 pub mod gateway;
 pub mod input;
+pub mod pool;
 pub mod protocol;
 pub mod sse;
 pub mod upstream;

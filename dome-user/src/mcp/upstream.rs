@@ -15,10 +15,6 @@ use std::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode, body::Incoming, header};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -132,10 +128,9 @@ pub type NotificationSink = Arc<dyn Fn(&Value) + Send + Sync>;
 
 pub struct Upstream {
     pub config: UpstreamConfig,
-    uri: hyper::Uri,
-    /// One pool per lane (see `workers`): a worker's connections live on
-    /// its own runtime and only it uses them.
-    clients: Box<[Client<HttpConnector, Full<Bytes>>]>,
+    /// Keep-alive connections, one set per lane (see `workers`): a
+    /// worker's connections live on its own runtime and only it uses them.
+    pool: super::pool::Pool,
     /// Read on every call by every worker: an `ArcSwap`, so reading takes
     /// no lock and writes no shared cache line.
     era: arc_swap::ArcSwap<Era>,
@@ -169,24 +164,17 @@ impl Upstream {
                 config.url
             ));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
-        let lanes = crate::workers::lanes();
         // The idle allowance is the upstream's, shared out over the lanes.
-        let idle = config.max_idle_connections.div_ceil(lanes).max(1);
-        let clients = (0..lanes)
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_max_idle_per_host(idle)
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector.clone())
-            })
-            .collect();
+        let pool = super::pool::Pool::new(
+            &uri,
+            crate::workers::lanes(),
+            config.max_idle_connections,
+            Duration::from_millis(config.connect_timeout_ms),
+        )
+        .map_err(|e| format!("upstream `{}`: {e}", config.name))?;
         Ok(Upstream {
             config,
-            uri,
-            clients,
+            pool,
             era: arc_swap::ArcSwap::from_pointee(Era::Unknown),
             capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
@@ -201,10 +189,6 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
-    }
-
-    fn client(&self) -> &Client<HttpConnector, Full<Bytes>> {
-        &self.clients[crate::workers::lane() % self.clients.len()]
     }
 
     /// Where the upstream's own notifications go (set once; a reused
@@ -229,13 +213,13 @@ impl Upstream {
                     } if *id == session => version.clone(),
                     _ => return,
                 };
-                let req = Request::get(me.uri.clone())
+                let req = Request::get(me.pool.target().clone())
                     .header(header::ACCEPT, "text/event-stream")
                     .header(protocol::H_SESSION, session.as_str())
                     .header(protocol::H_VERSION, current)
                     .body(Full::new(Bytes::new()));
                 let Ok(req) = req else { return };
-                match me.client().request(req).await {
+                match me.pool.send(req).await {
                     Ok(resp) if resp.status() == StatusCode::OK => {
                         let mut body = resp.into_body();
                         let mut parser = super::sse::SseParser::default();
@@ -722,7 +706,7 @@ impl Upstream {
         name: Option<&str>,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        let mut b = Request::post(self.uri.clone())
+        let mut b = Request::post(self.pool.target().clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream");
         match &**self.era.load() {
@@ -758,12 +742,9 @@ impl Upstream {
         let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(UpstreamError::Timeout(self.name().into()));
         };
-        match tokio::time::timeout_at(deadline, self.client().request(req)).await {
+        match tokio::time::timeout_at(deadline, self.pool.send(req)).await {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(
-                self.name().into(),
-                crate::error_chain(&e),
-            )),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(self.name().into(), e)),
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -776,13 +757,12 @@ impl Upstream {
             version,
         } = era
         {
-            let req = Request::delete(self.uri.clone())
+            let req = Request::delete(self.pool.target().clone())
                 .header(protocol::H_SESSION, id)
                 .header(protocol::H_VERSION, version)
                 .body(Full::new(Bytes::new()));
             if let Ok(req) = req {
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), self.client().request(req)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.pool.send(req)).await;
             }
         }
     }
