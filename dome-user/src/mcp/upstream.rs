@@ -706,30 +706,46 @@ impl Upstream {
         name: Option<&str>,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        let mut b = Request::post(self.pool.target().clone())
-            .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json, text/event-stream");
+        use header::{HeaderName, HeaderValue};
+        // Names and fixed values made once: no header parsing per call.
+        const VERSION: HeaderName = HeaderName::from_static(protocol::H_VERSION);
+        const METHOD: HeaderName = HeaderName::from_static(protocol::H_METHOD);
+        const NAME: HeaderName = HeaderName::from_static(protocol::H_NAME);
+        const SESSION: HeaderName = HeaderName::from_static(protocol::H_SESSION);
+        let invalid = |e: header::InvalidHeaderValue| {
+            UpstreamError::Invalid(self.name().into(), format!("bad header value: {e}"))
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = hyper::Method::POST;
+        *req.uri_mut() = self.pool.target().clone();
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
         match &**self.era.load() {
             Era::Stateless { version } => {
-                b = b
-                    .header(protocol::H_VERSION, version.as_str())
-                    .header(protocol::H_METHOD, method);
+                h.insert(VERSION, HeaderValue::from_str(version).map_err(invalid)?);
+                h.insert(METHOD, HeaderValue::from_str(method).map_err(invalid)?);
                 if let Some(n) = name {
-                    b = b.header(protocol::H_NAME, n);
+                    h.insert(NAME, HeaderValue::from_str(n).map_err(invalid)?);
                 }
             }
             Era::Session { id, version } => {
                 if method != "initialize" {
-                    b = b.header(protocol::H_VERSION, version.as_str());
+                    h.insert(VERSION, HeaderValue::from_str(version).map_err(invalid)?);
                 }
                 if let Some(id) = id {
-                    b = b.header(protocol::H_SESSION, id.as_str());
+                    h.insert(SESSION, HeaderValue::from_str(id).map_err(invalid)?);
                 }
             }
             Era::Unknown => {}
         }
-        b.body(Full::new(body))
-            .map_err(|e| UpstreamError::Invalid(self.name().into(), e.to_string()))
+        Ok(req)
     }
 
     async fn exchange(
