@@ -28,10 +28,11 @@ const WARMUP: Duration = Duration::from_secs(1);
 const RUN: Duration = Duration::from_secs(3);
 /// Each fixed-rate (latency) round after the warm-up.
 const LATENCY_RUN: Duration = Duration::from_secs(5);
-/// Closed-loop rounds per side (alternating); rps figures are their medians
-/// and the ratio is the median of the rounds' ratios.
-const THROUGHPUT_ROUNDS: usize = 3;
-/// Fixed-rate rounds per side (alternating); latency figures are their medians.
+/// Closed-loop rounds (each: direct, then every gateway); rps figures are
+/// their medians and ratios the medians of the rounds' ratios.
+const THROUGHPUT_ROUNDS: usize = 5;
+/// Fixed-rate rounds (each: direct and gateway, for every gateway);
+/// latency figures are their medians.
 const LATENCY_ROUNDS: usize = 3;
 
 struct Kill(Child);
@@ -269,84 +270,114 @@ fn start_dome(
     Ok((proc, dome))
 }
 
-/// One side's figures through Dome against the direct baseline: throughput
-/// (closed loop) and latency at a fixed rate both sustain.
+/// A gateway under test: where it listens and its process (for its CPU).
+struct Gateway {
+    addr: SocketAddr,
+    pid: u32,
+}
+
+/// Every gateway's figures against the direct baseline, all measured in the
+/// same rounds: each throughput round runs direct, then every gateway in
+/// turn, so the host's drift over seconds (large here) hits all of them
+/// alike and their per-round ratios — to direct and to each other — can be
+/// trusted. Latency at a fixed rate each gateway and direct both sustain,
+/// the direct run beside the gateway's in every round.
 async fn compare(
     upstream: SocketAddr,
-    dome: SocketAddr,
-    pids: [u32; 3],
-) -> anyhow::Result<serde_json::Value> {
-    let [me, up_pid, dome_pid] = pids;
-    // Throughput in alternating rounds too: the host's load drifts over
-    // seconds here, and a ratio of two runs far apart would carry it.
+    up_pid: u32,
+    gateways: &[Gateway],
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let me = std::process::id();
     let mut direct = Vec::new();
-    let mut through = Vec::new();
+    let mut through: Vec<Vec<Throughput>> = gateways.iter().map(|_| Vec::new()).collect();
     for _ in 0..THROUGHPUT_ROUNDS {
         direct.push(max_throughput(upstream, &[me, up_pid]).await?);
-        through.push(max_throughput(dome, &[me, up_pid, dome_pid]).await?);
+        for (g, runs) in gateways.iter().zip(&mut through) {
+            runs.push(max_throughput(g.addr, &[me, up_pid, g.pid]).await?);
+        }
     }
     let med_of = |runs: &[Throughput], f: &dyn Fn(&Throughput) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         bench::median(&mut v)
     };
     let direct_rps = med_of(&direct, &|t| t.rps);
-    let dome_rps = med_of(&through, &|t| t.rps);
-    let mut ratios: Vec<f64> = direct
-        .iter()
-        .zip(&through)
-        .map(|(d, t)| t.rps / d.rps)
-        .collect();
-    let ratio = bench::median(&mut ratios);
-    let cpu = serde_json::json!({
-        "direct": {"loadgen": med_of(&direct, &|t| t.cpu_us_per_call[0]),
-                   "upstream": med_of(&direct, &|t| t.cpu_us_per_call[1])},
-        "through_dome": {"loadgen": med_of(&through, &|t| t.cpu_us_per_call[0]),
-                         "upstream": med_of(&through, &|t| t.cpu_us_per_call[1]),
-                         "dome": med_of(&through, &|t| t.cpu_us_per_call[2])},
-    });
     // A rate both sustain with room to spare: a fifth of the slower side's maximum.
-    let rate = (direct_rps.min(dome_rps) * 0.2).max(100.0);
-    // Latency in alternating rounds (direct, Dome, direct, …), so drift
-    // on this shared machine hits both sides alike; medians of the rounds.
-    let mut rounds: Vec<(Histogram<u64>, Histogram<u64>)> = Vec::new();
-    for _ in 0..LATENCY_ROUNDS {
-        let d = fixed_rate(upstream, rate).await?;
-        let t = fixed_rate(dome, rate).await?;
-        rounds.push((d, t));
-    }
-    let med = |side: usize, q: f64| {
-        let mut v: Vec<f64> = rounds
-            .iter()
-            .map(|(d, t)| if side == 0 { d } else { t }.value_at_quantile(q) as f64)
-            .collect();
-        bench::median(&mut v)
-    };
-    let per_round: Vec<serde_json::Value> = rounds
+    let rates: Vec<f64> = through
         .iter()
-        .map(|(d, t)| {
-            serde_json::json!({
-                "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
-                "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
-            })
-        })
+        .map(|runs| (direct_rps.min(med_of(runs, &|t| t.rps)) * 0.2).max(100.0))
         .collect();
-    Ok(serde_json::json!({
-        "direct_rps": direct_rps,
-        "dome_rps": dome_rps,
-        "dome_vs_direct": ratio,
-        "throughput_rounds": direct.iter().zip(&through)
-            .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
-            .collect::<Vec<_>>(),
-        "fixed_rate_rps": rate,
-        "direct_p50_us": med(0, 0.5),
-        "direct_p99_us": med(0, 0.99),
-        "dome_p50_us": med(1, 0.5),
-        "dome_p99_us": med(1, 0.99),
-        "added_p50_us": med(1, 0.5) - med(0, 0.5),
-        "added_p99_us": med(1, 0.99) - med(0, 0.99),
-        "latency_rounds": per_round,
-        "cpu_us_per_call": cpu,
-    }))
+    let mut latency: Vec<Vec<(Histogram<u64>, Histogram<u64>)>> =
+        gateways.iter().map(|_| Vec::new()).collect();
+    for _ in 0..LATENCY_ROUNDS {
+        for ((g, rate), rounds) in gateways.iter().zip(&rates).zip(&mut latency) {
+            let d = fixed_rate(upstream, *rate).await?;
+            let t = fixed_rate(g.addr, *rate).await?;
+            rounds.push((d, t));
+        }
+    }
+    let mut out = Vec::new();
+    for ((runs, rate), rounds) in through.iter().zip(&rates).zip(&latency) {
+        let dome_rps = med_of(runs, &|t| t.rps);
+        let mut ratios: Vec<f64> = direct
+            .iter()
+            .zip(runs)
+            .map(|(d, t)| t.rps / d.rps)
+            .collect();
+        let ratio = bench::median(&mut ratios);
+        let cpu = serde_json::json!({
+            "direct": {"loadgen": med_of(&direct, &|t| t.cpu_us_per_call[0]),
+                       "upstream": med_of(&direct, &|t| t.cpu_us_per_call[1])},
+            "through_dome": {"loadgen": med_of(runs, &|t| t.cpu_us_per_call[0]),
+                             "upstream": med_of(runs, &|t| t.cpu_us_per_call[1]),
+                             "dome": med_of(runs, &|t| t.cpu_us_per_call[2])},
+        });
+        let med = |side: usize, q: f64| {
+            let mut v: Vec<f64> = rounds
+                .iter()
+                .map(|(d, t)| if side == 0 { d } else { t }.value_at_quantile(q) as f64)
+                .collect();
+            bench::median(&mut v)
+        };
+        let per_round: Vec<serde_json::Value> = rounds
+            .iter()
+            .map(|(d, t)| {
+                serde_json::json!({
+                    "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
+                    "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
+                })
+            })
+            .collect();
+        out.push(serde_json::json!({
+            "direct_rps": direct_rps,
+            "dome_rps": dome_rps,
+            "dome_vs_direct": ratio,
+            "throughput_rounds": direct.iter().zip(runs)
+                .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
+                .collect::<Vec<_>>(),
+            "fixed_rate_rps": rate,
+            "direct_p50_us": med(0, 0.5),
+            "direct_p99_us": med(0, 0.99),
+            "dome_p50_us": med(1, 0.5),
+            "dome_p99_us": med(1, 0.99),
+            "added_p50_us": med(1, 0.5) - med(0, 0.5),
+            "added_p99_us": med(1, 0.99) - med(0, 0.99),
+            "latency_rounds": per_round,
+            "cpu_us_per_call": cpu,
+        }));
+    }
+    Ok(out)
+}
+
+/// Median over the rounds of `a`'s rps over `b`'s (same rounds).
+fn paired_ratio(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
+    let rps = |v: &serde_json::Value| -> Vec<f64> {
+        v["throughput_rounds"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|x| x["dome_rps"].as_f64()).collect())
+            .unwrap_or_default()
+    };
+    let mut ratios: Vec<f64> = rps(a).iter().zip(rps(b)).map(|(x, y)| x / y).collect();
+    bench::median(&mut ratios)
 }
 
 /// The floor proxy's figures (rounds kept: a noisy round shows), with the
@@ -378,15 +409,12 @@ fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_port(upstream)?;
-    let me = std::process::id();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     // The gateway's own cost: every call still recorded, the answer not
     // held for the disk (`fsync = "off"`).
-    let (dome_off, addr) = start_dome(&root, upstream, "off")?;
-    let mut gateway = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_off.0.id()]))?;
-    drop(dome_off);
+    let (dome_off, off_addr) = start_dome(&root, upstream, "off")?;
     // The same relay with none of Dome's work, on Dome's transport stack:
     // what any gateway built this way can reach on this machine.
     let floor_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
@@ -397,29 +425,45 @@ fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_port(floor_addr)?;
-    let floor = rt.block_on(compare(
-        upstream,
-        floor_addr,
-        [me, up.0.id(), floor_proc.0.id()],
-    ))?;
-    drop(floor_proc);
-    gateway["floor_proxy"] = floor_summary(&floor);
-    // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floor only, for experiments;
-    // written to e2e-quick.json so the full report stays as it was.
-    if std::env::var_os("BENCH_E2E_QUICK").is_some() {
+    let mut gateways = vec![
+        Gateway {
+            addr: off_addr,
+            pid: dome_off.0.id(),
+        },
+        Gateway {
+            addr: floor_addr,
+            pid: floor_proc.0.id(),
+        },
+    ];
+    // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floor only, for
+    // experiments; written to e2e-quick.json so the full report stays as it was.
+    let quick = std::env::var_os("BENCH_E2E_QUICK").is_some();
+    let mut durable_procs = Vec::new();
+    if !quick {
+        // The default: every call answered once its record is on disk
+        // (group commit, at most one sync every 2 ms); then `always`: a
+        // sync as soon as anything is written (records arriving meanwhile
+        // share the next sync).
+        for fsync in ["batch", "always"] {
+            let (proc, addr) = start_dome(&root, upstream, fsync)?;
+            gateways.push(Gateway {
+                addr,
+                pid: proc.0.id(),
+            });
+            durable_procs.push(proc);
+        }
+    }
+    let results = rt.block_on(compare(upstream, up.0.id(), &gateways))?;
+    drop((dome_off, floor_proc, durable_procs));
+    let mut gateway = results[0].clone();
+    gateway["floor_proxy"] = floor_summary(&results[1]);
+    // Dome's throughput over the floor's, round by round.
+    gateway["dome_vs_floor"] = paired_ratio(&results[0], &results[1]).into();
+    if quick {
         bench::report("e2e-quick", &gateway)?;
         return Ok(());
     }
-    // The default: every call answered once its record is on disk (group
-    // commit, at most one sync every 2 ms).
-    let (dome_batch, addr) = start_dome(&root, upstream, "batch")?;
-    let durable = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_batch.0.id()]))?;
-    drop(dome_batch);
-    // Sync as soon as anything is written (records arriving meanwhile share
-    // the next sync).
-    let (dome_always, addr) = start_dome(&root, upstream, "always")?;
-    let always = rt.block_on(compare(upstream, addr, [me, up.0.id(), dome_always.0.id()]))?;
-    drop(dome_always);
+    let (durable, always) = (results[2].clone(), results[3].clone());
     let mut report = gateway.clone();
     report["audit_fsync"] = "off".into();
     report["with_durable_audit"] = durable;
@@ -429,10 +473,11 @@ fn main() -> anyhow::Result<()> {
     report["connections"] = CONNECTIONS.into();
     report["run_s"] = RUN.as_secs().into();
     report["latency_run_s"] = LATENCY_RUN.as_secs().into();
-    report["throughput_rounds_per_side"] = THROUGHPUT_ROUNDS.into();
+    report["rounds"] =
+        serde_json::json!({"throughput": THROUGHPUT_ROUNDS, "latency": LATENCY_ROUNDS});
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over each run after 1 s warm-up, median of alternating rounds (dome_vs_direct: median of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
+    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, Dome with batch, Dome with always; dome_vs_direct and dome_vs_floor: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
     bench::report("e2e", &report)?;
     Ok(())
 }
