@@ -1,15 +1,17 @@
-//! The JSON-RPC envelope of one request, parsed with simd-json's borrowed
-//! parser on a per-thread scratch buffer (no allocation for the parse once a
-//! thread has seen a message of the size). Only what routing and the
-//! protocol rules need is taken out; a `tools/call`'s arguments are carried
-//! to the upstream as JSON text, never as an owned tree.
+//! The JSON-RPC envelope of one request, parsed with simd-json into a tape
+//! (its flat, borrowed form: no tree, no per-node allocation) on per-thread
+//! scratch buffers, so the parse allocates nothing once a thread has seen a
+//! message of the size. Only what routing and the protocol rules need is
+//! taken out; a `tools/call`'s arguments are carried to the upstream as
+//! JSON text, never as an owned tree.
 
 use std::cell::RefCell;
 
 use serde_json::Value as Json;
 use simd_json::{
-    BorrowedValue, Buffers, StaticNode,
-    prelude::{ValueAsScalar, ValueObjectAccess, Writable},
+    Buffers,
+    prelude::{ValueAsScalar, ValueIntoString, Writable},
+    tape::{Tape, Value as TapeValue},
 };
 
 use super::protocol;
@@ -80,21 +82,33 @@ pub enum Parsed {
 struct Scratch {
     buf: Vec<u8>,
     buffers: Buffers,
+    /// Kept empty between parses (its nodes borrow the message).
+    tape: Tape<'static>,
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch { buf: Vec::new(), buffers: Buffers::default() });
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        buf: Vec::new(),
+        buffers: Buffers::default(),
+        tape: Tape(Vec::new()),
+    });
 }
 
-fn to_json(v: &BorrowedValue<'_>) -> Json {
-    match v {
-        BorrowedValue::String(s) => Json::String(s.to_string()),
-        BorrowedValue::Static(StaticNode::I64(n)) => Json::from(*n),
-        BorrowedValue::Static(StaticNode::U64(n)) => Json::from(*n),
-        BorrowedValue::Static(StaticNode::Null) => Json::Null,
-        // Ids are strings or integers; anything else is carried as text.
-        other => serde_json::from_str(&other.encode()).unwrap_or(Json::Null),
+fn to_json(v: TapeValue<'_, '_>) -> Json {
+    if let Some(s) = v.as_str() {
+        return Json::String(s.to_string());
     }
+    if let Some(n) = v.as_u64() {
+        return Json::from(n);
+    }
+    if let Some(n) = v.as_i64() {
+        return Json::from(n);
+    }
+    if v.as_null().is_some() {
+        return Json::Null;
+    }
+    // Ids are strings or integers; anything else is carried as text.
+    serde_json::from_str(&v.encode()).unwrap_or(Json::Null)
 }
 
 /// Parses `body` (which is not modified: the parser works on a copy in the
@@ -102,72 +116,78 @@ fn to_json(v: &BorrowedValue<'_>) -> Json {
 pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let Scratch { buf, buffers } = &mut *s;
+        let Scratch { buf, buffers, tape } = &mut *s;
         buf.clear();
         buf.extend_from_slice(body);
-        let v = simd_json::to_borrowed_value_with_buffers(buf, buffers)
-            .map_err(|e| EnvelopeError::Parse(e.to_string()))?;
-        match &v {
-            BorrowedValue::Array(_) => return Ok(Parsed::Batch),
-            BorrowedValue::Object(_) => {}
-            _ => return Err(EnvelopeError::NotObject),
-        }
-        let mut e = Envelope {
-            jsonrpc_ok: v.get("jsonrpc").and_then(|x| x.as_str()) == Some("2.0"),
-            id: v.get("id").map(to_json),
-            method: v.get("method").and_then(|x| x.as_str()).map(str::to_string),
-            is_response: v.get("result").is_some() || v.get("error").is_some(),
-            ..Default::default()
+        let mut t = std::mem::replace(tape, Tape(Vec::new())).reset();
+        let out = match simd_json::fill_tape(buf, buffers, &mut t) {
+            Ok(()) => envelope(t.as_value()),
+            Err(e) => Err(EnvelopeError::Parse(e.to_string())),
         };
-        if let Some(params) = v.get("params") {
-            let key = e
-                .method
-                .as_deref()
-                .and_then(protocol::name_key)
-                .unwrap_or("name");
-            e.name = params.get(key).and_then(|x| x.as_str()).map(str::to_string);
-            e.cursor = params
-                .get("cursor")
-                .and_then(|x| x.as_str())
-                .map(str::to_string);
-            e.init_version = params
-                .get("protocolVersion")
-                .and_then(|x| x.as_str())
-                .map(str::to_string);
-            e.arguments = params.get("arguments").map(|a| a.encode());
-            e.request_id = params.get("requestId").map(to_json);
-            if e.method.as_deref() != Some("tools/call") {
-                e.params = Some(params.encode());
-            } else if let BorrowedValue::Object(p) = params {
-                e.extra_params = p
-                    .iter()
-                    .filter(|(k, _)| !matches!(k.as_ref(), "name" | "arguments" | "_meta"))
-                    .map(|(k, x)| (k.to_string(), x.encode()))
-                    .collect();
-            }
-            match params.get("_meta") {
-                None => {}
-                Some(BorrowedValue::Object(m)) => {
+        *tape = t.reset();
+        out
+    })
+}
+
+fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
+    if v.is_array() {
+        return Ok(Parsed::Batch);
+    }
+    if !v.is_object() {
+        return Err(EnvelopeError::NotObject);
+    }
+    let str_of = |x: TapeValue<'_, '_>| x.into_string().map(str::to_string);
+    let mut e = Envelope {
+        jsonrpc_ok: v.get("jsonrpc").and_then(ValueIntoString::into_string) == Some("2.0"),
+        id: v.get("id").map(to_json),
+        method: v.get("method").and_then(str_of),
+        is_response: v.get("result").is_some() || v.get("error").is_some(),
+        ..Default::default()
+    };
+    if let Some(params) = v.get("params") {
+        let key = e
+            .method
+            .as_deref()
+            .and_then(protocol::name_key)
+            .unwrap_or("name");
+        e.name = params.get(key).and_then(str_of);
+        e.cursor = params.get("cursor").and_then(str_of);
+        e.init_version = params.get("protocolVersion").and_then(str_of);
+        e.arguments = params.get("arguments").map(|a| a.encode());
+        e.request_id = params.get("requestId").map(to_json);
+        if e.method.as_deref() != Some("tools/call") {
+            e.params = Some(params.encode());
+        } else if let Some(p) = params.as_object() {
+            e.extra_params = p
+                .iter()
+                .filter(|(k, _)| !matches!(*k, "name" | "arguments" | "_meta"))
+                .map(|(k, x)| (k.to_string(), x.encode()))
+                .collect();
+        }
+        match params.get("_meta") {
+            None => {}
+            Some(m) => match m.as_object() {
+                Some(o) => {
                     e.meta = Meta::Object {
-                        version: m
+                        version: o
                             .get(protocol::META_PROTOCOL_VERSION)
-                            .map(|x| x.as_str().map(str::to_string)),
-                        has_capabilities: m.contains_key(protocol::META_CLIENT_CAPABILITIES),
+                            .map(|x| x.into_string().map(str::to_string)),
+                        has_capabilities: o.get(protocol::META_CLIENT_CAPABILITIES).is_some(),
                     };
-                    e.client_capabilities = m
+                    e.client_capabilities = o
                         .get(protocol::META_CLIENT_CAPABILITIES)
                         .map(|c| c.encode());
-                    e.meta_entries = m
+                    e.meta_entries = o
                         .iter()
                         .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
                         .map(|(k, x)| (k.to_string(), x.encode()))
                         .collect();
                 }
-                Some(_) => e.meta = Meta::NotObject,
-            }
+                None => e.meta = Meta::NotObject,
+            },
         }
-        Ok(Parsed::One(Box::new(e)))
-    })
+    }
+    Ok(Parsed::One(Box::new(e)))
 }
 
 #[cfg(test)]
