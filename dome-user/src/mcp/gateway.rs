@@ -435,9 +435,10 @@ fn with_call(f: impl FnOnce(&mut Call)) {
 /// a JSON string is escaped, so these keys can only be keys).
 fn result_outcome(text: &str) -> Option<crate::audit::record::Outcome> {
     use crate::audit::record::Outcome;
-    // The value after `"key":`, spaces skipped.
+    // The value after `"key":`, spaces skipped (memchr's SIMD search: the
+    // answer is scanned on every call).
     let after = |key: &str| {
-        text.find(key)
+        memchr::memmem::find(text.as_bytes(), key.as_bytes())
             .map(|i| text[i + key.len()..].trim_start_matches([' ', ':']))
     };
     if after("\"isError\"").is_some_and(|v| v.starts_with("true")) {
