@@ -192,8 +192,9 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Connections this lane holds (busy or idle), for tests.
-    pub fn held(&self) -> usize {
+    /// Connections this lane holds (busy or idle).
+    #[cfg(test)]
+    fn held(&self) -> usize {
         let lane = &self.lanes[crate::workers::lane() % self.lanes.len()];
         lane.lock().expect("pool lane").len()
     }
