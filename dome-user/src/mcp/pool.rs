@@ -6,7 +6,7 @@
 //! pool hashed a pool key, took a shared lock, rewrote the URI, formatted a
 //! `Host` header and spawned a task to return the connection on every call.
 //! Requests here are already built for this upstream (origin-form target,
-//! [`Pool::host`] header), so none of that is needed.
+//! a `Host` header made once), so none of that is needed.
 //!
 //! A connection is back in the pool the moment hyper reports it ready for
 //! the next request (its previous response read to the end); streams hold
@@ -52,6 +52,13 @@ pub struct Pool {
 /// (with the request back when it was never written).
 type Sent = Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>;
 
+/// A checkout: sent on a pooled connection, or the request back.
+#[allow(clippy::large_enum_variant)] // returned and matched at once, never stored
+enum Checkout<F> {
+    Sent(F),
+    NoneReady(Request<Full<Bytes>>),
+}
+
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     /// When a request was last sent on it.
@@ -94,60 +101,45 @@ impl Pool {
         &self.target
     }
 
-    /// The `Host` header requests carry (added by [`Pool::send`]).
-    pub fn host(&self) -> &HeaderValue {
-        &self.host
-    }
-
     /// Sends `req` on a ready connection of this lane, or on a new one.
     /// A request that never left (its pooled connection had closed) is
     /// sent again on a new connection; one that may have reached the
     /// upstream never is. Errors are the whole chain, as text.
     pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
         req.headers_mut().insert(header::HOST, self.host.clone());
-        let lane = &self.lanes[crate::workers::lane() % self.lanes.len()];
-        let mut req = Some(req);
-        let mut pooled = true;
-        loop {
-            let sent = if pooled {
-                self.checkout(lane, &mut req)
-            } else {
-                None
-            };
-            let sent = match sent {
-                Some(sent) => sent,
-                None => {
-                    let mut sender = self.connect().await?;
-                    let sent = sender.try_send_request(req.take().expect("request"));
-                    lane.lock().expect("pool lane").push(Conn {
-                        sender,
-                        used: Instant::now(),
-                    });
-                    return sent.await.map_err(|e| crate::error_chain(e.error()));
-                }
-            };
-            match sent.await {
+        let lane = self.lane();
+        let req = match self.checkout(lane, req) {
+            Checkout::NoneReady(req) => req,
+            Checkout::Sent(sent) => match sent.await {
                 Ok(resp) => return Ok(resp),
                 Err(mut e) => match e.take_message() {
                     // Never written: the connection had closed meanwhile.
-                    Some(r) => {
-                        req = Some(r);
-                        pooled = false;
-                    }
+                    Some(req) => req,
                     None => return Err(crate::error_chain(e.error())),
                 },
-            }
-        }
+            },
+        };
+        let mut sender = self.connect().await?;
+        let sent = sender.try_send_request(req);
+        lane.lock().expect("pool lane").push(Conn {
+            sender,
+            used: Instant::now(),
+        });
+        sent.await.map_err(|e| crate::error_chain(e.error()))
+    }
+
+    /// This thread's lane.
+    fn lane(&self) -> &Mutex<Vec<Conn>> {
+        &self.lanes[crate::workers::lane() % self.lanes.len()]
     }
 
     /// Sends on the lane's first ready connection (dropping closed, surplus
-    /// idle and stale ones on the way); `None` (and `req` untouched) when
-    /// none is ready.
+    /// idle and stale ones on the way); `req` back when none is ready.
     fn checkout(
         &self,
         lane: &Mutex<Vec<Conn>>,
-        req: &mut Option<Request<Full<Bytes>>>,
-    ) -> Option<impl Future<Output = Sent> + use<>> {
+        req: Request<Full<Bytes>>,
+    ) -> Checkout<impl Future<Output = Sent> + use<>> {
         let now = Instant::now();
         let mut conns = lane.lock().expect("pool lane");
         let mut idle = 0;
@@ -161,9 +153,13 @@ impl Pool {
             }
             true
         });
-        let conn = conns.iter_mut().find(|c| c.sender.is_ready())?;
-        conn.used = now;
-        Some(conn.sender.try_send_request(req.take()?))
+        match conns.iter_mut().find(|c| c.sender.is_ready()) {
+            Some(conn) => {
+                conn.used = now;
+                Checkout::Sent(conn.sender.try_send_request(req))
+            }
+            None => Checkout::NoneReady(req),
+        }
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
@@ -195,8 +191,7 @@ impl Pool {
     /// Connections this lane holds (busy or idle).
     #[cfg(test)]
     fn held(&self) -> usize {
-        let lane = &self.lanes[crate::workers::lane() % self.lanes.len()];
-        lane.lock().expect("pool lane").len()
+        self.lane().lock().expect("pool lane").len()
     }
 }
 
@@ -214,7 +209,7 @@ mod tests {
 
     /// A real HTTP/1.1 server on 127.0.0.1 answering `HOST URI`; `?slow`
     /// answers after 100 ms. Counts the connections it accepted.
-    async fn server(
+    fn server(
         listener: tokio::net::TcpListener,
         accepted: Arc<AtomicUsize>,
     ) -> tokio::task::JoinHandle<()> {
@@ -260,10 +255,16 @@ mod tests {
         Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
     }
 
-    async fn listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+    /// [`server`] on a free port: its address, its connection count, its task.
+    async fn start() -> (
+        std::net::SocketAddr,
+        Arc<AtomicUsize>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        (l, addr)
+        let accepted = Arc::new(AtomicUsize::new(0));
+        (addr, accepted.clone(), server(l, accepted))
     }
 
     fn pool(addr: std::net::SocketAddr) -> Pool {
@@ -273,9 +274,7 @@ mod tests {
 
     #[tokio::test]
     async fn requests_carry_host_and_origin_form_and_reuse_one_connection() {
-        let (l, addr) = listener().await;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let _server = server(l, accepted.clone()).await;
+        let (addr, accepted, _server) = start().await;
         let pool = pool(addr);
         for _ in 0..5 {
             assert_eq!(get(&pool, "").await.unwrap(), format!("{addr} /mcp"));
@@ -290,9 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_requests_open_connections_that_are_then_reused() {
-        let (l, addr) = listener().await;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let _server = server(l, accepted.clone()).await;
+        let (addr, accepted, _server) = start().await;
         let pool = pool(addr);
         let (a, b, c) = tokio::join!(
             get(&pool, "?slow"),
@@ -311,16 +308,14 @@ mod tests {
 
     #[tokio::test]
     async fn connections_the_upstream_closed_are_replaced() {
-        let (l, addr) = listener().await;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let first = server(l, accepted.clone()).await;
+        let (addr, accepted, first) = start().await;
         let pool = pool(addr);
         get(&pool, "").await.unwrap();
         // The upstream restarts: its connections (and the pooled one) die.
         first.abort();
         let _ = first.await;
         let l = tokio::net::TcpListener::bind(addr).await.unwrap();
-        let _second = server(l, accepted.clone()).await;
+        let _second = server(l, accepted.clone());
         for _ in 0..3 {
             assert_eq!(get(&pool, "").await.unwrap(), format!("{addr} /mcp"));
         }
@@ -330,8 +325,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_upstream_is_a_clear_error() {
-        let (l, addr) = listener().await;
-        drop(l);
+        let (addr, _, server) = start().await;
+        server.abort();
+        let _ = server.await;
         let err = get(&pool(addr), "").await.unwrap_err();
         assert!(err.contains(&format!("connecting to {addr}")), "{err}");
     }
@@ -347,7 +343,7 @@ mod tests {
         .unwrap();
         assert_eq!(p.address, "example.test:80");
         assert_eq!(p.target(), "/");
-        assert_eq!(p.host(), "example.test");
+        assert_eq!(p.host, "example.test");
         assert_eq!(p.max_idle, 32);
     }
 }
