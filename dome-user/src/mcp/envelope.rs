@@ -164,27 +164,22 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
                 .map(|(k, x)| (k.to_string(), x.encode()))
                 .collect();
         }
-        match params.get("_meta") {
+        match params.get("_meta").map(|m| m.as_object()) {
             None => {}
-            Some(m) => match m.as_object() {
-                Some(o) => {
-                    e.meta = Meta::Object {
-                        version: o
-                            .get(protocol::META_PROTOCOL_VERSION)
-                            .map(|x| x.into_string().map(str::to_string)),
-                        has_capabilities: o.get(protocol::META_CLIENT_CAPABILITIES).is_some(),
-                    };
-                    e.client_capabilities = o
-                        .get(protocol::META_CLIENT_CAPABILITIES)
-                        .map(|c| c.encode());
-                    e.meta_entries = o
-                        .iter()
-                        .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
-                        .map(|(k, x)| (k.to_string(), x.encode()))
-                        .collect();
-                }
-                None => e.meta = Meta::NotObject,
-            },
+            Some(None) => e.meta = Meta::NotObject,
+            Some(Some(o)) => {
+                let caps = o.get(protocol::META_CLIENT_CAPABILITIES);
+                e.meta = Meta::Object {
+                    version: o.get(protocol::META_PROTOCOL_VERSION).map(str_of),
+                    has_capabilities: caps.is_some(),
+                };
+                e.client_capabilities = caps.map(|c| c.encode());
+                e.meta_entries = o
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
+                    .map(|(k, x)| (k.to_string(), x.encode()))
+                    .collect();
+            }
         }
     }
     Ok(Parsed::One(Box::new(e)))
