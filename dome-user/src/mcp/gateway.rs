@@ -1428,7 +1428,7 @@ impl Gateway {
         let result = json!({
             "protocolVersion": version,
             "capabilities": self.capabilities(),
-            "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+            "serverInfo": protocol::implementation(),
         });
         let mut resp = json_response(
             StatusCode::OK,
@@ -1477,9 +1477,9 @@ impl Gateway {
             "server/discover" => ok(json!({
                 "supportedVersions": protocol::STATELESS_VERSIONS,
                 "capabilities": self.capabilities(),
-                "serverInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+                "serverInfo": protocol::implementation(),
                 // Where clients since spec PR #3002 look; the body's copy is for older ones.
-                "_meta": {protocol::META_SERVER_INFO: {"name": "dome", "version": env!("CARGO_PKG_VERSION")}},
+                "_meta": {protocol::META_SERVER_INFO: protocol::implementation()},
             })),
             m if Kind::of_method(m).is_some() => {
                 let kind = Kind::of_method(m).expect("matched");

@@ -17,6 +17,12 @@ pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// On every message of a `subscriptions/listen` stream: the listen request's id.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
+/// Dome as an MCP implementation (`serverInfo` downstream, `clientInfo`
+/// upstream).
+pub fn implementation() -> serde_json::Value {
+    serde_json::json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")})
+}
+
 /// HTTP headers.
 pub const H_SESSION: &str = "mcp-session-id";
 pub const H_VERSION: &str = "mcp-protocol-version";

@@ -602,7 +602,7 @@ impl Upstream {
         let init = json!({
             "protocolVersion": protocol::LATEST_SESSION,
             "capabilities": {"sampling": {}, "elicitation": {"form": {}}, "roots": {"listChanged": false}},
-            "clientInfo": {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+            "clientInfo": protocol::implementation(),
         });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": init});
@@ -864,7 +864,7 @@ fn client_info_entry() -> &'static str {
         let mut e = String::new();
         push_json_str(&mut e, protocol::META_CLIENT_INFO);
         e.push(':');
-        e.push_str(&json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")}).to_string());
+        e.push_str(&protocol::implementation().to_string());
         e
     })
 }
@@ -888,7 +888,7 @@ fn stateless_meta(version: &str) -> Value {
     json!({
         protocol::META_PROTOCOL_VERSION: version,
         protocol::META_CLIENT_CAPABILITIES: {},
-        protocol::META_CLIENT_INFO: {"name": "dome", "version": env!("CARGO_PKG_VERSION")},
+        protocol::META_CLIENT_INFO: protocol::implementation(),
     })
 }
 
