@@ -101,6 +101,26 @@ pub fn check_tls(tls: &TlsConfig) -> Result<(), String> {
     tls_acceptor(tls).map(|_| ())
 }
 
+/// The HTTP/1.1 and HTTP/2 connection settings of the MCP listener, within
+/// `limits`.
+pub fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.header_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 /// Binds `addr` once per worker (SO_REUSEPORT) and serves `handler` on
 /// every connection, within `limits` (the connection limit is shared out
 /// over the workers).
@@ -121,21 +141,7 @@ where
     // accepts, or a connection could wait in one worker's backlog while
     // another worker holds the free slot.
     let share = limits.max_connections.div_ceil(listeners.len()).max(1);
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(limits.header_timeout))
-        .keep_alive_timeout(Duration::from_secs(20));
-    let builder = Arc::new(builder);
+    let builder = Arc::new(http_builder(&limits));
     crate::workers::spawn(listeners, move |listener| {
         accept_loop(
             listener,

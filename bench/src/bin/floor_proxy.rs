@@ -18,10 +18,7 @@ use bytes::Bytes;
 use dome::mcp::pool::Pool;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto::Builder,
-};
+use hyper_util::rt::TokioIo;
 
 /// Headers a relay of an MCP POST must carry on.
 const CARRIED: [&str; 5] = [
@@ -84,14 +81,10 @@ fn main() -> anyhow::Result<()> {
     dome::workers::spawn(listeners, move |listener| {
         let pool = pool.clone();
         async move {
-            // Dome's HTTP/1 settings (a header read timeout needs the timer).
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .keep_alive(true);
-            let builder = std::sync::Arc::new(builder);
+            // Dome's connection settings, with its default limits.
+            let builder = std::sync::Arc::new(dome::transport::http_builder(
+                &dome::config::ServerConfig::default().limits(),
+            ));
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
