@@ -318,12 +318,8 @@ async fn compare(
     let mut out = Vec::new();
     for ((runs, rate), rounds) in through.iter().zip(&rates).zip(&latency) {
         let dome_rps = med_of(runs, &|t| t.rps);
-        let mut ratios: Vec<f64> = direct
-            .iter()
-            .zip(runs)
-            .map(|(d, t)| t.rps / d.rps)
-            .collect();
-        let ratio = bench::median(&mut ratios);
+        let rps = |r: &[Throughput]| r.iter().map(|t| t.rps).collect::<Vec<_>>();
+        let ratio = median_of_ratios(&rps(runs), &rps(&direct));
         let cpu = serde_json::json!({
             "direct": {"loadgen": med_of(&direct, &|t| t.cpu_us_per_call[0]),
                        "upstream": med_of(&direct, &|t| t.cpu_us_per_call[1])},
@@ -368,22 +364,23 @@ async fn compare(
     Ok(out)
 }
 
-/// Median over the rounds of `a`'s rps over `b`'s (same rounds).
-fn paired_ratio(a: &serde_json::Value, b: &serde_json::Value) -> f64 {
-    let rps = |v: &serde_json::Value| -> Vec<f64> {
-        v["throughput_rounds"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|x| x["dome_rps"].as_f64()).collect())
-            .unwrap_or_default()
-    };
-    let mut ratios: Vec<f64> = rps(a).iter().zip(rps(b)).map(|(x, y)| x / y).collect();
+/// The median over rounds of `a[i] / b[i]` (the same rounds).
+fn median_of_ratios(a: &[f64], b: &[f64]) -> f64 {
+    let mut ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
     bench::median(&mut ratios)
+}
+
+/// A gateway's rps in each throughput round, from its report.
+fn round_rps(report: &serde_json::Value) -> Vec<f64> {
+    report["throughput_rounds"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|x| x["dome_rps"].as_f64()).collect())
+        .unwrap_or_default()
 }
 
 /// The floor proxy's figures (rounds kept: a noisy round shows), with the
 /// relay's CPU under the name `proxy`.
-fn floor_summary(run: &serde_json::Value) -> serde_json::Value {
-    let mut v = run.clone();
+fn floor_summary(mut v: serde_json::Value) -> serde_json::Value {
     if let Some(m) = v.as_object_mut() {
         let cpu = &mut m["cpu_us_per_call"]["through_dome"];
         if let Some(c) = cpu.as_object_mut()
@@ -455,16 +452,20 @@ fn main() -> anyhow::Result<()> {
     }
     let results = rt.block_on(compare(upstream, up.0.id(), &gateways))?;
     drop((dome_off, floor_proc, durable_procs));
-    let mut gateway = results[0].clone();
-    gateway["floor_proxy"] = floor_summary(&results[1]);
+    let mut results = results.into_iter();
+    let (Some(mut report), Some(floor)) = (results.next(), results.next()) else {
+        anyhow::bail!("a gateway's figures are missing");
+    };
     // Dome's throughput over the floor's, round by round.
-    gateway["dome_vs_floor"] = paired_ratio(&results[0], &results[1]).into();
+    report["dome_vs_floor"] = median_of_ratios(&round_rps(&report), &round_rps(&floor)).into();
+    report["floor_proxy"] = floor_summary(floor);
     if quick {
-        bench::report("e2e-quick", &gateway)?;
+        bench::report("e2e-quick", &report)?;
         return Ok(());
     }
-    let (durable, always) = (results[2].clone(), results[3].clone());
-    let mut report = gateway.clone();
+    let (Some(durable), Some(always)) = (results.next(), results.next()) else {
+        anyhow::bail!("a durable gateway's figures are missing");
+    };
     report["audit_fsync"] = "off".into();
     report["with_durable_audit"] = durable;
     report["with_durable_audit"]["audit_fsync"] = "batch (commit_ms = 2, the default)".into();
