@@ -149,6 +149,10 @@ pub struct Upstream {
     /// Bumped when `wanted` changes: a stateless upstream's listen stream
     /// then reopens with the new filter (a filter cannot change mid-stream).
     listen_filter: tokio::sync::watch::Sender<u64>,
+    /// The last `listen_filter` generation the listen stream was (re)opened
+    /// with, or tried to be: `want` waits for its own, so a client told its
+    /// subscription stands is not racing the reopen.
+    listen_opened: tokio::sync::watch::Sender<u64>,
 }
 
 impl Upstream {
@@ -184,6 +188,7 @@ impl Upstream {
             next_id: AtomicU64::new(1),
             wanted: Default::default(),
             listen_filter: tokio::sync::watch::Sender::new(0),
+            listen_opened: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -270,8 +275,10 @@ impl Upstream {
                 if !matches!(**up.era.load(), Era::Stateless { .. }) {
                     return;
                 }
-                changed.mark_unchanged();
-                let reopen = match up.open_listen().await {
+                let generation = *changed.borrow_and_update();
+                let opened = up.open_listen().await;
+                up.listen_opened.send_replace(generation);
+                let reopen = match opened {
                     Ok(resp) if resp.status() == StatusCode::OK => {
                         let mut body = resp.into_body();
                         let mut parser = super::sse::SseParser::default();
@@ -392,6 +399,13 @@ impl Upstream {
         self.ensure_connected().await?;
         if matches!(**self.era.load(), Era::Stateless { .. }) {
             self.listen_filter.send_modify(|g| *g += 1);
+            let generation = *self.listen_filter.borrow();
+            // Until the stream carries the new filter. A reopen is a connect
+            // and a request head, so the connect timeout bounds the wait: a
+            // listener that is gone or stuck must not hold the client.
+            let mut opened = self.listen_opened.subscribe();
+            let bound = Duration::from_millis(self.config.connect_timeout_ms);
+            let _ = tokio::time::timeout(bound, opened.wait_for(|g| *g >= generation)).await;
             return Ok(None);
         }
         let method = if on {
