@@ -15,23 +15,59 @@ use std::{
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
-/// Request phases timed on the path.
+/// Request phases timed on the path, in their slot order.
 pub mod phase {
-    pub const PARSE: &str = "parse";
-    pub const AUTH: &str = "auth";
-    pub const POLICY: &str = "policy";
-    pub const UPSTREAM: &str = "upstream";
-    pub const TOTAL: &str = "total";
+    pub const PARSE: usize = 0;
+    pub const AUTH: usize = 1;
+    pub const POLICY: usize = 2;
+    pub const UPSTREAM: usize = 3;
+    pub const TOTAL: usize = 4;
+    pub const NAMES: [&str; 5] = ["parse", "auth", "policy", "upstream", "total"];
 }
+
+/// Method labels are a closed set, so a client cannot grow the label space
+/// (and each has a fixed counter slot: no lookup by name per request).
+const METHODS: [&str; 10] = [
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "server/discover",
+    "notification",
+    "batch",
+    "delete",
+    "invalid",
+    "other",
+];
+
+fn method_slot(method: &str) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Keyed by names the catalog bounds (tools, upstreams): a fast hasher,
+/// since the keys are not chosen by clients.
+type Keyed<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 struct Shard {
-    phases: HashMap<&'static str, Histogram<u64>>,
-    tools: HashMap<Box<str>, Histogram<u64>>,
-    upstreams: HashMap<Box<str>, Histogram<u64>>,
-    methods: HashMap<Box<str>, u64>,
-    rpc_errors: HashMap<i64, u64>,
-    http_status: HashMap<u16, u64>,
+    /// Created on first use, so a phase never timed is not reported.
+    phases: [Option<Histogram<u64>>; 5],
+    tools: Keyed<Histogram<u64>>,
+    upstreams: Keyed<Histogram<u64>>,
+    methods: [u64; METHODS.len()],
+    /// Few distinct values: a short list beats hashing.
+    rpc_errors: Vec<(i64, u64)>,
+    http_status: Vec<(u16, u64)>,
+}
+
+fn count<K: PartialEq>(list: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match list.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, c)) => *c += n,
+        None => list.push((key, n)),
+    }
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -57,16 +93,11 @@ pub struct RequestRecord<'a> {
     pub upstream: Option<(&'a str, &'a str, Duration)>,
 }
 
-/// Method labels are a closed set, so a client cannot grow the label space.
-fn method_label(method: &str) -> &str {
-    match method {
-        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover"
-        | "notification" | "batch" | "delete" | "invalid" => method,
-        _ => "other",
-    }
+fn record_phase(s: &mut Shard, phase: usize, d: Duration) {
+    record(s.phases[phase].get_or_insert_with(new_histogram), d);
 }
 
-fn record_keyed(map: &mut HashMap<Box<str>, Histogram<u64>>, key: &str, d: Duration) {
+fn record_keyed(map: &mut Keyed<Histogram<u64>>, key: &str, d: Duration) {
     match map.get_mut(key) {
         Some(h) => record(h, d),
         None => {
@@ -115,41 +146,24 @@ impl Metrics {
 
     /// One request's figures at once (one shard lock on the hot path).
     pub fn request(&self, r: &RequestRecord<'_>) {
-        let method = method_label(r.method);
+        let method = method_slot(r.method);
         self.with_shard(|s| {
-            record(
-                s.phases.entry(phase::TOTAL).or_insert_with(new_histogram),
-                r.total,
-            );
-            for (name, d) in [
+            record_phase(s, phase::TOTAL, r.total);
+            for (slot, d) in [
                 (phase::PARSE, r.parse),
                 (phase::AUTH, r.auth),
                 (phase::POLICY, r.policy),
             ] {
                 if let Some(d) = d {
-                    record(s.phases.entry(name).or_insert_with(new_histogram), d);
+                    record_phase(s, slot, d);
                 }
             }
             if let Some((upstream, tool, d)) = r.upstream {
-                record(
-                    s.phases
-                        .entry(phase::UPSTREAM)
-                        .or_insert_with(new_histogram),
-                    d,
-                );
+                record_phase(s, phase::UPSTREAM, d);
                 record_keyed(&mut s.upstreams, upstream, d);
                 record_keyed(&mut s.tools, tool, d);
             }
-            match s.methods.get_mut(method) {
-                Some(c) => *c += 1,
-                None => {
-                    s.methods.insert(method.into(), 1);
-                }
-            }
-            *s.http_status.entry(r.status).or_default() += 1;
-            if let Some(c) = r.rpc_error {
-                *s.rpc_errors.entry(c).or_default() += 1;
-            }
+            s.count(method, r.status, r.rpc_error);
         });
     }
 
@@ -159,8 +173,10 @@ impl Metrics {
         let shards = self.shards.lock().expect("registry").clone();
         for shard in shards {
             let s = shard.lock().expect("shard");
-            for (k, h) in &s.phases {
-                let _ = out.phases.entry(k).or_insert_with(new_histogram).add(h);
+            for (to, h) in out.phases.iter_mut().zip(&s.phases) {
+                if let Some(h) = h {
+                    let _ = to.get_or_insert_with(new_histogram).add(h);
+                }
             }
             for (k, h) in &s.tools {
                 let _ = out
@@ -176,17 +192,43 @@ impl Metrics {
                     .or_insert_with(new_histogram)
                     .add(h);
             }
-            for (k, c) in &s.methods {
-                *out.methods.entry(k.clone()).or_default() += c;
+            for (to, c) in out.methods.iter_mut().zip(s.methods) {
+                *to += c;
             }
-            for (k, c) in &s.rpc_errors {
-                *out.rpc_errors.entry(*k).or_default() += c;
+            for &(k, c) in &s.rpc_errors {
+                count(&mut out.rpc_errors, k, c);
             }
-            for (k, c) in &s.http_status {
-                *out.http_status.entry(*k).or_default() += c;
+            for &(k, c) in &s.http_status {
+                count(&mut out.http_status, k, c);
             }
         }
         Snapshot(out)
+    }
+}
+
+impl Shard {
+    fn count(&mut self, method: usize, status: u16, rpc_error: Option<i64>) {
+        self.methods[method] += 1;
+        count(&mut self.http_status, status, 1);
+        if let Some(c) = rpc_error {
+            count(&mut self.rpc_errors, c, 1);
+        }
+    }
+
+    fn phases(&self) -> impl Iterator<Item = (&'static str, &Histogram<u64>)> {
+        phase::NAMES
+            .iter()
+            .zip(&self.phases)
+            .filter_map(|(name, h)| Some((*name, h.as_ref()?)))
+    }
+
+    /// Methods seen at least once.
+    fn methods(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        METHODS
+            .iter()
+            .zip(self.methods)
+            .filter(|(_, c)| *c > 0)
+            .map(|(m, c)| (*m, c))
     }
 }
 
@@ -219,12 +261,12 @@ impl Snapshot {
             |m: &mut dyn Iterator<Item = (String, Value)>| Value::Object(m.collect::<Map<_, _>>());
         json!({
             "latency": {
-                "phase": map(&mut s.phases.iter().map(|(k, h)| (k.to_string(), summary(h)))),
+                "phase": map(&mut s.phases().map(|(k, h)| (k.to_string(), summary(h)))),
                 "tool": map(&mut s.tools.iter().map(|(k, h)| (k.to_string(), summary(h)))),
                 "upstream": map(&mut s.upstreams.iter().map(|(k, h)| (k.to_string(), summary(h)))),
             },
             "requests": {
-                "by_method": map(&mut s.methods.iter().map(|(k, c)| (k.to_string(), (*c).into()))),
+                "by_method": map(&mut s.methods().map(|(k, c)| (k.to_string(), c.into()))),
                 "by_http_status": map(&mut s.http_status.iter().map(|(k, c)| (k.to_string(), (*c).into()))),
                 "by_jsonrpc_error": map(&mut s.rpc_errors.iter().map(|(k, c)| (k.to_string(), (*c).into()))),
             },
@@ -248,11 +290,7 @@ impl Snapshot {
                 let _ = writeln!(out, "{name}_count{{{label}=\"{k}\"}} {}", h.len());
             }
         };
-        hist(
-            "dome_phase_latency_seconds",
-            "phase",
-            s.phases.iter().map(|(k, h)| (*k, h)).collect(),
-        );
+        hist("dome_phase_latency_seconds", "phase", s.phases().collect());
         hist(
             "dome_tool_latency_seconds",
             "tool",
@@ -264,7 +302,7 @@ impl Snapshot {
             s.upstreams.iter().map(|(k, h)| (&**k, h)).collect(),
         );
         let _ = writeln!(out, "# TYPE dome_requests_total counter");
-        for (k, c) in &s.methods {
+        for (k, c) in s.methods() {
             let _ = writeln!(out, "dome_requests_total{{method=\"{k}\"}} {c}");
         }
         let _ = writeln!(out, "# TYPE dome_http_responses_total counter");
@@ -282,8 +320,8 @@ impl Snapshot {
 /// whole request at once with `Metrics::request`).
 #[cfg(test)]
 impl Metrics {
-    fn phase(&self, phase: &'static str, d: Duration) {
-        self.with_shard(|s| record(s.phases.entry(phase).or_insert_with(new_histogram), d));
+    fn phase(&self, phase: usize, d: Duration) {
+        self.with_shard(|s| record_phase(s, phase, d));
     }
 
     fn tool(&self, tool: &str, d: Duration) {
@@ -293,23 +331,8 @@ impl Metrics {
     /// One answered request: its method (bounded: unknown methods count as
     /// `other`), HTTP status and JSON-RPC error code if any.
     fn answered(&self, method: &str, status: u16, rpc_error: Option<i64>) {
-        let method = match method {
-            "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover"
-            | "notification" | "batch" | "delete" | "invalid" => method,
-            _ => "other",
-        };
-        self.with_shard(|s| {
-            match s.methods.get_mut(method) {
-                Some(c) => *c += 1,
-                None => {
-                    s.methods.insert(method.into(), 1);
-                }
-            }
-            *s.http_status.entry(status).or_default() += 1;
-            if let Some(c) = rpc_error {
-                *s.rpc_errors.entry(c).or_default() += 1;
-            }
-        });
+        let method = method_slot(method);
+        self.with_shard(|s| s.count(method, status, rpc_error));
     }
 }
 
