@@ -558,12 +558,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tls,
         config.server.limits(),
         workers,
-        move |req| {
+        move |req, conn| {
             // Each request finishes on the gateway current when it arrived.
             let gw = handler_gw.load_full();
             // Boxed once here, so hyper's layers move a pointer rather
             // than the whole request future.
-            Box::pin(gw.handle(req))
+            Box::pin(gw.handle(req, conn))
         },
     )
     .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;

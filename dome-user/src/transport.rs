@@ -132,7 +132,7 @@ pub fn serve<H, F>(
     handler: H,
 ) -> std::io::Result<SocketAddr>
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
 {
     let listeners = crate::workers::bind(addr, workers)?;
@@ -163,7 +163,7 @@ async fn accept_loop<H, F>(
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
 {
     loop {
@@ -191,9 +191,10 @@ async fn accept_loop<H, F>(
         });
         tokio::spawn(async move {
             let _permit = permit;
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                req.extensions_mut().insert(conn.clone());
-                let fut = handler(req);
+            // The connection goes to the handler as an argument, not as a
+            // request extension (which costs two allocations per request).
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let fut = handler(req, conn.clone());
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             let result = match tls {

@@ -93,7 +93,14 @@ fn serde_raw(body: &[u8]) -> Extracted {
 
 fn simd(body: &[u8]) -> Extracted {
     match envelope::parse(body).unwrap() {
-        Parsed::One(e) => (e.method, e.name, e.arguments, e.meta_entries),
+        // The method as an owned string like the baselines' (Dome keeps
+        // known methods as static strings; copying here only costs simd).
+        Parsed::One(e) => (
+            e.method.map(|m| m.into_owned()),
+            e.name,
+            e.arguments,
+            e.meta_entries,
+        ),
         Parsed::Batch => unreachable!(),
     }
 }

@@ -29,8 +29,9 @@ pub struct Call {
     pub arrived: Instant,
     pub time_us: u64,
     pub kind: Kind,
-    pub name: String,
-    pub upstream: String,
+    /// Shared with the catalog and the upstream (not copied per call).
+    pub name: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
     pub caller: Option<Caller>,
     pub session: Option<String>,
     pub source: Option<IpAddr>,
@@ -41,7 +42,8 @@ pub struct Call {
     pub args_digest: [u8; 32],
     pub args: Option<String>,
     pub decision: Decision,
-    pub rule: Option<String>,
+    /// Shared with the policy (not copied per call).
+    pub rule: Option<Arc<str>>,
     /// The policy in force when the call was judged (its version goes in
     /// the record; held, not copied).
     pub policy: Option<Arc<crate::policy::compile::Policy>>,
@@ -66,8 +68,8 @@ impl Call {
             arrived,
             time_us,
             kind,
-            name: String::new(),
-            upstream: String::new(),
+            name: None,
+            upstream: None,
             caller: None,
             session: None,
             source: None,
@@ -133,15 +135,7 @@ impl Call {
             self.phase_ns[phase::TOTAL] = self.arrived.elapsed().as_nanos() as u64;
         }
         let mut source = [0u8; 48];
-        let source_len = match self.source {
-            Some(ip) => {
-                use std::io::Write;
-                let mut cur = std::io::Cursor::new(&mut source[..]);
-                let _ = write!(cur, "{ip}");
-                cur.position() as usize
-            }
-            None => 0,
-        };
+        let source_len = self.source.map_or(0, |ip| ip_text(ip, &mut source));
         let outcome = self.outcome.unwrap_or(Outcome::Unknown);
         let call_id = self.call_id_hex();
         let (tenant, agent, user) = match &self.caller {
@@ -163,8 +157,8 @@ impl Call {
             session: self.session.as_deref().unwrap_or(""),
             source: std::str::from_utf8(&source[..source_len]).unwrap_or(""),
             kind: self.kind as u8,
-            name: &self.name,
-            upstream: &self.upstream,
+            name: self.name.as_deref().unwrap_or(""),
+            upstream: self.upstream.as_deref().unwrap_or(""),
             intent: self.intent.as_deref().unwrap_or(""),
             args_digest: self.args_digest,
             args: self.args.as_deref().unwrap_or(""),
@@ -193,9 +187,63 @@ impl Call {
     }
 }
 
+/// `ip` as text into `out`; its length. IPv4 (nearly every caller) without
+/// the formatting machinery, which cost more than the rest of the record.
+fn ip_text(ip: IpAddr, out: &mut [u8; 48]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                if octet >= 100 {
+                    out[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    out[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                out[n] = b'0' + octet % 10;
+                n += 1;
+            }
+            n
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cur, "{ip}");
+            cur.position() as usize
+        }
+    }
+}
+
 impl Drop for Call {
     fn drop(&mut self) {
         // Abandoned on the way: written as far as it got, without waiting.
         let _ = self.commit_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ip_text;
+
+    #[test]
+    fn addresses_as_text() {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.200.9.90",
+            "::1",
+            "2001:db8::ff00:42:8329",
+        ] {
+            let mut out = [0u8; 48];
+            let n = ip_text(ip.parse().unwrap(), &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), ip);
+        }
     }
 }

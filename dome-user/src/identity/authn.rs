@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use hyper::{HeaderMap, StatusCode};
+use hyper::{HeaderMap, StatusCode, header::HeaderName};
 
 use super::{
     apikey,
@@ -13,11 +13,11 @@ use super::{
 
 /// Header in which an agent whose tenant allows delegation names the end
 /// user it acts for. Like every `dome-*` header, never forwarded upstream.
-pub const H_USER: &str = "dome-user";
+pub const H_USER: HeaderName = HeaderName::from_static("dome-user");
 
 /// Header in which an agent passes a token the tenant's identity provider
 /// issued to the end user: the user is then the token's, verified.
-pub const H_USER_TOKEN: &str = "dome-user-token";
+pub const H_USER_TOKEN: HeaderName = HeaderName::from_static("dome-user-token");
 
 /// An authenticated caller.
 #[derive(Clone, Debug)]

@@ -75,7 +75,10 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub upstream: usize,
-    pub original: String,
+    /// The upstream's own name for the item.
+    pub original: Arc<str>,
+    /// The name Dome shows (the routing key), shared with call records.
+    pub public: Arc<str>,
 }
 
 /// One snapshot of one kind's catalog.
@@ -224,13 +227,12 @@ pub fn assemble_named(
             }
             let mut shown = t.clone();
             shown[key] = Value::String(public.clone());
-            cat.routes.insert(
-                public,
-                Route {
-                    upstream: i,
-                    original: original.to_string(),
-                },
-            );
+            let route = Route {
+                upstream: i,
+                original: original.into(),
+                public: public.as_str().into(),
+            };
+            cat.routes.insert(public, route);
             cat.items.push(shown);
         }
     }
@@ -314,7 +316,8 @@ mod tests {
             c.routes["b.echo"],
             Route {
                 upstream: 1,
-                original: "echo".into()
+                original: "echo".into(),
+                public: "b.echo".into()
             }
         );
     }

@@ -5,7 +5,7 @@
 //! taken out; a `tools/call`'s arguments are carried to the upstream as
 //! JSON text, never as an owned tree.
 
-use std::cell::RefCell;
+use std::{borrow::Cow, cell::RefCell};
 
 use serde_json::Value as Json;
 use simd_json::{
@@ -26,7 +26,7 @@ pub enum Meta {
     NotObject,
     Object {
         /// The protocol-version key: `Some(Some(v))` a string, `Some(None)` another type.
-        version: Option<Option<String>>,
+        version: Option<Option<Cow<'static, str>>>,
         has_capabilities: bool,
     },
 }
@@ -37,7 +37,7 @@ pub struct Envelope {
     /// `jsonrpc` is exactly "2.0".
     pub jsonrpc_ok: bool,
     pub id: Option<Json>,
-    pub method: Option<String>,
+    pub method: Option<Cow<'static, str>>,
     /// Has `result` or `error` (a response from the client).
     pub is_response: bool,
     /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
@@ -94,6 +94,38 @@ thread_local! {
     });
 }
 
+/// Methods and versions a request usually names: kept as the static
+/// string, so the common envelope copies no name.
+const KNOWN: [&str; 19] = [
+    "tools/call",
+    "tools/list",
+    "initialize",
+    "ping",
+    "server/discover",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "subscriptions/listen",
+    "logging/setLevel",
+    protocol::LATEST_STATELESS,
+    protocol::LATEST_SESSION,
+];
+
+fn known(x: TapeValue<'_, '_>) -> Option<Cow<'static, str>> {
+    let s = x.into_string()?;
+    Some(match KNOWN.iter().find(|k| **k == s) {
+        Some(k) => Cow::Borrowed(*k),
+        None => Cow::Owned(s.to_string()),
+    })
+}
+
 fn to_json(v: TapeValue<'_, '_>) -> Json {
     if let Some(s) = v.as_str() {
         return Json::String(s.to_string());
@@ -140,7 +172,7 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
     let mut e = Envelope {
         jsonrpc_ok: v.get("jsonrpc").and_then(ValueIntoString::into_string) == Some("2.0"),
         id: v.get("id").map(to_json),
-        method: v.get("method").and_then(str_of),
+        method: v.get("method").and_then(known),
         is_response: v.get("result").is_some() || v.get("error").is_some(),
         ..Default::default()
     };
@@ -170,7 +202,7 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
             Some(Some(o)) => {
                 let caps = o.get(protocol::META_CLIENT_CAPABILITIES);
                 e.meta = Meta::Object {
-                    version: o.get(protocol::META_PROTOCOL_VERSION).map(str_of),
+                    version: o.get(protocol::META_PROTOCOL_VERSION).map(known),
                     has_capabilities: caps.is_some(),
                 };
                 e.client_capabilities = caps.map(|c| c.encode());

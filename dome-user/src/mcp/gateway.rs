@@ -389,7 +389,7 @@ struct Tally {
     auth: Option<std::time::Duration>,
     policy: Option<std::time::Duration>,
     /// (upstream, tool, time to the upstream's answer).
-    upstream: Option<(String, String, std::time::Duration)>,
+    upstream: Option<(Arc<str>, Arc<str>, std::time::Duration)>,
     /// The request body's size.
     bytes_in: u64,
     /// The audit record of the call this request makes (more than one
@@ -433,17 +433,25 @@ fn with_call(f: impl FnOnce(&mut Call)) {
 /// How a result ended, from its JSON text, when not plainly: the tool's
 /// `isError`, or the upstream waiting for the caller's input (a quote inside
 /// a JSON string is escaped, so these keys can only be keys).
-fn result_outcome(text: &str) -> Option<crate::audit::record::Outcome> {
+fn result_outcome(text: &[u8]) -> Option<crate::audit::record::Outcome> {
     use crate::audit::record::Outcome;
-    // The value after `"key":`, spaces skipped (memchr's SIMD search: the
-    // answer is scanned on every call).
-    let after = |key: &str| {
-        memchr::memmem::find(text.as_bytes(), key.as_bytes())
-            .map(|i| text[i + key.len()..].trim_start_matches([' ', ':']))
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    // memchr's SIMD search (the answer is scanned on every call), its
+    // searchers built once.
+    static IS_ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"isError\""));
+    static RESULT_TYPE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("\"resultType\""));
+    // The value after `"key":`, spaces skipped.
+    let after = |key: &Finder<'static>| {
+        key.find(text).map(|i| {
+            let rest = &text[i + key.needle().len()..];
+            let skip = rest.iter().take_while(|b| matches!(b, b' ' | b':')).count();
+            &rest[skip..]
+        })
     };
-    if after("\"isError\"").is_some_and(|v| v.starts_with("true")) {
+    if after(&IS_ERROR).is_some_and(|v| v.starts_with(b"true")) {
         Some(Outcome::ToolError)
-    } else if after("\"resultType\"").is_some_and(|v| v.starts_with("\"input_required\"")) {
+    } else if after(&RESULT_TYPE).is_some_and(|v| v.starts_with(b"\"input_required\"")) {
         Some(Outcome::InputRequired)
     } else {
         None
@@ -451,7 +459,9 @@ fn result_outcome(text: &str) -> Option<crate::audit::record::Outcome> {
 }
 
 tokio::task_local! {
-    static TALLY: std::cell::RefCell<Tally>;
+    /// Boxed: a task-local is swapped in and out of its thread slot on
+    /// every poll, so it should be a pointer, not the whole tally.
+    static TALLY: std::cell::RefCell<Box<Tally>>;
     /// Who sent the request being served.
     static CTX: RequestCtx;
 }
@@ -506,23 +516,30 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     if let Some(c) = v["error"]["code"].as_i64() {
         let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
     }
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(v.to_string())).boxed())
-        .expect("static parts")
+    json_body(status, Bytes::from(v.to_string()))
+}
+
+/// A JSON response (built directly: no builder, no header parsing).
+fn json_body(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut r = Response::new(Full::new(body).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 /// A JSON body already written as text.
-fn raw_json_response(status: StatusCode, text: String, rpc_error: Option<i64>) -> Response<Body> {
+fn raw_json_response(
+    status: StatusCode,
+    text: impl Into<Bytes>,
+    rpc_error: Option<i64>,
+) -> Response<Body> {
     if let Some(c) = rpc_error {
         let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
     }
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(text)).boxed())
-        .expect("static parts")
+    json_body(status, text.into())
 }
 
 /// An upstream's `tools/call` answer re-addressed to the caller's `id`,
@@ -533,7 +550,7 @@ fn readdress(
     id: &Value,
     reply: Reply,
     method: &str,
-) -> Result<(StatusCode, String, Option<i64>), (i64, String)> {
+) -> Result<(StatusCode, Vec<u8>, Option<i64>), (i64, String)> {
     let bytes = match reply {
         Reply::Raw(b) => b,
         Reply::Json(v) => Bytes::from(v.to_string()),
@@ -601,7 +618,7 @@ fn policy_request<'a>(
 }
 
 /// Header in which a caller may state its intent instead of `_meta`.
-pub const H_INTENT: &str = "dome-intent";
+pub const H_INTENT: header::HeaderName = header::HeaderName::from_static("dome-intent");
 
 /// The caller's stated intent: `params._meta["dome/intent"]`, else the
 /// `Dome-Intent` header.
@@ -789,19 +806,26 @@ impl Gateway {
         Value::Object(caps)
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// Answers one request that came in on `conn`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<crate::transport::Conn>,
+    ) -> Response<Body> {
         let start = Instant::now();
         let metrics = self.metrics.clone();
-        let tally = std::cell::RefCell::new(Tally {
+        let tally = std::cell::RefCell::new(Box::new(Tally {
             method: "invalid",
             ..Default::default()
-        });
-        let (mut resp, mut tally) = TALLY
-            .scope(tally, async move {
-                let resp = self.route(req).await;
-                (resp, TALLY.with(|t| std::mem::take(&mut *t.borrow_mut())))
-            })
-            .await;
+        }));
+        let scoped = TALLY.scope(tally, self.route(req, conn, start));
+        tokio::pin!(scoped);
+        let mut resp = scoped.as_mut().await;
+        let mut tally = scoped
+            .as_mut()
+            .take_value()
+            .expect("the tally outlives its scope")
+            .into_inner();
         // Phase: audit. The answer leaves only once its record is durable.
         if let Some(call) = tally.call.take() {
             let mut last = None;
@@ -845,15 +869,18 @@ impl Gateway {
             parse: tally.parse,
             auth: tally.auth,
             policy: tally.policy,
-            upstream: tally
-                .upstream
-                .as_ref()
-                .map(|(u, t, d)| (u.as_str(), t.as_str(), *d)),
+            upstream: tally.upstream.as_ref().map(|(u, t, d)| (&**u, &**t, *d)),
         });
         resp
     }
 
-    async fn route(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    /// `arrived`: when `handle` took the request (one clock read for both).
+    async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<crate::transport::Conn>,
+        arrived: Instant,
+    ) -> Response<Body> {
         let path = req.uri().path();
         if req.method() == Method::GET {
             if path == METADATA_PATH || path.strip_prefix(METADATA_PATH) == Some(&self.config.path)
@@ -880,17 +907,12 @@ impl Gateway {
             );
         }
         // Phase: authenticate.
-        let conn = req
-            .extensions()
-            .get::<Arc<crate::transport::Conn>>()
-            .cloned();
-        let source = conn.as_ref().map(|c| c.peer.ip());
+        let source = Some(conn.peer.ip());
         let now_s = crate::clock::unix_s();
         let escalation = &self.identity.escalation;
         if escalation.blocked(source, None, now_s) {
             return self.blocked();
         }
-        let arrived = Instant::now();
         let index = self.identity.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
@@ -929,9 +951,7 @@ impl Gateway {
             if escalation.blocked(None, Some(c.agent.slot), now_s) {
                 return self.blocked();
             }
-            if let Some(conn) = &conn {
-                self.bind_kernel(conn, c);
-            }
+            self.bind_kernel(&conn, c);
         }
         let took = arrived.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
@@ -948,7 +968,7 @@ impl Gateway {
                 arrived: Some(arrived),
                 trace: req
                     .headers()
-                    .get("traceparent")
+                    .get(protocol::H_TRACEPARENT)
                     .and_then(|v| v.to_str().ok())
                     .and_then(trace_id),
             },
@@ -1226,7 +1246,7 @@ impl Gateway {
         let parsed = envelope::parse(&bytes);
         let took = parse_start.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().parse = Some(took));
-        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let session_id = header(protocol::H_SESSION).map(str::to_string);
         let e = match parsed {
             Ok(Parsed::One(e)) => e,
@@ -1273,7 +1293,7 @@ impl Gateway {
                 &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
             );
         }
-        let method = e.method.clone().unwrap_or_default();
+        let method = e.method.as_deref().unwrap_or_default();
         let is_notification = is_response || e.id.is_none();
         note_method(if is_notification {
             "notification"
@@ -1540,7 +1560,7 @@ impl Gateway {
             | "resources/unsubscribe" => match self.forward_other(method, e).await {
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, _)) => {
-                        (status, serde_json::from_str(&text).unwrap_or_default())
+                        (status, serde_json::from_slice(&text).unwrap_or_default())
                     }
                     Err((c, m)) => err(c, m),
                 },
@@ -1603,7 +1623,7 @@ impl Gateway {
                         if let Some(o) = result_outcome(&text) {
                             with_call(|c| c.outcome = Some(o));
                         }
-                        (status, serde_json::from_str(&text).unwrap_or_default())
+                        (status, serde_json::from_slice(&text).unwrap_or_default())
                     }
                     Err((c, m)) => err(c, m),
                 },
@@ -1729,7 +1749,7 @@ impl Gateway {
                 format!("{method} needs the name or URI of what it asks for"),
             ));
         };
-        call.name = key.clone();
+        call.name = Some(key.as_str().into());
         let upstream = match kind {
             Kind::Resources | Kind::Templates => {
                 let direct = if kind == Kind::Resources {
@@ -1751,9 +1771,9 @@ impl Gateway {
             }
             _ => self.lookup(kind, &key).await.map(|r| {
                 match (field, method) {
-                    (Some(f), _) => params[f] = Value::String(r.original.clone()),
+                    (Some(f), _) => params[f] = Value::from(&*r.original),
                     (None, "completion/complete") => {
-                        params["ref"]["name"] = Value::String(r.original.clone())
+                        params["ref"]["name"] = Value::from(&*r.original)
                     }
                     _ => {}
                 }
@@ -1767,7 +1787,7 @@ impl Gateway {
             ));
         };
         let upstream = self.upstreams[index].clone();
-        call.upstream = upstream.name().to_string();
+        call.upstream = Some(upstream.label().clone());
         // Phase: decide (prompts, resources and completion by kind and name).
         let policy_kind = match method {
             "prompts/get" => "prompt",
@@ -1942,7 +1962,7 @@ impl Gateway {
                 redactor,
                 rule,
             } => {
-                call.rule = Some(rule.to_string());
+                call.rule = Some(rule.clone());
                 if obligations.require_intent && intent.is_none() {
                     call.decision = crate::audit::record::Decision::Deny;
                     return Err(deny(&format!(
@@ -1966,7 +1986,7 @@ impl Gateway {
             crate::policy::compile::Decision::Deny { rule, reason } => {
                 tracing::debug!(tool, rule = ?rule, "policy denied a call");
                 call.decision = crate::audit::record::Decision::Deny;
-                call.rule = rule.map(str::to_string);
+                call.rule = rule.map(Arc::from);
                 Err(deny(reason))
             }
         }
@@ -2039,9 +2059,6 @@ impl Gateway {
         session: Option<&Arc<Session>>,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
-        if let Some(n) = &e.name {
-            call.name = n.clone();
-        }
         if let Some(a) = &e.arguments {
             call.digest_args(a);
         }
@@ -2053,10 +2070,13 @@ impl Gateway {
                 .into());
         };
         let Some(route) = self.lookup(Kind::Tools, name).await else {
+            call.name = Some(name.into());
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
+        // The catalog's shared names: nothing copied per call.
+        call.name = Some(route.public.clone());
         let upstream = self.upstreams[route.upstream].clone();
-        call.upstream = upstream.name().to_string();
+        call.upstream = Some(upstream.label().clone());
         // A session's caller authenticated when it opened the session (a
         // task that outlives the request, like a round of client input,
         // finds it there).
@@ -2173,7 +2193,7 @@ impl Gateway {
         let took = start.elapsed();
         call.phase_ns[audit_phase::UPSTREAM] = took.as_nanos() as u64;
         let _ = TALLY.try_with(|t| {
-            t.borrow_mut().upstream = Some((upstream.name().to_string(), name.to_string(), took))
+            t.borrow_mut().upstream = Some((upstream.label().clone(), route.public.clone(), took))
         });
         match result {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
@@ -2342,8 +2362,8 @@ impl Gateway {
             Ok(c) => c,
             Err(r) => return r.respond(&id, Era::Stateless),
         };
-        record.name = tool.clone();
-        record.upstream = upstream.name().to_string();
+        record.name = Some(tool.as_str().into());
+        record.upstream = Some(upstream.label().clone());
         record.decision = crate::audit::record::Decision::Allow;
         let to = RelayTo {
             id,
@@ -2450,7 +2470,7 @@ impl Gateway {
             // Each round is a call upstream with a record of its own, kept
             // here (this task answers outside any request).
             let (forwarded, mut record) = TALLY
-                .scope(std::cell::RefCell::new(Tally::default()), async {
+                .scope(std::cell::RefCell::new(Box::default()), async {
                     let r = self.forward_call(&again, Some(&session)).await;
                     (r, unstash())
                 })
@@ -3129,7 +3149,7 @@ fn stateless_ladder(
     if !has_capabilities {
         return Err(missing(protocol::META_CLIENT_CAPABILITIES));
     }
-    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let header = |n| headers.get(n).and_then(|v| v.to_str().ok());
     if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_deref()) {
         return Err((
             code::HEADER_MISMATCH,
@@ -3172,31 +3192,23 @@ fn stateless_ladder(
 }
 
 fn accepts(headers: &HeaderMap) -> (bool, bool) {
-    let accept = headers
+    // Media ranges, parameters dropped, compared without allocating (this
+    // runs on every POST).
+    let (mut json, mut sse) = (false, false);
+    let ranges = headers
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .collect::<Vec<_>>()
-        .join(",");
-    let types: Vec<String> = accept
-        .split(',')
-        .map(|t| {
-            t.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .collect();
-    let any = types.iter().any(|t| t == "*/*");
-    let json = any
-        || types
-            .iter()
-            .any(|t| t == "application/json" || t == "application/*");
-    let sse = any
-        || types
-            .iter()
-            .any(|t| t == "text/event-stream" || t == "text/*");
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim());
+    for t in ranges {
+        let is = |m: &str| t.eq_ignore_ascii_case(m);
+        if is("*/*") {
+            return (true, true);
+        }
+        json |= is("application/json") || is("application/*");
+        sse |= is("text/event-stream") || is("text/*");
+    }
     (json, sse)
 }
 
@@ -3213,7 +3225,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
+            h.append(
                 hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 v.parse().unwrap(),
             );
@@ -3289,12 +3301,25 @@ mod tests {
             accepts(&headers(&[("accept", "application/json")])),
             (true, false)
         );
+        // Parameters, case, subtype wildcards and repeated headers.
+        assert_eq!(
+            accepts(&headers(&[
+                ("accept", "Application/JSON;q=0.9"),
+                ("accept", " text/*; q=0.1")
+            ])),
+            (true, true)
+        );
+        assert_eq!(
+            accepts(&headers(&[("accept", "text/html, application/*")])),
+            (true, false)
+        );
+        assert_eq!(accepts(&headers(&[])), (false, false));
     }
 
     #[test]
     fn outcomes_read_from_result_text() {
         use crate::audit::record::Outcome;
-        let r = |t: &str| result_outcome(t);
+        let r = |t: &str| result_outcome(t.as_bytes());
         assert_eq!(
             r(r#"{"result":{"content":[],"isError":true}}"#),
             Some(Outcome::ToolError)

@@ -23,11 +23,15 @@ pub fn implementation() -> serde_json::Value {
     serde_json::json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")})
 }
 
-/// HTTP headers.
-pub const H_SESSION: &str = "mcp-session-id";
-pub const H_VERSION: &str = "mcp-protocol-version";
-pub const H_METHOD: &str = "mcp-method";
-pub const H_NAME: &str = "mcp-name";
+/// HTTP headers, as names made at compile time: a lookup by one skips
+/// parsing the name (requests are looked up several times each).
+pub const H_SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const H_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub const H_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+pub const H_NAME: HeaderName = HeaderName::from_static("mcp-name");
+pub const H_TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+use hyper::header::HeaderName;
 
 /// JSON-RPC error codes.
 pub mod code {

@@ -128,6 +128,8 @@ pub type NotificationSink = Arc<dyn Fn(&Value) + Send + Sync>;
 
 pub struct Upstream {
     pub config: UpstreamConfig,
+    /// The name, shared (not copied) by each call's record and metrics.
+    label: std::sync::Arc<str>,
     /// Keep-alive connections, one set per lane (see `workers`): a
     /// worker's connections live on its own runtime and only it uses them.
     pool: super::pool::Pool,
@@ -177,6 +179,7 @@ impl Upstream {
         )
         .map_err(|e| format!("upstream `{}`: {e}", config.name))?;
         Ok(Upstream {
+            label: config.name.as_str().into(),
             config,
             pool,
             era: arc_swap::ArcSwap::from_pointee(Era::Unknown),
@@ -194,6 +197,11 @@ impl Upstream {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The name as a shared string (cloned without copying).
+    pub fn label(&self) -> &std::sync::Arc<str> {
+        &self.label
     }
 
     /// Where the upstream's own notifications go (set once; a reused
@@ -720,18 +728,31 @@ impl Upstream {
         name: Option<&str>,
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        use header::{HeaderName, HeaderValue};
+        use header::HeaderValue;
         // Names and fixed values made once: no header parsing per call.
-        const VERSION: HeaderName = HeaderName::from_static(protocol::H_VERSION);
-        const METHOD: HeaderName = HeaderName::from_static(protocol::H_METHOD);
-        const NAME: HeaderName = HeaderName::from_static(protocol::H_NAME);
-        const SESSION: HeaderName = HeaderName::from_static(protocol::H_SESSION);
+        use protocol::{
+            H_METHOD as METHOD, H_NAME as NAME, H_SESSION as SESSION, H_VERSION as VERSION,
+        };
         let invalid = |e: header::InvalidHeaderValue| {
             UpstreamError::Invalid(self.name().into(), format!("bad header value: {e}"))
+        };
+        // Versions and methods are nearly always one of a few constants:
+        // those become header values without a copy.
+        let value = |v: &str| match protocol::SESSION_VERSIONS
+            .iter()
+            .chain(&protocol::STATELESS_VERSIONS)
+            .chain(&["tools/call", "tools/list", "initialize"])
+            .find(|k| **k == v)
+        {
+            Some(k) => Ok(HeaderValue::from_static(k)),
+            None => HeaderValue::from_str(v).map_err(invalid),
         };
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = hyper::Method::POST;
         *req.uri_mut() = self.pool.target().clone();
+        // Room for every header the request gets (the pool adds `Host`),
+        // so the map is allocated once and never grown.
+        *req.headers_mut() = header::HeaderMap::with_capacity(8);
         let h = req.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -743,15 +764,15 @@ impl Upstream {
         );
         match &**self.era.load() {
             Era::Stateless { version } => {
-                h.insert(VERSION, HeaderValue::from_str(version).map_err(invalid)?);
-                h.insert(METHOD, HeaderValue::from_str(method).map_err(invalid)?);
+                h.insert(VERSION, value(version)?);
+                h.insert(METHOD, value(method)?);
                 if let Some(n) = name {
                     h.insert(NAME, HeaderValue::from_str(n).map_err(invalid)?);
                 }
             }
             Era::Session { id, version } => {
                 if method != "initialize" {
-                    h.insert(VERSION, HeaderValue::from_str(version).map_err(invalid)?);
+                    h.insert(VERSION, value(version)?);
                 }
                 if let Some(id) = id {
                     h.insert(SESSION, HeaderValue::from_str(id).map_err(invalid)?);
@@ -824,7 +845,16 @@ pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>)
         ..
     } = *call;
     use std::fmt::Write as _;
-    let mut b = String::with_capacity(256 + arguments.map_or(0, str::len));
+    // Sized for the whole body, so it is never grown: the fixed parts,
+    // Dome's client info and the caller's texts.
+    let texts = arguments.map_or(0, str::len)
+        + client_capabilities.map_or(0, str::len)
+        + meta
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
+    let mut b = String::with_capacity(256 + client_info_entry().len() + name.len() + texts);
     let _ = write!(
         b,
         "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/call\",\"params\":{{\"name\":"
@@ -987,33 +1017,37 @@ impl<'a> ResponseParts<'a> {
     /// The response re-addressed to `id`, as JSON text. `fields` (JSON
     /// members, e.g. `"resultType":"complete"`) are added to a result object:
     /// what a stateless-era caller needs from a session-era upstream's answer.
-    pub fn readdressed(&self, id: &Value, fields: &str) -> String {
-        let mut out = String::with_capacity(64 + self.result.map_or(0, |r| r.get().len()));
-        out.push_str("{\"jsonrpc\":\"2.0\",\"id\":");
-        out.push_str(&id.to_string());
+    /// The text is one buffer, handed on as the response body uncopied.
+    pub fn readdressed(&self, id: &Value, fields: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            64 + fields.len() + self.result.or(self.error).map_or(0, |r| r.get().len()),
+        );
+        out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        // Writing a `Value` into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, id);
         match (self.result, self.error) {
             (Some(r), _) => {
-                out.push_str(",\"result\":");
+                out.extend_from_slice(b",\"result\":");
                 let raw = r.get().trim_start();
                 match raw.strip_prefix('{') {
                     Some(rest) if !fields.is_empty() => {
-                        out.push('{');
-                        out.push_str(fields);
+                        out.push(b'{');
+                        out.extend_from_slice(fields.as_bytes());
                         if !rest.trim_start().starts_with('}') {
-                            out.push(',');
+                            out.push(b',');
                         }
-                        out.push_str(rest);
+                        out.extend_from_slice(rest.as_bytes());
                     }
-                    _ => out.push_str(raw),
+                    _ => out.extend_from_slice(raw.as_bytes()),
                 }
             }
             (None, Some(e)) => {
-                out.push_str(",\"error\":");
-                out.push_str(e.get());
+                out.extend_from_slice(b",\"error\":");
+                out.extend_from_slice(e.get().as_bytes());
             }
-            (None, None) => out.push_str(",\"result\":{}"),
+            (None, None) => out.extend_from_slice(b",\"result\":{}"),
         }
-        out.push('}');
+        out.push(b'}');
         out
     }
 }
@@ -1050,22 +1084,22 @@ mod tests {
         let body =
             br#"{"jsonrpc":"2.0","id":77,"result":{"content":[{"type":"text","text":"hi"}]}}"#;
         let p = ResponseParts::of(body).unwrap();
-        let v: Value = serde_json::from_str(&p.readdressed(&json!("c-1"), "")).unwrap();
+        let v: Value = serde_json::from_slice(&p.readdressed(&json!("c-1"), "")).unwrap();
         assert_eq!(
             v,
             json!({"jsonrpc": "2.0", "id": "c-1", "result": {"content": [{"type": "text", "text": "hi"}]}})
         );
-        let v: Value = serde_json::from_str(&p.readdressed(&json!(5), RESULT_TYPE)).unwrap();
+        let v: Value = serde_json::from_slice(&p.readdressed(&json!(5), RESULT_TYPE)).unwrap();
         assert_eq!(v["result"]["resultType"], "complete");
         let empty = ResponseParts::of(br#"{"jsonrpc":"2.0","id":1,"result":{ }}"#).unwrap();
-        let v: Value = serde_json::from_str(&empty.readdressed(&json!(1), RESULT_TYPE)).unwrap();
+        let v: Value = serde_json::from_slice(&empty.readdressed(&json!(1), RESULT_TYPE)).unwrap();
         assert_eq!(v["result"], json!({"resultType": "complete"}));
         let err = ResponseParts::of(
             br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#,
         )
         .unwrap();
         assert_eq!(err.error_code(), Some(-32602));
-        let v: Value = serde_json::from_str(&err.readdressed(&json!(9), RESULT_TYPE)).unwrap();
+        let v: Value = serde_json::from_slice(&err.readdressed(&json!(9), RESULT_TYPE)).unwrap();
         assert_eq!(v["error"]["message"], "no");
         assert!(ResponseParts::of(b"{\"jsonrpc\":\"2.0\"}").is_none());
         assert!(ResponseParts::of(b"garbage").is_none());

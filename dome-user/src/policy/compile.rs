@@ -36,7 +36,7 @@ pub enum Decision<'p> {
     /// Allowed by `rule` (the first matching allow rule in file order,
     /// which also gives the obligations).
     Allow {
-        rule: &'p str,
+        rule: &'p std::sync::Arc<str>,
         obligations: &'p Obligations,
         /// The rule's redactions of the result, compiled.
         redactor: Option<&'p std::sync::Arc<super::redact::Redactor>>,
@@ -201,7 +201,8 @@ struct CIntent {
 
 #[derive(Debug)]
 struct CRule {
-    id: String,
+    /// Shared with the audit records of the calls it decides (not copied).
+    id: std::sync::Arc<str>,
     effect: Effect,
     reason: String,
     tenants: Option<Vec<String>>,
@@ -680,7 +681,7 @@ fn compile_rule(
         ));
     }
     Ok(CRule {
-        id: rule.id.clone(),
+        id: rule.id.as_str().into(),
         effect: rule.effect,
         reason: match (rule.effect, &rule.reason) {
             (Effect::Deny, Some(r)) => r.clone(),
