@@ -412,6 +412,40 @@ fn stash(call: Call) {
     });
 }
 
+/// Commits the records of the calls a request made, its outcome and size
+/// filled in from the answer: the last one's trail and ticket to wait on,
+/// and the request's JSON-RPC id (to answer with if the wait fails).
+#[allow(clippy::type_complexity)] // one use, destructured at once
+fn commit_calls(
+    tally: &mut Tally,
+    resp: &Response<Body>,
+) -> Option<(Arc<crate::audit::trail::Trail>, u64, Option<Value>)> {
+    use crate::audit::record::Outcome;
+    let mut call = tally.call.take()?;
+    let mut last = None;
+    for mut c in std::mem::take(&mut tally.more_calls) {
+        if c.outcome.is_none() {
+            c.outcome = Some(Outcome::Ok);
+        }
+        last = c.commit().or(last);
+    }
+    call.bytes_out = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    if call.status.is_none()
+        && let Some(code) = tally.rpc_error
+    {
+        call.status = Some(code as i32);
+        call.outcome = Some(Outcome::Error);
+    }
+    if call.outcome.is_none() {
+        call.outcome = Some(Outcome::Ok);
+    }
+    let id = call.rpc_id.take();
+    let (trail, ticket) = call.commit().or(last)?;
+    Some((trail, ticket, id))
+}
+
 /// Takes the current call's record back (its answer streams on after the
 /// request returns).
 fn unstash() -> Option<Call> {
@@ -818,48 +852,29 @@ impl Gateway {
             method: "invalid",
             ..Default::default()
         }));
-        let scoped = TALLY.scope(tally, self.route(req, conn, start));
-        tokio::pin!(scoped);
-        let mut resp = scoped.as_mut().await;
-        let mut tally = scoped
-            .as_mut()
-            .take_value()
-            .expect("the tally outlives its scope")
-            .into_inner();
+        // In a block, so the scope's storage is free while the record is
+        // awaited below (this future is moved once per request).
+        let (mut resp, mut tally) = {
+            let scoped = TALLY.scope(tally, self.route(req, conn, start));
+            tokio::pin!(scoped);
+            let resp = scoped.as_mut().await;
+            let tally = scoped
+                .as_mut()
+                .take_value()
+                .expect("the tally outlives its scope")
+                .into_inner();
+            (resp, tally)
+        };
         // Phase: audit. The answer leaves only once its record is durable.
-        if let Some(call) = tally.call.take() {
-            let mut last = None;
-            for mut c in std::mem::take(&mut tally.more_calls) {
-                if c.outcome.is_none() {
-                    c.outcome = Some(crate::audit::record::Outcome::Ok);
-                }
-                last = c.commit().or(last);
-            }
-            let mut call = call;
-            call.bytes_out = hyper::body::Body::size_hint(resp.body())
-                .exact()
-                .unwrap_or(0);
-            if call.status.is_none()
-                && let Some(code) = tally.rpc_error
-            {
-                call.status = Some(code as i32);
-                call.outcome = Some(crate::audit::record::Outcome::Error);
-            }
-            if call.outcome.is_none() {
-                call.outcome = Some(crate::audit::record::Outcome::Ok);
-            }
-            let id = call.rpc_id.take();
-            last = call.commit().or(last);
-            if let Some((trail, ticket)) = last
-                && let Err(u) = trail.durable(ticket).await
-            {
-                tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
-                tally.rpc_error = Some(code::AUDIT_UNAVAILABLE);
-                resp = json_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &rpc_error(&id.unwrap_or(Value::Null), code::AUDIT_UNAVAILABLE, u.0),
-                );
-            }
+        if let Some((trail, ticket, id)) = commit_calls(&mut tally, &resp)
+            && let Err(u) = trail.durable(ticket).await
+        {
+            tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
+            tally.rpc_error = Some(code::AUDIT_UNAVAILABLE);
+            resp = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &rpc_error(&id.unwrap_or(Value::Null), code::AUDIT_UNAVAILABLE, u.0),
+            );
         }
         metrics.request(&RequestRecord {
             method: tally.method,
@@ -1085,7 +1100,9 @@ impl Gateway {
             );
         }
         match *req.method() {
-            Method::POST => self.post(req).await,
+            // Boxed: every future above this one is created by moving it
+            // whole, so a small handle here saves copies on every request.
+            Method::POST => Box::pin(self.post(req)).await,
             Method::GET if req.headers().contains_key(protocol::H_SESSION) => {
                 note_method("other");
                 self.open_stream(req.headers())

@@ -793,7 +793,9 @@ impl Upstream {
         let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(UpstreamError::Timeout(self.name().into()));
         };
-        match tokio::time::timeout_at(deadline, self.pool.send(req)).await {
+        // Boxed, so the futures of the call path above stay small (each is
+        // moved whole when created).
+        match tokio::time::timeout_at(deadline, Box::pin(self.pool.send(req))).await {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(self.name().into(), e)),
             Ok(Ok(r)) => Ok(r),
