@@ -412,14 +412,13 @@ fn stash(call: Call) {
     });
 }
 
-/// Commits the records of the calls a request made, its outcome and size
-/// filled in from the answer: the last one's trail and ticket to wait on,
-/// and the request's JSON-RPC id (to answer with if the wait fails).
-#[allow(clippy::type_complexity)] // one use, destructured at once
-fn commit_calls(
-    tally: &mut Tally,
-    resp: &Response<Body>,
-) -> Option<(Arc<crate::audit::trail::Trail>, u64, Option<Value>)> {
+/// A committed record to wait for: its trail, its ticket, and the
+/// request's JSON-RPC id (to answer with if the wait fails).
+type Committed = (Arc<crate::audit::trail::Trail>, u64, Option<Value>);
+
+/// Commits the records of the calls a request made, with the outcome and
+/// size the answer gives them.
+fn commit_calls(tally: &mut Tally, resp: &Response<Body>) -> Option<Committed> {
     use crate::audit::record::Outcome;
     let mut call = tally.call.take()?;
     let mut last = None;
@@ -576,6 +575,9 @@ fn raw_json_response(
     json_body(status, text.into())
 }
 
+/// (HTTP status, the answer's JSON text, its JSON-RPC error code if any).
+type Readdressed = (StatusCode, Vec<u8>, Option<i64>);
+
 /// An upstream's `tools/call` answer re-addressed to the caller's `id`,
 /// without building a tree of it: (HTTP status, JSON text, error code).
 fn readdress(
@@ -584,7 +586,7 @@ fn readdress(
     id: &Value,
     reply: Reply,
     method: &str,
-) -> Result<(StatusCode, Vec<u8>, Option<i64>), (i64, String)> {
+) -> Result<Readdressed, (i64, String)> {
     let bytes = match reply {
         Reply::Raw(b) => b,
         Reply::Json(v) => Bytes::from(v.to_string()),
@@ -1315,7 +1317,7 @@ impl Gateway {
         note_method(if is_notification {
             "notification"
         } else {
-            method_label(&method)
+            method_label(method)
         });
 
         let header_version = header(protocol::H_VERSION);
@@ -1329,7 +1331,7 @@ impl Gateway {
             || header_version.is_some_and(protocol::is_stateless_version);
 
         if stateless {
-            if let Err((code, message, data)) = stateless_ladder(&e, &method, &headers) {
+            if let Err((code, message, data)) = stateless_ladder(&e, method, &headers) {
                 let mut err = rpc_error(&id, code, message);
                 if let Some(d) = data {
                     err["error"]["data"] = d;
@@ -1340,7 +1342,7 @@ impl Gateway {
                 return empty(StatusCode::ACCEPTED);
             }
             return self
-                .dispatch(Era::Stateless, &method, id, &e, sse_ok, None)
+                .dispatch(Era::Stateless, method, id, &e, sse_ok, None)
                 .await;
         }
 
@@ -1389,7 +1391,7 @@ impl Gateway {
         }
         self.dispatch(
             Era::Session(session.version),
-            &method,
+            method,
             id,
             &e,
             sse_ok,
