@@ -94,36 +94,11 @@ thread_local! {
     });
 }
 
-/// Methods and versions a request usually names: kept as the static
-/// string, so the common envelope copies no name.
-const KNOWN: [&str; 19] = [
-    "tools/call",
-    "tools/list",
-    "initialize",
-    "ping",
-    "server/discover",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "resources/list",
-    "resources/read",
-    "resources/templates/list",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "prompts/list",
-    "prompts/get",
-    "completion/complete",
-    "subscriptions/listen",
-    "logging/setLevel",
-    protocol::LATEST_STATELESS,
-    protocol::LATEST_SESSION,
-];
-
+/// A method or version: static when Dome knows it, so the common
+/// envelope copies no name.
 fn known(x: TapeValue<'_, '_>) -> Option<Cow<'static, str>> {
     let s = x.into_string()?;
-    Some(match KNOWN.iter().find(|k| **k == s) {
-        Some(k) => Cow::Borrowed(*k),
-        None => Cow::Owned(s.to_string()),
-    })
+    Some(protocol::interned(s).map_or_else(|| Cow::Owned(s.to_string()), Cow::Borrowed))
 }
 
 fn to_json(v: TapeValue<'_, '_>) -> Json {

@@ -804,16 +804,19 @@ impl Gateway {
 
     /// Where `key` of `kind` goes, listing again once when it is unknown.
     async fn lookup(&self, kind: Kind, key: &str) -> Option<catalog::Route> {
-        let mut cat = self.current(kind);
-        if !cat.routes.contains_key(key) && !cat.unavailable.contains_key(key) {
-            cat = self.refresh(kind).await;
-        }
         // An item of an upstream that is down is not listed, but a request
         // for it still goes there, so the caller learns which upstream failed.
-        cat.routes
-            .get(key)
-            .or_else(|| cat.unavailable.get(key))
-            .cloned()
+        let find = |cat: &Catalog| {
+            cat.routes
+                .get(key)
+                .or_else(|| cat.unavailable.get(key))
+                .cloned()
+        };
+        // The common case borrows the snapshot (no reference count taken).
+        if let Some(r) = find(&self.catalogs[kind.index()].load()) {
+            return Some(r);
+        }
+        find(&*self.refresh(kind).await)
     }
 
     /// What Dome announces: the union of its upstreams' capabilities, each

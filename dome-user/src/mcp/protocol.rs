@@ -62,6 +62,38 @@ pub mod code {
     pub const AUDIT_UNAVAILABLE: i64 = -32006;
 }
 
+/// Methods a request usually names.
+const METHODS: [&str; 17] = [
+    "tools/call",
+    "tools/list",
+    "initialize",
+    "ping",
+    "server/discover",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "subscriptions/listen",
+    "logging/setLevel",
+];
+
+/// `s` as a static string when it is a method or protocol version Dome
+/// knows: those are kept and sent on without a copy.
+pub fn interned(s: &str) -> Option<&'static str> {
+    METHODS
+        .iter()
+        .chain(&SESSION_VERSIONS)
+        .chain(&STATELESS_VERSIONS)
+        .find(|k| **k == s)
+        .copied()
+}
+
 /// Whether `v` is a session-era version Dome negotiates.
 pub fn is_session_version(v: &str) -> bool {
     SESSION_VERSIONS.contains(&v)
@@ -109,6 +141,15 @@ mod tests {
         assert_eq!(negotiate("2025-06-18"), "2025-06-18");
         assert_eq!(negotiate("2024-01-01"), LATEST_SESSION);
         assert_eq!(negotiate("2026-07-28"), LATEST_SESSION);
+    }
+
+    #[test]
+    fn known_methods_and_versions_are_interned() {
+        for s in ["tools/call", "ping", "2025-03-26", "2026-07-28"] {
+            assert_eq!(interned(s), Some(s));
+        }
+        assert_eq!(interned("tools/calls"), None);
+        assert_eq!(interned("2099-01-01"), None);
     }
 
     #[test]

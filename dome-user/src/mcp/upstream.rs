@@ -736,14 +736,9 @@ impl Upstream {
         let invalid = |e: header::InvalidHeaderValue| {
             UpstreamError::Invalid(self.name().into(), format!("bad header value: {e}"))
         };
-        // Versions and methods are nearly always one of a few constants:
-        // those become header values without a copy.
-        let value = |v: &str| match protocol::SESSION_VERSIONS
-            .iter()
-            .chain(&protocol::STATELESS_VERSIONS)
-            .chain(&["tools/call", "tools/list", "initialize"])
-            .find(|k| **k == v)
-        {
+        // Versions and methods are nearly always ones Dome knows: those
+        // become header values without a copy.
+        let value = |v: &str| match protocol::interned(v) {
             Some(k) => Ok(HeaderValue::from_static(k)),
             None => HeaderValue::from_str(v).map_err(invalid),
         };
