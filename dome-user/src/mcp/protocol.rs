@@ -1,6 +1,8 @@
 //! MCP protocol constants shared by the gateway, the upstream client and the
 //! demo upstream: versions of both eras, JSON-RPC error codes, header names.
 
+use hyper::header::HeaderName;
+
 /// Versions reached through the `initialize` handshake (the session era),
 /// oldest first.
 pub const SESSION_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
@@ -30,8 +32,6 @@ pub const H_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version"
 pub const H_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 pub const H_NAME: HeaderName = HeaderName::from_static("mcp-name");
 pub const H_TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-use hyper::header::HeaderName;
 
 /// JSON-RPC error codes.
 pub mod code {

@@ -15,15 +15,9 @@ use std::{
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 
-/// Request phases timed on the path, in their slot order.
-pub mod phase {
-    pub const PARSE: usize = 0;
-    pub const AUTH: usize = 1;
-    pub const POLICY: usize = 2;
-    pub const UPSTREAM: usize = 3;
-    pub const TOTAL: usize = 4;
-    pub const NAMES: [&str; 5] = ["parse", "auth", "policy", "upstream", "total"];
-}
+// Request phases timed on the path: the audit record's slots and names,
+// so `/stats` and the trail agree on them.
+use crate::audit::{call::phase, record::PHASES};
 
 /// Method labels are a closed set, so a client cannot grow the label space
 /// (and each has a fixed counter slot: no lookup by name per request).
@@ -54,7 +48,7 @@ type Keyed<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 #[derive(Default)]
 struct Shard {
     /// Created on first use, so a phase never timed is not reported.
-    phases: [Option<Histogram<u64>>; 5],
+    phases: [Option<Histogram<u64>>; PHASES.len()],
     tools: Keyed<Histogram<u64>>,
     upstreams: Keyed<Histogram<u64>>,
     methods: [u64; METHODS.len()],
@@ -216,7 +210,7 @@ impl Shard {
     }
 
     fn phases(&self) -> impl Iterator<Item = (&'static str, &Histogram<u64>)> {
-        phase::NAMES
+        PHASES
             .iter()
             .zip(&self.phases)
             .filter_map(|(name, h)| Some((*name, h.as_ref()?)))
