@@ -11,6 +11,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod pgo;
+
 /// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
@@ -32,12 +34,22 @@ enum Cmd {
     Build {
         #[arg(long)]
         release: bool,
+        /// Also build `dome` with profile-guided optimisation (the build
+        /// `bench e2e` measures and production should run), into
+        /// target/pgo/use/<host>/release/dome.
+        #[arg(long)]
+        pgo: bool,
     },
     /// Build in release mode and run Dome on configs/dome.toml.
     Run {
         /// Configuration file.
         #[arg(long, default_value = "configs/dome.toml")]
         config: PathBuf,
+        /// Run the build with profile-guided optimisation (the first time,
+        /// about eight minutes more: an instrumented build, its training
+        /// run, the optimised build).
+        #[arg(long)]
+        pgo: bool,
     },
     /// Run every test; the kernel tests too when root (reported as skipped otherwise).
     Test,
@@ -65,24 +77,32 @@ fn run(cli: Cli) -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.command {
         Cmd::Setup => setup(&root),
-        Cmd::Build { release } => {
+        Cmd::Build { release, pgo } => {
             setup(&root)?;
-            cargo(&root, &build_args(release))
+            cargo(&root, &build_args(release || pgo))?;
+            if pgo && let Some(dome) = pgo::dome(&root)? {
+                println!("xtask: the PGO build of dome is {}", dome.display());
+            }
+            Ok(())
         }
-        Cmd::Run { config } => {
+        Cmd::Run { config, pgo } => {
             setup(&root)?;
             cargo(&root, &build_args(true))?;
+            let mut dome = root.join("target/release/dome");
+            if pgo && let Some(optimised) = pgo::dome(&root)? {
+                dome = optimised;
+            }
             // The bundled demo upstream, so Dome serves real tool calls at once.
             let mut demo = Command::new(root.join("target/release/dome-demo-upstream"))
                 .arg("--whoami")
                 .arg(DEMO_ADDR)
                 .spawn()
                 .context("starting target/release/dome-demo-upstream")?;
-            let status = Command::new(root.join("target/release/dome"))
+            let status = Command::new(&dome)
                 .arg("--config")
                 .arg(&config)
                 .status()
-                .context("starting target/release/dome");
+                .with_context(|| format!("starting {}", dome.display()));
             let _ = demo.kill();
             let _ = demo.wait();
             let status = status?;
@@ -363,10 +383,18 @@ fn bench(root: &Path, name: &str) -> Result<()> {
         ),
         "e2e" => {
             cargo(root, &build_args(true))?;
-            cargo(
-                root,
-                &["run", "--release", "-p", "bench", "--bin", "bench-e2e"],
-            )
+            // The PGO build is what is measured; the plain one runs in the
+            // same rounds, so what PGO gains is on record too.
+            let mut cmd = cargo_cmd(root);
+            cmd.args(["run", "--release", "-p", "bench", "--bin", "bench-e2e"]);
+            match pgo::dome(root)? {
+                Some(dome) => cmd
+                    .env("BENCH_E2E_DOME", dome)
+                    .env("BENCH_E2E_DOME_PLAIN", root.join("target/release/dome"))
+                    .env("BENCH_E2E_BUILD", "pgo"),
+                None => cmd.env("BENCH_E2E_BUILD", "plain (no llvm-profdata for PGO)"),
+            };
+            run_status(&mut cmd)
         }
         "auth" => cargo(
             root,

@@ -8,14 +8,17 @@
 //! Load generator, Dome and upstream share this machine's cores. XDP is off
 //! for this run (it is measured by `bench xdp`).
 
+mod train;
+
 use std::{
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -72,9 +75,13 @@ fn body() -> Bytes {
     )
 }
 
-fn request(addr: SocketAddr, body: &Bytes) -> Request<Full<Bytes>> {
-    Request::post("/mcp")
-        .header("host", addr.to_string())
+/// A stateless-era `tools/call echo`, with the agent's key when Dome requires one.
+fn request(addr: SocketAddr, body: &Bytes, key: Option<&str>) -> Request<Full<Bytes>> {
+    let mut r = Request::post("/mcp");
+    if let Some(k) = key {
+        r = r.header("authorization", format!("Bearer {k}"));
+    }
+    r.header("host", addr.to_string())
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2026-07-28")
@@ -94,9 +101,14 @@ async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
     Ok(sender)
 }
 
-async fn call(sender: &mut Sender, addr: SocketAddr, body: &Bytes) -> anyhow::Result<()> {
+async fn call(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    body: &Bytes,
+    key: Option<&str>,
+) -> anyhow::Result<()> {
     sender.ready().await?;
-    let resp = sender.send_request(request(addr, body)).await?;
+    let resp = sender.send_request(request(addr, body, key)).await?;
     anyhow::ensure!(resp.status() == 200, "HTTP {}", resp.status());
     let bytes = resp.into_body().collect().await?.to_bytes();
     anyhow::ensure!(
@@ -131,7 +143,11 @@ struct Throughput {
 
 /// Closed loop on every connection for `RUN` after `WARMUP`: requests/s,
 /// and the CPU each process in `watch` spent per request meanwhile.
-async fn max_throughput(addr: SocketAddr, watch: &[u32]) -> anyhow::Result<Throughput> {
+async fn max_throughput(
+    addr: SocketAddr,
+    watch: &[u32],
+    key: Option<&'static str>,
+) -> anyhow::Result<Throughput> {
     let body = body();
     let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let measuring = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -142,7 +158,7 @@ async fn max_throughput(addr: SocketAddr, watch: &[u32]) -> anyhow::Result<Throu
         let mut sender = connect(addr).await?;
         tasks.push(tokio::spawn(async move {
             while Instant::now() < stop {
-                call(&mut sender, addr, &body).await?;
+                call(&mut sender, addr, &body, key).await?;
                 if measuring.load(std::sync::atomic::Ordering::Relaxed) {
                     count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -174,7 +190,11 @@ async fn max_throughput(addr: SocketAddr, watch: &[u32]) -> anyhow::Result<Throu
 /// it delayed (no coordinated omission). A dedicated thread paces the sends
 /// with nanosleep (tokio's timer has 1 ms granularity, which would send in
 /// bursts); connection tasks take them round-robin.
-async fn fixed_rate(addr: SocketAddr, rate: f64) -> anyhow::Result<Histogram<u64>> {
+async fn fixed_rate(
+    addr: SocketAddr,
+    rate: f64,
+    key: Option<&'static str>,
+) -> anyhow::Result<Histogram<u64>> {
     let body = body();
     let mut queues = Vec::new();
     let mut tasks = Vec::new();
@@ -186,7 +206,7 @@ async fn fixed_rate(addr: SocketAddr, rate: f64) -> anyhow::Result<Histogram<u64
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             while let Some((intended, record)) = rx.recv().await {
-                call(&mut sender, addr, &body).await?;
+                call(&mut sender, addr, &body, key).await?;
                 if record {
                     hist.record((intended.elapsed().as_micros() as u64).max(1))?;
                 }
@@ -221,15 +241,38 @@ async fn fixed_rate(addr: SocketAddr, rate: f64) -> anyhow::Result<Histogram<u64
     Ok(all)
 }
 
-/// Starts Dome in front of `upstream` with the audit trail's `fsync` mode.
+/// How one Dome under test is started.
+struct DomeSpec<'a> {
+    bin: &'a Path,
+    /// The audit trail's `fsync` mode.
+    fsync: &'a str,
+    /// Names its config file and data directory (several run at once).
+    name: &'a str,
+    /// SHA-256 (hex) of an agent's API key: with it, calls must carry that
+    /// key (authentication on, as in production); without, `auth.required = false`.
+    key_hash: Option<&'a str>,
+    /// Where an instrumented build writes its profile (`train`).
+    profile_dir: Option<&'a Path>,
+}
+
+/// The Dome binary the benchmark measures: `BENCH_E2E_DOME=path` runs
+/// another build (`cargo xtask bench e2e` passes the PGO build; a build with
+/// frame pointers serves for a profile).
+fn dome_bin(root: &Path) -> PathBuf {
+    std::env::var_os("BENCH_E2E_DOME")
+        .map_or_else(|| root.join("target/release/dome"), PathBuf::from)
+}
+
+/// Starts Dome in front of `upstream`.
 fn start_dome(
-    root: &std::path::Path,
+    root: &Path,
     upstream: SocketAddr,
-    fsync: &str,
+    spec: &DomeSpec,
 ) -> anyhow::Result<(Kill, SocketAddr)> {
+    let DomeSpec { fsync, name, .. } = spec;
     let dome: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let stats: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-    let config = root.join(format!("target/bench/e2e-dome-{fsync}.toml"));
+    let config = root.join(format!("target/bench/e2e-dome-{name}.toml"));
     std::fs::create_dir_all(config.parent().unwrap())?;
     // Every call allowed, evaluated on each call like any policy.
     let policies = root.join("target/bench/e2e-policies");
@@ -242,30 +285,38 @@ fn start_dome(
     let workers = std::env::var("BENCH_E2E_WORKERS")
         .map(|n| format!("workers = {n}\n"))
         .unwrap_or_default();
-    let data = root.join(format!("target/bench/e2e-data-{fsync}"));
+    let data = root.join(format!("target/bench/e2e-data-{name}"));
     let _ = std::fs::remove_dir_all(&data);
+    // Budgets far above what this machine can send, so none refuses a call.
+    let identity = match spec.key_hash {
+        Some(hash) => format!(
+            "required = true\n[[tenant]]\nname = \"bench\"\nbudget = {{ calls_per_s = 1e9, burst = 1000000000 }}\n\
+             [[agent]]\nid = \"bench-agent\"\ntenant = \"bench\"\napi_keys = [\"{hash}\"]\n\
+             budget = {{ calls_per_s = 1e9, burst = 1000000000 }}\n"
+        ),
+        None => "required = false\n".into(),
+    };
     std::fs::write(
         &config,
         format!(
             "[server]\nlisten = \"{dome}\"\n{workers}[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\
              [[upstream]]\nname = \"demo\"\nurl = \"http://{upstream}/mcp\"\nprefix = \"never\"\n\
-             [auth]\nrequired = false\ndata_dir = \"{}\"\n[policy]\ndir = \"e2e-policies\"\n\
-             [audit]\nfsync = \"{fsync}\"\n",
+             [policy]\ndir = \"e2e-policies\"\n[audit]\nfsync = \"{fsync}\"\n\
+             [auth]\ndata_dir = \"{}\"\n{identity}",
             data.display()
         ),
     )?;
-    let proc = Kill(
-        // `BENCH_E2E_DOME=path` runs another build (e.g. one with frame
-        // pointers, for a profile).
-        Command::new(
-            std::env::var_os("BENCH_E2E_DOME")
-                .map_or_else(|| root.join("target/release/dome"), PathBuf::from),
-        )
-        .arg("--config")
+    let mut cmd = Command::new(spec.bin);
+    cmd.arg("--config")
         .arg(&config)
         .env("DOME_LOG", "warn")
-        .stderr(Stdio::null())
-        .spawn()?,
+        .stderr(Stdio::null());
+    if let Some(dir) = spec.profile_dir {
+        cmd.env("LLVM_PROFILE_FILE", dir.join("dome-%p-%m.profraw"));
+    }
+    let proc = Kill(
+        cmd.spawn()
+            .with_context(|| format!("starting {}", spec.bin.display()))?,
     );
     wait_port(dome)?;
     Ok((proc, dome))
@@ -292,9 +343,9 @@ async fn compare(
     let mut direct = Vec::new();
     let mut through: Vec<Vec<Throughput>> = gateways.iter().map(|_| Vec::new()).collect();
     for _ in 0..THROUGHPUT_ROUNDS {
-        direct.push(max_throughput(upstream, &[me, up_pid]).await?);
+        direct.push(max_throughput(upstream, &[me, up_pid], None).await?);
         for (g, runs) in gateways.iter().zip(&mut through) {
-            runs.push(max_throughput(g.addr, &[me, up_pid, g.pid]).await?);
+            runs.push(max_throughput(g.addr, &[me, up_pid, g.pid], None).await?);
         }
     }
     let med_of = |runs: &[Throughput], f: &dyn Fn(&Throughput) -> f64| {
@@ -311,8 +362,8 @@ async fn compare(
         gateways.iter().map(|_| Vec::new()).collect();
     for _ in 0..LATENCY_ROUNDS {
         for ((g, rate), rounds) in gateways.iter().zip(&rates).zip(&mut latency) {
-            let d = fixed_rate(upstream, *rate).await?;
-            let t = fixed_rate(g.addr, *rate).await?;
+            let d = fixed_rate(upstream, *rate, None).await?;
+            let t = fixed_rate(g.addr, *rate, None).await?;
             rounds.push((d, t));
         }
     }
@@ -397,22 +448,43 @@ fn floor_summary(mut v: serde_json::Value) -> serde_json::Value {
     v
 }
 
-fn main() -> anyhow::Result<()> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+fn start_upstream(root: &Path) -> anyhow::Result<(Kill, SocketAddr)> {
     let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let up = Kill(
         Command::new(root.join("target/release/dome-demo-upstream"))
             .arg(upstream.to_string())
             .stderr(Stdio::null())
-            .spawn()?,
+            .spawn()
+            .context("starting target/release/dome-demo-upstream")?,
     );
     wait_port(upstream)?;
+    Ok((up, upstream))
+}
+
+fn main() -> anyhow::Result<()> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
+    if args.first().is_some_and(|a| a.as_os_str() == "train") {
+        let [_, bin, dir] = args.as_slice() else {
+            anyhow::bail!("usage: bench-e2e train INSTRUMENTED_DOME PROFILE_DIR");
+        };
+        return train::run(&root, bin, dir);
+    }
+    let (up, upstream) = start_upstream(&root)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let bin = dome_bin(&root);
+    let spec = |fsync, name| DomeSpec {
+        bin: &bin,
+        fsync,
+        name,
+        key_hash: None,
+        profile_dir: None,
+    };
     // The gateway's own cost: every call still recorded, the answer not
     // held for the disk (`fsync = "off"`).
-    let (dome_off, off_addr) = start_dome(&root, upstream, "off")?;
+    let (dome_off, off_addr) = start_dome(&root, upstream, &spec("off", "off"))?;
     // The same relay with none of Dome's work, on Dome's transport stack:
     // what any gateway built this way can reach on this machine.
     let floor_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
@@ -433,6 +505,25 @@ fn main() -> anyhow::Result<()> {
             pid: floor_proc.0.id(),
         },
     ];
+    // `BENCH_E2E_DOME_PLAIN=path`: also a build without profile-guided
+    // optimisation, in the same rounds (what the PGO build gains).
+    let plain_bin = std::env::var_os("BENCH_E2E_DOME_PLAIN").map(PathBuf::from);
+    let mut plain_proc = None;
+    if let Some(plain) = &plain_bin {
+        let (proc, addr) = start_dome(
+            &root,
+            upstream,
+            &DomeSpec {
+                bin: plain,
+                ..spec("off", "plain")
+            },
+        )?;
+        gateways.push(Gateway {
+            addr,
+            pid: proc.0.id(),
+        });
+        plain_proc = Some(proc);
+    }
     // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floor only, for
     // experiments; written to e2e-quick.json so the full report stays as it was.
     let quick = std::env::var_os("BENCH_E2E_QUICK").is_some();
@@ -443,7 +534,7 @@ fn main() -> anyhow::Result<()> {
         // sync as soon as anything is written (records arriving meanwhile
         // share the next sync).
         for fsync in ["batch", "always"] {
-            let (proc, addr) = start_dome(&root, upstream, fsync)?;
+            let (proc, addr) = start_dome(&root, upstream, &spec(fsync, fsync))?;
             gateways.push(Gateway {
                 addr,
                 pid: proc.0.id(),
@@ -452,13 +543,25 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let results = rt.block_on(compare(upstream, up.0.id(), &gateways))?;
-    drop((dome_off, floor_proc, durable_procs));
+    drop((dome_off, floor_proc, plain_proc, durable_procs, up));
     let mut results = results.into_iter();
     let (Some(mut report), Some(floor)) = (results.next(), results.next()) else {
         anyhow::bail!("a gateway's figures are missing");
     };
     // Dome's throughput over the floor's, round by round.
     report["dome_vs_floor"] = median_of_ratios(&round_rps(&report), &round_rps(&floor)).into();
+    report["build"] = std::env::var("BENCH_E2E_BUILD")
+        .unwrap_or_else(|_| bin.display().to_string())
+        .into();
+    if plain_bin.is_some() {
+        let Some(mut plain) = results.next() else {
+            anyhow::bail!("the plain build's figures are missing");
+        };
+        plain["dome_vs_floor"] = median_of_ratios(&round_rps(&plain), &round_rps(&floor)).into();
+        // Round by round, so the host's drift cancels.
+        report["vs_plain_build"] = median_of_ratios(&round_rps(&report), &round_rps(&plain)).into();
+        report["plain_build"] = plain;
+    }
     report["floor_proxy"] = floor_summary(floor);
     if quick {
         bench::report("e2e-quick", &report)?;
@@ -479,7 +582,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({"throughput": THROUGHPUT_ROUNDS, "latency": LATENCY_ROUNDS});
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, Dome with batch, Dome with always; dome_vs_direct and dome_vs_floor: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work".into();
+    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, the plain build when given, Dome with batch, Dome with always; dome_vs_direct, dome_vs_floor and vs_plain_build: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work; plain_build is the same code built without profile-guided optimisation".into();
     bench::report("e2e", &report)?;
     Ok(())
 }
