@@ -46,7 +46,7 @@ enum Cmd {
         #[arg(long, default_value = "configs/dome.toml")]
         config: PathBuf,
         /// Run the build with profile-guided optimisation (the first time,
-        /// about eight minutes more: an instrumented build, its training
+        /// about nine minutes more: an instrumented build, its training
         /// run, the optimised build).
         #[arg(long)]
         pgo: bool,
