@@ -11,6 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bolt;
 mod pgo;
 
 /// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
@@ -34,9 +35,9 @@ enum Cmd {
     Build {
         #[arg(long)]
         release: bool,
-        /// Also build `dome` with profile-guided optimisation (the build
-        /// `bench e2e` measures and production should run), into
-        /// target/pgo/use/<host>/release/dome.
+        /// Also build `dome` with profile-guided optimisation and BOLT (the
+        /// build `bench e2e` measures and production should run), into
+        /// target/pgo/bolt/dome (target/pgo/use/<host>/release/dome without BOLT).
         #[arg(long)]
         pgo: bool,
     },
@@ -45,9 +46,9 @@ enum Cmd {
         /// Configuration file.
         #[arg(long, default_value = "configs/dome.toml")]
         config: PathBuf,
-        /// Run the build with profile-guided optimisation (the first time,
-        /// about nine minutes more: an instrumented build, its training
-        /// run, the optimised build).
+        /// Run the build with profile-guided optimisation and BOLT (the
+        /// first time, about ten minutes more: instrumented builds, their
+        /// training runs, the optimised build).
         #[arg(long)]
         pgo: bool,
     },
@@ -80,8 +81,8 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Build { release, pgo } => {
             setup(&root)?;
             cargo(&root, &build_args(release || pgo))?;
-            if pgo && let Some(dome) = pgo::dome(&root)? {
-                println!("xtask: the PGO build of dome is {}", dome.display());
+            if pgo && let Some((dome, how)) = optimised_dome(&root)? {
+                println!("xtask: the {how} build of dome is {}", dome.display());
             }
             Ok(())
         }
@@ -89,7 +90,7 @@ fn run(cli: Cli) -> Result<()> {
             setup(&root)?;
             cargo(&root, &build_args(true))?;
             let mut dome = root.join("target/release/dome");
-            if pgo && let Some(optimised) = pgo::dome(&root)? {
+            if pgo && let Some((optimised, _)) = optimised_dome(&root)? {
                 dome = optimised;
             }
             // The bundled demo upstream, so Dome serves real tool calls at once.
@@ -115,6 +116,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Conformance => conformance(&root).map(|_| ()),
         Cmd::Bench { name } => bench(&root, &name),
     }
+}
+
+/// The `dome` to deploy: PGO, then BOLT where it can be had; with how it
+/// was built. `None` when not even PGO can be had (the plain build stands).
+fn optimised_dome(root: &Path) -> Result<Option<(PathBuf, &'static str)>> {
+    let Some(pgo) = pgo::dome(root)? else {
+        return Ok(None);
+    };
+    Ok(Some(match bolt::optimise(root, &pgo) {
+        Some(bolted) => (bolted, "pgo+bolt"),
+        None => (pgo, "pgo"),
+    }))
 }
 
 fn build_args(release: bool) -> Vec<&'static str> {
@@ -387,11 +400,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             // same rounds, so what PGO gains is on record too.
             let mut cmd = cargo_cmd(root);
             cmd.args(["run", "--release", "-p", "bench", "--bin", "bench-e2e"]);
-            match pgo::dome(root)? {
-                Some(dome) => cmd
+            match optimised_dome(root)? {
+                Some((dome, how)) => cmd
                     .env("BENCH_E2E_DOME", dome)
                     .env("BENCH_E2E_DOME_PLAIN", root.join("target/release/dome"))
-                    .env("BENCH_E2E_BUILD", "pgo"),
+                    .env("BENCH_E2E_BUILD", how),
                 None => cmd.env("BENCH_E2E_BUILD", "plain (no llvm-profdata for PGO)"),
             };
             run_status(&mut cmd)

@@ -22,7 +22,7 @@ use anyhow::{Context as _, Result};
 
 use super::{cargo_cmd, output, run_status};
 
-const DIR: &str = "target/pgo";
+pub const DIR: &str = "target/pgo";
 
 /// The PGO build of `dome`, built (and trained, when its profile is stale)
 /// as needed; `None` with a warning when `llvm-profdata` cannot be had.
@@ -43,16 +43,28 @@ pub fn dome(root: &Path) -> Result<Option<PathBuf>> {
         train(root, &dir, &host, &profdata, &merged)?;
     }
     eprintln!("xtask: building dome with the profile {}", merged.display());
+    // Relocations kept in the binary, so BOLT can lay its code out again.
     build(
         root,
         &dir.join("use"),
         &host,
         &format!(
-            "-Cprofile-use={} -Cllvm-args=-pgo-warn-missing-function=false",
+            "-Cprofile-use={} -Cllvm-args=-pgo-warn-missing-function=false -Clink-arg=-Wl,--emit-relocs",
             merged.display()
         ),
     )?;
     Ok(Some(dir.join("use").join(&host).join("release/dome")))
+}
+
+/// Runs the training workload (`bench-e2e train`) on an instrumented
+/// `dome`; its profiles land in `raw`.
+pub fn run_training(root: &Path, instrumented: &Path, raw: &Path) -> Result<()> {
+    run_status(
+        Command::new(root.join("target/release/bench-e2e"))
+            .arg("train")
+            .arg(instrumented)
+            .arg(raw),
+    )
 }
 
 /// Instrumented build, training run, merge into `merged` (older profiles removed).
@@ -69,12 +81,7 @@ fn train(root: &Path, dir: &Path, host: &str, profdata: &Path, merged: &Path) ->
         host,
         &format!("-Cprofile-generate={}", raw.display()),
     )?;
-    run_status(
-        Command::new(root.join("target/release/bench-e2e"))
-            .arg("train")
-            .arg(dir.join("gen").join(host).join("release/dome"))
-            .arg(&raw),
-    )?;
+    run_training(root, &dir.join("gen").join(host).join("release/dome"), &raw)?;
     let profiles: Vec<PathBuf> = std::fs::read_dir(&raw)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
@@ -179,7 +186,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-struct Fnv1a(u64);
+pub struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {

@@ -464,11 +464,20 @@ fn start_upstream(root: &Path) -> anyhow::Result<(Kill, SocketAddr)> {
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
-    if args.first().is_some_and(|a| a.as_os_str() == "train") {
-        let [_, bin, dir] = args.as_slice() else {
-            anyhow::bail!("usage: bench-e2e train INSTRUMENTED_DOME PROFILE_DIR");
-        };
-        return train::run(&root, bin, dir);
+    match args.first().and_then(|a| a.to_str()) {
+        Some("train") => {
+            let [_, bin, dir] = args.as_slice() else {
+                anyhow::bail!("usage: bench-e2e train INSTRUMENTED_DOME PROFILE_DIR");
+            };
+            return train::run(&root, bin, Some(dir));
+        }
+        Some("check") => {
+            let [_, bin] = args.as_slice() else {
+                anyhow::bail!("usage: bench-e2e check DOME");
+            };
+            return train::run(&root, bin, None);
+        }
+        _ => {}
     }
     let (up, upstream) = start_upstream(&root)?;
     let rt = tokio::runtime::Builder::new_current_thread()
