@@ -3,9 +3,10 @@
 //! An instrumented build runs the training workload (`bench-e2e train`:
 //! both protocol eras, with and without API keys, the audit trail with and
 //! without fsync), `llvm-profdata` merges the profiles it writes, and the
-//! optimised build reads them. On this machine that takes about a sixth off
-//! Dome's CPU per call, mostly from code layout: Dome's path is long, and
-//! at a sparse rate it runs on caches the other processes have refilled.
+//! optimised build reads them. On this 2-core VM that takes about a fifth
+//! off Dome's CPU per call (`bench e2e`'s `plain_build` beside it), mostly
+//! from code layout: Dome's path is long, and it runs on caches the load
+//! generator and the upstream refill between calls.
 //!
 //! The merged profile is cached under `target/pgo`, named by a hash of
 //! everything that shapes the binary (sources, lock file, compiler), so the
