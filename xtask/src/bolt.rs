@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     apt_install, is_root, output,
-    pgo::{DIR, Fnv1a, run_training},
+    pgo::{DIR, Fnv1a, files_with_extension, run_training},
     run_status,
 };
 
@@ -74,10 +74,7 @@ fn try_optimise(root: &Path, pgo: &Path) -> Result<Option<PathBuf>> {
                 .stdout(std::process::Stdio::null()),
         )?;
         run_training(root, &instrumented, &raw)?;
-        let files: Vec<PathBuf> = std::fs::read_dir(&raw)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "fdata"))
-            .collect();
+        let files = files_with_extension(&raw, "fdata")?;
         let merged = Command::new(bin_dir.join("merge-fdata"))
             .args(&files)
             .output()
@@ -88,10 +85,8 @@ fn try_optimise(root: &Path, pgo: &Path) -> Result<Option<PathBuf>> {
                 String::from_utf8_lossy(&merged.stderr).trim()
             );
         }
-        for old in std::fs::read_dir(&dir)?.filter_map(|e| e.ok().map(|e| e.path())) {
-            if old.extension().is_some_and(|x| x == "fdata") {
-                std::fs::remove_file(&old)?;
-            }
+        for old in files_with_extension(&dir, "fdata")? {
+            std::fs::remove_file(&old)?;
         }
         std::fs::write(&profile, merged.stdout)?;
         let _ = std::fs::remove_file(&instrumented);

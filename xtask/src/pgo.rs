@@ -30,15 +30,21 @@ pub const DIR: &str = "target/pgo";
 /// Expects the plain release build in place (the trainer and the demo
 /// upstream come from it).
 pub fn dome(root: &Path) -> Result<Option<PathBuf>> {
-    let Some(profdata) = llvm_profdata()? else {
+    // `rustc -vV`: names the host, and is part of the profile's key.
+    let rustc = output(Command::new("rustc").arg("-vV"))?;
+    let host = rustc
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .context("rustc -vV names no host")?
+        .to_owned();
+    let Some(profdata) = llvm_profdata(&host)? else {
         eprintln!(
             "xtask: warning: no llvm-profdata (rustup component llvm-tools); building dome without PGO"
         );
         return Ok(None);
     };
-    let host = host_triple()?;
     let dir = root.join(DIR);
-    let key = source_key(root)?;
+    let key = source_key(root, &rustc)?;
     let merged = dir.join(format!("dome-{key:016x}.profdata"));
     if !merged.is_file() {
         train(root, &dir, &host, &profdata, &merged)?;
@@ -83,14 +89,9 @@ fn train(root: &Path, dir: &Path, host: &str, profdata: &Path, merged: &Path) ->
         &format!("-Cprofile-generate={}", raw.display()),
     )?;
     run_training(root, &dir.join("gen").join(host).join("release/dome"), &raw)?;
-    let profiles: Vec<PathBuf> = std::fs::read_dir(&raw)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
-        .collect();
-    for old in std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())) {
-        if old.extension().is_some_and(|x| x == "profdata") {
-            std::fs::remove_file(&old)?;
-        }
+    let profiles = files_with_extension(&raw, "profraw")?;
+    for old in files_with_extension(dir, "profdata")? {
+        std::fs::remove_file(&old)?;
     }
     run_status(
         Command::new(profdata)
@@ -113,21 +114,13 @@ fn build(root: &Path, target_dir: &Path, host: &str, rustflags: &str) -> Result<
     )
 }
 
-fn host_triple() -> Result<String> {
-    let v = output(Command::new("rustc").arg("-vV"))?;
-    v.lines()
-        .find_map(|l| l.strip_prefix("host: "))
-        .map(str::to_owned)
-        .context("rustc -vV names no host")
-}
-
 /// The toolchain's own `llvm-profdata` (the `llvm-tools` component, whose
 /// LLVM is rustc's), added with rustup when missing.
-fn llvm_profdata() -> Result<Option<PathBuf>> {
+fn llvm_profdata(host: &str) -> Result<Option<PathBuf>> {
     let sysroot = output(Command::new("rustc").args(["--print", "sysroot"]))?;
     let path = PathBuf::from(sysroot.trim())
         .join("lib/rustlib")
-        .join(host_triple()?)
+        .join(host)
         .join("bin/llvm-profdata");
     if !path.is_file() {
         eprintln!("xtask: adding the llvm-tools component (llvm-profdata, for the PGO build)");
@@ -144,7 +137,7 @@ fn llvm_profdata() -> Result<Option<PathBuf>> {
 /// FNV-1a over the compiler's version and every file that shapes `dome` or
 /// its training, in a fixed order (stable across runs and Rust releases,
 /// unlike std's hasher).
-fn source_key(root: &Path) -> Result<u64> {
+fn source_key(root: &Path, rustc: &str) -> Result<u64> {
     let mut files = Vec::new();
     for dir in ["dome-user/src", "dome-common/src"] {
         walk(&root.join(dir), &mut files)?;
@@ -162,7 +155,7 @@ fn source_key(root: &Path) -> Result<u64> {
         files.push(root.join(f));
     }
     let mut h = Fnv1a::default();
-    h.write(output(Command::new("rustc").arg("-vV"))?.as_bytes());
+    h.write(rustc.as_bytes());
     for f in &files {
         h.write(
             f.strip_prefix(root)
@@ -173,6 +166,15 @@ fn source_key(root: &Path) -> Result<u64> {
         h.write(&std::fs::read(f).with_context(|| format!("reading {}", f.display()))?);
     }
     Ok(h.finish())
+}
+
+/// The files in `dir` (not below) whose extension is `ext`.
+pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == ext))
+        .collect())
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {

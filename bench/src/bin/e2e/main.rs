@@ -75,20 +75,35 @@ fn body() -> Bytes {
     )
 }
 
-/// A stateless-era `tools/call echo`, with the agent's key when Dome requires one.
-fn request(addr: SocketAddr, body: &Bytes, key: Option<&str>) -> Request<Full<Bytes>> {
-    let mut r = Request::post("/mcp");
+/// A POST to Dome's MCP endpoint: JSON in, JSON or SSE accepted, the
+/// agent's key when Dome requires one, then `headers`.
+fn post(
+    addr: SocketAddr,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let mut r = Request::post("/mcp")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
     if let Some(k) = key {
         r = r.header("authorization", format!("Bearer {k}"));
     }
-    r.header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "echo")
-        .body(Full::new(body.clone()))
-        .unwrap()
+    for (name, value) in headers {
+        r = r.header(*name, *value);
+    }
+    r.body(Full::new(body.into())).expect("valid request")
+}
+
+/// A stateless-era `tools/call echo`.
+fn request(addr: SocketAddr, body: &Bytes, key: Option<&str>) -> Request<Full<Bytes>> {
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo"),
+    ];
+    post(addr, key, &headers, body.clone())
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;

@@ -17,7 +17,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 
 use super::{
-    DomeSpec, Kill, Sender, connect, fixed_rate, max_throughput, start_dome, start_upstream,
+    DomeSpec, Kill, Sender, connect, fixed_rate, max_throughput, post, start_dome, start_upstream,
 };
 
 /// Session-era and stateless rounds of [`mixed`] on each Dome.
@@ -126,23 +126,20 @@ async fn exchange(
     Ok((status, session, body))
 }
 
-fn post(
-    addr: SocketAddr,
-    key: Option<&str>,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut r = Request::post("/mcp")
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    if let Some(k) = key {
-        r = r.header("authorization", format!("Bearer {k}"));
-    }
-    for (name, value) in headers {
-        r = r.header(*name, *value);
-    }
-    r.body(Full::new(body.into())).expect("valid request")
+/// One exchange that must answer `want`; its body.
+async fn expect(
+    s: &mut Sender,
+    req: Request<Full<Bytes>>,
+    want: StatusCode,
+    what: &str,
+) -> anyhow::Result<Bytes> {
+    let (status, _, body) = exchange(s, req).await?;
+    ensure!(
+        status == want,
+        "{what}: HTTP {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    Ok(body)
 }
 
 /// The `_meta` every stateless-era request carries.
@@ -186,32 +183,43 @@ async fn session_era(
         ("mcp-protocol-version", SESSION_VERSION),
     ];
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
-    let (status, ..) = exchange(s, post(addr, key, &h, note)).await?;
-    ensure!(status == StatusCode::ACCEPTED, "initialized: HTTP {status}");
+    expect(
+        s,
+        post(addr, key, &h, note),
+        StatusCode::ACCEPTED,
+        "initialized",
+    )
+    .await?;
     let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
-    let (status, _, body) = exchange(s, post(addr, key, &h, list)).await?;
+    let body = expect(s, post(addr, key, &h, list), StatusCode::OK, "tools/list").await?;
     ensure!(
-        status == StatusCode::OK && body.windows(6).any(|w| w == b"\"echo\""),
-        "tools/list: HTTP {status}"
+        body.windows(6).any(|w| w == b"\"echo\""),
+        "tools/list lacks echo"
     );
     for i in 0..10 {
         let call = serde_json::json!({"jsonrpc": "2.0", "id": 2 + i, "method": "tools/call",
             "params": {"name": "echo", "arguments": {"message": "m".repeat(50 * (1 + i + round % 7))}}});
-        let (status, ..) = exchange(s, post(addr, key, &h, call.to_string())).await?;
-        ensure!(status == StatusCode::OK, "tools/call: HTTP {status}");
+        expect(
+            s,
+            post(addr, key, &h, call.to_string()),
+            StatusCode::OK,
+            "tools/call",
+        )
+        .await?;
     }
     if round.is_multiple_of(4) {
         // Records with e-mail addresses and card-like numbers.
         let call = r#"{"jsonrpc":"2.0","id":20,"method":"tools/call","params":{"name":"records","arguments":{}}}"#;
-        let (status, ..) = exchange(s, post(addr, key, &h, call)).await?;
-        ensure!(
-            status == StatusCode::OK,
-            "tools/call records: HTTP {status}"
-        );
+        expect(
+            s,
+            post(addr, key, &h, call),
+            StatusCode::OK,
+            "tools/call records",
+        )
+        .await?;
     }
     let ping = r#"{"jsonrpc":"2.0","id":21,"method":"ping"}"#;
-    let (status, ..) = exchange(s, post(addr, key, &h, ping)).await?;
-    ensure!(status == StatusCode::OK, "ping: HTTP {status}");
+    expect(s, post(addr, key, &h, ping), StatusCode::OK, "ping").await?;
     let mut end = Request::delete("/mcp")
         .header("host", addr.to_string())
         .header("mcp-session-id", sid.as_str())
@@ -240,20 +248,30 @@ async fn stateless_era(
     let discover = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
                                        "params": {"_meta": meta()}});
     let hd = &h("server/discover", "")[..2];
-    let (status, ..) = exchange(s, post(addr, key, hd, discover.to_string())).await?;
-    ensure!(status == StatusCode::OK, "server/discover: HTTP {status}");
+    let req = post(addr, key, hd, discover.to_string());
+    expect(s, req, StatusCode::OK, "server/discover").await?;
     let list = serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list",
                                    "params": {"_meta": meta()}});
     let hl = &h("tools/list", "")[..2];
-    let (status, ..) = exchange(s, post(addr, key, hl, list.to_string())).await?;
-    ensure!(status == StatusCode::OK, "tools/list: HTTP {status}");
+    expect(
+        s,
+        post(addr, key, hl, list.to_string()),
+        StatusCode::OK,
+        "tools/list",
+    )
+    .await?;
     for i in 0..10 {
         let call = serde_json::json!({"jsonrpc": "2.0", "id": 3 + i, "method": "tools/call",
             "params": {"name": "echo", "arguments": {"message": "s".repeat(40 * (1 + i + round % 5))},
                        "_meta": meta()}});
         let hc = h("tools/call", "echo");
-        let (status, ..) = exchange(s, post(addr, key, &hc, call.to_string())).await?;
-        ensure!(status == StatusCode::OK, "tools/call: HTTP {status}");
+        expect(
+            s,
+            post(addr, key, &hc, call.to_string()),
+            StatusCode::OK,
+            "tools/call",
+        )
+        .await?;
     }
     Ok(())
 }
