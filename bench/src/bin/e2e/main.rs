@@ -3,7 +3,11 @@
 //! same upstream. Max-throughput mode (closed loop, fixed connections) gives
 //! each side's requests per second; fixed-rate mode (open loop, latency from
 //! each request's intended send time, so coordinated omission is corrected)
-//! gives the latency Dome adds at a rate both sustain.
+//! gives the latency Dome adds at a rate both sustain, with direct and Dome
+//! interleaved in the same seconds so the host's drift hits both alike.
+//!
+//! `bench-e2e load ADDR SECONDS` and `bench-e2e latency RATE ADDR...` run
+//! one mode against running servers, for profiling by hand.
 //!
 //! Load generator, Dome and upstream share this machine's cores. XDP is off
 //! for this run (it is measured by `bench xdp`).
@@ -34,9 +38,9 @@ const LATENCY_RUN: Duration = Duration::from_secs(5);
 /// Closed-loop rounds (each: direct, then every gateway); rps figures are
 /// their medians and ratios the medians of the rounds' ratios.
 const THROUGHPUT_ROUNDS: usize = 5;
-/// Fixed-rate rounds (each: direct and gateway, for every gateway);
-/// latency figures are their medians. Five, so two rounds hit by a stall
-/// of this shared VM cannot move the median.
+/// Fixed-rate rounds (each: direct and gateway in the same seconds, for
+/// every gateway); latency figures are their medians. Five, so two rounds
+/// hit by a stall of this shared VM cannot move the median.
 const LATENCY_ROUNDS: usize = 5;
 
 struct Kill(Child);
@@ -200,38 +204,49 @@ async fn max_throughput(
     })
 }
 
-/// Open loop at `rate` requests/s for `LATENCY_RUN`: latency histogram (µs) from
-/// each request's intended send time, so a stall is charged to every request
-/// it delayed (no coordinated omission). A dedicated thread paces the sends
-/// with nanosleep (tokio's timer has 1 ms granularity, which would send in
-/// bursts); connection tasks take them round-robin.
+/// Open loop at `rate` requests/s to each of `addrs` for `LATENCY_RUN`:
+/// one latency histogram (µs) per address, from each request's intended
+/// send time, so a stall is charged to every request it delayed (no
+/// coordinated omission). The addresses' sends interleave evenly in the
+/// same seconds (direct at t, the gateway at t + interval/2), so the
+/// host's drift — large here — hits them alike and their quantiles can be
+/// compared. A dedicated thread paces the sends with nanosleep (tokio's
+/// timer has 1 ms granularity, which would send in bursts); each
+/// address's connection tasks take its sends round-robin.
 async fn fixed_rate(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     rate: f64,
     key: Option<&'static str>,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<Vec<Histogram<u64>>> {
     let body = body();
     let mut queues = Vec::new();
     let mut tasks = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
-        queues.push(tx);
-        let body = body.clone();
-        let mut sender = connect(addr).await?;
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            while let Some((intended, record)) = rx.recv().await {
-                call(&mut sender, addr, &body, key).await?;
-                if record {
-                    hist.record((intended.elapsed().as_micros() as u64).max(1))?;
+    for &addr in addrs {
+        let mut mine = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, bool)>();
+            mine.push(tx);
+            let body = body.clone();
+            let mut sender = connect(addr).await?;
+            handles.push(tokio::spawn(async move {
+                let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                while let Some((intended, record)) = rx.recv().await {
+                    call(&mut sender, addr, &body, key).await?;
+                    if record {
+                        hist.record((intended.elapsed().as_micros() as u64).max(1))?;
+                    }
                 }
-            }
-            anyhow::Ok(hist)
-        }));
+                anyhow::Ok(hist)
+            }));
+        }
+        queues.push(mine);
+        tasks.push(handles);
     }
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let total = ((WARMUP + LATENCY_RUN).as_secs_f64() * rate) as u64;
-    let warm = (WARMUP.as_secs_f64() * rate) as u64;
+    let n = addrs.len();
+    let interval = Duration::from_secs_f64(1.0 / rate / n as f64);
+    let total = ((WARMUP + LATENCY_RUN).as_secs_f64() * rate) as u64 * n as u64;
+    let warm = (WARMUP.as_secs_f64() * rate) as u64 * n as u64;
     let pacer = std::thread::spawn(move || -> anyhow::Result<()> {
         // SAFETY: prctl with PR_SET_TIMERSLACK only changes this thread's timer slack.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0) };
@@ -242,18 +257,23 @@ async fn fixed_rate(
             if intended > now {
                 std::thread::sleep(intended - now);
             }
-            queues[i as usize % CONNECTIONS].send((intended, i >= warm))?;
+            let (target, k) = (i as usize % n, i as usize / n);
+            queues[target][k % CONNECTIONS].send((intended, i >= warm))?;
         }
         Ok(())
     });
-    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        all.add(t.await??)?;
+    let mut out = Vec::new();
+    for handles in tasks {
+        let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for t in handles {
+            all.add(t.await??)?;
+        }
+        out.push(all);
     }
     pacer
         .join()
         .map_err(|_| anyhow::anyhow!("pacer panicked"))??;
-    Ok(all)
+    Ok(out)
 }
 
 /// How one Dome under test is started.
@@ -368,18 +388,22 @@ async fn compare(
         bench::median(&mut v)
     };
     let direct_rps = med_of(&direct, &|t| t.rps);
-    // A rate both sustain with room to spare: a fifth of the slower side's maximum.
+    // Latency in paired rounds: direct and the gateway at the same rate in
+    // the same seconds (see `fixed_rate`), each at a tenth of the slower
+    // side's maximum, so together they put about a fifth of it on the
+    // machine. The top-level gateway is also measured at twice that rate.
     let rates: Vec<f64> = through
         .iter()
-        .map(|runs| (direct_rps.min(med_of(runs, &|t| t.rps)) * 0.2).max(100.0))
+        .map(|runs| (direct_rps.min(med_of(runs, &|t| t.rps)) * 0.1).max(100.0))
         .collect();
-    let mut latency: Vec<Vec<(Histogram<u64>, Histogram<u64>)>> =
-        gateways.iter().map(|_| Vec::new()).collect();
+    let mut latency: Vec<Vec<Paired>> = gateways.iter().map(|_| Vec::new()).collect();
+    let mut heavier = Vec::new();
     for _ in 0..LATENCY_ROUNDS {
         for ((g, rate), rounds) in gateways.iter().zip(&rates).zip(&mut latency) {
-            let d = fixed_rate(upstream, *rate, None).await?;
-            let t = fixed_rate(g.addr, *rate, None).await?;
-            rounds.push((d, t));
+            rounds.push(paired(upstream, g.addr, *rate).await?);
+        }
+        if let (Some(g), Some(rate)) = (gateways.first(), rates.first()) {
+            heavier.push(paired(upstream, g.addr, 2.0 * rate).await?);
         }
     }
     let mut out = Vec::new();
@@ -394,22 +418,6 @@ async fn compare(
                              "upstream": med_of(runs, &|t| t.cpu_us_per_call[1]),
                              "dome": med_of(runs, &|t| t.cpu_us_per_call[2])},
         });
-        let med = |side: usize, q: f64| {
-            let mut v: Vec<f64> = rounds
-                .iter()
-                .map(|(d, t)| if side == 0 { d } else { t }.value_at_quantile(q) as f64)
-                .collect();
-            bench::median(&mut v)
-        };
-        let per_round: Vec<serde_json::Value> = rounds
-            .iter()
-            .map(|(d, t)| {
-                serde_json::json!({
-                    "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
-                    "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
-                })
-            })
-            .collect();
         out.push(serde_json::json!({
             "direct_rps": direct_rps,
             "dome_rps": dome_rps,
@@ -417,18 +425,72 @@ async fn compare(
             "throughput_rounds": direct.iter().zip(runs)
                 .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
                 .collect::<Vec<_>>(),
-            "fixed_rate_rps": rate,
-            "direct_p50_us": med(0, 0.5),
-            "direct_p99_us": med(0, 0.99),
-            "dome_p50_us": med(1, 0.5),
-            "dome_p99_us": med(1, 0.99),
-            "added_p50_us": med(1, 0.5) - med(0, 0.5),
-            "added_p99_us": med(1, 0.99) - med(0, 0.99),
-            "latency_rounds": per_round,
             "cpu_us_per_call": cpu,
         }));
+        if let Some(m) = out.last_mut().and_then(|v| v.as_object_mut()) {
+            m.extend(latency_summary(rounds, *rate));
+        }
+    }
+    if let Some(m) = out.first_mut().and_then(|v| v.as_object_mut())
+        && let Some(rate) = rates.first()
+    {
+        let at_double: serde_json::Map<_, _> = latency_summary(&heavier, 2.0 * rate).collect();
+        m.insert("latency_at_double_rate".into(), at_double.into());
     }
     Ok(out)
+}
+
+/// One paired latency round: (direct, gateway) histograms.
+type Paired = (Histogram<u64>, Histogram<u64>);
+
+/// Direct and `gateway` at `rate` each, interleaved in the same seconds.
+async fn paired(upstream: SocketAddr, gateway: SocketAddr, rate: f64) -> anyhow::Result<Paired> {
+    let mut h = fixed_rate(&[upstream, gateway], rate, None)
+        .await?
+        .into_iter();
+    let (Some(d), Some(t)) = (h.next(), h.next()) else {
+        anyhow::bail!("a latency histogram is missing");
+    };
+    Ok((d, t))
+}
+
+/// Latency fields of a report from paired rounds: each side's quantiles
+/// (median over the rounds) and what the gateway adds (median over the
+/// rounds of the gateway's quantile minus direct's in the same round).
+fn latency_summary(
+    rounds: &[Paired],
+    rate: f64,
+) -> impl Iterator<Item = (String, serde_json::Value)> {
+    let med = |f: &dyn Fn(&Paired) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(f).collect();
+        bench::median(&mut v)
+    };
+    let q = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64;
+    let per_round: Vec<serde_json::Value> = rounds
+        .iter()
+        .map(|(d, t)| {
+            serde_json::json!({
+                "direct_p50_us": d.value_at_quantile(0.5), "direct_p99_us": d.value_at_quantile(0.99),
+                "dome_p50_us": t.value_at_quantile(0.5), "dome_p99_us": t.value_at_quantile(0.99),
+                "added_p99_us": q(t, 0.99) - q(d, 0.99),
+            })
+        })
+        .collect();
+    [
+        ("fixed_rate_rps", rate.into()),
+        ("direct_p50_us", med(&|(d, _)| q(d, 0.5)).into()),
+        ("direct_p99_us", med(&|(d, _)| q(d, 0.99)).into()),
+        ("dome_p50_us", med(&|(_, t)| q(t, 0.5)).into()),
+        ("dome_p99_us", med(&|(_, t)| q(t, 0.99)).into()),
+        ("added_p50_us", med(&|(d, t)| q(t, 0.5) - q(d, 0.5)).into()),
+        (
+            "added_p99_us",
+            med(&|(d, t)| q(t, 0.99) - q(d, 0.99)).into(),
+        ),
+        ("latency_rounds", per_round.into()),
+    ]
+    .into_iter()
+    .map(|(k, v): (&str, serde_json::Value)| (k.to_string(), v))
 }
 
 /// The median over rounds of `a[i] / b[i]` (the same rounds).
@@ -491,6 +553,50 @@ fn main() -> anyhow::Result<()> {
                 anyhow::bail!("usage: bench-e2e check DOME");
             };
             return train::run(&root, bin, None);
+        }
+        Some("load") => {
+            // A closed loop against one address, for profiling by hand.
+            let [_, addr, secs] = args.as_slice() else {
+                anyhow::bail!("usage: bench-e2e load ADDR SECONDS");
+            };
+            let addr: SocketAddr = addr.to_string_lossy().parse()?;
+            let secs: u64 = secs.to_string_lossy().parse()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            for _ in 0..secs.div_ceil(RUN.as_secs() + WARMUP.as_secs()) {
+                let t = rt.block_on(max_throughput(addr, &[], None))?;
+                println!("{:.0} rps", t.rps);
+            }
+            return Ok(());
+        }
+        Some("latency") => {
+            let [_, rate, rest @ ..] = args.as_slice() else {
+                anyhow::bail!("usage: bench-e2e latency RATE ADDR...");
+            };
+            let (Ok(rate), false) = (rate.to_string_lossy().parse::<f64>(), rest.is_empty()) else {
+                anyhow::bail!("usage: bench-e2e latency RATE ADDR...");
+            };
+            anyhow::ensure!(rate > 0.0, "RATE must be above 0");
+            let addrs: Vec<SocketAddr> = rest
+                .iter()
+                .map(|a| a.to_string_lossy().parse())
+                .collect::<Result<_, _>>()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let h = rt.block_on(fixed_rate(&addrs, rate, None))?;
+            for (a, h) in addrs.iter().zip(&h) {
+                println!(
+                    "{a} p50 {} p90 {} p99 {} p999 {} max {}",
+                    h.value_at_quantile(0.5),
+                    h.value_at_quantile(0.9),
+                    h.value_at_quantile(0.99),
+                    h.value_at_quantile(0.999),
+                    h.max()
+                );
+            }
+            return Ok(());
         }
         _ => {}
     }
@@ -606,7 +712,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({"throughput": THROUGHPUT_ROUNDS, "latency": LATENCY_ROUNDS});
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, the plain build when given, Dome with batch, Dome with always; dome_vs_direct, dome_vs_floor and vs_plain_build: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), median of the alternating rounds; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work; plain_build is the same code built without profile-guided optimisation".into();
+    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, the plain build when given, Dome with batch, Dome with always; dome_vs_direct, dome_vs_floor and vs_plain_build: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), in paired rounds: direct and the gateway interleaved in the same seconds, each at fixed_rate_rps (a tenth of the slower side's maximum, so together about a fifth); quantiles are medians of the rounds, added_* the medians of the rounds' differences (gateway minus direct in the same round); latency_at_double_rate: the same for the top-level gateway with each side at twice the rate; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work; plain_build is the same code built without profile-guided optimisation".into();
     bench::report("e2e", &report)?;
     Ok(())
 }

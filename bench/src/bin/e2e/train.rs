@@ -52,7 +52,7 @@ pub fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result<()> {
     let (dome, addr) = start_dome(root, upstream, &spec("off", "train-open", None))?;
     rt.block_on(async {
         max_throughput(addr, &[], None).await?;
-        fixed_rate(addr, 2_000.0, None).await?;
+        fixed_rate(&[addr], 2_000.0, None).await?;
         mixed(addr, None).await
     })
     .context("training Dome without authentication")?;
