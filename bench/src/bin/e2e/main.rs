@@ -43,6 +43,13 @@ const THROUGHPUT_ROUNDS: usize = 5;
 /// hit by a stall of this shared VM cannot move the median.
 const LATENCY_ROUNDS: usize = 5;
 
+/// The load generator's runtime: one thread, so its own cost stays one core's.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
 struct Kill(Child);
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -213,11 +220,7 @@ async fn max_throughput(
 /// compared. A dedicated thread paces the sends with nanosleep (tokio's
 /// timer has 1 ms granularity, which would send in bursts); each
 /// address's connection tasks take its sends round-robin.
-async fn fixed_rate(
-    addrs: &[SocketAddr],
-    rate: f64,
-    key: Option<&'static str>,
-) -> anyhow::Result<Vec<Histogram<u64>>> {
+async fn fixed_rate(addrs: &[SocketAddr], rate: f64) -> anyhow::Result<Vec<Histogram<u64>>> {
     let body = body();
     let mut queues = Vec::new();
     let mut tasks = Vec::new();
@@ -232,7 +235,7 @@ async fn fixed_rate(
             handles.push(tokio::spawn(async move {
                 let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                 while let Some((intended, record)) = rx.recv().await {
-                    call(&mut sender, addr, &body, key).await?;
+                    call(&mut sender, addr, &body, None).await?;
                     if record {
                         hist.record((intended.elapsed().as_micros() as u64).max(1))?;
                     }
@@ -368,7 +371,7 @@ struct Gateway {
 /// turn, so the host's drift over seconds (large here) hits all of them
 /// alike and their per-round ratios — to direct and to each other — can be
 /// trusted. Latency at a fixed rate each gateway and direct both sustain,
-/// the direct run beside the gateway's in every round.
+/// direct interleaved with the gateway in the same seconds (`paired`).
 async fn compare(
     upstream: SocketAddr,
     up_pid: u32,
@@ -418,7 +421,7 @@ async fn compare(
                              "upstream": med_of(runs, &|t| t.cpu_us_per_call[1]),
                              "dome": med_of(runs, &|t| t.cpu_us_per_call[2])},
         });
-        out.push(serde_json::json!({
+        let mut entry = serde_json::json!({
             "direct_rps": direct_rps,
             "dome_rps": dome_rps,
             "dome_vs_direct": ratio,
@@ -426,16 +429,15 @@ async fn compare(
                 .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
                 .collect::<Vec<_>>(),
             "cpu_us_per_call": cpu,
-        }));
-        if let Some(m) = out.last_mut().and_then(|v| v.as_object_mut()) {
+        });
+        if let Some(m) = entry.as_object_mut() {
             m.extend(latency_summary(rounds, *rate));
+            if out.is_empty() {
+                let at_double = latency_summary(&heavier, 2.0 * rate);
+                m.insert("latency_at_double_rate".into(), at_double.into());
+            }
         }
-    }
-    if let Some(m) = out.first_mut().and_then(|v| v.as_object_mut())
-        && let Some(rate) = rates.first()
-    {
-        let at_double: serde_json::Map<_, _> = latency_summary(&heavier, 2.0 * rate).collect();
-        m.insert("latency_at_double_rate".into(), at_double.into());
+        out.push(entry);
     }
     Ok(out)
 }
@@ -445,9 +447,7 @@ type Paired = (Histogram<u64>, Histogram<u64>);
 
 /// Direct and `gateway` at `rate` each, interleaved in the same seconds.
 async fn paired(upstream: SocketAddr, gateway: SocketAddr, rate: f64) -> anyhow::Result<Paired> {
-    let mut h = fixed_rate(&[upstream, gateway], rate, None)
-        .await?
-        .into_iter();
+    let mut h = fixed_rate(&[upstream, gateway], rate).await?.into_iter();
     let (Some(d), Some(t)) = (h.next(), h.next()) else {
         anyhow::bail!("a latency histogram is missing");
     };
@@ -457,10 +457,7 @@ async fn paired(upstream: SocketAddr, gateway: SocketAddr, rate: f64) -> anyhow:
 /// Latency fields of a report from paired rounds: each side's quantiles
 /// (median over the rounds) and what the gateway adds (median over the
 /// rounds of the gateway's quantile minus direct's in the same round).
-fn latency_summary(
-    rounds: &[Paired],
-    rate: f64,
-) -> impl Iterator<Item = (String, serde_json::Value)> {
+fn latency_summary(rounds: &[Paired], rate: f64) -> serde_json::Map<String, serde_json::Value> {
     let med = |f: &dyn Fn(&Paired) -> f64| {
         let mut v: Vec<f64> = rounds.iter().map(f).collect();
         bench::median(&mut v)
@@ -476,21 +473,19 @@ fn latency_summary(
             })
         })
         .collect();
-    [
-        ("fixed_rate_rps", rate.into()),
-        ("direct_p50_us", med(&|(d, _)| q(d, 0.5)).into()),
-        ("direct_p99_us", med(&|(d, _)| q(d, 0.99)).into()),
-        ("dome_p50_us", med(&|(_, t)| q(t, 0.5)).into()),
-        ("dome_p99_us", med(&|(_, t)| q(t, 0.99)).into()),
-        ("added_p50_us", med(&|(d, t)| q(t, 0.5) - q(d, 0.5)).into()),
-        (
-            "added_p99_us",
-            med(&|(d, t)| q(t, 0.99) - q(d, 0.99)).into(),
-        ),
-        ("latency_rounds", per_round.into()),
-    ]
-    .into_iter()
-    .map(|(k, v): (&str, serde_json::Value)| (k.to_string(), v))
+    let serde_json::Value::Object(summary) = serde_json::json!({
+        "fixed_rate_rps": rate,
+        "direct_p50_us": med(&|(d, _)| q(d, 0.5)),
+        "direct_p99_us": med(&|(d, _)| q(d, 0.99)),
+        "dome_p50_us": med(&|(_, t)| q(t, 0.5)),
+        "dome_p99_us": med(&|(_, t)| q(t, 0.99)),
+        "added_p50_us": med(&|(d, t)| q(t, 0.5) - q(d, 0.5)),
+        "added_p99_us": med(&|(d, t)| q(t, 0.99) - q(d, 0.99)),
+        "latency_rounds": per_round,
+    }) else {
+        unreachable!("a JSON object literal");
+    };
+    summary
 }
 
 /// The median over rounds of `a[i] / b[i]` (the same rounds).
@@ -561,9 +556,7 @@ fn main() -> anyhow::Result<()> {
             };
             let addr: SocketAddr = addr.to_string_lossy().parse()?;
             let secs: u64 = secs.to_string_lossy().parse()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = runtime()?;
             for _ in 0..secs.div_ceil(RUN.as_secs() + WARMUP.as_secs()) {
                 let t = rt.block_on(max_throughput(addr, &[], None))?;
                 println!("{:.0} rps", t.rps);
@@ -571,21 +564,18 @@ fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some("latency") => {
+            const USAGE: &str = "usage: bench-e2e latency RATE ADDR...";
             let [_, rate, rest @ ..] = args.as_slice() else {
-                anyhow::bail!("usage: bench-e2e latency RATE ADDR...");
+                anyhow::bail!(USAGE);
             };
-            let (Ok(rate), false) = (rate.to_string_lossy().parse::<f64>(), rest.is_empty()) else {
-                anyhow::bail!("usage: bench-e2e latency RATE ADDR...");
-            };
-            anyhow::ensure!(rate > 0.0, "RATE must be above 0");
+            let rate: f64 = rate.to_string_lossy().parse().context(USAGE)?;
+            anyhow::ensure!(rate > 0.0 && !rest.is_empty(), USAGE);
             let addrs: Vec<SocketAddr> = rest
                 .iter()
                 .map(|a| a.to_string_lossy().parse())
                 .collect::<Result<_, _>>()?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            let h = rt.block_on(fixed_rate(&addrs, rate, None))?;
+            let rt = runtime()?;
+            let h = rt.block_on(fixed_rate(&addrs, rate))?;
             for (a, h) in addrs.iter().zip(&h) {
                 println!(
                     "{a} p50 {} p90 {} p99 {} p999 {} max {}",
@@ -601,9 +591,7 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let (up, upstream) = start_upstream(&root)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let bin = dome_bin(&root);
     let spec = |fsync, name| DomeSpec {
         bin: &bin,

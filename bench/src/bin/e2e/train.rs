@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 
 use super::{
-    DomeSpec, Kill, Sender, connect, fixed_rate, max_throughput, post, start_dome, start_upstream,
+    DomeSpec, Kill, Sender, connect, fixed_rate, max_throughput, post, runtime, start_dome,
+    start_upstream,
 };
 
 /// Session-era and stateless rounds of [`mixed`] on each Dome.
@@ -32,9 +33,7 @@ pub fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let (_up, upstream) = start_upstream(root)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let (key, hash) = apikey::generate("bench-agent");
     // The load generator's tasks need it for their whole life.
     let key: &'static str = Box::leak(key.into_boxed_str());
@@ -52,7 +51,7 @@ pub fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result<()> {
     let (dome, addr) = start_dome(root, upstream, &spec("off", "train-open", None))?;
     rt.block_on(async {
         max_throughput(addr, &[], None).await?;
-        fixed_rate(&[addr], 2_000.0, None).await?;
+        fixed_rate(&[addr], 2_000.0).await?;
         mixed(addr, None).await
     })
     .context("training Dome without authentication")?;
