@@ -2949,7 +2949,12 @@ struct RelayTo {
 /// an id of Dome's. A stateless caller cannot take requests: Dome parks the
 /// call and answers `input_required` with the upstream's requests; the
 /// caller's retry resumes it (see `Gateway::resume`).
-fn relay(up: Arc<Upstream>, body: Incoming, parser: SseParser, to: RelayTo) -> Response<Body> {
+fn relay(
+    up: Arc<Upstream>,
+    body: super::pool::Body,
+    parser: SseParser,
+    to: RelayTo,
+) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     let session = to.inflight.as_ref().map(|i| i.session.clone());
     tokio::spawn(async move {

@@ -14,7 +14,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use super::{sse::SseParser, upstream::Reply, upstream::Upstream};
@@ -34,7 +33,7 @@ pub const ANSWER_TTL: Duration = Duration::from_secs(600);
 pub struct Parked {
     pub upstream: Arc<Upstream>,
     /// The rest of the upstream's response stream.
-    pub body: Incoming,
+    pub body: super::pool::Body,
     pub parser: SseParser,
     /// The tool called: a retry must name the same one.
     pub tool: String,

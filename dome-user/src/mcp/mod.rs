@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod envelope;
 pub mod gateway;
+pub mod h1;
 pub mod input;
 pub mod pool;
 pub mod protocol;

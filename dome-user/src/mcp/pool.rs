@@ -1,36 +1,35 @@
 //! Keep-alive HTTP/1.1 connections to one upstream, one set per worker lane
-//! (see [`crate::workers`]), on hyper's connection API.
+//! (see [`crate::workers`]), spoken inline ([`super::h1`]).
 //!
-//! A request takes the first ready connection of its own lane: one
-//! uncontended lock and a few atomic loads, where hyper-util's general
-//! pool hashed a pool key, took a shared lock, rewrote the URI, formatted a
-//! `Host` header and spawned a task to return the connection on every call.
-//! Requests here are already built for this upstream (origin-form target,
-//! a `Host` header made once), so none of that is needed.
+//! A request takes an idle connection of its own lane (one uncontended
+//! lock), writes itself and reads the answer on the calling task. Requests
+//! here are already built for this upstream (origin-form target, a `Host`
+//! header made once).
 //!
-//! A connection is back in the pool the moment hyper reports it ready for
-//! the next request (its previous response read to the end); streams hold
-//! theirs until they end. Closed connections, idle ones past the idle
+//! A connection is back in its lane the moment its response has been read
+//! to the end: at once when the whole body came with the head (the common
+//! case), else when the caller has read the streamed body to its end.
+//! Dropping a body part-way closes its connection (which is how a cancelled
+//! call reaches the upstream). Closed connections, idle ones past the idle
 //! allowance and ones idle longer than the idle timeout are dropped when
 //! the lane is next used.
 
 use std::{
-    sync::Mutex,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
-    Request, Response, Uri,
-    body::Incoming,
-    client::conn::{
-        TrySendError,
-        http1::{self, SendRequest},
-    },
-    header::{self, HeaderValue},
+    Method, Request, Response, Uri,
+    body::{Frame, SizeHint},
+    header::HeaderValue,
 };
-use hyper_util::rt::TokioIo;
+
+use super::h1::{Conn, Decoder, Step};
 
 /// How long a connection may sit idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -43,26 +42,25 @@ pub struct Pool {
     /// The origin-form target (`/mcp?…`) requests are sent to.
     target: Uri,
     connect_timeout: Duration,
+    lanes: Arc<Lanes>,
+}
+
+/// Each lane's idle connections.
+struct Lanes {
+    idle: Box<[Mutex<Vec<Conn>>]>,
     /// Idle connections a lane keeps.
     max_idle: usize,
-    lanes: Box<[Mutex<Vec<Conn>>]>,
 }
 
-/// What sending on a connection comes to: the response head, or why not
-/// (with the request back when it was never written).
-type Sent = Result<Response<Incoming>, TrySendError<Request<Full<Bytes>>>>;
-
-/// A checkout: sent on a pooled connection, or the request back.
-#[allow(clippy::large_enum_variant)] // returned and matched at once, never stored
-enum Checkout<F> {
-    Sent(F),
-    NoneReady(Request<Full<Bytes>>),
-}
-
-struct Conn {
-    sender: SendRequest<Full<Bytes>>,
-    /// When a request was last sent on it.
-    used: Instant,
+impl Lanes {
+    /// Puts a connection whose last response was read to the end back in
+    /// `lane`, unless the lane holds enough idle ones.
+    fn put(&self, lane: usize, conn: Conn) {
+        let mut idle = self.idle[lane].lock().expect("pool lane");
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
 }
 
 impl Pool {
@@ -91,8 +89,10 @@ impl Pool {
             host,
             target,
             connect_timeout,
-            max_idle: max_idle.div_ceil(lanes).max(1),
-            lanes: (0..lanes).map(|_| Mutex::new(Vec::new())).collect(),
+            lanes: Arc::new(Lanes {
+                idle: (0..lanes).map(|_| Mutex::new(Vec::new())).collect(),
+                max_idle: max_idle.div_ceil(lanes).max(1),
+            }),
         })
     }
 
@@ -101,68 +101,74 @@ impl Pool {
         &self.target
     }
 
-    /// Sends `req` on a ready connection of this lane, or on a new one.
-    /// A request that never left (its pooled connection had closed) is
-    /// sent again on a new connection; one that may have reached the
-    /// upstream never is. Errors are the whole chain, as text.
-    pub async fn send(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Incoming>, String> {
-        req.headers_mut().insert(header::HOST, self.host.clone());
-        let lane = self.lane();
-        let req = match self.checkout(lane, req) {
-            Checkout::NoneReady(req) => req,
-            Checkout::Sent(sent) => match sent.await {
-                Ok(resp) => return Ok(resp),
-                Err(mut e) => match e.take_message() {
-                    // Never written: the connection had closed meanwhile.
-                    Some(req) => req,
-                    None => return Err(crate::error_chain(e.error())),
-                },
+    /// Sends `req` on an idle connection of this lane, or on a new one.
+    /// A request that never left (its pooled connection turned out closed
+    /// when written to) is sent again on a new connection; one that may
+    /// have reached the upstream never is. Errors are whole sentences.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Body>, String> {
+        let (head, body) = req.into_parts();
+        let body = full_bytes(body);
+        let lane = crate::workers::lane() % self.lanes.idle.len();
+        let mut conn = match self.checkout(lane) {
+            Some(mut conn) => match conn.write_request(&head, &self.host, &body).await {
+                Ok(()) => conn,
+                // Never delivered: the upstream had closed it.
+                Err(_) => self.fresh(&head, &body).await?,
             },
+            None => self.fresh(&head, &body).await?,
         };
-        let mut sender = self.connect().await?;
-        let sent = sender.try_send_request(req);
-        lane.lock().expect("pool lane").push(Conn {
-            sender,
-            used: Instant::now(),
-        });
-        sent.await.map_err(|e| crate::error_chain(e.error()))
-    }
-
-    /// This thread's lane.
-    fn lane(&self) -> &Mutex<Vec<Conn>> {
-        &self.lanes[crate::workers::lane() % self.lanes.len()]
-    }
-
-    /// Sends on the lane's first ready connection (dropping closed, surplus
-    /// idle and stale ones on the way); `req` back when none is ready.
-    fn checkout(
-        &self,
-        lane: &Mutex<Vec<Conn>>,
-        req: Request<Full<Bytes>>,
-    ) -> Checkout<impl Future<Output = Sent> + use<>> {
-        let now = Instant::now();
-        let mut conns = lane.lock().expect("pool lane");
-        let mut idle = 0;
-        conns.retain(|c| {
-            if c.sender.is_closed() {
-                return false;
+        conn.used = Instant::now();
+        let h = conn.read_head(head.method == Method::HEAD).await?;
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = h.status;
+        *resp.version_mut() = h.version;
+        *resp.headers_mut() = h.headers;
+        let decoder = h.body;
+        // The whole body is usually here already: take it, and the
+        // connection goes back before the caller even reads it.
+        if let Decoder::Length(n) = decoder
+            && conn.buffered().len() as u64 >= n
+        {
+            let data = conn.buffered().split_to(n as usize).freeze();
+            if h.keep_alive && conn.buffered().is_empty() {
+                self.lanes.put(lane, conn);
             }
-            if c.sender.is_ready() {
-                idle += 1;
-                return idle <= self.max_idle && now.duration_since(c.used) < IDLE_TIMEOUT;
-            }
-            true
-        });
-        match conns.iter_mut().find(|c| c.sender.is_ready()) {
-            Some(conn) => {
-                conn.used = now;
-                Checkout::Sent(conn.sender.try_send_request(req))
-            }
-            None => Checkout::NoneReady(req),
+            *resp.body_mut() = Body(Inner::Full(Some(data).filter(|d| !d.is_empty())));
+            return Ok(resp);
         }
+        // Anything else streams (`Length(0)` was whole above).
+        *resp.body_mut() = Body(Inner::Stream(Box::new(Stream {
+            conn: Some(conn),
+            decoder,
+            keep_alive: h.keep_alive,
+            home: (self.lanes.clone(), lane),
+        })));
+        Ok(resp)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    /// A new connection with the request written on it.
+    async fn fresh(&self, head: &hyper::http::request::Parts, body: &[u8]) -> Result<Conn, String> {
+        let mut conn = self.connect().await?;
+        conn.write_request(head, &self.host, body)
+            .await
+            .map_err(|e| format!("writing the request to {}: {e}", self.address))?;
+        Ok(conn)
+    }
+
+    /// The lane's most recently used idle connection that is still open
+    /// (dropping closed and stale ones on the way).
+    fn checkout(&self, lane: usize) -> Option<Conn> {
+        let now = Instant::now();
+        let mut idle = self.lanes.idle[lane].lock().expect("pool lane");
+        while let Some(mut conn) = idle.pop() {
+            if now.duration_since(conn.used) < IDLE_TIMEOUT && conn.alive() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Conn, String> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             tokio::net::TcpStream::connect(self.address.as_str()),
@@ -177,21 +183,109 @@ impl Pool {
         })?
         .map_err(|e| format!("connecting to {}: {e}", self.address))?;
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| crate::error_chain(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %crate::error_chain(&e), "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 
-    /// Connections this lane holds (busy or idle).
+    /// Idle connections this lane holds.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.lane().lock().expect("pool lane").len()
+        let lane = crate::workers::lane() % self.lanes.idle.len();
+        self.lanes.idle[lane].lock().expect("pool lane").len()
+    }
+}
+
+/// The bytes of a request body Dome built: `Full` yields its one frame at
+/// once.
+fn full_bytes(body: Full<Bytes>) -> Bytes {
+    let mut body = std::pin::pin!(body);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match hyper::body::Body::poll_frame(body.as_mut(), &mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    }
+}
+
+/// An upstream response body: whole, or streamed off its connection.
+pub struct Body(Inner);
+
+enum Inner {
+    Full(Option<Bytes>),
+    Stream(Box<Stream>),
+}
+
+struct Stream {
+    /// `None` once the body has ended.
+    conn: Option<Conn>,
+    decoder: Decoder,
+    keep_alive: bool,
+    /// Where the connection goes back when the body ends.
+    home: (Arc<Lanes>, usize),
+}
+
+impl Body {
+    fn empty() -> Self {
+        Body(Inner::Full(None))
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let s = match &mut self.get_mut().0 {
+            Inner::Full(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Inner::Stream(s) => s,
+        };
+        let mut eof = false;
+        loop {
+            let Some(conn) = s.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match s.decoder.step(conn.buffered(), eof) {
+                Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                Ok(Step::End) => {
+                    let mut conn = s.conn.take().expect("connection");
+                    if s.keep_alive && conn.buffered().is_empty() {
+                        conn.used = Instant::now();
+                        s.home.0.put(s.home.1, conn);
+                    }
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) => eof = n == 0,
+                    Poll::Ready(Err(e)) => {
+                        s.conn = None;
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Err(e) => {
+                    s.conn = None;
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        e,
+                    ))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Inner::Full(d) => d.is_none(),
+            Inner::Stream(s) => s.conn.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Inner::Full(d) => SizeHint::with_exact(d.as_ref().map_or(0, |d| d.len() as u64)),
+            Inner::Stream(_) => SizeHint::default(),
+        }
     }
 }
 
@@ -202,16 +296,31 @@ mod tests {
         atomic::{AtomicUsize, Ordering},
     };
 
-    use http_body_util::BodyExt;
-    use hyper::service::service_fn;
+    use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
+    use hyper::{body::Incoming, header, service::service_fn};
+    use hyper_util::rt::TokioIo;
 
     use super::*;
 
-    /// A real HTTP/1.1 server on 127.0.0.1 answering `HOST URI`; `?slow`
-    /// answers after 100 ms. Counts the connections it accepted.
+    type TestBody = BoxBody<Bytes, std::convert::Infallible>;
+
+    /// A real HTTP/1.1 server (hyper's) on 127.0.0.1 answering `HOST URI`.
+    /// `?slow` answers after 100 ms; `?chunked` streams three pieces 10 ms
+    /// apart (chunked coding); `?big` sends 300,000 bytes with a
+    /// Content-Length; `?len` answers the request body's length and the
+    /// Content-Length it came with; `?hold` sends a piece and never ends.
+    /// Counts the connections it accepted and the ones that have ended.
     fn server(
         listener: tokio::net::TcpListener,
         accepted: Arc<AtomicUsize>,
+    ) -> tokio::task::JoinHandle<()> {
+        server_counting(listener, accepted, Arc::default())
+    }
+
+    fn server_counting(
+        listener: tokio::net::TcpListener,
+        accepted: Arc<AtomicUsize>,
+        ended: Arc<AtomicUsize>,
     ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
@@ -220,27 +329,67 @@ mod tests {
                     return;
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
+                let ended = ended.clone();
                 conns.spawn(async move {
                     let svc = service_fn(|req: Request<Incoming>| async move {
-                        if req.uri().query() == Some("slow") {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        let host = req.headers().get(header::HOST).cloned();
-                        let text = format!(
-                            "{} {}",
-                            host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-                            req.uri()
-                        );
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
-                            text,
-                        ))))
+                        Ok::<_, std::convert::Infallible>(answer(req).await)
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         })
+    }
+
+    async fn answer(req: Request<Incoming>) -> Response<TestBody> {
+        let piece =
+            |s: &'static str| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(s)));
+        match req.uri().query() {
+            Some("chunked") => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    for s in ["one,", "two,", "three"] {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let _ = tx.send(piece(s)).await;
+                    }
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                return Response::new(StreamBody::new(stream).boxed());
+            }
+            Some("hold") => {
+                let (tx, rx) = tokio::sync::mpsc::channel(4);
+                tokio::spawn(async move {
+                    let _ = tx.send(piece("first")).await;
+                    tx.closed().await;
+                });
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                return Response::new(StreamBody::new(stream).boxed());
+            }
+            Some("big") => {
+                return Response::new(Full::new(Bytes::from(vec![b'x'; 300_000])).boxed());
+            }
+            Some("len") => {
+                let cl = req.headers().get(header::CONTENT_LENGTH).cloned();
+                let n = req.into_body().collect().await.unwrap().to_bytes().len();
+                let cl = cl
+                    .as_ref()
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or("-")
+                    .to_string();
+                return Response::new(Full::new(Bytes::from(format!("{n} {cl}"))).boxed());
+            }
+            Some("slow") => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => {}
+        }
+        let host = req.headers().get(header::HOST).cloned();
+        let text = format!(
+            "{} {}",
+            host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            req.uri()
+        );
+        Response::new(Full::new(Bytes::from(text)).boxed())
     }
 
     async fn get(pool: &Pool, query: &str) -> Result<String, String> {
@@ -332,6 +481,134 @@ mod tests {
         assert!(err.contains(&format!("connecting to {addr}")), "{err}");
     }
 
+    async fn post(pool: &Pool, query: &str, body: &'static str) -> Result<String, String> {
+        let uri: Uri = format!("{}{query}", pool.target()).parse().unwrap();
+        let req = Request::post(uri)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let resp = pool.send(req).await?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    }
+
+    #[tokio::test]
+    async fn streamed_and_long_bodies_arrive_whole_and_free_their_connection() {
+        let (addr, accepted, _server) = start().await;
+        let pool = pool(addr);
+        for _ in 0..3 {
+            assert_eq!(get(&pool, "?chunked").await.unwrap(), "one,two,three");
+            assert_eq!(get(&pool, "?big").await.unwrap().len(), 300_000);
+            assert_eq!(post(&pool, "?len", "hello").await.unwrap(), "5 5");
+            assert_eq!(
+                post(&pool, "?len", "").await.unwrap(),
+                "0 0",
+                "a POST says its length"
+            );
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "every body was read to its end"
+        );
+        assert_eq!(pool.held(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_arrives_piece_by_piece() {
+        let (addr, _, _server) = start().await;
+        let pool = pool(addr);
+        let uri: Uri = format!("{}?chunked", pool.target()).parse().unwrap();
+        let req = Request::post(uri).body(Full::new(Bytes::new())).unwrap();
+        let mut body = pool.send(req).await.unwrap().into_body();
+        let mut pieces = Vec::new();
+        while let Some(f) = body.frame().await {
+            pieces.push(f.unwrap().into_data().unwrap());
+        }
+        assert_eq!(pieces, ["one,", "two,", "three"], "not buffered to the end");
+        assert_eq!(pool.held(), 1, "back once it ended");
+    }
+
+    #[tokio::test]
+    async fn dropping_a_body_part_way_closes_its_connection() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let _server = server_counting(l, accepted.clone(), ended.clone());
+        let pool = pool(addr);
+        let uri: Uri = format!("{}?hold", pool.target()).parse().unwrap();
+        let req = Request::post(uri).body(Full::new(Bytes::new())).unwrap();
+        let mut body = pool.send(req).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first");
+        drop(body);
+        // The upstream sees the connection end (the call is cancelled there).
+        for _ in 0..200 {
+            if ended.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(ended.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.held(), 0, "a connection mid-body is never reused");
+        assert_eq!(get(&pool, "").await.unwrap(), format!("{addr} /mcp"));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    /// A raw TCP upstream that reads a request and writes `reply`, then
+    /// closes.
+    async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn broken_upstream_answers_are_clear_errors() {
+        for (reply, expect) in [
+            (&b""[..], "closed the connection before answering"),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\n",
+                "bad Content-Length",
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                "conflicting Content-Length",
+            ),
+            (b"HTTP/1.1 2000 OK\r\n\r\n", "invalid response head"),
+            (b"HTTP/1.1 200 OK\r\nContent-Le", "mid-head"),
+        ] {
+            let addr = raw_upstream(reply).await;
+            let err = get(&pool(addr), "").await.unwrap_err();
+            assert!(err.contains(expect), "{reply:?}: {err}");
+        }
+        // A body cut short is an error of the body, not a short answer.
+        let addr = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+        let err = get(&pool(addr), "").await.unwrap_err();
+        assert!(err.contains("mid-body"), "{err}");
+        // Without a length the body runs to the close, and the connection is not kept.
+        let addr = raw_upstream(b"HTTP/1.0 200 OK\r\n\r\nto the end").await;
+        let p = pool(addr);
+        assert_eq!(get(&p, "").await.unwrap(), "to the end");
+        assert_eq!(p.held(), 0);
+        // Interim answers are skipped.
+        let addr = raw_upstream(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+        let p = pool(addr);
+        assert_eq!(get(&p, "").await.unwrap(), "ok");
+        assert_eq!(p.held(), 0, "`Connection: close` is honoured");
+    }
+
     #[test]
     fn urls_without_a_port_or_path_get_the_defaults() {
         let p = Pool::new(
@@ -344,6 +621,6 @@ mod tests {
         assert_eq!(p.address, "example.test:80");
         assert_eq!(p.target(), "/");
         assert_eq!(p.host, "example.test");
-        assert_eq!(p.max_idle, 32);
+        assert_eq!(p.lanes.max_idle, 32);
     }
 }

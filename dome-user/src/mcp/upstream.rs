@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{Request, Response, StatusCode, body::Incoming, header};
+use hyper::{Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -113,7 +113,7 @@ pub enum Reply {
     /// The same, as the upstream's bytes (`tools/call`: passed on without a tree).
     Raw(Bytes),
     /// An SSE stream: notifications, then the response.
-    Stream(Response<Incoming>),
+    Stream(Response<super::pool::Body>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -344,7 +344,7 @@ impl Upstream {
     }
 
     /// Opens a `subscriptions/listen` stream with the current filter.
-    async fn open_listen(&self) -> Result<Response<Incoming>, UpstreamError> {
+    async fn open_listen(&self) -> Result<Response<super::pool::Body>, UpstreamError> {
         let Era::Stateless { version } = (**self.era.load()).clone() else {
             return Err(UpstreamError::Invalid(
                 self.name().into(),
@@ -781,7 +781,7 @@ impl Upstream {
     async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<super::pool::Body>, UpstreamError> {
         // The slot is held until the response head arrives; a streamed body
         // then runs on its own connection.
         let deadline = tokio::time::Instant::now() + self.timeout();
@@ -950,7 +950,7 @@ fn finish(
     }
 }
 
-async fn read_reply(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
+async fn read_reply(name: &str, resp: Response<super::pool::Body>) -> Result<Reply, UpstreamError> {
     match read_reply_raw(name, resp).await? {
         Reply::Raw(body) if body.is_empty() => Ok(Reply::Json(Value::Null)),
         Reply::Raw(body) => serde_json::from_slice(&body)
@@ -960,7 +960,10 @@ async fn read_reply(name: &str, resp: Response<Incoming>) -> Result<Reply, Upstr
     }
 }
 
-async fn read_reply_raw(name: &str, resp: Response<Incoming>) -> Result<Reply, UpstreamError> {
+async fn read_reply_raw(
+    name: &str,
+    resp: Response<super::pool::Body>,
+) -> Result<Reply, UpstreamError> {
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -1050,7 +1053,10 @@ impl<'a> ResponseParts<'a> {
 }
 
 /// Reads an SSE reply to its JSON-RPC response, dropping notifications.
-pub async fn first_response(name: &str, resp: Response<Incoming>) -> Result<Value, UpstreamError> {
+pub async fn first_response(
+    name: &str,
+    resp: Response<super::pool::Body>,
+) -> Result<Value, UpstreamError> {
     let mut body = resp.into_body();
     let mut parser = super::sse::SseParser::default();
     while let Some(frame) = body.frame().await {
