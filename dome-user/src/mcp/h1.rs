@@ -229,7 +229,10 @@ impl Conn {
             headers.append(name, value);
         }
         let (body, mut keep_alive) = framing(&headers, status, head_only)?;
+        // After a 101 the connection no longer speaks HTTP (Dome never asks
+        // for an upgrade, so this is a broken upstream): never reuse it.
         keep_alive &= version == Version::HTTP_11
+            && status != StatusCode::SWITCHING_PROTOCOLS
             && !headers
                 .get_all(header::CONNECTION)
                 .iter()

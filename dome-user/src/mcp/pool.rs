@@ -607,6 +607,11 @@ mod tests {
         let p = pool(addr);
         assert_eq!(get(&p, "").await.unwrap(), "ok");
         assert_eq!(p.held(), 0, "`Connection: close` is honoured");
+        // After a 101 the connection is no longer HTTP: never reused.
+        let addr = raw_upstream(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n").await;
+        let p = pool(addr);
+        assert_eq!(get(&p, "").await.unwrap(), "");
+        assert_eq!(p.held(), 0);
     }
 
     #[test]
