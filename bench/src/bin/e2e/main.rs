@@ -514,7 +514,7 @@ fn floor_summary(mut v: serde_json::Value) -> serde_json::Value {
         }
         m.insert(
             "what".into(),
-            "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool on hyper's connection API, mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
+            "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool speaking HTTP/1.1 inline (dome::mcp::h1), mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
         );
     }
     v
