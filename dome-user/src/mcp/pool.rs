@@ -10,9 +10,10 @@
 //! to the end: at once when the whole body came with the head (the common
 //! case), else when the caller has read the streamed body to its end.
 //! Dropping a body part-way closes its connection (which is how a cancelled
-//! call reaches the upstream). Closed connections, idle ones past the idle
-//! allowance and ones idle longer than the idle timeout are dropped when
-//! the lane is next used.
+//! call reaches the upstream). A lane keeps at most its idle allowance;
+//! closed connections and ones idle longer than the idle timeout are
+//! dropped as checkouts come across them (the newest and the oldest are
+//! looked at on every one).
 
 use std::{
     pin::Pin,
@@ -156,12 +157,18 @@ impl Pool {
     }
 
     /// The lane's most recently used idle connection that is still open
-    /// (dropping closed and stale ones on the way).
+    /// (dropping closed and stale ones on the way). The oldest is looked at
+    /// on every checkout too, so ones the upstream closed or that sat past
+    /// the idle timeout do not linger under busier ones.
     fn checkout(&self, lane: usize) -> Option<Conn> {
         let now = Instant::now();
+        let usable = |c: &mut Conn| now.duration_since(c.used) < IDLE_TIMEOUT && c.alive();
         let mut idle = self.lanes.idle[lane].lock().expect("pool lane");
+        if idle.len() > 1 && !usable(&mut idle[0]) {
+            idle.remove(0);
+        }
         while let Some(mut conn) = idle.pop() {
-            if now.duration_since(conn.used) < IDLE_TIMEOUT && conn.alive() {
+            if usable(&mut conn) {
                 return Some(conn);
             }
         }
