@@ -110,7 +110,8 @@ impl Pool {
         let (head, body) = req.into_parts();
         let body = full_bytes(body);
         let lane = crate::workers::lane() % self.lanes.idle.len();
-        let mut conn = match self.checkout(lane) {
+        let now = Instant::now();
+        let mut conn = match self.checkout(lane, now) {
             Some(mut conn) => match conn.write_request(&head, &self.host, &body).await {
                 Ok(()) => conn,
                 // Never delivered: the upstream had closed it.
@@ -118,7 +119,7 @@ impl Pool {
             },
             None => self.fresh(&head, &body).await?,
         };
-        conn.used = Instant::now();
+        conn.used = now;
         let h = conn.read_head(head.method == Method::HEAD).await?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = h.status;
@@ -160,8 +161,7 @@ impl Pool {
     /// (dropping closed and stale ones on the way). The oldest is looked at
     /// on every checkout too, so ones the upstream closed or that sat past
     /// the idle timeout do not linger under busier ones.
-    fn checkout(&self, lane: usize) -> Option<Conn> {
-        let now = Instant::now();
+    fn checkout(&self, lane: usize, now: Instant) -> Option<Conn> {
         let usable = |c: &mut Conn| now.duration_since(c.used) < IDLE_TIMEOUT && c.alive();
         let mut idle = self.lanes.idle[lane].lock().expect("pool lane");
         if idle.len() > 1 && !usable(&mut idle[0]) {
@@ -400,15 +400,7 @@ mod tests {
     }
 
     async fn get(pool: &Pool, query: &str) -> Result<String, String> {
-        let uri: Uri = format!("{}{query}", pool.target()).parse().unwrap();
-        let req = Request::post(uri).body(Full::new(Bytes::new())).unwrap();
-        let resp = pool.send(req).await?;
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+        post(pool, query, "").await
     }
 
     /// [`server`] on a free port: its address, its connection count, its task.
