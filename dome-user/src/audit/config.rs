@@ -119,6 +119,9 @@ pub struct Settings {
     pub segment_age: Duration,
     pub retain_age: Option<Duration>,
     pub retain_bytes: Option<u64>,
+    /// How often an idle writer wakes to look at rotation and retention
+    /// (not configurable: tests lengthen it to see what wakes the writer).
+    pub idle_look: Duration,
 }
 
 impl AuditConfig {
@@ -134,6 +137,7 @@ impl AuditConfig {
             retain_age: (self.retain_days > 0)
                 .then(|| Duration::from_secs(self.retain_days * 86_400)),
             retain_bytes: (self.retain_mb > 0).then_some(self.retain_mb << 20),
+            idle_look: Duration::from_millis(200),
         }
     }
 

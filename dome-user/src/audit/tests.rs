@@ -412,6 +412,44 @@ fn durable_waits_for_the_sync_and_off_does_not() {
 }
 
 #[test]
+fn an_idle_writer_sleeps_until_the_next_record() {
+    // With fsync off the writer drains every `commit` while records come
+    // (no wake-up per call); once they stop, it must sleep until the next
+    // push rather than poll an empty ring 500 times a second.
+    use std::sync::atomic::Ordering::Relaxed;
+    let rt = runtime();
+    let d = dir("idle");
+    let s = Settings {
+        fsync: Fsync::Off,
+        commit: Duration::from_millis(2),
+        // Far longer than the test: a record written in time was woken for.
+        idle_look: Duration::from_secs(60),
+        ..settings(64 << 20)
+    };
+    let t = Trail::open(&d, 64, "n".into(), s).unwrap();
+    rt.block_on(async {
+        for n in 1..=3u64 {
+            let slot = t.reserve().await.unwrap().unwrap();
+            t.commit(slot, &record(n, "x")).unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while t.counters.records.load(Relaxed) < n && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(t.counters.records.load(Relaxed), n, "record {n} written");
+            // A couple of passes to see nothing more comes, then asleep.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let before = t.counters.wakeups.load(Relaxed);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let woke = t.counters.wakeups.load(Relaxed) - before;
+            assert!(woke <= 2, "an idle writer woke {woke} times in 300 ms");
+        }
+    });
+    t.close();
+    assert_eq!(all(&d, &Filter::default()).len(), 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn a_full_ring_fails_closed_or_counts_its_drops() {
     let rt = runtime();
     let d = dir("full");

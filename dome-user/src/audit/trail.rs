@@ -51,6 +51,9 @@ pub struct Counters {
     pub refused: AtomicU64,
     pub write_errors: AtomicU64,
     pub segments_retired: AtomicU64,
+    /// Times the writer woke to look at the ring: a few per second when
+    /// nothing is written, so an idle Dome costs next to nothing.
+    pub wakeups: AtomicU64,
 }
 
 pub struct Trail {
@@ -69,6 +72,9 @@ pub struct Trail {
     notify: tokio::sync::Notify,
     /// The writer sleeps and wants a wake-up on the next push.
     idle: CachePadded<AtomicBool>,
+    /// The writer's thread, to wake it without taking a lock on the
+    /// request path.
+    writer_thread: std::sync::OnceLock<std::thread::Thread>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: AtomicBool,
     /// The writer cannot write (disk full, I/O error): calls fail closed.
@@ -197,6 +203,7 @@ impl Trail {
             durable: CachePadded::new(AtomicU64::new(0)),
             notify: tokio::sync::Notify::new(),
             idle: CachePadded::new(AtomicBool::new(false)),
+            writer_thread: std::sync::OnceLock::new(),
             writer: std::sync::Mutex::new(None),
             stop: AtomicBool::new(false),
             failing: AtomicBool::new(false),
@@ -232,6 +239,7 @@ impl Trail {
         let handle = std::thread::Builder::new()
             .name("dome-audit".into())
             .spawn(move || w.run())?;
+        let _ = trail.writer_thread.set(handle.thread().clone());
         *trail.writer.lock().expect("writer handle") = Some(handle);
         Ok(trail)
     }
@@ -336,9 +344,9 @@ impl Trail {
             tracing::error!("the audit ring overflowed a reservation; a record was dropped");
         }
         if self.idle.load(Ordering::SeqCst)
-            && let Some(h) = self.writer.lock().expect("writer handle").as_ref()
+            && let Some(t) = self.writer_thread.get()
         {
-            h.thread().unpark();
+            t.unpark();
         }
         Some(ticket)
     }
@@ -407,6 +415,7 @@ impl Trail {
             "refused": load(&c.refused),
             "write_errors": load(&c.write_errors),
             "segments_retired": load(&c.segments_retired),
+            "writer_wakeups": load(&c.wakeups),
             "queued": self.queued(),
             "ring": self.capacity(),
             "last_seq": seq,
@@ -464,6 +473,9 @@ const BATCH_BYTES: usize = 1 << 20;
 
 impl Writer {
     fn run(&mut self) {
+        // Passes in a row that found the ring empty: two mean a whole
+        // commit interval went by with nothing to write.
+        let mut empty_passes = 0u32;
         loop {
             let settings = self.trail.settings.load_full();
             let mut drained = 0usize;
@@ -512,30 +524,37 @@ impl Writer {
             if self.last_retention.elapsed() >= Duration::from_secs(10) {
                 self.retire(&settings);
             }
+            empty_passes = if drained == 0 { empty_passes + 1 } else { 0 };
             if drained == 0 && self.out.is_empty() {
+                // With fsync off, records keep coming and nobody waits for
+                // them, the writer drains every `commit` (sparing a wake-up
+                // per call); once a whole interval brought nothing, it
+                // sleeps until the next push instead of polling an idle
+                // ring hundreds of times a second.
+                let quiet = settings.fsync == Fsync::Off && empty_passes >= 2;
                 // Sleep until the next push (or the commit deadline, or a
                 // periodic look at rotation and retention).
                 let timeout = match (settings.fsync, self.unsynced_since) {
                     (Fsync::Batch, Some(_)) => {
                         settings.commit.saturating_sub(self.last_sync.elapsed())
                     }
-                    (Fsync::Off, _) => settings.commit,
-                    _ => Duration::from_millis(200),
+                    (Fsync::Off, _) if !quiet => settings.commit,
+                    _ => settings.idle_look,
                 };
                 // Only a call that waits for its record needs the writer
                 // woken: with a commit pending in batch mode it comes back
-                // at the deadline anyway, and with fsync off nobody waits
-                // (it drains every `commit`, sparing a wake-up per call).
+                // at the deadline anyway.
                 let wake_on_push = match settings.fsync {
                     Fsync::Always => true,
                     Fsync::Batch => self.unsynced_since.is_none(),
-                    Fsync::Off => false,
+                    Fsync::Off => quiet,
                 };
                 if wake_on_push {
                     self.trail.idle.store(true, Ordering::SeqCst);
                 }
                 if self.trail.ring.is_empty() && !self.trail.stop.load(Ordering::SeqCst) {
                     std::thread::park_timeout(timeout);
+                    self.trail.counters.wakeups.fetch_add(1, Ordering::Relaxed);
                 }
                 self.trail.idle.store(false, Ordering::SeqCst);
             }
