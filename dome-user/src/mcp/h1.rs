@@ -579,4 +579,126 @@ mod tests {
             Ok((Decoder::Length(0), true))
         ));
     }
+
+    /// Valid responses the fuzz tests below start from.
+    const SEEDS: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-empty:\r\n\r\n5;a=b\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nx:  \t\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nconnection: close\r\n\r\nuntil the end",
+        b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3, 3\r\n\r\nbad",
+    ];
+
+    /// Bytes that matter to HTTP/1.1 framing, for mutations.
+    const SPICE: &[u8] = b"\r\n:; \t,0123456789abcdefABCDEF\x00\x7f\xff-";
+
+    fn mutate(rng: &mut impl rand::Rng, seed: &[u8]) -> Vec<u8> {
+        let mut v = seed.to_vec();
+        for _ in 0..rng.random_range(1..=4) {
+            let at = rng.random_range(0..=v.len());
+            match rng.random_range(0..5) {
+                0 if at < v.len() => v[at] = SPICE[rng.random_range(0..SPICE.len())],
+                1 => v.insert(at, SPICE[rng.random_range(0..SPICE.len())]),
+                2 if at < v.len() => {
+                    v.remove(at);
+                }
+                3 => v.truncate(at),
+                _ => {
+                    let end = rng.random_range(at..=v.len().min(at + 16));
+                    let piece = v[at..end].to_vec();
+                    v.splice(at..at, piece);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn mangled_chunked_bodies_are_decoded_or_refused_never_a_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9112);
+        let wire: &[u8] =
+            b"5;ext=1\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n";
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..5000 {
+            let input = mutate(&mut rng, wire);
+            let cut = rng.random_range(0..=input.len());
+            let (a, b) = input.split_at(cut);
+            match decode_all(Decoder::Chunked(Chunked::Size), &[a, b]) {
+                Ok(body) => {
+                    ok += 1;
+                    assert!(body.len() <= input.len());
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(!e.is_empty());
+                }
+            }
+        }
+        // The mutations reach both outcomes (the test exercises the errors).
+        assert!(ok > 100 && refused > 100, "{ok} decoded, {refused} refused");
+    }
+
+    #[tokio::test]
+    async fn mangled_response_heads_are_read_or_refused_never_a_panic() {
+        use rand::SeedableRng;
+        use tokio::io::AsyncWriteExt;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1945);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (mut ok, mut refused) = (0, 0);
+        for i in 0..400 {
+            let seed = SEEDS[i % SEEDS.len()];
+            // Every fifth one unmangled: those must be read whole.
+            let wire = if i % 5 == 4 {
+                seed.to_vec()
+            } else {
+                mutate(&mut rng, seed)
+            };
+            let upstream = async {
+                let (mut s, _) = listener.accept().await.unwrap();
+                // Sent in two writes, so some heads arrive cut in two.
+                let cut = wire.len() / 2;
+                let _ = s.write_all(&wire[..cut]).await;
+                let _ = s.write_all(&wire[cut..]).await;
+                let _ = s.shutdown().await;
+            };
+            let client = async {
+                let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+                let mut head = conn.read_head(false).await?;
+                let mut body = Vec::new();
+                let mut eof = false;
+                loop {
+                    match head.body.step(conn.buffered(), eof)? {
+                        Step::Data(d) => body.extend_from_slice(&d),
+                        Step::End => return Ok::<_, String>((head.status, body)),
+                        Step::More => eof = conn.fill().await.map_err(|e| e.to_string())? == 0,
+                    }
+                }
+            };
+            let ((), got) = tokio::join!(upstream, client);
+            match got {
+                Ok((status, body)) => {
+                    ok += 1;
+                    assert!(body.len() <= wire.len());
+                    if i % 5 == 4 {
+                        assert!(!status.is_informational(), "{status}");
+                        let expected: &[u8] = match i % SEEDS.len() {
+                            0 => b"{\"ok\":true}",
+                            1 => b"hello",
+                            2 => b"",
+                            3 => b"until the end",
+                            _ => b"bad",
+                        };
+                        assert_eq!(body, expected, "seed {}", i % SEEDS.len());
+                    }
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(i % 5 != 4, "a valid response was refused: {e}");
+                }
+            }
+        }
+        assert!(ok > 50 && refused > 50, "{ok} read, {refused} refused");
+    }
 }
