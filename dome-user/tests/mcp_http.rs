@@ -181,6 +181,35 @@ fn client_mistakes_get_their_codes_never_a_500() {
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
     let (status, _, v) = post(&dome, &[ACCEPT, JSON], r#"{"jsonrpc":"2.0","id":1}"#);
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    // A repeated member name: policy and the upstream could read different
+    // tools or resources from it, so it is refused.
+    let (status, _, v) = post(
+        &dome,
+        &[ACCEPT, JSON],
+        r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"demo://a","uri":"demo://b"}}"#,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32600)),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`uri` twice"),
+        "{v}"
+    );
+    let (status, _, v) = post(
+        &dome,
+        &[ACCEPT, JSON],
+        "{\"jsonrpc\":\"2.0\",\"id\":1\0,\"method\":\"ping\"}",
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32700)),
+        "{v}"
+    );
     let big = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"pad":"{}"}}}}"#,
         "x".repeat(4096)

@@ -11,7 +11,7 @@ use serde_json::Value as Json;
 use simd_json::{
     Buffers,
     prelude::{ValueAsScalar, ValueIntoString, Writable},
-    tape::{Tape, Value as TapeValue},
+    tape::{Node, Tape, Value as TapeValue},
 };
 
 use super::protocol;
@@ -70,6 +70,11 @@ pub enum EnvelopeError {
     Parse(String),
     /// JSON, but not an object (a batch is an array: see `Parsed::Batch`).
     NotObject,
+    /// An object names this member twice (-32600). JSON leaves what that
+    /// means to the reader: this parser reads the first, most upstreams the
+    /// last, so such a message could show policy one tool or resource and
+    /// the upstream another.
+    Repeated(String),
 }
 
 /// The outcome of parsing a body.
@@ -84,6 +89,9 @@ struct Scratch {
     buffers: Buffers,
     /// Kept empty between parses (its nodes borrow the message).
     tape: Tape<'static>,
+    /// For `repeated_name`: where the names of an object with many
+    /// members sit on the tape.
+    keys: Vec<usize>,
 }
 
 thread_local! {
@@ -91,6 +99,7 @@ thread_local! {
         buf: Vec::new(),
         buffers: Buffers::default(),
         tape: Tape(Vec::new()),
+        keys: Vec::new(),
     });
 }
 
@@ -121,19 +130,80 @@ fn to_json(v: TapeValue<'_, '_>) -> Json {
 /// Parses `body` (which is not modified: the parser works on a copy in the
 /// thread's scratch buffer).
 pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
+    // simd-json takes a NUL right after a number for the end of the
+    // number (`{"id":9\0}`); no JSON text holds one anywhere.
+    if memchr::memchr(0, body).is_some() {
+        return Err(EnvelopeError::Parse("a NUL byte is not JSON".into()));
+    }
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
-        let Scratch { buf, buffers, tape } = &mut *s;
+        let Scratch {
+            buf,
+            buffers,
+            tape,
+            keys,
+        } = &mut *s;
         buf.clear();
         buf.extend_from_slice(body);
         let mut t = std::mem::replace(tape, Tape(Vec::new())).reset();
         let out = match simd_json::fill_tape(buf, buffers, &mut t) {
-            Ok(()) => envelope(t.as_value()),
+            Ok(()) => match repeated_name(&t.0, keys) {
+                Some(name) => Err(EnvelopeError::Repeated(name.to_string())),
+                None => envelope(t.as_value()),
+            },
             Err(e) => Err(EnvelopeError::Parse(e.to_string())),
         };
         *tape = t.reset();
         out
     })
+}
+
+/// The first member name some object of the message repeats. One pass
+/// over the tape (no recursion, however deep the nesting): at each object
+/// its members' names are visited by hopping over their values, and
+/// compared in pairs when they are few, sorted when they are many (no
+/// quadratic cost).
+fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut Vec<usize>) -> Option<&'a str> {
+    // How many nodes the value at `j` spans.
+    let span = |j: usize| match nodes.get(j) {
+        Some(Node::Object { count, .. } | Node::Array { count, .. }) => 1 + count,
+        _ => 1,
+    };
+    let name = |j: usize| match nodes.get(j) {
+        Some(Node::String(s)) => *s,
+        _ => "",
+    };
+    for (i, node) in nodes.iter().enumerate() {
+        let Node::Object { len, .. } = *node else {
+            continue;
+        };
+        if len < 2 {
+            continue;
+        }
+        let mut j = i + 1;
+        if len <= 8 {
+            let mut seen = [""; 8];
+            for m in 0..len {
+                let k = name(j);
+                if seen[..m].contains(&k) {
+                    return Some(k);
+                }
+                seen[m] = k;
+                j += 1 + span(j + 1);
+            }
+        } else {
+            keys.clear();
+            for _ in 0..len {
+                keys.push(j);
+                j += 1 + span(j + 1);
+            }
+            keys.sort_unstable_by_key(|&k| name(k));
+            if let Some(w) = keys.windows(2).find(|w| name(w[0]) == name(w[1])) {
+                return Some(name(w[0]));
+            }
+        }
+    }
+    None
 }
 
 fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
@@ -241,6 +311,10 @@ mod tests {
         assert!(n.id.is_none());
         assert!(matches!(parse(b"[1,2]"), Ok(Parsed::Batch)));
         assert!(matches!(parse(b"{nope"), Err(EnvelopeError::Parse(_))));
+        assert!(matches!(
+            parse(b"{\"id\":9\0}"),
+            Err(EnvelopeError::Parse(_))
+        ));
         assert!(matches!(parse(b"42"), Err(EnvelopeError::NotObject)));
         let bad = one(r#"{"jsonrpc":"1.0","id":1,"method":"ping","params":{"_meta":5}}"#);
         assert!(!bad.jsonrpc_ok);
@@ -249,5 +323,214 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///x"}}"#,
         );
         assert_eq!(uri.name.as_deref(), Some("file:///x"));
+    }
+
+    /// Mangles a valid message a little: bytes that matter to JSON changed,
+    /// inserted, removed, pieces repeated, the end cut off.
+    fn mutate(rng: &mut impl rand::Rng, seed: &[u8]) -> Vec<u8> {
+        const SPICE: &[u8] = b"{}[]\",:\\ 0123456789eE.+-tfnul\x00\x01\t\n\x1f\x7f\xc3\xa9/u";
+        let mut v = seed.to_vec();
+        for _ in 0..rng.random_range(1..=3) {
+            let at = rng.random_range(0..=v.len());
+            match rng.random_range(0..5) {
+                0 if at < v.len() => v[at] = SPICE[rng.random_range(0..SPICE.len())],
+                1 => v.insert(at, SPICE[rng.random_range(0..SPICE.len())]),
+                2 if at < v.len() => {
+                    v.remove(at);
+                }
+                3 if rng.random_range(0..4) == 0 => v.truncate(at),
+                _ => {
+                    let end = rng.random_range(at..=v.len().min(at + 24));
+                    let piece = v[at..end].to_vec();
+                    v.splice(at..at, piece);
+                }
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn mangled_messages_are_read_as_serde_json_reads_them() {
+        use rand::SeedableRng;
+        let seeds: [&[u8]; 6] = [
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"h\u00e9llo","n":[1,-2.5e3,true,null]},"_meta":{"progressToken":"p1","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#,
+            br#"{"jsonrpc":"2.0","id":"a","method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+            br#"{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":"file:///a/b.txt","cursor":"x"}}"#,
+            br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":12,"reason":"no"}}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+            br#"{"jsonrpc":"2.0","id":9,"result":{"content":[]}}"#,
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(32700);
+        let (mut same, mut refused, mut repeated) = (0, 0, 0);
+        for i in 0..20_000 {
+            let input = mutate(&mut rng, seeds[i % seeds.len()]);
+            let text = input.escape_ascii().to_string();
+            let reference = serde_json::from_slice::<Json>(&input);
+            let unique = serde_json::from_slice::<Unique>(&input).is_ok();
+            match (reference, parse(&input)) {
+                (Err(_), Err(EnvelopeError::Parse(_))) => refused += 1,
+                (Ok(_), Err(EnvelopeError::Repeated(name))) => {
+                    repeated += 1;
+                    assert!(!unique, "`{name}` is not repeated in {text}");
+                }
+                (Ok(_), _) if !unique => panic!("a repeated name went unnoticed in {text}"),
+                (Ok(Json::Array(_)), Ok(Parsed::Batch)) => same += 1,
+                (Ok(v), Err(EnvelopeError::NotObject)) if !v.is_object() && !v.is_array() => {
+                    same += 1
+                }
+                (Ok(Json::Object(o)), Ok(Parsed::One(e))) => {
+                    same += 1;
+                    let str_at = |v: Option<&Json>| v.and_then(Json::as_str).map(str::to_string);
+                    assert_eq!(
+                        e.jsonrpc_ok,
+                        o.get("jsonrpc") == Some(&Json::from("2.0")),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        e.method.as_deref().map(str::to_string),
+                        str_at(o.get("method")),
+                        "{text}"
+                    );
+                    assert_eq!(
+                        e.is_response,
+                        o.contains_key("result") || o.contains_key("error"),
+                        "{text}"
+                    );
+                    if let Some(id @ (Json::String(_) | Json::Null)) = o.get("id") {
+                        assert_eq!(e.id.as_ref(), Some(id), "{text}");
+                    } else if let Some(id) = o.get("id").filter(|i| i.is_i64() || i.is_u64()) {
+                        assert_eq!(e.id.as_ref(), Some(id), "{text}");
+                    }
+                    let params = o.get("params");
+                    let key = e
+                        .method
+                        .as_deref()
+                        .and_then(protocol::name_key)
+                        .unwrap_or("name");
+                    assert_eq!(e.name, str_at(params.and_then(|p| p.get(key))), "{text}");
+                    assert_eq!(
+                        e.cursor,
+                        str_at(params.and_then(|p| p.get("cursor"))),
+                        "{text}"
+                    );
+                    let args = e
+                        .arguments
+                        .as_deref()
+                        .map(|a| serde_json::from_str::<Json>(a).unwrap());
+                    assert_eq!(
+                        args.as_ref(),
+                        params.and_then(|p| p.get("arguments")),
+                        "{text}"
+                    );
+                    if let Some(p) = &e.params {
+                        let p: Json = serde_json::from_str(p).unwrap();
+                        assert_eq!(Some(&p), params, "{text}");
+                    }
+                }
+                (reference, got) => panic!(
+                    "serde_json and the envelope disagree on {text}: {:?} / {}",
+                    reference.map(|v| v.to_string()),
+                    match got {
+                        Ok(Parsed::One(_)) => "an object".to_string(),
+                        Ok(Parsed::Batch) => "a batch".to_string(),
+                        Err(e) => format!("{e:?}"),
+                    }
+                ),
+            }
+        }
+        assert!(
+            same > 2_000 && refused > 2_000 && repeated > 100,
+            "{same} read alike, {refused} refused, {repeated} with a repeated name"
+        );
+    }
+
+    #[test]
+    fn repeated_names_are_found_at_any_depth_and_in_any_number() {
+        let repeated = |s: &str| match parse(s.as_bytes()) {
+            Err(EnvelopeError::Repeated(n)) => Some(n),
+            Ok(_) => None,
+            Err(e) => panic!("{s}: {e:?}"),
+        };
+        assert_eq!(
+            repeated(r#"{"method":"a","id":1,"method":"b"}"#).as_deref(),
+            Some("method")
+        );
+        // Escapes are compared as the names they spell.
+        assert_eq!(
+            repeated(r#"{"params":{"uri":"x","\u0075ri":"y"}}"#).as_deref(),
+            Some("uri")
+        );
+        assert_eq!(
+            repeated(r#"{"params":{"arguments":{"a":[{"k":1},{"k":2,"z":{},"k":3}]}}}"#).as_deref(),
+            Some("k")
+        );
+        // The same name in different objects is no repeat.
+        assert_eq!(
+            repeated(r#"{"a":{"a":{"a":[{"a":1},{"a":2}]}},"b":[]}"#),
+            None
+        );
+        // Many members: found by sorting, not by comparing every pair.
+        let many: Vec<String> = (0..5_000).map(|i| format!("\"k{i}\":{i}")).collect();
+        assert_eq!(repeated(&format!("{{{}}}", many.join(","))), None);
+        assert_eq!(
+            repeated(&format!("{{{},\"k4321\":0}}", many.join(","))).as_deref(),
+            Some("k4321")
+        );
+        // Deep nesting is walked without recursion.
+        let deep = format!(
+            "{}{{\"x\":1,\"x\":2}}{}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(repeated(&deep).as_deref(), Some("x"));
+    }
+
+    /// serde_json's reading, refusing a repeated member name (the reference
+    /// for the envelope's own check).
+    struct Unique;
+
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            while a.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if !seen.insert(k) {
+                    return Err(serde::de::Error::custom("a repeated name"));
+                }
+                a.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
     }
 }

@@ -1300,6 +1300,17 @@ impl Gateway {
                     ),
                 );
             }
+            Err(EnvelopeError::Repeated(name)) => {
+                self.strike_source("malformed request");
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &rpc_error(
+                        &Value::Null,
+                        code::INVALID_REQUEST,
+                        format!("an object names the member `{name}` twice"),
+                    ),
+                );
+            }
         };
         let id = e.id.clone().unwrap_or(Value::Null);
         if !e.jsonrpc_ok {
