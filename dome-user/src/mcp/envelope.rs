@@ -71,9 +71,9 @@ pub enum EnvelopeError {
     /// JSON, but not an object (a batch is an array: see `Parsed::Batch`).
     NotObject,
     /// An object names this member twice (-32600). JSON leaves what that
-    /// means to the reader: this parser reads the first, most upstreams the
-    /// last, so such a message could show policy one tool or resource and
-    /// the upstream another.
+    /// means to the reader: this parser reads the first, serde_json and
+    /// most upstreams the last, so a check made on one reading (the
+    /// `Mcp-Name` header's) would not hold for what is served.
     Repeated(String),
 }
 
