@@ -325,29 +325,13 @@ mod tests {
         assert_eq!(uri.name.as_deref(), Some("file:///x"));
     }
 
-    /// Mangles a valid message a little: bytes that matter to JSON changed,
-    /// inserted, removed, pieces repeated, the end cut off.
-    fn mutate(rng: &mut impl rand::Rng, seed: &[u8]) -> Vec<u8> {
-        const SPICE: &[u8] = b"{}[]\",:\\ 0123456789eE.+-tfnul\x00\x01\t\n\x1f\x7f\xc3\xa9/u";
-        let mut v = seed.to_vec();
-        for _ in 0..rng.random_range(1..=3) {
-            let at = rng.random_range(0..=v.len());
-            match rng.random_range(0..5) {
-                0 if at < v.len() => v[at] = SPICE[rng.random_range(0..SPICE.len())],
-                1 => v.insert(at, SPICE[rng.random_range(0..SPICE.len())]),
-                2 if at < v.len() => {
-                    v.remove(at);
-                }
-                3 if rng.random_range(0..4) == 0 => v.truncate(at),
-                _ => {
-                    let end = rng.random_range(at..=v.len().min(at + 24));
-                    let piece = v[at..end].to_vec();
-                    v.splice(at..at, piece);
-                }
-            }
-        }
-        v
-    }
+    /// Edits that matter to JSON.
+    const MANGLER: crate::mcp::mangle::Mangler = crate::mcp::mangle::Mangler {
+        spice: b"{}[]\",:\\ 0123456789eE.+-tfnul\x00\x01\t\n\x1f\x7f\xc3\xa9/u",
+        edits: 3,
+        piece: 24,
+        cut_one_in: 4,
+    };
 
     #[test]
     fn mangled_messages_are_read_as_serde_json_reads_them() {
@@ -363,7 +347,7 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(32700);
         let (mut same, mut refused, mut repeated) = (0, 0, 0);
         for i in 0..20_000 {
-            let input = mutate(&mut rng, seeds[i % seeds.len()]);
+            let input = MANGLER.mangle(&mut rng, seeds[i % seeds.len()]);
             let text = input.escape_ascii().to_string();
             let reference = serde_json::from_slice::<Json>(&input);
             let unique = serde_json::from_slice::<Unique>(&input).is_ok();

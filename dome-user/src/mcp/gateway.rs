@@ -1278,37 +1278,22 @@ impl Gateway {
                 // every call) stays small.
                 return Box::pin(self.batch(&bytes, session_id.as_deref())).await;
             }
-            Err(EnvelopeError::Parse(why)) => {
+            Err(err) => {
                 self.strike_source("malformed request");
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &rpc_error(
-                        &Value::Null,
-                        code::PARSE_ERROR,
-                        format!("Parse error: {why}"),
-                    ),
-                );
-            }
-            Err(EnvelopeError::NotObject) => {
-                self.strike_source("malformed request");
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &rpc_error(
-                        &Value::Null,
+                let (code, message) = match err {
+                    EnvelopeError::Parse(why) => (code::PARSE_ERROR, format!("Parse error: {why}")),
+                    EnvelopeError::NotObject => (
                         code::INVALID_REQUEST,
-                        "a JSON-RPC message is an object",
+                        "a JSON-RPC message is an object".into(),
                     ),
-                );
-            }
-            Err(EnvelopeError::Repeated(name)) => {
-                self.strike_source("malformed request");
-                return json_response(
-                    StatusCode::BAD_REQUEST,
-                    &rpc_error(
-                        &Value::Null,
+                    EnvelopeError::Repeated(name) => (
                         code::INVALID_REQUEST,
                         format!("an object names the member `{name}` twice"),
                     ),
+                };
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &rpc_error(&Value::Null, code, message),
                 );
             }
         };

@@ -589,29 +589,13 @@ mod tests {
         b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3, 3\r\n\r\nbad",
     ];
 
-    /// Bytes that matter to HTTP/1.1 framing, for mutations.
-    const SPICE: &[u8] = b"\r\n:; \t,0123456789abcdefABCDEF\x00\x7f\xff-";
-
-    fn mutate(rng: &mut impl rand::Rng, seed: &[u8]) -> Vec<u8> {
-        let mut v = seed.to_vec();
-        for _ in 0..rng.random_range(1..=4) {
-            let at = rng.random_range(0..=v.len());
-            match rng.random_range(0..5) {
-                0 if at < v.len() => v[at] = SPICE[rng.random_range(0..SPICE.len())],
-                1 => v.insert(at, SPICE[rng.random_range(0..SPICE.len())]),
-                2 if at < v.len() => {
-                    v.remove(at);
-                }
-                3 => v.truncate(at),
-                _ => {
-                    let end = rng.random_range(at..=v.len().min(at + 16));
-                    let piece = v[at..end].to_vec();
-                    v.splice(at..at, piece);
-                }
-            }
-        }
-        v
-    }
+    /// Edits that matter to HTTP/1.1 framing.
+    const MANGLER: crate::mcp::mangle::Mangler = crate::mcp::mangle::Mangler {
+        spice: b"\r\n:; \t,0123456789abcdefABCDEF\x00\x7f\xff-",
+        edits: 4,
+        piece: 16,
+        cut_one_in: 1,
+    };
 
     #[test]
     fn mangled_chunked_bodies_are_decoded_or_refused_never_a_panic() {
@@ -621,7 +605,7 @@ mod tests {
             b"5;ext=1\r\nhello\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nx-t: 1\r\n\r\n";
         let (mut ok, mut refused) = (0, 0);
         for _ in 0..5000 {
-            let input = mutate(&mut rng, wire);
+            let input = MANGLER.mangle(&mut rng, wire);
             let cut = rng.random_range(0..=input.len());
             let (a, b) = input.split_at(cut);
             match decode_all(Decoder::Chunked(Chunked::Size), &[a, b]) {
@@ -653,7 +637,7 @@ mod tests {
             let wire = if i % 5 == 4 {
                 seed.to_vec()
             } else {
-                mutate(&mut rng, seed)
+                MANGLER.mangle(&mut rng, seed)
             };
             let upstream = async {
                 let (mut s, _) = listener.accept().await.unwrap();

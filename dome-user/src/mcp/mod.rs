@@ -7,6 +7,8 @@ pub mod envelope;
 pub mod gateway;
 pub mod h1;
 pub mod input;
+#[cfg(test)]
+mod mangle;
 pub mod pool;
 pub mod protocol;
 pub mod sse;
