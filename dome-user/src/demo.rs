@@ -363,6 +363,9 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
             })),
         ),
         "ping" => full(StatusCode::OK, complete(json!({}))),
+        // Session era: the demo logs one line per slow call at `info`
+        // whatever the level (a server may filter; this one need not).
+        "logging/setLevel" if !stateless => full(StatusCode::OK, complete(json!({}))),
         "resources/list" if state.resources => full(
             StatusCode::OK,
             complete(
@@ -519,7 +522,21 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
                     let state = state.clone();
                     let rid = id.to_string();
+                    // One log line: always in the session era, in the
+                    // stateless era only when the request asked for `info`.
+                    let log = !stateless
+                        || msg["params"]["_meta"][protocol::META_LOG_LEVEL]
+                            .as_str()
+                            .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+                            .is_some_and(|l| l <= 1);
                     tokio::spawn(async move {
+                        if log {
+                            let m = json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {
+                                "level": "info", "logger": "slow", "data": format!("working in {steps} steps")}});
+                            if tx.send(Ok(Frame::data(sse(&m)))).await.is_err() {
+                                return;
+                            }
+                        }
                         for i in 1..=steps {
                             tokio::time::sleep(delay).await;
                             if state.cancelled.lock().unwrap().remove(&rid) {
@@ -588,9 +605,9 @@ fn sse(v: &Value) -> Bytes {
 
 fn capabilities(resources: bool) -> Value {
     if resources {
-        json!({"tools": {"listChanged": true}, "resources": {"subscribe": true, "listChanged": false}})
+        json!({"tools": {"listChanged": true}, "resources": {"subscribe": true, "listChanged": false}, "logging": {}})
     } else {
-        json!({"tools": {"listChanged": false}})
+        json!({"tools": {"listChanged": false}, "logging": {}})
     }
 }
 

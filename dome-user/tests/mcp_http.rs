@@ -256,8 +256,8 @@ fn stateless_era_rules() {
     assert_eq!(v["result"]["supportedVersions"], json!(["2026-07-28"]));
     assert_eq!(
         v["result"]["capabilities"],
-        json!({"tools": {"listChanged": false}}),
-        "the demo upstream offers tools only, so Dome announces nothing more"
+        json!({"tools": {"listChanged": false}, "logging": {}}),
+        "the demo upstream offers tools and logging only, so Dome announces nothing more"
     );
     assert_eq!(v["result"]["resultType"], "complete");
 
@@ -546,4 +546,62 @@ fn upstream_cancellation_of_a_relayed_request_names_dome_s_id() {
         "the withdrawal names the id the client saw"
     );
     assert_eq!(events[2]["id"], 7);
+}
+
+/// Log messages on a call's stream: a stateless caller opts in with
+/// `_meta["io.modelcontextprotocol/logLevel"]` and gets only that level and
+/// above. Dome passes the level on to a stateless upstream, and filters
+/// itself what a session-era upstream (which logs regardless) sends; a
+/// session-era caller gets the session-era upstream's log line.
+#[test]
+fn log_messages_reach_a_stateless_caller_only_at_its_level() {
+    for flags in [&[][..], &["--session-only"][..]] {
+        let (_demo, demo) = start_demo(flags);
+        let dome = start_dome(
+            "logs",
+            &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+        );
+        let slow = json!({"name": "slow", "arguments": {"steps": 1, "delay_ms": 1}});
+        for (level, logged) in [
+            (None, false),
+            (Some("warning"), false),
+            (Some("info"), true),
+            (Some("debug"), true),
+        ] {
+            let (h, body) = stateless("tools/call", Some("slow"), slow.clone());
+            let mut body: Value = serde_json::from_str(&body).unwrap();
+            body["params"]["_meta"]["progressToken"] = "p".into();
+            if let Some(l) = level {
+                body["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = l.into();
+            }
+            let (status, _, text) = http(dome.mcp, "POST", "/mcp", &as_refs(&h), &body.to_string());
+            assert_eq!(status, 200, "{text}");
+            assert!(
+                text.contains("done after 1 steps"),
+                "{flags:?} {level:?}: {text}"
+            );
+            assert!(text.contains("notifications/progress"), "{text}");
+            assert_eq!(
+                text.contains("\"notifications/message\""),
+                logged,
+                "{flags:?} at {level:?}: {text}"
+            );
+            if logged {
+                assert!(text.contains("working in 1 steps"), "{text}");
+            }
+        }
+        if !flags.is_empty() {
+            let sid = initialize(&dome, "2025-11-25");
+            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "slow", "arguments": {"steps": 1, "delay_ms": 1}, "_meta": {"progressToken": "p"}}});
+            let (_, _, text) = http(
+                dome.mcp,
+                "POST",
+                "/mcp",
+                &[ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())],
+                &body.to_string(),
+            );
+            assert!(text.contains("working in 1 steps"), "{text}");
+        }
+    }
 }

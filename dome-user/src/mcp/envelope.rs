@@ -253,7 +253,7 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
                 e.client_capabilities = caps.map(|c| c.encode());
                 e.meta_entries = o
                     .iter()
-                    .filter(|(k, _)| !k.starts_with("io.modelcontextprotocol/"))
+                    .filter(|(k, _)| !protocol::META_ERA_KEYS.contains(k))
                     .map(|(k, x)| (k.to_string(), x.encode()))
                     .collect();
             }

@@ -2251,6 +2251,7 @@ impl Gateway {
                         tool: e.name.clone().unwrap_or_default(),
                         retry: session.is_some().then(|| (self.clone(), e.clone())),
                         redaction,
+                        log_floor: (era == Era::Stateless).then(|| log_floor(e)),
                         call: unstash(),
                     };
                     return relay(upstream, st.into_body(), SseParser::default(), to);
@@ -2392,6 +2393,7 @@ impl Gateway {
             retry: None,
             // The parked call was judged when it began.
             redaction: call_redaction,
+            log_floor: Some(log_floor(e)),
             call: Some(record),
         };
         relay(upstream, body, parser, to)
@@ -2807,6 +2809,18 @@ impl Redaction {
     }
 }
 
+/// The lowest log level a stateless caller asked for in
+/// `_meta["io.modelcontextprotocol/logLevel"]`, as an index into
+/// `LOG_LEVELS`; past the end when it asked for none (or named no level).
+fn log_floor(e: &Envelope) -> usize {
+    e.meta_entries
+        .iter()
+        .find(|(k, _)| k == protocol::META_LOG_LEVEL)
+        .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
+        .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+        .unwrap_or(protocol::LOG_LEVELS.len())
+}
+
 /// `reply` with the policy's redactions applied (a tree is built only then).
 fn redacted(reply: Reply, redaction: Option<&Redaction>) -> Reply {
     let Some(r) = redaction else { return reply };
@@ -2931,6 +2945,10 @@ struct RelayTo {
     retry: Option<(Arc<Gateway>, Envelope)>,
     /// Redaction the policy asks of the result.
     redaction: Option<Redaction>,
+    /// A stateless caller's lowest wanted log level (an index into
+    /// `LOG_LEVELS`; past its end: none); `None` for a session-era caller,
+    /// who sets its level with `logging/setLevel`.
+    log_floor: Option<usize>,
     /// The call's audit record, finished when the final response passes
     /// (and before it does, so nothing is answered unrecorded).
     call: Option<Call>,
@@ -2962,6 +2980,7 @@ fn relay(
             tool,
             retry,
             redaction,
+            log_floor,
             call,
         } = to;
         let mut call = call;
@@ -3008,6 +3027,17 @@ fn relay(
                 };
                 let is_response = v.get("method").is_none()
                     && (v.get("result").is_some() || v.get("error").is_some());
+                // A stateless caller gets log messages only at the level it
+                // asked for; a session-era upstream does not know it.
+                if let Some(floor) = log_floor
+                    && v["method"] == "notifications/message"
+                    && v["params"]["level"]
+                        .as_str()
+                        .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+                        .is_none_or(|l| l < floor)
+                {
+                    continue;
+                }
                 if v["method"] == "notifications/cancelled"
                     && let Some(s) = &session
                 {

@@ -16,6 +16,26 @@ pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
+/// A stateless caller's opt-in to log messages: the lowest level it wants
+/// (absent: none).
+pub const META_LOG_LEVEL: &str = "io.modelcontextprotocol/logLevel";
+/// The era envelope: Dome writes its own for each side.
+pub const META_ERA_KEYS: [&str; 3] = [
+    META_PROTOCOL_VERSION,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+];
+/// Log levels, lowest first (RFC 5424 as MCP names them).
+pub const LOG_LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
 /// On every message of a `subscriptions/listen` stream: the listen request's id.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
