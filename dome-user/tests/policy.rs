@@ -574,3 +574,227 @@ args = [{ path = "/mesage", op = "max_len", max = 10 }]
     let log = std::fs::read_to_string(dome.config.with_extension("log")).unwrap();
     assert!(log.contains("/mesage"), "logged at activation");
 }
+
+/// An upstream (Python SDK) that puts e-mail addresses everywhere a
+/// response can hold them: embedded resources, resource links, object
+/// keys, a JSON-RPC error, progress and log messages on the stream, a
+/// resource, a prompt, completion values, and structured content nested
+/// too deep to read. A rule's redactions reach all of them; what cannot be
+/// read is withheld, naming the upstream; base64 image data is left
+/// intact. The same calls under a rule without redactions show the
+/// addresses, so the upstream really sends them.
+#[test]
+fn redaction_reaches_every_place_an_upstream_can_put_data() {
+    let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let policies = tmp.join(format!("policy-leaky-{}.rules", std::process::id()));
+    let _ = std::fs::remove_dir_all(&policies);
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("main.toml"),
+        r#"
+[[rule]]
+id = "leaky-redacted"
+effect = "allow"
+[rule.when]
+agent = "support-bot"
+upstream = "leaky"
+[rule.obligations]
+redact = ["email", "card"]
+
+[[rule]]
+id = "leaky-plain"
+effect = "allow"
+[rule.when]
+agent = "sales-bot"
+upstream = "leaky"
+"#,
+    )
+    .unwrap();
+    let data = tmp.join(format!("policy-leaky-{}.agents-data", std::process::id()));
+    let dome = start_dome(
+        "policy-leaky",
+        &format!(
+            "[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"support-bot\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
+             [[agent]]\nid = \"sales-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            policies.display(),
+            sha(SUPPORT),
+            sha(SALES)
+        ),
+    );
+    let meta = || {
+        json!({"progressToken": "p", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/logLevel": "info"})
+    };
+    let send = |key: &str, method: &str, name: &str, params: Value| -> String {
+        let mut params = params;
+        params["_meta"] = meta();
+        let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+        let auth = format!("Bearer {key}");
+        let (status, _, text) = http(
+            dome.mcp,
+            "POST",
+            "/mcp",
+            &[
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", method),
+                ("Mcp-Name", name),
+                ("Authorization", &auth),
+            ],
+            &body.to_string(),
+        );
+        assert!(
+            status != 0 && status < 500,
+            "{method} {name}: {status} {text}"
+        );
+        text
+    };
+    // The last JSON-RPC message of a body, plain JSON or SSE.
+    let last = |text: &str| -> Value {
+        text.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .find_map(|d| serde_json::from_str(d.trim()).ok())
+            .unwrap_or_else(|| serde_json::from_str(text).unwrap_or(Value::Null))
+    };
+    let tool = |key: &str, name: &str| send(key, "tools/call", name, json!({"name": name}));
+    let read = |key: &str| {
+        send(
+            key,
+            "resources/read",
+            "people://all",
+            json!({"uri": "people://all"}),
+        )
+    };
+    let prompt = |key: &str| {
+        send(
+            key,
+            "prompts/get",
+            "contact",
+            json!({"name": "contact", "arguments": {"who": "zed@leak.test"}}),
+        )
+    };
+    let complete = |key: &str| {
+        send(
+            key,
+            "completion/complete",
+            "contact",
+            json!({"ref": {"type": "ref/prompt", "name": "contact"},
+                   "argument": {"name": "who", "value": "m"}}),
+        )
+    };
+
+    // Without redactions every address arrives: the upstream leaks them.
+    for (what, text) in [
+        ("embedded", tool(SALES, "embedded")),
+        ("keyed", tool(SALES, "keyed")),
+        ("refuse", tool(SALES, "refuse")),
+        ("chatty", tool(SALES, "chatty")),
+        ("resource", read(SALES)),
+        ("prompt", prompt(SALES)),
+        ("completion", complete(SALES)),
+    ] {
+        assert!(text.contains("@leak.test"), "{what} leaks nothing: {text}");
+    }
+
+    // Content of every kind.
+    let text = tool(SUPPORT, "embedded");
+    assert!(!text.contains("@leak.test"), "{text}");
+    let v = last(&text);
+    let content = &v["result"]["content"];
+    assert_eq!(content[0]["text"], "plain [REDACTED:email]", "{v}");
+    assert_eq!(content[1]["resource"]["text"], "embedded [REDACTED:email]");
+    assert_eq!(content[1]["resource"]["uri"], "people://ann");
+    assert_eq!(content[2]["name"], "[REDACTED:email]");
+    assert_eq!(content[2]["type"], "resource_link");
+    assert_eq!(
+        content[3]["data"], "4111111111111111",
+        "base64 image data is not text"
+    );
+    assert_eq!(content[3]["mimeType"], "image/png");
+
+    // Keys: the records stay, under redacted names.
+    let text = tool(SUPPORT, "keyed");
+    assert!(!text.contains("@leak.test"), "{text}");
+    let v = last(&text);
+    let sc = &v["result"]["structuredContent"];
+    let map = sc
+        .get("result")
+        .unwrap_or(sc)
+        .as_object()
+        .unwrap_or_else(|| panic!("{v}"));
+    let mut values: Vec<i64> = map.values().filter_map(Value::as_i64).collect();
+    values.sort();
+    assert_eq!(values, [1, 2, 2], "no record lost: {v}");
+    assert!(
+        map.contains_key("[REDACTED:email]") && map.contains_key("count"),
+        "{v}"
+    );
+
+    // A JSON-RPC error's message and data.
+    let text = tool(SUPPORT, "refuse");
+    assert!(!text.contains("@leak.test"), "{text}");
+    let v = last(&text);
+    assert_eq!(v["error"]["code"], -32000, "{v}");
+    assert_eq!(v["error"]["message"], "no access for [REDACTED:email]");
+    assert_eq!(v["error"]["data"]["who"], "[REDACTED:email]");
+
+    // Progress and log messages on the way, then the result.
+    let text = tool(SUPPORT, "chatty");
+    assert!(!text.contains("@leak.test"), "{text}");
+    assert!(
+        text.contains("working for [REDACTED:email]"),
+        "progress: {text}"
+    );
+    assert!(text.contains("looked up [REDACTED:email]"), "log: {text}");
+    assert_eq!(last(&text)["result"]["content"][0]["text"], "done");
+
+    // What cannot be read is withheld, and says which upstream sent it.
+    let text = tool(SUPPORT, "deep");
+    assert!(!text.contains("@leak.test"), "{text}");
+    let v = last(&text);
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        message.contains("`leaky`") && message.contains("response that cannot be read"),
+        "{message}"
+    );
+    // The same on a stream (a progress message first): the unreadable
+    // event is not relayed, and the stream still ends with an answer.
+    let text = tool(SUPPORT, "deep_streamed");
+    assert!(!text.contains("@leak.test"), "{text}");
+    assert!(text.contains("notifications/progress"), "{text}");
+    let v = last(&text);
+    let message = v["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        message.contains("`leaky` sent 1 message(s) that cannot be read"),
+        "{message}"
+    );
+
+    // Resources, prompts and completions.
+    for (what, text, placeholder) in [
+        (
+            "resource",
+            read(SUPPORT),
+            "[REDACTED:email], [REDACTED:email]",
+        ),
+        ("prompt", prompt(SUPPORT), "copy [REDACTED:email]"),
+        ("completion", complete(SUPPORT), "\"[REDACTED:email]\""),
+    ] {
+        assert!(!text.contains("@leak.test"), "{what}: {text}");
+        assert!(text.contains(placeholder), "{what}: {text}");
+    }
+
+    let s = dome.stats_json();
+    assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
+}

@@ -1630,21 +1630,19 @@ impl Gateway {
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
                     }
                 }
-                Ok((upstream, reply, _, redaction)) => match readdress(
-                    era,
-                    &upstream,
-                    &id,
-                    redacted(reply, redaction.as_ref()),
-                    method,
-                ) {
-                    Ok((status, text, _)) => {
-                        if let Some(o) = result_outcome(&text) {
-                            with_call(|c| c.outcome = Some(o));
+                Ok((upstream, reply, _, redaction)) => {
+                    match redacted(reply, redaction.as_ref(), upstream.name(), None)
+                        .and_then(|reply| readdress(era, &upstream, &id, reply, method))
+                    {
+                        Ok((status, text, _)) => {
+                            if let Some(o) = result_outcome(&text) {
+                                with_call(|c| c.outcome = Some(o));
+                            }
+                            (status, serde_json::from_slice(&text).unwrap_or_default())
                         }
-                        (status, serde_json::from_slice(&text).unwrap_or_default())
+                        Err((c, m)) => err(c, m),
                     }
-                    Err((c, m)) => err(c, m),
-                },
+                }
             },
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
         }
@@ -1819,7 +1817,7 @@ impl Gateway {
         if let Some(a) = &args_text {
             call.digest_args(a);
         }
-        if let Err(r) = self.decide_kind(
+        let redaction = match self.decide_kind(
             policy_kind,
             &key,
             args_text.as_deref(),
@@ -1828,8 +1826,9 @@ impl Gateway {
             intent.as_deref(),
             call,
         ) {
-            return Err((r.code, r.message));
-        }
+            Ok(allowed) => allowed.redaction,
+            Err(r) => return Err((r.code, r.message)),
+        };
         let assertion = match &caller {
             Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref(), call)?),
             None => None,
@@ -1840,16 +1839,18 @@ impl Gateway {
             .map(|a| (&self.identity.signer.header, a));
         let result = upstream.request_as(method, params, vouched).await;
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
-        match result {
+        let reply = match result {
             Ok((Reply::Stream(s), _)) => {
                 match super::upstream::first_response(upstream.name(), s).await {
-                    Ok(v) => Ok((upstream, Reply::Json(v))),
-                    Err(err) => Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+                    Ok(v) => Reply::Json(v),
+                    Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
                 }
             }
-            Ok((reply, _)) => Ok((upstream, reply)),
-            Err(err) => Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
-        }
+            Ok((reply, _)) => reply,
+            Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+        };
+        let reply = redacted(reply, redaction.as_ref(), upstream.name(), Some(call))?;
+        Ok((upstream, reply))
     }
 
     /// Passes a client's answer to a relayed upstream request back to the
@@ -1996,7 +1997,12 @@ impl Gateway {
                 Ok(Allowed {
                     redaction: redactor.map(|r| Redaction {
                         redactor: r.clone(),
-                        schema: self.output_schema(tool),
+                        // Only a tool has an output schema.
+                        schema: if kind == "tool" {
+                            self.output_schema(tool)
+                        } else {
+                            Value::Null
+                        },
                     }),
                     budget: obligations.budget,
                 })
@@ -2269,8 +2275,8 @@ impl Gateway {
                     return sse_response(rx);
                 }
                 Ok((upstream, reply, _, redaction)) => {
-                    let reply = redacted(reply, redaction.as_ref());
-                    return match readdress(era, &upstream, &id, reply, method) {
+                    let reply = redacted(reply, redaction.as_ref(), upstream.name(), None);
+                    return match reply.and_then(|r| readdress(era, &upstream, &id, r, method)) {
                         Ok((status, text, code)) => {
                             if let Some(o) = result_outcome(&text) {
                                 with_call(|c| c.outcome = Some(o));
@@ -2799,11 +2805,26 @@ pub struct Redaction {
 }
 
 impl Redaction {
-    /// Redacts a JSON-RPC response's result in place; says how many
-    /// values of each kind it took out.
+    /// Redacts a JSON-RPC response in place, its result or its error;
+    /// says how many values of each kind it took out.
     fn apply(&self, response: &mut Value) -> crate::policy::redact::Counts {
-        match response.get_mut("result") {
-            Some(result) => self.redactor.result(result, &self.schema),
+        if let Some(result) = response.get_mut("result") {
+            return self.redactor.result(result, &self.schema);
+        }
+        match response.get_mut("error") {
+            Some(error) => self.redactor.error(error),
+            None => Default::default(),
+        }
+    }
+
+    /// Redacts any message an upstream sends during a call: a response as
+    /// [`Redaction::apply`], a notification's or request's params.
+    fn apply_any(&self, message: &mut Value) -> crate::policy::redact::Counts {
+        if message.get("method").is_none() {
+            return self.apply(message);
+        }
+        match message.get_mut("params") {
+            Some(params) => self.redactor.params(params),
             None => Default::default(),
         }
     }
@@ -2821,20 +2842,36 @@ fn log_floor(e: &Envelope) -> usize {
         .unwrap_or(protocol::LOG_LEVELS.len())
 }
 
-/// `reply` with the policy's redactions applied (a tree is built only then).
-fn redacted(reply: Reply, redaction: Option<&Redaction>) -> Reply {
-    let Some(r) = redaction else { return reply };
+/// `reply` with the policy's redactions applied (a tree is built only
+/// then). A reply that cannot be read cannot be redacted: it is refused,
+/// naming the upstream, rather than passed on as it came. The counts go
+/// to `call`, or to the request's own call when that is `None`.
+fn redacted(
+    reply: Reply,
+    redaction: Option<&Redaction>,
+    upstream: &str,
+    call: Option<&mut Call>,
+) -> Result<Reply, (i64, String)> {
+    let Some(r) = redaction else { return Ok(reply) };
     let mut v: Value = match &reply {
         Reply::Json(v) => v.clone(),
-        Reply::Raw(b) => match serde_json::from_slice(b) {
-            Ok(v) => v,
-            Err(_) => return reply,
-        },
-        Reply::Stream(_) => return reply,
+        Reply::Raw(b) => serde_json::from_slice(b).map_err(|e| {
+            (
+                code::UPSTREAM_UNAVAILABLE,
+                format!(
+                    "upstream `{upstream}` sent a response that cannot be read ({e}), \
+                     and policy says to redact it: withheld"
+                ),
+            )
+        })?,
+        Reply::Stream(_) => return Ok(reply),
     };
     let counts = r.apply(&mut v);
-    with_call(|c| c.add_redactions(&counts));
-    Reply::Json(v)
+    match call {
+        Some(c) => c.add_redactions(&counts),
+        None => with_call(|c| c.add_redactions(&counts)),
+    }
+    Ok(Reply::Json(v))
 }
 
 /// Notes a call's final JSON-RPC response in its record: redactions, and
@@ -2986,6 +3023,7 @@ fn relay(
         let mut call = call;
         let upstream = up.name().to_string();
         let mut bytes_out = 0u64;
+        let mut unreadable = 0u32;
         // The call stays cancellable until its stream ends.
         let _inflight = inflight;
         let mut body = body;
@@ -3002,7 +3040,26 @@ fn relay(
                     return;
                 }
             };
-            let Some(frame) = frame else { break };
+            let Some(frame) = frame else {
+                // The stream ended without an answer (a response is the
+                // last thing relayed): the caller still gets one.
+                let message = if unreadable > 0 {
+                    format!(
+                        "upstream `{upstream}` sent {unreadable} message(s) that cannot be read \
+                         (withheld) and no answer"
+                    )
+                } else {
+                    format!("upstream `{upstream}` ended the stream without an answer")
+                };
+                if let Some(mut c) = call.take() {
+                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
+                    c.bytes_out = bytes_out;
+                    let _ = c.finish().await;
+                }
+                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
+                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
+                return;
+            };
             let Ok(frame) = frame else {
                 let message = format!("upstream `{upstream}` broke the stream");
                 if let Some(mut c) = call.take() {
@@ -3023,6 +3080,10 @@ fn relay(
             let mut asks: Vec<(Value, Value)> = Vec::new();
             while let Some(ev) = parser.next_event() {
                 let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
+                    // Not relayed: unread, it could not be redacted, and
+                    // the caller could not read it either.
+                    unreadable += 1;
+                    tracing::debug!(%upstream, "an event that is not JSON-RPC was dropped");
                     continue;
                 };
                 let is_response = v.get("method").is_none()
@@ -3037,6 +3098,14 @@ fn relay(
                         .is_none_or(|l| l < floor)
                 {
                     continue;
+                }
+                // What the upstream says on the way (progress and log
+                // messages, requests to the client) is its output too.
+                if !is_response && let Some(r) = &redaction {
+                    let counts = r.apply_any(&mut v);
+                    if let Some(c) = call.as_mut() {
+                        c.add_redactions(&counts);
+                    }
                 }
                 if v["method"] == "notifications/cancelled"
                     && let Some(s) = &session

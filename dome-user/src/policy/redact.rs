@@ -13,7 +13,7 @@ use std::{
 };
 
 use regex::Regex;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The built-in detectors, by the names policies use.
 pub const DETECTORS: [&str; 6] = [
@@ -163,7 +163,9 @@ impl Redactor {
     }
 
     /// Redacts every string in `v`, guided by its JSON schema (`schema`
-    /// may be `Null`): types and shape stay as they were.
+    /// may be `Null`): types and shape stay as they were. Object keys are
+    /// data too (records keyed by e-mail address); a key the schema names
+    /// as a property is left alone.
     pub fn value(&self, v: &mut Value, schema: &Value, counts: &mut Counts) {
         match v {
             Value::String(s) => {
@@ -181,29 +183,133 @@ impl Redactor {
                 for (k, item) in map.iter_mut() {
                     self.value(item, &schema["properties"][k.as_str()], counts);
                 }
+                self.keys(map, |k| schema["properties"].get(k).is_some(), counts);
             }
             _ => {}
         }
     }
 
-    /// Redacts a `tools/call` result: its text content and structured
-    /// content (against the tool's `outputSchema`).
+    /// Redacts a JSON-RPC result of any kind (`tools/call`,
+    /// `resources/read`, `prompts/get`, `completion/complete`, an
+    /// `input_required` round): every string the upstream sent as data,
+    /// wherever it sits — text content, embedded resources, resource
+    /// links, prompt messages, completion values, object keys.
+    /// `structuredContent` is redacted against the tool's `outputSchema`.
+    /// Protocol fields (`_meta`, `type`, `mimeType`, cursors) and base64
+    /// payloads (`blob`, image and audio `data`) are left alone: a
+    /// detector could only corrupt them.
     pub fn result(&self, result: &mut Value, output_schema: &Value) -> Counts {
         let mut counts = Counts::default();
-        if let Some(items) = result.get_mut("content").and_then(Value::as_array_mut) {
-            for item in items {
-                if item["type"] == "text"
-                    && let Some(Value::String(t)) = item.get_mut("text")
-                    && let Cow::Owned(new) = self.text(t, false, &mut counts)
-                {
-                    *t = new;
+        match result {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match k.as_str() {
+                        "structuredContent" => self.value(v, output_schema, &mut counts),
+                        "_meta" | "nextCursor" | "resultType" | "cacheScope" | "ttlMs"
+                        | "isError" => {}
+                        _ => self.payload(v, &mut counts),
+                    }
                 }
             }
-        }
-        if let Some(sc) = result.get_mut("structuredContent") {
-            self.value(sc, output_schema, &mut counts);
+            other => self.payload(other, &mut counts),
         }
         counts
+    }
+
+    /// Redacts a JSON-RPC error from an upstream: its message and data.
+    pub fn error(&self, error: &mut Value) -> Counts {
+        let mut counts = Counts::default();
+        if let Some(Value::String(m)) = error.get_mut("message")
+            && let Cow::Owned(new) = self.text(m, false, &mut counts)
+        {
+            *m = new;
+        }
+        if let Some(data) = error.get_mut("data") {
+            self.payload(data, &mut counts);
+        }
+        counts
+    }
+
+    /// Redacts the params of a message an upstream sends during a call
+    /// (progress and log notifications, requests to the client): all but
+    /// the ids that tie it to its request.
+    pub fn params(&self, params: &mut Value) -> Counts {
+        let mut counts = Counts::default();
+        match params {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if !matches!(k.as_str(), "_meta" | "progressToken" | "requestId") {
+                        self.payload(v, &mut counts);
+                    }
+                }
+            }
+            other => self.payload(other, &mut counts),
+        }
+        counts
+    }
+
+    /// Every string in `v` but protocol fields and base64 payloads.
+    fn payload(&self, v: &mut Value, counts: &mut Counts) {
+        match v {
+            Value::String(s) => {
+                if let Cow::Owned(new) = self.text(s, false, counts) {
+                    *s = new;
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    self.payload(item, counts);
+                }
+            }
+            Value::Object(map) => {
+                let media = matches!(
+                    map.get("type").and_then(Value::as_str),
+                    Some("image" | "audio")
+                );
+                for (k, item) in map.iter_mut() {
+                    match k.as_str() {
+                        "_meta" | "type" | "mimeType" | "blob" => {}
+                        "data" if media => {}
+                        _ => self.payload(item, counts),
+                    }
+                }
+                self.keys(map, |k| k == "_meta", counts);
+            }
+            _ => {}
+        }
+    }
+
+    /// Redacts the keys of `map` but those `keep` names. A redacted key
+    /// that meets another gets a number (`[REDACTED:email] 2`), so no
+    /// value is lost.
+    fn keys(&self, map: &mut Map<String, Value>, keep: impl Fn(&str) -> bool, counts: &mut Counts) {
+        let changes = |k: &str| {
+            !keep(k)
+                && self.detectors.iter().any(|d| {
+                    d.re.is_match(k) && (!d.luhn || d.re.find_iter(k).any(|m| luhn_ok(m.as_str())))
+                })
+        };
+        if !map.keys().any(|k| changes(k)) {
+            return;
+        }
+        let old = std::mem::take(map);
+        let mut renamed = Vec::new();
+        for (k, v) in old {
+            if changes(&k) {
+                renamed.push((self.text(&k, false, counts).into_owned(), v));
+            } else {
+                map.insert(k, v);
+            }
+        }
+        for (k, v) in renamed {
+            let mut key = k.clone();
+            let mut n = 1;
+            while map.contains_key(&key) {
+                n += 1;
+                key = format!("{k} {n}");
+            }
+            map.insert(key, v);
+        }
     }
 }
 
@@ -288,6 +394,77 @@ mod tests {
             "only text content is text"
         );
         assert_eq!(c.total(), 4);
+    }
+
+    #[test]
+    fn every_kind_of_result_loses_its_data_but_not_its_protocol_fields() {
+        let r = Redactor::new(&["email".into(), "card".into()]).unwrap();
+        let mut result = json!({
+            "content": [
+                {"type": "resource", "resource": {"uri": "u://a", "mimeType": "text/plain",
+                                                  "text": "to a@x.test", "blob": "4111111111111111"}},
+                {"type": "resource_link", "uri": "u://b", "name": "b@x.test", "description": "for b@x.test"},
+                {"type": "audio", "mimeType": "audio/wav", "data": "4111111111111111"},
+                {"type": "text", "text": "c@x.test", "_meta": {"k": "d@x.test"}}
+            ],
+            "messages": [{"role": "user", "content": {"type": "text", "text": "hi e@x.test"}}],
+            "completion": {"values": ["f@x.test", "other"], "total": 2},
+            "nextCursor": "g@x.test",
+            "_meta": {"trace": "h@x.test"}
+        });
+        let c = r.result(&mut result, &Value::Null);
+        let text = result.to_string();
+        for gone in ["a@x", "b@x", "c@x", "e@x", "f@x"] {
+            assert!(!text.contains(gone), "{gone} left in {text}");
+        }
+        for kept in ["d@x", "g@x", "h@x", "u://a", "audio/wav"] {
+            assert!(text.contains(kept), "{kept} was touched: {text}");
+        }
+        assert_eq!(result["content"][0]["resource"]["blob"], "4111111111111111");
+        assert_eq!(result["content"][2]["data"], "4111111111111111");
+        assert_eq!(result["completion"]["values"][1], "other");
+        assert_eq!(c.0[0], 6, "{text}");
+    }
+
+    #[test]
+    fn keys_are_data_unless_the_schema_names_them() {
+        let r = Redactor::new(&["email".into()]).unwrap();
+        let mut sc = json!({"byUser": {"a@x.test": 1, "b@x.test": 2, "[REDACTED:email]": 3},
+                            "c@x.test": {"format": "kept"}});
+        let schema = json!({"properties": {"c@x.test": {"type": "object"}}});
+        let mut c = Counts::default();
+        r.value(&mut sc, &schema, &mut c);
+        let by = sc["byUser"].as_object().unwrap();
+        let mut values: Vec<i64> = by.values().filter_map(Value::as_i64).collect();
+        values.sort();
+        assert_eq!(values, [1, 2, 3], "no value lost: {sc}");
+        assert!(!sc["byUser"].to_string().contains("@x.test"), "{sc}");
+        assert!(
+            by.contains_key("[REDACTED:email] 2") && by.contains_key("[REDACTED:email] 3"),
+            "{sc}"
+        );
+        assert_eq!(sc["c@x.test"]["format"], "kept", "a named property stays");
+        assert_eq!(c.0[0], 2);
+    }
+
+    #[test]
+    fn errors_and_messages_on_the_way_are_redacted() {
+        let r = Redactor::new(&["email".into()]).unwrap();
+        let mut error =
+            json!({"code": -32000, "message": "no a@x.test", "data": {"who": ["b@x.test"]}});
+        assert_eq!(r.error(&mut error).0[0], 2);
+        assert_eq!(error["message"], "no [REDACTED:email]");
+        assert_eq!(error["data"]["who"][0], "[REDACTED:email]");
+        assert_eq!(error["code"], -32000);
+        let mut params = json!({"progressToken": "c@x.test", "progress": 1, "message": "for d@x.test",
+                                "_meta": {"x": "e@x.test"}});
+        assert_eq!(r.params(&mut params).0[0], 1);
+        assert_eq!(
+            params["progressToken"], "c@x.test",
+            "ties it to its request"
+        );
+        assert_eq!(params["message"], "for [REDACTED:email]");
+        assert_eq!(params["_meta"]["x"], "e@x.test");
     }
 
     #[test]

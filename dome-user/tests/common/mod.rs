@@ -327,13 +327,19 @@ pub fn start_sdk_upstream() -> (Proc, SocketAddr) {
 
 /// Starts the Python SDK upstream with its content named by `flavor`.
 pub fn start_sdk_flavor(flavor: &str) -> (Proc, SocketAddr) {
+    start_py_server("sdk_upstream.py", &[flavor])
+}
+
+/// Starts a Python server script from `tests/py` on a free port (its first
+/// argument), followed by `args`.
+pub fn start_py_server(script: &str, args: &[&str]) -> (Proc, SocketAddr) {
     let addr = local(free_port());
     let mut p = Proc::spawn(
-        "sdk_upstream.py",
+        script,
         Command::new(python())
-            .arg(py_script("sdk_upstream.py"))
+            .arg(py_script(script))
             .arg(addr.port().to_string())
-            .arg(flavor)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     );
