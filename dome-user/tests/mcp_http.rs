@@ -550,9 +550,10 @@ fn upstream_cancellation_of_a_relayed_request_names_dome_s_id() {
 
 /// Log messages on a call's stream: a stateless caller opts in with
 /// `_meta["io.modelcontextprotocol/logLevel"]` and gets only that level and
-/// above. Dome passes the level on to a stateless upstream, and filters
-/// itself what a session-era upstream (which logs regardless) sends; a
-/// session-era caller gets the session-era upstream's log line.
+/// above; a session gets every level until its `logging/setLevel`, which
+/// holds for that session alone. Dome passes the level on to a stateless
+/// upstream and filters itself what a session-era upstream (which logs
+/// regardless) sends.
 #[test]
 fn log_messages_reach_a_stateless_caller_only_at_its_level() {
     for flags in [&[][..], &["--session-only"][..]] {
@@ -590,18 +591,33 @@ fn log_messages_reach_a_stateless_caller_only_at_its_level() {
                 assert!(text.contains("working in 1 steps"), "{text}");
             }
         }
-        if !flags.is_empty() {
-            let sid = initialize(&dome, "2025-11-25");
-            let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-                "name": "slow", "arguments": {"steps": 1, "delay_ms": 1}, "_meta": {"progressToken": "p"}}});
-            let (_, _, text) = http(
+        // A session-era caller: every level until its `logging/setLevel`,
+        // which is its own (another session still gets everything).
+        let sid = initialize(&dome, "2025-11-25");
+        let other = initialize(&dome, "2025-11-25");
+        let in_session = |sid: &str, body: Value| {
+            http(
                 dome.mcp,
                 "POST",
                 "/mcp",
-                &[ACCEPT, JSON, ("Mcp-Session-Id", sid.as_str())],
+                &[ACCEPT, JSON, ("Mcp-Session-Id", sid)],
                 &body.to_string(),
-            );
-            assert!(text.contains("working in 1 steps"), "{text}");
-        }
+            )
+            .2
+        };
+        let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+            "name": "slow", "arguments": {"steps": 1, "delay_ms": 1}, "_meta": {"progressToken": "p"}}});
+        let set = |level: &str| json!({"jsonrpc": "2.0", "id": 2, "method": "logging/setLevel", "params": {"level": level}});
+        let text = in_session(&sid, call.clone());
+        assert!(text.contains("working in 1 steps"), "{flags:?}: {text}");
+        let v: Value = serde_json::from_str(&in_session(&sid, set("loud"))).unwrap();
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+        let v: Value = serde_json::from_str(&in_session(&sid, set("warning"))).unwrap();
+        assert_eq!(v["result"], json!({}), "{v}");
+        let text = in_session(&sid, call.clone());
+        assert!(text.contains("done after 1 steps"), "{text}");
+        assert!(!text.contains("notifications/message"), "{flags:?}: {text}");
+        let text = in_session(&other, call.clone());
+        assert!(text.contains("working in 1 steps"), "{flags:?}: {text}");
     }
 }

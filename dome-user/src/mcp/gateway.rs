@@ -103,6 +103,9 @@ struct Session {
     /// Who opened the session: every later request must be the same agent
     /// (and is vouched for upstream as that agent and user).
     caller: Option<Caller>,
+    /// The lowest log level the client wants (an index into `LOG_LEVELS`),
+    /// set by its `logging/setLevel`; everything until it does.
+    log_floor: std::sync::atomic::AtomicUsize,
 }
 
 /// Removes a call from its session's in-flight table when dropped.
@@ -213,8 +216,9 @@ impl SessionTable {
     /// era GET stream or Dome's listen stream): a resource update to the
     /// sessions and listen streams that asked for that URI only; list
     /// changes to every session and to the listen streams that asked for
-    /// that kind; log messages to every session listening.
-    pub fn route_upstream_notification(&self, v: &Value) {
+    /// that kind. A log message that belongs to no request could concern
+    /// any tenant's call: it goes to Dome's log, not to every client.
+    pub fn route_upstream_notification(&self, upstream: &str, v: &Value) {
         let method = v["method"].as_str().unwrap_or_default();
         let uri = v["params"]["uri"].as_str().unwrap_or_default();
         let targets = match method {
@@ -230,7 +234,17 @@ impl SessionTable {
                     None => Vec::new(),
                 }
             }
-            m if m.ends_with("/list_changed") || m == "notifications/message" => self.pushes(None),
+            m if m.ends_with("/list_changed") => self.pushes(None),
+            "notifications/message" => {
+                tracing::info!(
+                    upstream,
+                    level = v["params"]["level"].as_str().unwrap_or("-"),
+                    logger = v["params"]["logger"].as_str().unwrap_or("-"),
+                    data = %v["params"]["data"],
+                    "an upstream logged on its own stream"
+                );
+                Vec::new()
+            }
             _ => Vec::new(),
         };
         let event = sse::event(&v.to_string());
@@ -734,9 +748,10 @@ impl Gateway {
     ) -> Arc<Self> {
         for u in &upstreams {
             let table = Arc::downgrade(&sessions);
+            let name = u.name().to_string();
             u.set_notification_sink(Arc::new(move |v: &Value| {
                 if let Some(t) = table.upgrade() {
-                    t.route_upstream_notification(v);
+                    t.route_upstream_notification(&name, v);
                 }
             }));
         }
@@ -1461,6 +1476,7 @@ impl Gateway {
                         .and_then(|p| p.get("capabilities").map(Value::to_string)),
                     local_requests: Default::default(),
                     caller: current_caller(),
+                    log_floor: Default::default(),
                 }),
             );
         let result = json!({
@@ -1584,25 +1600,12 @@ impl Gateway {
                 },
                 Err((c, m)) => err(c, m),
             },
-            "logging/setLevel" if era != Era::Stateless => {
-                let params: Value = e
-                    .params
-                    .as_deref()
-                    .and_then(|p| serde_json::from_str(p).ok())
-                    .unwrap_or_default();
-                for u in &self.upstreams {
-                    if u.capabilities().get("logging").is_some() {
-                        let u = u.clone();
-                        let params = params.clone();
-                        tokio::spawn(async move {
-                            if let Err(err) = u.request("logging/setLevel", params).await {
-                                tracing::debug!(upstream = %u.name(), error = %err, "logging/setLevel failed");
-                            }
-                        });
-                    }
-                }
-                ok(json!({}))
-            }
+            // The level is the session's own (see `dispatch`); Dome's
+            // upstream sessions serve every caller, so it is not passed on.
+            "logging/setLevel" if era != Era::Stateless => match set_level_of(e) {
+                Ok(_) => ok(json!({})),
+                Err(m) => err(code::INVALID_PARAMS, m),
+            },
             "tools/call" => match self.forward_call(e, None).await {
                 Err(r) => {
                     let status = if era == Era::Stateless {
@@ -2210,6 +2213,10 @@ impl Gateway {
                     assertion: assertion
                         .as_deref()
                         .map(|a| (&self.identity.signer.header, a)),
+                    log_level: session.and_then(|s| {
+                        let floor = s.log_floor.load(std::sync::atomic::Ordering::Relaxed);
+                        protocol::LOG_LEVELS.get(floor).copied()
+                    }),
                 },
             )
             .await;
@@ -2257,7 +2264,13 @@ impl Gateway {
                         tool: e.name.clone().unwrap_or_default(),
                         retry: session.is_some().then(|| (self.clone(), e.clone())),
                         redaction,
-                        log_floor: (era == Era::Stateless).then(|| log_floor(e)),
+                        log_floor: match (era, &session) {
+                            (Era::Stateless, _) => Some(log_floor(e)),
+                            (_, Some(s)) => {
+                                Some(s.log_floor.load(std::sync::atomic::Ordering::Relaxed))
+                            }
+                            _ => None,
+                        },
                         call: unstash(),
                     };
                     return relay(upstream, st.into_body(), SseParser::default(), to);
@@ -2293,6 +2306,10 @@ impl Gateway {
             let (status, v) =
                 Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
             return json_response(status, &v);
+        }
+        if let (Some(s), "logging/setLevel", Ok(floor)) = (&session, method, set_level_of(e)) {
+            s.log_floor
+                .store(floor, std::sync::atomic::Ordering::Relaxed);
         }
         if method == "subscriptions/listen" && era == Era::Stateless {
             return Box::pin(self.listen(id, e, sse_ok)).await;
@@ -2830,6 +2847,25 @@ impl Redaction {
     }
 }
 
+/// The level a `logging/setLevel` asks for, as an index into `LOG_LEVELS`.
+fn set_level_of(e: &Envelope) -> Result<usize, String> {
+    let params: Value = e
+        .params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_default();
+    let level = params["level"].as_str().unwrap_or_default();
+    protocol::LOG_LEVELS
+        .iter()
+        .position(|x| *x == level)
+        .ok_or_else(|| {
+            format!(
+                "unknown log level `{level}`; levels: {}",
+                protocol::LOG_LEVELS.join(", ")
+            )
+        })
+}
+
 /// The lowest log level a stateless caller asked for in
 /// `_meta["io.modelcontextprotocol/logLevel"]`, as an index into
 /// `LOG_LEVELS`; past the end when it asked for none (or named no level).
@@ -2982,9 +3018,9 @@ struct RelayTo {
     retry: Option<(Arc<Gateway>, Envelope)>,
     /// Redaction the policy asks of the result.
     redaction: Option<Redaction>,
-    /// A stateless caller's lowest wanted log level (an index into
-    /// `LOG_LEVELS`; past its end: none); `None` for a session-era caller,
-    /// who sets its level with `logging/setLevel`.
+    /// The caller's lowest wanted log level (an index into `LOG_LEVELS`;
+    /// past its end: none): a stateless caller's from the request, a
+    /// session's from its `logging/setLevel`; `None`: all.
     log_floor: Option<usize>,
     /// The call's audit record, finished when the final response passes
     /// (and before it does, so nothing is answered unrecorded).
@@ -3088,8 +3124,9 @@ fn relay(
                 };
                 let is_response = v.get("method").is_none()
                     && (v.get("result").is_some() || v.get("error").is_some());
-                // A stateless caller gets log messages only at the level it
-                // asked for; a session-era upstream does not know it.
+                // A caller gets log messages only at the level it asked
+                // for: a session-era upstream does not know a stateless
+                // caller's, and no upstream knows a session's.
                 if let Some(floor) = log_floor
                     && v["method"] == "notifications/message"
                     && v["params"]["level"]

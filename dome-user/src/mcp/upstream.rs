@@ -828,6 +828,9 @@ pub struct CallParts<'a> {
     pub client_capabilities: Option<&'a str>,
     /// The identity assertion Dome signed for this call, and its header.
     pub assertion: Option<(&'a header::HeaderName, &'a str)>,
+    /// A session-era caller's log level, told to a stateless upstream (a
+    /// stateless caller's own is among its `meta`).
+    pub log_level: Option<&'a str>,
 }
 
 /// The JSON text of a `tools/call` request, written straight into one
@@ -839,6 +842,7 @@ pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>)
         meta,
         extra,
         client_capabilities,
+        log_level,
         ..
     } = *call;
     use std::fmt::Write as _;
@@ -893,6 +897,14 @@ pub fn call_body(id: u64, call: &CallParts<'_>, stateless_version: Option<&str>)
         b.push_str(client_capabilities.unwrap_or("{}"));
         b.push(',');
         b.push_str(client_info_entry());
+        if let Some(level) = log_level
+            && !meta.iter().any(|(k, _)| k == protocol::META_LOG_LEVEL)
+        {
+            b.push(',');
+            push_json_str(&mut b, protocol::META_LOG_LEVEL);
+            b.push(':');
+            push_json_str(&mut b, level);
+        }
     }
     b.push_str("}}}");
     b
@@ -1119,6 +1131,7 @@ mod tests {
             extra: &extra,
             client_capabilities: Some(r#"{"elicitation":{}}"#),
             assertion: None,
+            log_level: None,
         };
         let b = call_body(9, &call, Some("2026-07-28"));
         let v: Value = serde_json::from_str(&b).unwrap();
@@ -1144,6 +1157,7 @@ mod tests {
                 extra: &[],
                 client_capabilities: None,
                 assertion: None,
+                log_level: Some("info"),
             },
             None,
         ))
@@ -1165,6 +1179,28 @@ mod tests {
         let m = v["params"]["_meta"].as_object().unwrap();
         assert_eq!(m.len(), 3);
         assert_eq!(m[protocol::META_CLIENT_INFO]["name"], "dome");
+        // A session-era caller's log level, for a stateless upstream only,
+        // and never over the caller's own.
+        let leveled = CallParts {
+            log_level: Some("warning"),
+            ..only_era
+        };
+        let v: Value = serde_json::from_str(&call_body(4, &leveled, Some("2026-07-28"))).unwrap();
+        assert_eq!(v["params"]["_meta"][protocol::META_LOG_LEVEL], "warning");
+        let own = vec![(
+            protocol::META_LOG_LEVEL.to_string(),
+            "\"error\"".to_string(),
+        )];
+        let v: Value = serde_json::from_str(&call_body(
+            5,
+            &CallParts {
+                meta: &own,
+                ..leveled
+            },
+            Some("2026-07-28"),
+        ))
+        .unwrap();
+        assert_eq!(v["params"]["_meta"][protocol::META_LOG_LEVEL], "error");
     }
 
     #[test]
