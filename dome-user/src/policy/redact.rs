@@ -195,7 +195,8 @@ impl Redactor {
     /// wherever it sits — text content, embedded resources, resource
     /// links, prompt messages, completion values, object keys.
     /// `structuredContent` is redacted against the tool's `outputSchema`.
-    /// Protocol fields (`_meta`, `type`, `mimeType`, cursors) and base64
+    /// Protocol fields (`_meta`, `type`, `mimeType`, cursors, an
+    /// `input_required` round's opaque `requestState`) and base64
     /// payloads (`blob`, image and audio `data`) are left alone: a
     /// detector could only corrupt them.
     pub fn result(&self, result: &mut Value, output_schema: &Value) -> Counts {
@@ -206,7 +207,7 @@ impl Redactor {
                     match k.as_str() {
                         "structuredContent" => self.value(v, output_schema, &mut counts),
                         "_meta" | "nextCursor" | "resultType" | "cacheScope" | "ttlMs"
-                        | "isError" => {}
+                        | "isError" | "requestState" => {}
                         _ => self.payload(v, &mut counts),
                     }
                 }
@@ -398,7 +399,7 @@ mod tests {
 
     #[test]
     fn every_kind_of_result_loses_its_data_but_not_its_protocol_fields() {
-        let r = Redactor::new(&["email".into(), "card".into()]).unwrap();
+        let r = Redactor::new(&["email".into(), "card".into(), "jwt".into()]).unwrap();
         let mut result = json!({
             "content": [
                 {"type": "resource", "resource": {"uri": "u://a", "mimeType": "text/plain",
@@ -410,6 +411,7 @@ mod tests {
             "messages": [{"role": "user", "content": {"type": "text", "text": "hi e@x.test"}}],
             "completion": {"values": ["f@x.test", "other"], "total": 2},
             "nextCursor": "g@x.test",
+            "requestState": "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl",
             "_meta": {"trace": "h@x.test"}
         });
         let c = r.result(&mut result, &Value::Null);
@@ -423,6 +425,10 @@ mod tests {
         assert_eq!(result["content"][0]["resource"]["blob"], "4111111111111111");
         assert_eq!(result["content"][2]["data"], "4111111111111111");
         assert_eq!(result["completion"]["values"][1], "other");
+        assert!(
+            result["requestState"].as_str().unwrap().starts_with("eyJ"),
+            "an opaque token the upstream needs back"
+        );
         assert_eq!(c.0[0], 6, "{text}");
     }
 
