@@ -420,6 +420,9 @@ impl Config {
             if u.timeout_ms == 0 {
                 out.push((at("timeout_ms"), "must be at least 1".into()));
             }
+            if u.max_response_bytes < 1024 {
+                out.push((at("max_response_bytes"), "must be at least 1024".into()));
+            }
         }
         if self.stats.listen == self.server.listen {
             out.push((

@@ -621,3 +621,46 @@ fn log_messages_reach_a_stateless_caller_only_at_its_level() {
         assert!(text.contains("working in 1 steps"), "{flags:?}: {text}");
     }
 }
+
+/// An upstream's response over `max_response_bytes`, plain or as an event
+/// of a stream, is refused with an error that names the upstream; one
+/// under the limit passes whole, and the upstream keeps serving.
+#[test]
+fn a_response_over_the_upstreams_limit_is_refused_naming_it() {
+    let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
+    let dome = start_dome(
+        "limits",
+        &format!(
+            "[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\nmax_response_bytes = 262144\n"
+        ),
+    );
+    let call = |tool: &str, kib: u64| {
+        let (h, body) = stateless("tools/call", Some(tool), json!({"arguments": {"kib": kib}}));
+        let mut body: Value = serde_json::from_str(&body).unwrap();
+        body["params"]["_meta"]["progressToken"] = "p".into();
+        let (status, _, text) = http(dome.mcp, "POST", "/mcp", &as_refs(&h), &body.to_string());
+        assert!(status != 0 && status < 500, "{tool} {kib}: {status} {text}");
+        text
+    };
+    for (tool, what) in [("big", "a response"), ("big_streamed", "an event")] {
+        let text = call(tool, 100);
+        assert!(
+            text.contains(&"x".repeat(100 * 1024)),
+            "{tool}: {}",
+            &text[..200.min(text.len())]
+        );
+        let text = call(tool, 1024);
+        assert!(
+            text.contains("upstream `leaky`")
+                && text.contains(&format!("{what} over 262144 bytes")),
+            "{tool}: {}",
+            &text[..400.min(text.len())]
+        );
+        assert!(!text.contains("xxxxxxxx"), "nothing of it is passed on");
+        let text = call(tool, 1);
+        assert!(
+            text.contains(&"x".repeat(1024)),
+            "{tool} still serves: {text}"
+        );
+    }
+}

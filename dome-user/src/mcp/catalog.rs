@@ -151,9 +151,7 @@ async fn list_all(kind: Kind, u: &Upstream) -> Result<Vec<Value>, String> {
         let msg = match reply {
             Reply::Json(v) => v,
             Reply::Raw(b) => serde_json::from_slice(&b).map_err(|e| format!("not JSON: {e}"))?,
-            Reply::Stream(s) => first_response(u.name(), s)
-                .await
-                .map_err(|e| e.to_string())?,
+            Reply::Stream(s) => first_response(u, s).await.map_err(|e| e.to_string())?,
         };
         if let Some(err) = msg.get("error") {
             return Err(format!("{} failed: {err}", kind.method()));

@@ -1616,7 +1616,7 @@ impl Gateway {
                     (status, r.to_rpc(&id))
                 }
                 Ok((upstream, Reply::Stream(st), _, redaction)) => {
-                    match super::upstream::first_response(upstream.name(), st).await {
+                    match super::upstream::first_response(&upstream, st).await {
                         Ok(mut v) => {
                             if let Some(r) = &redaction {
                                 let counts = r.apply(&mut v);
@@ -1844,7 +1844,7 @@ impl Gateway {
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
         let reply = match result {
             Ok((Reply::Stream(s), _)) => {
-                match super::upstream::first_response(upstream.name(), s).await {
+                match super::upstream::first_response(&upstream, s).await {
                     Ok(v) => Reply::Json(v),
                     Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
                 }
@@ -2273,7 +2273,8 @@ impl Gateway {
                         },
                         call: unstash(),
                     };
-                    return relay(upstream, st.into_body(), SseParser::default(), to);
+                    let parser = upstream.sse_parser();
+                    return relay(upstream, st.into_body(), parser, to);
                 }
                 Ok((_, reply, _, _))
                     if let Some(s) = &session
@@ -2530,20 +2531,32 @@ impl Gateway {
                 Reply::Stream(resp) => {
                     // Notifications pass on; the response ends the round.
                     let mut body = resp.into_body();
-                    let mut parser = SseParser::default();
+                    let mut parser = upstream.sse_parser();
                     let mut last = None;
+                    let floor = session.log_floor.load(std::sync::atomic::Ordering::Relaxed);
                     'read: while let Some(Ok(frame)) = body.frame().await {
                         let Some(data) = frame.data_ref() else {
                             continue;
                         };
-                        parser.push(data);
+                        if parser.push(data).is_err() {
+                            break;
+                        }
                         while let Some(ev) = parser.next_event() {
-                            let Ok(v) = serde_json::from_str::<Value>(&ev) else {
+                            let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
                                 continue;
                             };
                             if v.get("method").is_none() {
                                 last = Some(v);
                                 break 'read;
+                            }
+                            if !admits_log(&v, Some(floor)) {
+                                continue;
+                            }
+                            if let Some(r) = &redaction {
+                                let counts = r.apply_any(&mut v);
+                                if let Some(c) = record.as_mut() {
+                                    c.add_redactions(&counts);
+                                }
                             }
                             if !send(v).await {
                                 return;
@@ -2847,6 +2860,19 @@ impl Redaction {
     }
 }
 
+/// Whether `message` passes a caller's lowest wanted log level (an index
+/// into `LOG_LEVELS`, `None`: all): a caller gets log messages only at the
+/// level it asked for, which a session-era upstream does not know of a
+/// stateless caller, and no upstream knows of a session.
+fn admits_log(message: &Value, floor: Option<usize>) -> bool {
+    let Some(floor) = floor else { return true };
+    message["method"] != "notifications/message"
+        || message["params"]["level"]
+            .as_str()
+            .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+            .is_some_and(|l| l >= floor)
+}
+
 /// The level a `logging/setLevel` asks for, as an index into `LOG_LEVELS`.
 fn set_level_of(e: &Envelope) -> Result<usize, String> {
     let params: Value = e
@@ -3110,11 +3136,26 @@ fn relay(
             let Some(data) = frame.data_ref() else {
                 continue;
             };
-            parser.push(data);
+            if let Err(e) = parser.push(data) {
+                // Dropping the body closes the upstream connection.
+                let message = format!("upstream `{upstream}` sent {e}");
+                if let Some(mut c) = call.take() {
+                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
+                    c.bytes_out = bytes_out;
+                    let _ = c.finish().await;
+                }
+                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
+                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
+                return;
+            }
             // Requests for a stateless caller's input, gathered over the
             // events that arrived together.
             let mut asks: Vec<(Value, Value)> = Vec::new();
             while let Some(ev) = parser.next_event() {
+                if ev.trim().is_empty() {
+                    // A priming event (an id to resume from, no message).
+                    continue;
+                }
                 let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
                     // Not relayed: unread, it could not be redacted, and
                     // the caller could not read it either.
@@ -3124,16 +3165,7 @@ fn relay(
                 };
                 let is_response = v.get("method").is_none()
                     && (v.get("result").is_some() || v.get("error").is_some());
-                // A caller gets log messages only at the level it asked
-                // for: a session-era upstream does not know a stateless
-                // caller's, and no upstream knows a session's.
-                if let Some(floor) = log_floor
-                    && v["method"] == "notifications/message"
-                    && v["params"]["level"]
-                        .as_str()
-                        .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
-                        .is_none_or(|l| l < floor)
-                {
+                if !admits_log(&v, log_floor) {
                     continue;
                 }
                 // What the upstream says on the way (progress and log

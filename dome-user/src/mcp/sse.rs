@@ -5,26 +5,98 @@
 use bytes::{Bytes, BytesMut};
 
 /// Accumulates bytes and yields complete events' `data` payloads.
-#[derive(Default)]
 pub struct SseParser {
     buf: BytesMut,
+    /// Where the search for the end of the pending event resumes: bytes
+    /// before it hold no event end, so each byte is looked at about once
+    /// however the event is cut into chunks.
+    scanned: usize,
+    /// The most an event may take (an upstream that never ends one must
+    /// not take all of Dome's memory).
+    max_event: usize,
+    /// The last event ended with a CR that was the last byte: an LF that
+    /// comes next is that line end's second half, not an empty line.
+    skip_lf: bool,
 }
 
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser::new(DEFAULT_MAX_EVENT)
+    }
+}
+
+/// Events of this size pass by default.
+pub const DEFAULT_MAX_EVENT: usize = 16 << 20;
+
 impl SseParser {
-    pub fn push(&mut self, chunk: &[u8]) {
+    /// A parser that refuses an event longer than `max_event` bytes.
+    pub fn new(max_event: usize) -> SseParser {
+        SseParser {
+            buf: BytesMut::new(),
+            scanned: 0,
+            max_event,
+            skip_lf: false,
+        }
+    }
+
+    /// Adds a chunk of the stream; refuses it when an event in what is
+    /// held, complete or still arriving, is over the limit (memory stays
+    /// within the limit and one chunk).
+    #[must_use = "an event over the limit ends the stream"]
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), String> {
+        let chunk = match chunk.split_first() {
+            Some((b'\n', rest)) if self.skip_lf => rest,
+            _ => chunk,
+        };
+        if !chunk.is_empty() {
+            self.skip_lf = false;
+        }
         self.buf.extend_from_slice(chunk);
+        // Only a buffer over the limit can hold an event over it.
+        if self.buf.len() > self.max_event && self.longest_event() > self.max_event {
+            self.buf.clear();
+            self.scanned = 0;
+            return Err(format!(
+                "an event over {} bytes (the limit)",
+                self.max_event
+            ));
+        }
+        Ok(())
+    }
+
+    /// The length of the longest event held, the one still arriving too.
+    fn longest_event(&self) -> usize {
+        let (mut at, mut longest) = (0, 0);
+        loop {
+            match find_event_end(&self.buf[at..], 0) {
+                Ok((end, len)) => {
+                    longest = longest.max(end);
+                    at += end + len;
+                }
+                Err(_) => return longest.max(self.buf.len() - at),
+            }
+        }
     }
 
     /// The next complete event's data (data lines joined with `\n`), if any.
     /// Events without data (comments, keep-alives) are skipped.
     pub fn next_event(&mut self) -> Option<String> {
         loop {
-            let end = find_event_end(&self.buf)?;
-            let raw = self.buf.split_to(end.0 + end.1);
-            let text = String::from_utf8_lossy(&raw[..end.0]);
+            let (end, len) = match find_event_end(&self.buf, self.scanned) {
+                Ok(found) => found,
+                Err(resume) => {
+                    self.scanned = resume;
+                    return None;
+                }
+            };
+            let raw = self.buf.split_to(end + len);
+            self.scanned = 0;
+            self.skip_lf = self.buf.is_empty() && raw.ends_with(b"\r");
+            let text = String::from_utf8_lossy(&raw[..end]);
             let mut data = Vec::new();
-            for line in text.split('\n') {
-                let line = line.strip_suffix('\r').unwrap_or(line);
+            // A line ends at CRLF, LF or CR; the empty pieces a CRLF
+            // leaves are no `data:` lines.
+            for line in text.split(['\n', '\r']) {
                 if let Some(d) = line.strip_prefix("data:") {
                     data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
                 }
@@ -36,17 +108,30 @@ impl SseParser {
     }
 }
 
-/// (length of the event, length of its terminator).
-fn find_event_end(b: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..b.len() {
-        if b[i..].starts_with(b"\n\n") {
-            return Some((i, 2));
-        }
-        if b[i..].starts_with(b"\r\n\r\n") {
-            return Some((i, 4));
+/// Where the first event of `b` ends (a line end followed by an empty
+/// line), as (length of the event, length of the two line ends), looking
+/// from `from` on; or, when none is there yet, where to look next time.
+fn find_event_end(b: &[u8], from: usize) -> Result<(usize, usize), usize> {
+    let mut i = from;
+    while let Some(at) = memchr::memchr2(b'\n', b'\r', &b[i..]) {
+        let at = i + at;
+        // The line end's length: a CR last may be half of a CRLF, and
+        // only the next byte tells whether an empty line follows.
+        let first = match (b[at], b.get(at + 1)) {
+            (b'\r', Some(b'\n')) => 2,
+            (b'\r', None) => return Err(at),
+            _ => 1,
+        };
+        match (b.get(at + first), b.get(at + first + 1)) {
+            // An empty line: the event is whole. (A CR last is one too;
+            // an LF after it is skipped when it comes.)
+            (Some(b'\r'), Some(b'\n')) => return Ok((at, first + 2)),
+            (Some(b'\r' | b'\n'), _) => return Ok((at, first + 1)),
+            (Some(_), _) => i = at + first,
+            (None, _) => return Err(at),
         }
     }
-    None
+    Err(b.len())
 }
 
 /// One SSE event carrying `data`.
@@ -58,14 +143,97 @@ pub fn event(data: &str) -> Bytes {
 mod tests {
     use super::*;
 
+    fn push(p: &mut SseParser, b: &[u8]) {
+        p.push(b).unwrap();
+    }
+
     #[test]
     fn splits_events_across_chunks() {
         let mut p = SseParser::default();
-        p.push(b"event: message\ndata: {\"a\"");
+        push(&mut p, b"event: message\ndata: {\"a\"");
         assert_eq!(p.next_event(), None);
-        p.push(b":1}\n\n: keepalive\n\ndata: x\r\n\r\n");
+        push(&mut p, b":1}\n\n: keepalive\n\ndata: x\r\n\r\n");
         assert_eq!(p.next_event().as_deref(), Some("{\"a\":1}"));
         assert_eq!(p.next_event().as_deref(), Some("x"));
         assert_eq!(p.next_event(), None);
+    }
+
+    /// CRLF, LF and CR end lines, mixed as a server likes (the SSE
+    /// grammar); a CR at the end of a chunk waits for the next byte.
+    #[test]
+    fn every_line_end_the_grammar_allows() {
+        for (stream, want) in [
+            (
+                &b"data: a\n\r\ndata: b\r\rdata: c\r\n\ndata: d\n\n"[..],
+                &["a", "b", "c", "d"][..],
+            ),
+            (b"data: one\rdata: two\r\r", &["one\ntwo"]),
+            (b"id: 1\ndata:\n\ndata: z\n\n", &["", "z"]),
+        ] {
+            // Whole, and cut after every byte.
+            for cut in [stream.len(), 1] {
+                let mut p = SseParser::default();
+                let mut got = Vec::new();
+                for chunk in stream.chunks(cut) {
+                    push(&mut p, chunk);
+                    while let Some(e) = p.next_event() {
+                        got.push(e);
+                    }
+                }
+                assert_eq!(
+                    got,
+                    want,
+                    "{:?} in chunks of {cut}",
+                    String::from_utf8_lossy(stream)
+                );
+            }
+        }
+        // A lone CR at a chunk's end is not yet an empty line.
+        let mut p = SseParser::default();
+        push(&mut p, b"data: x\r");
+        assert_eq!(p.next_event(), None);
+        push(&mut p, b"\n");
+        assert_eq!(p.next_event(), None, "CRLF is one line end");
+        push(&mut p, b"\r\n");
+        assert_eq!(p.next_event().as_deref(), Some("x"));
+    }
+
+    /// An event cut into many small chunks is looked at about once per
+    /// byte, not once per chunk.
+    #[test]
+    fn a_long_event_in_small_chunks_is_scanned_once() {
+        let mut p = SseParser::default();
+        push(&mut p, b"data: ");
+        let piece = [b'x'; 64];
+        for _ in 0..16 * 1024 {
+            push(&mut p, &piece);
+            assert_eq!(p.next_event(), None);
+            assert_eq!(
+                p.scanned,
+                p.buf.len(),
+                "the search resumes where it stopped"
+            );
+        }
+        push(&mut p, b"\n\n");
+        assert_eq!(p.next_event().map(|e| e.len()), Some(1 << 20));
+    }
+
+    #[test]
+    fn an_event_over_the_limit_ends_the_stream() {
+        let mut p = SseParser::new(1000);
+        push(&mut p, &[b'a'; 600]);
+        assert_eq!(p.next_event(), None);
+        let err = p.push(&[b'a'; 600]).unwrap_err();
+        assert!(err.contains("over 1000 bytes"), "{err}");
+        // Whole in one chunk, between two small ones: refused all the same.
+        let mut p = SseParser::new(1000);
+        let big = [&b"data: x\n\ndata: "[..], &[b'b'; 1200], b"\n\ndata: y\n\n"].concat();
+        assert!(p.push(&big).is_err());
+        // Many events that together pass the limit are fine.
+        let mut p = SseParser::new(1000);
+        for _ in 0..100 {
+            push(&mut p, &[b"data: ", &[b'b'; 500][..], b"\n\n"].concat());
+            assert_eq!(p.next_event().map(|e| e.len()), Some(500));
+        }
     }
 }

@@ -57,6 +57,15 @@ pub struct UpstreamConfig {
     /// response begins); more wait for a slot, within `timeout_ms`.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
+    /// The most a response may take, and each event of a streamed one:
+    /// an upstream that sends more gets an error naming it, not Dome's
+    /// memory.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+}
+
+fn default_max_response() -> usize {
+    super::sse::DEFAULT_MAX_EVENT
 }
 
 /// `era` of an `[[upstream]]`.
@@ -195,6 +204,11 @@ impl Upstream {
         })
     }
 
+    /// An SSE parser held to this upstream's response limit.
+    pub fn sse_parser(&self) -> super::sse::SseParser {
+        super::sse::SseParser::new(self.config.max_response_bytes)
+    }
+
     pub fn name(&self) -> &str {
         &self.config.name
     }
@@ -235,12 +249,15 @@ impl Upstream {
                 match me.pool.send(req).await {
                     Ok(resp) if resp.status() == StatusCode::OK => {
                         let mut body = resp.into_body();
-                        let mut parser = super::sse::SseParser::default();
+                        let mut parser = me.sse_parser();
                         while let Some(Ok(frame)) = body.frame().await {
                             let Some(data) = frame.data_ref() else {
                                 continue;
                             };
-                            parser.push(data);
+                            if let Err(e) = parser.push(data) {
+                                tracing::warn!(upstream = %me.name(), error = %e, "its stream is dropped and opened again");
+                                break;
+                            }
                             while let Some(ev) = parser.next_event() {
                                 if let (Ok(v), Some(sink)) =
                                     (serde_json::from_str::<Value>(&ev), me.sink.get())
@@ -289,7 +306,7 @@ impl Upstream {
                 let reopen = match opened {
                     Ok(resp) if resp.status() == StatusCode::OK => {
                         let mut body = resp.into_body();
-                        let mut parser = super::sse::SseParser::default();
+                        let mut parser = up.sse_parser();
                         // Hold only a weak reference while waiting, so a
                         // reload that drops this upstream ends the stream.
                         drop(up);
@@ -302,8 +319,11 @@ impl Upstream {
                             let Some(data) = frame.data_ref() else {
                                 continue;
                             };
-                            parser.push(data);
                             let Some(up) = me.upgrade() else { return };
+                            if let Err(e) = parser.push(data) {
+                                tracing::warn!(upstream = %up.name(), error = %e, "its listen stream is dropped and opened again");
+                                break false;
+                            }
                             while let Some(ev) = parser.next_event() {
                                 let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
                                     continue;
@@ -425,7 +445,7 @@ impl Upstream {
             Ok((Reply::Json(v), _)) => Ok(v),
             Ok((Reply::Raw(b), _)) => serde_json::from_slice(&b)
                 .map_err(|e| UpstreamError::Invalid(self.name().into(), format!("not JSON: {e}"))),
-            Ok((Reply::Stream(st), _)) => first_response(self.name(), st).await,
+            Ok((Reply::Stream(st), _)) => first_response(self, st).await,
             Err(e) => Err(e),
         };
         let refused = !matches!(&answer, Ok(v) if v.get("result").is_some());
@@ -544,7 +564,7 @@ impl Upstream {
         }
         let resp = self.exchange(req).await?;
         let status = resp.status();
-        Ok((read_reply_raw(self.name(), resp).await?, id, status))
+        Ok((read_reply_raw(self, resp).await?, id, status))
     }
 
     /// Answers a request the upstream sent (sampling, elicitation, roots).
@@ -636,13 +656,13 @@ impl Upstream {
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let reply = read_reply(self.name(), resp).await?;
+        let reply = read_reply(self, resp).await?;
         let msg = match reply {
             Reply::Json(v) => v,
             Reply::Raw(b) => serde_json::from_slice(&b).map_err(|e| {
                 UpstreamError::Invalid(self.name().into(), format!("not JSON: {e}"))
             })?,
-            Reply::Stream(s) => first_response(self.name(), s).await?,
+            Reply::Stream(s) => first_response(self, s).await?,
         };
         if !status.is_success() || msg.get("result").is_none() {
             self.era.store(Arc::new(Era::Unknown));
@@ -710,7 +730,7 @@ impl Upstream {
         }
         let resp = self.exchange(req).await?;
         let status = resp.status();
-        Ok((read_reply(self.name(), resp).await?, id, status))
+        Ok((read_reply(self, resp).await?, id, status))
     }
 
     fn build(
@@ -962,8 +982,12 @@ fn finish(
     }
 }
 
-async fn read_reply(name: &str, resp: Response<super::pool::Body>) -> Result<Reply, UpstreamError> {
-    match read_reply_raw(name, resp).await? {
+async fn read_reply(
+    up: &Upstream,
+    resp: Response<super::pool::Body>,
+) -> Result<Reply, UpstreamError> {
+    let name = up.name();
+    match read_reply_raw(up, resp).await? {
         Reply::Raw(body) if body.is_empty() => Ok(Reply::Json(Value::Null)),
         Reply::Raw(body) => serde_json::from_slice(&body)
             .map(Reply::Json)
@@ -973,9 +997,11 @@ async fn read_reply(name: &str, resp: Response<super::pool::Body>) -> Result<Rep
 }
 
 async fn read_reply_raw(
-    name: &str,
+    up: &Upstream,
     resp: Response<super::pool::Body>,
 ) -> Result<Reply, UpstreamError> {
+    let name = up.name();
+    let max = up.config.max_response_bytes;
     let is_sse = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -984,11 +1010,29 @@ async fn read_reply_raw(
     if is_sse {
         return Ok(Reply::Stream(resp));
     }
-    let body = resp
-        .into_body()
+    let too_big = || {
+        UpstreamError::Invalid(
+            name.into(),
+            format!("a response over {max} bytes (max_response_bytes)"),
+        )
+    };
+    // Refused before reading when the length says so; else counted as it
+    // comes (dropping the body closes the connection).
+    if resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+    {
+        return Err(too_big());
+    }
+    let body = http_body_util::Limited::new(resp.into_body(), max)
         .collect()
         .await
-        .map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?
+        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
+            Ok(_) => too_big(),
+            Err(e) => UpstreamError::Unreachable(name.into(), e.to_string()),
+        })?
         .to_bytes();
     Ok(Reply::Raw(body))
 }
@@ -1066,15 +1110,18 @@ impl<'a> ResponseParts<'a> {
 
 /// Reads an SSE reply to its JSON-RPC response, dropping notifications.
 pub async fn first_response(
-    name: &str,
+    up: &Upstream,
     resp: Response<super::pool::Body>,
 ) -> Result<Value, UpstreamError> {
+    let name = up.name();
     let mut body = resp.into_body();
-    let mut parser = super::sse::SseParser::default();
+    let mut parser = up.sse_parser();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
         if let Some(data) = frame.data_ref() {
-            parser.push(data);
+            parser
+                .push(data)
+                .map_err(|e| UpstreamError::Invalid(name.into(), e))?;
             while let Some(ev) = parser.next_event() {
                 if let Ok(v) = serde_json::from_str::<Value>(&ev)
                     && (v.get("result").is_some() || v.get("error").is_some())

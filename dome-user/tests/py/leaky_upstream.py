@@ -1,5 +1,6 @@
 """An upstream MCP server (official Python SDK) that puts personal data in
-every place a response can carry it, for the redaction tests.
+every place a response can carry it, for the redaction tests, and sends
+results as big as it is asked to, for the response limit.
 
 Usage: leaky_upstream.py PORT
 Serves Streamable HTTP on 127.0.0.1:PORT/mcp. Every value it leaks names
@@ -85,6 +86,19 @@ async def deep_streamed(ctx: Context) -> CallToolResult:
     """The same, after a progress message (so it comes as a stream)."""
     await ctx.report_progress(1, 1, "almost")
     return deep()
+
+
+@mcp.tool()
+def big(kib: int) -> str:
+    """A result of about `kib` KiB."""
+    return "x" * (kib * 1024)
+
+
+@mcp.tool()
+async def big_streamed(kib: int, ctx: Context) -> str:
+    """The same, after a progress message (so it comes as a stream)."""
+    await ctx.report_progress(1, 1, "almost")
+    return "x" * (kib * 1024)
 
 
 @mcp.resource("people://all", mime_type="text/plain")
