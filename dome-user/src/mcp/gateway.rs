@@ -2308,7 +2308,11 @@ impl Gateway {
                 Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
             return json_response(status, &v);
         }
-        if let (Some(s), "logging/setLevel", Ok(floor)) = (&session, method, set_level_of(e)) {
+        // (The level is read only for this method: no parse on others.)
+        if method == "logging/setLevel"
+            && let Some(s) = &session
+            && let Ok(floor) = set_level_of(e)
+        {
             s.log_floor
                 .store(floor, std::sync::atomic::Ordering::Relaxed);
         }
