@@ -798,3 +798,43 @@ upstream = "leaky"
     let s = dome.stats_json();
     assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
 }
+
+/// The upstream's questions to the client are its output too: an
+/// elicitation that names someone reaches a client of either era with the
+/// address redacted (a stateless client in the `input_required` result, a
+/// session-era client as a request on the call's stream, Dome asking on the
+/// stateless upstream's behalf), and the call still completes.
+#[test]
+fn questions_to_the_client_are_redacted_in_both_eras() {
+    let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
+    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let policies = tmp.join(format!("policy-ask-{}.rules", std::process::id()));
+    let _ = std::fs::remove_dir_all(&policies);
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("main.toml"),
+        "[[rule]]\nid = \"redacted\"\neffect = \"allow\"\n[rule.obligations]\nredact = [\"email\"]\n",
+    )
+    .unwrap();
+    let dome = start_dome(
+        "policy-ask",
+        &format!(
+            "[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\nera = \"stateless\"\n\
+             [policy]\ndir = \"{}\"\n",
+            policies.display()
+        ),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    for client in ["2026-07-28", "legacy"] {
+        let seen = run_client("client_elicit.py", &[&url, client]);
+        assert_eq!(
+            seen["asked"],
+            json!(["Which colour for [REDACTED:email]?"]),
+            "{client} client: {seen}"
+        );
+        assert_eq!(
+            seen["text"], "fence painted teal",
+            "{client} client: {seen}"
+        );
+    }
+}

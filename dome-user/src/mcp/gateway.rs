@@ -2276,7 +2276,7 @@ impl Gateway {
                     let parser = upstream.sse_parser();
                     return relay(upstream, st.into_body(), parser, to);
                 }
-                Ok((_, reply, _, _))
+                Ok((_, reply, _, redaction))
                     if let Some(s) = &session
                         && let Some(first) = super::input::required(&reply) =>
                 {
@@ -2285,7 +2285,7 @@ impl Gateway {
                     with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
                     let (tx, rx) = tokio::sync::mpsc::channel(16);
                     let (gw, s, e) = (self.clone(), s.clone(), e.clone());
-                    tokio::spawn(async move { gw.fulfil(s, e, id, first, tx).await });
+                    tokio::spawn(async move { gw.fulfil(s, e, id, first, redaction, tx).await });
                     return sse_response(rx);
                 }
                 Ok((upstream, reply, _, redaction)) => {
@@ -2438,8 +2438,12 @@ impl Gateway {
         e: Envelope,
         id: Value,
         first: Value,
+        redaction: Option<Redaction>,
         tx: Push,
     ) {
+        // The redactions of the round whose requests go out: the upstream's
+        // questions are its output too.
+        let mut asking = redaction;
         let send = |v: Value| {
             let tx = tx.clone();
             async move {
@@ -2469,6 +2473,9 @@ impl Gateway {
                 let mut msg = json!({"jsonrpc": "2.0", "id": down_id, "method": req["method"]});
                 if let Some(p) = req.get("params") {
                     msg["params"] = p.clone();
+                }
+                if let Some(r) = &asking {
+                    r.apply_any(&mut msg);
                 }
                 if !send(msg).await {
                     return;
@@ -2597,6 +2604,7 @@ impl Gateway {
                     c.outcome = Some(crate::audit::record::Outcome::InputRequired);
                 }
                 result = last["result"].clone();
+                asking = redaction;
                 continue;
             }
             let mut last = last;
@@ -3245,7 +3253,14 @@ fn relay(
                     }
                     drop(call.take());
                     gw.clone()
-                        .fulfil(s.clone(), e.clone(), id.clone(), first, tx.clone())
+                        .fulfil(
+                            s.clone(),
+                            e.clone(),
+                            id.clone(),
+                            first,
+                            redaction.clone(),
+                            tx.clone(),
+                        )
                         .await;
                     return;
                 }

@@ -9,8 +9,10 @@ an address at leak.test, so a test can search a whole response for it.
 
 import sys
 
+from typing import Annotated
+
 import anyio
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 from mcp.shared.exceptions import MCPError
 from mcp_types import (
     CallToolResult,
@@ -22,6 +24,7 @@ from mcp_types import (
     TextContent,
     TextResourceContents,
 )
+from pydantic import BaseModel
 
 mcp = MCPServer("leaky-upstream")
 
@@ -99,6 +102,20 @@ async def big_streamed(kib: int, ctx: Context) -> str:
     """The same, after a progress message (so it comes as a stream)."""
     await ctx.report_progress(1, 1, "almost")
     return "x" * (kib * 1024)
+
+
+class Color(BaseModel):
+    color: str
+
+
+def ask_about_someone() -> Elicit[Color]:
+    return Elicit("Which colour for pat@leak.test?", Color)
+
+
+@mcp.tool()
+def paint(thing: str, choice: Annotated[Color, Resolve(ask_about_someone)]) -> str:
+    """Asks the client a question that names someone (elicitation)."""
+    return f"{thing} painted {choice.color}"
 
 
 @mcp.resource("people://all", mime_type="text/plain")
