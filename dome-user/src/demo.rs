@@ -527,7 +527,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     let log = !stateless
                         || msg["params"]["_meta"][protocol::META_LOG_LEVEL]
                             .as_str()
-                            .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+                            .and_then(protocol::log_level_rank)
                             .is_some_and(|l| l <= 1);
                     tokio::spawn(async move {
                         if log {

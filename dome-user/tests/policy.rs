@@ -55,6 +55,13 @@ fn call(tool: &str, args: Value, intent: Option<&str>) -> String {
 }
 
 fn post(dome: &Dome, key: &str, method: &str, name: &str, body: &str) -> (u16, Value) {
+    let (status, text) = post_text(dome, key, method, name, body);
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// A stateless-era request as `key`'s agent; the status and the body as
+/// it came (JSON or SSE).
+fn post_text(dome: &Dome, key: &str, method: &str, name: &str, body: &str) -> (u16, String) {
     let auth = format!("Bearer {key}");
     let (status, _, text) = http(
         dome.mcp,
@@ -70,7 +77,7 @@ fn post(dome: &Dome, key: &str, method: &str, name: &str, body: &str) -> (u16, V
         ],
         body,
     );
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    (status, text)
 }
 
 fn tools(dome: &Dome, key: &str) -> Vec<String> {
@@ -107,16 +114,31 @@ fn start(name: &str) -> (Proc, Dome, std::path::PathBuf) {
 
 fn start_with(name: &str, demo_flags: &[&str], policy: &str) -> (Proc, Dome, std::path::PathBuf) {
     let (demo_proc, demo) = start_demo(demo_flags);
+    let upstream = format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n");
+    let (dome, policies) = start_with_upstream(name, &upstream, policy);
+    (demo_proc, dome, policies)
+}
+
+/// A fresh policy folder for the test `name`, holding `policy`.
+fn policy_dir(name: &str, policy: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.rules", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("main.toml"), policy).unwrap();
+    dir
+}
+
+/// Dome in front of `upstream` (its TOML), with `policy` and the two
+/// agents of tenant `acme`; also the policy folder.
+fn start_with_upstream(name: &str, upstream: &str, policy: &str) -> (Dome, std::path::PathBuf) {
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let policies = tmp.join(format!("{name}-{}.rules", std::process::id()));
-    let _ = std::fs::remove_dir_all(&policies);
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(policies.join("main.toml"), policy).unwrap();
+    let policies = policy_dir(name, policy);
     let data = tmp.join(format!("{name}-{}.agents-data", std::process::id()));
     let dome = start_dome(
         name,
         &format!(
-            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+            "{upstream}\
              [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\n\
              [[tenant]]\nname = \"acme\"\n\
              [[agent]]\nid = \"support-bot\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
@@ -127,7 +149,7 @@ fn start_with(name: &str, demo_flags: &[&str], policy: &str) -> (Proc, Dome, std
             sha(SALES)
         ),
     );
-    (demo_proc, dome, policies)
+    (dome, policies)
 }
 
 #[test]
@@ -586,12 +608,9 @@ args = [{ path = "/mesage", op = "max_len", max = 10 }]
 #[test]
 fn redaction_reaches_every_place_an_upstream_can_put_data() {
     let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
-    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let policies = tmp.join(format!("policy-leaky-{}.rules", std::process::id()));
-    let _ = std::fs::remove_dir_all(&policies);
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("main.toml"),
+    let (dome, _) = start_with_upstream(
+        "policy-leaky",
+        &format!("[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\n"),
         r#"
 [[rule]]
 id = "leaky-redacted"
@@ -609,22 +628,6 @@ effect = "allow"
 agent = "sales-bot"
 upstream = "leaky"
 "#,
-    )
-    .unwrap();
-    let data = tmp.join(format!("policy-leaky-{}.agents-data", std::process::id()));
-    let dome = start_dome(
-        "policy-leaky",
-        &format!(
-            "[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\n\
-             [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\n\
-             [[tenant]]\nname = \"acme\"\n\
-             [[agent]]\nid = \"support-bot\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
-             [[agent]]\nid = \"sales-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
-            data.display(),
-            policies.display(),
-            sha(SUPPORT),
-            sha(SALES)
-        ),
     );
     let meta = || {
         json!({"progressToken": "p", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
@@ -635,21 +638,7 @@ upstream = "leaky"
         let mut params = params;
         params["_meta"] = meta();
         let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-        let auth = format!("Bearer {key}");
-        let (status, _, text) = http(
-            dome.mcp,
-            "POST",
-            "/mcp",
-            &[
-                ("Accept", "application/json, text/event-stream"),
-                ("Content-Type", "application/json"),
-                ("MCP-Protocol-Version", "2026-07-28"),
-                ("Mcp-Method", method),
-                ("Mcp-Name", name),
-                ("Authorization", &auth),
-            ],
-            &body.to_string(),
-        );
+        let (status, text) = post_text(&dome, key, method, name, &body.to_string());
         assert!(
             status != 0 && status < 500,
             "{method} {name}: {status} {text}"
@@ -807,15 +796,10 @@ upstream = "leaky"
 #[test]
 fn questions_to_the_client_are_redacted_in_both_eras() {
     let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
-    let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let policies = tmp.join(format!("policy-ask-{}.rules", std::process::id()));
-    let _ = std::fs::remove_dir_all(&policies);
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("main.toml"),
+    let policies = policy_dir(
+        "policy-ask",
         "[[rule]]\nid = \"redacted\"\neffect = \"allow\"\n[rule.obligations]\nredact = [\"email\"]\n",
-    )
-    .unwrap();
+    );
     let dome = start_dome(
         "policy-ask",
         &format!(

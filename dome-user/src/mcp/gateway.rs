@@ -2881,7 +2881,7 @@ fn admits_log(message: &Value, floor: Option<usize>) -> bool {
     message["method"] != "notifications/message"
         || message["params"]["level"]
             .as_str()
-            .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+            .and_then(protocol::log_level_rank)
             .is_some_and(|l| l >= floor)
 }
 
@@ -2893,15 +2893,12 @@ fn set_level_of(e: &Envelope) -> Result<usize, String> {
         .and_then(|p| serde_json::from_str(p).ok())
         .unwrap_or_default();
     let level = params["level"].as_str().unwrap_or_default();
-    protocol::LOG_LEVELS
-        .iter()
-        .position(|x| *x == level)
-        .ok_or_else(|| {
-            format!(
-                "unknown log level `{level}`; levels: {}",
-                protocol::LOG_LEVELS.join(", ")
-            )
-        })
+    protocol::log_level_rank(level).ok_or_else(|| {
+        format!(
+            "unknown log level `{level}`; levels: {}",
+            protocol::LOG_LEVELS.join(", ")
+        )
+    })
 }
 
 /// The lowest log level a stateless caller asked for in
@@ -2912,7 +2909,7 @@ fn log_floor(e: &Envelope) -> usize {
         .iter()
         .find(|(k, _)| k == protocol::META_LOG_LEVEL)
         .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
-        .and_then(|l| protocol::LOG_LEVELS.iter().position(|x| *x == l))
+        .and_then(|l| protocol::log_level_rank(&l))
         .unwrap_or(protocol::LOG_LEVELS.len())
 }
 
@@ -3102,7 +3099,9 @@ fn relay(
         let _inflight = inflight;
         let mut body = body;
         let mut parser = parser;
-        loop {
+        // The loop returns once the call is answered, cancelled or parked;
+        // it breaks with why the upstream failed it.
+        let failure = loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
                 _ = tx.closed() => {
@@ -3117,7 +3116,7 @@ fn relay(
             let Some(frame) = frame else {
                 // The stream ended without an answer (a response is the
                 // last thing relayed): the caller still gets one.
-                let message = if unreadable > 0 {
+                break if unreadable > 0 {
                     format!(
                         "upstream `{upstream}` sent {unreadable} message(s) that cannot be read \
                          (withheld) and no answer"
@@ -3125,40 +3124,16 @@ fn relay(
                 } else {
                     format!("upstream `{upstream}` ended the stream without an answer")
                 };
-                if let Some(mut c) = call.take() {
-                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
-                    c.bytes_out = bytes_out;
-                    let _ = c.finish().await;
-                }
-                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
-                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
-                return;
             };
             let Ok(frame) = frame else {
-                let message = format!("upstream `{upstream}` broke the stream");
-                if let Some(mut c) = call.take() {
-                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
-                    c.bytes_out = bytes_out;
-                    let _ = c.finish().await;
-                }
-                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
-                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
-                return;
+                break format!("upstream `{upstream}` broke the stream");
             };
             let Some(data) = frame.data_ref() else {
                 continue;
             };
             if let Err(e) = parser.push(data) {
                 // Dropping the body closes the upstream connection.
-                let message = format!("upstream `{upstream}` sent {e}");
-                if let Some(mut c) = call.take() {
-                    c.failed(code::UPSTREAM_UNAVAILABLE, &message);
-                    c.bytes_out = bytes_out;
-                    let _ = c.finish().await;
-                }
-                let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, message);
-                let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
-                return;
+                break format!("upstream `{upstream}` sent {e}");
             }
             // Requests for a stateless caller's input, gathered over the
             // events that arrived together.
@@ -3317,7 +3292,15 @@ fn relay(
                 let _ = tx.send(Ok(Frame::data(sse::event(&v.to_string())))).await;
                 return;
             }
+        };
+        // The caller still gets an answer, and the record says why.
+        if let Some(mut c) = call.take() {
+            c.failed(code::UPSTREAM_UNAVAILABLE, &failure);
+            c.bytes_out = bytes_out;
+            let _ = c.finish().await;
         }
+        let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, failure);
+        let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
     });
     sse_response(rx)
 }

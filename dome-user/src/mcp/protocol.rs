@@ -36,6 +36,11 @@ pub const LOG_LEVELS: [&str; 8] = [
     "alert",
     "emergency",
 ];
+
+/// A log level's rank (its index in `LOG_LEVELS`), `None` for no level.
+pub fn log_level_rank(level: &str) -> Option<usize> {
+    LOG_LEVELS.iter().position(|x| *x == level)
+}
 /// On every message of a `subscriptions/listen` stream: the listen request's id.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
