@@ -10,12 +10,25 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A port nothing listens on, for a process the test starts. It comes from
+/// below the kernel's ephemeral range (32768-60999 by default): a port from
+/// that range, found free by binding port 0, can be taken by any outgoing
+/// connection (the tests make many) before the process binds it. Each call
+/// in this test binary gets a port of its own.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Test binaries that run at once start apart.
+    let start = (std::process::id() % 2_000) * 10;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn local(port: u16) -> SocketAddr {
