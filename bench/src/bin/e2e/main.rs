@@ -145,12 +145,13 @@ async fn call(
     Ok(())
 }
 
-/// CPU time (user + system) a process has used so far, µs.
-fn cpu_us(pid: u32) -> u64 {
+/// CPU time a process has used so far, µs: (user, system).
+fn cpu_us(pid: u32) -> (u64, u64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
+        return (0, 0);
     };
-    // Fields after the command name (which may hold spaces): utime is the 12th.
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<u64> = rest
         .split_whitespace()
@@ -158,13 +159,16 @@ fn cpu_us(pid: u32) -> u64 {
         .collect();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * 1_000_000 / hz
+    let us = |i: usize| f.get(i).copied().unwrap_or(0) * 1_000_000 / hz;
+    (us(11), us(12))
 }
 
-/// Requests per second and CPU µs per request of each watched process.
+/// Requests per second, and CPU µs per request of each watched process:
+/// in all, and the part spent in the kernel.
 struct Throughput {
     rps: f64,
     cpu_us_per_call: Vec<f64>,
+    kernel_us_per_call: Vec<f64>,
 }
 
 /// Closed loop on every connection for `RUN` after `WARMUP`: requests/s,
@@ -194,20 +198,24 @@ async fn max_throughput(
     }
     tokio::time::sleep(WARMUP).await;
     measuring.store(true, std::sync::atomic::Ordering::Relaxed);
-    let cpu_before: Vec<u64> = watch.iter().map(|p| cpu_us(*p)).collect();
+    let cpu_before: Vec<(u64, u64)> = watch.iter().map(|p| cpu_us(*p)).collect();
     let started = Instant::now();
     for t in tasks {
         t.await??;
     }
-    let cpu_after: Vec<u64> = watch.iter().map(|p| cpu_us(*p)).collect();
+    let cpu_after: Vec<(u64, u64)> = watch.iter().map(|p| cpu_us(*p)).collect();
     let calls = count.load(std::sync::atomic::Ordering::Relaxed).max(1) as f64;
-    Ok(Throughput {
-        rps: calls / started.elapsed().as_secs_f64(),
-        cpu_us_per_call: cpu_before
+    let per_call = |f: fn((u64, u64)) -> u64| -> Vec<f64> {
+        cpu_before
             .iter()
             .zip(&cpu_after)
-            .map(|(b, a)| a.saturating_sub(*b) as f64 / calls)
-            .collect(),
+            .map(|(b, a)| f(*a).saturating_sub(f(*b)) as f64 / calls)
+            .collect()
+    };
+    Ok(Throughput {
+        rps: calls / started.elapsed().as_secs_f64(),
+        cpu_us_per_call: per_call(|(u, s)| u + s),
+        kernel_us_per_call: per_call(|(_, s)| s),
     })
 }
 
@@ -414,13 +422,14 @@ async fn compare(
         let dome_rps = med_of(runs, &|t| t.rps);
         let rps = |r: &[Throughput]| r.iter().map(|t| t.rps).collect::<Vec<_>>();
         let ratio = median_of_ratios(&rps(runs), &rps(&direct));
-        let cpu = serde_json::json!({
-            "direct": {"loadgen": med_of(&direct, &|t| t.cpu_us_per_call[0]),
-                       "upstream": med_of(&direct, &|t| t.cpu_us_per_call[1])},
-            "through_dome": {"loadgen": med_of(runs, &|t| t.cpu_us_per_call[0]),
-                             "upstream": med_of(runs, &|t| t.cpu_us_per_call[1]),
-                             "dome": med_of(runs, &|t| t.cpu_us_per_call[2])},
-        });
+        let cpu = |f: fn(&Throughput) -> &[f64]| {
+            let at = |runs: &[Throughput], i: usize| med_of(runs, &|t| f(t)[i]);
+            serde_json::json!({
+                "direct": {"loadgen": at(&direct, 0), "upstream": at(&direct, 1)},
+                "through_dome": {"loadgen": at(runs, 0), "upstream": at(runs, 1),
+                                 "dome": at(runs, 2)},
+            })
+        };
         let mut entry = serde_json::json!({
             "direct_rps": direct_rps,
             "dome_rps": dome_rps,
@@ -428,7 +437,8 @@ async fn compare(
             "throughput_rounds": direct.iter().zip(runs)
                 .map(|(d, t)| serde_json::json!({"direct_rps": d.rps, "dome_rps": t.rps}))
                 .collect::<Vec<_>>(),
-            "cpu_us_per_call": cpu,
+            "cpu_us_per_call": cpu(|t| &t.cpu_us_per_call),
+            "kernel_us_per_call": cpu(|t| &t.kernel_us_per_call),
         });
         if let Some(m) = entry.as_object_mut() {
             m.extend(latency_summary(rounds, *rate));
@@ -502,20 +512,18 @@ fn round_rps(report: &serde_json::Value) -> Vec<f64> {
         .unwrap_or_default()
 }
 
-/// The floor proxy's figures (rounds kept: a noisy round shows), with the
-/// relay's CPU under the name `proxy`.
-fn floor_summary(mut v: serde_json::Value) -> serde_json::Value {
+/// A baseline relay's figures (rounds kept: a noisy round shows), with its
+/// CPU under the name `proxy` and what it is.
+fn baseline_summary(mut v: serde_json::Value, what: &str) -> serde_json::Value {
     if let Some(m) = v.as_object_mut() {
-        let cpu = &mut m["cpu_us_per_call"]["through_dome"];
-        if let Some(c) = cpu.as_object_mut()
-            && let Some(x) = c.remove("dome")
-        {
-            c.insert("proxy".into(), x);
+        for key in ["cpu_us_per_call", "kernel_us_per_call"] {
+            if let Some(c) = m[key]["through_dome"].as_object_mut()
+                && let Some(x) = c.remove("dome")
+            {
+                c.insert("proxy".into(), x);
+            }
         }
-        m.insert(
-            "what".into(),
-            "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool speaking HTTP/1.1 inline (dome::mcp::h1), mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's".into(),
-        );
+        m.insert("what".into(), what.into());
     }
     v
 }
@@ -613,6 +621,17 @@ fn main() -> anyhow::Result<()> {
             .spawn()?,
     );
     wait_port(floor_addr)?;
+    // Less still: bytes copied between a client's connection and one
+    // upstream connection of its own, with no HTTP at all. What any
+    // user-space gateway can reach on this machine.
+    let relay_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let relay_proc = Kill(
+        Command::new(root.join("target/release/bench-tcp-relay"))
+            .arg(relay_addr.to_string())
+            .arg(upstream.to_string())
+            .spawn()?,
+    );
+    wait_port(relay_addr)?;
     let mut gateways = vec![
         Gateway {
             addr: off_addr,
@@ -621,6 +640,10 @@ fn main() -> anyhow::Result<()> {
         Gateway {
             addr: floor_addr,
             pid: floor_proc.0.id(),
+        },
+        Gateway {
+            addr: relay_addr,
+            pid: relay_proc.0.id(),
         },
     ];
     // `BENCH_E2E_DOME_PLAIN=path`: also a build without profile-guided
@@ -642,7 +665,7 @@ fn main() -> anyhow::Result<()> {
         });
         plain_proc = Some(proc);
     }
-    // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floor only, for
+    // `BENCH_E2E_QUICK=1`: the gateway's own cost and the floors only, for
     // experiments; written to e2e-quick.json so the full report stays as it was.
     let quick = std::env::var_os("BENCH_E2E_QUICK").is_some();
     let mut durable_procs = Vec::new();
@@ -661,13 +684,23 @@ fn main() -> anyhow::Result<()> {
         }
     }
     let results = rt.block_on(compare(upstream, up.0.id(), &gateways))?;
-    drop((dome_off, floor_proc, plain_proc, durable_procs, up));
+    drop((
+        dome_off,
+        floor_proc,
+        relay_proc,
+        plain_proc,
+        durable_procs,
+        up,
+    ));
     let mut results = results.into_iter();
-    let (Some(mut report), Some(floor)) = (results.next(), results.next()) else {
+    let (Some(mut report), Some(floor), Some(relay)) =
+        (results.next(), results.next(), results.next())
+    else {
         anyhow::bail!("a gateway's figures are missing");
     };
-    // Dome's throughput over the floor's, round by round.
+    // Dome's throughput over each floor's, round by round.
     report["dome_vs_floor"] = median_of_ratios(&round_rps(&report), &round_rps(&floor)).into();
+    report["dome_vs_tcp_relay"] = median_of_ratios(&round_rps(&report), &round_rps(&relay)).into();
     report["build"] = std::env::var("BENCH_E2E_BUILD")
         .unwrap_or_else(|_| bin.display().to_string())
         .into();
@@ -680,7 +713,14 @@ fn main() -> anyhow::Result<()> {
         report["vs_plain_build"] = median_of_ratios(&round_rps(&report), &round_rps(&plain)).into();
         report["plain_build"] = plain;
     }
-    report["floor_proxy"] = floor_summary(floor);
+    report["floor_proxy"] = baseline_summary(
+        floor,
+        "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool speaking HTTP/1.1 inline (dome::mcp::h1), mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's",
+    );
+    report["tcp_relay"] = baseline_summary(
+        relay,
+        "bytes copied both ways between each client connection and an upstream connection of its own (tokio copy_bidirectional on Dome's thread-per-core skeleton), no HTTP: the least work any user-space gateway does per call; its dome_* fields are the relay's",
+    );
     if quick {
         bench::report("e2e-quick", &report)?;
         return Ok(());
@@ -700,7 +740,7 @@ fn main() -> anyhow::Result<()> {
         serde_json::json!({"throughput": THROUGHPUT_ROUNDS, "latency": LATENCY_ROUNDS});
     report["request"] =
         "tools/call echo, 500-byte argument, stateless era, HTTP/1.1 keep-alive".into();
-    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, the plain build when given, Dome with batch, Dome with always; dome_vs_direct, dome_vs_floor and vs_plain_build: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), in paired rounds: direct and the gateway interleaved in the same seconds, each at fixed_rate_rps (a tenth of the slower side's maximum, so together about a fifth); quantiles are medians of the rounds, added_* the medians of the rounds' differences (gateway minus direct in the same round); latency_at_double_rate: the same for the top-level gateway with each side at twice the rate; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; floor_proxy is Dome's transport stack relaying with none of Dome's work; plain_build is the same code built without profile-guided optimisation".into();
+    report["statistic"] = "rps over each run after 1 s warm-up, median of the rounds (each round runs direct, then every gateway: Dome with fsync off, the floor proxy, the TCP relay, the plain build when given, Dome with batch, Dome with always; dome_vs_direct, dome_vs_floor, dome_vs_tcp_relay and vs_plain_build: medians of the rounds' ratios); latency quantiles at the fixed rate, measured from intended send times (no coordinated omission), in paired rounds: direct and the gateway interleaved in the same seconds, each at fixed_rate_rps (a tenth of the slower side's maximum, so together about a fifth); quantiles are medians of the rounds, added_* the medians of the rounds' differences (gateway minus direct in the same round); latency_at_double_rate: the same for the top-level gateway with each side at twice the rate; top level with the audit trail's fsync off (records written, answers not held for the disk), with_durable_audit with the default fsync = batch, with_fsync_always with fsync = always; cpu_us_per_call: CPU µs per call of each process, kernel_us_per_call the part of it spent in the kernel; floor_proxy is Dome's transport stack relaying with none of Dome's work; tcp_relay copies bytes between connections with no HTTP at all; plain_build is the same code built without profile-guided optimisation".into();
     bench::report("e2e", &report)?;
     Ok(())
 }
