@@ -225,21 +225,24 @@ fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
     assert_eq!(status, 200);
 
     // A session opened by agent A is unknown to agent B.
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "t", "version": "1"}}})
-    .to_string();
     let accept = ("Accept", "application/json, text/event-stream");
     let ctype = ("Content-Type", "application/json");
-    let (status, h, _) = http(
-        dome.mcp,
-        "POST",
-        "/mcp",
-        &[accept, ctype, ("Authorization", &auth)],
-        &init,
-    );
-    assert_eq!(status, 200);
-    let sid = header(&h, "mcp-session-id").unwrap().to_string();
+    let open_session = |version: &str| {
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": version, "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}})
+        .to_string();
+        let (status, h, _) = http(
+            dome.mcp,
+            "POST",
+            "/mcp",
+            &[accept, ctype, ("Authorization", &auth)],
+            &init,
+        );
+        assert_eq!(status, 200);
+        header(&h, "mcp-session-id").unwrap().to_string()
+    };
+    let sid = open_session("2025-11-25");
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
     let with = |key: &str| {
         let auth = format!("Bearer {key}");
@@ -260,6 +263,38 @@ fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
     };
     assert_eq!(with(KEY_A), 200);
     assert_eq!(with(KEY_B), 404);
+    // Nor can B open its stream or end it; A's session lives on.
+    let as_b = format!("Bearer {KEY_B}");
+    let b_headers = [
+        ("Accept", "text/event-stream"),
+        ("Authorization", as_b.as_str()),
+        ("Mcp-Session-Id", sid.as_str()),
+    ];
+    assert_eq!(http(dome.mcp, "GET", "/mcp", &b_headers, "").0, 404);
+    assert_eq!(http(dome.mcp, "DELETE", "/mcp", &b_headers, "").0, 404);
+    assert_eq!(with(KEY_A), 200, "B's DELETE left A's session alone");
+    let a_headers = [
+        ("Authorization", auth.as_str()),
+        ("Mcp-Session-Id", sid.as_str()),
+    ];
+    assert_eq!(http(dome.mcp, "DELETE", "/mcp", &a_headers, "").0, 200);
+    assert_eq!(with(KEY_A), 404, "A ended its session");
+
+    // The same for a batch in a 2025-03-26 session.
+    let sid = open_session("2025-03-26");
+    let batch = format!("[{list}]");
+    let batch_as = |key: &str| {
+        let auth = format!("Bearer {key}");
+        let headers = [
+            accept,
+            ctype,
+            ("Authorization", auth.as_str()),
+            ("Mcp-Session-Id", sid.as_str()),
+        ];
+        http(dome.mcp, "POST", "/mcp", &headers, &batch).0
+    };
+    assert_eq!(batch_as(KEY_B), 404);
+    assert_eq!(batch_as(KEY_A), 200);
 }
 
 /// The official Python SDK client authenticates with an API key in both

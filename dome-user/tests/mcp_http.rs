@@ -166,6 +166,47 @@ fn batches_only_under_2025_03_26() {
     assert_eq!(a.len(), 2);
     assert_eq!(a[0]["id"], 1);
     assert_eq!(a[1]["result"]["content"][0]["text"], "b");
+
+    // JSON-RPC 2.0 §6: an element that is no valid request gets an error
+    // of its own; a notification and an answer get none.
+    let mixed = r#"[1, {"jsonrpc":"2.0","id":4}, {"jsonrpc":"1.0","id":5,"method":"ping"},
+                    {"jsonrpc":"2.0","id":6,"method":"initialize","params":{}},
+                    {"jsonrpc":"2.0","id":7,"result":{}},
+                    {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}},
+                    {"jsonrpc":"2.0","id":8,"method":"ping"}]"#;
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", &sid)], mixed);
+    assert_eq!(status, 200, "{v}");
+    let got: Vec<(Value, Option<i64>)> = v
+        .as_array()
+        .expect("an array of responses")
+        .iter()
+        .map(|r| (r["id"].clone(), r["error"]["code"].as_i64()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Value::Null, Some(-32600)),
+            (json!(4), Some(-32600)),
+            (json!(5), Some(-32600)),
+            (json!(6), Some(-32600)),
+            (json!(8), None),
+        ],
+        "{v}"
+    );
+    assert_eq!(v[4]["result"], json!({}), "{v}");
+    // An empty batch is one error; one of notifications only gets 202.
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", &sid)], "[]");
+    assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    let notes = r#"[{"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+    let (status, _, _) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", &sid)], notes);
+    assert_eq!(status, 202);
+    // A session that does not exist is 404, as for a single message.
+    let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", "nope")], notes);
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (404, Some(-32002)),
+        "{v}"
+    );
 }
 
 #[test]

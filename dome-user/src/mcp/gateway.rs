@@ -203,6 +203,14 @@ impl SessionTable {
             .cloned()
     }
 
+    /// The session `id` if the current caller opened it: another agent's
+    /// session id is as good as none, whatever it asks of the session
+    /// (a request, its GET stream, ending it).
+    fn owned(&self, id: &str) -> Option<Arc<Session>> {
+        self.get(id)
+            .filter(|s| same_agent(s.caller.as_ref(), current_caller().as_ref()))
+    }
+
     fn pushes(&self, ids: Option<&std::collections::HashSet<String>>) -> Vec<Push> {
         let sessions = self.sessions.read().expect("sessions lock");
         sessions
@@ -1156,7 +1164,7 @@ impl Gateway {
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let Some(session) = self.sessions.get(sid) else {
+        let Some(session) = self.sessions.owned(sid) else {
             return session_not_found(&Value::Null);
         };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -1214,6 +1222,9 @@ impl Gateway {
                 ),
             );
         };
+        if self.sessions.owned(id).is_none() {
+            return session_not_found(&Value::Null);
+        }
         match self.sessions.remove(id) {
             Some(uris) => {
                 // Its subscriptions end with it.
@@ -1374,13 +1385,8 @@ impl Gateway {
                 ),
             );
         };
-        let session = self.sessions.get(&sid);
-        let session = match session {
-            // Another agent's session id is as good as none.
-            Some(s) if same_agent(s.caller.as_ref(), current_caller().as_ref()) => s,
-            _ => {
-                return session_not_found(&id);
-            }
+        let Some(session) = self.sessions.owned(&sid) else {
+            return session_not_found(&id);
         };
         if let Some(v) = header_version
             && !protocol::is_session_version(v)
@@ -1414,9 +1420,19 @@ impl Gateway {
         .await
     }
 
+    /// A JSON-RPC batch (2025-03-26 sessions only). As JSON-RPC 2.0 §6
+    /// says: each request gets its answer in one array, an element that is
+    /// no valid request gets an error of its own, notifications and answers
+    /// to Dome's requests get none, and an empty batch is one error.
     async fn batch(self: Arc<Self>, bytes: &[u8], session: Option<&str>) -> Response<Body> {
-        let version = session.and_then(|s| self.sessions.get(s).map(|x| x.version));
-        if version != Some("2025-03-26") {
+        let session = match session {
+            Some(sid) => match self.sessions.owned(sid) {
+                Some(s) => Some(s),
+                None => return session_not_found(&Value::Null),
+            },
+            None => None,
+        };
+        let Some(session) = session.filter(|s| s.version == "2025-03-26") else {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(
@@ -1425,27 +1441,49 @@ impl Gateway {
                     "JSON-RPC batches are accepted only in sessions of protocol version 2025-03-26",
                 ),
             );
-        }
+        };
         let Ok(batch) = serde_json::from_slice::<Vec<Value>>(bytes) else {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&Value::Null, code::PARSE_ERROR, "Parse error"),
             );
         };
+        if batch.is_empty() {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, "an empty batch"),
+            );
+        }
+        let era = Era::Session(session.version);
         let mut out = Vec::new();
         for msg in batch {
             // Batches are rare (one old protocol version): each element takes
             // the ordinary envelope path.
-            let Ok(Parsed::One(e)) = envelope::parse(msg.to_string().as_bytes()) else {
+            let text = msg.to_string();
+            let Ok(Parsed::One(e)) = envelope::parse(text.as_bytes()) else {
+                out.push(rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "a batch element is a JSON-RPC object",
+                ));
                 continue;
             };
-            let (Some(method), Some(id)) = (e.method.clone(), e.id.clone()) else {
-                continue;
-            };
-            let (_, v) = self
-                .answer(Era::Session("2025-03-26"), &method, id, &e)
-                .await;
-            out.push(v);
+            let id = e.id.clone().unwrap_or(Value::Null);
+            let refuse = |m: &str| rpc_error(&id, code::INVALID_REQUEST, m);
+            match e.method.as_deref() {
+                _ if !e.jsonrpc_ok => out.push(refuse("jsonrpc must be \"2.0\"")),
+                None if e.is_response => self.forward_answer(&session, text.as_bytes()),
+                None => out.push(refuse("a request needs a method")),
+                Some("notifications/cancelled") if e.id.is_none() => {
+                    self.forward_cancel(&session, &e)
+                }
+                Some(_) if e.id.is_none() => {}
+                Some("initialize") => out.push(refuse("initialize cannot be part of a batch")),
+                Some(method) => {
+                    let (_, v) = self.answer_in(Some(&session), era, method, id, &e).await;
+                    out.push(v);
+                }
+            }
         }
         if out.is_empty() {
             return empty(StatusCode::ACCEPTED);
@@ -2303,26 +2341,37 @@ impl Gateway {
                 Err(r) => return r.respond(&id, era),
             }
         }
-        if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (&session, method) {
-            let (status, v) =
-                Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
-            return json_response(status, &v);
-        }
-        // (The level is read only for this method: no parse on others.)
-        if method == "logging/setLevel"
-            && let Some(s) = &session
-            && let Ok(floor) = set_level_of(e)
-        {
-            s.log_floor
-                .store(floor, std::sync::atomic::Ordering::Relaxed);
-        }
         if method == "subscriptions/listen" && era == Era::Stateless {
             return Box::pin(self.listen(id, e, sse_ok)).await;
         }
         // Boxed: every method but tools/call, so the tools/call future
         // stays small.
-        let (status, v) = Box::pin(self.answer(era, method, id, e)).await;
+        let (status, v) = Box::pin(self.answer_in(session.as_ref(), era, method, id, e)).await;
         json_response(status, &v)
+    }
+
+    /// `answer`, with what a session keeps of its own: its resource
+    /// subscriptions and its log level (alone or in a batch).
+    async fn answer_in(
+        &self,
+        session: Option<&Arc<Session>>,
+        era: Era,
+        method: &str,
+        id: Value,
+        e: &Envelope,
+    ) -> (StatusCode, Value) {
+        if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (session, method) {
+            return Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
+        }
+        // (The level is read only for this method: no parse on others.)
+        if method == "logging/setLevel"
+            && let Some(s) = session
+            && let Ok(floor) = set_level_of(e)
+        {
+            s.log_floor
+                .store(floor, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.answer(era, method, id, e).await
     }
 }
 
