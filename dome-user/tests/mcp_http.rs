@@ -273,6 +273,14 @@ fn client_mistakes_get_their_codes_never_a_500() {
         r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
     );
     assert_eq!(status, 403);
+    // An Origin that is not plain ASCII cannot be read, so it is refused
+    // too (it used to pass as if absent).
+    let (status, _, _) = post(
+        &dome,
+        &[ACCEPT, JSON, ("Origin", "https://évil.example")],
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+    );
+    assert_eq!(status, 403, "an unreadable Origin");
     let sid = initialize(&dome, "2025-11-25");
     let (status, _, _) = post(
         &dome,

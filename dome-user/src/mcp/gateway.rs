@@ -1174,8 +1174,12 @@ impl Gateway {
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        let Some(origin) = headers.get(header::ORIGIN) else {
             return true;
+        };
+        // An origin that is not visible ASCII is no origin Dome can allow.
+        let Ok(origin) = origin.to_str() else {
+            return false;
         };
         if self.config.allowed_origins.iter().any(|o| o == origin) {
             return true;
