@@ -15,12 +15,20 @@ const KEY_ACME_BOT: &str = "dome_acme-bot_an-agent-key-beside-the-tokens";
 /// Dome with tenant `acme` (delegation on), agents A and B, and the demo
 /// upstream; A may call `echo` twice in a burst, then once a minute.
 fn dome_with_agents(name: &str, demo: std::net::SocketAddr) -> Dome {
+    agents_in_front_of(
+        name,
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+    )
+}
+
+/// The same agents in front of other upstreams (their TOML).
+fn agents_in_front_of(name: &str, upstreams: &str) -> Dome {
     let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}.agents-data", std::process::id()));
     start_dome(
         name,
         &format!(
-            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+            "{upstreams}\
              [auth]\ndata_dir = \"{}\"\n\
              [[tenant]]\nname = \"acme\"\ndelegation = true\n\
              [[tenant]]\nname = \"strict\"\n\
@@ -58,10 +66,16 @@ fn post(
     ];
     headers.extend_from_slice(extra);
     let (status, h, body) = http(dome.mcp, "POST", "/mcp", &headers, body);
+    // A JSON answer, or the last message of an SSE one.
+    let message = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .next_back()
+        .unwrap_or(&body);
     (
         status,
         h,
-        serde_json::from_str(&body).unwrap_or(Value::Null),
+        serde_json::from_str(message.trim()).unwrap_or(Value::Null),
     )
 }
 
@@ -295,6 +309,59 @@ fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
     };
     assert_eq!(batch_as(KEY_B), 404);
     assert_eq!(batch_as(KEY_A), 200);
+}
+
+/// A call parked for a stateless caller's input (a session-era upstream
+/// asked mid-call) is resumed only by the agent that began it: another
+/// agent presenting its `requestState` finds no such call, and its attempt
+/// does not use the call up.
+#[test]
+fn a_call_waiting_for_input_is_resumed_only_by_its_agent() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = agents_in_front_of(
+        "parked",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"session\"\n"),
+    );
+    let paint = |key: &str, retry: Option<(&Value, &Value)>| {
+        let mut params = json!({"name": "paint", "arguments": {"thing": "fence"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}}});
+        if let Some((state, answers)) = retry {
+            params["requestState"] = state.clone();
+            params["inputResponses"] = answers.clone();
+        }
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params});
+        let auth = format!("Bearer {key}");
+        post(
+            &dome,
+            &[("Authorization", &auth)],
+            "paint",
+            &body.to_string(),
+        )
+    };
+    let (status, _, v) = paint(KEY_A, None);
+    assert_eq!(status, 200, "{v}");
+    let asked = &v["result"];
+    assert_eq!(asked["resultType"], "input_required", "{v}");
+    let state = &asked["requestState"];
+    let (key, _) = asked["inputRequests"]
+        .as_object()
+        .and_then(|m| m.iter().next())
+        .expect("one input request");
+    let answers = json!({key.as_str(): {"action": "accept", "content": {"color": "teal"}}});
+
+    let (status, _, v) = paint(KEY_B, Some((state, &answers)));
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32602)),
+        "{v}"
+    );
+    let (status, _, v) = paint(KEY_A, Some((state, &answers)));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["content"][0]["text"], "fence painted teal",
+        "{v}"
+    );
 }
 
 /// The official Python SDK client authenticates with an API key in both

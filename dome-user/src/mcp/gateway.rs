@@ -2400,14 +2400,22 @@ impl Gateway {
     /// answers go to the upstream's requests, and the call's stream resumes
     /// as this request's response. Answers still missing are asked again.
     async fn resume(&self, token: &str, id: Value, e: &Envelope) -> Response<Body> {
-        let parked = self
-            .sessions
-            .parked
-            .lock()
-            .expect("parked lock")
-            .remove(token)
-            .map(|(_, p)| p);
-        let Some(mut call) = parked.filter(|p| e.name.as_deref() == Some(p.tool.as_str())) else {
+        // Taken only by a retry of the same tool from the agent that began
+        // the call: anyone else's attempt leaves it waiting for its owner.
+        let parked = {
+            let mut parked = self.sessions.parked.lock().expect("parked lock");
+            let caller = current_caller();
+            match parked.get(token) {
+                Some((_, p))
+                    if e.name.as_deref() == Some(p.tool.as_str())
+                        && same_agent(p.owner.as_ref(), caller.as_ref()) =>
+                {
+                    parked.remove(token).map(|(_, p)| p)
+                }
+                _ => None,
+            }
+        };
+        let Some(mut call) = parked else {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(
@@ -3324,9 +3332,11 @@ fn relay(
             if !asks.is_empty()
                 && let Some((_, table)) = &stateless
             {
+                let mut owner = None;
                 if let Some(c) = call.as_mut() {
                     c.outcome = Some(crate::audit::record::Outcome::InputRequired);
                     c.bytes_out = bytes_out;
+                    owner = c.caller.clone();
                 }
                 drop(call.take());
                 let result = table.park(super::input::Parked {
@@ -3335,6 +3345,7 @@ fn relay(
                     parser,
                     tool,
                     redaction,
+                    owner,
                     asks: asks
                         .into_iter()
                         .enumerate()

@@ -41,6 +41,8 @@ pub struct Parked {
     pub asks: Vec<(String, Value, Value)>,
     /// What policy asked to be redacted from the call's result.
     pub redaction: Option<super::gateway::Redaction>,
+    /// Who began the call: only that agent may resume it.
+    pub owner: Option<crate::identity::authn::Caller>,
 }
 
 /// Whether capabilities a stateless caller declared (JSON text) let it
