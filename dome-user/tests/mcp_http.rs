@@ -170,6 +170,7 @@ fn batches_only_under_2025_03_26() {
     // JSON-RPC 2.0 §6: an element that is no valid request gets an error
     // of its own; a notification and an answer get none.
     let mixed = r#"[1, {"jsonrpc":"2.0","id":4}, {"jsonrpc":"1.0","id":5,"method":"ping"},
+                    {"jsonrpc":"2.0","id":null,"method":"ping"},
                     {"jsonrpc":"2.0","id":6,"method":"initialize","params":{}},
                     {"jsonrpc":"2.0","id":7,"result":{}},
                     {"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}},
@@ -188,12 +189,13 @@ fn batches_only_under_2025_03_26() {
             (Value::Null, Some(-32600)),
             (json!(4), Some(-32600)),
             (json!(5), Some(-32600)),
+            (Value::Null, Some(-32600)),
             (json!(6), Some(-32600)),
             (json!(8), None),
         ],
         "{v}"
     );
-    assert_eq!(v[4]["result"], json!({}), "{v}");
+    assert_eq!(v[5]["result"], json!({}), "{v}");
     // An empty batch is one error; one of notifications only gets 202.
     let (status, _, v) = post(&dome, &[ACCEPT, JSON, ("Mcp-Session-Id", &sid)], "[]");
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
@@ -222,6 +224,36 @@ fn client_mistakes_get_their_codes_never_a_500() {
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
     let (status, _, v) = post(&dome, &[ACCEPT, JSON], r#"{"jsonrpc":"2.0","id":1}"#);
     assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+    // MCP's ids are strings or integers, never null (plain JSON-RPC allows
+    // null and fractions; an object or array is no id anywhere).
+    let discover = |id: &str| {
+        post(
+            &dome,
+            &[
+                ACCEPT,
+                JSON,
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "server/discover"),
+            ],
+            &format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"server/discover","params":{{"_meta":{{
+                    "io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+            ),
+        )
+    };
+    for id in ["null", "1.5", r#"{"a":1}"#, "[1]", "true"] {
+        let (status, _, v) = discover(id);
+        assert_eq!(
+            (status, v["error"]["code"].as_i64(), &v["id"]),
+            (400, Some(-32600), &Value::Null),
+            "id {id}: {v}"
+        );
+    }
+    for id in [r#""req-1""#, "-7"] {
+        let (status, _, v) = discover(id);
+        assert_eq!((status, v["id"].to_string()), (200, id.to_string()), "{v}");
+    }
     // A repeated member name: policy and the upstream could read different
     // tools or resources from it, so it is refused.
     let (status, _, v) = post(

@@ -695,6 +695,19 @@ fn intent_of(e: &Envelope) -> Option<String> {
         .or_else(|| CTX.try_with(|c| c.intent.clone()).ok().flatten())
 }
 
+/// What MCP allows as a request's id.
+const ID_RULE: &str = "a request id is a string or an integer (never null)";
+
+/// Whether a request's id is one MCP allows: a string or an integer, or
+/// none at all (a notification). Not null, unlike plain JSON-RPC.
+fn request_id_ok(id: Option<&Value>) -> bool {
+    match id {
+        None | Some(Value::String(_)) => true,
+        Some(Value::Number(n)) => n.is_i64() || n.is_u64(),
+        Some(_) => false,
+    }
+}
+
 fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -1335,6 +1348,12 @@ impl Gateway {
             );
         }
         let is_response = e.method.is_none() && e.is_response;
+        if !is_response && !request_id_ok(e.id.as_ref()) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, ID_RULE),
+            );
+        }
         if e.method.is_none() && !is_response {
             return json_response(
                 StatusCode::BAD_REQUEST,
@@ -1476,6 +1495,9 @@ impl Gateway {
             let refuse = |m: &str| rpc_error(&id, code::INVALID_REQUEST, m);
             match e.method.as_deref() {
                 _ if !e.jsonrpc_ok => out.push(refuse("jsonrpc must be \"2.0\"")),
+                Some(_) if !request_id_ok(e.id.as_ref()) => {
+                    out.push(rpc_error(&Value::Null, code::INVALID_REQUEST, ID_RULE))
+                }
                 None if e.is_response => self.forward_answer(&session, text.as_bytes()),
                 None => out.push(refuse("a request needs a method")),
                 Some("notifications/cancelled") if e.id.is_none() => {
