@@ -393,6 +393,15 @@ impl Config {
         if self.mcp.page_size == 0 {
             out.push(("mcp.page_size".into(), "must be at least 1".into()));
         }
+        if self.mcp.session_idle_s == 0 {
+            out.push(("mcp.session_idle_s".into(), "must be at least 1".into()));
+        }
+        if self.mcp.max_sessions_per_agent == 0 {
+            out.push((
+                "mcp.max_sessions_per_agent".into(),
+                "must be at least 1".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let at = |f: &str| format!("upstream[{i}].{f}");
@@ -659,6 +668,13 @@ mod tests {
         assert_eq!(e.line, 4, "{e}");
         let e = err("[server]\nlisten = \"127.0.0.1:1\"\n[stats]\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!((e.field.as_str(), e.line), ("stats.listen", 4));
+        let e = err("[mcp]\npage_size = 5\nsession_idle_s = 0\n");
+        assert_eq!((e.field.as_str(), e.line), ("mcp.session_idle_s", 3));
+        let e = err("[mcp]\nmax_sessions_per_agent = 0\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("mcp.max_sessions_per_agent", 2)
+        );
     }
 
     #[test]

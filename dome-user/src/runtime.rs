@@ -635,7 +635,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 }
             }
             _ = hup.recv() => live.reload("SIGHUP").await,
-            _ = watch.tick() => live.reload("file change").await,
+            _ = watch.tick() => {
+                live.reload("file change").await;
+                live.gateway.load_full().end_idle_sessions();
+            }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
         }

@@ -211,6 +211,59 @@ fn batches_only_under_2025_03_26() {
     );
 }
 
+/// Sessions do not pile up. One unused for `session_idle_s` with nothing
+/// open is ended (its client gets 404, as for any ended session); one in
+/// use, or with its GET stream open, lives on. An agent at
+/// `max_sessions_per_agent` that opens another loses its least recently
+/// used one (callers without credentials count as one agent).
+#[test]
+fn idle_sessions_end_and_an_agent_holds_at_most_its_allowance() {
+    let (_demo, dome) = setup("[mcp]\nsession_idle_s = 2\n");
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let status_of =
+        |dome: &Dome, sid: &str| post(dome, &[ACCEPT, JSON, ("Mcp-Session-Id", sid)], ping).0;
+    let idle = initialize(&dome, "2025-11-25");
+    let used = initialize(&dome, "2025-11-25");
+    let streaming = initialize(&dome, "2025-11-25");
+    let mut stream = TcpStream::connect(dome.mcp).unwrap();
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: dome\r\nAccept: text/event-stream\r\nMcp-Session-Id: {streaming}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    // (Idle ends are checked every second.)
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(status_of(&dome, &used), 200, "used every 0.4 s");
+    }
+    assert_eq!(status_of(&dome, &idle), 404, "unused for 4 s");
+    assert_eq!(status_of(&dome, &streaming), 200, "its stream is open");
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(4000));
+    assert_eq!(
+        status_of(&dome, &streaming),
+        404,
+        "idle once its stream closed"
+    );
+
+    let (_demo, dome) = setup("[mcp]\nmax_sessions_per_agent = 2\n");
+    let (a, b) = (
+        initialize(&dome, "2025-11-25"),
+        initialize(&dome, "2025-11-25"),
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(status_of(&dome, &a), 200, "a is now the more recently used");
+    let c = initialize(&dome, "2025-11-25");
+    assert_eq!(
+        [a, b, c].map(|sid| status_of(&dome, &sid)),
+        [200, 404, 200],
+        "b made room for c"
+    );
+}
+
 #[test]
 fn client_mistakes_get_their_codes_never_a_500() {
     let (_demo, dome) = setup("[mcp]\nmax_body_bytes = 2048\n");

@@ -57,6 +57,14 @@ pub struct McpConfig {
     /// Origins allowed besides loopback ones (`Origin` header); others get 403.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// A session-era session no request has used for this long, with no
+    /// stream open and no call in flight, is ended.
+    #[serde(default = "default_session_idle")]
+    pub session_idle_s: u64,
+    /// Sessions one agent may hold (callers without credentials count as
+    /// one agent); opening one more ends its least recently used.
+    #[serde(default = "default_sessions_per_agent")]
+    pub max_sessions_per_agent: usize,
 }
 
 impl Default for McpConfig {
@@ -66,6 +74,8 @@ impl Default for McpConfig {
             max_body_bytes: default_max_body(),
             page_size: default_page(),
             allowed_origins: Vec::new(),
+            session_idle_s: default_session_idle(),
+            max_sessions_per_agent: default_sessions_per_agent(),
         }
     }
 }
@@ -78,6 +88,17 @@ fn default_max_body() -> usize {
 }
 fn default_page() -> usize {
     100
+}
+fn default_session_idle() -> u64 {
+    3600
+}
+fn default_sessions_per_agent() -> usize {
+    1000
+}
+
+/// Milliseconds on the monotonic clock: when sessions were last used.
+fn mono_ms() -> u64 {
+    crate::clock::monotonic_ns() / 1_000_000
 }
 
 /// Ids Dome gives the upstreams' requests to clients.
@@ -106,6 +127,25 @@ struct Session {
     /// The lowest log level the client wants (an index into `LOG_LEVELS`),
     /// set by its `logging/setLevel`; everything until it does.
     log_floor: std::sync::atomic::AtomicUsize,
+    /// When the client last used the session (`mono_ms`).
+    last_used: std::sync::atomic::AtomicU64,
+}
+
+impl Session {
+    fn last_used(&self) -> u64 {
+        self.last_used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the client holds something of the session open: its GET
+    /// stream, or a call in flight.
+    fn busy(&self) -> bool {
+        self.push
+            .lock()
+            .expect("push lock")
+            .as_ref()
+            .is_some_and(|p| !p.is_closed())
+            || !self.inflight.lock().expect("inflight lock").is_empty()
+    }
 }
 
 /// Removes a call from its session's in-flight table when dropped.
@@ -207,8 +247,44 @@ impl SessionTable {
     /// session id is as good as none, whatever it asks of the session
     /// (a request, its GET stream, ending it).
     fn owned(&self, id: &str) -> Option<Arc<Session>> {
-        self.get(id)
-            .filter(|s| same_agent(s.caller.as_ref(), current_caller().as_ref()))
+        let s = self
+            .get(id)
+            .filter(|s| same_agent(s.caller.as_ref(), current_caller().as_ref()))?;
+        s.last_used
+            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
+        Some(s)
+    }
+
+    /// The sessions unused for `idle_ms` by `now` (`mono_ms`) that hold
+    /// nothing open.
+    fn idle(&self, now: u64, idle_ms: u64) -> Vec<String> {
+        self.sessions
+            .read()
+            .expect("sessions lock")
+            .values()
+            .filter(|s| now.saturating_sub(s.last_used()) >= idle_ms && !s.busy())
+            .map(|s| s.id.clone())
+            .collect()
+    }
+
+    /// The sessions to end so that `caller`'s agent, about to open one
+    /// more, holds at most `cap`: its least recently used first.
+    fn over_cap(&self, caller: Option<&Caller>, cap: usize) -> Vec<String> {
+        let sessions = self.sessions.read().expect("sessions lock");
+        let mut own: Vec<(u64, &String)> = sessions
+            .values()
+            .filter(|s| same_agent(s.caller.as_ref(), caller))
+            .map(|s| (s.last_used(), &s.id))
+            .collect();
+        let over = (own.len() + 1).saturating_sub(cap.max(1));
+        if over == 0 {
+            return Vec::new();
+        }
+        own.sort_unstable();
+        own.into_iter()
+            .take(over)
+            .map(|(_, id)| id.clone())
+            .collect()
     }
 
     fn pushes(&self, ids: Option<&std::collections::HashSet<String>>) -> Vec<Push> {
@@ -1239,24 +1315,46 @@ impl Gateway {
                 ),
             );
         };
-        if self.sessions.owned(id).is_none() {
-            return session_not_found(&Value::Null);
+        if self.sessions.owned(id).is_some() && self.end_session(id) {
+            empty(StatusCode::OK)
+        } else {
+            session_not_found(&Value::Null)
         }
-        match self.sessions.remove(id) {
-            Some(uris) => {
-                // Its subscriptions end with it.
-                for uri in uris {
-                    let gw = self.clone();
-                    tokio::spawn(async move {
-                        if let Some(u) = gw.resource_upstream(&uri).await {
-                            let _ = u.want(&uri, false).await;
-                        }
-                    });
+    }
+
+    /// Ends session `id` and its upstream subscriptions; false when there
+    /// is no such session.
+    fn end_session(self: &Arc<Self>, id: &str) -> bool {
+        let Some(uris) = self.sessions.remove(id) else {
+            return false;
+        };
+        for uri in uris {
+            let gw = self.clone();
+            tokio::spawn(async move {
+                if let Some(u) = gw.resource_upstream(&uri).await {
+                    let _ = u.want(&uri, false).await;
                 }
-                empty(StatusCode::OK)
-            }
-            None => session_not_found(&Value::Null),
+            });
         }
+        true
+    }
+
+    /// Ends the sessions unused for `[mcp] session_idle_s` that hold
+    /// nothing open; returns how many. Run every second by the runtime.
+    pub fn end_idle_sessions(self: &Arc<Self>) -> usize {
+        let idle_ms = self.config.session_idle_s.saturating_mul(1000);
+        let ids = self.sessions.idle(mono_ms(), idle_ms);
+        for id in &ids {
+            self.end_session(id);
+        }
+        if !ids.is_empty() {
+            tracing::info!(
+                ended = ids.len(),
+                idle_s = self.config.session_idle_s,
+                "ended idle sessions"
+            );
+        }
+        ids.len()
     }
 
     async fn post(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
@@ -1517,9 +1615,27 @@ impl Gateway {
         json_response(StatusCode::OK, &Value::Array(out))
     }
 
-    fn initialize(&self, id: Value, e: &Envelope) -> Response<Body> {
+    fn initialize(self: &Arc<Self>, id: Value, e: &Envelope) -> Response<Body> {
         let requested = e.init_version.as_deref().unwrap_or_default();
         let version = protocol::negotiate(requested);
+        let caller = current_caller();
+        // One agent cannot fill the table: at its allowance, its least
+        // recently used session makes room (its client gets 404 and can
+        // initialize again, as for any ended session).
+        let evict = self
+            .sessions
+            .over_cap(caller.as_ref(), self.config.max_sessions_per_agent);
+        for old in &evict {
+            self.end_session(old);
+        }
+        if !evict.is_empty() {
+            tracing::info!(
+                agent = caller.as_ref().map_or("(none)", |c| c.agent.id.as_str()),
+                ended = evict.len(),
+                max_sessions_per_agent = self.config.max_sessions_per_agent,
+                "an agent at its session allowance opened another: its least recently used ended"
+            );
+        }
         let sid = new_session_id();
         self.sessions
             .sessions
@@ -1539,8 +1655,9 @@ impl Gateway {
                         .and_then(|p| serde_json::from_str::<Value>(p).ok())
                         .and_then(|p| p.get("capabilities").map(Value::to_string)),
                     local_requests: Default::default(),
-                    caller: current_caller(),
+                    caller,
                     log_floor: Default::default(),
+                    last_used: mono_ms().into(),
                 }),
             );
         let result = json!({
