@@ -369,10 +369,21 @@ impl SessionTable {
         let token = new_session_id();
         let result = super::input::input_required(&call.asks, &token);
         let now = Instant::now();
-        let mut parked = self.parked.lock().expect("parked lock");
-        parked.retain(|_, (at, _)| now.duration_since(*at) < super::input::PARK_TTL);
-        parked.insert(token, (now, call));
+        self.drop_expired_parked(now);
+        self.parked
+            .lock()
+            .expect("parked lock")
+            .insert(token, (now, call));
         result
+    }
+
+    /// Drops the parked calls no retry took in time, closing the upstream
+    /// streams they hold.
+    fn drop_expired_parked(&self, now: Instant) {
+        self.parked
+            .lock()
+            .expect("parked lock")
+            .retain(|_, (at, _)| now.duration_since(*at) < super::input::PARK_TTL);
     }
 
     /// Ends a session; returns the URIs it was subscribed to.
@@ -1340,8 +1351,10 @@ impl Gateway {
     }
 
     /// Ends the sessions unused for `[mcp] session_idle_s` that hold
-    /// nothing open; returns how many. Run every second by the runtime.
+    /// nothing open, and drops parked calls past their time; returns how
+    /// many sessions ended. Run every second by the runtime.
     pub fn end_idle_sessions(self: &Arc<Self>) -> usize {
+        self.sessions.drop_expired_parked(Instant::now());
         let idle_ms = self.config.session_idle_s.saturating_mul(1000);
         let ids = self.sessions.idle(mono_ms(), idle_ms);
         for id in &ids {
