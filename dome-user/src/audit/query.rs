@@ -132,10 +132,11 @@ impl Filter {
 
 /// Unix µs from RFC 3339, Unix seconds or an age before `now_us`.
 pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
+    // An age older than the epoch is the epoch; a number too large for µs
+    // is no time at all (checked: it would wrap, or panic in a debug build).
     let age = |n: &str, unit: u64| -> Option<u64> {
-        n.parse::<u64>()
-            .ok()
-            .map(|n| now_us.saturating_sub(n * unit * 1_000_000))
+        let back = n.parse::<u64>().ok()?.checked_mul(unit * 1_000_000)?;
+        Some(now_us.saturating_sub(back))
     };
     let parsed = if let Some(n) = s.strip_suffix('s') {
         age(n, 1)
@@ -146,9 +147,9 @@ pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
     } else if let Some(n) = s.strip_suffix('d') {
         age(n, 86_400)
     } else if s.bytes().all(|b| b.is_ascii_digit()) {
-        s.parse::<u64>().ok().map(|n| n * 1_000_000)
+        s.parse::<u64>().ok().and_then(|n| n.checked_mul(1_000_000))
     } else {
-        super::record::parse_rfc3339(s).map(|n| n * 1_000_000)
+        super::record::parse_rfc3339(s).and_then(|n| n.checked_mul(1_000_000))
     };
     parsed.ok_or_else(|| {
         format!("time `{s}`: expected RFC 3339 (2026-11-25T10:00:00Z), Unix seconds, or an age (30m, 2h, 7d)")

@@ -609,3 +609,30 @@ fn damage_inside_the_newest_segment_is_kept_not_cut() {
     assert!(got.iter().all(|(s, _)| *s != 8));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn query_times_parse_and_out_of_range_ones_are_refused() {
+    let now = 2_000_000_000 * 1_000_000;
+    assert_eq!(query::parse_time("90s", now), Ok(now - 90_000_000));
+    assert_eq!(query::parse_time("2h", now), Ok(now - 7_200_000_000));
+    assert_eq!(
+        query::parse_time("1700000000", now),
+        Ok(1_700_000_000_000_000)
+    );
+    assert_eq!(
+        query::parse_time("2026-11-25T10:00:00Z", now),
+        Ok(1_795_600_800_000_000)
+    );
+    // Older than the epoch: the epoch.
+    assert_eq!(query::parse_time("60000d", now), Ok(0));
+    // Too large for µs: refused, not wrapped (nor a panic).
+    for s in [
+        "5000000000000h",
+        "18446744073709551615",
+        "99999999999d",
+        "x",
+    ] {
+        let e = query::parse_time(s, now).unwrap_err();
+        assert!(e.contains(s), "{e}");
+    }
+}
