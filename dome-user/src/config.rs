@@ -242,11 +242,8 @@ impl Config {
     fn identity_problems(&self, out: &mut Vec<(String, String)>) {
         use crate::identity::{apikey, budget::Rate};
         let rate = |field: String, r: &Rate, out: &mut Vec<(String, String)>| {
-            if !(r.calls_per_s > 0.0 && r.calls_per_s.is_finite()) {
-                out.push((format!("{field}.calls_per_s"), "must be above 0".into()));
-            }
-            if r.burst == 0 {
-                out.push((format!("{field}.burst"), "must be at least 1".into()));
+            for (f, why) in r.problems() {
+                out.push((format!("{field}.{f}"), why.into()));
             }
         };
         if let Some(r) = &self.auth.agent_budget {

@@ -17,6 +17,19 @@ pub struct Rate {
 }
 
 impl Rate {
+    /// What is wrong with it, if anything: (the field, why). The config
+    /// file and the admin API accept the same rates.
+    pub fn problems(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        if !(self.calls_per_s > 0.0 && self.calls_per_s.is_finite()) {
+            out.push(("calls_per_s", "must be above 0"));
+        }
+        if self.burst == 0 {
+            out.push(("burst", "must be at least 1"));
+        }
+        out
+    }
+
     /// Nanoseconds between two conforming calls at the sustained rate.
     fn interval_ns(&self) -> u64 {
         if self.calls_per_s <= 0.0 {

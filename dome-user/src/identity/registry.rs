@@ -246,6 +246,17 @@ impl Registry {
         if new.name.trim().is_empty() {
             return Err(RegistryError::Invalid("name must not be empty".into()));
         }
+        // The rates the config file would accept, no others.
+        let rates = new.budget.iter().map(|r| ("budget".to_string(), r)).chain(
+            new.tool_budgets
+                .iter()
+                .map(|(t, r)| (format!("tool_budgets.{t}"), r)),
+        );
+        for (field, rate) in rates {
+            if let Some((f, why)) = rate.problems().first() {
+                return Err(RegistryError::Invalid(format!("{field}.{f} {why}")));
+            }
+        }
         let id = format!("a{}", hex::encode(rand::random::<[u8; 6]>()));
         let (key, hash) = apikey::generate(&id);
         let record = AgentRecord {
@@ -325,7 +336,8 @@ impl Registry {
             r.keys
                 .retain(|k| k.expires_unix_s.is_none_or(|e| now_unix_s < e));
             for k in &mut r.keys {
-                let until = now_unix_s + overlap_s;
+                // Saturating: an overlap past the end of time keeps them for good.
+                let until = now_unix_s.saturating_add(overlap_s);
                 k.expires_unix_s = Some(k.expires_unix_s.map_or(until, |e| e.min(until)));
             }
             r.keys.push(StoredKey {
@@ -557,6 +569,12 @@ mod tests {
         assert!(!agent.accepts(&key, 2060));
         reg.set_disabled(&id, true, 2001).unwrap();
         assert!(reg.index().agents[&id].disabled);
+        // An overlap past the end of time keeps the old keys for good
+        // (it overflowed before: a panic, and a 500 from the admin API).
+        let (_, newest) = reg.rotate(&id, u64::MAX, 2001).unwrap();
+        let agent = reg.index().agents[&id].clone();
+        assert!(agent.accepts(&new_key, u64::MAX - 1));
+        assert!(agent.accepts(&newest, u64::MAX - 1));
         reg.delete(&id, 2002).unwrap();
         assert!(!reg.index().agents.contains_key(&id));
         assert!(matches!(
@@ -587,6 +605,26 @@ mod tests {
             reg.register(bad, 0),
             Err(RegistryError::Invalid(_))
         ));
+        // Rates the config file would refuse are refused here too.
+        for (budget, tool, why) in [
+            (Some((-5.0, 1)), None, "budget.calls_per_s must be above 0"),
+            (Some((1.0, 0)), None, "budget.burst must be at least 1"),
+            (
+                None,
+                Some((0.0, 3)),
+                "tool_budgets.echo.calls_per_s must be above 0",
+            ),
+        ] {
+            let rate = |(calls_per_s, burst): (f64, u32)| Rate { calls_per_s, burst };
+            let mut bad = new_agent();
+            bad.budget = budget.map(rate);
+            bad.tool_budgets
+                .extend(tool.map(|t| ("echo".to_string(), rate(t))));
+            match reg.register(bad, 0) {
+                Err(RegistryError::Invalid(m)) => assert_eq!(m, why),
+                other => panic!("{why}: {other:?}"),
+            }
+        }
         assert!(matches!(
             reg.set_disabled("cfg-bot", true, 0),
             Err(RegistryError::FromConfig(_))
