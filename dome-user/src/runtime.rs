@@ -203,6 +203,8 @@ struct Live {
     tier: Option<Arc<KernelTier>>,
     status: Arc<Mutex<ConfigStatus>>,
     identity: Mutex<Arc<Identity>>,
+    /// The MCP listener's certificate, when it serves TLS.
+    certificates: Option<Arc<crate::transport::Certificates>>,
 }
 
 /// Builds upstream clients for `configs`, reusing `current` ones whose
@@ -224,7 +226,29 @@ fn upstreams_for(
 
 impl Live {
     /// Reads the file again; applies it when it is valid and different.
+    /// Loads the listener's certificate again when its files changed (a
+    /// renewal) or the config names others. A renewal that does not load
+    /// is reported with the file, and the certificate in use stays.
+    fn refresh_certificates(&self) {
+        let Some(certs) = &self.certificates else {
+            return;
+        };
+        let Some(tls) = self.config.lock().expect("config lock").tls.clone() else {
+            return;
+        };
+        match certs.refresh(&tls) {
+            Ok(true) => tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                error = %e,
+                "the TLS certificate files changed but do not load; the previous certificate stays in use"
+            ),
+        }
+    }
+
     async fn reload(&self, why: &str) {
+        // Certificate files are watched like the config file.
+        self.refresh_certificates();
         let text = match std::fs::read_to_string(&self.path) {
             Ok(t) => t,
             Err(e) => {
@@ -282,7 +306,9 @@ impl Live {
             needs_restart.push("server (limits)".to_string());
             applied.server = old.server.clone();
         }
-        if new.tls != old.tls {
+        // Other certificate files apply live (the next certificate check
+        // loads them); TLS on or off changes the listener.
+        if new.tls.is_some() != old.tls.is_some() {
             needs_restart.push("tls".to_string());
             applied.tls = old.tls.clone();
         }
@@ -547,9 +573,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "federated catalogs ready"
     );
     let live_gw = Arc::new(ArcSwap::new(gw));
-    let tls = match &config.tls {
-        Some(t) => Some(crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?),
-        None => None,
+    let (tls, certificates) = match &config.tls {
+        Some(t) => {
+            let (acceptor, certs) =
+                crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?;
+            (Some(acceptor), Some(certs))
+        }
+        None => (None, None),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let handler_gw = live_gw.clone();
@@ -615,6 +645,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tier: tier.clone(),
         status: config_status,
         identity: Mutex::new(identity),
+        certificates,
     });
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

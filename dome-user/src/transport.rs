@@ -16,6 +16,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto::Builder,
 };
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
 use tokio::{net::TcpListener, sync::Semaphore};
@@ -66,8 +67,58 @@ impl Drop for Conn {
     }
 }
 
-/// Loads the certificate chain and key; errors name the file.
-pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
+/// The listener's certificate, swapped in place when its files change (a
+/// renewal written over the same paths, or other paths named on reload):
+/// handshakes from then on get the new one, open connections keep theirs.
+#[derive(Debug)]
+pub struct Certificates {
+    current: arc_swap::ArcSwap<CertifiedKey>,
+    /// The files in use, and their size and modification time when last
+    /// looked at (so a broken renewal is reported once, not every second).
+    seen: std::sync::Mutex<(TlsConfig, Option<Stamp>)>,
+}
+
+type Stamp = [(u64, std::time::SystemTime); 2];
+
+fn stamp(tls: &TlsConfig) -> Option<Stamp> {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    };
+    Some([one(&tls.cert)?, one(&tls.key)?])
+}
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    /// Loads the files again if `tls` names others or they changed since
+    /// last looked at. `Ok(true)`: a new certificate is in use. An error
+    /// names the file; the certificate in use stays.
+    pub fn refresh(&self, tls: &TlsConfig) -> Result<bool, String> {
+        let now = stamp(tls);
+        {
+            let mut seen = self.seen.lock().expect("certificates lock");
+            if seen.0 == *tls && seen.1 == now {
+                return Ok(false);
+            }
+            *seen = (tls.clone(), now);
+        }
+        self.current.store(Arc::new(load_certified(tls)?));
+        Ok(true)
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and its key from their PEM files, checked to
+/// belong together; errors name the file.
+fn load_certified(tls: &TlsConfig) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
         .map_err(|e| format!("{}: {e}", tls.cert.display()))?
         .collect::<Result<_, _>>()
@@ -80,15 +131,24 @@ pub fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, String> {
     }
     let key = PrivateKeyDer::from_pem_file(&tls.key)
         .map_err(|e| format!("{}: {e}", tls.key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| format!("{} / {}: {e}", tls.cert.display(), tls.key.display()))
+}
+
+/// The TLS acceptor of the MCP listener, and its certificates (for
+/// [`Certificates::refresh`]).
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<(TlsAcceptor, Arc<Certificates>), String> {
+    let certificates = Arc::new(Certificates {
+        current: arc_swap::ArcSwap::from_pointee(load_certified(tls)?),
+        seen: std::sync::Mutex::new((tls.clone(), stamp(tls))),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("{} / {}: {e}", tls.cert.display(), tls.key.display()))?;
+        .with_cert_resolver(certificates.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok((TlsAcceptor::from(Arc::new(config)), certificates))
 }
 
 /// Checks that the files exist and load (config validation).
@@ -98,7 +158,7 @@ pub fn check_tls(tls: &TlsConfig) -> Result<(), String> {
             return Err(format!("{}: no such file", p.display()));
         }
     }
-    tls_acceptor(tls).map(|_| ())
+    load_certified(tls).map(|_| ())
 }
 
 /// The HTTP/1.1 and HTTP/2 connection settings of the MCP listener, within

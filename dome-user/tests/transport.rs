@@ -6,7 +6,7 @@ mod common;
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -19,13 +19,98 @@ fn self_signed() -> (PathBuf, PathBuf) {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cert =
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    write_self_signed(&c, &k);
+    (c, k)
+}
+
+/// A new key pair and self-signed certificate for localhost into `cert`
+/// and `key`.
+fn write_self_signed(cert: &Path, key: &Path) {
+    let made =
         rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .unwrap();
-    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&c, cert.cert.pem()).unwrap();
-    std::fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
-    (c, k)
+    std::fs::write(cert, made.cert.pem()).unwrap();
+    std::fs::write(key, made.signing_key.serialize_pem()).unwrap();
+}
+
+/// Whether an MCP `initialize` over HTTPS succeeds trusting only `ca`.
+fn handshake_trusting(port: u16, ca: &Path) -> bool {
+    Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--cacert"])
+        .arg(ca)
+        .args(["-H", "Content-Type: application/json"])
+        .args([
+            "-H",
+            "Accept: application/json, text/event-stream",
+            "-d",
+            INIT,
+        ])
+        .arg(format!("https://localhost:{port}/mcp"))
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A certificate renewed over the same files serves new connections
+/// without a restart; a renewal that does not load leaves the certificate
+/// in use, and the log says why.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tls-renew-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    write_self_signed(&cert, &key);
+    let first = dir.join("first.pem");
+    std::fs::copy(&cert, &first).unwrap();
+    let (_demo, demo) = start_demo(&[]);
+    let dome = start_dome(
+        "tls-renew",
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\n\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let port = dome.mcp.port();
+    assert!(handshake_trusting(port, &first));
+
+    write_self_signed(&cert, &key);
+    let renewed = dir.join("renewed.pem");
+    std::fs::copy(&cert, &renewed).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !handshake_trusting(port, &renewed) {
+        assert!(Instant::now() < deadline, "the renewal was never served");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        !handshake_trusting(port, &first),
+        "new connections no longer get the first certificate"
+    );
+
+    std::fs::write(&cert, "-----BEGIN CERTIFICATE-----\ntorn\n").unwrap();
+    let log = dome.config.with_extension("log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("do not load")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the broken renewal was never reported"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&cert.display().to_string()),
+        "names the file: {text}"
+    );
+    assert!(
+        handshake_trusting(port, &renewed),
+        "the certificate in use stays"
+    );
 }
 
 #[test]
