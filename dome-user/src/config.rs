@@ -82,6 +82,10 @@ pub struct ServerConfig {
     /// (SO_REUSEPORT) and upstream connections; 0 means one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// On SIGTERM or SIGINT, how long open connections get to finish the
+    /// requests they are on before Dome exits, milliseconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -94,6 +98,7 @@ impl Default for ServerConfig {
             body_timeout_ms: default_body_timeout(),
             max_concurrent_streams: default_streams(),
             workers: 0,
+            shutdown_grace_ms: default_shutdown_grace(),
         }
     }
 }
@@ -123,6 +128,9 @@ fn default_body_timeout() -> u64 {
 }
 fn default_streams() -> u32 {
     100
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {

@@ -583,7 +583,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let handler_gw = live_gw.clone();
-    let mcp_addr = crate::transport::serve(
+    let (mcp_addr, stop) = crate::transport::serve(
         config.server.listen,
         tls,
         config.server.limits(),
@@ -608,8 +608,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         reloads: 0,
         last_reload: None,
     }));
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let state = Arc::new(StatsState {
         started: Instant::now(),
+        draining: draining.clone(),
         metrics: metrics.clone(),
         xdp_status: status,
         tier: tier.clone(),
@@ -670,9 +672,30 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 live.reload("file change").await;
                 live.gateway.load_full().end_idle_sessions();
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining, then shutting down"); break }
+            _ = int.recv() => { tracing::info!("SIGINT: draining, then shutting down"); break }
         }
+    }
+    // Draining: readiness turns false, streams that never end are closed,
+    // the listener stops accepting and open requests finish, within the
+    // grace period.
+    draining.store(true, std::sync::atomic::Ordering::Release);
+    live.sessions.close_streams();
+    let grace_ms = live
+        .config
+        .lock()
+        .expect("config lock")
+        .server
+        .shutdown_grace_ms;
+    let left = stop.drain(Duration::from_millis(grace_ms)).await;
+    if left == 0 {
+        tracing::info!("every connection finished");
+    } else {
+        tracing::warn!(
+            open = left,
+            grace_ms,
+            "connections still open at the end of the grace period"
+        );
     }
     for task in background {
         task.abort();

@@ -7,14 +7,17 @@ use std::{
     future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto::Builder,
+    server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -181,16 +184,56 @@ pub fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
     builder
 }
 
+/// Stops a listener started by [`serve`] gracefully.
+pub struct Stop {
+    signal: tokio::sync::watch::Sender<bool>,
+    open: Arc<AtomicUsize>,
+}
+
+impl Stop {
+    /// Closes the listening sockets (new connections are refused by the
+    /// kernel) and has every open connection finish the request it is on
+    /// and close (HTTP/1.1 after its response, HTTP/2 with GOAWAY). Returns
+    /// how many connections were still open when `grace` ran out.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let _ = self.signal.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let open = self.open.load(Ordering::Acquire);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Binds `addr` once per worker (SO_REUSEPORT) and serves `handler` on
 /// every connection, within `limits` (the connection limit is shared out
-/// over the workers).
+/// over the workers), until [`Stop::drain`].
 pub fn serve<H, F>(
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     limits: Limits,
     workers: usize,
     handler: H,
-) -> std::io::Result<SocketAddr>
+) -> std::io::Result<(SocketAddr, Stop)>
 where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
@@ -202,6 +245,9 @@ where
     // another worker holds the free slot.
     let share = limits.max_connections.div_ceil(listeners.len()).max(1);
     let builder = Arc::new(http_builder(&limits));
+    let (signal, stop) = tokio::sync::watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
     crate::workers::spawn(listeners, move |listener| {
         accept_loop(
             listener,
@@ -210,9 +256,10 @@ where
             Arc::new(Semaphore::new(share)),
             builder.clone(),
             handler.clone(),
+            (stop.clone(), count.clone()),
         )
     })?;
-    Ok(local)
+    Ok((local, Stop { signal, open }))
 }
 
 async fn accept_loop<H, F>(
@@ -222,17 +269,27 @@ async fn accept_loop<H, F>(
     permits: Arc<Semaphore>,
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
+    (mut stop, open): (tokio::sync::watch::Receiver<bool>, Arc<AtomicUsize>),
 ) where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
 {
+    let graceful = GracefulShutdown::new();
     loop {
         // At the connection limit, stop accepting: new connections wait
         // in the kernel's backlog instead of being accepted and starved.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.wait_for(|s| *s) => break,
         };
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -249,8 +306,9 @@ async fn accept_loop<H, F>(
             local_port: stream.local_addr().map_or(0, |a| a.port()),
             binding: std::sync::Mutex::new(None),
         });
+        let (watcher, open) = (graceful.watcher(), Open::new(&open));
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, open);
             // The connection goes to the handler as an argument, not as a
             // request extension (which costs two allocations per request).
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -262,8 +320,8 @@ async fn accept_loop<H, F>(
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
                     {
                         Ok(Ok(tls_stream)) => {
-                            builder
-                                .serve_connection(TokioIo::new(tls_stream), svc)
+                            watcher
+                                .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
                                 .await
                         }
                         Ok(Err(e)) => {
@@ -276,13 +334,21 @@ async fn accept_loop<H, F>(
                         }
                     }
                 }
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+                None => {
+                    watcher
+                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                        .await
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
+    // Stopping: the socket closes now; open connections finish their
+    // requests (the runtime lives until they have).
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// A plain HTTP/1.1 listener on `addr` answering each request with

@@ -264,6 +264,85 @@ fn idle_sessions_end_and_an_agent_holds_at_most_its_allowance() {
     );
 }
 
+/// SIGTERM drains: `/readyz` turns 503, the listener stops taking
+/// connections, a call in flight finishes with its result, an open GET
+/// stream is ended (rather than holding Dome to its 10 s grace period),
+/// and Dome exits cleanly.
+#[test]
+fn sigterm_drains_calls_in_flight_and_closes_streams() {
+    let (_demo, mut dome) = setup("");
+    assert_eq!(http(dome.stats, "GET", "/healthz", &[], "").0, 200);
+    let (status, _, body) = http(dome.stats, "GET", "/readyz", &[], "");
+    assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
+
+    let sid = initialize(&dome, "2025-11-25");
+    let mut stream = TcpStream::connect(dome.mcp).unwrap();
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: dome\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+
+    // A call of ten 300 ms steps, in flight when the signal comes.
+    let (mcp, call_sid) = (dome.mcp, sid.clone());
+    let call = std::thread::spawn(move || {
+        let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "slow", "arguments": {"steps": 10, "delay_ms": 300}}});
+        http(
+            mcp,
+            "POST",
+            "/mcp",
+            &[ACCEPT, JSON, ("Mcp-Session-Id", &call_sid)],
+            &body.to_string(),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(dome.proc.child.id() as i32, libc::SIGTERM) };
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (status, _, body) = http(dome.stats, "GET", "/readyz", &[], "");
+        if status == 503 {
+            assert!(body.contains("draining"), "{body}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unready: {status} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(dome.mcp).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "still accepting");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut rest = Vec::new();
+    stream
+        .read_to_end(&mut rest)
+        .expect("the GET stream ends, well before the grace period");
+
+    let (status, _, body) = call.join().unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("done after 10 steps"), "{body}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let exit = loop {
+        if let Some(s) = dome.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "dome did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "{exit}");
+}
+
 #[test]
 fn client_mistakes_get_their_codes_never_a_500() {
     let (_demo, dome) = setup("[mcp]\nmax_body_bytes = 2048\n");

@@ -176,6 +176,8 @@ pub struct SessionTable {
     /// Calls waiting for a stateless caller's input, by the token in the
     /// `requestState` it was given (see `input`).
     parked: std::sync::Mutex<HashMap<String, (Instant, super::input::Parked)>>,
+    /// Set when Dome shuts down: the streams that would never end close.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// One client's `subscriptions/listen` stream: what it asked for (and
@@ -375,6 +377,16 @@ impl SessionTable {
             .expect("parked lock")
             .insert(token, (now, call));
         result
+    }
+
+    /// At shutdown: ends every session's GET stream and every listen
+    /// stream, which would otherwise keep their connections open to the
+    /// end of the grace period (calls in flight finish as usual).
+    pub fn close_streams(&self) {
+        let _ = self.closing.send(true);
+        for s in self.sessions.read().expect("sessions lock").values() {
+            s.push.lock().expect("push lock").take();
+        }
     }
 
     /// Drops the parked calls no retry took in time, closing the upstream
@@ -3039,9 +3051,15 @@ impl Gateway {
             },
         );
         let table = self.sessions.clone();
+        let mut closing = table.closing.subscribe();
         tokio::spawn(async move {
-            // The client closed the stream: forget it and its URIs.
-            tx.closed().await;
+            // The client closed the stream, or Dome is shutting down: forget
+            // it and its URIs (the stream ends once this sender goes too).
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = closing.wait_for(|c| *c) => {}
+            }
+            drop(tx);
             table.listens.lock().expect("listens lock").remove(&key);
             for (u, uri) in wanted {
                 let _ = u.want(&uri, false).await;

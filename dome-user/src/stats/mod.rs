@@ -1,5 +1,5 @@
-//! The stats listener: `GET /stats` (JSON) and `GET /metrics` (Prometheus
-//! text). Latency histograms per phase, tool and upstream; request counts by
+//! The stats listener: `GET /stats` (JSON), `GET /metrics` (Prometheus
+//! text), and `GET /healthz` and `GET /readyz` for load balancers. Latency histograms per phase, tool and upstream; request counts by
 //! method, HTTP status and JSON-RPC error; the kernel tier's attach state,
 //! counters and events.
 
@@ -16,6 +16,8 @@ use crate::xdp::{EventStats, KernelTier, XdpStatus};
 /// What `/stats` reports.
 pub struct StatsState {
     pub started: Instant,
+    /// Set once Dome has begun to shut down (`/readyz` answers 503).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: Arc<metrics::Metrics>,
     pub xdp_status: XdpStatus,
     pub tier: Option<Arc<KernelTier>>,
@@ -28,6 +30,18 @@ pub struct StatsState {
 }
 
 impl StatsState {
+    /// Whether Dome should be sent traffic, and if not, why not: it is
+    /// draining, or its audit trail cannot write (calls fail closed).
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("draining: shutting down".into());
+        }
+        match self.audit.failing() {
+            Some(why) => Err(format!("the audit trail cannot write: {why}")),
+            None => Ok(()),
+        }
+    }
+
     pub fn snapshot(&self) -> serde_json::Value {
         let mut xdp = serde_json::to_value(&self.xdp_status).unwrap_or_default();
         let enforcement = match self.xdp_status {
@@ -121,6 +135,17 @@ fn respond(state: &StatsState, req: &Request<Incoming>) -> Response<Full<Bytes>>
     };
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/stats") => json(StatusCode::OK, state.snapshot()),
+        // Liveness: the process answers.
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        // Readiness, for a load balancer: 503 while draining or when calls
+        // would fail closed.
+        (&Method::GET, "/readyz") => match state.readiness() {
+            Ok(()) => json(StatusCode::OK, serde_json::json!({"ready": true})),
+            Err(why) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"ready": false, "reason": why}),
+            ),
+        },
         (&Method::GET, "/metrics") => Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -132,7 +157,7 @@ fn respond(state: &StatsState, req: &Request<Incoming>) -> Response<Full<Bytes>>
         ),
         _ => json(
             StatusCode::NOT_FOUND,
-            serde_json::json!({"error": "not found; try GET /stats"}),
+            serde_json::json!({"error": "not found; try GET /stats, /metrics, /healthz or /readyz"}),
         ),
     }
 }
