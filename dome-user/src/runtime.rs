@@ -225,7 +225,6 @@ fn upstreams_for(
 }
 
 impl Live {
-    /// Reads the file again; applies it when it is valid and different.
     /// Loads the listener's certificate again when its files changed (a
     /// renewal) or the config names others. A renewal that does not load
     /// is reported with the file, and the certificate in use stays.
@@ -246,6 +245,7 @@ impl Live {
         }
     }
 
+    /// Reads the file again; applies it when it is valid and different.
     async fn reload(&self, why: &str) {
         // Certificate files are watched like the config file.
         self.refresh_certificates();

@@ -184,7 +184,8 @@ pub fn http_builder(limits: &Limits) -> Builder<TokioExecutor> {
     builder
 }
 
-/// Stops a listener started by [`serve`] gracefully.
+/// Stops a listener started by [`serve`] gracefully. Dropping it stops the
+/// listener as well (without waiting).
 pub struct Stop {
     signal: tokio::sync::watch::Sender<bool>,
     open: Arc<AtomicUsize>,
