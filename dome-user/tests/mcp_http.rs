@@ -211,6 +211,20 @@ fn batches_only_under_2025_03_26() {
     );
 }
 
+/// Opens session `sid`'s GET stream and reads as far as its 200.
+fn open_get_stream(dome: &Dome, sid: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(dome.mcp).unwrap();
+    write!(
+        stream,
+        "GET /mcp HTTP/1.1\r\nHost: dome\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    stream
+}
+
 /// Sessions do not pile up. One unused for `session_idle_s` with nothing
 /// open is ended (its client gets 404, as for any ended session); one in
 /// use, or with its GET stream open, lives on. An agent at
@@ -225,15 +239,7 @@ fn idle_sessions_end_and_an_agent_holds_at_most_its_allowance() {
     let idle = initialize(&dome, "2025-11-25");
     let used = initialize(&dome, "2025-11-25");
     let streaming = initialize(&dome, "2025-11-25");
-    let mut stream = TcpStream::connect(dome.mcp).unwrap();
-    write!(
-        stream,
-        "GET /mcp HTTP/1.1\r\nHost: dome\r\nAccept: text/event-stream\r\nMcp-Session-Id: {streaming}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    let stream = open_get_stream(&dome, &streaming);
     // (Idle ends are checked every second.)
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(400));
@@ -276,15 +282,7 @@ fn sigterm_drains_calls_in_flight_and_closes_streams() {
     assert_eq!((status, body.as_str()), (200, r#"{"ready":true}"#));
 
     let sid = initialize(&dome, "2025-11-25");
-    let mut stream = TcpStream::connect(dome.mcp).unwrap();
-    write!(
-        stream,
-        "GET /mcp HTTP/1.1\r\nHost: dome\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\n\r\n"
-    )
-    .unwrap();
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200", "the stream is open");
+    let mut stream = open_get_stream(&dome, &sid);
     stream
         .set_read_timeout(Some(Duration::from_secs(8)))
         .unwrap();
