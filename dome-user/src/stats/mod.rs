@@ -1,7 +1,8 @@
 //! The stats listener: `GET /stats` (JSON), `GET /metrics` (Prometheus
-//! text), and `GET /healthz` and `GET /readyz` for load balancers. Latency histograms per phase, tool and upstream; request counts by
-//! method, HTTP status and JSON-RPC error; the kernel tier's attach state,
-//! counters and events.
+//! text), and `GET /healthz` and `GET /readyz` for load balancers. Latency
+//! histograms per phase, tool and upstream; request counts by method, HTTP
+//! status and JSON-RPC error; the kernel tier's attach state, counters and
+//! events.
 
 pub mod metrics;
 
