@@ -309,6 +309,8 @@ fn sigterm_drains_calls_in_flight_and_closes_streams() {
         let (status, _, body) = http(dome.stats, "GET", "/readyz", &[], "");
         if status == 503 {
             assert!(body.contains("draining"), "{body}");
+            let (_, _, metrics) = http(dome.stats, "GET", "/metrics", &[], "");
+            assert!(metrics.contains("\ndome_ready 0\n"), "{metrics}");
             break;
         }
         assert!(
@@ -644,6 +646,9 @@ fn stats_show_latency_histograms_and_counts() {
         "{text}"
     );
     assert!(text.contains("dome_xdp_attached 0"), "{text}");
+    // The session opened above, and readiness as /readyz has it.
+    assert!(text.contains("\ndome_sessions 1\n"), "{text}");
+    assert!(text.contains("\ndome_ready 1\n"), "{text}");
 }
 
 fn demo_stats(addr: std::net::SocketAddr) -> Value {

@@ -118,6 +118,12 @@ impl StatsState {
             load(&a.syncs),
             self.audit.queued()
         ));
+        out.push_str(&format!(
+            "# TYPE dome_sessions gauge\ndome_sessions {}\n\
+             # TYPE dome_ready gauge\ndome_ready {}\n",
+            self.sessions.len(),
+            self.readiness().is_ok() as u8
+        ));
         let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;
         out.push_str(&format!(
             "# TYPE dome_xdp_attached gauge\ndome_xdp_attached {attached}\n"
