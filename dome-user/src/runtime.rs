@@ -670,7 +670,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = hup.recv() => live.reload("SIGHUP").await,
             _ = watch.tick() => {
                 live.reload("file change").await;
-                live.gateway.load_full().end_idle_sessions();
+                live.gateway.load_full().sweep_expired();
             }
             _ = term.recv() => { tracing::info!("SIGTERM: draining, then shutting down"); break }
             _ = int.recv() => { tracing::info!("SIGINT: draining, then shutting down"); break }

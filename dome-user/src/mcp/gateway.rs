@@ -1365,7 +1365,7 @@ impl Gateway {
     /// Ends the sessions unused for `[mcp] session_idle_s` that hold
     /// nothing open, and drops parked calls past their time; returns how
     /// many sessions ended. Run every second by the runtime.
-    pub fn end_idle_sessions(self: &Arc<Self>) -> usize {
+    pub fn sweep_expired(self: &Arc<Self>) -> usize {
         self.sessions.drop_expired_parked(Instant::now());
         let idle_ms = self.config.session_idle_s.saturating_mul(1000);
         let ids = self.sessions.idle(mono_ms(), idle_ms);
@@ -3502,13 +3502,12 @@ fn relay(
             if !asks.is_empty()
                 && let Some((_, table)) = &stateless
             {
-                let mut owner = None;
-                if let Some(c) = call.as_mut() {
+                // The record is written as it drops; its caller owns the call.
+                let owner = call.take().and_then(|mut c| {
                     c.outcome = Some(crate::audit::record::Outcome::InputRequired);
                     c.bytes_out = bytes_out;
-                    owner = c.caller.clone();
-                }
-                drop(call.take());
+                    c.caller.clone()
+                });
                 let result = table.park(super::input::Parked {
                     upstream: up.clone(),
                     body,
