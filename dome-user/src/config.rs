@@ -398,6 +398,18 @@ impl Config {
         if self.mcp.page_size == 0 {
             out.push(("mcp.page_size".into(), "must be at least 1".into()));
         }
+        if !(1..=crate::mcp::gateway::MAX_JSON_DEPTH_LIMIT).contains(&self.mcp.max_json_depth) {
+            out.push((
+                "mcp.max_json_depth".into(),
+                format!(
+                    "must be between 1 and {}",
+                    crate::mcp::gateway::MAX_JSON_DEPTH_LIMIT
+                ),
+            ));
+        }
+        if self.mcp.max_intent_bytes == 0 {
+            out.push(("mcp.max_intent_bytes".into(), "must be at least 1".into()));
+        }
         if self.mcp.session_idle_s == 0 {
             out.push(("mcp.session_idle_s".into(), "must be at least 1".into()));
         }

@@ -54,6 +54,11 @@ struct State {
     counter: AtomicU64,
     /// Open `subscriptions/listen` streams (stateless era).
     listens: Mutex<Vec<DemoListen>>,
+    /// `tools/list` requests answered: lets tests see what Dome asks for.
+    tool_lists: AtomicU64,
+    aliases: Mutex<Vec<String>>,
+    /// Where it listens (an alias's answer names it).
+    addr: String,
 }
 
 /// One `subscriptions/listen` stream: its id, what it asked for, where it goes.
@@ -108,7 +113,7 @@ impl State {
 }
 
 /// How the demo upstream behaves.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct DemoOptions {
     /// Speak only the session era (as servers written before 2026-07-28 do).
     pub session_only: bool,
@@ -119,6 +124,10 @@ pub struct DemoOptions {
     pub resources: bool,
     /// Offer `whoami`, which shows the identity headers a call arrived with.
     pub whoami: bool,
+    /// More names for `echo` (each answers `NAME@ADDR:` and the message);
+    /// `POST /demo-alias` with a name as its body adds one while it runs.
+    /// Lets tests publish names that clash or trespass.
+    pub aliases: Vec<String>,
 }
 
 /// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
@@ -137,6 +146,8 @@ pub async fn serve_with(
         session_only: options.session_only,
         resources: options.resources,
         whoami: options.whoami,
+        aliases: Mutex::new(options.aliases),
+        addr: local.to_string(),
         ..Default::default()
     });
     let task = tokio::spawn(async move {
@@ -195,12 +206,22 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 "slow_completed": state.slow_completed.load(Ordering::Relaxed),
                 "slow_aborted": state.slow_aborted.load(Ordering::Relaxed),
                 "slow_cancelled": state.slow_cancelled.load(Ordering::Relaxed),
+                "tool_lists": state.tool_lists.load(Ordering::Relaxed),
                 "listens": listens,
                 "subscribers": state.subscriptions.lock().unwrap().iter()
                     .map(|(uri, set)| (uri.clone(), set.len()))
                     .collect::<std::collections::HashMap<_, _>>(),
             }),
         );
+    }
+    if req.uri().path() == "/demo-alias" {
+        use http_body_util::BodyExt;
+        let Ok(body) = req.into_body().collect().await else {
+            return full(StatusCode::BAD_REQUEST, json!({}));
+        };
+        let name = String::from_utf8_lossy(&body.to_bytes()).trim().to_string();
+        state.aliases.lock().unwrap().push(name);
+        return full(StatusCode::OK, json!({}));
     }
     if req.uri().path() == "/demo-touch" {
         let n = state.counter.fetch_add(1, Ordering::Relaxed) + 1;
@@ -353,6 +374,9 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         json!({"jsonrpc": "2.0", "id": id, "result": result})
     };
+    if method == "tools/list" {
+        state.tool_lists.fetch_add(1, Ordering::Relaxed);
+    }
     match method.as_str() {
         "server/discover" => full(
             StatusCode::OK,
@@ -436,6 +460,13 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     "inputSchema": {"type": "object"},
                 }));
             }
+            for alias in state.aliases.lock().unwrap().iter() {
+                list.as_array_mut().expect("array").push(json!({
+                    "name": alias,
+                    "description": "echo, under another name",
+                    "inputSchema": {"type": "object"},
+                }));
+            }
             if state.resources {
                 list.as_array_mut().expect("array").push(json!({
                     "name": "ask_then_cancel",
@@ -448,7 +479,21 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
         "tools/call" => {
             let name = msg["params"]["name"].as_str().unwrap_or_default();
             let args = &msg["params"]["arguments"];
+            let alias = state.aliases.lock().unwrap().iter().any(|a| a == name);
             match name {
+                _ if alias => {
+                    let text = format!(
+                        "{name}@{}:{}",
+                        state.addr,
+                        args["message"].as_str().unwrap_or_default()
+                    );
+                    full(
+                        StatusCode::OK,
+                        complete(
+                            json!({"content": [{"type": "text", "text": text}], "isError": false}),
+                        ),
+                    )
+                }
                 "echo" => {
                     let text = args["message"].as_str().unwrap_or_default();
                     full(
@@ -464,6 +509,8 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     StatusCode::OK,
                     complete(json!({
                         "content": [{"type": "text", "text": Value::Object(identity_headers).to_string()}],
+                        // What arrived in `_meta`, for tests of what Dome passes on.
+                        "structuredContent": {"meta": msg["params"]["_meta"].clone()},
                         "isError": false,
                     })),
                 ),

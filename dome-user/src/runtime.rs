@@ -398,6 +398,8 @@ impl Live {
             Duration::from_millis(applied.server.body_timeout_ms),
             identity,
         );
+        // Names a clash gave stay through a reload.
+        gw.inherit_names(&self.gateway.load());
         let counts = gw.refresh_all().await;
         // Requests in flight keep the gateway they started on.
         self.gateway.store(gw);

@@ -344,6 +344,52 @@ fn sigterm_drains_calls_in_flight_and_closes_streams() {
 }
 
 #[test]
+fn a_message_nested_thousands_deep_is_refused_and_dome_keeps_serving() {
+    let (_demo, mut dome) = setup("[mcp]\nmax_json_depth = 128\n");
+    // 15,000 levels in 30 KB aborted the process (a stack overflow in a
+    // recursive re-encoding), for every tenant at once.
+    let deep =
+        |open: &str, close: &str| format!("{}1{}", open.repeat(15_000), close.repeat(15_000));
+    let bodies = [
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":{}}}}}}}"#,
+            deep("[", "]")
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{{"_meta":{{"x":{}}}}}}}"#,
+            deep(r#"{"a":"#, "}")
+        ),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{},"method":"ping"}}"#,
+            deep("[", "]")
+        ),
+        format!(
+            r#"[{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}}]"#,
+            deep("[", "]")
+        ),
+    ];
+    for body in &bodies {
+        let (status, _, v) = post(&dome, &[ACCEPT, JSON], body);
+        assert_eq!((status, v["error"]["code"].as_i64()), (400, Some(-32600)));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("deeper than 128"),
+            "{v}"
+        );
+    }
+    assert!(dome.proc.child.try_wait().unwrap().is_none(), "dome exited");
+    let (h, body) = stateless(
+        "tools/call",
+        Some("echo"),
+        json!({"arguments": {"message": [[["ok"]]]}}),
+    );
+    let (status, _, v) = post(&dome, &as_refs(&h), &body);
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
 fn client_mistakes_get_their_codes_never_a_500() {
     let (_demo, dome) = setup("[mcp]\nmax_body_bytes = 2048\n");
     let (status, _, v) = post(&dome, &[ACCEPT, JSON], "{not json");

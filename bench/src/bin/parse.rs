@@ -92,7 +92,7 @@ fn serde_raw(body: &[u8]) -> Extracted {
 }
 
 fn simd(body: &[u8]) -> Extracted {
-    match envelope::parse(body).unwrap() {
+    match envelope::parse(body, envelope::DEFAULT_MAX_DEPTH).unwrap() {
         // The method as an owned string like the baselines' (Dome keeps
         // known methods as static strings; copying here only costs simd).
         Parsed::One(e) => (

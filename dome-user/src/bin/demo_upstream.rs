@@ -1,7 +1,8 @@
 //! `dome-demo-upstream [ADDR] [--session-only] [--resources] [--whoami]`: the
 //! bundled demo MCP server (default 127.0.0.1:8091). `--session-only` speaks
 //! only the session era; `--resources` adds a subscribable resource;
-//! `--whoami` adds a tool that shows the identity headers a call arrived with.
+//! `--whoami` adds a tool that shows the identity headers a call arrived with;
+//! `--alias=NAME` (any number) publishes `echo` under NAME too.
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -12,6 +13,11 @@ async fn main() -> std::process::ExitCode {
     let session_only = args.iter().any(|a| a == "--session-only");
     let resources = args.iter().any(|a| a == "--resources");
     let whoami = args.iter().any(|a| a == "--whoami");
+    let aliases = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--alias="))
+        .map(str::to_string)
+        .collect();
     let addr = args
         .iter()
         .find(|a| !a.starts_with("--"))
@@ -30,6 +36,7 @@ async fn main() -> std::process::ExitCode {
             session_only,
             resources,
             whoami,
+            aliases,
         },
     )
     .await

@@ -100,6 +100,9 @@ pub struct Verifier {
     pub by_issuer: HashMap<String, Arc<Provider>>,
 }
 
+/// The longest agent or user a token may name.
+pub const MAX_CLAIM_BYTES: usize = 256;
+
 fn invalid(m: impl Into<String>) -> JwtError {
     JwtError::Invalid(m.into())
 }
@@ -291,6 +294,16 @@ impl Verifier {
         let user = claims[p.config.user_claim.as_str()]
             .as_str()
             .map(str::to_string);
+        // Both go into every audit record and assertion, as the
+        // `Dome-User` header does, which has the same cap.
+        if [&agent, &user]
+            .iter()
+            .any(|c| c.as_ref().is_some_and(|c| c.len() > MAX_CLAIM_BYTES))
+        {
+            return Err(invalid(format!(
+                "the agent or user claim is longer than {MAX_CLAIM_BYTES} bytes"
+            )));
+        }
         Ok((
             Verified {
                 tenant: p.tenant.clone(),

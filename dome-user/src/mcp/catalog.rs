@@ -75,6 +75,8 @@ impl Kind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
     pub upstream: usize,
+    /// The upstream's name (a name outlives a reload; an index may not).
+    pub label: Arc<str>,
     /// The upstream's own name for the item.
     pub original: Arc<str>,
     /// The name Dome shows (the routing key), shared with call records.
@@ -92,6 +94,10 @@ pub struct Catalog {
     pub unavailable: HashMap<String, Route>,
     /// Content hash: a pagination cursor is only valid for the snapshot it came from.
     pub version: u64,
+    /// Items left out, and why (on `/stats`).
+    pub conflicts: Vec<Conflict>,
+    /// The upstreams that failed this listing (retried with backoff).
+    pub failed: Vec<usize>,
 }
 
 /// Upper bound on pages fetched from one upstream (a loop guard).
@@ -103,12 +109,13 @@ const MAX_PAGES: usize = 1000;
 pub async fn build(kind: Kind, upstreams: &[Arc<Upstream>], previous: &Catalog) -> Catalog {
     let lists = list_everywhere(kind, upstreams).await;
     let failed: Vec<usize> = (0..lists.len()).filter(|i| lists[*i].is_none()).collect();
-    let mut cat = assemble(kind, upstreams, lists);
+    let mut cat = assemble(kind, upstreams, lists, previous);
     for (key, route) in previous.routes.iter().chain(previous.unavailable.iter()) {
         if failed.contains(&route.upstream) && !cat.routes.contains_key(key) {
             cat.unavailable.insert(key.clone(), route.clone());
         }
     }
+    cat.failed = failed;
     cat
 }
 
@@ -168,24 +175,58 @@ async fn list_all(kind: Kind, u: &Upstream) -> Result<Vec<Value>, String> {
     Err(format!("more than {MAX_PAGES} pages of {}", kind.field()))
 }
 
-/// Names and routes the listed items (pure; `lists[i]` belongs to `upstreams[i]`).
+/// Names and routes the listed items (pure; `lists[i]` belongs to
+/// `upstreams[i]`), keeping the names `previous` gave.
 pub fn assemble(
     kind: Kind,
     upstreams: &[Arc<Upstream>],
     lists: Vec<Option<Vec<Value>>>,
+    previous: &Catalog,
 ) -> Catalog {
     let modes: Vec<(String, PrefixMode)> = upstreams
         .iter()
         .map(|u| (u.name().to_string(), u.config.prefix))
         .collect();
-    assemble_named(kind, &modes, lists)
+    assemble_named(kind, &modes, lists, previous)
+}
+
+/// Why an item an upstream listed is not in the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conflict {
+    pub upstream: String,
+    /// The item's key as the upstream lists it.
+    pub original: String,
+    /// The key it would have had.
+    pub public: String,
+    pub why: &'static str,
+}
+
+impl Conflict {
+    pub fn to_json(&self, kind: Kind) -> Value {
+        serde_json::json!({
+            "kind": kind.field(), "upstream": self.upstream, "original": self.original,
+            "public": self.public, "why": self.why,
+        })
+    }
 }
 
 /// As [`assemble`], from (name, prefix mode) pairs.
+///
+/// A name, once given, stays: an item `previous` listed keeps its public
+/// key while its upstream lists it, whatever another upstream starts to
+/// publish. Before, a second upstream publishing `delete_all` renamed the
+/// first one's (under `on_conflict`) to `up.delete_all`, so an exact-name
+/// deny rule stopped applying to it; and a URI or `never`-prefixed name
+/// moved to whichever upstream was listed first. A newcomer that clashes
+/// gets its prefix (or, where there is none, is left out). And no item may
+/// take a key in another upstream's namespace (`bank.transfer` listed by
+/// any upstream but `bank`): it would receive the calls, arguments and
+/// assertions meant for `bank`. What is left out is in `conflicts`.
 pub fn assemble_named(
     kind: Kind,
     upstreams: &[(String, PrefixMode)],
     lists: Vec<Option<Vec<Value>>>,
+    previous: &Catalog,
 ) -> Catalog {
     let key = kind.key();
     let mut count: HashMap<&str, usize> = HashMap::new();
@@ -196,37 +237,112 @@ pub fn assemble_named(
             }
         }
     }
+    // (upstream, original) → the public key the last snapshot gave it.
+    let given: HashMap<(&str, &str), &str> = previous
+        .routes
+        .values()
+        .chain(previous.unavailable.values())
+        .map(|r| ((&*r.label, &*r.original), &*r.public))
+        .collect();
+    let foreign = |public: &str, own: &str| {
+        public
+            .split_once('.')
+            .is_some_and(|(ns, _)| ns != own && upstreams.iter().any(|(name, _)| name == ns))
+    };
     let mut cat = Catalog::default();
+    // Each item's key, decided in two passes: the keys given before are
+    // claimed first, so a newcomer cannot take one.
+    let mut names: Vec<Vec<Option<String>>> = lists
+        .iter()
+        .map(|l| vec![None; l.as_ref().map_or(0, Vec::len)])
+        .collect();
+    let mut claimed: HashMap<String, usize> = HashMap::new();
+    for sticky in [true, false] {
+        for (i, list) in lists.iter().enumerate() {
+            let Some(list) = list else { continue };
+            let (uname, mode) = &upstreams[i];
+            for (j, t) in list.iter().enumerate() {
+                let Some(original) = t[key].as_str() else {
+                    continue;
+                };
+                if names[i][j].is_some() {
+                    continue;
+                }
+                let bare = original.to_string();
+                let prefixed = || format!("{uname}.{original}");
+                let public = if sticky {
+                    // Only a key the upstream's mode could give it now.
+                    match given.get(&(uname.as_str(), original)) {
+                        Some(&p)
+                            if p == original
+                                && (*mode != PrefixMode::Always || !kind.renamed()) =>
+                        {
+                            bare
+                        }
+                        Some(&p)
+                            if kind.renamed() && *mode != PrefixMode::Never && p == prefixed() =>
+                        {
+                            prefixed()
+                        }
+                        _ => continue,
+                    }
+                } else if !kind.renamed() {
+                    bare
+                } else {
+                    match mode {
+                        PrefixMode::Always => prefixed(),
+                        PrefixMode::Never => bare,
+                        PrefixMode::OnConflict
+                            if count.get(original).copied().unwrap_or(0) > 1
+                                || claimed.contains_key(original) =>
+                        {
+                            prefixed()
+                        }
+                        PrefixMode::OnConflict => bare,
+                    }
+                };
+                let why = if kind == Kind::Tools && !protocol::valid_tool_name(&public) {
+                    Some("a tool name is 1 to 128 characters of [A-Za-z0-9_.-]")
+                } else if kind.renamed() && foreign(&public, uname) {
+                    Some("in another upstream's namespace")
+                } else if claimed.contains_key(&public) {
+                    Some("taken by another upstream")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    if sticky {
+                        continue;
+                    }
+                    cat.conflicts.push(Conflict {
+                        upstream: uname.clone(),
+                        original: original.to_string(),
+                        public,
+                        why,
+                    });
+                    continue;
+                }
+                claimed.insert(public.clone(), i);
+                names[i][j] = Some(public);
+            }
+        }
+    }
+    let labels: Vec<Arc<str>> = upstreams
+        .iter()
+        .map(|(n, _)| Arc::from(n.as_str()))
+        .collect();
     for (i, list) in lists.iter().enumerate() {
         let Some(list) = list else { continue };
-        let (uname, mode) = &upstreams[i];
-        for t in list {
-            let Some(original) = t[key].as_str() else {
+        for (j, t) in list.iter().enumerate() {
+            let Some(public) = names[i][j].take() else {
                 continue;
             };
-            let prefixed = kind.renamed()
-                && match mode {
-                    PrefixMode::Always => true,
-                    PrefixMode::Never => false,
-                    PrefixMode::OnConflict => count.get(original).copied().unwrap_or(0) > 1,
-                };
-            let public = if prefixed {
-                format!("{uname}.{original}")
-            } else {
-                original.to_string()
-            };
-            if kind == Kind::Tools && !protocol::valid_tool_name(&public) {
-                tracing::warn!(upstream = %uname, tool = %public, "tool name outside [A-Za-z0-9_.-]{{1,128}}; left out");
-                continue;
-            }
-            if cat.routes.contains_key(&public) {
-                tracing::warn!(upstream = %uname, key = %public, "{} already taken by an upstream listed earlier; left out", kind.key());
-                continue;
-            }
+            let original = t[key].as_str().unwrap_or_default();
             let mut shown = t.clone();
             shown[key] = Value::String(public.clone());
             let route = Route {
                 upstream: i,
+                label: labels[i].clone(),
                 original: original.into(),
                 public: public.as_str().into(),
             };
@@ -308,12 +424,14 @@ mod tests {
                 items("name", &["echo", "y"]),
                 items("name", &["z"]),
             ],
+            &Catalog::default(),
         );
         assert_eq!(keys(&c, "name"), vec!["a.echo", "x", "b.echo", "y", "c.z"]);
         assert_eq!(
             c.routes["b.echo"],
             Route {
                 upstream: 1,
+                label: "b".into(),
                 original: "echo".into(),
                 public: "b.echo".into()
             }
@@ -335,6 +453,7 @@ mod tests {
                 None,
                 items("name", &["echo", "bad name"]),
             ],
+            &Catalog::default(),
         );
         assert_eq!(keys(&c, "name"), vec!["echo"]);
         assert_eq!(c.routes["echo"].upstream, 0);
@@ -353,6 +472,7 @@ mod tests {
                 items("uri", &["file:///a.txt"]),
                 items("uri", &["file:///a.txt", "mem://b"]),
             ],
+            &Catalog::default(),
         );
         assert_eq!(
             keys(&c, "uri"),
@@ -367,10 +487,123 @@ mod tests {
                 items("uriTemplate", &["users://{id}"]),
                 items("uriTemplate", &["users://admins/{id}"]),
             ],
+            &Catalog::default(),
         );
         assert_eq!(template_route(&t, "users://admins/7"), Some(1));
         assert_eq!(template_route(&t, "users://42"), Some(0));
         assert_eq!(template_route(&t, "other://x"), None);
+    }
+
+    #[test]
+    fn a_clash_never_renames_a_tool_already_listed_and_moves_no_name() {
+        let ups = vec![
+            ("up".to_string(), PrefixMode::OnConflict),
+            ("other".to_string(), PrefixMode::OnConflict),
+            ("late".to_string(), PrefixMode::Never),
+        ];
+        let first = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![
+                items("name", &["delete_all"]),
+                items("name", &["x"]),
+                items("name", &["y"]),
+            ],
+            &Catalog::default(),
+        );
+        assert_eq!(keys(&first, "name"), vec!["delete_all", "x", "y"]);
+        // `other` starts to publish `delete_all`, and `late` too: the
+        // first keeps its name, the newcomer gets its prefix, and `late`
+        // (which has none) is left out.
+        let second = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![
+                items("name", &["delete_all"]),
+                items("name", &["x", "delete_all"]),
+                items("name", &["y", "delete_all"]),
+            ],
+            &first,
+        );
+        assert_eq!(
+            keys(&second, "name"),
+            vec!["delete_all", "x", "other.delete_all", "y"]
+        );
+        assert_eq!(second.routes["delete_all"].upstream, 0);
+        assert_eq!(
+            second.conflicts,
+            vec![Conflict {
+                upstream: "late".into(),
+                original: "delete_all".into(),
+                public: "delete_all".into(),
+                why: "taken by another upstream",
+            }]
+        );
+        // When the first stops publishing it, the newcomer keeps its
+        // prefixed name (a rule on `other.delete_all` still holds).
+        let third = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![
+                items("name", &[]),
+                items("name", &["x", "delete_all"]),
+                items("name", &["y"]),
+            ],
+            &second,
+        );
+        assert_eq!(keys(&third, "name"), vec!["x", "other.delete_all", "y"]);
+        // Resources: a URI stays with the upstream that had it, whichever
+        // is listed first.
+        let r1 = assemble_named(
+            Kind::Resources,
+            &ups,
+            vec![items("uri", &[]), items("uri", &["bank://ledger"]), None],
+            &Catalog::default(),
+        );
+        let r2 = assemble_named(
+            Kind::Resources,
+            &ups,
+            vec![
+                items("uri", &["bank://ledger"]),
+                items("uri", &["bank://ledger"]),
+                None,
+            ],
+            &r1,
+        );
+        assert_eq!(r2.routes["bank://ledger"].upstream, 1);
+    }
+
+    #[test]
+    fn no_upstream_may_publish_a_name_in_another_upstream_s_namespace() {
+        let ups = vec![
+            ("evil".to_string(), PrefixMode::Never),
+            ("bank".to_string(), PrefixMode::Always),
+            ("shop".to_string(), PrefixMode::OnConflict),
+        ];
+        let c = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![
+                items("name", &["bank.transfer", "evil.own", "bankish.x"]),
+                items("name", &["transfer"]),
+                items("name", &["bank.refund", "shop.sale"]),
+            ],
+            &Catalog::default(),
+        );
+        assert_eq!(
+            keys(&c, "name"),
+            vec!["evil.own", "bankish.x", "bank.transfer", "shop.sale"]
+        );
+        assert_eq!(c.routes["bank.transfer"].upstream, 1);
+        let why: Vec<(&str, &str)> = c
+            .conflicts
+            .iter()
+            .map(|c| (c.upstream.as_str(), c.public.as_str()))
+            .collect();
+        assert_eq!(
+            why,
+            vec![("evil", "bank.transfer"), ("shop", "bank.refund")]
+        );
     }
 
     #[test]

@@ -59,8 +59,13 @@ pub struct Envelope {
     /// The caller's `io.modelcontextprotocol/clientCapabilities` as JSON text
     /// (a stateless-era upstream is told what the caller can answer).
     pub client_capabilities: Option<String>,
-    /// `params._meta` entries other than the era envelope's, as (key, JSON text).
+    /// `params._meta` entries other than the era envelope's and Dome's
+    /// own, as (key, JSON text): what the upstream is passed.
     pub meta_entries: Vec<(String, String)>,
+    /// `params._meta` entries in Dome's namespace (`dome/…`, such as the
+    /// intent): Dome reads them and never passes them on, so an upstream
+    /// can trust what it finds there to come from Dome.
+    pub dome_meta: Vec<(String, String)>,
 }
 
 /// Why a body is not one JSON-RPC message.
@@ -75,7 +80,16 @@ pub enum EnvelopeError {
     /// most upstreams the last, so a check made on one reading (the
     /// `Mcp-Name` header's) would not hold for what is served.
     Repeated(String),
+    /// Containers nest deeper than the limit (-32600). Checked on the
+    /// tape before anything recursive (simd-json's writer, serde_json's
+    /// drop, policy's walks) sees the message: 15,000 levels in 30 KB
+    /// overflowed the stack and took the whole process down.
+    TooDeep(usize),
 }
+
+/// `[mcp] max_json_depth`'s default: far deeper than any real tool
+/// argument, far shallower than what any recursive walk can take.
+pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 /// The outcome of parsing a body.
 pub enum Parsed {
@@ -89,9 +103,11 @@ struct Scratch {
     buffers: Buffers,
     /// Kept empty between parses (its nodes borrow the message).
     tape: Tape<'static>,
-    /// For `repeated_name`: where the names of an object with many
+    /// For `check_tape`: where the names of an object with many
     /// members sit on the tape.
     keys: Vec<usize>,
+    /// For `check_tape`: where each open container ends.
+    ends: Vec<usize>,
 }
 
 thread_local! {
@@ -100,6 +116,7 @@ thread_local! {
         buffers: Buffers::default(),
         tape: Tape(Vec::new()),
         keys: Vec::new(),
+        ends: Vec::new(),
     });
 }
 
@@ -128,8 +145,9 @@ fn to_json(v: TapeValue<'_, '_>) -> Json {
 }
 
 /// Parses `body` (which is not modified: the parser works on a copy in the
-/// thread's scratch buffer).
-pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
+/// thread's scratch buffer), refusing containers nested deeper than
+/// `max_depth`.
+pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed, EnvelopeError> {
     // simd-json takes a NUL right after a number for the end of the
     // number (`{"id":9\0}`); no JSON text holds one anywhere.
     if memchr::memchr(0, body).is_some() {
@@ -142,14 +160,15 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
             buffers,
             tape,
             keys,
+            ends,
         } = &mut *s;
         buf.clear();
         buf.extend_from_slice(body);
         let mut t = std::mem::replace(tape, Tape(Vec::new())).reset();
         let out = match simd_json::fill_tape(buf, buffers, &mut t) {
-            Ok(()) => match repeated_name(&t.0, keys) {
-                Some(name) => Err(EnvelopeError::Repeated(name.to_string())),
-                None => envelope(t.as_value()),
+            Ok(()) => match check_tape(&t.0, keys, ends, max_depth) {
+                Err(e) => Err(e),
+                Ok(()) => envelope(t.as_value()),
             },
             Err(e) => Err(EnvelopeError::Parse(e.to_string())),
         };
@@ -158,12 +177,19 @@ pub fn parse(body: &[u8]) -> Result<Parsed, EnvelopeError> {
     })
 }
 
-/// The first member name some object of the message repeats. One pass
-/// over the tape (no recursion, however deep the nesting): at each object
+/// Refuses a message nested deeper than `max_depth`, or one where some
+/// object repeats a member name (the first found). One pass over the tape
+/// (no recursion, however deep the nesting): the ends of the open
+/// containers are kept on a stack bounded by `max_depth`; at each object
 /// its members' names are visited by hopping over their values, and
 /// compared in pairs when they are few, sorted when they are many (no
 /// quadratic cost).
-fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut Vec<usize>) -> Option<&'a str> {
+fn check_tape(
+    nodes: &[Node<'_>],
+    keys: &mut Vec<usize>,
+    ends: &mut Vec<usize>,
+    max_depth: usize,
+) -> Result<(), EnvelopeError> {
     // How many nodes the value at `j` spans.
     let span = |j: usize| match nodes.get(j) {
         Some(Node::Object { count, .. } | Node::Array { count, .. }) => 1 + count,
@@ -173,9 +199,23 @@ fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut Vec<usize>) -> Option<&'a st
         Some(Node::String(s)) => *s,
         _ => "",
     };
+    ends.clear();
     for (i, node) in nodes.iter().enumerate() {
-        let Node::Object { len, .. } = *node else {
-            continue;
+        while ends.last().is_some_and(|&end| end <= i) {
+            ends.pop();
+        }
+        let len = match *node {
+            Node::Object { len, count } | Node::Array { len, count } => {
+                if ends.len() >= max_depth {
+                    return Err(EnvelopeError::TooDeep(max_depth));
+                }
+                ends.push(i + 1 + count);
+                if matches!(node, Node::Array { .. }) {
+                    continue;
+                }
+                len
+            }
+            _ => continue,
         };
         if len < 2 {
             continue;
@@ -186,7 +226,7 @@ fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut Vec<usize>) -> Option<&'a st
             for m in 0..len {
                 let k = name(j);
                 if seen[..m].contains(&k) {
-                    return Some(k);
+                    return Err(EnvelopeError::Repeated(k.to_string()));
                 }
                 seen[m] = k;
                 j += 1 + span(j + 1);
@@ -199,11 +239,11 @@ fn repeated_name<'a>(nodes: &[Node<'a>], keys: &mut Vec<usize>) -> Option<&'a st
             }
             keys.sort_unstable_by_key(|&k| name(k));
             if let Some(w) = keys.windows(2).find(|w| name(w[0]) == name(w[1])) {
-                return Some(name(w[0]));
+                return Err(EnvelopeError::Repeated(name(w[0]).to_string()));
             }
         }
     }
-    None
+    Ok(())
 }
 
 fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
@@ -251,11 +291,17 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
                     has_capabilities: caps.is_some(),
                 };
                 e.client_capabilities = caps.map(|c| c.encode());
-                e.meta_entries = o
-                    .iter()
-                    .filter(|(k, _)| !protocol::META_ERA_KEYS.contains(k))
-                    .map(|(k, x)| (k.to_string(), x.encode()))
-                    .collect();
+                for (k, x) in o.iter() {
+                    if protocol::META_ERA_KEYS.contains(&k) {
+                        continue;
+                    }
+                    let entry = (k.to_string(), x.encode());
+                    if k.starts_with(protocol::META_DOME_PREFIX) {
+                        e.dome_meta.push(entry);
+                    } else {
+                        e.meta_entries.push(entry);
+                    }
+                }
             }
         }
     }
@@ -266,8 +312,12 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
 mod tests {
     use super::*;
 
+    fn parse_default(body: &[u8]) -> Result<Parsed, EnvelopeError> {
+        parse(body, DEFAULT_MAX_DEPTH)
+    }
+
     fn one(s: &str) -> Envelope {
-        match parse(s.as_bytes()).unwrap() {
+        match parse_default(s.as_bytes()).unwrap() {
             Parsed::One(e) => *e,
             Parsed::Batch => panic!("batch"),
         }
@@ -309,13 +359,19 @@ mod tests {
         assert!(r.is_response && r.method.is_none());
         let n = one(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert!(n.id.is_none());
-        assert!(matches!(parse(b"[1,2]"), Ok(Parsed::Batch)));
-        assert!(matches!(parse(b"{nope"), Err(EnvelopeError::Parse(_))));
+        assert!(matches!(parse_default(b"[1,2]"), Ok(Parsed::Batch)));
         assert!(matches!(
-            parse(b"{\"id\":9\0}"),
+            parse_default(b"{nope"),
             Err(EnvelopeError::Parse(_))
         ));
-        assert!(matches!(parse(b"42"), Err(EnvelopeError::NotObject)));
+        assert!(matches!(
+            parse_default(b"{\"id\":9\0}"),
+            Err(EnvelopeError::Parse(_))
+        ));
+        assert!(matches!(
+            parse_default(b"42"),
+            Err(EnvelopeError::NotObject)
+        ));
         let bad = one(r#"{"jsonrpc":"1.0","id":1,"method":"ping","params":{"_meta":5}}"#);
         assert!(!bad.jsonrpc_ok);
         assert_eq!(bad.meta, Meta::NotObject);
@@ -351,7 +407,7 @@ mod tests {
             let text = input.escape_ascii().to_string();
             let reference = serde_json::from_slice::<Json>(&input);
             let unique = serde_json::from_slice::<Unique>(&input).is_ok();
-            match (reference, parse(&input)) {
+            match (reference, parse_default(&input)) {
                 (Err(_), Err(EnvelopeError::Parse(_))) => refused += 1,
                 (Ok(_), Err(EnvelopeError::Repeated(name))) => {
                     repeated += 1;
@@ -430,7 +486,7 @@ mod tests {
 
     #[test]
     fn repeated_names_are_found_at_any_depth_and_in_any_number() {
-        let repeated = |s: &str| match parse(s.as_bytes()) {
+        let repeated = |s: &str| match parse(s.as_bytes(), 20_000) {
             Err(EnvelopeError::Repeated(n)) => Some(n),
             Ok(_) => None,
             Err(e) => panic!("{s}: {e:?}"),
@@ -467,6 +523,46 @@ mod tests {
             "]".repeat(10_000)
         );
         assert_eq!(repeated(&deep).as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn messages_nested_deeper_than_the_limit_are_refused_before_anything_recursive_reads_them() {
+        let nest = |depth: usize, inner: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"echo","arguments":{{"a":{}{inner}{}}}}}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        // The message itself, params and arguments are three levels: at
+        // the limit exactly it parses, one more is refused.
+        let at_limit = nest(DEFAULT_MAX_DEPTH - 3, "1");
+        assert!(matches!(
+            parse_default(at_limit.as_bytes()),
+            Ok(Parsed::One(_))
+        ));
+        let over = nest(DEFAULT_MAX_DEPTH - 2, "1");
+        assert_eq!(
+            parse_default(over.as_bytes()).err(),
+            Some(EnvelopeError::TooDeep(DEFAULT_MAX_DEPTH))
+        );
+        // What took the process down: 15,000 levels (and far more) in
+        // any member, objects or arrays, in a batch too.
+        for body in [
+            nest(15_000, "1"),
+            nest(100_000, "{}"),
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{}1{},"method":"ping"}}"#,
+                "{\"a\":".repeat(50_000),
+                "}".repeat(50_000)
+            ),
+            format!("[{}]", nest(20_000, "1")),
+        ] {
+            assert_eq!(
+                parse_default(body.as_bytes()).err(),
+                Some(EnvelopeError::TooDeep(DEFAULT_MAX_DEPTH))
+            );
+        }
     }
 
     /// serde_json's reading, refusing a repeated member name (the reference

@@ -65,6 +65,18 @@ pub struct McpConfig {
     /// one agent); opening one more ends its least recently used.
     #[serde(default = "default_sessions_per_agent")]
     pub max_sessions_per_agent: usize,
+    /// A listing clients ask for (`*/list`, an unknown name) reuses one
+    /// made less than this long ago.
+    #[serde(default = "default_catalog_refresh_ms")]
+    pub catalog_refresh_ms: u64,
+    /// Longest intent a call may state (-32602 beyond): it is stored in
+    /// every record of the call.
+    #[serde(default = "default_max_intent")]
+    pub max_intent_bytes: usize,
+    /// Deepest nesting of objects and arrays a message may have (-32600
+    /// beyond); every recursive walk of a message stays within it.
+    #[serde(default = "default_max_json_depth")]
+    pub max_json_depth: usize,
 }
 
 impl Default for McpConfig {
@@ -76,6 +88,9 @@ impl Default for McpConfig {
             allowed_origins: Vec::new(),
             session_idle_s: default_session_idle(),
             max_sessions_per_agent: default_sessions_per_agent(),
+            max_json_depth: default_max_json_depth(),
+            max_intent_bytes: default_max_intent(),
+            catalog_refresh_ms: default_catalog_refresh_ms(),
         }
     }
 }
@@ -95,6 +110,18 @@ fn default_session_idle() -> u64 {
 fn default_sessions_per_agent() -> usize {
     1000
 }
+fn default_catalog_refresh_ms() -> u64 {
+    1000
+}
+fn default_max_intent() -> usize {
+    1024
+}
+fn default_max_json_depth() -> usize {
+    envelope::DEFAULT_MAX_DEPTH
+}
+/// The most `max_json_depth` may be: recursive walks of a message (its
+/// re-encoding, policy's, redaction's) run on worker threads' stacks.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 1024;
 
 /// Milliseconds on the monotonic clock: when sessions were last used.
 fn mono_ms() -> u64 {
@@ -420,12 +447,32 @@ impl SessionTable {
     }
 }
 
+#[derive(Default)]
+struct RefreshState {
+    running: tokio::sync::Mutex<()>,
+    /// Listings completed.
+    generation: std::sync::atomic::AtomicU64,
+    /// When the last began (`mono_ms`).
+    started_ms: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct RetryState {
+    running: std::sync::atomic::AtomicBool,
+    attempts: std::sync::atomic::AtomicU32,
+    next_ms: std::sync::atomic::AtomicU64,
+}
+
 /// The gateway: upstreams, the current catalog and the downstream sessions.
 pub struct Gateway {
     config: McpConfig,
     upstreams: Vec<Arc<Upstream>>,
     /// One catalog per kind (`Kind::index`).
     catalogs: [arc_swap::ArcSwap<Catalog>; 4],
+    /// One listing at a time per kind, and how recent the last is.
+    refreshes: [RefreshState; 4],
+    /// When failed upstreams are listed again.
+    retry: RetryState,
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
     body_timeout: std::time::Duration,
@@ -476,6 +523,11 @@ pub static SHADOW_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::A
 /// Policy argument paths the tools' input schemas cannot hold (refreshed
 /// with the tool catalog; shown on `/stats`).
 pub static SCHEMA_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Items each kind's catalog left out, and why (`/stats`): a clash, a
+/// name in another upstream's namespace, an invalid name.
+pub static CATALOG_CONFLICTS: std::sync::Mutex<[Vec<Value>; 4]> =
+    std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
 
 impl Identity {
     /// Where the protected-resource metadata is (RFC 9728): the well-known
@@ -780,18 +832,23 @@ pub const H_INTENT: header::HeaderName = header::HeaderName::from_static("dome-i
 /// The caller's stated intent: `params._meta["dome/intent"]`, else the
 /// `Dome-Intent` header.
 fn intent_of(e: &Envelope) -> Option<String> {
-    e.meta_entries
+    e.dome_meta
         .iter()
         .find(|(k, _)| k == INTENT_META)
         .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
-        .or_else(|| {
-            // Methods other than tools/call keep `_meta` inside `params`.
-            e.params
-                .as_deref()
-                .and_then(|p| serde_json::from_str::<Value>(p).ok())
-                .and_then(|p| p["_meta"][INTENT_META].as_str().map(str::to_string))
-        })
         .or_else(|| CTX.try_with(|c| c.intent.clone()).ok().flatten())
+}
+
+/// The longest name (tool, prompt, resource URI) a call may give: every
+/// record stores it.
+pub const MAX_NAME_BYTES: usize = 2048;
+
+/// Whether `text`, a JSON string as text, decodes to more than `max` bytes
+/// (its text is never shorter than what it spells, so most are decided
+/// without decoding).
+fn json_str_over(text: &str, max: usize) -> bool {
+    text.len() > max
+        && serde_json::from_str::<String>(text).map_or(text.len() > max, |s| s.len() > max)
 }
 
 /// What MCP allows as a request's id.
@@ -880,6 +937,8 @@ impl Gateway {
             upstreams,
             metrics,
             catalogs: std::array::from_fn(|_| arc_swap::ArcSwap::from_pointee(Catalog::default())),
+            refreshes: Default::default(),
+            retry: Default::default(),
             sessions,
             body_timeout,
             identity,
@@ -890,16 +949,141 @@ impl Gateway {
         &self.upstreams
     }
 
-    /// Lists every upstream's tools again.
     /// Lists one kind from every upstream again.
     pub async fn refresh(&self, kind: Kind) -> Arc<Catalog> {
+        let state = &self.refreshes[kind.index()];
+        let _one_at_a_time = state.running.lock().await;
+        self.refresh_locked(kind).await
+    }
+
+    async fn refresh_locked(&self, kind: Kind) -> Arc<Catalog> {
+        let state = &self.refreshes[kind.index()];
+        state
+            .started_ms
+            .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
         let previous = self.current(kind);
         let cat = Arc::new(catalog::build(kind, &self.upstreams, &previous).await);
         self.catalogs[kind.index()].store(cat.clone());
+        state
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         if kind == Kind::Tools {
             self.check_argument_paths(&cat);
         }
+        let conflicts: Vec<Value> = cat.conflicts.iter().map(|c| c.to_json(kind)).collect();
+        let mut known = CATALOG_CONFLICTS.lock().expect("catalog conflicts");
+        for c in conflicts
+            .iter()
+            .filter(|c| !known[kind.index()].contains(c))
+        {
+            tracing::warn!(upstream = %c["upstream"], key = %c["public"], why = %c["why"], "{} left out of the catalog", kind.key());
+        }
+        known[kind.index()] = conflicts;
         cat
+    }
+
+    /// A listing a client's request asks for (`*/list`, a name not in the
+    /// catalog): requests that arrive while one is under way take its
+    /// result, and one made less than `[mcp] catalog_refresh_ms` ago is
+    /// used as it is. Before, every call naming an unknown tool listed
+    /// every upstream again (50 calls, 50 `tools/list` to each upstream).
+    async fn refresh_for_client(&self, kind: Kind) -> Arc<Catalog> {
+        let state = &self.refreshes[kind.index()];
+        let seen = state.generation.load(std::sync::atomic::Ordering::Acquire);
+        let _one_at_a_time = state.running.lock().await;
+        let fresh = mono_ms()
+            .saturating_sub(state.started_ms.load(std::sync::atomic::Ordering::Relaxed))
+            < self.config.catalog_refresh_ms;
+        let done_meanwhile = state.generation.load(std::sync::atomic::Ordering::Acquire) != seen;
+        if done_meanwhile
+            || (fresh && state.generation.load(std::sync::atomic::Ordering::Relaxed) > 0)
+        {
+            return self.current(kind);
+        }
+        self.refresh_locked(kind).await
+    }
+
+    /// Takes over the names the gateway this one replaces (a reload) gave,
+    /// so a reload does not rename what a clash named: its catalogs become
+    /// this one's previous listing, routed by upstream name.
+    pub fn inherit_names(&self, old: &Gateway) {
+        for kind in Kind::ALL {
+            let was = old.current(kind);
+            let remap = |r: &catalog::Route| {
+                let i = self.upstreams.iter().position(|u| u.name() == &*r.label)?;
+                Some(catalog::Route {
+                    upstream: i,
+                    ..r.clone()
+                })
+            };
+            let mut cat = Catalog::default();
+            for (into, from) in [
+                (&mut cat.routes, &was.routes),
+                (&mut cat.unavailable, &was.unavailable),
+            ] {
+                into.extend(
+                    from.iter()
+                        .filter_map(|(k, r)| Some((k.clone(), remap(r)?))),
+                );
+            }
+            self.catalogs[kind.index()].store(Arc::new(cat));
+        }
+    }
+
+    /// Lists again, with backoff, what upstreams that failed their last
+    /// listing have (down at start or reload, they stayed out of the
+    /// catalog until their configuration changed). Run every second by
+    /// the runtime; the listing runs on its own task.
+    pub fn retry_failed(self: &Arc<Self>) {
+        let failing = Kind::ALL
+            .iter()
+            .any(|k| !self.current(*k).failed.is_empty());
+        let retry = &self.retry;
+        let now = mono_ms();
+        if !failing {
+            retry
+                .attempts
+                .store(0, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        if now < retry.next_ms.load(std::sync::atomic::Ordering::Relaxed)
+            || retry
+                .running
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let gw = self.clone();
+        tokio::spawn(async move {
+            let mut still = false;
+            for kind in Kind::ALL {
+                if !gw.current(kind).failed.is_empty() {
+                    still |= !gw.refresh(kind).await.failed.is_empty();
+                }
+            }
+            let retry = &gw.retry;
+            let attempts = if still {
+                retry
+                    .attempts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1
+            } else {
+                retry
+                    .attempts
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!("every upstream answers its listings again");
+                0
+            };
+            // 1 s, 2 s, 4 s … at most a minute between attempts.
+            let wait_ms = 1000u64 << attempts.min(6);
+            retry.next_ms.store(
+                mono_ms() + wait_ms.min(60_000),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            retry
+                .running
+                .store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 
     /// Checks the policy's argument paths against the tools' published
@@ -951,7 +1135,7 @@ impl Gateway {
         if let Some(r) = find(&self.catalogs[kind.index()].load()) {
             return Some(r);
         }
-        find(&*self.refresh(kind).await)
+        find(&*self.refresh_for_client(kind).await)
     }
 
     /// What Dome announces: the union of its upstreams' capabilities, each
@@ -1177,6 +1361,79 @@ impl Gateway {
         }
     }
 
+    /// Why a caller-controlled field the audit record stores is over its
+    /// cap, if one is: intents (in `_meta` or the header) and names are
+    /// stored verbatim, so without a cap one agent could write megabytes
+    /// of trail a call (and push older records out under `retain_mb`).
+    fn oversized_field(&self, e: &Envelope) -> Option<String> {
+        let max = self.config.max_intent_bytes;
+        if e.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+            return Some(format!("the name is longer than {MAX_NAME_BYTES} bytes"));
+        }
+        let in_meta = e
+            .dome_meta
+            .iter()
+            .any(|(k, v)| k == INTENT_META && json_str_over(v, max));
+        let in_header = || {
+            CTX.try_with(|c| c.intent.as_ref().is_some_and(|i| i.len() > max))
+                .unwrap_or(false)
+        };
+        (in_meta || in_header())
+            .then(|| format!("the intent is longer than {max} bytes ([mcp] max_intent_bytes)"))
+    }
+
+    /// A strike against the calling agent (a caller without credentials,
+    /// where authentication is off, against its source).
+    fn strike_caller(&self, caller: Option<&Caller>, why: &str) {
+        let Some(c) = caller else {
+            return self.strike_source(why);
+        };
+        self.identity.escalation.strike(
+            Subject::Agent {
+                id: c.agent.id.clone(),
+                slot: c.agent.slot,
+            },
+            why,
+            crate::clock::monotonic_ns(),
+            crate::clock::unix_s(),
+        );
+    }
+
+    /// Takes one call from each bucket there is in `levels` (named for
+    /// the refusal), all or none; a refusal is recorded, struck against
+    /// the agent and answered with when to retry.
+    fn take_budget(
+        &self,
+        c: &Caller,
+        call: &mut Call,
+        levels: [(&str, Option<&crate::identity::budget::Bucket>); 2],
+    ) -> Result<(), Refusal> {
+        // No allocation on this path.
+        let mut buckets: [&crate::identity::budget::Bucket; 2] = [&UNLIMITED; 2];
+        let mut names = [""; 2];
+        let mut n = 0;
+        for (label, bucket) in levels {
+            if let Some(bucket) = bucket {
+                buckets[n] = bucket;
+                names[n] = label;
+                n += 1;
+            }
+        }
+        let Err((i, refusal)) =
+            crate::identity::budget::take_all(&buckets[..n], crate::clock::monotonic_ns())
+        else {
+            return Ok(());
+        };
+        let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
+        call.decision = crate::audit::record::Decision::OverBudget;
+        self.strike_caller(Some(c), "over budget");
+        Err(Refusal {
+            code: code::RATE_LIMITED,
+            message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
+            retry_after_ms: Some(retry_ms),
+        })
+    }
+
     /// 403 for a source or agent blocked by escalation.
     fn blocked(&self) -> Response<Body> {
         json_response(
@@ -1367,6 +1624,7 @@ impl Gateway {
     /// many sessions ended. Run every second by the runtime.
     pub fn sweep_expired(self: &Arc<Self>) -> usize {
         self.sessions.drop_expired_parked(Instant::now());
+        self.retry_failed();
         let idle_ms = self.config.session_idle_s.saturating_mul(1000);
         let ids = self.sessions.idle(mono_ms(), idle_ms);
         for id in &ids {
@@ -1431,7 +1689,7 @@ impl Gateway {
         };
         let _ = TALLY.try_with(|t| t.borrow_mut().bytes_in = bytes.len() as u64);
         let parse_start = Instant::now();
-        let parsed = envelope::parse(&bytes);
+        let parsed = envelope::parse(&bytes, self.config.max_json_depth);
         let took = parse_start.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().parse = Some(took));
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
@@ -1455,6 +1713,10 @@ impl Gateway {
                     EnvelopeError::Repeated(name) => (
                         code::INVALID_REQUEST,
                         format!("an object names the member `{name}` twice"),
+                    ),
+                    EnvelopeError::TooDeep(limit) => (
+                        code::INVALID_REQUEST,
+                        format!("objects and arrays nest deeper than {limit} levels"),
                     ),
                 };
                 return json_response(
@@ -1481,6 +1743,13 @@ impl Gateway {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
+            );
+        }
+        if let Some(why) = self.oversized_field(&e) {
+            self.strike_source("oversized field");
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_PARAMS, why),
             );
         }
         let method = e.method.as_deref().unwrap_or_default();
@@ -1606,7 +1875,8 @@ impl Gateway {
             // Batches are rare (one old protocol version): each element takes
             // the ordinary envelope path.
             let text = msg.to_string();
-            let Ok(Parsed::One(e)) = envelope::parse(text.as_bytes()) else {
+            let Ok(Parsed::One(e)) = envelope::parse(text.as_bytes(), self.config.max_json_depth)
+            else {
                 out.push(rpc_error(
                     &Value::Null,
                     code::INVALID_REQUEST,
@@ -1628,6 +1898,9 @@ impl Gateway {
                 }
                 Some(_) if e.id.is_none() => {}
                 Some("initialize") => out.push(refuse("initialize cannot be part of a batch")),
+                Some(_) if let Some(why) = self.oversized_field(&e) => {
+                    out.push(rpc_error(&id, code::INVALID_PARAMS, why))
+                }
                 Some(method) => {
                     let (_, v) = self.answer_in(Some(&session), era, method, id, &e).await;
                     out.push(v);
@@ -1745,36 +2018,40 @@ impl Gateway {
                 let kind = Kind::of_method(m).expect("matched");
                 let cursor = e.cursor.as_deref();
                 let cat = match cursor {
-                    None => self.refresh(kind).await,
+                    None => self.refresh_for_client(kind).await,
                     Some(_) => self.current(kind),
                 };
-                // Tool visibility equals authorization: a caller sees the
-                // tools some policy rule could allow it to call.
-                let visible: Vec<&Value> = if kind == Kind::Tools {
-                    let caller = current_caller();
-                    let policy = &self.identity.policy;
-                    cat.items
-                        .iter()
-                        .filter(|t| {
-                            let name = t["name"].as_str().unwrap_or_default();
-                            let upstream = cat
-                                .routes
-                                .get(name)
-                                .and_then(|r| self.upstreams.get(r.upstream))
-                                .map(|u| u.name());
-                            policy.could_allow(&policy_request(
-                                caller.as_ref(),
-                                "tool",
-                                name,
-                                upstream,
-                                None,
-                                None,
-                            ))
-                        })
-                        .collect()
-                } else {
-                    cat.items.iter().collect()
+                // Visibility equals authorization: a caller sees the tools,
+                // prompts, resources and templates some policy rule could
+                // allow it to use (resources and prompts were listed to
+                // anyone before).
+                let caller = current_caller();
+                let policy = &self.identity.policy;
+                let policy_kind = match kind {
+                    Kind::Tools => "tool",
+                    Kind::Prompts => "prompt",
+                    Kind::Resources | Kind::Templates => "resource",
                 };
+                let visible: Vec<&Value> = cat
+                    .items
+                    .iter()
+                    .filter(|t| {
+                        let name = t[kind.key()].as_str().unwrap_or_default();
+                        let upstream = cat
+                            .routes
+                            .get(name)
+                            .and_then(|r| self.upstreams.get(r.upstream))
+                            .map(|u| u.name());
+                        policy.could_allow(&policy_request(
+                            caller.as_ref(),
+                            policy_kind,
+                            name,
+                            upstream,
+                            None,
+                            None,
+                        ))
+                    })
+                    .collect();
                 let offset = match cursor.map(catalog::parse_cursor) {
                     None => 0,
                     Some(Some((v, o))) if v == cat.version && o <= visible.len() => o,
@@ -1940,9 +2217,13 @@ impl Gateway {
             .as_deref()
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_else(|| json!({}));
-        // The caller's era envelope stays here; the upstream client adds its own.
+        // The caller's era envelope stays here (the upstream client adds
+        // its own), and so does Dome's namespace (upstreams trust it).
         if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
-            meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+            meta.retain(|k, _| {
+                !k.starts_with("io.modelcontextprotocol/")
+                    && !k.starts_with(protocol::META_DOME_PREFIX)
+            });
         }
         let (kind, key, field): (Kind, Option<String>, Option<&str>) = match method {
             "prompts/get" => (
@@ -1987,7 +2268,7 @@ impl Gateway {
                     None => {
                         let mut t = self.current(Kind::Templates);
                         if catalog::template_route(&t, &key).is_none() {
-                            t = self.refresh(Kind::Templates).await;
+                            t = self.refresh_for_client(Kind::Templates).await;
                         }
                         catalog::template_route(&t, &key)
                             .or_else(|| t.routes.get(&key).map(|r| r.upstream))
@@ -2147,10 +2428,22 @@ impl Gateway {
     ) -> Result<Allowed, Refusal> {
         let started = Instant::now();
         let policy = &self.identity.policy;
-        let args: Option<Value> = if policy.reads_args {
-            args_text.and_then(|a| serde_json::from_str(a).ok())
-        } else {
-            None
+        let args: Option<Value> = match args_text {
+            Some(a) if policy.reads_args => match serde_json::from_str(a) {
+                Ok(v) => Some(v),
+                // Arguments policy cannot read are never judged as absent
+                // ones (serde_json stops at 128 levels, which a raised
+                // `max_json_depth` lets through).
+                Err(_) => {
+                    call.decision = crate::audit::record::Decision::Deny;
+                    return Err(Refusal {
+                        code: code::POLICY_DENIED,
+                        message: "denied: the arguments are too deeply nested to judge".into(),
+                        retry_after_ms: None,
+                    });
+                }
+            },
+            _ => None,
         };
         let req = policy_request(
             caller,
@@ -2302,24 +2595,41 @@ impl Gateway {
             )
                 .into());
         };
-        let Some(route) = self.lookup(Kind::Tools, name).await else {
-            call.name = Some(name.into());
-            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
-        };
-        // The catalog's shared names: nothing copied per call.
-        call.name = Some(route.public.clone());
-        let upstream = self.upstreams[route.upstream].clone();
-        call.upstream = Some(upstream.label().clone());
         // A session's caller authenticated when it opened the session (a
         // task that outlives the request, like a round of client input,
         // finds it there).
         let caller = session
             .and_then(|s| s.caller.clone())
             .or_else(current_caller);
+        // Phase: budget, the agent's and the tenant's. Every call counts,
+        // the ones policy denies and the ones naming no tool too: those
+        // were free, so an agent could write denied calls (with their
+        // intents) into the audit trail, and make Dome list every
+        // upstream for each unknown name, as fast as it could send them.
+        if let Some(c) = &caller {
+            let b = &c.agent.budgets;
+            self.take_budget(
+                c,
+                call,
+                [
+                    ("agent", b.agent.as_ref()),
+                    ("tenant", c.tenant.budget.as_deref()),
+                ],
+            )?;
+        }
+        let Some(route) = self.lookup(Kind::Tools, name).await else {
+            call.name = Some(name.into());
+            self.strike_caller(caller.as_ref(), "unknown tool");
+            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
+        };
+        // The catalog's shared names: nothing copied per call.
+        call.name = Some(route.public.clone());
+        let upstream = self.upstreams[route.upstream].clone();
+        call.upstream = Some(upstream.label().clone());
         // Phase: decide.
         let intent = intent_of(e);
         call.intent = intent.clone();
-        let Allowed { redaction, budget } = self.decide_kind(
+        let decided = self.decide_kind(
             "tool",
             name,
             e.arguments.as_deref(),
@@ -2327,53 +2637,33 @@ impl Gateway {
             caller.as_ref(),
             intent.as_deref(),
             call,
-        )?;
-        // Phase: budget.
+        );
+        let Allowed { redaction, budget } = match decided {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.strike_caller(caller.as_ref(), "denied by policy");
+                return Err(refusal);
+            }
+        };
+        // Phase: budget, the agent's for this tool (the allowing rule's
+        // replaces the configured one). Refused here, the call gives back
+        // what it took of the agent's and the tenant's: it is refused for
+        // this tool, not for all.
         if let Some(c) = &caller {
-            let b = &c.agent.budgets;
-            // The allowing rule's budget replaces the configured one.
             let by_rule =
                 budget.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
-            // Most specific first; no allocation on this path.
-            let named: [(&str, Option<&crate::identity::budget::Bucket>); 3] = [
-                (
-                    "agent x tool",
-                    by_rule.as_deref().or_else(|| b.tools.get(name)),
-                ),
-                ("agent", b.agent.as_ref()),
-                ("tenant", c.tenant.budget.as_deref()),
-            ];
-            let mut levels: [&crate::identity::budget::Bucket; 3] =
-                [named[0].1.unwrap_or(&UNLIMITED); 3];
-            let mut names = [""; 3];
-            let mut n = 0;
-            for (label, bucket) in named {
-                if let Some(bucket) = bucket {
-                    levels[n] = bucket;
-                    names[n] = label;
-                    n += 1;
+            let tool = by_rule
+                .as_deref()
+                .or_else(|| c.agent.budgets.tools.get(name));
+            if let Err(refusal) = self.take_budget(c, call, [("agent x tool", tool), ("", None)]) {
+                let b = &c.agent.budgets;
+                for bucket in [b.agent.as_ref(), c.tenant.budget.as_deref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    bucket.give_back();
                 }
-            }
-            let buckets = &levels[..n];
-            if let Err((i, refusal)) =
-                crate::identity::budget::take_all(buckets, crate::clock::monotonic_ns())
-            {
-                let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
-                call.decision = crate::audit::record::Decision::OverBudget;
-                self.identity.escalation.strike(
-                    Subject::Agent {
-                        id: c.agent.id.clone(),
-                        slot: c.agent.slot,
-                    },
-                    "over budget",
-                    crate::clock::monotonic_ns(),
-                    crate::clock::unix_s(),
-                );
-                return Err(Refusal {
-                    code: code::RATE_LIMITED,
-                    message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
-                    retry_after_ms: Some(retry_ms),
-                });
+                return Err(refusal);
             }
         }
         // Phase: vouch. The caller's own credential never goes upstream.
@@ -2552,7 +2842,7 @@ impl Gateway {
             None => {
                 let mut t = self.current(Kind::Templates);
                 if catalog::template_route(&t, uri).is_none() {
-                    t = self.refresh(Kind::Templates).await;
+                    t = self.refresh_for_client(Kind::Templates).await;
                 }
                 catalog::template_route(&t, uri).or_else(|| t.routes.get(uri).map(|r| r.upstream))
             }
@@ -3660,7 +3950,7 @@ mod tests {
     }
 
     fn env(v: Value) -> Envelope {
-        match envelope::parse(v.to_string().as_bytes()).unwrap() {
+        match envelope::parse(v.to_string().as_bytes(), envelope::DEFAULT_MAX_DEPTH).unwrap() {
             Parsed::One(e) => *e,
             Parsed::Batch => panic!("batch"),
         }

@@ -12,6 +12,9 @@ pub const LATEST_SESSION: &str = "2025-11-25";
 pub const LATEST_STATELESS: &str = "2026-07-28";
 
 /// `_meta` keys of the stateless era.
+/// Dome's own `_meta` namespace (`dome/intent`): read by Dome, stripped
+/// from what goes upstream.
+pub const META_DOME_PREFIX: &str = "dome/";
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";

@@ -608,6 +608,19 @@ impl Upstream {
         if **self.era.load() != Era::Unknown {
             return Ok(());
         }
+        let connected = self.handshake().await;
+        if connected.is_err() {
+            // Whatever the handshake got to, the next request starts over.
+            // An upstream down at start was left taken for a session-era
+            // one without a session (an `initialize` that never arrived),
+            // and stayed out of the catalog until its configuration changed.
+            self.era.store(Arc::new(Era::Unknown));
+        }
+        connected
+    }
+
+    /// Finds the upstream's era: `server/discover`, else `initialize`.
+    async fn handshake(&self) -> Result<(), UpstreamError> {
         // The stateless era first: one round trip, no state to keep.
         let discover = json!({"_meta": stateless_meta(protocol::LATEST_STATELESS)});
         self.era.store(Arc::new(Era::Stateless {

@@ -72,6 +72,7 @@ impl StatsState {
                 "blocks": self.escalation.blocks_json()["blocks"].as_array().map_or(0, Vec::len),
             },
             "policy_warnings": crate::mcp::gateway::SCHEMA_WARNINGS.lock().expect("schema warnings").clone(),
+            "catalog_conflicts": crate::mcp::gateway::CATALOG_CONFLICTS.lock().expect("catalog conflicts").concat(),
             "shadow_policy": {
                 "decisions": crate::mcp::gateway::SHADOW_DECISIONS.load(std::sync::atomic::Ordering::Relaxed),
                 "disagreements": crate::mcp::gateway::SHADOW_DISAGREEMENTS.load(std::sync::atomic::Ordering::Relaxed),
