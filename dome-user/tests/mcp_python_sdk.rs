@@ -86,10 +86,11 @@ fn one_upstream_failing_leaves_the_other_working() {
     sdk.kill();
     for mode in ["legacy", "2026-07-28"] {
         let after = run_client("client_isolation.py", &[&url, mode]);
-        // The failed upstream's tools drop out; the other's stay (no clash now).
+        // The failed upstream's tools drop out; the other's stay, under
+        // the names they had (a rule written for `demo.echo` holds).
         assert_eq!(
             after["tools"],
-            json!(["echo", "records", "slow"]),
+            json!(["demo.echo", "records", "slow"]),
             "{after}"
         );
         assert_eq!(after["echo"], "still here", "{after}");
