@@ -113,7 +113,7 @@ impl Call {
     pub fn failed(&mut self, code: i64, message: &str) {
         self.status = Some(code as i32);
         self.outcome = Some(Outcome::Error);
-        self.reason = Some(message.to_string());
+        self.reason = Some(capped(message, MAX_REASON_BYTES).to_string());
     }
 
     pub fn add_redactions(&mut self, counts: &crate::policy::redact::Counts) {
@@ -225,6 +225,23 @@ impl Drop for Call {
         // Abandoned on the way: written as far as it got, without waiting.
         let _ = self.commit_now();
     }
+}
+
+/// The most of a refusal's or failure's message a record keeps: it may
+/// carry what an upstream sent (its error, its whole answer to
+/// `initialize`), which no one bounds but Dome.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 #[cfg(test)]
