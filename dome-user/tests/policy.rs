@@ -903,6 +903,81 @@ upstream = "leaky"
     assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
 }
 
+/// A result's `_meta` is the upstream's data like its content, and an
+/// address hidden by a zero-width character or written in fullwidth forms
+/// is still an address: both are redacted, hidden characters and all.
+#[test]
+fn redaction_reaches_meta_and_text_hidden_behind_invisible_characters() {
+    let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
+    let (dome, _) = start_with_upstream(
+        "policy-hidden",
+        &format!("[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\n"),
+        r#"
+[[rule]]
+id = "leaky-redacted"
+effect = "allow"
+[rule.when]
+agent = "support-bot"
+upstream = "leaky"
+[rule.obligations]
+redact = ["email"]
+
+[[rule]]
+id = "leaky-plain"
+effect = "allow"
+[rule.when]
+agent = "sales-bot"
+upstream = "leaky"
+"#,
+    );
+    let hidden = |key: &str| {
+        let (status, v) = post(
+            &dome,
+            key,
+            "tools/call",
+            "hidden",
+            &call("hidden", json!({}), None),
+        );
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    // Unredacted, the upstream really sends them.
+    let v = hidden(SALES);
+    assert_eq!(v["result"]["_meta"]["owner"], "ned@leak.test", "{v}");
+    assert_eq!(
+        v["result"]["content"][0]["_meta"]["owner"], "pam@leak.test",
+        "{v}"
+    );
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "zero-width oli\u{200b}@leak\u{200d}.test"
+    );
+    assert_eq!(
+        v["result"]["content"][1]["text"],
+        "fullwidth ｑｕｉｎ＠leak.test"
+    );
+
+    let v = hidden(SUPPORT);
+    let text = v.to_string();
+    for left in ["leak.test", "oli", "ｑｕｉｎ", "\u{200b}", "\u{200d}"] {
+        assert!(!text.contains(left), "{left:?} left in {text}");
+    }
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "zero-width [REDACTED:email]"
+    );
+    assert_eq!(
+        v["result"]["content"][1]["text"],
+        "fullwidth [REDACTED:email]"
+    );
+    assert_eq!(
+        v["result"]["content"][0]["_meta"]["owner"],
+        "[REDACTED:email]"
+    );
+    assert_eq!(v["result"]["_meta"]["owner"], "[REDACTED:email]");
+    assert_eq!(v["result"]["_meta"]["history"][0]["by"], "[REDACTED:email]");
+}
+
 /// The upstream's questions to the client are its output too: an
 /// elicitation that names someone reaches a client of either era with the
 /// address redacted (a stateless client in the `input_required` result, a
