@@ -236,6 +236,121 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
     assert_eq!(s["config"]["policy_rules"], 3, "{s}");
 }
 
+/// Echo allowed to everyone, with deny rules an attacker would try to
+/// slip past by choosing the JSON type of an argument.
+const HOSTILE_TYPES: &str = r#"
+[[rule]]
+id = "echo-for-all"
+effect = "allow"
+[rule.when]
+tool = "echo"
+
+[[rule]]
+id = "no-big-amounts"
+effect = "deny"
+reason = "amounts over 1000 need a human"
+[rule.when]
+tool = "echo"
+args = [{ path = "/amount", op = "range", min = 1001 }]
+
+[[rule]]
+id = "no-rm"
+effect = "deny"
+reason = "no deleting"
+[rule.when]
+tool = "echo"
+args = [{ path = "/cmd", op = "regex", value = "rm\\s+-rf" }]
+"#;
+
+/// Whether `args` to `echo` are denied (403, -32005) or answered (200).
+fn denied(dome: &Dome, args: Value) -> bool {
+    let (status, v) = post(
+        dome,
+        SALES,
+        "tools/call",
+        "echo",
+        &call("echo", args.clone(), None),
+    );
+    match status {
+        403 => {
+            assert_eq!(v["error"]["code"], -32005, "{args}: {v}");
+            true
+        }
+        200 => {
+            assert!(v["error"].is_null(), "{args}: {v}");
+            false
+        }
+        _ => panic!("{args}: {status} {v}"),
+    }
+}
+
+#[test]
+fn a_deny_rule_is_not_passed_by_changing_an_arguments_type() {
+    let (_demo, dome, _) = start_with("policy-types", &[], HOSTILE_TYPES);
+    // What the rules are for.
+    assert!(!denied(&dome, json!({"message": "hi", "amount": 5})));
+    assert!(!denied(&dome, json!({"message": "hi", "amount": "5"})));
+    assert!(!denied(&dome, json!({"message": "hi", "cmd": ["ls -l"]})));
+    assert!(denied(&dome, json!({"amount": 5000})));
+    assert!(denied(&dome, json!({"cmd": "rm -rf /"})));
+    // The number as a string, in the forms a lenient SDK reads as 5000.
+    for amount in [
+        json!("5000"),
+        json!(" 5_000 "),
+        json!("5e3"),
+        json!("0x1388"),
+        json!([5000]),
+    ] {
+        assert!(denied(&dome, json!({ "amount": amount })), "{amount}");
+    }
+    // The command wrapped in an array or an object.
+    for cmd in [
+        json!(["rm -rf /"]),
+        json!({"argv": ["sh", "-c", "rm  -rf /"]}),
+    ] {
+        assert!(denied(&dome, json!({ "cmd": cmd })), "{cmd}");
+    }
+    // A lone surrogate elsewhere in the arguments does not make them
+    // unreadable to policy (and so unjudged).
+    let body = call("echo", json!({"amount": 5000, "note": "NOTE"}), None)
+        .replace("\"NOTE\"", r#""\ud800""#);
+    let (status, v) = post(&dome, SALES, "tools/call", "echo", &body);
+    assert_eq!(status, 403, "{v}");
+}
+
+#[test]
+fn a_path_prefix_rule_sees_through_every_spelling_of_a_path() {
+    let policy = r#"
+[[rule]]
+id = "echo-for-all"
+effect = "allow"
+[rule.when]
+tool = "echo"
+
+[[rule]]
+id = "not-etc"
+effect = "deny"
+reason = "not under /etc"
+[rule.when]
+tool = "echo"
+args = [{ path = "/path", op = "path_prefix", value = "/etc" }]
+"#;
+    let (_demo, dome, _) = start_with("policy-paths", &[], policy);
+    for path in ["/srv/notes.txt", "/etcetera/x", "/tmp/etc/x"] {
+        assert!(!denied(&dome, json!({ "path": path })), "{path}");
+    }
+    for path in [
+        "/etc/shadow",
+        "//etc/shadow",
+        "/./etc/x",
+        "/tmp/../etc/x",
+        "/tmp/%2e%2e/etc/shadow",
+        "etc/shadow",
+    ] {
+        assert!(denied(&dome, json!({ "path": path })), "{path}");
+    }
+}
+
 #[test]
 fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
     let (_demo, dome, policies) = start("policy-reload");
@@ -786,6 +901,81 @@ upstream = "leaky"
 
     let s = dome.stats_json();
     assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
+}
+
+/// A result's `_meta` is the upstream's data like its content, and an
+/// address hidden by a zero-width character or written in fullwidth forms
+/// is still an address: both are redacted, hidden characters and all.
+#[test]
+fn redaction_reaches_meta_and_text_hidden_behind_invisible_characters() {
+    let (_leaky, addr) = start_py_server("leaky_upstream.py", &[]);
+    let (dome, _) = start_with_upstream(
+        "policy-hidden",
+        &format!("[[upstream]]\nname = \"leaky\"\nurl = \"http://{addr}/mcp\"\n"),
+        r#"
+[[rule]]
+id = "leaky-redacted"
+effect = "allow"
+[rule.when]
+agent = "support-bot"
+upstream = "leaky"
+[rule.obligations]
+redact = ["email"]
+
+[[rule]]
+id = "leaky-plain"
+effect = "allow"
+[rule.when]
+agent = "sales-bot"
+upstream = "leaky"
+"#,
+    );
+    let hidden = |key: &str| {
+        let (status, v) = post(
+            &dome,
+            key,
+            "tools/call",
+            "hidden",
+            &call("hidden", json!({}), None),
+        );
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    // Unredacted, the upstream really sends them.
+    let v = hidden(SALES);
+    assert_eq!(v["result"]["_meta"]["owner"], "ned@leak.test", "{v}");
+    assert_eq!(
+        v["result"]["content"][0]["_meta"]["owner"], "pam@leak.test",
+        "{v}"
+    );
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "zero-width oli\u{200b}@leak\u{200d}.test"
+    );
+    assert_eq!(
+        v["result"]["content"][1]["text"],
+        "fullwidth ｑｕｉｎ＠leak.test"
+    );
+
+    let v = hidden(SUPPORT);
+    let text = v.to_string();
+    for left in ["leak.test", "oli", "ｑｕｉｎ", "\u{200b}", "\u{200d}"] {
+        assert!(!text.contains(left), "{left:?} left in {text}");
+    }
+    assert_eq!(
+        v["result"]["content"][0]["text"],
+        "zero-width [REDACTED:email]"
+    );
+    assert_eq!(
+        v["result"]["content"][1]["text"],
+        "fullwidth [REDACTED:email]"
+    );
+    assert_eq!(
+        v["result"]["content"][0]["_meta"]["owner"],
+        "[REDACTED:email]"
+    );
+    assert_eq!(v["result"]["_meta"]["owner"], "[REDACTED:email]");
+    assert_eq!(v["result"]["_meta"]["history"][0]["by"], "[REDACTED:email]");
 }
 
 /// The upstream's questions to the client are its output too: an

@@ -12,7 +12,8 @@
 //! tool = "records"                      # exact name or glob (`crm.*`)
 //! upstream = "demo"
 //! intent = { required = true, pattern = "(?i)refund", categories = ["billing"] }
-//! args = [{ path = "/count", op = "range", min = 1, max = 10 }]
+//! args = [{ path = "/count", op = "range", min = 1, max = 10 },
+//!         { path = "/file", op = "path_prefix", value = "/srv/reports" }]
 //! [rule.obligations]
 //! require_intent = true
 //! redact = ["email", "card"]
@@ -27,6 +28,64 @@
 //! does not state matches anything. Deny overrides: a call is allowed only
 //! when some allow rule matches and no deny rule does; with no matching
 //! rule it is denied (default deny).
+//!
+//! # Argument conditions fail closed
+//!
+//! An agent chooses the JSON type of every argument, and upstreams are
+//! lenient readers: an SDK turns `"5000"` or `" 5_000 "` into 5000, takes
+//! the first item of `["rm -rf /"]`, and opens `//etc/./shadow` as
+//! `/etc/shadow`. A condition that only looked at the value as typed would
+//! let all of these past a deny rule. So a condition is judged by the
+//! effect of its rule, always against the caller:
+//!
+//! - In a **deny** rule the condition holds when the value *could* violate
+//!   it: when any string, number, boolean or null anywhere under the path
+//!   (in arrays and objects, object keys included, up to 32 levels below
+//!   the path) satisfies it, under any reading of it, or when any of them
+//!   cannot be judged by it (a string under `range`, a number under
+//!   `regex`, nesting deeper than 32 levels).
+//! - In an **allow** rule the condition holds only when the value itself
+//!   is of the type the condition judges and every reading of it
+//!   satisfies it: `range` takes a JSON number, `prefix`, `regex` and
+//!   `path_prefix` a string, `eq` and `in` an equal value. An array or
+//!   object where a string or number is expected does not match.
+//!
+//! The readings of a number are itself and the integers on either side
+//! (an upstream may truncate or round 1000.5 to 1001). A string is read as
+//! a number only when written plainly in decimal (`-12.50`: an optional
+//! `-`, no leading zero, no exponent, sign `+`, spaces, `_`, hex or
+//! non-ASCII digits), and then only by deny rules: `"5000"` is 5000 to a
+//! deny rule, while `"5e3"`, `" 5_000 "` and `"0x1388"` cannot be judged,
+//! so a deny rule with a `range` on them matches. An allow rule's `range`
+//! never accepts a string. Coercing every form lenient SDKs accept would
+//! mean tracking each SDK's quirks (Python's `int()` takes `" 5_000 "` and
+//! Arabic-Indic digits, JavaScript's `parseInt` reads `"5e3"` as 5); judging
+//! only the plain form and refusing the rest cannot be outguessed. An `eq`
+//! or `in` in a deny rule compares strings with strings, numbers (and plain
+//! decimal strings) with numbers by their readings, booleans with booleans
+//! and null with null; a part of another type cannot be judged.
+//!
+//! Consequently a deny rule with a string condition also denies a number,
+//! boolean or null at its path; narrow it with a `type` condition (which is
+//! judged on the value exactly as it is) when that is not wanted. `present`,
+//! `absent`, `type` and `max_len` (characters of a string, items of an
+//! array) judge the value as it is; `max_len` on any other type cannot be
+//! judged. A path that does not resolve holds only for `absent`.
+//!
+//! # File paths: `path_prefix`
+//!
+//! `{ path = "/file", op = "path_prefix", value = "/etc" }` holds for
+//! `/etc` and everything under it, compared by whole segments (`/etcetera`
+//! is not under `/etc`), after the path is normalised lexically: repeated
+//! `/` collapse, `.` segments go, `..` removes the segment before it (never
+//! above the root). Its readings are the string as written, each round of
+//! percent-decoding (`%2e%2e`, `%252e`) and each of these with `\` read
+//! as `/`. A path that is not absolute (`etc/shadow`, `~/x`, `C:\x`,
+//! `file:///etc`), holds a NUL byte, or is still percent-encoded after four
+//! rounds cannot be judged: a deny rule on it matches, an allow rule does
+//! not. The value must be an absolute path. The comparison is lexical and
+//! case-sensitive: it cannot see symbolic links, so an upstream serving
+//! files must not follow links out of what it may serve.
 
 use std::collections::BTreeMap;
 
@@ -157,6 +216,9 @@ pub enum ArgOp {
     Eq,
     In,
     Prefix,
+    /// A file path at or under `value` (an absolute path), compared after
+    /// normalising (see the module comment).
+    PathPrefix,
     Regex,
     Range,
     MaxLen,

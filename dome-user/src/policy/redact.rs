@@ -6,6 +6,21 @@
 //! schema says `format: email` gets an address-shaped placeholder so it
 //! stays valid. Counts per detector come back with the result; the values
 //! themselves never leave Dome.
+//!
+//! A secret can hide from a pattern behind characters a reader does not
+//! see or reads as ASCII: zero-width spaces and joiners, soft hyphens,
+//! bidirectional controls, variation selectors, combining marks, and
+//! compatibility forms (fullwidth `ａｎｎ＠ａｃｍｅ．ｔｅｓｔ`, mathematical
+//! letters, circled digits). Text that is not plain ASCII is therefore also
+//! matched in a folded form (those invisible characters dropped, every
+//! other character in its NFKC form), and what matches there is redacted
+//! from the original text, hidden characters included. Homoglyphs of
+//! other scripts (a Cyrillic `а` for a Latin `a`) and encoded secrets
+//! (base64, hex, split across fields) are not caught.
+//!
+//! The walks over a result are recursive and stop at
+//! [`MAX_REDACT_DEPTH`]: anything nested deeper is withheld whole (replaced
+//! by a placeholder) rather than passed on unread.
 
 use std::{
     borrow::Cow,
@@ -14,6 +29,22 @@ use std::{
 
 use regex::Regex;
 use serde_json::{Map, Value};
+use unicode_normalization::{UnicodeNormalization, char::is_combining_mark};
+
+/// How deep the walks over a message go; deeper values are withheld. The
+/// JSON reader refuses messages deeper than 128 levels, so this is a guard
+/// for values built otherwise.
+pub const MAX_REDACT_DEPTH: usize = 128;
+
+/// What stands in for a value nested deeper than [`MAX_REDACT_DEPTH`].
+const TOO_DEEP: &str = "[REDACTED:too deep]";
+
+/// `_meta` keys whose values tie messages together (left alone like ids).
+const META_IDS: [&str; 3] = [
+    "progressToken",
+    "io.modelcontextprotocol/subscriptionId",
+    "io.modelcontextprotocol/related-task",
+];
 
 /// The built-in detectors, by the names policies use.
 pub const DETECTORS: [&str; 6] = [
@@ -85,6 +116,70 @@ fn builtin(name: &str) -> Option<(&'static str, bool)> {
     })
 }
 
+/// What stands in for a value a detector of `kind` found.
+fn placeholder(kind: usize, email_shaped: bool) -> String {
+    match kind {
+        0 if email_shaped => "redacted@redacted.invalid".to_string(),
+        k if k < DETECTORS.len() => format!("[REDACTED:{}]", DETECTORS[k]),
+        _ => "[REDACTED]".to_string(),
+    }
+}
+
+/// Unicode's default-ignorable code points: rendered as nothing, so they
+/// can split a secret without a reader noticing.
+fn ignorable(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F
+        | 0xFEFF | 0xFFA0 | 0xFFF0..=0xFFF8 | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A
+        | 0xE0000..=0xE0FFF)
+}
+
+/// Text folded for matching (invisible characters and combining marks
+/// dropped, the rest in NFKC form, character by character), with where
+/// each of its bytes came from in the original.
+struct Folded {
+    text: String,
+    /// For each byte of `text`: where its original character starts.
+    from: Vec<u32>,
+}
+
+impl Folded {
+    /// The folded form of `s`, or `None` when folding changes nothing.
+    fn of(s: &str) -> Option<Folded> {
+        let mut f = Folded {
+            text: String::with_capacity(s.len()),
+            from: Vec::with_capacity(s.len()),
+        };
+        let mut changed = false;
+        for (i, c) in s.char_indices() {
+            let span = (i, i + c.len_utf8());
+            let before = f.text.len();
+            let Ok(start) = u32::try_from(i) else { break };
+            if c.is_ascii() {
+                f.text.push(c);
+            } else if !ignorable(c) && !is_combining_mark(c) {
+                for d in std::iter::once(c).nfkc() {
+                    if !ignorable(d) && !is_combining_mark(d) {
+                        f.text.push(d);
+                    }
+                }
+            }
+            changed |= f.text[before..] != s[span.0..span.1];
+            f.from.resize(f.text.len(), start);
+        }
+        changed.then_some(f)
+    }
+
+    /// The byte range in `original` (the text folded) of the folded range
+    /// `start..end` (not empty), whole characters.
+    fn source(&self, original: &str, start: usize, end: usize) -> (usize, usize) {
+        let last = self.from[end - 1] as usize;
+        let width = original[last..].chars().next().map_or(0, char::len_utf8);
+        (self.from[start] as usize, last + width)
+    }
+}
+
 fn luhn_ok(digits: &str) -> bool {
     let mut sum = 0;
     let mut n = 0;
@@ -135,7 +230,61 @@ impl Redactor {
     /// Redacts `text`; `email_shaped` keeps an e-mail placeholder valid as
     /// an address (for `format: email` fields).
     pub fn text<'t>(&self, text: &'t str, email_shaped: bool, counts: &mut Counts) -> Cow<'t, str> {
+        let mut found = Counts::default();
+        let out = self.redact_str(text, email_shaped, &mut found);
+        for (k, n) in found.0.iter().enumerate().filter(|(_, n)| **n > 0) {
+            counts.0[k] += n;
+            TOTALS[k].fetch_add(u64::from(*n), Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// [`Redactor::text`] without the running totals: first in the folded
+    /// form of text that is not plain ASCII, then as written (for custom
+    /// patterns that name non-ASCII characters themselves).
+    fn redact_str<'t>(
+        &self,
+        text: &'t str,
+        email_shaped: bool,
+        counts: &mut Counts,
+    ) -> Cow<'t, str> {
         let mut out: Cow<'t, str> = Cow::Borrowed(text);
+        if !text.is_ascii()
+            && let Some(folded) = Folded::of(text)
+        {
+            // Original spans by start (end, detector); they never overlap:
+            // an earlier detector's match wins.
+            let mut spans: std::collections::BTreeMap<usize, (usize, usize)> = Default::default();
+            for d in &self.detectors {
+                for m in d.re.find_iter(&folded.text) {
+                    if m.is_empty() || d.luhn && !luhn_ok(m.as_str()) {
+                        continue;
+                    }
+                    let (s, e) = folded.source(text, m.start(), m.end());
+                    // Spans are disjoint, so the last one starting before
+                    // `e` is the only one that can overlap.
+                    if spans
+                        .range(..e)
+                        .next_back()
+                        .is_none_or(|(_, (b, _))| *b <= s)
+                    {
+                        spans.insert(s, (e, d.kind));
+                    }
+                }
+            }
+            if !spans.is_empty() {
+                let mut new = String::with_capacity(text.len());
+                let mut at = 0;
+                for (s, (e, kind)) in spans {
+                    new.push_str(&text[at..s]);
+                    new.push_str(&placeholder(kind, email_shaped));
+                    counts.0[kind] += 1;
+                    at = e;
+                }
+                new.push_str(&text[at..]);
+                out = Cow::Owned(new);
+            }
+        }
         for d in &self.detectors {
             if !d.re.is_match(&out) {
                 continue;
@@ -147,15 +296,10 @@ impl Redactor {
                     return m.to_string();
                 }
                 n += 1;
-                match d.kind {
-                    0 if email_shaped => "redacted@redacted.invalid".to_string(),
-                    k if k < DETECTORS.len() => format!("[REDACTED:{}]", DETECTORS[k]),
-                    _ => "[REDACTED]".to_string(),
-                }
+                placeholder(d.kind, email_shaped)
             });
             if n > 0 {
                 counts.0[d.kind] += n;
-                TOTALS[d.kind].fetch_add(u64::from(n), Ordering::Relaxed);
                 out = Cow::Owned(replaced.into_owned());
             }
         }
@@ -167,6 +311,10 @@ impl Redactor {
     /// data too (records keyed by e-mail address); a key the schema names
     /// as a property is left alone.
     pub fn value(&self, v: &mut Value, schema: &Value, counts: &mut Counts) {
+        self.value_at(v, schema, counts, 0);
+    }
+
+    fn value_at(&self, v: &mut Value, schema: &Value, counts: &mut Counts, depth: usize) {
         match v {
             Value::String(s) => {
                 let email = schema["format"] == "email";
@@ -174,14 +322,17 @@ impl Redactor {
                     *s = new;
                 }
             }
+            Value::Array(_) | Value::Object(_) if depth >= MAX_REDACT_DEPTH => {
+                *v = Value::String(TOO_DEEP.into());
+            }
             Value::Array(items) => {
                 for item in items {
-                    self.value(item, &schema["items"], counts);
+                    self.value_at(item, &schema["items"], counts, depth + 1);
                 }
             }
             Value::Object(map) => {
                 for (k, item) in map.iter_mut() {
-                    self.value(item, &schema["properties"][k.as_str()], counts);
+                    self.value_at(item, &schema["properties"][k.as_str()], counts, depth + 1);
                 }
                 self.keys(map, |k| schema["properties"].get(k).is_some(), counts);
             }
@@ -194,8 +345,9 @@ impl Redactor {
     /// `input_required` round): every string the upstream sent as data,
     /// wherever it sits — text content, embedded resources, resource
     /// links, prompt messages, completion values, object keys.
-    /// `structuredContent` is redacted against the tool's `outputSchema`.
-    /// Protocol fields (`_meta`, `type`, `mimeType`, cursors, an
+    /// `structuredContent` is redacted against the tool's `outputSchema`,
+    /// `_meta` (the result's and its parts') like any data but the ids in
+    /// it. Protocol fields (`type`, `mimeType`, cursors, an
     /// `input_required` round's opaque `requestState`) and base64
     /// payloads (`blob`, image and audio `data`) are left alone: a
     /// detector could only corrupt them.
@@ -206,15 +358,31 @@ impl Redactor {
                 for (k, v) in map.iter_mut() {
                     match k.as_str() {
                         "structuredContent" => self.value(v, output_schema, &mut counts),
-                        "_meta" | "nextCursor" | "resultType" | "cacheScope" | "ttlMs"
-                        | "isError" | "requestState" => {}
-                        _ => self.payload(v, &mut counts),
+                        "_meta" => self.meta(v, &mut counts, 1),
+                        "nextCursor" | "resultType" | "cacheScope" | "ttlMs" | "isError"
+                        | "requestState" => {}
+                        _ => self.payload(v, &mut counts, 1),
                     }
                 }
             }
-            other => self.payload(other, &mut counts),
+            other => self.payload(other, &mut counts, 0),
         }
         counts
+    }
+
+    /// Redacts a `_meta` object: every value but the ids that tie
+    /// messages together. Its keys are names, not data.
+    fn meta(&self, meta: &mut Value, counts: &mut Counts, depth: usize) {
+        match meta {
+            Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    if !META_IDS.contains(&k.as_str()) {
+                        self.payload(v, counts, depth + 1);
+                    }
+                }
+            }
+            other => self.payload(other, counts, depth),
+        }
     }
 
     /// Redacts a JSON-RPC error from an upstream: its message and data.
@@ -226,7 +394,7 @@ impl Redactor {
             *m = new;
         }
         if let Some(data) = error.get_mut("data") {
-            self.payload(data, &mut counts);
+            self.payload(data, &mut counts, 1);
         }
         counts
     }
@@ -239,27 +407,33 @@ impl Redactor {
         match params {
             Value::Object(map) => {
                 for (k, v) in map.iter_mut() {
-                    if !matches!(k.as_str(), "_meta" | "progressToken" | "requestId") {
-                        self.payload(v, &mut counts);
+                    match k.as_str() {
+                        "progressToken" | "requestId" => {}
+                        "_meta" => self.meta(v, &mut counts, 1),
+                        _ => self.payload(v, &mut counts, 1),
                     }
                 }
             }
-            other => self.payload(other, &mut counts),
+            other => self.payload(other, &mut counts, 0),
         }
         counts
     }
 
-    /// Every string in `v` but protocol fields and base64 payloads.
-    fn payload(&self, v: &mut Value, counts: &mut Counts) {
+    /// Every string in `v` (at `depth` in its message) but protocol fields
+    /// and base64 payloads.
+    fn payload(&self, v: &mut Value, counts: &mut Counts, depth: usize) {
         match v {
             Value::String(s) => {
                 if let Cow::Owned(new) = self.text(s, false, counts) {
                     *s = new;
                 }
             }
+            Value::Array(_) | Value::Object(_) if depth >= MAX_REDACT_DEPTH => {
+                *v = Value::String(TOO_DEEP.into());
+            }
             Value::Array(items) => {
                 for item in items {
-                    self.payload(item, counts);
+                    self.payload(item, counts, depth + 1);
                 }
             }
             Value::Object(map) => {
@@ -269,9 +443,10 @@ impl Redactor {
                 );
                 for (k, item) in map.iter_mut() {
                     match k.as_str() {
-                        "_meta" | "type" | "mimeType" | "blob" => {}
+                        "type" | "mimeType" | "blob" => {}
                         "data" if media => {}
-                        _ => self.payload(item, counts),
+                        "_meta" => self.meta(item, counts, depth + 1),
+                        _ => self.payload(item, counts, depth + 1),
                     }
                 }
                 self.keys(map, |k| k == "_meta", counts);
@@ -284,22 +459,31 @@ impl Redactor {
     /// that meets another gets a number (`[REDACTED:email] 2`), so no
     /// value is lost.
     fn keys(&self, map: &mut Map<String, Value>, keep: impl Fn(&str) -> bool, counts: &mut Counts) {
-        let changes = |k: &str| {
-            !keep(k)
-                && self.detectors.iter().any(|d| {
-                    d.re.is_match(k) && (!d.luhn || d.re.find_iter(k).any(|m| luhn_ok(m.as_str())))
-                })
-        };
-        if !map.keys().any(|k| changes(k)) {
+        let mut found = Counts::default();
+        let new_names: Vec<(String, String)> = map
+            .keys()
+            .filter(|k| !keep(k))
+            .filter_map(|k| match self.redact_str(k, false, &mut found) {
+                Cow::Owned(new) => Some((k.clone(), new)),
+                Cow::Borrowed(_) => None,
+            })
+            .collect();
+        if new_names.is_empty() {
             return;
         }
-        let old = std::mem::take(map);
+        for (k, n) in found.0.iter().enumerate().filter(|(_, n)| **n > 0) {
+            counts.0[k] += n;
+            TOTALS[k].fetch_add(u64::from(*n), Ordering::Relaxed);
+        }
+        // Same order as the keys were listed in: keep the others' order.
+        let mut new_names = new_names.into_iter().peekable();
         let mut renamed = Vec::new();
-        for (k, v) in old {
-            if changes(&k) {
-                renamed.push((self.text(&k, false, counts).into_owned(), v));
-            } else {
-                map.insert(k, v);
+        for (k, v) in std::mem::take(map) {
+            match new_names.next_if(|(old, _)| *old == k) {
+                Some((_, new)) => renamed.push((new, v)),
+                None => {
+                    map.insert(k, v);
+                }
             }
         }
         for (k, v) in renamed {
@@ -419,7 +603,7 @@ mod tests {
         for gone in ["a@x", "b@x", "c@x", "e@x", "f@x"] {
             assert!(!text.contains(gone), "{gone} left in {text}");
         }
-        for kept in ["d@x", "g@x", "h@x", "u://a", "audio/wav"] {
+        for kept in ["g@x", "u://a", "audio/wav"] {
             assert!(text.contains(kept), "{kept} was touched: {text}");
         }
         assert_eq!(result["content"][0]["resource"]["blob"], "4111111111111111");
@@ -429,7 +613,124 @@ mod tests {
             result["requestState"].as_str().unwrap().starts_with("eyJ"),
             "an opaque token the upstream needs back"
         );
-        assert_eq!(c.0[0], 6, "{text}");
+        assert_eq!(c.0[0], 8, "{text}");
+    }
+
+    #[test]
+    fn meta_is_data_too_but_for_the_ids_in_it() {
+        let r = Redactor::new(&["email".into(), "card".into()]).unwrap();
+        let mut result = json!({
+            "content": [{"type": "text", "text": "hi", "_meta": {"owner": "a@x.test"}}],
+            "_meta": {"trace": "b@x.test", "nested": [{"who": "c@x.test"}],
+                      "progressToken": "d@x.test",
+                      "io.modelcontextprotocol/related-task": {"taskId": "4111111111111111"},
+                      "e@x.test": "a key is a name"}
+        });
+        let c = r.result(&mut result, &Value::Null);
+        let text = result.to_string();
+        for gone in ["a@x", "b@x", "c@x"] {
+            assert!(!text.contains(gone), "{gone} left in {text}");
+        }
+        assert_eq!(result["_meta"]["progressToken"], "d@x.test", "{text}");
+        assert_eq!(
+            result["_meta"]["io.modelcontextprotocol/related-task"]["taskId"],
+            "4111111111111111"
+        );
+        assert_eq!(result["_meta"]["e@x.test"], "a key is a name");
+        assert_eq!(c.0[0], 3, "{text}");
+        let mut params =
+            json!({"message": "m", "_meta": {"who": "f@x.test", "progressToken": "g@x.test"}});
+        assert_eq!(r.params(&mut params).0[0], 1);
+        assert_eq!(params["_meta"]["who"], "[REDACTED:email]");
+        assert_eq!(params["_meta"]["progressToken"], "g@x.test");
+    }
+
+    #[test]
+    fn secrets_hidden_with_invisible_or_fullwidth_characters_are_found() {
+        let r = all();
+        let cases = [
+            // Zero-width space, soft hyphen, word joiner inside an address.
+            (
+                "write to ann\u{200b}@acme\u{ad}.te\u{2060}st today",
+                "email",
+            ),
+            // Fullwidth forms throughout.
+            ("ａｎｎ＠ａｃｍｅ．ｔｅｓｔ", "email"),
+            // A card number in fullwidth digits with a zero-width joiner.
+            (
+                "card ４１１１ １１１１\u{200d} １１１１ １１１１ ok",
+                "card",
+            ),
+            // A key split by a zero-width non-joiner: no tail may be left.
+            ("key sk_live_abcdefgh\u{200c}ijklmnopqrst end", "api_key"),
+            // Mathematical bold letters and a combining overlay.
+            ("𝐚𝐧𝐧@acme.t\u{336}est", "email"),
+        ];
+        for (text, kind) in cases {
+            let mut c = Counts::default();
+            let out = r.text(text, false, &mut c);
+            assert_eq!(c.total(), 1, "{text:?} -> {out:?}");
+            assert!(
+                out.contains(&format!("[REDACTED:{kind}]")),
+                "{text:?} -> {out:?}"
+            );
+            for secret in [
+                "ann",
+                "ａｎｎ",
+                "𝐚𝐧𝐧",
+                "４１１１",
+                "1111",
+                "ijklmnop",
+                "abcdefgh",
+            ] {
+                assert!(!out.contains(secret), "{secret} left in {out:?}");
+            }
+            assert!(
+                !out.contains(['\u{200b}', '\u{200c}', '\u{200d}', '\u{2060}', '\u{ad}']),
+                "the hidden characters go with the secret: {out:?}"
+            );
+        }
+        // Text around is untouched; text without secrets is not rewritten.
+        let mut c = Counts::default();
+        let out = r.text("ｈｅｌｌｏ ann\u{200b}@acme.test ｗｏｒｌｄ", false, &mut c);
+        assert_eq!(out, "ｈｅｌｌｏ [REDACTED:email] ｗｏｒｌｄ");
+        assert!(matches!(
+            r.text("ｈｅｌｌｏ\u{200b} wörld 1234", false, &mut c),
+            Cow::Borrowed(_)
+        ));
+        // Many hidden secrets in one text: each found, in linear time.
+        let many = "ann\u{200b}@acme.test ".repeat(20_000);
+        let mut c = Counts::default();
+        let out = r.text(&many, false, &mut c);
+        assert_eq!(c.0[0], 20_000);
+        assert_eq!(out, "[REDACTED:email] ".repeat(20_000));
+        // Keys are folded too.
+        let mut v = json!({"ａ＠ｘ．ｔｅｓｔ": 1});
+        r.value(&mut v, &Value::Null, &mut c);
+        assert_eq!(v, json!({"[REDACTED:email]": 1}));
+        // An e-mail field keeps a valid address.
+        assert_eq!(
+            r.text("ａ＠ｘ．ｔｅｓｔ", true, &mut c),
+            "redacted@redacted.invalid"
+        );
+    }
+
+    #[test]
+    fn values_nested_too_deep_are_withheld_not_passed_on_unread() {
+        let r = Redactor::new(&["email".into()]).unwrap();
+        let mut deep = json!("a@x.test");
+        for _ in 0..MAX_REDACT_DEPTH + 10 {
+            deep = json!([deep]);
+        }
+        let mut result = json!({"content": deep});
+        r.result(&mut result, &Value::Null);
+        let text = result.to_string();
+        assert!(!text.contains("a@x.test"), "passed on unread");
+        assert!(text.contains(TOO_DEEP), "{}", &text[..200.min(text.len())]);
+        // Dropping the deep value must not recurse without bound either.
+        let mut sc = json!({"structuredContent": {"a": deep.clone()}});
+        r.result(&mut sc, &Value::Null);
+        assert!(sc.to_string().contains(TOO_DEEP));
     }
 
     #[test]
@@ -464,13 +765,13 @@ mod tests {
         assert_eq!(error["code"], -32000);
         let mut params = json!({"progressToken": "c@x.test", "progress": 1, "message": "for d@x.test",
                                 "_meta": {"x": "e@x.test"}});
-        assert_eq!(r.params(&mut params).0[0], 1);
+        assert_eq!(r.params(&mut params).0[0], 2);
         assert_eq!(
             params["progressToken"], "c@x.test",
             "ties it to its request"
         );
         assert_eq!(params["message"], "for [REDACTED:email]");
-        assert_eq!(params["_meta"]["x"], "e@x.test");
+        assert_eq!(params["_meta"]["x"], "[REDACTED:email]");
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! A plain interpreter of the policy language, straight from the source
 //! rules: no index, no precompiled matchers. It exists to check the
 //! compiled tables (a property test runs both on random policies and
-//! requests and wants the same decisions).
+//! requests and wants the same decisions). It follows the same
+//! fail-closed semantics for arguments (see `lang`), written the long way:
+//! it collects every scalar under a path, every reading of a number or a
+//! file path, and then judges them.
 
 use regex::Regex;
 use serde_json::Value;
 
-use super::compile::Request;
-use super::lang::{ArgOp, Effect, PolicyFile, Rule};
+use super::compile::{MAX_ARG_DEPTH, MAX_DECODE_ROUNDS, Request};
+use super::lang::{ArgCond, ArgOp, Effect, PolicyFile, Rule};
 
 fn glob(p: &str, s: &str) -> bool {
     // Translate to an anchored regex: the obvious reading of `*`.
@@ -81,44 +84,275 @@ fn rule_matches(file: &PolicyFile, rule: &Rule, r: &Request<'_>) -> bool {
             }
         }
     }
-    w.args.iter().all(|a| {
-        let v = r.args.and_then(|x| pointer(x, &a.path));
-        match (a.op, v) {
-            (ArgOp::Absent, v) => v.is_none(),
-            (_, None) => false,
-            (ArgOp::Present, _) => true,
-            (ArgOp::Eq, Some(v)) => Some(v) == a.value.as_ref(),
-            (ArgOp::In, Some(v)) => a.values.contains(v),
-            (ArgOp::Prefix, Some(Value::String(s))) => a
-                .value
-                .as_ref()
-                .and_then(Value::as_str)
-                .is_some_and(|p| s.starts_with(p)),
-            (ArgOp::Regex, Some(Value::String(s))) => a
-                .value
-                .as_ref()
-                .and_then(Value::as_str)
-                .is_some_and(|p| Regex::new(p).is_ok_and(|re| re.is_match(s))),
-            (ArgOp::Range, Some(Value::Number(n))) => n
-                .as_f64()
-                .is_some_and(|f| a.min.is_none_or(|m| m <= f) && a.max.is_none_or(|m| f <= m)),
-            (ArgOp::MaxLen, Some(Value::String(s))) => {
-                a.max.is_some_and(|m| s.chars().count() as f64 <= m)
-            }
-            (ArgOp::MaxLen, Some(Value::Array(x))) => a.max.is_some_and(|m| x.len() as f64 <= m),
-            (ArgOp::Type, Some(v)) => match a.ty.as_deref() {
-                Some("string") => v.is_string(),
-                Some("number") => v.is_number(),
-                Some("integer") => v.is_i64() || v.is_u64(),
-                Some("boolean") => v.is_boolean(),
-                Some("array") => v.is_array(),
-                Some("object") => v.is_object(),
-                Some("null") => v.is_null(),
-                _ => false,
-            },
-            _ => false,
+    let deny = rule.effect == Effect::Deny;
+    w.args.iter().all(|a| arg_holds(a, r.args, deny))
+}
+
+/// A scalar found under an argument path.
+#[derive(Debug)]
+enum Leaf {
+    Str(String),
+    Num(f64),
+    Bool(bool),
+    Null,
+}
+
+/// Every scalar in `v`, object keys included, into `out`; false when `v`
+/// nests deeper than the limit below the argument path.
+fn leaves(v: &Value, depth: usize, out: &mut Vec<Leaf>) -> bool {
+    match v {
+        Value::Array(items) => {
+            depth < MAX_ARG_DEPTH && items.iter().all(|x| leaves(x, depth + 1, out))
         }
-    })
+        Value::Object(m) => {
+            if depth >= MAX_ARG_DEPTH {
+                return false;
+            }
+            for (k, x) in m {
+                out.push(Leaf::Str(k.clone()));
+                if !leaves(x, depth + 1, out) {
+                    return false;
+                }
+            }
+            true
+        }
+        Value::String(s) => {
+            out.push(Leaf::Str(s.clone()));
+            true
+        }
+        Value::Number(n) => {
+            out.push(Leaf::Num(n.as_f64().unwrap_or(f64::NAN)));
+            true
+        }
+        Value::Bool(b) => {
+            out.push(Leaf::Bool(*b));
+            true
+        }
+        Value::Null => {
+            out.push(Leaf::Null);
+            true
+        }
+    }
+}
+
+/// A string written plainly in decimal, as a number.
+fn plain_number(s: &str) -> Option<f64> {
+    static PLAIN: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$").expect("a valid regex")
+    });
+    PLAIN
+        .is_match(s)
+        .then(|| s.parse::<f64>().ok())
+        .flatten()
+        .filter(|f| f.is_finite())
+}
+
+fn leaf_number(l: &Leaf) -> Option<f64> {
+    match l {
+        Leaf::Num(f) if f.is_finite() => Some(*f),
+        Leaf::Str(s) => plain_number(s),
+        _ => None,
+    }
+}
+
+/// The number itself and, when it has a fraction, the integers either side.
+fn number_readings(f: f64) -> Vec<f64> {
+    if f.fract() == 0.0 {
+        vec![f]
+    } else {
+        vec![f, f.floor(), f.floor() + 1.0]
+    }
+}
+
+fn num_eq(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if a.is_number() && b.is_number() => x == y || a == b,
+        _ => a == b,
+    }
+}
+
+/// A file path's readings: as written, after each round of
+/// percent-decoding, each also with `\` as `/`; `None` stands for "still
+/// encoded after the last round".
+fn path_readings(p: &str) -> Vec<Option<Vec<u8>>> {
+    let mut rounds = vec![p.as_bytes().to_vec()];
+    let mut encoded = false;
+    loop {
+        let last = rounds.last().expect("one at least");
+        let mut next = Vec::new();
+        let mut k = 0;
+        while k < last.len() {
+            let hex = last
+                .get(k + 1..k + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (last[k], hex) {
+                (b'%', Some(b)) => {
+                    next.push(b);
+                    k += 3;
+                }
+                (c, _) => {
+                    next.push(c);
+                    k += 1;
+                }
+            }
+        }
+        if next == *last {
+            break;
+        }
+        if rounds.len() > MAX_DECODE_ROUNDS {
+            encoded = true;
+            break;
+        }
+        rounds.push(next);
+    }
+    let mut out: Vec<Option<Vec<u8>>> = Vec::new();
+    for r in rounds {
+        let slashed: Vec<u8> = r
+            .iter()
+            .map(|&b| if b == b'\\' { b'/' } else { b })
+            .collect();
+        out.push(Some(r));
+        out.push(Some(slashed));
+    }
+    if encoded {
+        out.push(None);
+    }
+    out
+}
+
+/// A path normalised lexically, `None` unless absolute and NUL-free.
+fn normalise(p: &[u8]) -> Option<Vec<Vec<u8>>> {
+    if !p.starts_with(b"/") || p.contains(&0) {
+        return None;
+    }
+    let mut segs: Vec<Vec<u8>> = Vec::new();
+    for s in p.split(|&b| b == b'/') {
+        if s == b".." {
+            segs.pop();
+        } else if !s.is_empty() && s != b"." {
+            segs.push(s.to_vec());
+        }
+    }
+    Some(segs)
+}
+
+/// Whether `p` is under the absolute `prefix` in one reading.
+fn path_judge(reading: &Option<Vec<u8>>, prefix: &str) -> Option<bool> {
+    let path = normalise(reading.as_ref()?)?;
+    let prefix = normalise(prefix.as_bytes())?;
+    Some(path.starts_with(&prefix))
+}
+
+/// Whether one scalar could satisfy the condition, for a deny rule.
+fn leaf_judge(a: &ArgCond, l: &Leaf) -> Option<bool> {
+    let text = a.value.as_ref().and_then(Value::as_str);
+    match (a.op, l) {
+        (ArgOp::Prefix, Leaf::Str(s)) => text.map(|p| s.starts_with(p)),
+        (ArgOp::Regex, Leaf::Str(s)) => text.map(|p| Regex::new(p).is_ok_and(|re| re.is_match(s))),
+        (ArgOp::PathPrefix, Leaf::Str(s)) => {
+            let prefix = text?;
+            let judged: Vec<Option<bool>> = path_readings(s)
+                .iter()
+                .map(|r| path_judge(r, prefix))
+                .collect();
+            Some(judged.iter().any(|j| *j != Some(false)))
+        }
+        (ArgOp::Range, l) => leaf_number(l).map(|f| {
+            number_readings(f)
+                .iter()
+                .any(|r| a.min.is_none_or(|m| m <= *r) && a.max.is_none_or(|m| *r <= m))
+        }),
+        (ArgOp::Eq | ArgOp::In, l) => {
+            let listed: Vec<&Value> = if a.op == ArgOp::Eq {
+                a.value.iter().collect()
+            } else {
+                a.values.iter().collect()
+            };
+            let each: Vec<Option<bool>> = listed
+                .iter()
+                .map(|x| match (l, x) {
+                    (_, Value::Array(_) | Value::Object(_)) => Some(false),
+                    (Leaf::Str(s), Value::String(x)) => Some(s == x),
+                    (Leaf::Num(_) | Leaf::Str(_), Value::Number(x)) => {
+                        let x = x.as_f64()?;
+                        leaf_number(l).map(|f| number_readings(f).contains(&x))
+                    }
+                    (Leaf::Bool(b), Value::Bool(x)) => Some(b == x),
+                    (Leaf::Null, Value::Null) => Some(true),
+                    _ => None,
+                })
+                .collect();
+            if each.contains(&Some(true)) {
+                Some(true)
+            } else if each.contains(&None) {
+                None
+            } else {
+                Some(false)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// One argument condition, for a rule that denies (`deny`) or allows.
+fn arg_holds(a: &ArgCond, args: Option<&Value>, deny: bool) -> bool {
+    let Some(v) = args.and_then(|x| pointer(x, &a.path)) else {
+        return a.op == ArgOp::Absent;
+    };
+    let text = a.value.as_ref().and_then(Value::as_str);
+    match a.op {
+        ArgOp::Absent => false,
+        ArgOp::Present => true,
+        ArgOp::Type => match a.ty.as_deref() {
+            Some("string") => v.is_string(),
+            Some("number") => v.is_number(),
+            Some("integer") => v.is_i64() || v.is_u64(),
+            Some("boolean") => v.is_boolean(),
+            Some("array") => v.is_array(),
+            Some("object") => v.is_object(),
+            Some("null") => v.is_null(),
+            _ => false,
+        },
+        ArgOp::MaxLen => match v {
+            Value::String(s) => a.max.is_some_and(|m| s.chars().count() as f64 <= m),
+            Value::Array(x) => a.max.is_some_and(|m| x.len() as f64 <= m),
+            _ => deny,
+        },
+        _ if deny => {
+            let listed = match a.op {
+                ArgOp::Eq => a.value.iter().collect::<Vec<_>>(),
+                ArgOp::In => a.values.iter().collect(),
+                _ => Vec::new(),
+            };
+            if listed.iter().any(|x| num_eq(v, x)) {
+                return true;
+            }
+            let mut found = Vec::new();
+            !leaves(v, 0, &mut found) || found.iter().any(|l| leaf_judge(a, l) != Some(false))
+        }
+        ArgOp::Eq => a.value.as_ref().is_some_and(|x| num_eq(v, x)),
+        ArgOp::In => a.values.iter().any(|x| num_eq(v, x)),
+        ArgOp::Prefix => v.as_str().zip(text).is_some_and(|(s, p)| s.starts_with(p)),
+        ArgOp::Regex => v
+            .as_str()
+            .zip(text)
+            .is_some_and(|(s, p)| Regex::new(p).is_ok_and(|re| re.is_match(s))),
+        ArgOp::PathPrefix => v.as_str().zip(text).is_some_and(|(s, p)| {
+            path_readings(s)
+                .iter()
+                .all(|r| path_judge(r, p) == Some(true))
+        }),
+        ArgOp::Range => {
+            v.is_number()
+                && v.as_f64().is_some_and(|f| {
+                    number_readings(f)
+                        .iter()
+                        .all(|r| a.min.is_none_or(|m| m <= *r) && a.max.is_none_or(|m| *r <= m))
+                })
+        }
+    }
 }
 
 /// The decision's effect and deciding rule id (`None`: default deny).

@@ -76,6 +76,22 @@ async def chatty(ctx: Context) -> str:
 
 
 @mcp.tool()
+def hidden() -> CallToolResult:
+    """Addresses in `_meta`, and behind zero-width and fullwidth characters."""
+    return CallToolResult(
+        content=[
+            TextContent(
+                type="text",
+                text="zero-width oli\u200b@leak\u200d.test",
+                _meta={"owner": "pam@leak.test"},
+            ),
+            TextContent(type="text", text="fullwidth \uff51\uff55\uff49\uff4e\uff20leak.test"),
+        ],
+        _meta={"owner": "ned@leak.test", "history": [{"by": "rob@leak.test"}]},
+    )
+
+
+@mcp.tool()
 def deep() -> CallToolResult:
     """Structured content nested deeper than a JSON reader may go."""
     v: object = "ivy@leak.test"
