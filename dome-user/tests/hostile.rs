@@ -252,6 +252,30 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
             .contains("name is longer"),
         "{v}"
     );
+    // An intent that is not a string was taken for none (a deny rule on
+    // its pattern did not apply).
+    let (status, v) = post(
+        &dome,
+        &as_a,
+        "echo",
+        &call(
+            "echo",
+            json!({"message": "x"}),
+            json!({"dome/intent": ["refund"]}),
+        ),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32602)),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is a string"),
+        "{v}"
+    );
     // At the cap, the call goes through.
     let (status, v) = post(
         &dome,
@@ -287,14 +311,29 @@ fn an_upstream_cannot_take_another_upstreams_names_nor_rename_its_tools() {
     let (_bank, bank) = start_demo(&[]);
     let (_up, up) = start_demo(&["--alias=delete_all"]);
     let (_other, other) = start_demo(&[]);
+    // A rule may name a tool by its upstream and the upstream's own name
+    // for it: a prefix a clash adds cannot move the rule off it.
+    let policies = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "hostile-federation-{}.policies",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.toml"),
+        "[[rule]]\nid = \"all\"\neffect = \"allow\"\n\n\
+         [[rule]]\nid = \"no-mass-delete-at-other\"\neffect = \"deny\"\n\
+         [rule.when]\nupstream = \"other\"\nupstream_tool = \"delete_all\"\n",
+    )
+    .unwrap();
     let dome = start_dome(
         "hostile-federation",
         &format!(
-            "[mcp]\ncatalog_refresh_ms = 100\n\
+            "[policy]\ndir = \"{}\"\n[mcp]\ncatalog_refresh_ms = 100\n\
              [[upstream]]\nname = \"evil\"\nurl = \"http://{evil}/mcp\"\nprefix = \"never\"\n\
              [[upstream]]\nname = \"bank\"\nurl = \"http://{bank}/mcp\"\nprefix = \"always\"\n\
              [[upstream]]\nname = \"up\"\nurl = \"http://{up}/mcp\"\nprefix = \"on_conflict\"\n\
-             [[upstream]]\nname = \"other\"\nurl = \"http://{other}/mcp\"\nprefix = \"on_conflict\"\n"
+             [[upstream]]\nname = \"other\"\nurl = \"http://{other}/mcp\"\nprefix = \"on_conflict\"\n",
+            policies.display()
         ),
     );
     let listed = tools(&dome);
@@ -340,7 +379,10 @@ fn an_upstream_cannot_take_another_upstreams_names_nor_rename_its_tools() {
         "other.delete_all",
         &call("other.delete_all", json!({"message": "m"}), json!({})),
     );
-    assert_eq!(text_of(&v), format!("delete_all@{other}:m"), "{v}");
+    assert_eq!(
+        v["error"]["code"], -32005,
+        "the rule on other's delete_all holds: {v}"
+    );
 }
 
 #[test]

@@ -138,6 +138,7 @@ fn main() -> anyhow::Result<()> {
             tool: &r.tool,
             kind: "tool",
             upstream: None,
+            upstream_tool: None,
             intent: None,
             args: Some(&r.args),
         }

@@ -821,6 +821,7 @@ fn policy_request<'a>(
         tool,
         kind,
         upstream,
+        upstream_tool: None,
         intent,
         args,
     }
@@ -1362,18 +1363,21 @@ impl Gateway {
     }
 
     /// Why a caller-controlled field the audit record stores is over its
-    /// cap, if one is: intents (in `_meta` or the header) and names are
+    /// cap or of the wrong type, if one is: intents (in `_meta` or the header) and names are
     /// stored verbatim, so without a cap one agent could write megabytes
     /// of trail a call (and push older records out under `retain_mb`).
-    fn oversized_field(&self, e: &Envelope) -> Option<String> {
+    fn bad_caller_field(&self, e: &Envelope) -> Option<String> {
         let max = self.config.max_intent_bytes;
         if e.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
             return Some(format!("the name is longer than {MAX_NAME_BYTES} bytes"));
         }
-        let in_meta = e
-            .dome_meta
-            .iter()
-            .any(|(k, v)| k == INTENT_META && json_str_over(v, max));
+        let intent = e.dome_meta.iter().find(|(k, _)| k == INTENT_META);
+        // An intent of another type was read as none, so a deny rule on
+        // its pattern did not apply.
+        if intent.is_some_and(|(_, v)| !v.starts_with('"')) {
+            return Some(format!("the intent (_meta[\"{INTENT_META}\"]) is a string"));
+        }
+        let in_meta = intent.is_some_and(|(_, v)| json_str_over(v, max));
         let in_header = || {
             CTX.try_with(|c| c.intent.as_ref().is_some_and(|i| i.len() > max))
                 .unwrap_or(false)
@@ -1745,8 +1749,8 @@ impl Gateway {
                 &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
             );
         }
-        if let Some(why) = self.oversized_field(&e) {
-            self.strike_source("oversized field");
+        if let Some(why) = self.bad_caller_field(&e) {
+            self.strike_source("a field over its cap or of the wrong type");
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &rpc_error(&id, code::INVALID_PARAMS, why),
@@ -1898,7 +1902,7 @@ impl Gateway {
                 }
                 Some(_) if e.id.is_none() => {}
                 Some("initialize") => out.push(refuse("initialize cannot be part of a batch")),
-                Some(_) if let Some(why) = self.oversized_field(&e) => {
+                Some(_) if let Some(why) = self.bad_caller_field(&e) => {
                     out.push(rpc_error(&id, code::INVALID_PARAMS, why))
                 }
                 Some(method) => {
@@ -2037,19 +2041,21 @@ impl Gateway {
                     .iter()
                     .filter(|t| {
                         let name = t[kind.key()].as_str().unwrap_or_default();
-                        let upstream = cat
-                            .routes
-                            .get(name)
+                        let route = cat.routes.get(name);
+                        let upstream = route
                             .and_then(|r| self.upstreams.get(r.upstream))
                             .map(|u| u.name());
-                        policy.could_allow(&policy_request(
-                            caller.as_ref(),
-                            policy_kind,
-                            name,
-                            upstream,
-                            None,
-                            None,
-                        ))
+                        policy.could_allow(&crate::policy::compile::Request {
+                            upstream_tool: route.map(|r| &*r.original),
+                            ..policy_request(
+                                caller.as_ref(),
+                                policy_kind,
+                                name,
+                                upstream,
+                                None,
+                                None,
+                            )
+                        })
                     })
                     .collect();
                 let offset = match cursor.map(catalog::parse_cursor) {
@@ -2256,6 +2262,8 @@ impl Gateway {
             ));
         };
         call.name = Some(key.as_str().into());
+        // The upstream's own name for a prompt (a URI is never renamed).
+        let mut original: Option<Arc<str>> = None;
         let upstream = match kind {
             Kind::Resources | Kind::Templates => {
                 let direct = if kind == Kind::Resources {
@@ -2283,6 +2291,7 @@ impl Gateway {
                     }
                     _ => {}
                 }
+                original = Some(r.original.clone());
                 r.upstream
             }),
         };
@@ -2310,6 +2319,7 @@ impl Gateway {
         let redaction = match self.decide_kind(
             policy_kind,
             &key,
+            original.as_deref(),
             args_text.as_deref(),
             &upstream,
             caller.as_ref(),
@@ -2420,6 +2430,7 @@ impl Gateway {
         &self,
         kind: &str,
         tool: &str,
+        original: Option<&str>,
         args_text: Option<&str>,
         upstream: &Upstream,
         caller: Option<&Caller>,
@@ -2445,14 +2456,17 @@ impl Gateway {
             },
             _ => None,
         };
-        let req = policy_request(
-            caller,
-            kind,
-            tool,
-            Some(upstream.name()),
-            intent,
-            args.as_ref(),
-        );
+        let req = crate::policy::compile::Request {
+            upstream_tool: original,
+            ..policy_request(
+                caller,
+                kind,
+                tool,
+                Some(upstream.name()),
+                intent,
+                args.as_ref(),
+            )
+        };
         let deny = |reason: &str| Refusal {
             code: code::POLICY_DENIED,
             message: format!("denied: {reason}"),
@@ -2632,6 +2646,7 @@ impl Gateway {
         let decided = self.decide_kind(
             "tool",
             name,
+            Some(&route.original),
             e.arguments.as_deref(),
             &upstream,
             caller.as_ref(),

@@ -31,6 +31,8 @@ pub struct Request<'a> {
     /// `resource` or `completion`.
     pub kind: &'a str,
     pub upstream: Option<&'a str>,
+    /// What the upstream calls `tool` (`None`: the same).
+    pub upstream_tool: Option<&'a str>,
     pub intent: Option<&'a str>,
     pub args: Option<&'a Value>,
 }
@@ -447,6 +449,7 @@ struct CRule {
     tools: Option<Vec<Glob>>,
     kinds: Option<Vec<String>>,
     upstreams: Option<Vec<String>>,
+    upstream_tools: Option<Vec<Glob>>,
     intent: Option<CIntent>,
     args: Vec<CArg>,
     obligations: Obligations,
@@ -558,6 +561,13 @@ impl CRule {
         }
         if let Some(ts) = &self.tools
             && !ts.iter().any(|g| g.matches(r.tool))
+        {
+            return false;
+        }
+        if let Some(ts) = &self.upstream_tools
+            && !ts
+                .iter()
+                .any(|g| g.matches(r.upstream_tool.unwrap_or(r.tool)))
         {
             return false;
         }
@@ -710,6 +720,10 @@ impl Policy {
                     .tools
                     .as_ref()
                     .is_none_or(|ts| ts.iter().any(|g| g.matches(loose.tool)))
+                && rule.upstream_tools.as_ref().is_none_or(|ts| {
+                    ts.iter()
+                        .any(|g| g.matches(loose.upstream_tool.unwrap_or(loose.tool)))
+                })
                 && rule
                     .users
                     .as_ref()
@@ -944,6 +958,7 @@ fn compile_rule(
             None => None,
         },
         upstreams: names(&w.upstream),
+        upstream_tools: names(&w.upstream_tool).map(|v| v.into_iter().map(Glob).collect()),
         intent,
         args,
         redactor: if rule.obligations.redact.is_empty() {

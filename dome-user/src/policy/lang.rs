@@ -11,6 +11,7 @@
 //! user = "*@acme.test"                  # glob on the end user; `user_present = true`
 //! tool = "records"                      # exact name or glob (`crm.*`)
 //! upstream = "demo"
+//! upstream_tool = "records"             # the upstream's own name (before any prefix)
 //! intent = { required = true, pattern = "(?i)refund", categories = ["billing"] }
 //! args = [{ path = "/count", op = "range", min = 1, max = 10 },
 //!         { path = "/file", op = "path_prefix", value = "/srv/reports" }]
@@ -172,6 +173,11 @@ pub struct When {
     pub tool: Option<OneOrMany>,
     #[serde(default)]
     pub upstream: Option<OneOrMany>,
+    /// Exact names or globs of what is called as its upstream names it
+    /// (before Dome's prefix). With `upstream`, a rule names one upstream's
+    /// tool whatever public name a clash gives it.
+    #[serde(default)]
+    pub upstream_tool: Option<OneOrMany>,
     #[serde(default)]
     pub intent: Option<IntentCond>,
     #[serde(default)]
@@ -272,6 +278,7 @@ impl TestRequest {
             tool: &self.tool,
             kind: self.kind.as_deref().unwrap_or("tool"),
             upstream: self.upstream.as_deref(),
+            upstream_tool: self.upstream_tool.as_deref(),
             intent: self.intent.as_deref(),
             args: self.args.as_ref(),
         }
@@ -295,6 +302,9 @@ pub struct TestRequest {
     pub kind: Option<String>,
     #[serde(default)]
     pub upstream: Option<String>,
+    /// The upstream's own name for it (default: `tool`).
+    #[serde(default)]
+    pub upstream_tool: Option<String>,
     #[serde(default)]
     pub intent: Option<String>,
     #[serde(default)]

@@ -42,6 +42,11 @@ fn rule_matches(file: &PolicyFile, rule: &Rule, r: &Request<'_>) -> bool {
         || !any(&w.agent, r.agent, false)
         || !any(&w.upstream, r.upstream, false)
         || !any(&w.tool, Some(r.tool), true)
+        || !any(
+            &w.upstream_tool,
+            Some(r.upstream_tool.unwrap_or(r.tool)),
+            true,
+        )
         || !any(&w.user, r.user, true)
     {
         return false;

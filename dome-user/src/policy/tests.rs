@@ -379,6 +379,9 @@ fn random_policy(g: &mut Gen) -> String {
             out.push_str(&format!("tool = \"{}\"\n", g.pick(&TOOL_PATTERNS)));
         }
         if g.chance(4) {
+            out.push_str(&format!("upstream_tool = \"{}\"\n", g.pick(&TOOL_PATTERNS)));
+        }
+        if g.chance(4) {
             out.push_str(&format!(
                 "kind = [\"{}\"]\n",
                 g.pick(&["tool", "prompt", "resource"])
@@ -433,6 +436,7 @@ fn compiled_tables_agree_with_the_reference_interpreter() {
                 tool: g.pick(&TOOLS),
                 kind: g.pick(&["", "tool", "prompt", "resource"]),
                 upstream: None,
+                upstream_tool: (!g.chance(2)).then(|| g.pick(&TOOLS)),
                 intent: match g.next() % 3 {
                     0 => None,
                     1 => Some("refund please"),
@@ -864,5 +868,37 @@ fn plain_decimals_are_the_only_strings_read_as_numbers() {
         "1,000",
     ] {
         assert_eq!(plain_decimal(s), None, "{s:?}");
+    }
+}
+
+#[test]
+fn a_rule_naming_the_upstreams_own_tool_name_holds_whatever_its_public_name() {
+    let text = "[[rule]]\nid = \"all\"\neffect = \"allow\"\n\n\
+                [[rule]]\nid = \"no-delete\"\neffect = \"deny\"\n\
+                [rule.when]\nupstream = \"bank\"\nupstream_tool = \"delete_*\"\n";
+    let p = compile(&[("p.toml".into(), text.into())]).unwrap();
+    let file: PolicyFile = toml::from_str(text).unwrap();
+    let call = |tool, upstream, upstream_tool| Request {
+        upstream: Some(upstream),
+        upstream_tool,
+        ..req(tool, None)
+    };
+    for (r, want) in [
+        (call("delete_all", "bank", Some("delete_all")), Effect::Deny),
+        (
+            call("bank.delete_all", "bank", Some("delete_all")),
+            Effect::Deny,
+        ),
+        (
+            call("bank.delete_all", "shop", Some("delete_all")),
+            Effect::Allow,
+        ),
+        (call("wipe", "bank", Some("delete_rows")), Effect::Deny),
+        (call("delete_all", "bank", Some("list")), Effect::Allow),
+        // Without the upstream's name, the public one stands for it.
+        (call("delete_all", "bank", None), Effect::Deny),
+    ] {
+        assert_eq!(p.decide(&r).effect(), want, "{r:?}");
+        assert_eq!(reference::decide(&file, &r).0, want, "{r:?}");
     }
 }
