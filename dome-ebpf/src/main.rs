@@ -524,6 +524,7 @@ fn judge(ctx: &XdpContext, c: &mut Cpu) -> u32 {
     }
     let refused = match lru_state(&DOME_PREAUTH_PREFIXES, &prefix) {
         Some(prefix_state) => charge(&cfg.preauth_prefix, prefix_state, now, len).err(),
+        // No aggregate entry to be had: fail closed, as for the address.
         None => Some((0, 0)),
     };
     if let Some((dimension, _)) = refused {
