@@ -441,11 +441,16 @@ impl KernelTier {
                 0,
             )
             .map_err(map_err(maps::FLOWS))?;
-        let owed = self.take_prebind(&key)?;
-        if owed.packets == 0 && owed.bytes == 0 {
-            return Ok(());
+        // The flow is bound now: report a failed charge rather than return
+        // an error, which would leave the caller believing it unbound (and
+        // so never unbinding it when the connection closes).
+        if let Err(e) = self
+            .take_prebind(&key)
+            .and_then(|owed| self.debit(slot, owed))
+        {
+            tracing::warn!(slot, error = %e, "charging a flow's pre-bind traffic to its identity failed; the flow is bound");
         }
-        self.debit(slot, owed)
+        Ok(())
     }
 
     /// Takes (reads and removes) what a flow sent while unbound.
@@ -465,6 +470,9 @@ impl KernelTier {
 
     /// Charges `owed` to identity `slot` in the kernel (see [`Self::bind_flow`]).
     fn debit(&self, slot: u32, owed: PreBind) -> Result<(), XdpError> {
+        if owed.packets == 0 && owed.bytes == 0 {
+            return Ok(());
+        }
         let budget = self.identity(slot)?.budget;
         let (pkt_ns, byte_ns) = budget::debit_cost(&budget, owed.packets, owed.bytes);
         if pkt_ns == 0 && byte_ns == 0 {
