@@ -11,8 +11,15 @@ pub const MAX_SLOTS: u32 = 65_536;
 /// Bound flows the kernel tier tracks (LRU: the least recently used binding
 /// goes first; an evicted flow is metered as unbound until bound again).
 pub const MAX_FLOWS: u32 = 262_144;
-/// Source prefixes metered before authentication (LRU).
+/// Source addresses metered before authentication (LRU: a flood of fresh
+/// addresses evicts the least recently seen, and each fresh one still pays
+/// its prefix's aggregate).
+pub const MAX_PREAUTH_ADDRS: u32 = 262_144;
+/// Source prefixes (/24, /64) whose aggregate is metered before authentication (LRU).
 pub const MAX_PREAUTH_PREFIXES: u32 = 131_072;
+/// Unbound flows whose traffic is counted until they are bound (LRU: an
+/// evicted flow's pre-bind traffic is not charged to its identity).
+pub const MAX_PREBIND_FLOWS: u32 = 262_144;
 /// Blocked flows and blocked prefixes (plain maps: an attacker cannot evict a block).
 pub const MAX_BLOCKED_FLOWS: u32 = 65_536;
 pub const MAX_BLOCKED_PREFIXES: u32 = 16_384;
@@ -109,12 +116,38 @@ pub struct Identity {
     pub state: BucketState,
 }
 
+/// What an unbound flow sent before it was bound (`DOME_PREBIND`): added to
+/// by XDP with atomic adds, taken by user space when it binds the flow and
+/// charged to the identity then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PreBind {
+    pub packets: u64,
+    /// Whole frames, as the byte buckets count them.
+    pub bytes: u64,
+}
+
+/// The input of the debit program ([`PROG_DEBIT`]), passed as its "packet"
+/// under `BPF_PROG_TEST_RUN`: push identity `slot`'s packet and byte TATs
+/// forward by these many nanoseconds (what the traffic would have cost).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DebitRequest {
+    pub slot: u32,
+    pub _pad: u32,
+    pub pkt_ns: u64,
+    pub byte_ns: u64,
+}
+
 /// Global settings of the XDP program (`DOME_CONFIG[0]`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct XdpConfig {
-    /// Budget per source prefix (/24, /64) for flows not yet bound.
+    /// Budget per source address for flows not yet bound.
     pub preauth: Budget,
+    /// Budget shared by every source address of one prefix (/24, /64) for
+    /// flows not yet bound: the aggregate over the per-address buckets.
+    pub preauth_prefix: Budget,
     /// Events each CPU may send per second; the rest are counted as suppressed.
     pub events_per_sec: u32,
     /// Non-zero while `DOME_BLOCKED_FLOWS` has entries (skip the lookup otherwise).
@@ -136,7 +169,7 @@ pub mod counter {
     pub const PASS_FRAGMENT: usize = 3;
     /// Dropped: a bound identity over its packet or byte budget.
     pub const DROP_BUDGET: usize = 4;
-    /// Dropped: an unbound flow's source prefix over the pre-auth budget.
+    /// Dropped: an unbound flow's source address over its pre-auth budget.
     pub const DROP_PREAUTH: usize = 5;
     /// Dropped: identity, flow or prefix on the blocklist.
     pub const DROP_BLOCKLIST: usize = 6;
@@ -146,7 +179,10 @@ pub mod counter {
     pub const EVENTS_SENT: usize = 8;
     /// Events not written: over the per-CPU sample rate or ring full.
     pub const EVENTS_SUPPRESSED: usize = 9;
-    pub const COUNT: usize = 10;
+    /// Dropped: an unbound flow's source address within its own pre-auth
+    /// budget, but its prefix (/24, /64) over the aggregate.
+    pub const DROP_PREAUTH_PREFIX: usize = 10;
+    pub const COUNT: usize = 11;
 
     pub const NAMES: [&str; COUNT] = [
         "pass_bound",
@@ -159,6 +195,7 @@ pub mod counter {
         "drop_malformed",
         "events_sent",
         "events_suppressed",
+        "drop_preauth_prefix",
     ];
 }
 
@@ -178,7 +215,8 @@ pub struct Counters {
 pub mod event {
     /// A bound identity ran out of budget (`detail`: 1 packets, 2 bytes).
     pub const BUDGET_EXHAUSTED: u8 = 1;
-    /// An unbound source prefix ran out of its pre-auth budget.
+    /// An unbound source ran out of its pre-auth budget (`detail`: 1 packets,
+    /// 2 bytes; plus `DETAIL_AGGREGATE` when it was the prefix's aggregate).
     pub const PREAUTH_EXHAUSTED: u8 = 2;
     /// A blocked packet (`detail`: 1 identity, 2 flow, 3 prefix).
     pub const BLOCKED: u8 = 3;
@@ -192,6 +230,8 @@ pub mod event {
     pub const DETAIL_IDENTITY: u8 = 1;
     pub const DETAIL_FLOW: u8 = 2;
     pub const DETAIL_PREFIX: u8 = 3;
+    /// Flag on `PREAUTH_EXHAUSTED`: the prefix's aggregate refused, not the address.
+    pub const DETAIL_AGGREGATE: u8 = 0x10;
 }
 
 /// One event from the XDP program.
@@ -222,6 +262,8 @@ mod pod {
     unsafe impl aya::Pod for XdpConfig {}
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for PreBind {}
+    unsafe impl aya::Pod for DebitRequest {}
 }
 
 /// Map names as they appear in the ELF object.
@@ -230,7 +272,9 @@ pub mod maps {
     pub const PORTS: &str = "DOME_PORTS";
     pub const FLOWS: &str = "DOME_FLOWS";
     pub const IDENTITIES: &str = "DOME_IDENTITIES";
-    pub const PREAUTH: &str = "DOME_PREAUTH";
+    pub const PREAUTH_ADDRS: &str = "DOME_PREAUTH_ADDRS";
+    pub const PREAUTH_PREFIXES: &str = "DOME_PREAUTH_PREFIXES";
+    pub const PREBIND: &str = "DOME_PREBIND";
     pub const BLOCKED_FLOWS: &str = "DOME_BLOCKED_FLOWS";
     pub const BLOCKED_PREFIXES: &str = "DOME_BLOCKED_PREFIXES";
     pub const COUNTERS: &str = "DOME_COUNTERS";
@@ -241,3 +285,7 @@ pub mod maps {
 pub const PROG_XDP: &str = "dome_xdp";
 /// A program that only returns XDP_PASS: the benchmark's floor (test-run overhead).
 pub const PROG_BASELINE: &str = "dome_xdp_baseline";
+/// A program never attached: user space runs it with `BPF_PROG_TEST_RUN` on
+/// a [`DebitRequest`] to charge a flow's pre-bind traffic to its identity
+/// with the same atomic updates the XDP program uses.
+pub const PROG_DEBIT: &str = "dome_xdp_debit";

@@ -1,6 +1,7 @@
 //! Dome's kernel tier: an XDP program that meters every packet bound for
 //! Dome's listener ports against the budget of the identity owning its flow,
-//! meters unbound flows per source prefix, and drops blocked sources early.
+//! meters unbound flows per source address within a per-prefix aggregate,
+//! and drops blocked sources early.
 //!
 //! Verdict rules, in order:
 //! 1. A frame too short for its Ethernet (and one VLAN) header, or carrying
@@ -18,11 +19,19 @@
 //!    is otherwise truncated is dropped as malformed.
 //! 5. Blocklist (prefix, then flow, then identity) → `drop_blocklist`.
 //! 6. A bound flow is charged to its identity's packet and byte buckets
-//!    (`pass_bound` / `drop_budget`); an unbound one to its source prefix's
-//!    pre-auth buckets (`pass_unbound` / `drop_preauth`). After a packet
-//!    refusal the flow remembers when the next packet could conform and
-//!    drops until then without recharging (until user space changes the
-//!    identity), so a flood reports its exhaustion once.
+//!    (`pass_bound` / `drop_budget`). After a packet refusal the flow
+//!    remembers when the next packet could conform and drops until then
+//!    without recharging (until user space changes the identity), so a
+//!    flood reports its exhaustion once.
+//! 7. An unbound flow is charged to its source address's pre-auth buckets
+//!    (`drop_preauth`), then to its prefix's (/24, /64) aggregate buckets
+//!    (`drop_preauth_prefix`, the address's charge refunded), and passes
+//!    (`pass_unbound`). A flooding host thus exhausts its own budget, not
+//!    its neighbours', until the prefix as a whole is over the aggregate.
+//!    A passed unbound packet is also counted against its flow
+//!    (`DOME_PREBIND`); when user space binds the flow it takes that count
+//!    and has `dome_xdp_debit` charge it to the identity, so traffic sent
+//!    before authentication is paid for by the identity too.
 //!
 //! Time is `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC (the clock user space
 //! writes deadlines in) at tick resolution. It costs ~17 ns a packet less
@@ -36,22 +45,26 @@
 #![feature(core_intrinsics)]
 
 use core::{
-    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xsub},
+    intrinsics::{AtomicOrdering::Relaxed, atomic_cxchg, atomic_xadd, atomic_xsub},
     mem::size_of,
     ptr::{addr_of_mut, read_unaligned, read_volatile},
 };
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    bindings::{
+        BPF_NOEXIST,
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS},
+    },
     helpers::bpf_ktime_get_coarse_ns,
     macros::{map, xdp},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key as LpmKey},
     programs::XdpContext,
 };
 use dome_common::{
-    BucketState, Budget, Counters, EVENT_RING_BYTES, Event, FlowBinding, FlowKey, Identity,
-    MAX_BLOCKED_FLOWS, MAX_BLOCKED_PREFIXES, MAX_FLOWS, MAX_PREAUTH_PREFIXES, MAX_SLOTS,
-    PORT_WORDS, PROTO_TCP, PROTO_UDP, XdpConfig, counter, event, port_bit, port_word,
+    BucketState, Budget, Counters, DebitRequest, EVENT_RING_BYTES, Event, FlowBinding, FlowKey,
+    Identity, MAX_BLOCKED_FLOWS, MAX_BLOCKED_PREFIXES, MAX_FLOWS, MAX_PREAUTH_ADDRS,
+    MAX_PREAUTH_PREFIXES, MAX_PREBIND_FLOWS, MAX_SLOTS, PORT_WORDS, PROTO_TCP, PROTO_UDP, PreBind,
+    XdpConfig, counter, event, port_bit, port_word,
 };
 
 #[map]
@@ -63,8 +76,14 @@ static DOME_FLOWS: LruHashMap<FlowKey, FlowBinding> = LruHashMap::with_max_entri
 #[map]
 static DOME_IDENTITIES: Array<Identity> = Array::with_max_entries(MAX_SLOTS, 0);
 #[map]
-static DOME_PREAUTH: LruHashMap<[u32; 4], BucketState> =
+static DOME_PREAUTH_ADDRS: LruHashMap<[u32; 4], BucketState> =
+    LruHashMap::with_max_entries(MAX_PREAUTH_ADDRS, 0);
+#[map]
+static DOME_PREAUTH_PREFIXES: LruHashMap<[u32; 4], BucketState> =
     LruHashMap::with_max_entries(MAX_PREAUTH_PREFIXES, 0);
+#[map]
+static DOME_PREBIND: LruHashMap<FlowKey, PreBind> =
+    LruHashMap::with_max_entries(MAX_PREBIND_FLOWS, 0);
 #[map]
 static DOME_BLOCKED_FLOWS: HashMap<FlowKey, u64> = HashMap::with_max_entries(MAX_BLOCKED_FLOWS, 0);
 #[map]
@@ -201,6 +220,13 @@ fn gcra(tat: *mut u64, now: u64, cost: u64, burst: u64) -> Result<(), u64> {
     Err(now)
 }
 
+/// What a frame of `len` bytes costs the byte bucket (at least 1 ns, so a
+/// rate always binds).
+#[inline(always)]
+fn byte_cost(budget: &Budget, len: u64) -> u64 {
+    (len.wrapping_mul(budget.byte_ns_per_kib) >> 10) | 1
+}
+
 /// Charges one packet of `len` bytes. `Err((dimension, t))` when refused:
 /// the dimension (`event::DETAIL_PACKETS` / `DETAIL_BYTES`) and, for the
 /// packet dimension, the time before which no packet can conform (0 for
@@ -221,8 +247,7 @@ fn charge(budget: &Budget, state: *mut BucketState, now: u64, len: u64) -> Resul
         return Err((event::DETAIL_PACKETS, retry));
     }
     if budget.byte_ns_per_kib != 0 {
-        let cost = (len.wrapping_mul(budget.byte_ns_per_kib) >> 10) | 1;
-        if gcra(byte, now, cost, budget.byte_burst_ns).is_err() {
+        if gcra(byte, now, byte_cost(budget, len), budget.byte_burst_ns).is_err() {
             if pkt_cost != 0 {
                 // Refund so a refused packet costs nothing in either dimension.
                 // SAFETY: as above.
@@ -477,16 +502,14 @@ fn judge(ctx: &XdpContext, c: &mut Cpu) -> u32 {
         // NO_SLOT (a flow that exists only to be blocked) falls through to pre-auth.
     }
 
-    let mut state = DOME_PREAUTH.get_ptr_mut(&prefix);
-    if state.is_none() {
-        let _ = DOME_PREAUTH.insert(&prefix, &BucketState::default(), 0);
-        state = DOME_PREAUTH.get_ptr_mut(&prefix);
-    }
-    let Some(state) = state else {
+    // Pre-auth: the source address's own buckets first, so a flooding host
+    // spends its own budget and stops reaching the aggregate; then the
+    // prefix's aggregate, which bounds a network's many addresses together.
+    let Some(addr_state) = lru_state(&DOME_PREAUTH_ADDRS, &flow.addr) else {
         // The LRU could not give us an entry: fail closed for unbound traffic.
         return drop(c, counter::DROP_PREAUTH);
     };
-    if let Err((dimension, _)) = charge(&cfg.preauth, state, now, len) {
+    if let Err((dimension, _)) = charge(&cfg.preauth, addr_state, now, len) {
         emit(
             c,
             cfg.events_per_sec,
@@ -499,6 +522,28 @@ fn judge(ctx: &XdpContext, c: &mut Cpu) -> u32 {
         );
         return drop(c, counter::DROP_PREAUTH);
     }
+    let refused = match lru_state(&DOME_PREAUTH_PREFIXES, &prefix) {
+        Some(prefix_state) => charge(&cfg.preauth_prefix, prefix_state, now, len).err(),
+        // No aggregate entry to be had: fail closed, as for the address.
+        None => Some((0, 0)),
+    };
+    if let Some((dimension, _)) = refused {
+        // A refused packet costs nothing: give the address its charge back.
+        refund(&cfg.preauth, addr_state, len);
+        emit(
+            c,
+            cfg.events_per_sec,
+            now,
+            event::PREAUTH_EXHAUSTED,
+            dimension | event::DETAIL_AGGREGATE,
+            &flow,
+            0,
+            len,
+        );
+        return drop(c, counter::DROP_PREAUTH_PREFIX);
+    }
+
+    count_prebind(&flow, proto, opening, len);
     if opening {
         emit(
             c,
@@ -512,6 +557,123 @@ fn judge(ctx: &XdpContext, c: &mut Cpu) -> u32 {
         );
     }
     pass(c, counter::PASS_UNBOUND)
+}
+
+/// The bucket state under `key`, created full if absent. `BPF_NOEXIST` so
+/// two CPUs seeing a new key at once do not reset each other's charge.
+#[inline(always)]
+fn lru_state(map: &LruHashMap<[u32; 4], BucketState>, key: &[u32; 4]) -> Option<*mut BucketState> {
+    if let Some(p) = map.get_ptr_mut(key) {
+        return Some(p);
+    }
+    let _ = map.insert(key, &BucketState::default(), BPF_NOEXIST as u64);
+    map.get_ptr_mut(key)
+}
+
+/// Counts a passed unbound packet against its flow, so the identity the flow
+/// is later bound to can be charged for it. A TCP SYN starts the count
+/// afresh (a new connection on a reused 4-tuple owes nothing for the old
+/// one); another packet adds to a count that exists; other packets of flows
+/// with no count (the tail of a connection after it was unbound, a flow
+/// older than the program) are not tracked. Only passed packets count: the
+/// identity pays for what reached Dome.
+#[inline(always)]
+fn count_prebind(flow: &FlowKey, proto: u8, opening: bool, len: u64) {
+    let first = PreBind {
+        packets: 1,
+        bytes: len,
+    };
+    if opening && proto == PROTO_TCP {
+        let _ = DOME_PREBIND.insert(flow, &first, 0);
+        return;
+    }
+    match DOME_PREBIND.get_ptr_mut(flow) {
+        Some(p) => {
+            // SAFETY: LRU values are preallocated and 8-byte aligned; several
+            // CPUs may count the same flow, hence the atomic adds.
+            unsafe {
+                atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*p).packets), 1);
+                atomic_xadd::<u64, u64, { Relaxed }>(addr_of_mut!((*p).bytes), len);
+            }
+        }
+        None if opening => {
+            let _ = DOME_PREBIND.insert(flow, &first, BPF_NOEXIST as u64);
+        }
+        None => {}
+    }
+}
+
+/// Takes back a charge `charge` made (the refund of a packet a later
+/// bucket refused). The words may have moved on meanwhile; subtracting the
+/// same cost undoes exactly this packet's share.
+#[inline(always)]
+fn refund(budget: &Budget, state: *mut BucketState, len: u64) {
+    // SAFETY: `state` points into a map value that outlives this call.
+    unsafe {
+        if budget.pkt_interval_ns != 0 {
+            atomic_xsub::<u64, u64, { Relaxed }>(
+                addr_of_mut!((*state).pkt_tat),
+                budget.pkt_interval_ns,
+            );
+        }
+        if budget.byte_ns_per_kib != 0 {
+            atomic_xsub::<u64, u64, { Relaxed }>(
+                addr_of_mut!((*state).byte_tat),
+                byte_cost(budget, len),
+            );
+        }
+    }
+}
+
+/// Charges `cost` to a TAT word unconditionally: traffic already passed
+/// cannot be refused, only paid for, so the identity may go into debt (its
+/// next packets drop until time catches up). Same compare-and-swap as
+/// [`gcra`]; after four lost races an atomic add still books the charge.
+#[inline(always)]
+fn debit_word(tat: *mut u64, now: u64, cost: u64) {
+    if cost == 0 {
+        return;
+    }
+    // SAFETY: as in `gcra`.
+    let mut cur = unsafe { read_volatile(tat) };
+    for _ in 0..4 {
+        let base = if cur > now { cur } else { now };
+        let next = base.saturating_add(cost);
+        // SAFETY: as above.
+        let (seen, swapped) =
+            unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(tat, cur, next) };
+        if swapped {
+            return;
+        }
+        cur = seen;
+    }
+    // SAFETY: as above.
+    unsafe { atomic_xadd::<u64, u64, { Relaxed }>(tat, cost) };
+}
+
+/// Charges a bound flow's pre-bind traffic to its identity. Never attached:
+/// user space runs it with `BPF_PROG_TEST_RUN`, the "packet" being a
+/// [`DebitRequest`], right after it bound the flow. User space works out the
+/// costs (they need 128-bit products, which BPF lacks). It runs in the kernel
+/// because the identity's TAT words are updated by XDP on every CPU with
+/// compare-and-swap; a user-space map update rewrites the whole value and
+/// would lose the charges made between its read and its write.
+/// `XDP_PASS` when charged, `XDP_ABORTED` for a malformed request.
+#[xdp]
+pub fn dome_xdp_debit(ctx: XdpContext) -> u32 {
+    let Some(req) = load::<DebitRequest>(&ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    let Some(id) = DOME_IDENTITIES.get_ptr_mut(req.slot) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: array values live as long as the map.
+    let id = unsafe { &mut *id };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    debit_word(addr_of_mut!(id.state.pkt_tat), now, req.pkt_ns);
+    debit_word(addr_of_mut!(id.state.byte_tat), now, req.byte_ns);
+    XDP_PASS
 }
 
 #[cfg(not(test))]

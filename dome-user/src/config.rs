@@ -16,7 +16,7 @@ use crate::identity::config::{
 };
 use crate::{
     mcp::{gateway::McpConfig, upstream::UpstreamConfig},
-    xdp::{BudgetSpec, ModeSetting, ProgramSettings},
+    xdp::{BudgetSpec, ModeSetting, PreauthSpec, ProgramSettings},
 };
 
 /// The whole configuration.
@@ -182,9 +182,10 @@ pub struct XdpSection {
     /// Budget of an identity's bound flows, unless its own says otherwise.
     #[serde(default = "default_identity_budget")]
     pub default_budget: BudgetSpec,
-    /// Budget per source prefix (/24, /64) for flows not yet authenticated.
+    /// Budget per source address for flows not yet authenticated, and
+    /// (`prefix`) the aggregate of its /24 or /64.
     #[serde(default = "default_preauth_budget")]
-    pub preauth_budget: BudgetSpec,
+    pub preauth_budget: PreauthSpec,
 }
 
 impl Default for XdpSection {
@@ -222,12 +223,13 @@ fn default_identity_budget() -> BudgetSpec {
         burst_bytes: 5_000_000,
     }
 }
-fn default_preauth_budget() -> BudgetSpec {
-    BudgetSpec {
+fn default_preauth_budget() -> PreauthSpec {
+    PreauthSpec {
         packets_per_sec: 5_000,
         burst_packets: 1_000,
         bytes_per_sec: 10_000_000,
         burst_bytes: 2_000_000,
+        prefix: None,
     }
 }
 
@@ -241,7 +243,8 @@ impl Config {
                 .clone()
                 .unwrap_or_else(|| vec![self.server.listen.port()]),
             udp_ports: self.xdp.udp_ports.clone(),
-            preauth: self.xdp.preauth_budget,
+            preauth: self.xdp.preauth_budget.address(),
+            preauth_prefix: self.xdp.preauth_budget.aggregate(),
             events_per_sec: self.xdp.events_per_sec,
         }
     }
@@ -350,13 +353,11 @@ impl Config {
                 "must be an interface name of 1 to 15 characters".into(),
             ));
         }
-        for (name, spec) in [
-            ("xdp.default_budget", &x.default_budget),
-            ("xdp.preauth_budget", &x.preauth_budget),
-        ] {
-            if let Err((field, why)) = spec.validate() {
-                out.push((format!("{name}.{field}"), why));
-            }
+        if let Err((field, why)) = x.default_budget.validate() {
+            out.push((format!("xdp.default_budget.{field}"), why));
+        }
+        for (field, why) in x.preauth_budget.problems() {
+            out.push((format!("xdp.preauth_budget.{field}"), why));
         }
         if let Some(p) = &x.tcp_ports
             && p.contains(&0)
@@ -683,6 +684,11 @@ mod tests {
         );
         assert_eq!(e.field, "xdp.preauth_budget.burst_packets");
         assert_eq!(e.line, 4, "{e}");
+        let e = err(
+            "[xdp.preauth_budget]\npackets_per_sec = 10\nburst_packets = 5\nbytes_per_sec = 0\nburst_bytes = 0\n[xdp.preauth_budget.prefix]\npackets_per_sec = 0\nburst_packets = 0\nbytes_per_sec = 100\nburst_bytes = 10\n",
+        );
+        assert_eq!(e.field, "xdp.preauth_budget.prefix.burst_bytes");
+        assert_eq!(e.line, 10, "{e}");
         let e = err("[server]\nlisten = \"127.0.0.1:1\"\n[stats]\nlisten = \"127.0.0.1:1\"\n");
         assert_eq!((e.field.as_str(), e.line), ("stats.listen", 4));
         let e = err("[mcp]\npage_size = 5\nsession_idle_s = 0\n");

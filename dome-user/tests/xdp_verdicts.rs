@@ -41,11 +41,22 @@ fn packets(pps: u64, burst: u64) -> BudgetSpec {
     }
 }
 
+/// A tier whose pre-auth budget per source address is `preauth`, with no
+/// aggregate limit per prefix.
 fn tier_with(preauth: BudgetSpec, events_per_sec: u32) -> Arc<KernelTier> {
+    tier_with_prefix(preauth, unlimited(), events_per_sec)
+}
+
+fn tier_with_prefix(
+    preauth: BudgetSpec,
+    preauth_prefix: BudgetSpec,
+    events_per_sec: u32,
+) -> Arc<KernelTier> {
     KernelTier::load(&ProgramSettings {
         tcp_ports: vec![PORT],
         udp_ports: vec![QUIC_PORT],
         preauth,
+        preauth_prefix,
         events_per_sec,
     })
     .unwrap_or_else(|e| panic!("loading the XDP program: {e}"))
@@ -176,7 +187,7 @@ fn refill_after_time_passes_again() {
 }
 
 #[test]
-fn unbound_flow_over_preauth_budget_drops_per_prefix() {
+fn unbound_flow_over_preauth_budget_drops_per_source_address() {
     let t = tier_with(packets(1, 3), 1000);
     let a = Frame::tcp(v4(203, 0, 113, 5), 1000, DOME4, PORT)
         .flags(SYN)
@@ -185,14 +196,17 @@ fn unbound_flow_over_preauth_budget_drops_per_prefix() {
         assert_eq!(run(&t, &a), PASS);
     }
     assert_eq!(run(&t, &a), DROP);
-    // Another host in the same /24 shares the prefix's budget.
+    // Another port of the same host shares the address's budget.
+    let same_host = Frame::tcp(v4(203, 0, 113, 5), 1001, DOME4, PORT).build();
+    assert_eq!(run(&t, &same_host), DROP);
+    // Another host, in the same /24 or not, has its own.
     let same24 = Frame::tcp(v4(203, 0, 113, 200), 2000, DOME4, PORT).build();
-    assert_eq!(run(&t, &same24), DROP);
-    // A host in another /24 has its own.
+    assert_eq!(run(&t, &same24), PASS);
     let other24 = Frame::tcp(v4(203, 0, 114, 5), 1000, DOME4, PORT).build();
     assert_eq!(run(&t, &other24), PASS);
-    assert_eq!(count(&t, counter::PASS_UNBOUND), 4);
+    assert_eq!(count(&t, counter::PASS_UNBOUND), 5);
     assert_eq!(count(&t, counter::DROP_PREAUTH), 2);
+    assert_eq!(count(&t, counter::DROP_PREAUTH_PREFIX), 0);
     // Binding the flow takes it off the pre-auth budget.
     let bound = Frame::tcp(v4(203, 0, 113, 5), 1000, DOME4, PORT);
     t.reset_identity(1, &unlimited()).unwrap();
@@ -283,8 +297,8 @@ fn expired_block_passes_and_is_swept() {
 }
 
 #[test]
-fn ipv6_bound_budget_and_preauth_per_64() {
-    let t = tier_with(packets(1, 2), 1000);
+fn ipv6_bound_budget_and_preauth_per_address_within_the_64() {
+    let t = tier_with_prefix(packets(1, 2), packets(1, 3), 1000);
     let dome6 = v6("2001:db8:d0e::1");
     let f = Frame::tcp(v6("2001:db8:1:2::10"), 443, dome6, PORT);
     t.reset_identity(11, &packets(1, 3)).unwrap();
@@ -300,7 +314,15 @@ fn ipv6_bound_budget_and_preauth_per_64() {
     let other64 = Frame::udp(v6("2001:db8:5:7::1"), 1, dome6, QUIC_PORT).build();
     assert_eq!(run(&t, &a), PASS);
     assert_eq!(run(&t, &same64), PASS);
-    assert_eq!(run(&t, &a), DROP, "the /64 spent its burst of two");
+    assert_eq!(run(&t, &a), PASS, "the address's second packet");
+    assert_eq!(run(&t, &a), DROP, "the address spent its burst of two");
+    assert_eq!(count(&t, counter::DROP_PREAUTH), 1);
+    assert_eq!(
+        run(&t, &same64),
+        DROP,
+        "the address has budget left, the /64 spent its aggregate of three"
+    );
+    assert_eq!(count(&t, counter::DROP_PREAUTH_PREFIX), 1);
     assert_eq!(run(&t, &other64), PASS);
 
     t.block_prefix(&"2001:db8:5::/48".parse().unwrap(), None)
@@ -550,4 +572,150 @@ fn budget_change_ends_the_drop_shortcut() {
         PASS,
         "the raised budget applies immediately"
     );
+}
+
+/// A SYN flood from one host must not lock its neighbours out: each address
+/// spends its own pre-auth budget, and only the /24 as a whole is bounded by
+/// the (larger) aggregate.
+#[test]
+fn a_flooding_host_does_not_exhaust_its_neighbours_until_the_prefix_aggregate_is_reached() {
+    let t = tier_with_prefix(packets(1, 3), packets(1, 8), 1000);
+    let syn = |host: u8, port: u16| {
+        Frame::tcp(v4(203, 0, 113, host), port, DOME4, PORT)
+            .flags(SYN)
+            .build()
+    };
+    // Host A floods from fresh ports: its own burst of three, then nothing.
+    let passed_a = (0..50)
+        .filter(|i| run(&t, &syn(5, 10_000 + i)) == PASS)
+        .count();
+    assert_eq!(passed_a, 3);
+    assert_eq!(count(&t, counter::DROP_PREAUTH), 47);
+    // Host B of the same /24 still connects: A's refused SYNs cost the
+    // aggregate nothing.
+    for i in 0..3 {
+        assert_eq!(run(&t, &syn(77, 20_000 + i)), PASS, "host B's SYN {i}");
+    }
+    // Host C takes the /24 to its aggregate of eight (3 + 3 + 2) ...
+    assert_eq!(run(&t, &syn(78, 30_000)), PASS);
+    assert_eq!(run(&t, &syn(78, 30_001)), PASS);
+    // ... and from then on the /24 as a whole is refused, though C and the
+    // fresh host D have budget of their own left.
+    assert_eq!(run(&t, &syn(78, 30_002)), DROP);
+    assert_eq!(run(&t, &syn(79, 40_000)), DROP);
+    assert_eq!(count(&t, counter::DROP_PREAUTH_PREFIX), 2);
+    assert_eq!(count(&t, counter::DROP_PREAUTH), 47);
+    // Another /24 is untouched.
+    let elsewhere = Frame::tcp(v4(203, 0, 114, 5), 1, DOME4, PORT)
+        .flags(SYN)
+        .build();
+    assert_eq!(run(&t, &elsewhere), PASS);
+    assert_eq!(count(&t, counter::PASS_UNBOUND), 3 + 3 + 2 + 1);
+    let ev = events(&t);
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == EventKind::PreauthExhausted && e.detail == 1),
+        "an address's exhaustion is reported: {ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e.kind == EventKind::PreauthExhausted && e.detail == 0x11),
+        "the aggregate's exhaustion is reported as such: {ev:?}"
+    );
+}
+
+/// Opening a new connection per request must not let an agent spend more
+/// than its identity's budget: what each connection sent before it was bound
+/// (handshake and request) is charged to the identity at bind time, even
+/// when the connection closes without sending another packet.
+#[test]
+fn an_agent_opening_a_connection_per_request_pays_its_identity_for_every_request() {
+    let t = tier();
+    // 10 kB/s with a 6,000-byte burst; packets unlimited. A byte costs
+    // 100 µs, so the test's own run time refills next to nothing.
+    let spec = BudgetSpec {
+        bytes_per_sec: 10_000,
+        burst_bytes: 6_000,
+        ..Default::default()
+    };
+    t.reset_identity(15, &spec).unwrap();
+    let src = v4(198, 51, 100, 110);
+    let start = dome::clock::monotonic_ns();
+    let mut sent = 0u64;
+    for conn in 0..5u16 {
+        let port = 41_000 + conn;
+        let syn = Frame::tcp(src, port, DOME4, PORT).flags(SYN).build();
+        let request = Frame::tcp(src, port, DOME4, PORT).payload(1400).build();
+        assert_eq!(run(&t, &syn), PASS);
+        assert_eq!(run(&t, &request), PASS);
+        sent += (syn.len() + request.len()) as u64;
+        let flow = flow_of(&Frame::tcp(src, port, DOME4, PORT));
+        assert_eq!(
+            t.prebind_use(&flow),
+            (2, (syn.len() + request.len()) as u64)
+        );
+        // Dome authenticates the request, binds the flow, answers, and the
+        // client closes: no packet of this connection is ever seen bound.
+        t.bind_flow(&flow, 15).unwrap();
+        assert_eq!(t.prebind_use(&flow), (0, 0), "taken at bind time");
+        t.unbind_flow(&flow).unwrap();
+    }
+    assert_eq!(sent, 5 * (54 + 1454));
+    // Every pre-bind byte was charged, exactly once: 100 µs a byte, plus the
+    // nanosecond each frame's cost is rounded up by.
+    let per_byte = spec.to_kernel().byte_ns_per_kib / 1024;
+    assert_eq!(per_byte, 100_000);
+    let owed = sent * per_byte + 10;
+    let tat = t.identity(15).unwrap().state.byte_tat;
+    // The coarse clock lags a tick (4 ms at HZ=250), more after the CPUs
+    // idled without ticks (7 ms seen): 50 ms is still a third of one
+    // connection's charge.
+    assert!(
+        tat >= start + owed - 50_000_000 && tat <= dome::clock::monotonic_ns() + owed,
+        "byte TAT {tat}, start {start}, owed {owed} ns"
+    );
+    // So the identity is over its 6,000-byte burst: the next connection's
+    // first bound packet is refused, where without the charge the identity
+    // would still have its whole burst.
+    let next = Frame::tcp(src, 41_100, DOME4, PORT).payload(1400);
+    t.bind_flow(&flow_of(&next), 15).unwrap();
+    assert_eq!(run(&t, &next.build()), DROP);
+    assert_eq!(count(&t, counter::DROP_BUDGET), 1);
+
+    // Packets after the unbind (the connection's tail) start no count, so a
+    // later binding of the same 4-tuple is not charged again.
+    let closed = Frame::tcp(src, 41_000, DOME4, PORT);
+    assert_eq!(run(&t, &closed.build()), PASS);
+    assert_eq!(t.prebind_use(&flow_of(&closed)), (0, 0));
+    t.reset_identity(15, &spec).unwrap();
+    t.bind_flow(&flow_of(&closed), 15).unwrap();
+    assert_eq!(t.identity(15).unwrap().state, Default::default());
+}
+
+/// A new connection's count starts at its SYN: leftovers of an earlier
+/// connection on the same 4-tuple that was never bound are not charged to
+/// the identity the new one binds to. UDP flows count from a QUIC Initial.
+#[test]
+fn a_syn_starts_a_flows_pre_bind_count_afresh() {
+    let t = tier();
+    let src = v4(198, 51, 100, 111);
+    let f = Frame::tcp(src, 42_000, DOME4, PORT);
+    let syn = f.clone().flags(SYN).build();
+    assert_eq!(run(&t, &syn), PASS);
+    assert_eq!(run(&t, &f.clone().payload(500).build()), PASS);
+    assert_eq!(t.prebind_use(&flow_of(&f)), (2, 54 + 554));
+    assert_eq!(run(&t, &syn), PASS);
+    assert_eq!(t.prebind_use(&flow_of(&f)), (1, 54));
+
+    let q = Frame::udp(src, 42_001, DOME4, QUIC_PORT).payload(1200);
+    let mut initial = q.build();
+    let l4 = craft::l4_offset(&q);
+    initial[l4 + 8] = 0xc3; // long header, Initial
+    assert_eq!(run(&t, &q.build()), PASS);
+    assert_eq!(t.prebind_use(&flow_of(&q)), (0, 0), "no Initial yet");
+    assert_eq!(run(&t, &initial), PASS);
+    assert_eq!(run(&t, &initial), PASS);
+    assert_eq!(run(&t, &q.build()), PASS);
+    let len = initial.len() as u64;
+    assert_eq!(t.prebind_use(&flow_of(&q)), (3, 3 * len));
 }

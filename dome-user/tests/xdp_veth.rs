@@ -151,6 +151,7 @@ fn native_xdp_on_veth_meters_real_packets() {
                     burst_packets: 5,
                     ..Default::default()
                 },
+                preauth_prefix: BudgetSpec::default(),
                 events_per_sec: 1000,
             })
             .expect("load");
@@ -178,7 +179,7 @@ fn native_xdp_on_veth_meters_real_packets() {
             let c = tier.counters().unwrap();
             assert!(c.get(counter::PASS_OTHER) >= 20, "{c:?}");
 
-            // Unbound flow: the source /24 gets its pre-auth burst of five.
+            // Unbound flow: the source address gets its pre-auth burst of five.
             let started = Instant::now();
             send(4001, LISTEN, 30);
             let got = drain(&listener, Duration::from_millis(300));

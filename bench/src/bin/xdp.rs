@@ -46,6 +46,7 @@ fn main() -> anyhow::Result<()> {
             burst_packets: 100,
             ..Default::default()
         },
+        preauth_prefix: BudgetSpec::default(),
         events_per_sec: 1000,
     })?;
     // A bound flow whose budget never runs out during the run but is charged

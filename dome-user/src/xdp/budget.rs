@@ -68,6 +68,86 @@ impl BudgetSpec {
     }
 }
 
+/// `[xdp.preauth_budget]`: the pre-auth budget of one source address, and
+/// in `prefix` the aggregate budget of its /24 (IPv4) or /64 (IPv6). Flows
+/// not yet bound to an identity pay both: a flooding host spends its own
+/// budget and cannot starve its neighbours until the network as a whole
+/// reaches the aggregate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreauthSpec {
+    pub packets_per_sec: u64,
+    pub burst_packets: u64,
+    pub bytes_per_sec: u64,
+    pub burst_bytes: u64,
+    /// The prefix's aggregate; absent: [`PREFIX_FACTOR`] times the per-address budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<BudgetSpec>,
+}
+
+/// How many addresses' worth of pre-auth budget a prefix gets by default.
+pub const PREFIX_FACTOR: u64 = 4;
+
+impl PreauthSpec {
+    /// The budget of one source address.
+    pub fn address(&self) -> BudgetSpec {
+        BudgetSpec {
+            packets_per_sec: self.packets_per_sec,
+            burst_packets: self.burst_packets,
+            bytes_per_sec: self.bytes_per_sec,
+            burst_bytes: self.burst_bytes,
+        }
+    }
+
+    /// The budget of one source prefix (/24, /64), shared by its addresses.
+    pub fn aggregate(&self) -> BudgetSpec {
+        self.prefix.unwrap_or_else(|| {
+            let a = self.address();
+            BudgetSpec {
+                packets_per_sec: a.packets_per_sec.saturating_mul(PREFIX_FACTOR),
+                burst_packets: a.burst_packets.saturating_mul(PREFIX_FACTOR),
+                bytes_per_sec: a.bytes_per_sec.saturating_mul(PREFIX_FACTOR),
+                burst_bytes: a.burst_bytes.saturating_mul(PREFIX_FACTOR),
+            }
+        })
+    }
+
+    /// Problems of either budget, as (field relative to the table, why).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        if let Err((field, why)) = self.address().validate() {
+            out.push((field.to_string(), why));
+        }
+        if let Err((field, why)) = self.aggregate().validate() {
+            let why = if self.prefix.is_none() {
+                format!(
+                    "{why} ({PREFIX_FACTOR} times the per-address budget: set [xdp.preauth_budget.prefix])"
+                )
+            } else {
+                why
+            };
+            out.push((format!("prefix.{field}"), why));
+        }
+        out
+    }
+}
+
+/// What `packets` frames totalling `bytes` cost a budget, in nanoseconds of
+/// each bucket (packets, bytes): what the kernel would have charged them
+/// frame by frame (each frame's byte cost is rounded up by 1 ns, so
+/// `packets` ns are added). Zero in an unlimited dimension. Used to debit a
+/// flow's pre-bind traffic; saturates rather than wraps.
+pub fn debit_cost(budget: &Budget, packets: u64, bytes: u64) -> (u64, u64) {
+    let sat = |v: u128| v.min(u64::MAX as u128) as u64;
+    let pkt = sat(packets as u128 * budget.pkt_interval_ns as u128);
+    let byte = if budget.byte_ns_per_kib == 0 {
+        0
+    } else {
+        sat(((bytes as u128 * budget.byte_ns_per_kib as u128) >> 10) + packets as u128)
+    };
+    (pkt, byte)
+}
+
 /// What the kernel's GCRA decides for one packet, computed the same way in
 /// user space: used to test the arithmetic without a kernel, and by the
 /// kernel tests to predict verdicts.
@@ -122,6 +202,48 @@ mod tests {
         let t = conforms(0, now, cost, b.byte_burst_ns).unwrap();
         let t = conforms(t, now, cost, b.byte_burst_ns).unwrap();
         assert!(conforms(t, now, cost, b.byte_burst_ns).is_none());
+    }
+
+    #[test]
+    fn debit_cost_is_what_the_frames_would_have_cost_one_by_one() {
+        let b = spec(100, 5, 1_000_000, 3_000).to_kernel();
+        let frames = [54u64, 1454, 600];
+        let one_by_one: u64 = frames
+            .iter()
+            .map(|len| (len * b.byte_ns_per_kib) >> 10 | 1)
+            .sum();
+        let (pkt, byte) = debit_cost(&b, 3, frames.iter().sum());
+        assert_eq!(pkt, 3 * b.pkt_interval_ns);
+        // Equal up to the sub-nanosecond remainders of each frame.
+        assert!(byte.abs_diff(one_by_one) <= 3, "{byte} vs {one_by_one}");
+        assert_eq!(debit_cost(&Budget::default(), 3, 2108), (0, 0));
+        // 1 B/s: a huge but exact debt; absurd inputs saturate.
+        let slow = spec(0, 0, 1, 2_000).to_kernel();
+        assert_eq!(debit_cost(&slow, 1, 1000).1, 1_000_000_000_001);
+        assert_eq!(debit_cost(&slow, u64::MAX, u64::MAX).1, u64::MAX);
+    }
+
+    #[test]
+    fn preauth_prefix_defaults_to_four_addresses_worth() {
+        let p = PreauthSpec {
+            packets_per_sec: 10,
+            burst_packets: 5,
+            bytes_per_sec: 0,
+            burst_bytes: 0,
+            prefix: None,
+        };
+        assert_eq!(p.address(), spec(10, 5, 0, 0));
+        assert_eq!(p.aggregate(), spec(40, 20, 0, 0));
+        let explicit = PreauthSpec {
+            prefix: Some(spec(100, 7, 0, 0)),
+            ..p
+        };
+        assert_eq!(explicit.aggregate(), spec(100, 7, 0, 0));
+        let bad = PreauthSpec {
+            prefix: Some(spec(100, 0, 0, 0)),
+            ..p
+        };
+        assert_eq!(bad.problems()[0].0, "prefix.burst_packets");
     }
 
     #[test]

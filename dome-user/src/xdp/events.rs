@@ -59,8 +59,9 @@ impl EventKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct KernelEvent {
     pub kind: EventKind,
-    /// Kind-specific: packets (1) or bytes (2) for budgets; identity (1),
-    /// flow (2) or prefix (3) for blocks.
+    /// Kind-specific: packets (1) or bytes (2) for budgets, plus 0x10 when a
+    /// prefix's pre-auth aggregate refused; identity (1), flow (2) or
+    /// prefix (3) for blocks.
     pub detail: u8,
     pub ts_ns: u64,
     pub src: IpAddr,

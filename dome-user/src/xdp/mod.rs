@@ -20,12 +20,12 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
 };
 use dome_common::{
-    Counters, FlowBinding, FlowKey, Identity, MAX_SLOTS, PORT_WORDS, PROTO_TCP, PROTO_UDP,
-    XdpConfig, counter, maps, port_bit, port_word,
+    Counters, DebitRequest, FlowBinding, FlowKey, Identity, MAX_SLOTS, PORT_WORDS, PROTO_TCP,
+    PROTO_UDP, PreBind, XdpConfig, counter, maps, port_bit, port_word,
 };
 use serde::Serialize;
 
-pub use budget::BudgetSpec;
+pub use budget::{BudgetSpec, PreauthSpec};
 pub use events::{EventKind, EventStats, KernelEvent, drain as drain_events, spawn_event_reader};
 
 use crate::clock::monotonic_ns;
@@ -155,7 +155,10 @@ impl std::str::FromStr for Prefix {
 pub struct ProgramSettings {
     pub tcp_ports: Vec<u16>,
     pub udp_ports: Vec<u16>,
+    /// Pre-auth budget of one source address.
     pub preauth: BudgetSpec,
+    /// Pre-auth budget shared by a source prefix (/24, /64): the aggregate.
+    pub preauth_prefix: BudgetSpec,
     pub events_per_sec: u32,
 }
 
@@ -184,6 +187,19 @@ pub enum XdpError {
     Slot(u32),
     #[error("test run: {0}")]
     TestRun(#[from] ProgramError),
+    #[error("charging identity slot {slot} for its flow's pre-bind traffic: verdict {verdict}")]
+    Debit { slot: u32, verdict: u32 },
+}
+
+/// Whether a map operation failed only because the key is not there: aya
+/// reports a lookup's miss as `KeyNotFound` but a delete's as the syscall's
+/// ENOENT.
+fn absent(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
@@ -220,6 +236,8 @@ pub struct KernelTier {
     /// The port bitmap map and the words last written to it.
     ports: Mutex<(Array<MapData, u64>, Vec<u64>)>,
     flows: Mutex<HashMap<MapData, FlowKey, FlowBinding>>,
+    /// What unbound flows sent (`DOME_PREBIND`), taken at bind time.
+    prebind: Mutex<HashMap<MapData, FlowKey, PreBind>>,
     identities: Mutex<Array<MapData, Identity>>,
     blocks: Mutex<Blocks>,
     counters: PerCpuArray<MapData, Counters>,
@@ -234,7 +252,11 @@ impl KernelTier {
         let mut ebpf = EbpfLoader::new()
             .load(PROGRAM_OBJECT)
             .map_err(|e| XdpError::Load(format!("{e:#}")))?;
-        for name in [dome_common::PROG_XDP, dome_common::PROG_BASELINE] {
+        for name in [
+            dome_common::PROG_XDP,
+            dome_common::PROG_BASELINE,
+            dome_common::PROG_DEBIT,
+        ] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| XdpError::Load(format!("program {name} missing from the object")))?
@@ -253,6 +275,8 @@ impl KernelTier {
             Array::try_from(take(&mut ebpf, maps::PORTS)?).map_err(map_err(maps::PORTS))?;
         let flows =
             HashMap::try_from(take(&mut ebpf, maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
+        let prebind =
+            HashMap::try_from(take(&mut ebpf, maps::PREBIND)?).map_err(map_err(maps::PREBIND))?;
         let identities = Array::try_from(take(&mut ebpf, maps::IDENTITIES)?)
             .map_err(map_err(maps::IDENTITIES))?;
         let block_flows = HashMap::try_from(take(&mut ebpf, maps::BLOCKED_FLOWS)?)
@@ -268,6 +292,7 @@ impl KernelTier {
             config,
             cfg: XdpConfig {
                 preauth: settings.preauth.to_kernel(),
+                preauth_prefix: settings.preauth_prefix.to_kernel(),
                 events_per_sec: settings.events_per_sec,
                 ..Default::default()
             },
@@ -281,6 +306,7 @@ impl KernelTier {
             ebpf: RwLock::new(ebpf),
             ports: Mutex::new((ports, vec![0; 2 * PORT_WORDS as usize])),
             flows: Mutex::new(flows),
+            prebind: Mutex::new(prebind),
             identities: Mutex::new(identities),
             blocks: Mutex::new(blocks),
             counters,
@@ -292,11 +318,12 @@ impl KernelTier {
     }
 
     /// Applies new settings to the running program (a config reload):
-    /// listener ports, the pre-auth budget and the event rate.
+    /// listener ports, the pre-auth budgets and the event rate.
     pub fn apply_settings(&self, settings: &ProgramSettings) -> Result<(), XdpError> {
         self.write_ports(settings)?;
         let mut b = self.blocks.lock().expect("blocks lock");
         b.cfg.preauth = settings.preauth.to_kernel();
+        b.cfg.preauth_prefix = settings.preauth_prefix.to_kernel();
         b.cfg.events_per_sec = settings.events_per_sec;
         b.publish()
     }
@@ -382,16 +409,30 @@ impl KernelTier {
     }
 
     /// Binds a flow to an identity slot: from now on its packets are charged
-    /// to that identity's budget.
+    /// to that identity's budget, and what it sent before (while unbound,
+    /// metered only by the pre-auth budgets) is charged to the identity now.
+    ///
+    /// Order matters under concurrency. The binding goes in first, so every
+    /// packet XDP judges after it is charged to the identity directly; only
+    /// then is the flow's pre-bind count taken, and no packet adds to it any
+    /// more except one a CPU was judging at that very instant (it looked the
+    /// binding up before it existed): at most one packet per CPU escapes.
+    /// The charge is made in the kernel by `dome_xdp_debit`, with the same
+    /// compare-and-swap as XDP's own charges, since XDP may be charging the
+    /// identity on other CPUs meanwhile. It is made here rather than on the
+    /// flow's first bound packet because a client that opens a connection per
+    /// request may send nothing more after its request: the connection
+    /// closes, and is unbound, before another packet arrives.
     pub fn bind_flow(&self, flow: &Flow, slot: u32) -> Result<(), XdpError> {
         if slot >= MAX_SLOTS {
             return Err(XdpError::Slot(slot));
         }
+        let key = flow.key();
         self.flows
             .lock()
             .expect("flows lock")
             .insert(
-                flow.key(),
+                key,
                 FlowBinding {
                     slot,
                     drop_generation: 0,
@@ -399,16 +440,93 @@ impl KernelTier {
                 },
                 0,
             )
-            .map_err(map_err(maps::FLOWS))
+            .map_err(map_err(maps::FLOWS))?;
+        // The flow is bound now: report a failed charge rather than return
+        // an error, which would leave the caller believing it unbound (and
+        // so never unbinding it when the connection closes).
+        if let Err(e) = self
+            .take_prebind(&key)
+            .and_then(|owed| self.debit(slot, owed))
+        {
+            tracing::warn!(slot, error = %e, "charging a flow's pre-bind traffic to its identity failed; the flow is bound");
+        }
+        Ok(())
+    }
+
+    /// Takes (reads and removes) what a flow sent while unbound.
+    fn take_prebind(&self, key: &FlowKey) -> Result<PreBind, XdpError> {
+        let mut map = self.prebind.lock().expect("prebind lock");
+        let owed = match map.get(key, 0) {
+            Ok(p) => p,
+            Err(e) if absent(&e) => return Ok(PreBind::default()),
+            Err(e) => return Err(map_err(maps::PREBIND)(e)),
+        };
+        match map.remove(key) {
+            Ok(()) => Ok(owed),
+            Err(e) if absent(&e) => Ok(owed),
+            Err(e) => Err(map_err(maps::PREBIND)(e)),
+        }
+    }
+
+    /// Charges `owed` to identity `slot` in the kernel (see [`Self::bind_flow`]).
+    fn debit(&self, slot: u32, owed: PreBind) -> Result<(), XdpError> {
+        if owed.packets == 0 && owed.bytes == 0 {
+            return Ok(());
+        }
+        let budget = self.identity(slot)?.budget;
+        let (pkt_ns, byte_ns) = budget::debit_cost(&budget, owed.packets, owed.bytes);
+        if pkt_ns == 0 && byte_ns == 0 {
+            return Ok(());
+        }
+        let req = DebitRequest {
+            slot,
+            _pad: 0,
+            pkt_ns,
+            byte_ns,
+        };
+        // SAFETY: DebitRequest is repr(C) plain data without implicit padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&req as *const DebitRequest).cast::<u8>(),
+                size_of::<DebitRequest>(),
+            )
+        };
+        // Test runs need at least an Ethernet header's worth of data.
+        let mut frame = [0u8; 32];
+        frame[..bytes.len()].copy_from_slice(bytes);
+        let (verdict, _) = self.test_run_repeat(dome_common::PROG_DEBIT, &frame, 1)?;
+        if verdict != XDP_PASS {
+            return Err(XdpError::Debit { slot, verdict });
+        }
+        Ok(())
     }
 
     /// Removes a flow's binding (the connection ended). Unbinding an unknown
-    /// flow is not an error: the LRU may have evicted it.
+    /// flow is not an error: the LRU may have evicted it. A pre-bind count
+    /// left by a packet in flight at bind time goes too, so a later
+    /// connection on the same 4-tuple does not inherit it.
     pub fn unbind_flow(&self, flow: &Flow) -> Result<(), XdpError> {
-        match self.flows.lock().expect("flows lock").remove(&flow.key()) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        let key = flow.key();
+        match self.prebind.lock().expect("prebind lock").remove(&key) {
+            Ok(()) => {}
+            Err(e) if absent(&e) => {}
+            Err(e) => return Err(map_err(maps::PREBIND)(e)),
+        }
+        match self.flows.lock().expect("flows lock").remove(&key) {
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(e) => Err(map_err(maps::FLOWS)(e)),
         }
+    }
+
+    /// What a flow has sent while unbound and not yet been charged for
+    /// (zero once it is bound): for tests and diagnostics.
+    pub fn prebind_use(&self, flow: &Flow) -> (u64, u64) {
+        self.prebind
+            .lock()
+            .expect("prebind lock")
+            .get(&flow.key(), 0)
+            .map_or((0, 0), |p| (p.packets, p.bytes))
     }
 
     /// The slot a flow is bound to, if any.
@@ -493,7 +611,7 @@ impl KernelTier {
         let mut b = self.blocks.lock().expect("blocks lock");
         match b.flows.remove(&flow.key()) {
             Ok(()) => b.n_flows = b.n_flows.saturating_sub(1),
-            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(map_err(maps::BLOCKED_FLOWS)(e)),
         }
         b.publish()
@@ -517,7 +635,7 @@ impl KernelTier {
         let mut b = self.blocks.lock().expect("blocks lock");
         match b.prefixes.remove(&prefix.key()) {
             Ok(()) => b.n_prefixes = b.n_prefixes.saturating_sub(1),
-            Err(MapError::KeyNotFound) => return Ok(()),
+            Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(map_err(maps::BLOCKED_PREFIXES)(e)),
         }
         b.publish()
@@ -602,6 +720,9 @@ impl KernelTier {
         Ok((r.return_value, r.duration))
     }
 }
+
+/// `XDP_PASS`, the debit program's "charged".
+const XDP_PASS: u32 = 2;
 
 fn exact_prefix(map: &LpmTrie<MapData, [u8; 16], u64>, key: &LpmKey<[u8; 16]>) -> bool {
     map.keys()
