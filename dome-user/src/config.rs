@@ -62,9 +62,17 @@ pub struct ServerConfig {
     /// The MCP listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once. At the limit, the oldest idle
+    /// connection that has not authenticated is closed to admit a new one;
+    /// with none, new ones wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections from one source address; more are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Connections from one /24 (IPv4) or /64 (IPv6) together.
+    #[serde(default = "default_max_connections_per_prefix")]
+    pub max_connections_per_prefix: usize,
     /// Largest request head (HTTP/1.1) or header list (HTTP/2).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -93,6 +101,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_connections_per_prefix: default_max_connections_per_prefix(),
             max_header_bytes: default_max_header_bytes(),
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
@@ -107,6 +117,8 @@ impl ServerConfig {
     pub fn limits(&self) -> crate::transport::Limits {
         crate::transport::Limits {
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connections_per_prefix: self.max_connections_per_prefix,
             max_header_bytes: self.max_header_bytes,
             header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
             max_concurrent_streams: self.max_concurrent_streams,
@@ -116,6 +128,15 @@ impl ServerConfig {
 
 fn default_max_connections() -> usize {
     10_000
+}
+// A NAT or corporate egress puts many agents behind one address, so the
+// per-address share is generous; it still keeps one address from holding
+// more than a tenth of the slots, and one network more than a quarter.
+fn default_max_connections_per_ip() -> usize {
+    1_000
+}
+fn default_max_connections_per_prefix() -> usize {
+    2_500
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024
@@ -377,8 +398,20 @@ impl Config {
         {
             out.push(("tls".into(), e));
         }
-        if self.server.max_connections == 0 {
-            out.push(("server.max_connections".into(), "must be at least 1".into()));
+        for (field, n) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip,
+            ),
+            (
+                "server.max_connections_per_prefix",
+                self.server.max_connections_per_prefix,
+            ),
+        ] {
+            if n == 0 {
+                out.push((field.into(), "must be at least 1".into()));
+            }
         }
         if self.server.max_header_bytes < 1024 {
             out.push((

@@ -1108,6 +1108,8 @@ impl Gateway {
             }
             self.bind_kernel(&conn, c);
         }
+        // A connection that carried an authenticated request is not shed.
+        conn.authenticated();
         let took = arrived.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
         let intent = req
