@@ -279,6 +279,9 @@ impl Config {
             rate("auth.agent_budget".into(), r, out);
         }
         let mut names = std::collections::HashSet::new();
+        // An issuer picks the tenant of its tokens: two tenants sharing one
+        // would have one's tokens taken for the other's.
+        let mut issuers = std::collections::HashMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.name.is_empty() || !names.insert(t.name.as_str()) {
                 out.push((format!("tenant[{i}].name"), "must be set and unique".into()));
@@ -289,6 +292,14 @@ impl Config {
             if let Some(j) = &t.jwt {
                 if j.issuer.is_empty() {
                     out.push((format!("tenant[{i}].jwt.issuer"), "must be set".into()));
+                } else if let Some(first) = issuers.insert(j.issuer.as_str(), t.name.as_str()) {
+                    out.push((
+                        format!("tenant[{i}].jwt.issuer"),
+                        format!(
+                            "`{}` is already the issuer of tenant `{first}`; an issuer picks one tenant",
+                            j.issuer
+                        ),
+                    ));
                 }
                 if j.jwks_file.is_some() == j.jwks_url.is_some() {
                     out.push((
@@ -713,6 +724,20 @@ mod tests {
             (e.field.as_str(), e.line),
             ("mcp.max_sessions_per_agent", 2)
         );
+    }
+
+    #[test]
+    fn two_tenants_with_one_issuer_are_refused_naming_the_second() {
+        let e = err(
+            "[[tenant]]\nname = \"a\"\n[tenant.jwt]\nissuer = \"https://idp\"\njwks_url = \"https://idp/k\"\n\
+             [[tenant]]\nname = \"b\"\n[tenant.jwt]\nissuer = \"https://idp\"\njwks_url = \"https://idp/k\"\n",
+        );
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("tenant[1].jwt.issuer", 9),
+            "{e}"
+        );
+        assert!(e.reason.contains("tenant `a`"), "{e}");
     }
 
     #[test]

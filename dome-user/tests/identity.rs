@@ -130,6 +130,27 @@ fn callers_without_a_valid_credential_are_challenged() {
         &body,
     );
     assert_eq!(status, 400);
+    // However the parameter's name is spelt.
+    // However the parameter's name is spelt (the request is otherwise
+    // one that is served).
+    for q in ["%61ccess_token", "ACCESS%5FTOKEN", "x=1;api_key"] {
+        let (status, _, body) = http(
+            dome.mcp,
+            "POST",
+            &format!("/mcp?{q}={KEY_A}"),
+            &[
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+                ("Authorization", &format!("Bearer {KEY_A}")),
+            ],
+            &body,
+        );
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.contains("query string"), "{q}: {body}");
+    }
     // Naming the end user needs a tenant that allows delegation.
     let (status, _, _) = post(
         &dome,
@@ -540,6 +561,24 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         401,
         "audience"
     );
+    // A critical header extension Dome does not understand (RFC 7515
+    // §4.1.11), in a token otherwise valid and properly signed.
+    let crit = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(
+            json!({"alg": "ES256", "kid": "k1", "crit": ["acme-bound"], "acme-bound": true})
+                .to_string(),
+        );
+        let input = format!(
+            "{header}.{}",
+            b64.encode(claims(now + 300, &aud, "mcp:tools").to_string())
+        );
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k1, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    };
+    let (status, _, v) = whoami(&crit);
+    assert_eq!(status, 401, "crit: {v}");
     let (status, h, _) = whoami(&token(&k1, "k1", &claims(now + 300, &aud, "read")));
     assert_eq!(status, 403, "scope");
     let challenge = header(&h, "www-authenticate").unwrap();
@@ -627,4 +666,33 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// An issuer picks the tenant of its tokens, so two tenants cannot share
+/// one: `dome check-config` refuses it, naming the file, line and field.
+#[test]
+fn two_tenants_with_one_token_issuer_are_refused_by_check_config() {
+    let config = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("same-issuer-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[tenant]]\nname = \"acme\"\n[tenant.jwt]\nissuer = \"https://idp.example\"\n\
+         jwks_url = \"https://idp.example/jwks.json\"\n\n\
+         [[tenant]]\nname = \"globex\"\n[tenant.jwt]\nissuer = \"https://idp.example\"\n\
+         jwks_url = \"https://idp.example/jwks.json\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:10:", config.display()))
+            && err.contains("tenant[1].jwt.issuer")
+            && err.contains("tenant `acme`"),
+        "{err}"
+    );
 }

@@ -64,6 +64,45 @@ fn fail(
 /// logs and caches).
 const QUERY_CREDENTIALS: [&str; 4] = ["access_token", "api_key", "apikey", "token"];
 
+/// Percent-decodes a query parameter's name (`+` is a space), so that an
+/// encoded name cannot slip past [`QUERY_CREDENTIALS`].
+fn decoded_name(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a query string carries a credential parameter, however its
+/// name is spelt (case, percent-encoding, `&` or `;` separators).
+fn credential_in_query(query: &str) -> bool {
+    query.split(['&', ';']).any(|kv| {
+        let raw = kv.split('=').next().unwrap_or_default();
+        let name = decoded_name(raw);
+        // An encoded `=` would make the rest of the pair part of the name.
+        let name = name.split('=').next().unwrap_or_default().trim();
+        QUERY_CREDENTIALS
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+    })
+}
+
 /// Authenticates a request. `Ok(None)`: no credential and none required.
 pub fn authenticate(
     headers: &HeaderMap,
@@ -74,10 +113,7 @@ pub fn authenticate(
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
     if let Some(q) = query
-        && q.split('&').any(|kv| {
-            let k = kv.split('=').next().unwrap_or_default();
-            QUERY_CREDENTIALS.iter().any(|c| k.eq_ignore_ascii_case(c))
-        })
+        && credential_in_query(q)
     {
         return Err(fail(
             StatusCode::BAD_REQUEST,
@@ -257,4 +293,28 @@ fn from_token(
         tenant: tenant.clone(),
         user: v.user,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_query_are_found_however_their_name_is_spelt() {
+        for q in [
+            "access_token=x",
+            "a=1&ACCESS_TOKEN=x",
+            "%61ccess_token=x",
+            "%61%63%63%65%73%73%5f%74%6f%6b%65%6e=x",
+            "api%5Fkey=x",
+            "a=1;token=x",
+            "token",
+            "access_token%3Dx",
+        ] {
+            assert!(credential_in_query(q), "{q}");
+        }
+        for q in ["", "a=1&b=2", "tokens=1", "%zz=1", "%6", "x=%61ccess_token"] {
+            assert!(!credential_in_query(q), "{q}");
+        }
+    }
 }
