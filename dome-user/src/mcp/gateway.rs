@@ -647,10 +647,6 @@ fn current_caller() -> Option<Caller> {
     CTX.try_with(|c| c.caller.clone()).ok().flatten()
 }
 
-fn current_source() -> Option<std::net::IpAddr> {
-    CTX.try_with(|c| c.source).ok().flatten()
-}
-
 fn note_method(m: &'static str) {
     let _ = TALLY.try_with(|t| t.borrow_mut().method = m);
 }
@@ -1065,9 +1061,6 @@ impl Gateway {
         let source = Some(conn.peer.ip());
         let now_s = crate::clock::unix_s();
         let escalation = &self.identity.escalation;
-        if escalation.blocked(source, None, now_s) {
-            return self.blocked();
-        }
         let index = self.identity.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
@@ -1079,16 +1072,14 @@ impl Gateway {
         ) {
             Ok(c) => c,
             Err(f) => {
-                if f.bad_credential
-                    && let Some(ip) = source
-                {
-                    escalation.strike(
-                        Subject::Source(ip),
-                        "authentication failure",
-                        crate::clock::monotonic_ns(),
-                        now_s,
-                    );
-                }
+                // Struck by the identity it claimed, or its source when it
+                // claimed none; refused as blocked while that is blocked.
+                let blocked = escalation.failed_login(
+                    conn.peer.ip(),
+                    &f,
+                    crate::clock::monotonic_ns(),
+                    now_s,
+                );
                 if let Some(p) = f
                     .refresh_issuer
                     .as_ref()
@@ -1099,6 +1090,9 @@ impl Gateway {
                     let p = p.clone();
                     tokio::spawn(async move { p.refresh(now_s, 5).await });
                 }
+                if blocked {
+                    return self.blocked();
+                }
                 return self.unauthenticated(f);
             }
         };
@@ -1107,6 +1101,9 @@ impl Gateway {
                 return self.blocked();
             }
             self.bind_kernel(&conn, c);
+        } else if escalation.blocked(source, None, now_s) {
+            // A source block holds only against anonymous requests.
+            return self.blocked();
         }
         // A connection that carried an authenticated request is not shed.
         conn.authenticated();
@@ -1168,10 +1165,22 @@ impl Gateway {
         }
     }
 
+    /// A strike against the caller: its agent when authenticated (never
+    /// the address it shares with others), else its source.
     fn strike_source(&self, why: &str) {
-        if let Some(ip) = current_source() {
+        let who = CTX
+            .try_with(|c| match &c.caller {
+                Some(c) => Some(Subject::Agent {
+                    id: c.agent.id.clone(),
+                    slot: c.agent.slot,
+                }),
+                None => c.source.map(Subject::Source),
+            })
+            .ok()
+            .flatten();
+        if let Some(who) = who {
             self.identity.escalation.strike(
-                Subject::Source(ip),
+                who,
                 why,
                 crate::clock::monotonic_ns(),
                 crate::clock::unix_s(),
