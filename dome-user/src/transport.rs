@@ -451,6 +451,7 @@ where
         )),
         sources: Arc::new(Sources::new(&limits)),
         sheddable: Arc::new(Sheddable::default()),
+        noted: Noted::default(),
     });
     let count = open.clone();
     crate::workers::spawn(listeners, move |listener| {
@@ -472,6 +473,55 @@ struct Shared {
     permits: Arc<Semaphore>,
     sources: Arc<Sources>,
     sheddable: Arc<Sheddable>,
+    noted: Noted,
+}
+
+/// Connections refused at a source's limit and shed at the global one:
+/// logged at most once every 10 s with the counts since the last line, so
+/// an operator sees a limit biting and a flood cannot flood the log.
+#[derive(Default)]
+struct Noted {
+    last_unix_s: AtomicU64,
+    refused: AtomicU64,
+    shed: AtomicU64,
+}
+
+impl Noted {
+    fn refused(&self, peer: SocketAddr, limit: &'static str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, limit, "connection refused: its source is at its limit");
+        self.log(Some((peer, limit)));
+    }
+
+    fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.log(None);
+    }
+
+    fn log(&self, last_refused: Option<(SocketAddr, &'static str)>) {
+        let now = crate::clock::unix_s();
+        let last = self.last_unix_s.load(Ordering::Relaxed);
+        if now < last + 10
+            || self
+                .last_unix_s
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (refused, shed) = (
+            self.refused.swap(0, Ordering::AcqRel),
+            self.shed.swap(0, Ordering::AcqRel),
+        );
+        let (peer, limit) = last_refused.map_or((None, None), |(p, l)| (Some(p), Some(l)));
+        tracing::warn!(
+            refused,
+            shed,
+            ?peer,
+            ?limit,
+            "connection limits: connections refused at a source's limit, idle unauthenticated ones shed at the global limit (counts since the last such line)"
+        );
+    }
 }
 
 async fn accept_loop<H, F>(
@@ -504,7 +554,7 @@ async fn accept_loop<H, F>(
         let source = match shared.sources.admit(peer.ip()) {
             Ok(g) => g,
             Err(limit) => {
-                tracing::debug!(%peer, limit, "connection refused: its source is at its limit");
+                shared.noted.refused(peer, limit);
                 continue;
             }
         };
@@ -514,7 +564,9 @@ async fn accept_loop<H, F>(
         let permit = match shared.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                shared.sheddable.shed_one();
+                if shared.sheddable.shed_one() {
+                    shared.noted.shed();
+                }
                 tokio::select! {
                     p = shared.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
