@@ -62,9 +62,17 @@ pub struct ServerConfig {
     /// The MCP listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Connections served at once; more wait in the listen backlog.
+    /// Connections served at once. At the limit, the oldest idle
+    /// connection that has not authenticated is closed to admit a new one;
+    /// with none, new ones wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections from one source address; more are closed at once.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Connections from one /24 (IPv4) or /64 (IPv6) together.
+    #[serde(default = "default_max_connections_per_prefix")]
+    pub max_connections_per_prefix: usize,
     /// Largest request head (HTTP/1.1) or header list (HTTP/2).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -93,6 +101,8 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_connections_per_prefix: default_max_connections_per_prefix(),
             max_header_bytes: default_max_header_bytes(),
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
@@ -107,6 +117,8 @@ impl ServerConfig {
     pub fn limits(&self) -> crate::transport::Limits {
         crate::transport::Limits {
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_connections_per_prefix: self.max_connections_per_prefix,
             max_header_bytes: self.max_header_bytes,
             header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
             max_concurrent_streams: self.max_concurrent_streams,
@@ -116,6 +128,15 @@ impl ServerConfig {
 
 fn default_max_connections() -> usize {
     10_000
+}
+// A NAT or corporate egress puts many agents behind one address, so the
+// per-address share is generous; it still keeps one address from holding
+// more than a tenth of the slots, and one network more than a quarter.
+fn default_max_connections_per_ip() -> usize {
+    1_000
+}
+fn default_max_connections_per_prefix() -> usize {
+    2_500
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024
@@ -261,6 +282,9 @@ impl Config {
             rate("auth.agent_budget".into(), r, out);
         }
         let mut names = std::collections::HashSet::new();
+        // An issuer picks the tenant of its tokens: two tenants sharing one
+        // would have one's tokens taken for the other's.
+        let mut issuers = std::collections::HashMap::new();
         for (i, t) in self.tenants.iter().enumerate() {
             if t.name.is_empty() || !names.insert(t.name.as_str()) {
                 out.push((format!("tenant[{i}].name"), "must be set and unique".into()));
@@ -271,6 +295,14 @@ impl Config {
             if let Some(j) = &t.jwt {
                 if j.issuer.is_empty() {
                     out.push((format!("tenant[{i}].jwt.issuer"), "must be set".into()));
+                } else if let Some(first) = issuers.insert(j.issuer.as_str(), t.name.as_str()) {
+                    out.push((
+                        format!("tenant[{i}].jwt.issuer"),
+                        format!(
+                            "`{}` is already the issuer of tenant `{first}`; an issuer picks one tenant",
+                            j.issuer
+                        ),
+                    ));
                 }
                 if j.jwks_file.is_some() == j.jwks_url.is_some() {
                     out.push((
@@ -378,8 +410,20 @@ impl Config {
         {
             out.push(("tls".into(), e));
         }
-        if self.server.max_connections == 0 {
-            out.push(("server.max_connections".into(), "must be at least 1".into()));
+        for (field, n) in [
+            ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_connections_per_ip",
+                self.server.max_connections_per_ip,
+            ),
+            (
+                "server.max_connections_per_prefix",
+                self.server.max_connections_per_prefix,
+            ),
+        ] {
+            if n == 0 {
+                out.push((field.into(), "must be at least 1".into()));
+            }
         }
         if self.server.max_header_bytes < 1024 {
             out.push((
@@ -698,6 +742,20 @@ mod tests {
             (e.field.as_str(), e.line),
             ("mcp.max_sessions_per_agent", 2)
         );
+    }
+
+    #[test]
+    fn two_tenants_with_one_issuer_are_refused_naming_the_second() {
+        let e = err(
+            "[[tenant]]\nname = \"a\"\n[tenant.jwt]\nissuer = \"https://idp\"\njwks_url = \"https://idp/k\"\n\
+             [[tenant]]\nname = \"b\"\n[tenant.jwt]\nissuer = \"https://idp\"\njwks_url = \"https://idp/k\"\n",
+        );
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("tenant[1].jwt.issuer", 9),
+            "{e}"
+        );
+        assert!(e.reason.contains("tenant `a`"), "{e}");
     }
 
     #[test]

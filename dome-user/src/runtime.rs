@@ -389,6 +389,8 @@ impl Live {
             }
         };
         *self.identity.lock().expect("identity lock") = identity.clone();
+        // Escalation's limits apply live: strikes from now on count toward them.
+        identity.escalation.set_config(applied.escalation.clone());
         let identity_now = identity.clone();
         let gw = Gateway::new(
             applied.mcp.clone(),

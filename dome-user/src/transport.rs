@@ -1,6 +1,13 @@
 //! The MCP listener's transport: TCP with optional TLS (rustls, ALPN h2 and
 //! http/1.1), HTTP/1.1 and HTTP/2 (hyper), and the limits an operator sets:
 //! connections, header size, header/idle timeout, concurrent streams.
+//!
+//! Connections are held to limits that one client cannot use up for
+//! everyone: per source address and per /24 (IPv4) or /64 (IPv6) beyond
+//! which a new connection is closed at once, and at the global limit the
+//! oldest connection that is idle and has not yet carried an authenticated
+//! request is closed to admit the newcomer (idle or half-open connections
+//! would otherwise hold every slot until their header timeouts expire).
 
 use std::{
     convert::Infallible,
@@ -8,8 +15,8 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -22,7 +29,10 @@ use hyper_util::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use serde::{Deserialize, Serialize};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+};
 use tokio_rustls::TlsAcceptor;
 
 /// `[tls]`: serve HTTPS with this certificate chain and key (PEM).
@@ -37,6 +47,10 @@ pub struct TlsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Connections from one address.
+    pub max_connections_per_ip: usize,
+    /// Connections from one /24 (IPv4) or /64 (IPv6).
+    pub max_connections_per_prefix: usize,
     pub max_header_bytes: usize,
     /// Time to receive a request's headers; on a kept-alive connection also
     /// how long it may sit idle between requests.
@@ -51,6 +65,190 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub local_port: u16,
     pub binding: std::sync::Mutex<Option<ConnBinding>>,
+    /// Set once a request on it passed authentication (or needed none):
+    /// from then on it is not shed for a newcomer.
+    admitted: AtomicBool,
+    /// Requests being answered on it now: a connection is idle at zero.
+    busy: AtomicU32,
+    /// Its number among the connections that may be shed, and where they are kept.
+    shed_entry: Option<(u64, Arc<Sheddable>)>,
+    /// Notified when it is shed.
+    shed: Notify,
+}
+
+impl Conn {
+    /// Marks the connection as having carried an authenticated request: it
+    /// is kept when the listener sheds connections to admit new ones.
+    pub fn authenticated(&self) {
+        if !self.admitted.swap(true, Ordering::AcqRel)
+            && let Some((id, set)) = &self.shed_entry
+        {
+            set.remove(*id);
+        }
+    }
+
+    fn new(peer: SocketAddr, local_port: u16, shed_entry: Option<(u64, Arc<Sheddable>)>) -> Conn {
+        Conn {
+            peer,
+            local_port,
+            binding: std::sync::Mutex::new(None),
+            admitted: AtomicBool::new(false),
+            busy: AtomicU32::new(0),
+            shed_entry,
+            shed: Notify::new(),
+        }
+    }
+}
+
+/// The connections that have not carried an authenticated request yet,
+/// oldest first: those a newcomer may displace at the global limit. Shared
+/// by the workers; its lock is taken when a connection opens, authenticates
+/// for the first time or closes, and to shed one, never per request.
+#[derive(Default)]
+pub struct Sheddable {
+    next: AtomicU64,
+    conns: Mutex<std::collections::BTreeMap<u64, Weak<Conn>>>,
+}
+
+impl Sheddable {
+    fn add(&self, conn: &Arc<Conn>) {
+        if let Some((id, _)) = &conn.shed_entry {
+            self.conns
+                .lock()
+                .expect("sheddable lock")
+                .insert(*id, Arc::downgrade(conn));
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().expect("sheddable lock").remove(&id);
+    }
+
+    /// Closes the oldest idle connection that has not authenticated; false
+    /// when there is none (every connection is busy or authenticated).
+    fn shed_one(&self) -> bool {
+        let mut conns = self.conns.lock().expect("sheddable lock");
+        let mut dead = Vec::new();
+        let mut victim = None;
+        for (id, weak) in conns.iter() {
+            match weak.upgrade() {
+                None => dead.push(*id),
+                Some(c) if c.admitted.load(Ordering::Acquire) => dead.push(*id),
+                Some(c) if c.busy.load(Ordering::Acquire) == 0 => {
+                    victim = Some((*id, c));
+                    break;
+                }
+                Some(_) => {}
+            }
+        }
+        for id in dead {
+            conns.remove(&id);
+        }
+        let Some((id, c)) = victim else {
+            return false;
+        };
+        conns.remove(&id);
+        drop(conns);
+        tracing::debug!(peer = %c.peer, "shed an idle unauthenticated connection for a new one");
+        c.shed.notify_one();
+        true
+    }
+}
+
+/// Open connections per source address and per /24 or /64, sharded by
+/// prefix (an address is in its prefix's shard) so workers accepting from
+/// different networks do not wait on one lock.
+struct Sources {
+    shards: Vec<Mutex<std::collections::HashMap<SourceKey, u32>>>,
+    per_ip: u32,
+    per_prefix: u32,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum SourceKey {
+    Addr(std::net::IpAddr),
+    Prefix(std::net::IpAddr),
+}
+
+const SOURCE_SHARDS: usize = 16;
+
+/// The /24 (IPv4) or /64 (IPv6) an address is in.
+fn prefix_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V4(v4) => std::net::IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(
+            (u128::from(v6) & 0xffff_ffff_ffff_ffff_0000_0000_0000_0000).into(),
+        ),
+    }
+}
+
+impl Sources {
+    fn new(limits: &Limits) -> Sources {
+        let clamp = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).max(1);
+        Sources {
+            shards: (0..SOURCE_SHARDS).map(|_| Mutex::default()).collect(),
+            per_ip: clamp(limits.max_connections_per_ip),
+            per_prefix: clamp(limits.max_connections_per_prefix),
+        }
+    }
+
+    fn shard(&self, prefix: std::net::IpAddr) -> &Mutex<std::collections::HashMap<SourceKey, u32>> {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::default().hash_one(prefix);
+        &self.shards[h as usize % SOURCE_SHARDS]
+    }
+
+    /// Counts a connection from `ip`, or why not: its address or its
+    /// prefix is at its limit.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<SourceGuard, &'static str> {
+        let ip = ip.to_canonical();
+        let prefix = prefix_of(ip);
+        let mut m = self.shard(prefix).lock().expect("sources lock");
+        let at_ip = m.get(&SourceKey::Addr(ip)).copied().unwrap_or(0);
+        let at_prefix = m.get(&SourceKey::Prefix(prefix)).copied().unwrap_or(0);
+        if at_ip >= self.per_ip {
+            return Err("max_connections_per_ip");
+        }
+        if at_prefix >= self.per_prefix {
+            return Err("max_connections_per_prefix");
+        }
+        *m.entry(SourceKey::Addr(ip)).or_default() += 1;
+        *m.entry(SourceKey::Prefix(prefix)).or_default() += 1;
+        Ok(SourceGuard {
+            sources: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A connection counted against its source while it lives.
+struct SourceGuard {
+    sources: Arc<Sources>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let prefix = prefix_of(self.ip);
+        let mut m = self.sources.shard(prefix).lock().expect("sources lock");
+        for k in [SourceKey::Addr(self.ip), SourceKey::Prefix(prefix)] {
+            if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(k) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+}
+
+/// Counts a request as being answered on its connection while it lives.
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A flow bound to an identity slot in the kernel tier.
@@ -226,8 +424,8 @@ impl Drop for Open {
 }
 
 /// Binds `addr` once per worker (SO_REUSEPORT) and serves `handler` on
-/// every connection, within `limits` (the connection limit is shared out
-/// over the workers), until [`Stop::drain`].
+/// every connection, within `limits` (shared by the workers), until
+/// [`Stop::drain`].
 pub fn serve<H, F>(
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
@@ -241,20 +439,27 @@ where
 {
     let listeners = crate::workers::bind(addr, workers)?;
     let local = listeners[0].local_addr()?;
-    // Each worker holds its share: a permit must sit with the socket that
-    // accepts, or a connection could wait in one worker's backlog while
-    // another worker holds the free slot.
-    let share = limits.max_connections.div_ceil(listeners.len()).max(1);
     let builder = Arc::new(http_builder(&limits));
     let (signal, stop) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
+    // One pool of slots for all workers: a worker takes one only once it
+    // has a connection in hand, so a free slot never sits with a worker
+    // whose backlog is empty while another's waits.
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(
+            limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+        )),
+        sources: Arc::new(Sources::new(&limits)),
+        sheddable: Arc::new(Sheddable::default()),
+        noted: Noted::default(),
+    });
     let count = open.clone();
     crate::workers::spawn(listeners, move |listener| {
         accept_loop(
             listener,
             tls.clone(),
             limits,
-            Arc::new(Semaphore::new(share)),
+            shared.clone(),
             builder.clone(),
             handler.clone(),
             (stop.clone(), count.clone()),
@@ -263,11 +468,67 @@ where
     Ok((local, Stop { signal, open }))
 }
 
+/// What the workers of one listener share.
+struct Shared {
+    permits: Arc<Semaphore>,
+    sources: Arc<Sources>,
+    sheddable: Arc<Sheddable>,
+    noted: Noted,
+}
+
+/// Connections refused at a source's limit and shed at the global one:
+/// logged at most once every 10 s with the counts since the last line, so
+/// an operator sees a limit biting and a flood cannot flood the log.
+#[derive(Default)]
+struct Noted {
+    last_unix_s: AtomicU64,
+    refused: AtomicU64,
+    shed: AtomicU64,
+}
+
+impl Noted {
+    fn refused(&self, peer: SocketAddr, limit: &'static str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, limit, "connection refused: its source is at its limit");
+        self.log(Some((peer, limit)));
+    }
+
+    fn shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+        self.log(None);
+    }
+
+    fn log(&self, last_refused: Option<(SocketAddr, &'static str)>) {
+        let now = crate::clock::unix_s();
+        let last = self.last_unix_s.load(Ordering::Relaxed);
+        if now < last + 10
+            || self
+                .last_unix_s
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (refused, shed) = (
+            self.refused.swap(0, Ordering::AcqRel),
+            self.shed.swap(0, Ordering::AcqRel),
+        );
+        let (peer, limit) = last_refused.map_or((None, None), |(p, l)| (Some(p), Some(l)));
+        tracing::warn!(
+            refused,
+            shed,
+            ?peer,
+            ?limit,
+            "connection limits: connections refused at a source's limit, idle unauthenticated ones shed at the global limit (counts since the last such line)"
+        );
+    }
+}
+
 async fn accept_loop<H, F>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     limits: Limits,
-    permits: Arc<Semaphore>,
+    shared: Arc<Shared>,
     builder: Arc<Builder<TokioExecutor>>,
     handler: H,
     (mut stop, open): (tokio::sync::watch::Receiver<bool>, Arc<AtomicUsize>),
@@ -277,15 +538,6 @@ async fn accept_loop<H, F>(
 {
     let graceful = GracefulShutdown::new();
     loop {
-        // At the connection limit, stop accepting: new connections wait
-        // in the kernel's backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = stop.wait_for(|s| *s) => break,
-        };
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = stop.wait_for(|s| *s) => break,
@@ -298,48 +550,91 @@ async fn accept_loop<H, F>(
                 continue;
             }
         };
+        // One address, or one network, cannot take more than its share.
+        let source = match shared.sources.admit(peer.ip()) {
+            Ok(g) => g,
+            Err(limit) => {
+                shared.noted.refused(peer, limit);
+                continue;
+            }
+        };
+        // At the global limit, an idle connection that has not
+        // authenticated makes room; with none, the newcomer waits for a
+        // slot (and later ones in the kernel's backlog).
+        let permit = match shared.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if shared.sheddable.shed_one() {
+                    shared.noted.shed();
+                }
+                tokio::select! {
+                    p = shared.permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
-        let conn = Arc::new(Conn {
+        let id = shared.sheddable.next.fetch_add(1, Ordering::Relaxed);
+        let conn = Arc::new(Conn::new(
             peer,
-            local_port: stream.local_addr().map_or(0, |a| a.port()),
-            binding: std::sync::Mutex::new(None),
-        });
+            stream.local_addr().map_or(0, |a| a.port()),
+            Some((id, shared.sheddable.clone())),
+        ));
+        shared.sheddable.add(&conn);
         let (watcher, open) = (graceful.watcher(), Open::new(&open));
         tokio::spawn(async move {
-            let _held = (permit, open);
+            let _held = (permit, open, source, Unlisted(conn.clone()));
+            let shed = conn.clone();
             // The connection goes to the handler as an argument, not as a
             // request extension (which costs two allocations per request).
             let svc = service_fn(move |req: Request<Incoming>| {
+                conn.busy.fetch_add(1, Ordering::AcqRel);
+                let busy = Busy(conn.clone());
                 let fut = handler(req, conn.clone());
-                async move { Ok::<_, Infallible>(fut.await) }
+                async move {
+                    let resp = fut.await;
+                    drop(busy);
+                    Ok::<_, Infallible>(resp)
+                }
             });
-            let result = match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            watcher
-                                .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
+            let serve = async move {
+                match tls {
+                    Some(acceptor) => {
+                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(tls_stream)) => {
+                                watcher
+                                    .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
+                                    .await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                Ok(())
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                Ok(())
+                            }
                         }
                     }
+                    None => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                            .await
+                    }
                 }
-                None => {
-                    watcher
-                        .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                        .await
-                }
+            };
+            let result = tokio::select! {
+                r = serve => r,
+                // Shed for a newcomer: dropping the connection closes it.
+                _ = shed.shed.notified() => Ok(()),
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -350,6 +645,19 @@ async fn accept_loop<H, F>(
     // requests (the runtime lives until they have).
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Takes a closed connection off the list of those that may be shed.
+struct Unlisted(Arc<Conn>);
+
+impl Drop for Unlisted {
+    fn drop(&mut self) {
+        if !self.0.admitted.load(Ordering::Acquire)
+            && let Some((id, set)) = &self.0.shed_entry
+        {
+            set.remove(*id);
+        }
+    }
 }
 
 /// A plain HTTP/1.1 listener on `addr` answering each request with

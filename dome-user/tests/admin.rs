@@ -175,28 +175,31 @@ fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
 }
 
 #[test]
-fn repeated_bad_credentials_get_the_source_blocked_until_lifted() {
+fn repeated_bad_credentials_get_their_claim_blocked_until_lifted() {
     let (_demo, dome, _admin) = dome_with_admin(
         "escalate",
         "[escalation]\nmax_strikes = 3\nwindow_s = 60\nblock_s = 600\n",
     );
     let good = "dome_cfg-bot_config-agent-key-for-tests";
+    let wrong = "dome_cfg-bot_a-wrong-key-a-wrong-key";
     assert_eq!(echo(&dome, good), 200);
     for _ in 0..3 {
-        assert_eq!(echo(&dome, "dome_cfg-bot_a-wrong-key-a-wrong-key"), 401);
+        assert_eq!(echo(&dome, wrong), 401);
     }
-    // Blocked: even a good credential from that source is turned away.
-    assert_eq!(echo(&dome, good), 403);
+    // Blocked: the claim's failing attempts are turned away...
+    assert_eq!(echo(&dome, wrong), 403);
+    // ...but not the agent's real key, from the same source.
+    assert_eq!(echo(&dome, good), 200);
     let (ok, v) = cli(&dome, &["blocks", "list"]);
     assert!(ok, "{v}");
     let blocks = v["blocks"].as_array().unwrap();
     assert_eq!(blocks.len(), 1, "{v}");
-    assert_eq!(blocks[0]["subject"]["source"], "127.0.0.1", "{v}");
+    assert_eq!(blocks[0]["subject"]["claim"], "agent cfg-bot", "{v}");
     assert_eq!(v["escalations"], 1);
     let key = blocks[0]["key"].as_str().unwrap().to_string();
     let (ok, v) = cli(&dome, &["blocks", "lift", &key]);
     assert!(ok, "{v}");
-    assert_eq!(echo(&dome, good), 200);
+    assert_eq!(echo(&dome, wrong), 401);
 }
 
 /// One request from a chosen loopback source address; `None` when the
@@ -230,14 +233,14 @@ fn request_from(src: &str, dome: &Dome, key: &str) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Escalation reaches the kernel: after repeated bad credentials from one
-/// source, that source's packets are dropped by XDP before any socket sees
-/// them, while other sources still get through; an authenticated
-/// connection's flow is bound to its agent's identity. Needs root (XDP on
-/// `lo`, SKB mode).
+/// Escalation never drops an address in the kernel for its bad logins (the
+/// kernel cannot tell an attacker from the agents behind the same NAT):
+/// after repeated bad credentials from one source, an agent with a valid
+/// key still connects from it and is served; an authenticated connection's
+/// flow is bound to its agent's identity. Needs root (XDP on `lo`, SKB mode).
 #[cfg(feature = "kernel-tests")]
 #[test]
-fn kernel_escalation_drops_an_abusive_source() {
+fn kernel_escalation_never_drops_an_address_for_its_bad_logins() {
     let (_demo, dome, _admin) = dome_with_admin(
         "kernel-escalate",
         "[escalation]\nmax_strikes = 3\nwindow_s = 60\nblock_s = 600\n",
@@ -261,21 +264,26 @@ fn kernel_escalation_drops_an_abusive_source() {
         "the authenticated flow was bound: {s}"
     );
 
-    for _ in 0..3 {
-        assert_eq!(
+    for _ in 0..5 {
+        assert!(matches!(
             request_from("127.0.0.77", &dome, "dome_cfg-bot_a-wrong-key-a-wrong-key"),
-            Some(401)
-        );
+            Some(401 | 403)
+        ));
+        assert!(matches!(
+            request_from("127.0.0.77", &dome, "garbage"),
+            Some(401 | 403)
+        ));
     }
-    // Dropped in the kernel now: the connection cannot even be made.
-    assert_eq!(request_from("127.0.0.77", &dome, good), None);
+    // Anonymous attempts from there are refused now, in user space...
+    assert_eq!(request_from("127.0.0.77", &dome, "garbage"), Some(403));
+    // ...while a valid key from the same address connects and is served.
+    assert_eq!(request_from("127.0.0.77", &dome, good), Some(200));
     let s = dome.stats_json();
-    assert!(
-        s["xdp"]["counters"]["drop_blocklist"].as_u64().unwrap() >= 1,
+    assert_eq!(
+        s["xdp"]["counters"]["drop_blocklist"].as_u64().unwrap_or(0),
+        0,
         "{s}"
     );
-    // Another source is unaffected.
-    assert_eq!(request_from("127.0.0.1", &dome, good), Some(200));
 }
 
 /// Every activated policy version is kept; `dome policy rollback` puts the

@@ -23,22 +23,24 @@ fn dome_with_agents(name: &str, demo: std::net::SocketAddr) -> Dome {
 
 /// The same agents in front of other upstreams (their TOML).
 fn agents_in_front_of(name: &str, upstreams: &str) -> Dome {
+    start_dome(name, &agents_config(name, upstreams))
+}
+
+/// The config text of [`agents_in_front_of`] (before Dome's listeners).
+fn agents_config(name: &str, upstreams: &str) -> String {
     let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}.agents-data", std::process::id()));
-    start_dome(
-        name,
-        &format!(
-            "{upstreams}\
+    format!(
+        "{upstreams}\
              [auth]\ndata_dir = \"{}\"\n\
              [[tenant]]\nname = \"acme\"\ndelegation = true\n\
              [[tenant]]\nname = \"strict\"\n\
              [[agent]]\nid = \"agent-a\"\ntenant = \"acme\"\nlabels = [\"support\"]\napi_keys = [\"{}\"]\n\
              tool_budgets = {{ echo = {{ calls_per_s = 0.016, burst = 2 }} }}\n\
              [[agent]]\nid = \"agent-b\"\ntenant = \"strict\"\napi_keys = [\"{}\"]\n",
-            data.display(),
-            sha(KEY_A),
-            sha(KEY_B)
-        ),
+        data.display(),
+        sha(KEY_A),
+        sha(KEY_B)
     )
 }
 
@@ -130,6 +132,27 @@ fn callers_without_a_valid_credential_are_challenged() {
         &body,
     );
     assert_eq!(status, 400);
+    // However the parameter's name is spelt.
+    // However the parameter's name is spelt (the request is otherwise
+    // one that is served).
+    for q in ["%61ccess_token", "ACCESS%5FTOKEN", "x=1;api_key"] {
+        let (status, _, body) = http(
+            dome.mcp,
+            "POST",
+            &format!("/mcp?{q}={KEY_A}"),
+            &[
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+                ("Authorization", &format!("Bearer {KEY_A}")),
+            ],
+            &body,
+        );
+        assert_eq!(status, 400, "{q}: {body}");
+        assert!(body.contains("query string"), "{q}: {body}");
+    }
     // Naming the end user needs a tenant that allows delegation.
     let (status, _, _) = post(
         &dome,
@@ -540,6 +563,24 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         401,
         "audience"
     );
+    // A critical header extension Dome does not understand (RFC 7515
+    // §4.1.11), in a token otherwise valid and properly signed.
+    let crit = {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(
+            json!({"alg": "ES256", "kid": "k1", "crit": ["acme-bound"], "acme-bound": true})
+                .to_string(),
+        );
+        let input = format!(
+            "{header}.{}",
+            b64.encode(claims(now + 300, &aud, "mcp:tools").to_string())
+        );
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k1, Algorithm::ES256).unwrap();
+        format!("{input}.{sig}")
+    };
+    let (status, _, v) = whoami(&crit);
+    assert_eq!(status, 401, "crit: {v}");
     let (status, h, _) = whoami(&token(&k1, "k1", &claims(now + 300, &aud, "read")));
     assert_eq!(status, 403, "scope");
     let challenge = header(&h, "www-authenticate").unwrap();
@@ -627,4 +668,144 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+}
+
+/// A request from a chosen loopback source address: its status.
+fn status_from(src: &str, dome: &Dome, auth: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&dome.mcp.into(), std::time::Duration::from_secs(2))
+        .unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let body = call("echo", json!({"message": "m"}));
+    let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n\
+         Mcp-Name: echo\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Many agents share an address behind a NAT or a corporate egress: bad
+/// logins from it strike the identity they claim (or, when they claim
+/// none, count as anonymous attempts from the address) and never lock out
+/// the agents behind it that present valid credentials, not even the
+/// agent whose id the bad logins used. Each failure is logged, with the
+/// source, the reason and the claimed agent but never the key, at a rate
+/// a flood cannot raise.
+#[test]
+fn bad_logins_from_an_address_never_lock_out_the_agents_behind_it() {
+    let (_demo, demo) = start_demo(&[]);
+    let dome = dome_with_agents("nat", demo);
+    let bearer = |k: &str| format!("Bearer {k}");
+    let wrong_a = "dome_agent-a_a-guess-at-agent-a-s-secret-key";
+    assert_eq!(status_from("127.0.0.1", &dome, Some(&bearer(KEY_A))), 200);
+    // The default: 20 strikes in 60 s block for 300 s. Thirty of each kind.
+    for _ in 0..30 {
+        assert!(matches!(
+            status_from("127.0.0.1", &dome, Some(&bearer(wrong_a))),
+            401 | 403
+        ));
+        assert!(matches!(
+            status_from("127.0.0.1", &dome, Some("Bearer garbage")),
+            401 | 403
+        ));
+    }
+    // The agents behind the address are served: another tenant's agent...
+    assert_eq!(status_from("127.0.0.1", &dome, Some(&bearer(KEY_B))), 200);
+    // ...and the agent whose id was guessed at, with its real key.
+    assert_eq!(status_from("127.0.0.1", &dome, Some(&bearer(KEY_A))), 200);
+    // The guesses at agent-a are refused as blocked now, from anywhere...
+    assert_eq!(status_from("127.0.0.2", &dome, Some(&bearer(wrong_a))), 403);
+    // ...and so are anonymous attempts from that address, but only from it.
+    assert_eq!(status_from("127.0.0.1", &dome, Some("Bearer garbage")), 403);
+    assert_eq!(status_from("127.0.0.1", &dome, None), 403);
+    assert_eq!(status_from("127.0.0.2", &dome, Some("Bearer garbage")), 401);
+
+    let log = std::fs::read_to_string(dome.config.with_extension("log")).unwrap();
+    let failed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("authentication failed"))
+        .collect();
+    assert!(!failed.is_empty(), "failed logins are not logged:\n{log}");
+    assert!(
+        failed.len() < 60,
+        "{} lines for 60 failed logins in a burst: not rate-limited",
+        failed.len()
+    );
+    assert!(
+        failed.iter().any(|l| l.contains("127.0.0.1")
+            && l.contains("agent agent-a")
+            && l.contains("invalid API key")),
+        "{failed:?}"
+    );
+    assert!(
+        !log.contains("a-guess-at"),
+        "a presented key reached the log"
+    );
+}
+
+/// `[escalation]` applies on reload, without a restart.
+#[test]
+fn escalation_settings_apply_on_reload() {
+    let (_demo, demo) = start_demo(&[]);
+    let upstream = format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n");
+    let base = agents_config("esc-reload", &upstream);
+    let dome = start_dome(
+        "esc-reload",
+        &format!("{base}[escalation]\nmax_strikes = 1000\n"),
+    );
+    let reloads = dome.stats_json()["config"]["reloads"].as_u64().unwrap();
+    dome.rewrite(&format!("{base}[escalation]\nmax_strikes = 3\n"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dome.stats_json()["config"]["reloads"].as_u64().unwrap() == reloads {
+        assert!(std::time::Instant::now() < deadline, "never reloaded");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for _ in 0..3 {
+        assert_eq!(status_from("127.0.0.1", &dome, Some("Bearer garbage")), 401);
+    }
+    assert_eq!(status_from("127.0.0.1", &dome, Some("Bearer garbage")), 403);
+}
+
+/// An issuer picks the tenant of its tokens, so two tenants cannot share
+/// one: `dome check-config` refuses it, naming the file, line and field.
+#[test]
+fn two_tenants_with_one_token_issuer_are_refused_by_check_config() {
+    let config = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("same-issuer-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[tenant]]\nname = \"acme\"\n[tenant.jwt]\nissuer = \"https://idp.example\"\n\
+         jwks_url = \"https://idp.example/jwks.json\"\n\n\
+         [[tenant]]\nname = \"globex\"\n[tenant.jwt]\nissuer = \"https://idp.example\"\n\
+         jwks_url = \"https://idp.example/jwks.json\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:10:", config.display()))
+            && err.contains("tenant[1].jwt.issuer")
+            && err.contains("tenant `acme`"),
+        "{err}"
+    );
 }

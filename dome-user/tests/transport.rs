@@ -273,8 +273,10 @@ fn limits_are_enforced() {
     );
     drop(s);
 
-    // One connection at a time: a second waits until the first closes.
-    let holder = TcpStream::connect(mcp).unwrap();
+    // One connection at a time: a second waits until the first closes when
+    // the first has authenticated (and so is not shed to make room).
+    let mut holder = TcpStream::connect(mcp).unwrap();
+    assert_eq!(exchange(&mut holder, INIT), 200);
     std::thread::sleep(Duration::from_millis(50));
     let mut second = TcpStream::connect(mcp).unwrap();
     second
@@ -298,4 +300,191 @@ fn limits_are_enforced() {
     let mut resp = String::new();
     let _ = second.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+}
+
+/// One HTTP/1.1 request on a kept-alive connection; its status, once the
+/// whole answer (by Content-Length or chunks) is read.
+fn exchange(s: &mut TcpStream, body: &str) -> u16 {
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let head = head.to_ascii_lowercase();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let done = match length {
+            Some(n) => rest.len() >= n,
+            None => rest.ends_with("0\r\n\r\n"),
+        };
+        if done {
+            return head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// A connection from a chosen loopback address.
+fn connect_from(src: &str, to: std::net::SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: std::net::SocketAddr = format!("{src}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(2))
+        .unwrap();
+    sock.into()
+}
+
+/// Whether Dome closed the connection (without a byte) within `wait`.
+fn closed_by_dome(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Dome with the `[server]` settings given (beside its listener), the demo
+/// upstream and anonymous callers allowed; its process and MCP address.
+fn dome_with_server(name: &str, server: &str) -> (Proc, Proc, std::net::SocketAddr) {
+    let (demo_proc, demo) = start_demo(&[]);
+    let mcp = local(free_port());
+    let mut stats = local(free_port());
+    while stats == mcp {
+        stats = local(free_port());
+    }
+    let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{mcp}\"\n{server}\n\
+             [stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n{}{}",
+            auth_off(&config),
+            allow_all_policy(&config)
+        ),
+    )
+    .unwrap();
+    let mut proc = Proc::spawn(
+        "dome",
+        Command::new(env!("CARGO_BIN_EXE_dome"))
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::process::Stdio::null()),
+    );
+    wait_port(stats, &mut proc);
+    wait_port(mcp, &mut proc);
+    // wait_port's probe connections may still be counted briefly.
+    std::thread::sleep(Duration::from_millis(300));
+    (demo_proc, proc, mcp)
+}
+
+/// Connections that never send a request (or never finish one) cannot
+/// hold every slot: at `max_connections`, the oldest idle connection that
+/// has not authenticated is closed for a new client, which is served at
+/// once rather than after the idle ones' header timeout; an authenticated
+/// connection is kept.
+#[test]
+fn idle_connections_at_the_limit_make_room_for_a_new_client() {
+    let (_demo, _dome, mcp) = dome_with_server(
+        "shed",
+        "max_connections = 4\nworkers = 1\nheader_timeout_ms = 20000\n",
+    );
+    let mut served = TcpStream::connect(mcp).unwrap();
+    assert_eq!(exchange(&mut served, INIT), 200);
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let s = TcpStream::connect(mcp).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s
+        })
+        .collect();
+    // A half-open request holds a slot the same way.
+    idle[1]
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: d\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let started = Instant::now();
+    let mut newcomer = TcpStream::connect(mcp).unwrap();
+    assert_eq!(exchange(&mut newcomer, INIT), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the new client waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed_by_dome(&mut idle[0], Duration::from_secs(1)),
+        "the oldest idle connection was not the one closed"
+    );
+    // The authenticated connection is still served.
+    assert_eq!(exchange(&mut served, INIT), 200);
+    // And so is the next newcomer, in place of the next idle one.
+    let mut another = TcpStream::connect(mcp).unwrap();
+    assert_eq!(exchange(&mut another, INIT), 200);
+    assert!(closed_by_dome(&mut idle[1], Duration::from_secs(1)));
+}
+
+/// One address cannot take more than `max_connections_per_ip`, nor one
+/// /24 more than `max_connections_per_prefix`: the connection beyond is
+/// closed at once, while other addresses still connect and are served.
+#[test]
+fn one_address_or_network_cannot_hold_more_than_its_share_of_connections() {
+    let (_demo, _dome, mcp) = dome_with_server(
+        "per-source",
+        "max_connections = 100\nmax_connections_per_ip = 3\nmax_connections_per_prefix = 5\nworkers = 2\n",
+    );
+    let held: Vec<TcpStream> = (0..3).map(|_| connect_from("127.0.0.1", mcp)).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut beyond = connect_from("127.0.0.1", mcp);
+    assert!(
+        closed_by_dome(&mut beyond, Duration::from_secs(2)),
+        "a fourth connection from one address was kept"
+    );
+    // Another address of the same /24 is served.
+    let mut other = connect_from("127.0.0.2", mcp);
+    assert_eq!(exchange(&mut other, INIT), 200);
+    // Five in the /24 now (three, this one and one more); a sixth from yet
+    // another address of it is closed.
+    let _fifth = connect_from("127.0.0.3", mcp);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut sixth = connect_from("127.0.0.4", mcp);
+    assert!(
+        closed_by_dome(&mut sixth, Duration::from_secs(2)),
+        "a sixth connection from one /24 was kept"
+    );
+    // Another network is not held to this one's count.
+    let mut elsewhere = connect_from("127.0.1.1", mcp);
+    assert_eq!(exchange(&mut elsewhere, INIT), 200);
+    // Closing connections gives their address its share back.
+    drop(held);
+    drop(other);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect_from("127.0.0.1", mcp);
+    assert_eq!(exchange(&mut again, INIT), 200);
 }

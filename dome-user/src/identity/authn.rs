@@ -42,6 +42,13 @@ pub struct Failure {
     pub scope: Option<String>,
     /// A trusted issuer whose key set lacked the token's key: worth a refresh.
     pub refresh_issuer: Option<String>,
+    /// The identity the credential claimed (bounded and printable; never
+    /// the secret), for the log.
+    pub claim: Option<String>,
+    /// The claim names one this node knows (an agent of the registry, a
+    /// trusted issuer): escalation strikes the claim, not the address it
+    /// came from. Else the attempt is anonymous.
+    pub claim_known: bool,
 }
 
 fn fail(
@@ -57,12 +64,80 @@ fn fail(
         bad_credential: bad,
         scope: None,
         refresh_issuer: None,
+        claim: None,
+        claim_known: false,
     }
+}
+
+impl Failure {
+    fn claiming(mut self, claim: Option<String>) -> Failure {
+        self.claim_known = claim.is_some();
+        self.claim = claim;
+        self
+    }
+}
+
+/// Attacker-chosen text made fit for a claim (and a log line): at most
+/// `max` characters, control and invisible characters escaped.
+fn shown(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if c.is_control() || !(c.is_ascii_graphic() || c.is_alphanumeric()) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The claim of an API key that names a registered agent.
+fn agent_claim(agent_id: &str) -> String {
+    format!("agent {agent_id}")
 }
 
 /// Query parameters that would carry a credential: refused (they end up in
 /// logs and caches).
 const QUERY_CREDENTIALS: [&str; 4] = ["access_token", "api_key", "apikey", "token"];
+
+/// Percent-decodes a query parameter's name (`+` is a space), so that an
+/// encoded name cannot slip past [`QUERY_CREDENTIALS`].
+fn decoded_name(raw: &str) -> String {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a query string carries a credential parameter, however its
+/// name is spelt (case, percent-encoding, `&` or `;` separators).
+fn credential_in_query(query: &str) -> bool {
+    query.split(['&', ';']).any(|kv| {
+        let raw = kv.split('=').next().unwrap_or_default();
+        let name = decoded_name(raw);
+        // An encoded `=` would make the rest of the pair part of the name.
+        let name = name.split('=').next().unwrap_or_default().trim();
+        QUERY_CREDENTIALS
+            .iter()
+            .any(|c| name.eq_ignore_ascii_case(c))
+    })
+}
 
 /// Authenticates a request. `Ok(None)`: no credential and none required.
 pub fn authenticate(
@@ -74,10 +149,7 @@ pub fn authenticate(
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
     if let Some(q) = query
-        && q.split('&').any(|kv| {
-            let k = kv.split('=').next().unwrap_or_default();
-            QUERY_CREDENTIALS.iter().any(|c| k.eq_ignore_ascii_case(c))
-        })
+        && credential_in_query(q)
     {
         return Err(fail(
             StatusCode::BAD_REQUEST,
@@ -116,18 +188,22 @@ pub fn authenticate(
     let Some(agent_id) = apikey::agent_of(token) else {
         return from_token(token, index, jwt, now_unix_s);
     };
-    // An unknown agent and a wrong key get the same answer.
+    // An unknown agent and a wrong key get the same answer; an unknown
+    // agent is an anonymous attempt (its claim names no one here).
     let Some(agent) = index.agents.get(agent_id) else {
-        return Err(invalid("invalid API key"));
+        let mut f = invalid("invalid API key");
+        f.claim = Some(format!("unknown {}", agent_claim(agent_id)));
+        return Err(f);
     };
+    let claim = Some(agent_claim(agent_id));
     if !agent.accepts(token, now_unix_s) {
-        return Err(invalid("invalid API key"));
+        return Err(invalid("invalid API key").claiming(claim));
     }
     if agent.disabled {
-        return Err(invalid("this agent is disabled"));
+        return Err(invalid("this agent is disabled").claiming(claim));
     }
     let Some(tenant) = index.tenants.get(&agent.tenant) else {
-        return Err(invalid("the agent's tenant no longer exists"));
+        return Err(invalid("the agent's tenant no longer exists").claiming(claim));
     };
     // A user token the tenant's identity provider signed names the end
     // user best; else the agent may assert it where its tenant allows.
@@ -140,12 +216,14 @@ pub fn authenticate(
                 true,
             )
         };
-        let t = t.to_str().map_err(|_| bad("not text".into()))?;
+        let t = t
+            .to_str()
+            .map_err(|_| bad("not text".into()).claiming(claim.clone()))?;
         let v = jwt
             .verify_cached(t, now_unix_s)
-            .map_err(|e| token_failure(e, "Dome-User-Token: "))?;
+            .map_err(|e| token_failure(e, "Dome-User-Token: ").claiming(claim.clone()))?;
         if v.tenant != tenant.name {
-            return Err(bad("issued for another tenant".into()));
+            return Err(bad("issued for another tenant".into()).claiming(claim));
         }
         return Ok(Some(Caller {
             agent: agent.clone(),
@@ -165,7 +243,8 @@ pub fn authenticate(
                     tenant.name
                 ),
                 false,
-            ));
+            )
+            .claiming(claim));
         }
         Some(_) => {
             return Err(fail(
@@ -173,7 +252,8 @@ pub fn authenticate(
                 Some("invalid_request"),
                 "the Dome-User header must be 1 to 256 visible characters",
                 false,
-            ));
+            )
+            .claiming(claim));
         }
     };
     Ok(Some(Caller {
@@ -225,10 +305,14 @@ fn from_token(
     jwt: &Verifier,
     now_unix_s: u64,
 ) -> Result<Option<Caller>, Failure> {
-    let invalid = |m: String| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
+    // Only on failure is the unverified payload read again, for the claim.
+    let claim = || token_claim(token, jwt);
+    let invalid = |m: String| {
+        fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true).claiming(claim())
+    };
     let v = jwt
         .verify_cached(token, now_unix_s)
-        .map_err(|e| token_failure(e, ""))?;
+        .map_err(|e| token_failure(e, "").claiming(claim()))?;
     let Some(agent_id) = v.agent.as_deref() else {
         return Err(invalid(
             "the token names no agent (client_id or azp); a user's token goes in Dome-User-Token"
@@ -257,4 +341,56 @@ fn from_token(
         tenant: tenant.clone(),
         user: v.user,
     }))
+}
+
+/// The claim of a bearer token whose issuer is trusted here: the issuer,
+/// the agent and the subject it names (unverified, so bounded and
+/// escaped). A token that does not decode, or from an issuer not trusted
+/// here, claims nobody: an anonymous attempt.
+fn token_claim(token: &str, jwt: &Verifier) -> Option<String> {
+    let c = super::jwt::unverified_claims(token)?;
+    let iss = c["iss"].as_str()?;
+    let p = jwt.by_issuer.get(iss)?;
+    let field = |name: &str| c[name].as_str().map_or_else(String::new, |v| shown(v, 64));
+    let agent = match c[p.config.agent_claim.as_str()].as_str() {
+        Some(a) => shown(a, 64),
+        None => field("azp"),
+    };
+    Some(format!(
+        "token {} agent={} sub={}",
+        shown(iss, 128),
+        agent,
+        field(&p.config.user_claim)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_the_query_are_found_however_their_name_is_spelt() {
+        for q in [
+            "access_token=x",
+            "a=1&ACCESS_TOKEN=x",
+            "%61ccess_token=x",
+            "%61%63%63%65%73%73%5f%74%6f%6b%65%6e=x",
+            "api%5Fkey=x",
+            "a=1;token=x",
+            "token",
+            "access_token%3Dx",
+        ] {
+            assert!(credential_in_query(q), "{q}");
+        }
+        for q in ["", "a=1&b=2", "tokens=1", "%zz=1", "%6", "x=%61ccess_token"] {
+            assert!(!credential_in_query(q), "{q}");
+        }
+    }
+
+    #[test]
+    fn claims_shown_are_bounded_and_printable() {
+        assert_eq!(shown("acme-bot", 64), "acme-bot");
+        assert_eq!(shown("a\nb\u{1b}[2J", 64), "a\\u{a}b\\u{1b}[2J");
+        assert_eq!(shown(&"x".repeat(500), 64).len(), 64);
+    }
 }

@@ -150,6 +150,29 @@ fn payload(token: &str) -> Result<Value, JwtError> {
     serde_json::from_slice(&bytes).map_err(|_| invalid("not a JWT"))
 }
 
+/// The payload of a token, not verified: for naming what a failing token
+/// claimed, never for trusting it.
+pub fn unverified_claims(token: &str) -> Option<Value> {
+    payload(token).ok().filter(Value::is_object)
+}
+
+/// Refuses a token whose header lists critical extensions (`crit`, RFC 7515
+/// §4.1.11): Dome understands none, and a token that depends on one must
+/// not be taken at the face value of its other claims.
+fn refuse_critical_extensions(token: &str) -> Result<(), JwtError> {
+    let part = token.split('.').next().unwrap_or_default();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .map_err(|_| invalid("not a JWT"))?;
+    let header: Value = serde_json::from_slice(&bytes).map_err(|_| invalid("not a JWT"))?;
+    if header.get("crit").is_some() {
+        return Err(invalid(
+            "the token's header lists critical extensions (crit) that Dome does not understand",
+        ));
+    }
+    Ok(())
+}
+
 fn scopes(claims: &Value) -> Vec<String> {
     match (&claims["scope"], &claims["scp"]) {
         (Value::String(s), _) => s.split_whitespace().map(str::to_string).collect(),
@@ -217,6 +240,7 @@ impl Verifier {
     ) -> Result<(Verified, Arc<Provider>, u64, u64, Option<u64>), JwtError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("not a JWT, or its algorithm is not accepted"))?;
+        refuse_critical_extensions(token)?;
         let unverified = payload(token)?;
         let issuer = unverified["iss"]
             .as_str()
@@ -526,6 +550,14 @@ mod tests {
         h.kid = Some("k1".into());
         let hs = jsonwebtoken::encode(&h, &claims(), &EncodingKey::from_secret(b"x")).unwrap();
         assert!(bad(&hs, 1500), "HMAC confusion");
+        // A critical extension Dome does not understand (RFC 7515 §4.1.11),
+        // in a token otherwise valid and properly signed.
+        let header = b64.encode(br#"{"alg":"ES256","kid":"k1","crit":["exp-ext"],"exp-ext":1}"#);
+        let signing_input = format!("{header}.{}", b64.encode(claims().to_string()));
+        let sig =
+            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &k, Algorithm::ES256).unwrap();
+        let crit = format!("{signing_input}.{sig}");
+        assert!(bad(&crit, 1500), "unknown crit");
         let mut c = claims();
         c["scope"] = "other".into();
         assert!(matches!(

@@ -699,10 +699,6 @@ fn current_caller() -> Option<Caller> {
     CTX.try_with(|c| c.caller.clone()).ok().flatten()
 }
 
-fn current_source() -> Option<std::net::IpAddr> {
-    CTX.try_with(|c| c.source).ok().flatten()
-}
-
 fn note_method(m: &'static str) {
     let _ = TALLY.try_with(|t| t.borrow_mut().method = m);
 }
@@ -1250,9 +1246,6 @@ impl Gateway {
         let source = Some(conn.peer.ip());
         let now_s = crate::clock::unix_s();
         let escalation = &self.identity.escalation;
-        if escalation.blocked(source, None, now_s) {
-            return self.blocked();
-        }
         let index = self.identity.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
@@ -1264,16 +1257,14 @@ impl Gateway {
         ) {
             Ok(c) => c,
             Err(f) => {
-                if f.bad_credential
-                    && let Some(ip) = source
-                {
-                    escalation.strike(
-                        Subject::Source(ip),
-                        "authentication failure",
-                        crate::clock::monotonic_ns(),
-                        now_s,
-                    );
-                }
+                // Struck by the identity it claimed, or its source when it
+                // claimed none; refused as blocked while that is blocked.
+                let blocked = escalation.failed_login(
+                    conn.peer.ip(),
+                    &f,
+                    crate::clock::monotonic_ns(),
+                    now_s,
+                );
                 if let Some(p) = f
                     .refresh_issuer
                     .as_ref()
@@ -1284,6 +1275,9 @@ impl Gateway {
                     let p = p.clone();
                     tokio::spawn(async move { p.refresh(now_s, 5).await });
                 }
+                if blocked {
+                    return self.blocked();
+                }
                 return self.unauthenticated(f);
             }
         };
@@ -1292,7 +1286,12 @@ impl Gateway {
                 return self.blocked();
             }
             self.bind_kernel(&conn, c);
+        } else if escalation.blocked(source, None, now_s) {
+            // A source block holds only against anonymous requests.
+            return self.blocked();
         }
+        // A connection that carried an authenticated request is not shed.
+        conn.authenticated();
         let took = arrived.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
         let intent = req
@@ -1351,10 +1350,22 @@ impl Gateway {
         }
     }
 
+    /// A strike against the caller: its agent when authenticated (never
+    /// the address it shares with others), else its source.
     fn strike_source(&self, why: &str) {
-        if let Some(ip) = current_source() {
+        let who = CTX
+            .try_with(|c| match &c.caller {
+                Some(c) => Some(Subject::Agent {
+                    id: c.agent.id.clone(),
+                    slot: c.agent.slot,
+                }),
+                None => c.source.map(Subject::Source),
+            })
+            .ok()
+            .flatten();
+        if let Some(who) = who {
             self.identity.escalation.strike(
-                Subject::Source(ip),
+                who,
                 why,
                 crate::clock::monotonic_ns(),
                 crate::clock::unix_s(),
