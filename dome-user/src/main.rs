@@ -126,6 +126,12 @@ enum AuditCmd {
     },
 }
 
+/// An error for the operator's terminal: messages can quote config,
+/// policy or caller text, so control characters are escaped.
+fn print_error(e: &dyn std::fmt::Display) {
+    eprintln!("error: {}", dome::terminal::escape_lines(&e.to_string()));
+}
+
 /// The audit folder: `--dir`, else the one the config names. It must
 /// exist (a mistyped folder is not an empty, verified trail).
 fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, String> {
@@ -145,7 +151,7 @@ fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, 
 fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
     use dome::audit::output::{Format, Query, run};
     let fail = |e: String| {
-        eprintln!("error: {e}");
+        print_error(&e);
         ExitCode::from(2)
     };
     let now = dome::clock::unix_us();
@@ -186,7 +192,7 @@ fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Some(p) => {
-                    eprintln!("BAD {p}");
+                    eprintln!("BAD {}", dome::terminal::escape_lines(&p.to_string()));
                     ExitCode::FAILURE
                 }
             }
@@ -300,7 +306,7 @@ fn policy_diff(
     let (a, b) = match (compile(old), compile(new)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -319,7 +325,7 @@ fn policy_diff(
             }) {
             Ok(more) => reqs.extend(more),
             Err(e) => {
-                eprintln!("error: {}: {e}", f.display());
+                print_error(&format!("{}: {e}", f.display()));
                 return ExitCode::from(2);
             }
         }
@@ -334,7 +340,7 @@ fn policy_diff(
                 "{:?} -> {:?}: {}",
                 x.effect(),
                 y.effect(),
-                serde_json::to_string(r).unwrap_or_default()
+                dome::terminal::json(&serde_json::to_string(r).unwrap_or_default())
             );
         }
     }
@@ -416,7 +422,7 @@ fn admin(
     let cfg = match dome::config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -433,10 +439,14 @@ fn admin(
     };
     match dome::admin::call(a.listen, &token, method, path, body.as_ref()) {
         Ok((status, text)) => {
+            // Agent names, labels and reasons come from callers and admins:
+            // JSON keeps its meaning with what a terminal would act on
+            // escaped; anything else is escaped as text.
             let pretty = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or(text);
+                .map(|p| dome::terminal::json(&p).into_owned())
+                .unwrap_or_else(|| dome::terminal::escape_lines(&text).into_owned());
             println!("{pretty}");
             if (200..300).contains(&status) {
                 ExitCode::SUCCESS
@@ -446,7 +456,7 @@ fn admin(
             }
         }
         Err(e) => {
-            eprintln!("error: admin API at {}: {e}", a.listen);
+            print_error(&format!("admin API at {}: {e}", a.listen));
             ExitCode::FAILURE
         }
     }
@@ -520,21 +530,21 @@ fn main() -> ExitCode {
             let dir = match policy_dir(&cli.config, dir) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
             let sources = match dome::policy::read_dir(&dir) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
             let policy = match dome::policy::compile::compile(&sources) {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
@@ -552,7 +562,7 @@ fn main() -> ExitCode {
                 );
             }
             for f in &failures {
-                eprintln!("FAIL {f}");
+                eprintln!("FAIL {}", dome::terminal::escape_lines(&f.to_string()));
             }
             if failures.is_empty() {
                 ExitCode::SUCCESS
@@ -573,19 +583,19 @@ fn main() -> ExitCode {
                 let dir = match policy_dir(&cli.config, None) {
                     Ok(d) => d,
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        print_error(&e);
                         return ExitCode::from(2);
                     }
                 };
                 if let Err(e) = dome::policy::load(&dir) {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                print_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -600,7 +610,7 @@ fn main() -> ExitCode {
             match rt.block_on(dome::runtime::run(&cli.config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    print_error(&format!("{e:#}"));
                     // A bad config is the operator's to fix: exit 2, like `check-config`.
                     if e.downcast_ref::<dome::config::ConfigError>().is_some() {
                         ExitCode::from(2)

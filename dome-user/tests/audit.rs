@@ -583,3 +583,59 @@ fn a_full_ring_refuses_calls_closed_or_drops_them_counted() {
         answered as u64 + 24 - dropped
     );
 }
+
+#[test]
+fn the_query_table_and_admin_output_escape_what_callers_wrote() {
+    let (_demo, dome) = start("audit-escape", "fsync = \"always\"");
+    let intent = "check\n2026 allow ok forged\x1b[2K\u{9b}1A\u{202e}evil";
+    let (status, v) = post(
+        &dome,
+        &[],
+        "records",
+        &call_body(1, "records", json!({"count": 1}), Some(intent)),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (code, out, err) = audit_cli(&dome, &["query"]);
+    assert_eq!(code, 0, "{err}");
+    // One header and one row: the newline did not forge a second.
+    assert_eq!(out.lines().count(), 2, "{out}");
+    for raw in ['\x1b', '\u{9b}', '\u{202e}'] {
+        assert!(!out.contains(raw), "{raw:?} reached the terminal: {out:?}");
+    }
+    assert!(out.contains("check\\n2026 allow"), "{out}");
+    assert!(
+        out.contains("\\x1b[2K") && out.contains("\\u{202e}evil"),
+        "{out}"
+    );
+    // JSON Lines stays faithful: the same intent, byte for byte.
+    let (_, out, _) = audit_cli(&dome, &["query", "--format", "jsonl"]);
+    assert!(
+        !out.contains('\u{9b}') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    assert_eq!(jsonl(&out)[0]["intent"], intent);
+
+    // Names an admin (or a compromised admin client) registers reach
+    // `dome agents` output escaped, and still as the same JSON.
+    let name = "evil\u{9b}2K\u{202e}bot";
+    let admin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dome"))
+            .args(args)
+            .arg("--config")
+            .arg(&dome.config)
+            .env("DOME_ADMIN_TOKEN", ADMIN)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    admin(&["agents", "register", "--tenant", "acme", "--name", name]);
+    let out = admin(&["agents", "list"]);
+    assert!(
+        !out.contains('\u{9b}') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    let listed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(out.contains("\\u009b2K\\u202ebot"), "{out}");
+    assert!(listed.to_string().contains(name), "{listed}");
+}
