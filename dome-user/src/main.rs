@@ -111,11 +111,37 @@ enum AuditCmd {
         #[arg(long, default_value = "table")]
         format: String,
     },
-    /// Check every CRC, sequence number and link of the hash chain; name the
-    /// first bad record. Exit 1 when something is wrong.
+    /// Check every CRC, sequence number and link of the hash chain and
+    /// every checkpoint's signature; report what retention retired and
+    /// what no checkpoint covers yet; name the first bad record. Exit 1
+    /// when something is wrong.
     Verify {
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The checkpoint key's public half: 64 hex digits or a file holding
+        /// them (repeatable, for rotated keys). Default: the `.pub` file
+        /// beside the config's `[audit] key`; without one, the key the
+        /// trail names (reported as not pinned).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<String>,
+        /// A head anchored outside this host, as SEQ:HASH (an exported
+        /// checkpoint's `covers_seq:head`, or `/stats` `last_seq:head`):
+        /// the trail must hold record SEQ with that hash (repeatable).
+        #[arg(long = "expect-head")]
+        expect_heads: Vec<String>,
+    },
+    /// The signed checkpoints, to anchor outside this host (a SIEM, a
+    /// ticket, another machine): `verify --expect-head SEQ:HASH` later
+    /// proves the trail still holds them.
+    Checkpoints {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// jsonl or table.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only the newest.
+        #[arg(long)]
+        last: bool,
     },
     /// Every matching record as JSON Lines (for a SIEM), to stdout or --out.
     Export {
@@ -130,6 +156,141 @@ enum AuditCmd {
 /// policy or caller text, so control characters are escaped.
 fn print_error(e: &dyn std::fmt::Display) {
     eprintln!("error: {}", dome::terminal::escape_lines(&e.to_string()));
+}
+
+/// `dome audit verify`: the report, then `ok` (exit 0) or the problem
+/// (exit 1).
+fn verify(
+    config: &std::path::Path,
+    dir: Option<PathBuf>,
+    pubkeys: &[String],
+    expect_heads: &[String],
+) -> ExitCode {
+    use dome::audit::checkpoint::{fingerprint, parse_public_key, public_path};
+    use dome::audit::query::Expect;
+    let fail = |e: String| {
+        print_error(&e);
+        ExitCode::from(2)
+    };
+    let dir = match audit_dir(config, dir) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let mut expect = Expect::default();
+    for h in expect_heads {
+        match Expect::parse_head(h) {
+            Ok(h) => expect.heads.push(h),
+            Err(e) => return fail(e),
+        }
+    }
+    let mut key_from = String::from("given with --pubkey");
+    for k in pubkeys {
+        match parse_public_key(k) {
+            Ok(k) => expect.keys.push(k),
+            Err(e) => return fail(e),
+        }
+    }
+    // Without --pubkey: the public key the running Dome published beside
+    // its key file, when the config names one that exists.
+    if let Ok(cfg) = dome::config::load(config) {
+        expect.max_unsigned = Some(cfg.audit.checkpoint_records.max(1));
+        let published = public_path(&dome::runtime::audit_key_path(&cfg, config));
+        if expect.keys.is_empty()
+            && let Ok(k) = parse_public_key(&published.to_string_lossy())
+        {
+            expect.keys.push(k);
+            key_from = format!("from {}", published.display());
+        }
+    }
+    let r = match dome::audit::query::verify_with(&dir, &expect) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    let time = dome::audit::record::rfc3339_us;
+    println!(
+        "{}: {} segment(s), {} record(s){}",
+        dir.display(),
+        r.segments,
+        r.records,
+        match (r.first_seq, r.last_seq) {
+            (Some(a), Some(b)) => format!(", sequence {a}..={b}"),
+            _ => String::new(),
+        }
+    );
+    if let Some(h) = &r.head {
+        println!("head {h}");
+    }
+    for note in &r.retired {
+        let (a, b) = note.range();
+        println!(
+            "retired by retention at {}: records {a}..={b} ({} segment(s), {} bytes; {})",
+            time(note.time_us),
+            note.segments.len(),
+            note.bytes,
+            dome::terminal::escape(&note.reason)
+        );
+    }
+    if r.anchored_after_retirement {
+        match r.retired_before() {
+            Some(k) => println!(
+                "the trail starts at {}: records before {k} were retired by retention (the chain is checked from the oldest kept)",
+                r.first_seq.unwrap_or(0)
+            ),
+            None => println!("older records are missing; no retirement note accounts for them"),
+        }
+    }
+    match (&r.key, r.key_pinned) {
+        (Some(k), true) => println!(
+            "{} checkpoint(s), signatures checked against key {} ({key_from})",
+            r.checkpoints,
+            dome::audit::checkpoint::parse_public_key(k)
+                .map_or_else(|_| k.clone(), |k| fingerprint(&k))
+        ),
+        (Some(k), false) => println!(
+            "{} checkpoint(s), signed by key {k}: NOT PINNED (taken from the trail itself; pin it with --pubkey)",
+            r.checkpoints
+        ),
+        (None, _) => println!("no checkpoints: nothing in this trail is signed"),
+    }
+    match &r.last_checkpoint {
+        Some(c) if r.unsigned_tail == 0 => println!(
+            "the trail ends with checkpoint {} ({:?}, {}) over record {}",
+            c.seq,
+            c.checkpoint.reason,
+            time(c.checkpoint.time_us),
+            c.checkpoint.seq
+        ),
+        Some(c) => println!(
+            "last checkpoint {} ({:?}, {}) over record {}; {} frame(s) after it are not signed yet: a cut among them shows only against --expect-head",
+            c.seq,
+            c.checkpoint.reason,
+            time(c.checkpoint.time_us),
+            c.checkpoint.seq,
+            r.unsigned_tail
+        ),
+        None => {}
+    }
+    for seq in &r.heads_matched {
+        println!("anchored head {seq} matches");
+    }
+    for n in &r.notes {
+        println!("{n}");
+    }
+    if r.incomplete_tail {
+        println!(
+            "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
+        );
+    }
+    match r.problem {
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Some(p) => {
+            eprintln!("BAD {}", dome::terminal::escape_lines(&p.to_string()));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The audit folder: `--dir`, else the one the config names. It must
@@ -156,46 +317,54 @@ fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
     };
     let now = dome::clock::unix_us();
     match cmd {
-        AuditCmd::Verify { dir } => {
+        AuditCmd::Verify {
+            dir,
+            pubkeys,
+            expect_heads,
+        } => verify(config, dir, &pubkeys, &expect_heads),
+        AuditCmd::Checkpoints { dir, format, last } => {
             let dir = match audit_dir(config, dir) {
                 Ok(d) => d,
                 Err(e) => return fail(e),
             };
-            let r = match dome::audit::query::verify(&dir) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("{}: {e}", dir.display())),
+            let table = match format.as_str() {
+                "table" => true,
+                "jsonl" | "json" => false,
+                other => return fail(format!("--format `{other}`: expected table or jsonl")),
             };
-            println!(
-                "{}: {} segment(s), {} record(s){}",
-                dir.display(),
-                r.segments,
-                r.records,
-                match (r.first_seq, r.last_seq) {
-                    (Some(a), Some(b)) => format!(", sequence {a}..={b}"),
-                    _ => String::new(),
+            let mut all = Vec::new();
+            let found = dome::audit::query::checkpoints(&dir, |seq, cp| {
+                if last {
+                    all.clear();
                 }
-            );
-            if r.anchored_after_retirement {
-                println!("older segments were retired: the chain is checked from the oldest kept");
+                all.push((seq, cp));
+                std::ops::ControlFlow::Continue(())
+            });
+            if let Err(e) = found {
+                return fail(format!("{}: {e}", dir.display()));
             }
-            if let Some(h) = &r.head {
-                println!("head {h}");
+            if table {
+                println!("SEQ        COVERS     TIME                        REASON      HEAD");
             }
-            if r.incomplete_tail {
-                println!(
-                    "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
-                );
-            }
-            match r.problem {
-                None => {
-                    println!("ok");
-                    ExitCode::SUCCESS
+            for (seq, cp) in &all {
+                if table {
+                    println!(
+                        "{seq:<10} {:<10} {:<27} {:<11} {}",
+                        cp.seq,
+                        dome::audit::record::rfc3339_us(cp.time_us),
+                        serde_json::to_value(cp.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default(),
+                        dome::terminal::escape(&cp.head)
+                    );
+                } else {
+                    let line = dome::audit::query::checkpoint_json(*seq, cp).to_string();
+                    println!("{}", dome::terminal::json(&line));
                 }
-                Some(p) => {
-                    eprintln!("BAD {}", dome::terminal::escape_lines(&p.to_string()));
-                    ExitCode::FAILURE
-                }
             }
+            eprintln!("{} checkpoint(s)", all.len());
+            ExitCode::SUCCESS
         }
         AuditCmd::Query {
             filter,

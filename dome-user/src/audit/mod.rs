@@ -10,6 +10,7 @@
 //! - `config`: `[audit]`.
 
 pub mod call;
+pub mod checkpoint;
 pub mod config;
 pub mod frame;
 pub mod output;
