@@ -638,7 +638,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("DOME_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // One event, one line: caller text in a field cannot forge another.
+        .with_writer(|| dome::terminal::LogWriter(std::io::stderr()))
         .init();
     match cli.command.unwrap_or(Command::Run) {
         Command::Audit(cmd) => audit(&cli.config, *cmd),

@@ -130,6 +130,55 @@ pub fn json(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A log writer that keeps each event on one line: tracing's formatter
+/// escapes ESC and C1 in field values but writes newlines, carriage
+/// returns and format characters (U+202E …) from `%`-formatted values and
+/// messages as they are, so text from a caller or an upstream could forge
+/// or reorder log lines on an operator's terminal. The formatter hands
+/// each event to one `write` call; every unsafe character but the event's
+/// final newline and ESC (the formatter's own colours; it escapes ESC in
+/// values itself) is written as an escape.
+pub struct LogWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for LogWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let Ok(text) = std::str::from_utf8(buf) else {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        };
+        let (body, end) = match text.strip_suffix('\n') {
+            Some(b) => (b, "\n"),
+            None => (text, ""),
+        };
+        let bad = |c: char| is_unsafe(c) && c != '\x1b' && c != '\t';
+        if !body.chars().any(bad) {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = String::with_capacity(buf.len() + 16);
+        for c in body.chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c if bad(c) && (c as u32) < 0x80 => {
+                    let _ = write!(out, "\\x{:02x}", c as u32);
+                }
+                c if bad(c) => {
+                    let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        out.push_str(end);
+        self.0.write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +225,55 @@ mod tests {
             }
         }
         assert!(!is_unsafe('a') && !is_unsafe('é') && !is_unsafe('\u{2070}'));
+    }
+
+    #[test]
+    fn a_log_event_stays_one_line_whatever_its_fields_hold() {
+        use std::io::Write as _;
+        let mut w = LogWriter(Vec::new());
+        let event = "\x1b[2mINFO\x1b[0m tool=evil\nINFO forged line\r\u{202e}x\n";
+        w.write_all(event.as_bytes()).unwrap();
+        let out = String::from_utf8(w.0).unwrap();
+        assert_eq!(
+            out,
+            "\x1b[2mINFO\x1b[0m tool=evil\\nINFO forged line\\r\\u{202e}x\n"
+        );
+        assert_eq!(out.lines().count(), 1);
+        let mut w = LogWriter(Vec::new());
+        w.write_all(b"plain line\n").unwrap();
+        assert_eq!(w.0, b"plain line\n");
+    }
+
+    #[test]
+    fn a_log_line_through_tracing_cannot_forge_a_second_one() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sink = Sink::default();
+        let make = {
+            let sink = sink.clone();
+            move || LogWriter(sink.clone())
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(make)
+            .with_ansi(false)
+            .finish();
+        let caller = "x\n2026-01-01T00:00:00Z  INFO dome: all calls verified\u{202e}";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(name = %caller, "a call");
+            tracing::info!("{caller}");
+        });
+        let out = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 2, "{out}");
+        assert!(!out.contains('\u{202e}'), "{out}");
     }
 }

@@ -933,3 +933,42 @@ fn segments_deleted_by_hand_are_told_from_segments_retired() {
     assert!(p.why.contains("deleted, not retired"), "{p}");
     let _ = std::fs::remove_dir_all(&d);
 }
+
+#[test]
+fn a_checkpoint_comes_checkpoint_s_after_the_first_unsigned_record_and_not_while_idle() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let key = std::sync::Arc::new(NodeKey::generate());
+    let d = dir("checkpoint-time");
+    let s = Settings {
+        checkpoint_s: 1,
+        ..signed(64 << 20, 1000)
+    };
+    let rt = runtime();
+    let t = Trail::open_signed(&d, 64, "n".into(), s, Some(key.clone())).unwrap();
+    rt.block_on(async {
+        for i in 0..3 {
+            let slot = t.reserve().await.unwrap().unwrap();
+            let ticket = t.commit(slot, &record(i, "x")).unwrap();
+            t.durable(ticket).await.unwrap();
+        }
+        assert_eq!(t.counters.checkpoints.load(Relaxed), 0);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(t.counters.checkpoints.load(Relaxed), 1);
+        // Nothing new: no checkpoint over the same head again.
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert_eq!(t.counters.checkpoints.load(Relaxed), 1);
+    });
+    assert_eq!(t.to_json()["checkpoints"]["last"]["covers_seq"], 3);
+    t.close();
+    let report = query::verify_with(
+        &d,
+        &query::Expect {
+            keys: vec![key.public()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(report.problem, None, "{report:?}");
+    assert_eq!((report.checkpoints, report.unsigned_tail), (1, 0));
+    let _ = std::fs::remove_dir_all(&d);
+}
