@@ -524,6 +524,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         created = made,
         "audit checkpoints are signed with this key (pin its public key with `dome audit verify --pubkey`)"
     );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(&key_path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(key = %key_path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the audit checkpoint key is readable by others: whoever reads it can sign a rewritten trail (chmod 600)");
+        }
+    }
     let audit_public = Some(audit_key.public());
     let audit = crate::audit::Trail::open_signed(
         &audit_dir,

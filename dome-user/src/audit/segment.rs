@@ -284,9 +284,6 @@ pub struct Tail {
     /// on in a new segment after the last good record.
     pub damaged: Option<String>,
     pub created_us: u64,
-    /// The schema of the last good frame (0: none, or not known): tells
-    /// whether the trail ends in a checkpoint.
-    pub last_schema: u16,
 }
 
 /// Scans the newest segment, keeps every frame that reads and links, and
@@ -359,7 +356,6 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
                 break;
             }
         }
-        tail.last_schema = f.header.schema;
         tail.head = hash;
         tail.next_seq = f.header.seq + 1;
         at = f.next;

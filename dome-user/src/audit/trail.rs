@@ -144,7 +144,6 @@ impl Trail {
     ) -> std::io::Result<Arc<Trail>> {
         std::fs::create_dir_all(dir)?;
         let segments = segment::list(dir)?;
-        let mut ends_signed = false;
         let (active, file, next_seq, head, index, len, created_us) = match segments.last() {
             None => {
                 let now = crate::clock::unix_us();
@@ -199,7 +198,6 @@ impl Trail {
                             "audit trail recovered cleanly"
                         );
                     }
-                    ends_signed = tail.last_schema == checkpoint::CHECKPOINT;
                     let f = segment::open_append(last, tail.len)?;
                     (
                         last.clone(),
@@ -267,9 +265,11 @@ impl Trail {
             unsigned_since_us: None,
             promised: u64::MAX,
         };
-        if !ends_signed && next_seq > 1 {
+        if next_seq > 1 {
             // Sign what recovery found (a crash leaves the newest records
-            // unsigned): written on the writer's first pass.
+            // unsigned), promising the interval configured now (the last
+            // checkpoint may have promised another): written on the
+            // writer's first pass.
             let s = w.trail.settings.load_full();
             w.checkpoint(Reason::Start, &s);
         }
