@@ -14,7 +14,7 @@
 //! | `GET /blocks` | kernel blocks in force |
 //! | `DELETE /blocks/{kind}/{key}` | lifts one (`identity/<slot>`, `prefix/<cidr>`) |
 //! | `GET /audit?tenant=&agent=&user=&tool=&kind=&decision=&since=&until=&intent=&call_id=&limit=&order=` | matching audit records, streamed as JSON Lines |
-//! | `GET /audit/verify` | checks every CRC and link of the trail; names the first bad record |
+//! | `GET /audit/verify` | checks every CRC and link of the trail and every checkpoint against this node's key; lists retirements; names the first bad record |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
