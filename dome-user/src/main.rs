@@ -254,16 +254,16 @@ fn verify(
     }
     match &r.last_checkpoint {
         Some(c) if r.unsigned_tail == 0 => println!(
-            "the trail ends with checkpoint {} ({:?}, {}) over record {}",
+            "the trail ends with checkpoint {} ({}, {}) over record {}",
             c.seq,
-            c.checkpoint.reason,
+            c.checkpoint.reason.name(),
             time(c.checkpoint.time_us),
             c.checkpoint.seq
         ),
         Some(c) => println!(
-            "last checkpoint {} ({:?}, {}) over record {}; {} frame(s) after it are not signed yet: a cut among them shows only against --expect-head",
+            "last checkpoint {} ({}, {}) over record {}; {} frame(s) after it are not signed yet: a cut among them shows only against --expect-head",
             c.seq,
-            c.checkpoint.reason,
+            c.checkpoint.reason.name(),
             time(c.checkpoint.time_us),
             c.checkpoint.seq,
             r.unsigned_tail
@@ -352,10 +352,7 @@ fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
                         "{seq:<10} {:<10} {:<27} {:<11} {}",
                         cp.seq,
                         dome::audit::record::rfc3339_us(cp.time_us),
-                        serde_json::to_value(cp.reason)
-                            .ok()
-                            .and_then(|v| v.as_str().map(String::from))
-                            .unwrap_or_default(),
+                        cp.reason.name(),
                         dome::terminal::escape(&cp.head)
                     );
                 } else {

@@ -68,6 +68,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Start => "start",
+            Reason::Periodic => "periodic",
+            Reason::Retirement => "retirement",
+            Reason::Shutdown => "shutdown",
+        }
+    }
+
     fn byte(self) -> u8 {
         match self {
             Reason::Start => 1,
