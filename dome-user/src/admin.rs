@@ -14,7 +14,7 @@
 //! | `GET /blocks` | kernel blocks in force |
 //! | `DELETE /blocks/{kind}/{key}` | lifts one (`identity/<slot>`, `prefix/<cidr>`) |
 //! | `GET /audit?tenant=&agent=&user=&tool=&kind=&decision=&since=&until=&intent=&call_id=&limit=&order=` | matching audit records, streamed as JSON Lines |
-//! | `GET /audit/verify` | checks every CRC and link of the trail; names the first bad record |
+//! | `GET /audit/verify` | checks every CRC and link of the trail and every checkpoint against this node's key; lists retirements; names the first bad record |
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -36,6 +36,10 @@ pub struct AdminState {
     pub policy_dir: std::path::PathBuf,
     /// The audit trail's folder (read for queries while the writer appends).
     pub audit_dir: std::path::PathBuf,
+    /// The checkpoint key `/audit/verify` holds the trail to (this node's),
+    /// and the frames it may go without a checkpoint.
+    pub audit_key: Option<[u8; 32]>,
+    pub audit_checkpoint_records: u64,
 }
 
 type Resp = Response<BoxBody<Bytes, Infallible>>;
@@ -318,20 +322,17 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
         }
         (Method::GET, ["audit", "verify"]) => {
             let dir = state.audit_dir.clone();
-            match tokio::task::spawn_blocking(move || crate::audit::query::verify(&dir)).await {
-                Ok(Ok(r)) => json_resp(
-                    StatusCode::OK,
-                    json!({
-                        "ok": r.problem.is_none(),
-                        "segments": r.segments,
-                        "records": r.records,
-                        "first_seq": r.first_seq,
-                        "last_seq": r.last_seq,
-                        "head": r.head,
-                        "incomplete_tail": r.incomplete_tail,
-                        "problem": r.problem.as_ref().map(|p| p.to_string()),
-                    }),
-                ),
+            let expect = crate::audit::query::Expect {
+                keys: state.audit_key.into_iter().collect(),
+                heads: Vec::new(),
+                max_unsigned: Some(state.audit_checkpoint_records),
+            };
+            match tokio::task::spawn_blocking(move || {
+                crate::audit::query::verify_with(&dir, &expect)
+            })
+            .await
+            {
+                Ok(Ok(r)) => json_resp(StatusCode::OK, r.to_json()),
                 Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }

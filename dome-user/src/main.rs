@@ -111,11 +111,37 @@ enum AuditCmd {
         #[arg(long, default_value = "table")]
         format: String,
     },
-    /// Check every CRC, sequence number and link of the hash chain; name the
-    /// first bad record. Exit 1 when something is wrong.
+    /// Check every CRC, sequence number and link of the hash chain and
+    /// every checkpoint's signature; report what retention retired and
+    /// what no checkpoint covers yet; name the first bad record. Exit 1
+    /// when something is wrong.
     Verify {
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// The checkpoint key's public half: 64 hex digits or a file holding
+        /// them (repeatable, for rotated keys). Default: the `.pub` file
+        /// beside the config's `[audit] key`; without one, the key the
+        /// trail names (reported as not pinned).
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<String>,
+        /// A head anchored outside this host, as SEQ:HASH (an exported
+        /// checkpoint's `covers_seq:head`, or `/stats` `last_seq:head`):
+        /// the trail must hold record SEQ with that hash (repeatable).
+        #[arg(long = "expect-head")]
+        expect_heads: Vec<String>,
+    },
+    /// The signed checkpoints, to anchor outside this host (a SIEM, a
+    /// ticket, another machine): `verify --expect-head SEQ:HASH` later
+    /// proves the trail still holds them.
+    Checkpoints {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// jsonl or table.
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+        /// Only the newest.
+        #[arg(long)]
+        last: bool,
     },
     /// Every matching record as JSON Lines (for a SIEM), to stdout or --out.
     Export {
@@ -124,6 +150,147 @@ enum AuditCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+/// An error for the operator's terminal: messages can quote config,
+/// policy or caller text, so control characters are escaped.
+fn print_error(e: &dyn std::fmt::Display) {
+    eprintln!("error: {}", dome::terminal::escape_lines(&e.to_string()));
+}
+
+/// `dome audit verify`: the report, then `ok` (exit 0) or the problem
+/// (exit 1).
+fn verify(
+    config: &std::path::Path,
+    dir: Option<PathBuf>,
+    pubkeys: &[String],
+    expect_heads: &[String],
+) -> ExitCode {
+    use dome::audit::checkpoint::{fingerprint, parse_public_key, public_path};
+    use dome::audit::query::Expect;
+    let fail = |e: String| {
+        print_error(&e);
+        ExitCode::from(2)
+    };
+    let dir = match audit_dir(config, dir) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let mut expect = Expect::default();
+    for h in expect_heads {
+        match Expect::parse_head(h) {
+            Ok(h) => expect.heads.push(h),
+            Err(e) => return fail(e),
+        }
+    }
+    let mut key_from = String::from("given with --pubkey");
+    for k in pubkeys {
+        match parse_public_key(k) {
+            Ok(k) => expect.keys.push(k),
+            Err(e) => return fail(e),
+        }
+    }
+    // Without --pubkey: the public key the running Dome published beside
+    // its key file, when the config names one that exists.
+    if let Ok(cfg) = dome::config::load(config) {
+        expect.max_unsigned = Some(cfg.audit.checkpoint_records.max(1));
+        let published = public_path(&dome::runtime::audit_key_path(&cfg, config));
+        if expect.keys.is_empty()
+            && let Ok(k) = parse_public_key(&published.to_string_lossy())
+        {
+            expect.keys.push(k);
+            key_from = format!("from {}", published.display());
+        }
+    }
+    let r = match dome::audit::query::verify_with(&dir, &expect) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    let time = dome::audit::record::rfc3339_us;
+    println!(
+        "{}: {} segment(s), {} record(s){}",
+        dir.display(),
+        r.segments,
+        r.records,
+        match (r.first_seq, r.last_seq) {
+            (Some(a), Some(b)) => format!(", sequence {a}..={b}"),
+            _ => String::new(),
+        }
+    );
+    if let Some(h) = &r.head {
+        println!("head {h}");
+    }
+    for note in &r.retired {
+        let (a, b) = note.range();
+        println!(
+            "retired by retention at {}: records {a}..={b} ({} segment(s), {} bytes; {})",
+            time(note.time_us),
+            note.segments.len(),
+            note.bytes,
+            dome::terminal::escape(&note.reason)
+        );
+    }
+    if r.anchored_after_retirement {
+        match r.retired_before() {
+            Some(k) => println!(
+                "the trail starts at {}: records before {k} were retired by retention (the chain is checked from the oldest kept)",
+                r.first_seq.unwrap_or(0)
+            ),
+            None => println!("older records are missing; no retirement note accounts for them"),
+        }
+    }
+    match (&r.key, r.key_pinned) {
+        (Some(k), true) => println!(
+            "{} checkpoint(s), signatures checked against key {} ({key_from})",
+            r.checkpoints,
+            dome::audit::checkpoint::parse_public_key(k)
+                .map_or_else(|_| k.clone(), |k| fingerprint(&k))
+        ),
+        (Some(k), false) => println!(
+            "{} checkpoint(s), signed by key {k}: NOT PINNED (taken from the trail itself; pin it with --pubkey)",
+            r.checkpoints
+        ),
+        (None, _) => println!("no checkpoints: nothing in this trail is signed"),
+    }
+    match &r.last_checkpoint {
+        Some(c) if r.unsigned_tail == 0 => println!(
+            "the trail ends with checkpoint {} ({}, {}) over record {}",
+            c.seq,
+            c.checkpoint.reason.name(),
+            time(c.checkpoint.time_us),
+            c.checkpoint.seq
+        ),
+        Some(c) => println!(
+            "last checkpoint {} ({}, {}) over record {}; {} frame(s) after it are not signed yet: a cut among them shows only against --expect-head",
+            c.seq,
+            c.checkpoint.reason.name(),
+            time(c.checkpoint.time_us),
+            c.checkpoint.seq,
+            r.unsigned_tail
+        ),
+        None => {}
+    }
+    for seq in &r.heads_matched {
+        println!("anchored head {seq} matches");
+    }
+    for n in &r.notes {
+        println!("{n}");
+    }
+    if r.incomplete_tail {
+        println!(
+            "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
+        );
+    }
+    match r.problem {
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Some(p) => {
+            eprintln!("BAD {}", dome::terminal::escape_lines(&p.to_string()));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The audit folder: `--dir`, else the one the config names. It must
@@ -145,51 +312,56 @@ fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, 
 fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
     use dome::audit::output::{Format, Query, run};
     let fail = |e: String| {
-        eprintln!("error: {e}");
+        print_error(&e);
         ExitCode::from(2)
     };
     let now = dome::clock::unix_us();
     match cmd {
-        AuditCmd::Verify { dir } => {
+        AuditCmd::Verify {
+            dir,
+            pubkeys,
+            expect_heads,
+        } => verify(config, dir, &pubkeys, &expect_heads),
+        AuditCmd::Checkpoints { dir, format, last } => {
             let dir = match audit_dir(config, dir) {
                 Ok(d) => d,
                 Err(e) => return fail(e),
             };
-            let r = match dome::audit::query::verify(&dir) {
-                Ok(r) => r,
-                Err(e) => return fail(format!("{}: {e}", dir.display())),
+            let table = match format.as_str() {
+                "table" => true,
+                "jsonl" | "json" => false,
+                other => return fail(format!("--format `{other}`: expected table or jsonl")),
             };
-            println!(
-                "{}: {} segment(s), {} record(s){}",
-                dir.display(),
-                r.segments,
-                r.records,
-                match (r.first_seq, r.last_seq) {
-                    (Some(a), Some(b)) => format!(", sequence {a}..={b}"),
-                    _ => String::new(),
+            let mut all = Vec::new();
+            let found = dome::audit::query::checkpoints(&dir, |seq, cp| {
+                if last {
+                    all.clear();
                 }
-            );
-            if r.anchored_after_retirement {
-                println!("older segments were retired: the chain is checked from the oldest kept");
+                all.push((seq, cp));
+                std::ops::ControlFlow::Continue(())
+            });
+            if let Err(e) = found {
+                return fail(format!("{}: {e}", dir.display()));
             }
-            if let Some(h) = &r.head {
-                println!("head {h}");
+            if table {
+                println!("SEQ        COVERS     TIME                        REASON      HEAD");
             }
-            if r.incomplete_tail {
-                println!(
-                    "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
-                );
-            }
-            match r.problem {
-                None => {
-                    println!("ok");
-                    ExitCode::SUCCESS
-                }
-                Some(p) => {
-                    eprintln!("BAD {p}");
-                    ExitCode::FAILURE
+            for (seq, cp) in &all {
+                if table {
+                    println!(
+                        "{seq:<10} {:<10} {:<27} {:<11} {}",
+                        cp.seq,
+                        dome::audit::record::rfc3339_us(cp.time_us),
+                        cp.reason.name(),
+                        dome::terminal::escape(&cp.head)
+                    );
+                } else {
+                    let line = dome::audit::query::checkpoint_json(*seq, cp).to_string();
+                    println!("{}", dome::terminal::json(&line));
                 }
             }
+            eprintln!("{} checkpoint(s)", all.len());
+            ExitCode::SUCCESS
         }
         AuditCmd::Query {
             filter,
@@ -300,7 +472,7 @@ fn policy_diff(
     let (a, b) = match (compile(old), compile(new)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -319,7 +491,7 @@ fn policy_diff(
             }) {
             Ok(more) => reqs.extend(more),
             Err(e) => {
-                eprintln!("error: {}: {e}", f.display());
+                print_error(&format!("{}: {e}", f.display()));
                 return ExitCode::from(2);
             }
         }
@@ -334,7 +506,7 @@ fn policy_diff(
                 "{:?} -> {:?}: {}",
                 x.effect(),
                 y.effect(),
-                serde_json::to_string(r).unwrap_or_default()
+                dome::terminal::json(&serde_json::to_string(r).unwrap_or_default())
             );
         }
     }
@@ -416,7 +588,7 @@ fn admin(
     let cfg = match dome::config::load(config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            print_error(&e);
             return ExitCode::from(2);
         }
     };
@@ -433,10 +605,14 @@ fn admin(
     };
     match dome::admin::call(a.listen, &token, method, path, body.as_ref()) {
         Ok((status, text)) => {
+            // Agent names, labels and reasons come from callers and admins:
+            // JSON keeps its meaning with what a terminal would act on
+            // escaped; anything else is escaped as text.
             let pretty = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
-                .unwrap_or(text);
+                .map(|p| dome::terminal::json(&p).into_owned())
+                .unwrap_or_else(|| dome::terminal::escape_lines(&text).into_owned());
             println!("{pretty}");
             if (200..300).contains(&status) {
                 ExitCode::SUCCESS
@@ -446,7 +622,7 @@ fn admin(
             }
         }
         Err(e) => {
-            eprintln!("error: admin API at {}: {e}", a.listen);
+            print_error(&format!("admin API at {}: {e}", a.listen));
             ExitCode::FAILURE
         }
     }
@@ -459,7 +635,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("DOME_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        // One event, one line: caller text in a field cannot forge another.
+        .with_writer(|| dome::terminal::LogWriter(std::io::stderr()))
         .init();
     match cli.command.unwrap_or(Command::Run) {
         Command::Audit(cmd) => audit(&cli.config, *cmd),
@@ -520,21 +697,21 @@ fn main() -> ExitCode {
             let dir = match policy_dir(&cli.config, dir) {
                 Ok(d) => d,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
             let sources = match dome::policy::read_dir(&dir) {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
             let policy = match dome::policy::compile::compile(&sources) {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
             };
@@ -552,7 +729,7 @@ fn main() -> ExitCode {
                 );
             }
             for f in &failures {
-                eprintln!("FAIL {f}");
+                eprintln!("FAIL {}", dome::terminal::escape_lines(&f.to_string()));
             }
             if failures.is_empty() {
                 ExitCode::SUCCESS
@@ -573,19 +750,19 @@ fn main() -> ExitCode {
                 let dir = match policy_dir(&cli.config, None) {
                     Ok(d) => d,
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        print_error(&e);
                         return ExitCode::from(2);
                     }
                 };
                 if let Err(e) = dome::policy::load(&dir) {
-                    eprintln!("error: {e}");
+                    print_error(&e);
                     return ExitCode::from(2);
                 }
                 println!("{}: ok", cli.config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                print_error(&e);
                 ExitCode::from(2)
             }
         },
@@ -600,7 +777,7 @@ fn main() -> ExitCode {
             match rt.block_on(dome::runtime::run(&cli.config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    print_error(&format!("{e:#}"));
                     // A bad config is the operator's to fix: exit 2, like `check-config`.
                     if e.downcast_ref::<dome::config::ConfigError>().is_some() {
                         ExitCode::from(2)

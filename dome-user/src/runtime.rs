@@ -332,14 +332,23 @@ impl Live {
             needs_restart.push("auth.data_dir".to_string());
             applied.auth.data_dir = old.auth.data_dir.clone();
         }
-        if (&new.audit.dir, new.audit.ring, &new.audit.node)
-            != (&old.audit.dir, old.audit.ring, &old.audit.node)
-            || new.auth.data_dir != old.auth.data_dir
+        if (
+            &new.audit.dir,
+            new.audit.ring,
+            &new.audit.node,
+            &new.audit.key,
+        ) != (
+            &old.audit.dir,
+            old.audit.ring,
+            &old.audit.node,
+            &old.audit.key,
+        ) || new.auth.data_dir != old.auth.data_dir
         {
-            needs_restart.push("audit.dir/ring/node".to_string());
+            needs_restart.push("audit.dir/ring/node/key".to_string());
             applied.audit.dir = old.audit.dir.clone();
             applied.audit.ring = old.audit.ring;
             applied.audit.node = old.audit.node.clone();
+            applied.audit.key = old.audit.key.clone();
         }
         if new.policy.dir != old.policy.dir {
             needs_restart.push("policy.dir".to_string());
@@ -508,11 +517,32 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     }
     let escalation = Arc::new(Escalation::new(config.escalation.clone(), tier.clone()));
     let audit_dir = audit_dir(&config, config_path);
-    let audit = crate::audit::Trail::open(
+    let key_path = audit_key_path(&config, config_path);
+    let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
+        .map_err(anyhow::Error::msg)
+        .context("loading the audit checkpoint key")?;
+    tracing::info!(
+        key = %key_path.display(),
+        public_key = %audit_key.public_hex(),
+        fingerprint = %audit_key.fingerprint(),
+        created = made,
+        "audit checkpoints are signed with this key (pin its public key with `dome audit verify --pubkey`)"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(&key_path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(key = %key_path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the audit checkpoint key is readable by others: whoever reads it can sign a rewritten trail (chmod 600)");
+        }
+    }
+    let audit_public = Some(audit_key.public());
+    let audit = crate::audit::Trail::open_signed(
         &audit_dir,
         config.audit.ring,
         config.audit.node_name(),
         config.audit.settings(),
+        Some(Arc::new(audit_key)),
     )
     .with_context(|| format!("opening the audit trail in {}", audit_dir.display()))?;
     tracing::info!(dir = %audit_dir.display(), fsync = ?config.audit.fsync, head = audit.head().0, "audit trail open");
@@ -552,6 +582,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             policy_store: identity.policy_store.clone(),
             policy_dir: beside(config_path, &config.policy.dir),
             audit_dir: audit_dir.clone(),
+            audit_key: audit_public,
+            audit_checkpoint_records: config.audit.checkpoint_records.max(1),
         });
         let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
             .await
@@ -715,6 +747,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     audit.close();
     tracing::info!(head = audit.head().0, "audit trail closed");
     Ok(())
+}
+
+/// The audit checkpoint key: `[audit] key`, else `audit.key` under
+/// `[auth] data_dir` (outside the audit folder; see `audit::checkpoint`).
+pub fn audit_key_path(config: &Config, config_path: &Path) -> PathBuf {
+    match &config.audit.key {
+        Some(k) => beside(config_path, k),
+        None => beside(config_path, &config.auth.data_dir).join("audit.key"),
+    }
 }
 
 /// The audit folder: `[audit] dir`, else `audit` under `[auth] data_dir`

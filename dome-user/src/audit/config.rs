@@ -76,6 +76,19 @@ pub struct AuditConfig {
     /// no limit).
     #[serde(default)]
     pub retain_mb: u64,
+    /// A signed checkpoint at most this many seconds after the first frame
+    /// it covers …
+    #[serde(default = "default_checkpoint_s")]
+    pub checkpoint_s: u64,
+    /// … or after this many frames, whichever comes first (see
+    /// `checkpoint`).
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
+    /// The node's Ed25519 signing key for checkpoints (PKCS#8 PEM,
+    /// relative to the config file); made on first start when missing.
+    /// Default `audit.key` under `[auth] data_dir`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn default_commit_ms() -> u64 {
@@ -99,6 +112,12 @@ fn default_segment_s() -> u64 {
 fn default_retain_days() -> u64 {
     90
 }
+fn default_checkpoint_s() -> u64 {
+    60
+}
+fn default_checkpoint_records() -> u64 {
+    1_000
+}
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -119,6 +138,8 @@ pub struct Settings {
     pub segment_age: Duration,
     pub retain_age: Option<Duration>,
     pub retain_bytes: Option<u64>,
+    pub checkpoint_s: u64,
+    pub checkpoint_records: u64,
     /// How often an idle writer wakes to look at rotation and retention
     /// (not configurable: tests lengthen it to see what wakes the writer).
     pub idle_look: Duration,
@@ -137,6 +158,8 @@ impl AuditConfig {
             retain_age: (self.retain_days > 0)
                 .then(|| Duration::from_secs(self.retain_days * 86_400)),
             retain_bytes: (self.retain_mb > 0).then_some(self.retain_mb << 20),
+            checkpoint_s: self.checkpoint_s.max(1),
+            checkpoint_records: self.checkpoint_records.max(1),
             idle_look: Duration::from_millis(200),
         }
     }

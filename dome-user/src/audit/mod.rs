@@ -4,12 +4,16 @@
 //!
 //! - `record`: the record and its rkyv encoding (no I/O).
 //! - `frame`: the on-disk frame: length, CRC, hash chain (no I/O).
+//! - `checkpoint`: signed checkpoints and retirement notes, the frames
+//!   that anchor the chain to the node's key and account for retention.
 //! - `segment`: segment files, their indexes and start-up recovery.
 //! - `trail`: the request path's ring and the writer thread.
-//! - `query`: filtered scans and `verify`.
+//! - `query`: filtered scans, `verify` and the checkpoints' export.
+//! - `output`: query results as JSON Lines or an (escaped) table.
 //! - `config`: `[audit]`.
 
 pub mod call;
+pub mod checkpoint;
 pub mod config;
 pub mod frame;
 pub mod output;

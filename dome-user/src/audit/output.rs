@@ -55,15 +55,22 @@ impl Query {
     }
 }
 
-fn cut(s: &str, n: usize) -> String {
+/// `s` escaped for a terminal (see [`crate::terminal`]), then cut to `n`
+/// characters: escaping first, so a cut never splits an escape into
+/// something a terminal would act on.
+fn cell(s: &str, n: usize) -> String {
+    let s = crate::terminal::escape(s);
     if s.chars().count() <= n {
-        return s.to_string();
+        return s.into_owned();
     }
     let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
     out.push('…');
     out
 }
 
+/// One table row. Every field a caller or an admin chose is escaped: a
+/// newline or an ANSI sequence in an intent would otherwise forge or erase
+/// rows on the operator's screen.
 fn table_row(r: &ArchivedRecord<'_>) -> String {
     let status = match r.status.to_native() {
         0 => r.outcome().name().to_string(),
@@ -74,20 +81,23 @@ fn table_row(r: &ArchivedRecord<'_>) -> String {
     } else {
         format!("{}/{}", r.tenant, r.agent)
     };
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
     format!(
         "{:<27} {:<11} {:<16} {:<24} {:<14} {:<24} {:<16} {}",
         rfc3339_us(r.time_us()),
         r.decision().name(),
-        cut(&status, 16),
-        cut(&who, 24),
-        cut(if r.user.is_empty() { "-" } else { &r.user }, 14),
-        cut(&r.name, 24),
-        if r.call_id.is_empty() {
-            "-"
-        } else {
-            &r.call_id
-        },
-        cut(&r.intent, 60),
+        cell(&status, 16),
+        cell(&who, 24),
+        cell(&dash(&r.user), 14),
+        cell(&r.name, 24),
+        crate::terminal::escape(&dash(&r.call_id)),
+        cell(&r.intent, 60),
     )
 }
 
@@ -105,7 +115,14 @@ pub fn run(dir: &Path, q: &Query, format: Format, out: &mut dyn Write) -> std::i
             return ControlFlow::Break(());
         }
         let line = match format {
-            Format::Jsonl => r.to_json(seq).to_string(),
+            // Faithful JSON, with what a terminal would act on escaped.
+            Format::Jsonl => {
+                let text = r.to_json(seq).to_string();
+                match crate::terminal::json(&text) {
+                    std::borrow::Cow::Borrowed(_) => text,
+                    std::borrow::Cow::Owned(safe) => safe,
+                }
+            }
             Format::Table => table_row(r),
         };
         if let Err(e) = writeln!(out, "{line}") {

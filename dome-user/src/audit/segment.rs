@@ -132,12 +132,33 @@ pub fn record(payload: &[u8], schema: u16) -> Result<&ArchivedRecord<'static>, S
         .map_err(|e| format!("the record does not decode: {e}"))
 }
 
+/// What a good frame carries.
+pub enum Content<'b> {
+    Record(&'b ArchivedRecord<'static>),
+    Checkpoint(super::checkpoint::Checkpoint),
+    Retired(super::checkpoint::Retired),
+}
+
+/// A frame's payload by its schema, checked.
+pub fn content(payload: &[u8], schema: u16) -> Result<Content<'_>, String> {
+    use super::checkpoint::{CHECKPOINT, Checkpoint, RETIRED, Retired};
+    match schema {
+        CHECKPOINT => Checkpoint::from_payload(payload).map(Content::Checkpoint),
+        RETIRED => Retired::from_payload(payload).map(Content::Retired),
+        _ => record(payload, schema).map(Content::Record),
+    }
+}
+
 /// What a segment holds, for skipping it in queries.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Index {
     pub first_seq: u64,
     pub last_seq: u64,
+    /// Frames: records, checkpoints and retirement notes.
     pub count: u64,
+    /// Call records among them (the time range and names are theirs).
+    #[serde(default)]
+    pub records: u64,
     pub min_time_us: u64,
     pub max_time_us: u64,
     /// Hex SHA-256 of the last frame (the chain's link to the next segment).
@@ -176,13 +197,20 @@ impl Index {
         }
     }
 
-    pub fn add(&mut self, seq: u64, hash: &Hash, r: &ArchivedRecord<'_>) {
+    /// A frame that is no call record (a checkpoint, a retirement note):
+    /// it extends the chain, not the time range or the names.
+    pub fn add_frame(&mut self, seq: u64, hash: &Hash) {
         if self.count == 0 {
             self.first_seq = seq;
         }
         self.count += 1;
         self.last_seq = seq;
         self.last_hash = hex::encode(hash);
+    }
+
+    pub fn add(&mut self, seq: u64, hash: &Hash, r: &ArchivedRecord<'_>) {
+        self.add_frame(seq, hash);
+        self.records += 1;
         let t = r.time_us();
         self.min_time_us = self.min_time_us.min(t);
         self.max_time_us = self.max_time_us.max(t);
@@ -319,12 +347,15 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
             ));
             break;
         }
-        let Ok(r) = record(f.payload, f.header.schema) else {
-            tail.removed_why = Some(format!("frame {} does not decode", f.header.seq));
-            break;
-        };
         let hash = f.hash();
-        tail.index.add(f.header.seq, &hash, r);
+        match content(f.payload, f.header.schema) {
+            Ok(Content::Record(r)) => tail.index.add(f.header.seq, &hash, r),
+            Ok(_) => tail.index.add_frame(f.header.seq, &hash),
+            Err(_) => {
+                tail.removed_why = Some(format!("frame {} does not decode", f.header.seq));
+                break;
+            }
+        }
         tail.head = hash;
         tail.next_seq = f.header.seq + 1;
         at = f.next;

@@ -27,6 +27,7 @@ use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use rkyv::util::AlignedVec;
 
+use super::checkpoint::{self, NodeKey, Reason, Retired, RetiredSegment};
 use super::config::{Fsync, OnFull, Settings};
 use super::frame::{self, Hash};
 use super::record::{ArchivedRecord, Record, SCHEMA};
@@ -51,6 +52,11 @@ pub struct Counters {
     pub refused: AtomicU64,
     pub write_errors: AtomicU64,
     pub segments_retired: AtomicU64,
+    /// Frames (records, checkpoints, notes) in retired segments.
+    pub records_retired: AtomicU64,
+    pub bytes_retired: AtomicU64,
+    /// Signed checkpoints written.
+    pub checkpoints: AtomicU64,
     /// Times the writer woke to look at the ring: a few per second when
     /// nothing is written, so an idle Dome costs next to nothing.
     pub wakeups: AtomicU64,
@@ -84,6 +90,11 @@ pub struct Trail {
     pub counters: Counters,
     /// (last sequence written, its hash): the chain's head for `/stats`.
     head: std::sync::Mutex<(u64, Hash)>,
+    /// Signs checkpoints (`None`: an unsigned trail, as in unit tests).
+    key: Option<Arc<NodeKey>>,
+    /// The newest checkpoint and the newest retirement, for `/stats`.
+    last_checkpoint: std::sync::Mutex<Option<serde_json::Value>>,
+    last_retirement: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// Room for one record in the ring, held while the call runs.
@@ -111,13 +122,25 @@ impl Slot {
 pub struct Unavailable(pub String);
 
 impl Trail {
-    /// Opens the trail in `dir`: recovers the newest segment (cutting a
-    /// torn tail) and starts the writer.
+    /// Opens an unsigned trail (no checkpoints): for tests of the rest.
     pub fn open(
         dir: &Path,
         ring: usize,
         node: String,
         settings: Settings,
+    ) -> std::io::Result<Arc<Trail>> {
+        Trail::open_signed(dir, ring, node, settings, None)
+    }
+
+    /// Opens the trail in `dir`: recovers the newest segment (cutting a
+    /// torn tail) and starts the writer. With `key`, the writer signs
+    /// checkpoints (see `checkpoint`), first over what it recovered.
+    pub fn open_signed(
+        dir: &Path,
+        ring: usize,
+        node: String,
+        settings: Settings,
+        key: Option<Arc<NodeKey>>,
     ) -> std::io::Result<Arc<Trail>> {
         std::fs::create_dir_all(dir)?;
         let segments = segment::list(dir)?;
@@ -211,6 +234,9 @@ impl Trail {
             settings: ArcSwap::from_pointee(settings),
             counters: Counters::default(),
             head: std::sync::Mutex::new((next_seq.saturating_sub(1), head)),
+            key,
+            last_checkpoint: std::sync::Mutex::new(None),
+            last_retirement: std::sync::Mutex::new(None),
         });
         let mut w = Writer {
             trail: trail.clone(),
@@ -235,7 +261,18 @@ impl Trail {
             last_retention: Instant::now()
                 .checked_sub(Duration::from_secs(3600))
                 .unwrap_or_else(Instant::now),
+            unsigned: 0,
+            unsigned_since_us: None,
+            promised: u64::MAX,
         };
+        if next_seq > 1 {
+            // Sign what recovery found (a crash leaves the newest records
+            // unsigned), promising the interval configured now (the last
+            // checkpoint may have promised another): written on the
+            // writer's first pass.
+            let s = w.trail.settings.load_full();
+            w.checkpoint(Reason::Start, &s);
+        }
         let handle = std::thread::Builder::new()
             .name("dome-audit".into())
             .spawn(move || w.run())?;
@@ -388,6 +425,11 @@ impl Trail {
         )
     }
 
+    /// The public half of the checkpoint key (hex), when the trail signs.
+    pub fn public_key(&self) -> Option<String> {
+        self.key.as_ref().map(|k| k.public_hex())
+    }
+
     /// (last sequence number written, hex hash of that frame).
     pub fn head(&self) -> (u64, String) {
         let (seq, h) = *self.head.lock().expect("head");
@@ -415,6 +457,22 @@ impl Trail {
             "refused": load(&c.refused),
             "write_errors": load(&c.write_errors),
             "segments_retired": load(&c.segments_retired),
+            "retention": {
+                "segments_retired": load(&c.segments_retired),
+                "records_retired": load(&c.records_retired),
+                "bytes_retired": load(&c.bytes_retired),
+                "retain_mb": s.retain_bytes.map(|b| b >> 20),
+                "retain_days": s.retain_age.map(|a| a.as_secs() / 86_400),
+                "last": self.last_retirement.lock().expect("last retirement").clone(),
+            },
+            "checkpoints": {
+                "written": load(&c.checkpoints),
+                "key": self.public_key(),
+                "key_fingerprint": self.key.as_ref().map(|k| k.fingerprint()),
+                "every_s": s.checkpoint_s,
+                "every_records": s.checkpoint_records,
+                "last": self.last_checkpoint.lock().expect("last checkpoint").clone(),
+            },
             "writer_wakeups": load(&c.wakeups),
             "queued": self.queued(),
             "ring": self.capacity(),
@@ -466,6 +524,12 @@ struct Writer {
     unsynced_since: Option<Instant>,
     last_sync: Instant,
     last_retention: Instant,
+    /// Frames since the last checkpoint, and when the first of them was
+    /// framed (Unix µs).
+    unsigned: u64,
+    unsigned_since_us: Option<u64>,
+    /// The frame count the last checkpoint promised the next one within.
+    promised: u64,
 }
 
 /// Most bytes framed before they are written out.
@@ -485,8 +549,19 @@ impl Writer {
                 && self.len + (self.out.len() as u64) < settings.segment_bytes
                 && let Some(e) = self.trail.ring.pop()
             {
-                self.frame(e);
+                self.frame(e, &settings);
                 drained += 1;
+            }
+            if self.trail.key.is_some()
+                && checkpoint::due(
+                    self.unsigned,
+                    self.unsigned_since_us,
+                    self.promised.min(settings.checkpoint_records),
+                    settings.checkpoint_s,
+                    crate::clock::unix_us(),
+                )
+            {
+                self.checkpoint(Reason::Periodic, &settings);
             }
             if drained > 0 {
                 self.trail.reserved.fetch_sub(drained, Ordering::AcqRel);
@@ -508,6 +583,10 @@ impl Writer {
             }
             let stopping = self.trail.stop.load(Ordering::SeqCst);
             if stopping && self.trail.ring.is_empty() {
+                if self.unsigned > 0 {
+                    // A clean shutdown leaves the trail ending signed.
+                    self.checkpoint(Reason::Shutdown, &settings);
+                }
                 if !self.out.is_empty() {
                     self.write_out();
                 }
@@ -516,7 +595,7 @@ impl Writer {
             }
             if (self.len >= settings.segment_bytes
                 || self.created.elapsed() >= settings.segment_age)
-                && self.index.count > 0
+                && self.index.records > 0
             {
                 self.rotate();
                 self.retire(&settings);
@@ -561,7 +640,7 @@ impl Writer {
         }
     }
 
-    fn frame(&mut self, e: Entry) {
+    fn frame(&mut self, e: Entry, settings: &Settings) {
         let seq = self.next_seq;
         let hash = frame::append(&mut self.out, seq, SCHEMA, e.time_us, &self.head, &e.buf);
         if !e.buf.is_empty() {
@@ -575,6 +654,69 @@ impl Writer {
         self.next_seq += 1;
         self.written.push(e.ticket);
         let _ = self.trail.pool.push(e.buf);
+        self.count_unsigned();
+        // By count, checked per frame: the promise a checkpoint makes is
+        // exact, so `verify` can hold the trail to it.
+        if self.trail.key.is_some()
+            && self.unsigned >= self.promised.min(settings.checkpoint_records)
+        {
+            self.checkpoint(Reason::Periodic, settings);
+        }
+    }
+
+    fn count_unsigned(&mut self) {
+        self.unsigned += 1;
+        if self.unsigned_since_us.is_none() {
+            self.unsigned_since_us = Some(crate::clock::unix_us());
+        }
+    }
+
+    /// Frames a checkpoint or a retirement note (no ticket: no call waits
+    /// for it).
+    fn frame_other(&mut self, schema: u16, time_us: u64, payload: &[u8]) {
+        let seq = self.next_seq;
+        let hash = frame::append(&mut self.out, seq, schema, time_us, &self.head, payload);
+        self.index.add_frame(seq, &hash);
+        self.head = hash;
+        self.next_seq += 1;
+        self.count_unsigned();
+    }
+
+    /// Frames a checkpoint signing the frame before it (nothing without a
+    /// key, or before the first frame).
+    fn checkpoint(&mut self, reason: Reason, s: &Settings) {
+        let Some(key) = self.trail.key.clone() else {
+            return;
+        };
+        if self.next_seq <= 1 {
+            return;
+        }
+        let now = crate::clock::unix_us();
+        let cp = key.checkpoint(
+            &self.trail.node,
+            self.next_seq - 1,
+            &self.head,
+            now,
+            reason,
+            s.checkpoint_records,
+            s.checkpoint_s,
+        );
+        let at = self.next_seq;
+        self.frame_other(checkpoint::CHECKPOINT, now, &cp.to_payload());
+        self.unsigned = 0;
+        self.unsigned_since_us = None;
+        self.promised = s.checkpoint_records;
+        self.trail
+            .counters
+            .checkpoints
+            .fetch_add(1, Ordering::Relaxed);
+        *self.trail.last_checkpoint.lock().expect("last checkpoint") = Some(serde_json::json!({
+            "seq": at,
+            "covers_seq": cp.seq,
+            "head": cp.head,
+            "time": super::record::rfc3339_us(now),
+            "reason": reason,
+        }));
     }
 
     /// Writes the framed batch, retrying (and failing calls closed) while
@@ -642,6 +784,9 @@ impl Writer {
             self.trail.counters.syncs.fetch_add(1, Ordering::Relaxed);
         }
         self.unsynced_since = None;
+        if self.next_seq > 1 {
+            *self.trail.head.lock().expect("head") = (self.next_seq - 1, self.head);
+        }
         if self.written.is_empty() {
             return;
         }
@@ -659,7 +804,6 @@ impl Writer {
             .counters
             .records
             .fetch_add(records, Ordering::Relaxed);
-        *self.trail.head.lock().expect("head") = (self.next_seq - 1, self.head);
         self.trail.notify.notify_waiters();
     }
 
@@ -684,6 +828,11 @@ impl Writer {
     }
 
     /// Removes the oldest sealed segments past the retention age or size.
+    /// First it writes a note into the chain naming what goes (signed by a
+    /// checkpoint right after it) and syncs it: `verify` tells retention
+    /// from deletion by it. Then it says so loudly: a warning when size
+    /// forced it (records went before their time), counters on `/stats`
+    /// and `/metrics`.
     fn retire(&mut self, s: &Settings) {
         self.last_retention = Instant::now();
         if s.retain_age.is_none() && s.retain_bytes.is_none() {
@@ -698,26 +847,101 @@ impl Writer {
             .collect();
         let mut total: u64 = sizes.iter().sum();
         let now = crate::clock::unix_us();
-        for (seg, size) in segments.iter().zip(&sizes) {
+        let (mut any_old, mut any_big) = (false, false);
+        let mut victims: Vec<RetiredSegment> = Vec::new();
+        for (i, (seg, size)) in segments.iter().zip(&sizes).enumerate() {
+            // The active segment is never retired, so a later one exists
+            // and names where this one ends.
+            let Some(next) = segments.get(i + 1) else {
+                break;
+            };
             if seg.path == self.active.path {
                 break;
             }
             let too_old = s.retain_age.is_some_and(|age| {
+                // A segment of notes alone has no time range: it goes.
                 Index::load(seg).is_some_and(|ix| ix.max_time_us + age.as_micros() as u64 <= now)
             });
             let too_big = s.retain_bytes.is_some_and(|max| total > max);
             if !(too_old || too_big) {
                 break;
             }
-            if std::fs::remove_file(&seg.path).is_ok() {
-                let _ = std::fs::remove_file(seg.index_path());
-                total -= size;
-                self.trail
-                    .counters
-                    .segments_retired
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::info!(segment = %seg.file_name(), too_old, too_big, "audit segment retired");
-            }
+            any_old |= too_old;
+            any_big |= too_big;
+            total -= size;
+            victims.push(RetiredSegment {
+                file: seg.file_name(),
+                first_seq: seg.first_seq,
+                last_seq: next.first_seq.saturating_sub(1),
+                bytes: *size,
+            });
         }
+        let Some(last) = victims.last() else {
+            return;
+        };
+        let note = Retired {
+            time_us: now,
+            reason: match (any_old, any_big) {
+                (true, true) => "age and size",
+                (true, false) => "age",
+                _ => "size",
+            }
+            .into(),
+            kept_from: last.last_seq + 1,
+            bytes: victims.iter().map(|v| v.bytes).sum(),
+            segments: victims,
+        };
+        self.frame_other(checkpoint::RETIRED, now, &note.to_payload());
+        self.checkpoint(Reason::Retirement, s);
+        self.write_out();
+        self.sync(true);
+        if self.trail.failing.load(Ordering::Acquire) || self.unsynced_since.is_some() {
+            // The note is not on disk: keep the segments (the next pass
+            // retires them, with a note of its own).
+            return;
+        }
+        let (mut segs, mut frames, mut bytes) = (0u64, 0u64, 0u64);
+        let mut last_gone = None;
+        for v in &note.segments {
+            let path = self.trail.dir.join(&v.file);
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::error!(segment = %v.file, error = %e, "retiring an audit segment failed");
+                break;
+            }
+            let _ = std::fs::remove_file(path.with_extension("idx"));
+            segs += 1;
+            frames += v.last_seq + 1 - v.first_seq;
+            bytes += v.bytes;
+            last_gone = Some(v.last_seq);
+        }
+        let Some(through) = last_gone else {
+            return;
+        };
+        let first = note.segments[0].first_seq;
+        let c = &self.trail.counters;
+        c.segments_retired.fetch_add(segs, Ordering::Relaxed);
+        c.records_retired.fetch_add(frames, Ordering::Relaxed);
+        c.bytes_retired.fetch_add(bytes, Ordering::Relaxed);
+        if any_big {
+            tracing::warn!(
+                first_seq = first,
+                last_seq = through,
+                segments = segs,
+                bytes,
+                reason = %note.reason,
+                retain_mb = s.retain_bytes.map_or(0, |b| b >> 20),
+                "audit retention removed records to keep the trail under retain_mb (the trail is full: records go before their retain_days)"
+            );
+        } else {
+            tracing::info!(first_seq = first, last_seq = through, segments = segs, bytes, reason = %note.reason, "audit retention removed records past retain_days");
+        }
+        *self.trail.last_retirement.lock().expect("last retirement") = Some(serde_json::json!({
+            "time": super::record::rfc3339_us(now),
+            "first_seq": first,
+            "last_seq": through,
+            "segments": segs,
+            "bytes": bytes,
+            "reason": note.reason,
+        }));
     }
 }

@@ -112,12 +112,20 @@ impl StatsState {
              # TYPE dome_audit_dropped_total counter\ndome_audit_dropped_total {}\n\
              # TYPE dome_audit_refused_total counter\ndome_audit_refused_total {}\n\
              # TYPE dome_audit_syncs_total counter\ndome_audit_syncs_total {}\n\
-             # TYPE dome_audit_queued gauge\ndome_audit_queued {}\n",
+             # TYPE dome_audit_queued gauge\ndome_audit_queued {}\n\
+             # TYPE dome_audit_segments_retired_total counter\ndome_audit_segments_retired_total {}\n\
+             # TYPE dome_audit_records_retired_total counter\ndome_audit_records_retired_total {}\n\
+             # TYPE dome_audit_retired_bytes_total counter\ndome_audit_retired_bytes_total {}\n\
+             # TYPE dome_audit_checkpoints_total counter\ndome_audit_checkpoints_total {}\n",
             load(&a.records),
             load(&a.dropped),
             load(&a.refused),
             load(&a.syncs),
-            self.audit.queued()
+            self.audit.queued(),
+            load(&a.segments_retired),
+            load(&a.records_retired),
+            load(&a.bytes_retired),
+            load(&a.checkpoints),
         ));
         out.push_str(&format!(
             "# TYPE dome_sessions gauge\ndome_sessions {}\n\
