@@ -276,6 +276,16 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
             .contains("is a string"),
         "{v}"
     );
+    // Arguments are an object: a string or an array holding the same
+    // members got past every argument condition.
+    for args in [json!("{\"message\":\"x\"}"), json!([{"message": "x"}])] {
+        let (status, v) = post(&dome, &as_a, "echo", &call("echo", args, json!({})));
+        assert_eq!(
+            (status, v["error"]["code"].as_i64()),
+            (400, Some(-32602)),
+            "{v}"
+        );
+    }
     // At the cap, the call goes through.
     let (status, v) = post(
         &dome,
@@ -348,10 +358,11 @@ fn an_upstream_cannot_take_another_upstreams_names_nor_rename_its_tools() {
     );
     assert_eq!((status, text_of(&v)), (200, "pay"), "{v}");
     let conflicts = dome.stats_json()["catalog_conflicts"].clone();
-    assert_eq!(
-        conflicts,
-        json!([{"kind": "tools", "upstream": "evil", "original": "bank.echo",
-                "public": "bank.echo", "why": "in another upstream's namespace"}]),
+    let evil_entry = json!({"kind": "tools", "upstream": "evil", "original": "bank.echo",
+                            "public": "bank.echo", "why": "in another upstream's namespace"});
+    assert!(
+        conflicts.as_array().unwrap().contains(&evil_entry),
+        "{conflicts}"
     );
     // `other` starts to publish `delete_all` too: `up`'s keeps its name
     // (a rule denying `delete_all` still applies to it), and the
@@ -550,4 +561,59 @@ fn resources_templates_and_prompts_are_listed_only_where_policy_could_allow_them
     );
     assert!(list(&dome, &a, "prompts/list", "prompts", "name").is_empty());
     assert_eq!(list(&dome, &a, "tools/list", "tools", "name"), vec!["echo"]);
+
+    let ask = |method: &str, params: Value| {
+        let mut p = params;
+        p["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                            "io.modelcontextprotocol/clientCapabilities": {}});
+        let name = p["uri"]
+            .as_str()
+            .or(p["name"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        let body = json!({"jsonrpc": "2.0", "id": 3, "method": method, "params": p}).to_string();
+        let (_, _, text) = http(
+            dome.mcp,
+            "POST",
+            "/mcp",
+            &[
+                ("Accept", "application/json, text/event-stream"),
+                ("Content-Type", "application/json"),
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", method),
+                ("Mcp-Name", name.as_str()),
+                ("Authorization", a.as_str()),
+            ],
+            &body,
+        );
+        serde_json::from_str::<Value>(&text).unwrap_or(Value::Null)
+    };
+    // A URI spelled other than plainly could reach what a deny rule on its
+    // plain form keeps out.
+    for uri in [
+        "notes://one/../two/readme",
+        "notes://one//readme",
+        "notes://one/%72eadme",
+    ] {
+        let v = ask("resources/read", json!({"uri": uri}));
+        assert_eq!(v["error"]["code"], -32602, "{uri}: {v}");
+    }
+    let v = ask("resources/read", json!({"uri": "notes://one/readme"}));
+    assert_eq!(v["result"]["contents"][0]["text"], "readme of one", "{v}");
+    // Prompts count against the agent's budget like tool calls (four
+    // calls, and one was the read above).
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        codes.push(
+            ask(
+                "prompts/get",
+                json!({"name": "greet", "arguments": {"name": "x"}}),
+            )["error"]["code"]
+                .clone(),
+        );
+    }
+    assert_eq!(
+        codes,
+        vec![json!(-32005), json!(-32005), json!(-32005), json!(-32004)]
+    );
 }

@@ -190,13 +190,14 @@ pub fn assemble(
     assemble_named(kind, &modes, lists, previous)
 }
 
-/// Why an item an upstream listed is not in the catalog.
+/// Why an item an upstream listed is not in the catalog, or not under
+/// its own name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
     pub upstream: String,
     /// The item's key as the upstream lists it.
     pub original: String,
-    /// The key it would have had.
+    /// The key it would have had (left out), or was given (prefixed).
     pub public: String,
     pub why: &'static str,
 }
@@ -229,8 +230,15 @@ pub fn assemble_named(
     previous: &Catalog,
 ) -> Catalog {
     let key = kind.key();
+    // How many upstreams want each bare name (an always-prefixed one
+    // never does: counting its names renamed another upstream's tool at
+    // start, off the rules written for it).
     let mut count: HashMap<&str, usize> = HashMap::new();
-    for list in lists.iter().flatten() {
+    for (i, list) in lists.iter().enumerate() {
+        let Some(list) = list else { continue };
+        if kind.renamed() && upstreams[i].1 == PrefixMode::Always {
+            continue;
+        }
         for t in list {
             if let Some(n) = t[key].as_str() {
                 *count.entry(n).or_default() += 1;
@@ -269,6 +277,7 @@ pub fn assemble_named(
                     continue;
                 }
                 let bare = original.to_string();
+                let mut renamed = false;
                 let prefixed = || format!("{uname}.{original}");
                 let public = if sticky {
                     // Only a key the upstream's mode could give it now.
@@ -282,6 +291,8 @@ pub fn assemble_named(
                         Some(&p)
                             if kind.renamed() && *mode != PrefixMode::Never && p == prefixed() =>
                         {
+                            // Under `on_conflict`, a prefix is a clash's.
+                            renamed = *mode == PrefixMode::OnConflict;
                             prefixed()
                         }
                         _ => continue,
@@ -296,6 +307,7 @@ pub fn assemble_named(
                             if count.get(original).copied().unwrap_or(0) > 1
                                 || claimed.contains_key(original) =>
                         {
+                            renamed = true;
                             prefixed()
                         }
                         PrefixMode::OnConflict => bare,
@@ -321,6 +333,14 @@ pub fn assemble_named(
                         why,
                     });
                     continue;
+                }
+                if renamed {
+                    cat.conflicts.push(Conflict {
+                        upstream: uname.clone(),
+                        original: original.to_string(),
+                        public: public.clone(),
+                        why: "prefixed: another upstream lists the same name",
+                    });
                 }
                 claimed.insert(public.clone(), i);
                 names[i][j] = Some(public);
@@ -532,12 +552,20 @@ mod tests {
         assert_eq!(second.routes["delete_all"].upstream, 0);
         assert_eq!(
             second.conflicts,
-            vec![Conflict {
-                upstream: "late".into(),
-                original: "delete_all".into(),
-                public: "delete_all".into(),
-                why: "taken by another upstream",
-            }]
+            vec![
+                Conflict {
+                    upstream: "other".into(),
+                    original: "delete_all".into(),
+                    public: "other.delete_all".into(),
+                    why: "prefixed: another upstream lists the same name",
+                },
+                Conflict {
+                    upstream: "late".into(),
+                    original: "delete_all".into(),
+                    public: "delete_all".into(),
+                    why: "taken by another upstream",
+                }
+            ]
         );
         // When the first stops publishing it, the newcomer keeps its
         // prefixed name (a rule on `other.delete_all` still holds).
@@ -571,6 +599,47 @@ mod tests {
             &r1,
         );
         assert_eq!(r2.routes["bank://ledger"].upstream, 1);
+    }
+
+    #[test]
+    fn an_always_prefixed_upstream_never_renames_another_upstreams_tool() {
+        let ups = vec![
+            ("demo".to_string(), PrefixMode::OnConflict),
+            ("evil".to_string(), PrefixMode::Always),
+        ];
+        let c = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![items("name", &["records"]), items("name", &["records"])],
+            &Catalog::default(),
+        );
+        // `deny tool = "records"` keeps applying to demo's.
+        assert_eq!(keys(&c, "name"), vec!["records", "evil.records"]);
+        assert!(c.conflicts.is_empty(), "{:?}", c.conflicts);
+        // A real clash is on /stats, as a rename.
+        let ups = vec![
+            ("demo".to_string(), PrefixMode::OnConflict),
+            ("other".to_string(), PrefixMode::OnConflict),
+        ];
+        let c = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![items("name", &["records"]), items("name", &["records"])],
+            &Catalog::default(),
+        );
+        assert_eq!(keys(&c, "name"), vec!["demo.records", "other.records"]);
+        let renamed: Vec<&str> = c.conflicts.iter().map(|c| c.public.as_str()).collect();
+        assert_eq!(renamed, vec!["demo.records", "other.records"]);
+        let again = assemble_named(
+            Kind::Tools,
+            &ups,
+            vec![items("name", &["records"]), items("name", &["records"])],
+            &c,
+        );
+        assert_eq!(
+            again.conflicts, c.conflicts,
+            "still listed on the next listing"
+        );
     }
 
     #[test]

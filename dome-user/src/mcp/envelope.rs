@@ -120,6 +120,37 @@ thread_local! {
     });
 }
 
+/// Whether JSON `text` nests objects and arrays deeper than `max`: one
+/// pass over the bytes, brackets inside strings skipped, no recursion and
+/// no allocation. For what Dome relays without parsing it into a tree (an
+/// upstream's result), which its callers' parsers would then have to take.
+pub fn nests_deeper(text: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A method or version: static when Dome knows it, so the common
 /// envelope copies no name.
 fn known(x: TapeValue<'_, '_>) -> Option<Cow<'static, str>> {
@@ -563,6 +594,17 @@ mod tests {
                 Some(EnvelopeError::TooDeep(DEFAULT_MAX_DEPTH))
             );
         }
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings() {
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        assert!(!nests_deeper(deep(128).as_bytes(), 128));
+        assert!(nests_deeper(deep(129).as_bytes(), 128));
+        assert!(nests_deeper(deep(100_000).as_bytes(), 128));
+        let in_strings = format!(r#"{{"a":"{}","b":"\"[[[[[","c":[{{}}]}}"#, "[".repeat(500));
+        assert!(!nests_deeper(in_strings.as_bytes(), 3));
+        assert!(nests_deeper(br#"{"a":[{"b":[1]}]}"#, 3));
     }
 
     /// serde_json's reading, refusing a repeated member name (the reference

@@ -761,6 +761,18 @@ fn readdress(
         Reply::Json(v) => Bytes::from(v.to_string()),
         Reply::Stream(_) => unreachable!("streams are relayed"),
     };
+    // Relayed as text: a result nested 100,000 deep reached the caller,
+    // whose parser it could take down.
+    if envelope::nests_deeper(&bytes, envelope::DEFAULT_MAX_DEPTH) {
+        return Err((
+            code::UPSTREAM_UNAVAILABLE,
+            format!(
+                "upstream `{}` answered with JSON nested deeper than {} levels",
+                upstream.name(),
+                envelope::DEFAULT_MAX_DEPTH
+            ),
+        ));
+    }
     let Some(parts) = super::upstream::ResponseParts::of(&bytes) else {
         return Err((
             code::UPSTREAM_UNAVAILABLE,
@@ -834,6 +846,55 @@ fn intent_of(e: &Envelope) -> Option<String> {
         .find(|(k, _)| k == INTENT_META)
         .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
         .or_else(|| CTX.try_with(|c| c.intent.clone()).ok().flatten())
+        // Blank is no intent: `" "` or a zero-width space met
+        // `require_intent`.
+        .filter(|i| {
+            i.chars()
+                .any(|c| !c.is_whitespace() && !crate::terminal::is_unsafe(c))
+        })
+}
+
+/// Why a resource URI is refused, if it is: a path spelled other than
+/// its plain form (an empty, `.` or `..` segment, or a percent-encoded
+/// character that needs no encoding, `/` or `\\`) could be read by the
+/// upstream as another resource than the one policy judged
+/// (`file:///pub/../etc/secret` passed a deny rule on `file:///etc/*`).
+fn uri_problem(kind: Kind, uri: &str) -> Option<String> {
+    if !matches!(kind, Kind::Resources | Kind::Templates) {
+        return None;
+    }
+    let path = match uri.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        None => uri.split_once(':').map_or(uri, |(_, p)| p),
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let segments = path.split('/').count();
+    // A trailing `/` is a name of its own; an empty segment anywhere else
+    // is a `//`.
+    let bad_segment = path
+        .split('/')
+        .enumerate()
+        .any(|(i, seg)| matches!(seg, "." | "..") || (seg.is_empty() && i + 1 < segments));
+    let bytes = path.as_bytes();
+    let bad_escape = bytes.windows(3).any(|w| {
+        w[0] == b'%'
+            && std::str::from_utf8(&w[1..])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b"-._~/\\%".contains(&b))
+    });
+    (bad_segment || bad_escape || path.contains('\\')).then(|| {
+        "the URI's path is not in its plain form (an empty, `.` or `..` segment, a backslash, or an escape that needs none)".to_string()
+    })
+}
+
+/// Why arguments are refused.
+const ARGUMENTS_RULE: &str = "params.arguments is an object";
+
+/// Whether `text` (JSON) is arguments MCP allows: an object, or null.
+fn arguments_ok(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with('{') || t == "null"
 }
 
 /// The longest name (tool, prompt, resource URI) a call may give: every
@@ -1087,17 +1148,22 @@ impl Gateway {
     /// `inputSchema`s; logs what is new and keeps the list for `/stats`.
     fn check_argument_paths(&self, tools: &Catalog) {
         let policy = &self.identity.policy;
-        if !policy.reads_args {
-            SCHEMA_WARNINGS.lock().expect("schema warnings").clear();
-            return;
-        }
-        let found: Vec<String> = tools
+        let mut found: Vec<String> = tools
             .items
             .iter()
             .flat_map(|t| {
                 policy.schema_warnings(t["name"].as_str().unwrap_or_default(), &t["inputSchema"])
             })
             .collect();
+        // A rule naming a tool no upstream lists (a typo, or a name a
+        // clash changed) applies to nothing, silently.
+        for (rule, tool) in policy.named_tools() {
+            if !tools.routes.contains_key(tool) && !tools.unavailable.contains_key(tool) {
+                found.push(format!(
+                    "rule `{rule}` names the tool `{tool}`, which no upstream lists (see catalog_conflicts)"
+                ));
+            }
+        }
         let mut known = SCHEMA_WARNINGS.lock().expect("schema warnings");
         for w in found.iter().filter(|w| !known.contains(w)) {
             tracing::warn!(policy = %policy.version, "{w}");
@@ -2272,7 +2338,35 @@ impl Gateway {
                 format!("{method} needs the name or URI of what it asks for"),
             ));
         };
+        // A completion's reference is not the envelope's name: capped here
+        // (a 1 MB `ref.uri` was stored in every record of the call).
+        if key.len() > MAX_NAME_BYTES {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("the name is longer than {MAX_NAME_BYTES} bytes"),
+            ));
+        }
         call.name = Some(key.as_str().into());
+        if params
+            .get("arguments")
+            .is_some_and(|a| !a.is_object() && !a.is_null())
+        {
+            return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()));
+        }
+        if let Some(why) = uri_problem(kind, &key) {
+            return Err((code::INVALID_PARAMS, why));
+        }
+        // Phase: budget, the agent's: prompts, resources and completions
+        // count like tool calls (they were free).
+        let caller = current_caller();
+        if let Some(c) = &caller {
+            self.take_budget(
+                c,
+                call,
+                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
+            )
+            .map_err(|r| (r.code, r.message))?;
+        }
         // The upstream's own name for a prompt (a URI is never renamed).
         let mut original: Option<Arc<str>> = None;
         let upstream = match kind {
@@ -2307,6 +2401,7 @@ impl Gateway {
             }),
         };
         let Some(index) = upstream else {
+            self.strike_caller(caller.as_ref(), "unknown name");
             return Err((
                 code::INVALID_PARAMS,
                 format!("Unknown {}: {key}", kind.key()),
@@ -2321,7 +2416,6 @@ impl Gateway {
             _ => "resource",
         };
         let args_text = params.get("arguments").map(Value::to_string);
-        let caller = current_caller();
         let intent = intent_of(e);
         call.intent = intent.clone();
         if let Some(a) = &args_text {
@@ -2338,8 +2432,23 @@ impl Gateway {
             call,
         ) {
             Ok(allowed) => allowed.redaction,
-            Err(r) => return Err((r.code, r.message)),
+            Err(r) => {
+                self.strike_caller(caller.as_ref(), "denied by policy");
+                return Err((r.code, r.message));
+            }
         };
+        if let Some(c) = &caller
+            && let Err(r) = self.take_budget(
+                c,
+                call,
+                [("tenant", c.tenant.budget.as_deref()), ("", None)],
+            )
+        {
+            if let Some(b) = &c.agent.budgets.agent {
+                b.give_back();
+            }
+            return Err((r.code, r.message));
+        }
         let assertion = match &caller {
             Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref(), call)?),
             None => None,
@@ -2612,6 +2721,11 @@ impl Gateway {
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         if let Some(a) = &e.arguments {
             call.digest_args(a);
+            // Arguments are an object (or absent): a string or an array
+            // holding the same members got past every argument condition.
+            if !arguments_ok(a) {
+                return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()).into());
+            }
         }
         let Some(name) = e.name.as_deref() else {
             return Err((
@@ -2620,30 +2734,30 @@ impl Gateway {
             )
                 .into());
         };
+        // What the call asked for is in its record whatever becomes of it
+        // (capped, like every caller-controlled field: `bad_caller_field`).
+        call.name = Some(name.into());
         // A session's caller authenticated when it opened the session (a
         // task that outlives the request, like a round of client input,
         // finds it there).
         let caller = session
             .and_then(|s| s.caller.clone())
             .or_else(current_caller);
-        // Phase: budget, the agent's and the tenant's. Every call counts,
-        // the ones policy denies and the ones naming no tool too: those
-        // were free, so an agent could write denied calls (with their
-        // intents) into the audit trail, and make Dome list every
-        // upstream for each unknown name, as fast as it could send them.
+        // Phase: budget, the agent's. Every call counts, the ones policy
+        // denies and the ones naming no tool too: those were free, so an
+        // agent could write denied calls (with their intents) into the
+        // audit trail, and make Dome list every upstream for each unknown
+        // name, as fast as it could send them. (The tenant's is taken once
+        // the call is allowed: one agent's denied calls must not use up
+        // what its tenant's other agents may call.)
         if let Some(c) = &caller {
-            let b = &c.agent.budgets;
             self.take_budget(
                 c,
                 call,
-                [
-                    ("agent", b.agent.as_ref()),
-                    ("tenant", c.tenant.budget.as_deref()),
-                ],
+                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
             )?;
         }
         let Some(route) = self.lookup(Kind::Tools, name).await else {
-            call.name = Some(name.into());
             self.strike_caller(caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
@@ -2672,22 +2786,22 @@ impl Gateway {
             }
         };
         // Phase: budget, the agent's for this tool (the allowing rule's
-        // replaces the configured one). Refused here, the call gives back
-        // what it took of the agent's and the tenant's: it is refused for
-        // this tool, not for all.
+        // replaces the configured one) and the tenant's. Refused here, the
+        // call gives back what it took of the agent's: it is refused for
+        // this tool or tenant, not for all.
         if let Some(c) = &caller {
             let by_rule =
                 budget.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
             let tool = by_rule
                 .as_deref()
                 .or_else(|| c.agent.budgets.tools.get(name));
-            if let Err(refusal) = self.take_budget(c, call, [("agent x tool", tool), ("", None)]) {
-                let b = &c.agent.budgets;
-                for bucket in [b.agent.as_ref(), c.tenant.budget.as_deref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    bucket.give_back();
+            let levels = [
+                ("agent x tool", tool),
+                ("tenant", c.tenant.budget.as_deref()),
+            ];
+            if let Err(refusal) = self.take_budget(c, call, levels) {
+                if let Some(b) = &c.agent.budgets.agent {
+                    b.give_back();
                 }
                 return Err(refusal);
             }
@@ -3220,6 +3334,9 @@ impl Gateway {
                 rpc_error(&id, code::INVALID_PARAMS, "params.uri is required"),
             );
         };
+        if let Some(why) = uri_problem(Kind::Resources, &uri) {
+            return (StatusCode::OK, rpc_error(&id, code::INVALID_PARAMS, why));
+        }
         let Some(upstream) = self.resource_upstream(&uri).await else {
             return (
                 StatusCode::OK,
@@ -3958,6 +4075,56 @@ fn accepts(headers: &HeaderMap) -> (bool, bool) {
 fn new_session_id() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod uri_tests {
+    use super::*;
+
+    #[test]
+    fn a_blank_intent_is_no_intent() {
+        let with = |text: &str| Envelope {
+            dome_meta: vec![(INTENT_META.to_string(), text.to_string())],
+            ..Default::default()
+        };
+        for blank in [r#"" ""#, r#""\u200b""#, r#""\t \n""#, r#""""#] {
+            assert_eq!(intent_of(&with(blank)), None, "{blank}");
+        }
+        assert_eq!(
+            intent_of(&with(r#"" refund ""#)).as_deref(),
+            Some(" refund ")
+        );
+    }
+
+    #[test]
+    fn resource_uris_are_taken_only_in_their_plain_form() {
+        for ok in [
+            "file:///etc/secret",
+            "notes://one/readme",
+            "demo://counter",
+            "users://one/42",
+            "file:///dir/",
+            "file:///a%20b",
+            "urn:x:y",
+            "file:///q?x=..//",
+        ] {
+            assert_eq!(uri_problem(Kind::Resources, ok), None, "{ok}");
+        }
+        for bad in [
+            "file:////etc/secret",
+            "file:///./etc/secret",
+            "file:///pub/../etc/secret",
+            "file:///%65tc/secret",
+            "file:///etc%2fsecret",
+            "file:///etc%5Csecret",
+            "file:///%252e%252e/etc",
+            "file:///pub\\..\\etc",
+            "file:///a//b",
+        ] {
+            assert!(uri_problem(Kind::Resources, bad).is_some(), "{bad}");
+        }
+        assert_eq!(uri_problem(Kind::Prompts, "a/../b"), None);
+    }
 }
 
 #[cfg(test)]

@@ -731,6 +731,28 @@ impl Policy {
         })
     }
 
+    /// The exact tool names rules that can apply to tools give, with
+    /// each rule's id: a name no upstream lists is worth a warning (a rule
+    /// written for a tool a clash renamed would silently not apply).
+    pub fn named_tools(&self) -> Vec<(&str, &str)> {
+        let mut out: Vec<(&str, &str)> = self
+            .by_tool
+            .iter()
+            .flat_map(|(tool, rules)| {
+                rules.iter().filter_map(move |&i| {
+                    let rule = &self.rules[i as usize];
+                    let for_tools = rule
+                        .kinds
+                        .as_ref()
+                        .is_none_or(|ks| ks.iter().any(|k| k == "tool"));
+                    for_tools.then_some((&*rule.id, tool.as_str()))
+                })
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
