@@ -130,9 +130,20 @@ fn decoded_name(raw: &str) -> String {
 fn credential_in_query(query: &str) -> bool {
     query.split(['&', ';']).any(|kv| {
         let raw = kv.split('=').next().unwrap_or_default();
-        let name = decoded_name(raw);
-        // An encoded `=` would make the rest of the pair part of the name.
-        let name = name.split('=').next().unwrap_or_default().trim();
+        // Decoded until it stays the same (`%2561` is `%61` is `a` to a
+        // server that decodes twice), a few rounds at most.
+        let mut name = decoded_name(raw);
+        for _ in 0..3 {
+            let again = decoded_name(&name);
+            if again == name {
+                break;
+            }
+            name = again;
+        }
+        // An encoded `=` would make the rest of the pair part of the name,
+        // and `access_token[]` is `access_token` to frameworks that read
+        // brackets as arrays.
+        let name = name.split(['=', '[']).next().unwrap_or_default().trim();
         QUERY_CREDENTIALS
             .iter()
             .any(|c| name.eq_ignore_ascii_case(c))
@@ -379,6 +390,9 @@ mod tests {
             "a=1;token=x",
             "token",
             "access_token%3Dx",
+            "%2561ccess_token=x",
+            "access_token[]=x",
+            "access_token%5B0%5D=x",
         ] {
             assert!(credential_in_query(q), "{q}");
         }
