@@ -2169,6 +2169,10 @@ impl Gateway {
                 .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
                 .and_then(|t| trace_id(&t))
         });
+        // Taken here, with the rest of what the request says, so every
+        // record has it: a call refused before it is judged (over the
+        // agent's budget, naming no tool) was recorded without it.
+        call.intent = intent_of(e);
         call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
         let _ = TALLY.try_with(|t| {
@@ -2302,8 +2306,7 @@ impl Gateway {
         };
         let args_text = params.get("arguments").map(Value::to_string);
         let caller = current_caller();
-        let intent = intent_of(e);
-        call.intent = intent.clone();
+        let intent = call.intent.clone();
         if let Some(a) = &args_text {
             call.digest_args(a);
         }
@@ -2608,14 +2611,20 @@ impl Gateway {
         // upstream for each unknown name, as fast as it could send them.
         if let Some(c) = &caller {
             let b = &c.agent.budgets;
-            self.take_budget(
+            let taken = self.take_budget(
                 c,
                 call,
                 [
                     ("agent", b.agent.as_ref()),
                     ("tenant", c.tenant.budget.as_deref()),
                 ],
-            )?;
+            );
+            if let Err(refusal) = taken {
+                // Refused before the name is resolved: the record names
+                // the tool as the caller asked for it.
+                call.name = Some(name.into());
+                return Err(refusal);
+            }
         }
         let Some(route) = self.lookup(Kind::Tools, name).await else {
             call.name = Some(name.into());
@@ -2627,8 +2636,7 @@ impl Gateway {
         let upstream = self.upstreams[route.upstream].clone();
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
-        let intent = intent_of(e);
-        call.intent = intent.clone();
+        let intent = call.intent.clone();
         let decided = self.decide_kind(
             "tool",
             name,
