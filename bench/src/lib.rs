@@ -1,6 +1,9 @@
-//! Shared helpers for Dome's benchmarks: medians and the JSON report.
+//! Shared helpers for Dome's benchmarks: medians, the JSON report, and
+//! the harness that starts processes and speaks HTTP/1.1 to them.
 
 use std::path::PathBuf;
+
+pub mod harness;
 
 /// Median of `v` (sorted in place).
 pub fn median(v: &mut [f64]) -> f64 {

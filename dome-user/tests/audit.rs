@@ -42,10 +42,11 @@ tool = "slow"
 "#;
 
 fn start(name: &str, audit: &str) -> (Proc, Dome) {
-    start_with(name, audit, POLICY)
+    start_with(name, audit, POLICY, "")
 }
 
-fn start_with(name: &str, audit: &str, policy: &str) -> (Proc, Dome) {
+/// `agent`: more keys of the agent's table.
+fn start_with(name: &str, audit: &str, policy: &str, agent: &str) -> (Proc, Dome) {
     let (demo_proc, demo) = start_demo(&[]);
     let tmp = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let policies = tmp.join(format!("{name}-{}.rules", std::process::id()));
@@ -64,7 +65,7 @@ fn start_with(name: &str, audit: &str, policy: &str) -> (Proc, Dome) {
              [audit]\nnode = \"edge-test\"\n{audit}\n\
              [[tenant]]\nname = \"acme\"\ndelegation = true\n\
              [[agent]]\nid = \"support-bot\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n\
-             tool_budgets = {{ echo = {{ calls_per_s = 0.001, burst = 3 }} }}\n",
+             tool_budgets = {{ echo = {{ calls_per_s = 0.001, burst = 3 }} }}\n{agent}\n",
             data.display(),
             policies.display(),
             sha(ADMIN),
@@ -131,6 +132,48 @@ fn jsonl(text: &str) -> Vec<Value> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
+}
+
+/// Found by `cargo xtask soak`: a call refused over the agent's (or the
+/// tenant's) budget is refused before its tool is looked up and judged,
+/// and its record had neither the tool nor the intent.
+#[test]
+fn a_call_over_the_agents_budget_is_recorded_with_its_tool_and_intent() {
+    let (_demo, dome) = start_with(
+        "audit-over-budget",
+        "fsync = \"always\"",
+        POLICY,
+        "budget = { calls_per_s = 0.001, burst = 1 }",
+    );
+    let call = |id, intent| {
+        post(
+            &dome,
+            &[],
+            "echo",
+            &call_body(id, "echo", json!({"message": "x"}), Some(intent)),
+        )
+    };
+    let (status, v) = call(1, "within budget");
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = call(2, "over budget");
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["code"], -32004, "{v}");
+
+    let (code, out, err) = audit_cli(&dome, &["query", "--format", "jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    let records = jsonl(&out);
+    assert_eq!(records.len(), 2, "{out}");
+    let refused = &records[1];
+    assert_eq!(refused["decision"], "over_budget", "{refused}");
+    assert_eq!(refused["status"], -32004, "{refused}");
+    assert_eq!(refused["name"], "echo", "{refused}");
+    assert_eq!(refused["intent"], "over budget", "{refused}");
+    // Found by intent, as an operator would look for it.
+    let (_, out, _) = audit_cli(
+        &dome,
+        &["query", "--format", "jsonl", "--intent", "over budget"],
+    );
+    assert_eq!(jsonl(&out).len(), 1, "{out}");
 }
 
 #[test]
@@ -536,7 +579,7 @@ fn concurrent_slow_calls(dome: &Dome, n: usize) -> Vec<(u16, Value)> {
 fn a_full_ring_refuses_calls_closed_or_drops_them_counted() {
     let allow_all = "[[rule]]\nid = \"all\"\neffect = \"allow\"\n";
     let audit = "ring = 16\non_full = \"fail\"\nfull_wait_ms = 20";
-    let (_demo, dome) = start_with("audit-full", audit, allow_all);
+    let (_demo, dome) = start_with("audit-full", audit, allow_all, "");
     // Each call in flight holds its record's room: 24 at once cannot all
     // be recorded, and those that cannot are not run.
     let results = concurrent_slow_calls(&dome, 24);

@@ -61,6 +61,16 @@ enum Cmd {
     /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy` or `audit`; each
     /// writes target/bench/NAME.json.
     Bench { name: String },
+    /// Soak Dome for N minutes under a mixed load at 80% of its measured
+    /// maximum, with config reloads and an upstream restart; writes
+    /// target/bench/soak.json and fails when a target is missed.
+    Soak {
+        #[arg(long, default_value_t = 10, conflicts_with = "seconds")]
+        minutes: u64,
+        /// Seconds instead of minutes, for development runs.
+        #[arg(long, hide = true)]
+        seconds: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -115,6 +125,19 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test => test(&root),
         Cmd::Conformance => conformance(&root).map(|_| ()),
         Cmd::Bench { name } => bench(&root, &name),
+        Cmd::Soak { minutes, seconds } => {
+            setup(&root)?;
+            cargo(&root, &build_args(true))?;
+            let length = match seconds {
+                Some(s) => ["--seconds".to_string(), s.to_string()],
+                None => ["--minutes".to_string(), minutes.to_string()],
+            };
+            run_status(
+                Command::new(root.join("target/release/bench-soak"))
+                    .args(length)
+                    .current_dir(&root),
+            )
+        }
     }
 }
 

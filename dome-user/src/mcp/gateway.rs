@@ -2252,6 +2252,10 @@ impl Gateway {
                 .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
                 .and_then(|t| trace_id(&t))
         });
+        // Taken here, with the rest of what the request says, so every
+        // record has it: a call refused before it is judged (over the
+        // agent's budget, naming no tool) was recorded without it.
+        call.intent = intent_of(e);
         call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
         let _ = TALLY.try_with(|t| {
@@ -2416,8 +2420,7 @@ impl Gateway {
             _ => "resource",
         };
         let args_text = params.get("arguments").map(Value::to_string);
-        let intent = intent_of(e);
-        call.intent = intent.clone();
+        let intent = call.intent.clone();
         if let Some(a) = &args_text {
             call.digest_args(a);
         }
@@ -2766,8 +2769,7 @@ impl Gateway {
         let upstream = self.upstreams[route.upstream].clone();
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
-        let intent = intent_of(e);
-        call.intent = intent.clone();
+        let intent = call.intent.clone();
         let decided = self.decide_kind(
             "tool",
             name,

@@ -15,20 +15,19 @@
 mod train;
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
+use bench::harness::{Kill, Sender, connect, free_port, post, wait_port};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 const CONNECTIONS: usize = 16;
 const WARMUP: Duration = Duration::from_secs(1);
@@ -50,31 +49,6 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_port(addr: SocketAddr) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(addr).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "{addr} never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 fn body() -> Bytes {
     let message: String = "x".repeat(500);
     Bytes::from(
@@ -86,27 +60,6 @@ fn body() -> Bytes {
     )
 }
 
-/// A POST to Dome's MCP endpoint: JSON in, JSON or SSE accepted, the
-/// agent's key when Dome requires one, then `headers`.
-fn post(
-    addr: SocketAddr,
-    key: Option<&str>,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> Request<Full<Bytes>> {
-    let mut r = Request::post("/mcp")
-        .header("host", addr.to_string())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    if let Some(k) = key {
-        r = r.header("authorization", format!("Bearer {k}"));
-    }
-    for (name, value) in headers {
-        r = r.header(*name, *value);
-    }
-    r.body(Full::new(body.into())).expect("valid request")
-}
-
 /// A stateless-era `tools/call echo`.
 fn request(addr: SocketAddr, body: &Bytes, key: Option<&str>) -> Request<Full<Bytes>> {
     let headers = [
@@ -115,16 +68,6 @@ fn request(addr: SocketAddr, body: &Bytes, key: Option<&str>) -> Request<Full<By
         ("mcp-name", "echo"),
     ];
     post(addr, key, &headers, body.clone())
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Sender> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
 }
 
 async fn call(
