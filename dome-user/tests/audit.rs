@@ -770,6 +770,7 @@ fn retention_is_loud_in_the_log_on_stats_and_metrics_and_verify_reports_what_wen
         "audit-retain",
         "fsync = \"always\"\nsegment_mb = 1\nretain_mb = 1",
         policy,
+        "",
     );
     // Eight calls of 300 KB each: more than the trail may hold.
     let pad = "x".repeat(300 << 10);
