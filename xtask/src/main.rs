@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bolt;
+mod fuzz;
 mod pgo;
 
 /// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
@@ -58,9 +59,17 @@ enum Cmd {
     /// in front of the fixture upstream, and against the fixture alone, for
     /// both requirement sets; writes target/bench/conformance.json.
     Conformance,
-    /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy` or `audit`; each
-    /// writes target/bench/NAME.json.
+    /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy`, `audit` or
+    /// `fuzz`; each writes target/bench/NAME.json.
     Bench { name: String },
+    /// Fuzz one target (or each in turn) with cargo-fuzz from its committed
+    /// seeds: envelope, h1, sse, audit_recover, policy, config, auth.
+    Fuzz {
+        target: Option<String>,
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -115,6 +124,13 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test => test(&root),
         Cmd::Conformance => conformance(&root).map(|_| ()),
         Cmd::Bench { name } => bench(&root, &name),
+        Cmd::Fuzz { target, seconds } => {
+            let targets = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::run_all(&root, &targets, seconds).map(|_| ())
+        }
     }
 }
 
@@ -367,8 +383,17 @@ fn test(root: &Path) -> Result<()> {
         "conformance: every scored scenario of {} passes through Dome",
         REQUIREMENT_SETS.join(" and ")
     );
+    // A short run of every fuzz target from its seeds: a crash fails the test.
+    fuzz::run_all(root, &fuzz::TARGETS, FUZZ_SMOKE_SECONDS)?;
+    println!(
+        "fuzz: {} targets ran {FUZZ_SMOKE_SECONDS} s each without a crash",
+        fuzz::TARGETS.len()
+    );
     Ok(())
 }
+
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 fn skipped_banner() -> String {
     let line = "!".repeat(72);
@@ -421,8 +446,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             root,
             &["run", "--release", "-p", "bench", "--bin", "bench-audit"],
         ),
+        "fuzz" => fuzz::bench(root),
         other => {
-            bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy, audit")
+            bail!(
+                "unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy, audit, fuzz"
+            )
         }
     }
 }

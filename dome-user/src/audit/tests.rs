@@ -636,3 +636,13 @@ fn query_times_parse_and_out_of_range_ones_are_refused() {
         assert!(e.contains(s), "{e}");
     }
 }
+
+/// A real segment, as the writer writes it, for the seeds of the fuzz
+/// target `audit_recover` (`fuzz/seeds.py` runs this into the folder
+/// `DOME_FUZZ_SEEDS` names). Not a check, so ignored by `cargo test`.
+#[test]
+#[ignore = "writes fuzz seeds; run by fuzz/seeds.py"]
+fn writes_the_fuzz_seeds() {
+    let out = std::env::var_os("DOME_FUZZ_SEEDS").expect("DOME_FUZZ_SEEDS names a folder");
+    write(std::path::Path::new(&out), 6, 64 << 20);
+}
