@@ -168,6 +168,17 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed, EnvelopeError> {
         let out = match simd_json::fill_tape(buf, buffers, &mut t) {
             Ok(()) => match check_tape(&t.0, keys, ends, max_depth) {
                 Err(e) => Err(e),
+                // simd-json reads a number of 20 digits or more on past
+                // letters that follow it (`2.22…2params`, anywhere in the
+                // message): a body with such a long number is confirmed
+                // with serde_json before it is called JSON (rare, so the
+                // common message pays only the scan for it).
+                Ok(())
+                    if has_long_number(body)
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() =>
+                {
+                    Err(EnvelopeError::Parse("not JSON".into()))
+                }
                 Ok(()) => envelope(t.as_value()),
             },
             Err(e) => Err(EnvelopeError::Parse(e.to_string())),
@@ -175,6 +186,23 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed, EnvelopeError> {
         *tape = t.reset();
         out
     })
+}
+
+/// Whether `body` has a run of 17 or more digits and points (a number
+/// long enough for simd-json's slow path).
+fn has_long_number(body: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in body {
+        if b.is_ascii_digit() || b == b'.' {
+            run += 1;
+            if run >= 17 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
 }
 
 /// Refuses a message nested deeper than `max_depth`, or one where some
@@ -601,6 +629,23 @@ mod tests {
             same > 2_000 && refused > 2_000 && repeated > 100,
             "{same} read alike, {refused} refused, {repeated} with a repeated name"
         );
+    }
+
+    #[test]
+    fn a_long_number_with_letters_after_it_is_not_json() {
+        // Found by `cargo xtask fuzz envelope`: simd-json took the letters
+        // after a number of 20 digits or more for part of it.
+        for body in [
+            &b"2.2222222222222222222params2"[..],
+            b"{\"jsonrpc\":\"2.0\",\"id\":2.2222222222222222222params2,\"method\":\"ping\"}",
+            b"[1.00000000000000000000x]",
+        ] {
+            assert!(
+                matches!(parse_default(body), Err(EnvelopeError::Parse(_))),
+                "{}",
+                body.escape_ascii()
+            );
+        }
     }
 
     #[test]
