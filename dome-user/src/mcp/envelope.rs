@@ -649,6 +649,22 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_past_64_bits_is_json_read_as_a_float() {
+        // Found by `cargo xtask fuzz envelope`: simd-json refused it
+        // (-32700) where serde_json and the upstreams read a float.
+        let e = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":22222222222222222222020}}}"#,
+        );
+        let args: Json = serde_json::from_str(e.arguments.as_deref().unwrap()).unwrap();
+        let reference: Json = serde_json::from_str("22222222222222222222020").unwrap();
+        assert_eq!(args["amount"].as_f64(), reference.as_f64());
+        assert!(matches!(
+            parse_default(b"22222222222222222222020"),
+            Err(EnvelopeError::NotObject)
+        ));
+    }
+
+    #[test]
     fn repeated_names_are_found_at_any_depth_and_in_any_number() {
         let repeated = |s: &str| match parse(s.as_bytes(), 20_000) {
             Err(EnvelopeError::Repeated(n)) => Some(n),
