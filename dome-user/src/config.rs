@@ -554,11 +554,17 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         }
     };
     let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
-        at(
-            e.span().map_or(0, |s| s.start),
-            String::new(),
-            e.message().trim().to_string(),
-        )
+        let offset = e.span().map_or(0, |s| s.start);
+        let mut reason = e.message().trim().to_string();
+        // toml_edit says nothing of some characters (a control character
+        // in a comment): name it rather than give an empty reason.
+        if reason.is_empty() {
+            reason = match text.get(offset..).and_then(|t| t.chars().next()) {
+                Some(c) => format!("unexpected character {c:?}"),
+                None => "unexpected end of the file".into(),
+            };
+        }
+        at(offset, String::new(), reason)
     })?;
     let fields = field_spans(&doc);
 
@@ -690,6 +696,14 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/dome.toml");
         let c = load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(c.xdp.enabled);
+    }
+
+    #[test]
+    fn a_control_character_in_a_comment_is_named_not_left_unexplained() {
+        // Found by `cargo xtask fuzz config`: toml_edit's message is empty.
+        let e = err("[server]\n# an admin \x1foken\n");
+        assert_eq!((e.line, e.column), (2, 12));
+        assert_eq!(e.reason, "unexpected character '\\u{1f}'");
     }
 
     #[test]

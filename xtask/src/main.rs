@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bolt;
+mod fuzz;
 mod pgo;
 
 /// The bpf-linker release whose LLVM matches the nightly that builds dome-ebpf.
@@ -58,8 +59,8 @@ enum Cmd {
     /// in front of the fixture upstream, and against the fixture alone, for
     /// both requirement sets; writes target/bench/conformance.json.
     Conformance,
-    /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy` or `audit`; each
-    /// writes target/bench/NAME.json.
+    /// Run a benchmark: `xdp`, `parse`, `e2e`, `auth`, `policy`, `audit` or
+    /// `fuzz`; each writes target/bench/NAME.json.
     Bench { name: String },
     /// Soak Dome for N minutes under a mixed load at 80% of its measured
     /// maximum, with config reloads and an upstream restart; writes
@@ -70,6 +71,14 @@ enum Cmd {
         /// Seconds instead of minutes, for development runs.
         #[arg(long, hide = true)]
         seconds: Option<u64>,
+    },
+    /// Fuzz one target (or each in turn) with cargo-fuzz from its committed
+    /// seeds: envelope, h1, sse, audit_recover, policy, config, auth.
+    Fuzz {
+        target: Option<String>,
+        /// How long to run each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -137,6 +146,13 @@ fn run(cli: Cli) -> Result<()> {
                     .args(length)
                     .current_dir(&root),
             )
+        }
+        Cmd::Fuzz { target, seconds } => {
+            let targets = match &target {
+                Some(t) => vec![t.as_str()],
+                None => fuzz::TARGETS.to_vec(),
+            };
+            fuzz::run_all(&root, &targets, seconds, None).map(|_| ())
         }
     }
 }
@@ -390,8 +406,19 @@ fn test(root: &Path) -> Result<()> {
         "conformance: every scored scenario of {} passes through Dome",
         REQUIREMENT_SETS.join(" and ")
     );
+    // A short run of every fuzz target from its seeds: a crash fails the
+    // test. A fixed seed: the same inputs in the same order every run (the
+    // open-ended search is `cargo xtask fuzz` and `bench fuzz`).
+    fuzz::run_all(root, &fuzz::TARGETS, FUZZ_SMOKE_SECONDS, Some(1))?;
+    println!(
+        "fuzz: {} targets ran {FUZZ_SMOKE_SECONDS} s each without a crash",
+        fuzz::TARGETS.len()
+    );
     Ok(())
 }
+
+/// How long `cargo xtask test` fuzzes each target.
+const FUZZ_SMOKE_SECONDS: u64 = 15;
 
 fn skipped_banner() -> String {
     let line = "!".repeat(72);
@@ -444,8 +471,11 @@ fn bench(root: &Path, name: &str) -> Result<()> {
             root,
             &["run", "--release", "-p", "bench", "--bin", "bench-audit"],
         ),
+        "fuzz" => fuzz::bench(root),
         other => {
-            bail!("unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy, audit")
+            bail!(
+                "unknown benchmark `{other}`; available: xdp, parse, e2e, auth, policy, audit, fuzz"
+            )
         }
     }
 }

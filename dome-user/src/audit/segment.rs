@@ -258,7 +258,7 @@ fn last_good_after(buf: &[u8], from: usize) -> Option<(u64, Hash)> {
     let mut at = from;
     while let Some(start) = next_frame(buf, at) {
         let f = frame::read(buf, start).ok()?;
-        found = Some((f.header.seq + 1, f.hash()));
+        found = Some((f.header.seq.saturating_add(1), f.hash()));
         at = f.next;
     }
     found
@@ -357,7 +357,9 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
             }
         }
         tail.head = hash;
-        tail.next_seq = f.header.seq + 1;
+        // A made-up sequence of u64::MAX must not overflow (found by
+        // fuzzing `recover`; it panicked in a debug build).
+        tail.next_seq = f.header.seq.saturating_add(1);
         at = f.next;
         first = false;
     }
@@ -395,13 +397,13 @@ pub fn chain_end(seg: &Segment) -> std::io::Result<Option<(u64, Hash)>> {
         && let Ok(h) = <Hash>::try_from(h.as_slice())
         && ix.count > 0
     {
-        return Ok(Some((ix.last_seq + 1, h)));
+        return Ok(Some((ix.last_seq.saturating_add(1), h)));
     }
     let buf = read_aligned(&seg.path)?;
     let mut at = HEADER;
     let mut end = None;
     while let Ok(f) = frame::read(&buf, at) {
-        end = Some((f.header.seq + 1, f.hash()));
+        end = Some((f.header.seq.saturating_add(1), f.hash()));
         at = f.next;
     }
     Ok(end)

@@ -9,8 +9,8 @@ use super::checkpoint::{NodeKey, Reason};
 use super::config::{AuditConfig, Fsync, Settings};
 use super::query::{self, Filter};
 use super::record::{Decision, Kind, Record};
-use super::segment;
 use super::trail::{self, Trail};
+use super::{frame, segment};
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dome-audit-{name}-{}", std::process::id()));
@@ -970,5 +970,37 @@ fn a_checkpoint_comes_checkpoint_s_after_the_first_unsigned_record_and_not_while
     .unwrap();
     assert_eq!(report.problem, None, "{report:?}");
     assert_eq!((report.checkpoints, report.unsigned_tail), (1, 0));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A real segment, as the writer writes it, for the seeds of the fuzz
+/// target `audit_recover` (`fuzz/seeds.py` runs this into the folder
+/// `DOME_FUZZ_SEEDS` names). Not a check, so ignored by `cargo test`.
+#[test]
+#[ignore = "writes fuzz seeds; run by fuzz/seeds.py"]
+fn writes_the_fuzz_seeds() {
+    let out = std::env::var_os("DOME_FUZZ_SEEDS").expect("DOME_FUZZ_SEEDS names a folder");
+    write(std::path::Path::new(&out), 6, 64 << 20);
+}
+
+#[test]
+fn a_frame_numbered_u64_max_is_recovered_without_overflow() {
+    // Found by the fuzz target `audit_recover`: a CRC-valid frame whose
+    // sequence is u64::MAX made recovery add one past the end.
+    let d = dir("seq-max");
+    std::fs::create_dir_all(&d).unwrap();
+    let mut buf = segment::header(1, u64::MAX).to_vec();
+    frame::append(&mut buf, u64::MAX, 1, 1, &[0; 32], b"not a record");
+    let seg = segment::Segment {
+        first_seq: u64::MAX,
+        path: segment::path_for(&d, u64::MAX),
+    };
+    std::fs::write(&seg.path, &buf).unwrap();
+    let tail = segment::recover(&seg, None).unwrap();
+    assert!(
+        tail.removed_why.is_some() || tail.next_seq == u64::MAX,
+        "{:?}",
+        tail.removed_why
+    );
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -887,7 +887,7 @@ impl Writer {
                 _ => "size",
             }
             .into(),
-            kept_from: last.last_seq + 1,
+            kept_from: last.last_seq.saturating_add(1),
             bytes: victims.iter().map(|v| v.bytes).sum(),
             segments: victims,
         };
@@ -910,7 +910,7 @@ impl Writer {
             }
             let _ = std::fs::remove_file(path.with_extension("idx"));
             segs += 1;
-            frames += v.last_seq + 1 - v.first_seq;
+            frames += v.last_seq.saturating_add(1).saturating_sub(v.first_seq);
             bytes += v.bytes;
             last_gone = Some(v.last_seq);
         }

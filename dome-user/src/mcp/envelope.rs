@@ -199,6 +199,17 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed, EnvelopeError> {
         let out = match simd_json::fill_tape(buf, buffers, &mut t) {
             Ok(()) => match check_tape(&t.0, keys, ends, max_depth) {
                 Err(e) => Err(e),
+                // simd-json reads a number of 20 digits or more on past
+                // letters that follow it (`2.22…2params`, anywhere in the
+                // message): a body with such a long number is confirmed
+                // with serde_json before it is called JSON (rare, so the
+                // common message pays only the scan for it).
+                Ok(())
+                    if has_long_number(body)
+                        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() =>
+                {
+                    Err(EnvelopeError::Parse("not JSON".into()))
+                }
                 Ok(()) => envelope(t.as_value()),
             },
             Err(e) => Err(EnvelopeError::Parse(e.to_string())),
@@ -206,6 +217,23 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Parsed, EnvelopeError> {
         *tape = t.reset();
         out
     })
+}
+
+/// Whether `body` has a run of 17 or more digits and points (a number
+/// long enough for simd-json's slow path).
+fn has_long_number(body: &[u8]) -> bool {
+    let mut run = 0;
+    for &b in body {
+        if b.is_ascii_digit() || b == b'.' {
+            run += 1;
+            if run >= 17 {
+                return true;
+            }
+        } else {
+            run = 0;
+        }
+    }
+    false
 }
 
 /// Refuses a message nested deeper than `max_depth`, or one where some
@@ -339,6 +367,192 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
     Ok(Parsed::One(Box::new(e)))
 }
 
+/// The envelope read against serde_json, the reference reader: the
+/// oracle of the fixed-seed test below and of `cargo xtask fuzz envelope`
+/// (public, behind the `fuzzing` feature, only for that fuzz target).
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod differential {
+    use serde_json::Value as Json;
+
+    use super::{EnvelopeError, Parsed, parse, protocol};
+
+    /// How the two readers agreed on one input.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Agreement {
+        /// Both read the same message (or the same batch, or the same
+        /// non-object).
+        Same,
+        /// Neither reads it as JSON.
+        Refused,
+        /// The envelope refuses a repeated member name serde_json also sees.
+        Repeated,
+        /// Nested deeper than the limit: the envelope refuses it, serde_json
+        /// reads it that deep (or is past its own limit of 128 levels).
+        TooDeep,
+    }
+
+    /// Parses `input` with both readers and panics, naming the input, when
+    /// they disagree: a message both read must give the same `jsonrpc`,
+    /// `method`, response-ness, `id`, name, cursor, arguments and params;
+    /// text serde_json refuses must be refused as a parse error; a repeated
+    /// name or a depth past `max_depth` must be refused as such and only then.
+    pub fn check(input: &[u8], max_depth: usize) -> Agreement {
+        let text = input.escape_ascii().to_string();
+        let reference = serde_json::from_slice::<Json>(input);
+        let got = parse(input, max_depth);
+        // serde_json gives up at 128 levels: past that it cannot judge
+        // anything but the depth.
+        if let Err(e) = &reference
+            && e.to_string().starts_with("recursion limit exceeded")
+        {
+            assert!(
+                max_depth >= 127 || got.is_err(),
+                "a message over the depth limit was read: {text}"
+            );
+            return Agreement::TooDeep;
+        }
+        let unique = serde_json::from_slice::<Unique>(input).is_ok();
+        let depth = reference.as_ref().map_or(0, depth_of);
+        match (reference, got) {
+            (Err(_), Err(EnvelopeError::Parse(_))) => Agreement::Refused,
+            (Ok(_), Err(EnvelopeError::Repeated(name))) => {
+                assert!(!unique, "`{name}` is not repeated in {text}");
+                Agreement::Repeated
+            }
+            (Ok(_), Err(EnvelopeError::TooDeep(limit))) => {
+                assert_eq!(limit, max_depth, "{text}");
+                assert!(depth > max_depth, "{depth} levels is not too deep: {text}");
+                Agreement::TooDeep
+            }
+            (Ok(_), _) if !unique => panic!("a repeated name went unnoticed in {text}"),
+            (Ok(_), _) if depth > max_depth => {
+                panic!("{depth} levels went past the limit of {max_depth}: {text}")
+            }
+            (Ok(Json::Array(_)), Ok(Parsed::Batch)) => Agreement::Same,
+            (Ok(v), Err(EnvelopeError::NotObject)) if !v.is_object() && !v.is_array() => {
+                Agreement::Same
+            }
+            (Ok(Json::Object(o)), Ok(Parsed::One(e))) => {
+                let str_at = |v: Option<&Json>| v.and_then(Json::as_str).map(str::to_string);
+                assert_eq!(
+                    e.jsonrpc_ok,
+                    o.get("jsonrpc") == Some(&Json::from("2.0")),
+                    "{text}"
+                );
+                assert_eq!(
+                    e.method.as_deref().map(str::to_string),
+                    str_at(o.get("method")),
+                    "{text}"
+                );
+                assert_eq!(
+                    e.is_response,
+                    o.contains_key("result") || o.contains_key("error"),
+                    "{text}"
+                );
+                if let Some(id @ (Json::String(_) | Json::Null)) = o.get("id") {
+                    assert_eq!(e.id.as_ref(), Some(id), "{text}");
+                } else if let Some(id) = o.get("id").filter(|i| i.is_i64() || i.is_u64()) {
+                    assert_eq!(e.id.as_ref(), Some(id), "{text}");
+                }
+                let params = o.get("params");
+                let key = e
+                    .method
+                    .as_deref()
+                    .and_then(protocol::name_key)
+                    .unwrap_or("name");
+                assert_eq!(e.name, str_at(params.and_then(|p| p.get(key))), "{text}");
+                assert_eq!(
+                    e.cursor,
+                    str_at(params.and_then(|p| p.get("cursor"))),
+                    "{text}"
+                );
+                let args = e
+                    .arguments
+                    .as_deref()
+                    .map(|a| serde_json::from_str::<Json>(a).unwrap());
+                assert_eq!(
+                    args.as_ref(),
+                    params.and_then(|p| p.get("arguments")),
+                    "{text}"
+                );
+                if let Some(p) = &e.params {
+                    let p: Json = serde_json::from_str(p).unwrap();
+                    assert_eq!(Some(&p), params, "{text}");
+                }
+                Agreement::Same
+            }
+            (reference, got) => panic!(
+                "serde_json and the envelope disagree on {text}: {:?} / {}",
+                reference.map(|v| v.to_string()),
+                match got {
+                    Ok(Parsed::One(_)) => "an object".to_string(),
+                    Ok(Parsed::Batch) => "a batch".to_string(),
+                    Err(e) => format!("{e:?}"),
+                }
+            ),
+        }
+    }
+
+    /// How deeply containers nest (a scalar: 0). Recursive, on a value
+    /// serde_json read, which is at most 128 levels deep.
+    fn depth_of(v: &Json) -> usize {
+        match v {
+            Json::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+            Json::Object(o) => 1 + o.values().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// serde_json's reading, refusing a repeated member name (the reference
+    /// for the envelope's own check).
+    struct Unique;
+
+    impl<'de> serde::Deserialize<'de> for Unique {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(Unique)
+        }
+    }
+
+    impl<'de> serde::de::Visitor<'de> for Unique {
+        type Value = Unique;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            while a.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = a.next_key::<String>()? {
+                if !seen.insert(k) {
+                    return Err(serde::de::Error::custom("a repeated name"));
+                }
+                a.next_value::<Unique>()?;
+            }
+            Ok(Unique)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,84 +649,50 @@ mod tests {
         let (mut same, mut refused, mut repeated) = (0, 0, 0);
         for i in 0..20_000 {
             let input = MANGLER.mangle(&mut rng, seeds[i % seeds.len()]);
-            let text = input.escape_ascii().to_string();
-            let reference = serde_json::from_slice::<Json>(&input);
-            let unique = serde_json::from_slice::<Unique>(&input).is_ok();
-            match (reference, parse_default(&input)) {
-                (Err(_), Err(EnvelopeError::Parse(_))) => refused += 1,
-                (Ok(_), Err(EnvelopeError::Repeated(name))) => {
-                    repeated += 1;
-                    assert!(!unique, "`{name}` is not repeated in {text}");
-                }
-                (Ok(_), _) if !unique => panic!("a repeated name went unnoticed in {text}"),
-                (Ok(Json::Array(_)), Ok(Parsed::Batch)) => same += 1,
-                (Ok(v), Err(EnvelopeError::NotObject)) if !v.is_object() && !v.is_array() => {
-                    same += 1
-                }
-                (Ok(Json::Object(o)), Ok(Parsed::One(e))) => {
-                    same += 1;
-                    let str_at = |v: Option<&Json>| v.and_then(Json::as_str).map(str::to_string);
-                    assert_eq!(
-                        e.jsonrpc_ok,
-                        o.get("jsonrpc") == Some(&Json::from("2.0")),
-                        "{text}"
-                    );
-                    assert_eq!(
-                        e.method.as_deref().map(str::to_string),
-                        str_at(o.get("method")),
-                        "{text}"
-                    );
-                    assert_eq!(
-                        e.is_response,
-                        o.contains_key("result") || o.contains_key("error"),
-                        "{text}"
-                    );
-                    if let Some(id @ (Json::String(_) | Json::Null)) = o.get("id") {
-                        assert_eq!(e.id.as_ref(), Some(id), "{text}");
-                    } else if let Some(id) = o.get("id").filter(|i| i.is_i64() || i.is_u64()) {
-                        assert_eq!(e.id.as_ref(), Some(id), "{text}");
-                    }
-                    let params = o.get("params");
-                    let key = e
-                        .method
-                        .as_deref()
-                        .and_then(protocol::name_key)
-                        .unwrap_or("name");
-                    assert_eq!(e.name, str_at(params.and_then(|p| p.get(key))), "{text}");
-                    assert_eq!(
-                        e.cursor,
-                        str_at(params.and_then(|p| p.get("cursor"))),
-                        "{text}"
-                    );
-                    let args = e
-                        .arguments
-                        .as_deref()
-                        .map(|a| serde_json::from_str::<Json>(a).unwrap());
-                    assert_eq!(
-                        args.as_ref(),
-                        params.and_then(|p| p.get("arguments")),
-                        "{text}"
-                    );
-                    if let Some(p) = &e.params {
-                        let p: Json = serde_json::from_str(p).unwrap();
-                        assert_eq!(Some(&p), params, "{text}");
-                    }
-                }
-                (reference, got) => panic!(
-                    "serde_json and the envelope disagree on {text}: {:?} / {}",
-                    reference.map(|v| v.to_string()),
-                    match got {
-                        Ok(Parsed::One(_)) => "an object".to_string(),
-                        Ok(Parsed::Batch) => "a batch".to_string(),
-                        Err(e) => format!("{e:?}"),
-                    }
-                ),
+            match differential::check(&input, DEFAULT_MAX_DEPTH) {
+                differential::Agreement::Same => same += 1,
+                differential::Agreement::Refused => refused += 1,
+                differential::Agreement::Repeated => repeated += 1,
+                differential::Agreement::TooDeep => {}
             }
         }
         assert!(
             same > 2_000 && refused > 2_000 && repeated > 100,
             "{same} read alike, {refused} refused, {repeated} with a repeated name"
         );
+    }
+
+    #[test]
+    fn a_long_number_with_letters_after_it_is_not_json() {
+        // Found by `cargo xtask fuzz envelope`: simd-json took the letters
+        // after a number of 20 digits or more for part of it.
+        for body in [
+            &b"2.2222222222222222222params2"[..],
+            b"{\"jsonrpc\":\"2.0\",\"id\":2.2222222222222222222params2,\"method\":\"ping\"}",
+            b"[1.00000000000000000000x]",
+        ] {
+            assert!(
+                matches!(parse_default(body), Err(EnvelopeError::Parse(_))),
+                "{}",
+                body.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn an_integer_past_64_bits_is_json_read_as_a_float() {
+        // Found by `cargo xtask fuzz envelope`: simd-json refused it
+        // (-32700) where serde_json and the upstreams read a float.
+        let e = one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"pay","arguments":{"amount":22222222222222222222020}}}"#,
+        );
+        let args: Json = serde_json::from_str(e.arguments.as_deref().unwrap()).unwrap();
+        let reference: Json = serde_json::from_str("22222222222222222222020").unwrap();
+        assert_eq!(args["amount"].as_f64(), reference.as_f64());
+        assert!(matches!(
+            parse_default(b"22222222222222222222020"),
+            Err(EnvelopeError::NotObject)
+        ));
     }
 
     #[test]
@@ -605,54 +785,5 @@ mod tests {
         let in_strings = format!(r#"{{"a":"{}","b":"\"[[[[[","c":[{{}}]}}"#, "[".repeat(500));
         assert!(!nests_deeper(in_strings.as_bytes(), 3));
         assert!(nests_deeper(br#"{"a":[{"b":[1]}]}"#, 3));
-    }
-
-    /// serde_json's reading, refusing a repeated member name (the reference
-    /// for the envelope's own check).
-    struct Unique;
-
-    impl<'de> serde::Deserialize<'de> for Unique {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(Unique)
-        }
-    }
-
-    impl<'de> serde::de::Visitor<'de> for Unique {
-        type Value = Unique;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("JSON")
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_unit<E>(self) -> Result<Unique, E> {
-            Ok(Unique)
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
-            while a.next_element::<Unique>()?.is_some() {}
-            Ok(Unique)
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Unique, A::Error> {
-            let mut seen = std::collections::HashSet::new();
-            while let Some(k) = a.next_key::<String>()? {
-                if !seen.insert(k) {
-                    return Err(serde::de::Error::custom("a repeated name"));
-                }
-                a.next_value::<Unique>()?;
-            }
-            Ok(Unique)
-        }
     }
 }

@@ -145,7 +145,7 @@ impl Conn {
     pub async fn read_head(&mut self, head_only: bool) -> Result<Head, String> {
         let mut read_any = false;
         loop {
-            if let Some(head) = self.parse_head(head_only)? {
+            if let Some(head) = parse_head(&mut self.buf, head_only)? {
                 if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS
                 {
                     continue;
@@ -183,68 +183,71 @@ impl Conn {
     pub fn buffered(&mut self) -> &mut BytesMut {
         &mut self.buf
     }
+}
 
-    /// A complete head at the front of the buffer, taken off it.
-    fn parse_head(&mut self, head_only: bool) -> Result<Option<Head>, String> {
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut r = httparse::Response::new(&mut fields);
-        let len = match r.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(format!("invalid response head: {e}")),
-        };
-        let status = StatusCode::from_u16(r.code.unwrap_or(0))
-            .map_err(|_| "invalid response head: bad status code".to_string())?;
-        let version = if r.version == Some(1) {
-            Version::HTTP_11
-        } else {
-            Version::HTTP_10
-        };
-        // Where each field sits in the buffer, so names and values can be
-        // taken from the head's bytes once it is split off, values uncopied.
-        let base = self.buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = r.headers.len();
-        for (f, s) in r.headers.iter().zip(spans.iter_mut()) {
-            let (n, v) = (
-                f.name.as_ptr() as usize - base,
-                f.value.as_ptr() as usize - base,
-            );
-            *s = (n, n + f.name.len(), v, v + f.value.len());
-        }
-        let head = self.buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
-        for &(ns, ne, vs, ve) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-                format!(
-                    "invalid response head: bad field name `{}`",
-                    String::from_utf8_lossy(&head[ns..ne])
-                )
-            })?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| format!("invalid response head: bad value of `{name}`"))?;
-            headers.append(name, value);
-        }
-        let (body, mut keep_alive) = framing(&headers, status, head_only)?;
-        // After a 101 the connection no longer speaks HTTP (Dome never asks
-        // for an upgrade, so this is a broken upstream): never reuse it.
-        keep_alive &= version == Version::HTTP_11
-            && status != StatusCode::SWITCHING_PROTOCOLS
-            && !headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|v| has_token(v, "close"));
-        Ok(Some(Head {
-            status,
-            version,
-            headers,
-            body,
-            keep_alive,
-        }))
+/// A complete response head at the front of `buf`, taken off it; `None`
+/// until one is complete. `head_only`: the request was HEAD. Public (rather
+/// than a method of `Conn`, which owns a socket) so the fuzz target
+/// `h1` can feed it bytes.
+pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, String> {
+    if buf.is_empty() {
+        return Ok(None);
     }
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut fields);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("invalid response head: {e}")),
+    };
+    let status = StatusCode::from_u16(r.code.unwrap_or(0))
+        .map_err(|_| "invalid response head: bad status code".to_string())?;
+    let version = if r.version == Some(1) {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // Where each field sits in the buffer, so names and values can be
+    // taken from the head's bytes once it is split off, values uncopied.
+    let base = buf.as_ptr() as usize;
+    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = r.headers.len();
+    for (f, s) in r.headers.iter().zip(spans.iter_mut()) {
+        let (n, v) = (
+            f.name.as_ptr() as usize - base,
+            f.value.as_ptr() as usize - base,
+        );
+        *s = (n, n + f.name.len(), v, v + f.value.len());
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
+            format!(
+                "invalid response head: bad field name `{}`",
+                String::from_utf8_lossy(&head[ns..ne])
+            )
+        })?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| format!("invalid response head: bad value of `{name}`"))?;
+        headers.append(name, value);
+    }
+    let (body, mut keep_alive) = framing(&headers, status, head_only)?;
+    // After a 101 the connection no longer speaks HTTP (Dome never asks
+    // for an upgrade, so this is a broken upstream): never reuse it.
+    keep_alive &= version == Version::HTTP_11
+        && status != StatusCode::SWITCHING_PROTOCOLS
+        && !headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| has_token(v, "close"));
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        body,
+        keep_alive,
+    }))
 }
 
 /// How the body after `headers` is delimited (RFC 9112 §6.3), and whether
