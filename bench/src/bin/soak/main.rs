@@ -241,6 +241,8 @@ struct Phase {
     rss_max_kb: u64,
     reloads_written: u32,
     restart_at_s: f64,
+    /// What Dome holds at each sample.
+    held: Value,
     stats: Value,
 }
 
@@ -392,6 +394,7 @@ fn run() -> anyhow::Result<bool> {
                     "last": phase.stats["config"]["last_reload"]},
         "rss_kb": {"after_warmup": phase.warm.0, "end": phase.end.0, "max": phase.rss_max_kb},
         "fds": {"after_warmup": phase.warm.1, "end": phase.end.1},
+        "held": phase.held,
         "audit": {
             "records": audit.records,
             "answered": tally.answered.len(),
@@ -541,6 +544,7 @@ async fn soak(
     let mut since_base = 0u64;
     let mut paused = Duration::ZERO;
     let mut warm = None;
+    let mut warm_stats = Value::Null;
     loop {
         let now = Instant::now();
         if now >= end {
@@ -549,6 +553,7 @@ async fn soak(
         if warm.is_none() && now >= warm_at {
             let t = Instant::now();
             warm = Some(quiet_sample(ctx, &slots, pid).await?);
+            warm_stats = get_stats(setup.stats).await?;
             paused += t.elapsed();
             base = Instant::now();
             since_base = 0;
@@ -586,6 +591,7 @@ async fn soak(
         rss_max_kb: rss_max.load(Ordering::Relaxed),
         reloads_written: reloads.load(Ordering::Relaxed) as u32,
         restart_at_s: restart_in.as_secs_f64(),
+        held: json!({"after_warmup": held(&warm_stats), "end": held(&stats)}),
         stats,
     })
 }
@@ -604,6 +610,12 @@ async fn quiet_sample(
     let sample = footprint(pid);
     drop(all);
     Ok(sample)
+}
+
+/// Dome's open sessions and its audit writer's queue, from `/stats`: what
+/// may hold memory when RSS grows.
+fn held(stats: &Value) -> Value {
+    json!({"sessions": stats["sessions"], "audit_queued": stats["audit"]["queued"]})
 }
 
 /// Dome's `/stats`.
