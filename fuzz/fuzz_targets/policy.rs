@@ -190,6 +190,12 @@ fn policy(c: &mut Choices<'_>) -> String {
         }
         if c.chance(4) {
             out.push_str(&format!(
+                "upstream_tool = {}\n",
+                one_or_many(c, &TOOL_PATTERNS)
+            ));
+        }
+        if c.chance(4) {
+            out.push_str(&format!(
                 "kind = {}\n",
                 one_or_many(c, &["tool", "prompt", "resource", "completion"])
             ));
@@ -276,6 +282,7 @@ fuzz_target!(|data: &[u8]| {
             tool: c.pick(&TOOLS),
             kind: c.pick(&["", "tool", "prompt", "resource", "completion"]),
             upstream: (!c.chance(3)).then(|| c.pick(&UPSTREAMS)),
+            upstream_tool: (!c.chance(2)).then(|| c.pick(&TOOLS)),
             intent: (!c.chance(3)).then(|| c.pick(&INTENTS)),
             args: args.as_ref(),
         };

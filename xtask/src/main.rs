@@ -79,6 +79,9 @@ enum Cmd {
         /// How long to run each target.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
+        /// libFuzzer's seed (the test command's smoke uses 1).
+        #[arg(long)]
+        seed: Option<u64>,
     },
 }
 
@@ -147,12 +150,16 @@ fn run(cli: Cli) -> Result<()> {
                     .current_dir(&root),
             )
         }
-        Cmd::Fuzz { target, seconds } => {
+        Cmd::Fuzz {
+            target,
+            seconds,
+            seed,
+        } => {
             let targets = match &target {
                 Some(t) => vec![t.as_str()],
                 None => fuzz::TARGETS.to_vec(),
             };
-            fuzz::run_all(&root, &targets, seconds, None).map(|_| ())
+            fuzz::run_all(&root, &targets, seconds, seed).map(|_| ())
         }
     }
 }
