@@ -51,30 +51,7 @@ fn post(dome: &Dome, extra: &[(&str, &str)], tool: &str, body: &str) -> (u16, Va
 }
 
 fn tools(dome: &Dome) -> Vec<String> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {}}}})
-    .to_string();
-    let (status, _, text) = http(
-        dome.mcp,
-        "POST",
-        "/mcp",
-        &[
-            ("Accept", "application/json, text/event-stream"),
-            ("Content-Type", "application/json"),
-            ("MCP-Protocol-Version", "2026-07-28"),
-            ("Mcp-Method", "tools/list"),
-        ],
-        &body,
-    );
-    assert_eq!(status, 200, "{text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["result"]["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap().to_string())
-        .collect()
+    list(dome, None, "tools/list", "tools", "name")
 }
 
 fn text_of(v: &Value) -> &str {
@@ -504,24 +481,19 @@ fn dome_s_meta_namespace_never_reaches_the_upstream() {
 }
 
 /// A stateless-era list request of `method`; the items of its result's `field`.
-fn list(dome: &Dome, auth: &str, method: &str, field: &str, key: &str) -> Vec<String> {
+fn list(dome: &Dome, auth: Option<&str>, method: &str, field: &str, key: &str) -> Vec<String> {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": {"_meta": {
         "io.modelcontextprotocol/protocolVersion": "2026-07-28",
         "io.modelcontextprotocol/clientCapabilities": {}}}})
     .to_string();
-    let (status, _, text) = http(
-        dome.mcp,
-        "POST",
-        "/mcp",
-        &[
-            ("Accept", "application/json, text/event-stream"),
-            ("Content-Type", "application/json"),
-            ("MCP-Protocol-Version", "2026-07-28"),
-            ("Mcp-Method", method),
-            ("Authorization", auth),
-        ],
-        &body,
-    );
+    let mut headers = vec![
+        ("Accept", "application/json, text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", method),
+    ];
+    headers.extend(auth.map(|a| ("Authorization", a)));
+    let (status, _, text) = http(dome.mcp, "POST", "/mcp", &headers, &body);
     assert_eq!(status, 200, "{text}");
     let v: Value = serde_json::from_str(&text).unwrap();
     v["result"][field]
@@ -545,22 +517,25 @@ fn resources_templates_and_prompts_are_listed_only_where_policy_could_allow_them
     let b = format!("Bearer {KEY_B}");
     // Listed to anyone before, though reading them was denied.
     assert_eq!(
-        list(&dome, &a, "resources/list", "resources", "uri"),
+        list(&dome, Some(&a), "resources/list", "resources", "uri"),
         vec!["notes://one/readme"]
     );
-    assert!(list(&dome, &b, "resources/list", "resources", "uri").is_empty());
+    assert!(list(&dome, Some(&b), "resources/list", "resources", "uri").is_empty());
     assert!(
         list(
             &dome,
-            &a,
+            Some(&a),
             "resources/templates/list",
             "resourceTemplates",
             "uriTemplate"
         )
         .is_empty()
     );
-    assert!(list(&dome, &a, "prompts/list", "prompts", "name").is_empty());
-    assert_eq!(list(&dome, &a, "tools/list", "tools", "name"), vec!["echo"]);
+    assert!(list(&dome, Some(&a), "prompts/list", "prompts", "name").is_empty());
+    assert_eq!(
+        list(&dome, Some(&a), "tools/list", "tools", "name"),
+        vec!["echo"]
+    );
 
     let ask = |method: &str, params: Value| {
         let mut p = params;
