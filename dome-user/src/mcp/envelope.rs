@@ -372,6 +372,31 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
 /// (public, behind the `fuzzing` feature, only for that fuzz target).
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod differential {
+    /// Equal, but for floats, which may differ in their last bits: an
+    /// integer past 64 bits is read as a float by both parsers, not always
+    /// rounded alike (simd-json's `big-int-as-float` is off by an ulp at
+    /// times), and nothing Dome decides rests on those bits.
+    pub fn same(a: Option<&super::Json>, b: Option<&super::Json>) -> bool {
+        use super::Json;
+        match (a, b) {
+            (None, None) => true,
+            (Some(Json::Number(x)), Some(Json::Number(y))) => match (x.as_f64(), y.as_f64()) {
+                _ if x == y => true,
+                (Some(x), Some(y)) if x.is_finite() && y.is_finite() => {
+                    (x - y).abs() <= x.abs().max(y.abs()) * 1e-12
+                }
+                _ => false,
+            },
+            (Some(Json::Array(x)), Some(Json::Array(y))) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(Some(x), Some(y)))
+            }
+            (Some(Json::Object(x)), Some(Json::Object(y))) => {
+                x.len() == y.len() && x.iter().all(|(k, v)| same(Some(v), y.get(k)))
+            }
+            (a, b) => a == b,
+        }
+    }
+
     use serde_json::Value as Json;
 
     use super::{EnvelopeError, Parsed, parse, protocol};
@@ -470,14 +495,13 @@ pub mod differential {
                     .arguments
                     .as_deref()
                     .map(|a| serde_json::from_str::<Json>(a).unwrap());
-                assert_eq!(
-                    args.as_ref(),
-                    params.and_then(|p| p.get("arguments")),
+                assert!(
+                    same(args.as_ref(), params.and_then(|p| p.get("arguments"))),
                     "{text}"
                 );
                 if let Some(p) = &e.params {
                     let p: Json = serde_json::from_str(p).unwrap();
-                    assert_eq!(Some(&p), params, "{text}");
+                    assert!(same(Some(&p), params), "{text}");
                 }
                 Agreement::Same
             }
