@@ -54,6 +54,19 @@ fn tools(dome: &Dome) -> Vec<String> {
     list(dome, None, "tools/list", "tools", "name")
 }
 
+/// The answer is -32602 (HTTP 400), its message saying `why` if given.
+fn invalid_params(status: u16, v: &Value, why: Option<&str>) {
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (400, Some(-32602)),
+        "{v}"
+    );
+    if let Some(why) = why {
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{v}");
+    }
+}
+
 fn text_of(v: &Value) -> &str {
     v["result"]["content"][0]["text"].as_str().unwrap_or("")
 }
@@ -188,18 +201,7 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
             json!({"dome/intent": long}),
         ),
     );
-    assert_eq!(
-        (status, v["error"]["code"].as_i64()),
-        (400, Some(-32602)),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("intent is longer than 1000 bytes"),
-        "{v}"
-    );
+    invalid_params(status, &v, Some("intent is longer than 1000 bytes"));
     let header_intent = "y".repeat(1001);
     let (status, v) = post(
         &dome,
@@ -210,25 +212,10 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
         "echo",
         &call("echo", json!({"message": "x"}), json!({})),
     );
-    assert_eq!(
-        (status, v["error"]["code"].as_i64()),
-        (400, Some(-32602)),
-        "{v}"
-    );
+    invalid_params(status, &v, None);
     let name = "n".repeat(3000);
     let (status, v) = post(&dome, &as_a, &name, &call(&name, json!({}), json!({})));
-    assert_eq!(
-        (status, v["error"]["code"].as_i64()),
-        (400, Some(-32602)),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("name is longer"),
-        "{v}"
-    );
+    invalid_params(status, &v, Some("name is longer"));
     // An intent that is not a string was taken for none (a deny rule on
     // its pattern did not apply).
     let (status, v) = post(
@@ -241,27 +228,12 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
             json!({"dome/intent": ["refund"]}),
         ),
     );
-    assert_eq!(
-        (status, v["error"]["code"].as_i64()),
-        (400, Some(-32602)),
-        "{v}"
-    );
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("is a string"),
-        "{v}"
-    );
+    invalid_params(status, &v, Some("is a string"));
     // Arguments are an object: a string or an array holding the same
     // members got past every argument condition.
     for args in [json!("{\"message\":\"x\"}"), json!([{"message": "x"}])] {
         let (status, v) = post(&dome, &as_a, "echo", &call("echo", args, json!({})));
-        assert_eq!(
-            (status, v["error"]["code"].as_i64()),
-            (400, Some(-32602)),
-            "{v}"
-        );
+        invalid_params(status, &v, None);
     }
     // At the cap, the call goes through.
     let (status, v) = post(
