@@ -114,9 +114,12 @@ impl Key {
 }
 
 /// Most subjects with strikes counted at once, and most blocks in force:
-/// beyond, expired ones go first, then arbitrary ones (the keyed hash makes
-/// the choice unpredictable), so a flood of made-up claims costs memory
-/// that stays bounded (about 40 bytes a strike entry).
+/// beyond, expired ones go first. Then strike entries go fewest strikes
+/// first, agents' last (see [`Strikes::evict`]), blocks of claims
+/// soonest-ending first; so a flood of made-up claims costs memory that
+/// stays bounded (about 40 bytes a strike entry) and cannot push out the
+/// subject it hides (an arbitrary entry went before: a credential stuffer's
+/// count was forgotten as soon as it flooded the table).
 const MAX_TRACKED: usize = 65_536;
 const MAX_BLOCKS: usize = 16_384;
 
@@ -151,10 +154,8 @@ impl Strikes {
                 self.seen
                     .retain(|_, c| now_ns.saturating_sub(c.start) < 2 * window_ns);
             }
-            if self.seen.len() >= MAX_TRACKED
-                && let Some(k) = self.seen.keys().next().copied()
-            {
-                self.seen.remove(&k);
+            if self.seen.len() >= MAX_TRACKED {
+                self.evict();
             }
         }
         let c = self.seen.entry(who).or_insert(Count {
@@ -182,6 +183,28 @@ impl Strikes {
             return true;
         }
         false
+    }
+
+    /// Frees an eighth of the table (one pass for many insertions: a
+    /// pass per insertion would make a flood quadratic): the entries with
+    /// the fewest strikes, agents' only if nothing else is left (agents are
+    /// as many as registered; claims and sources are the attacker's choice).
+    /// To push out a subject with `n` strikes, a flood must hold seven
+    /// eighths of the table at more than `n` strikes each.
+    fn evict(&mut self) {
+        let mut weights: Vec<(bool, u64, Key)> = self
+            .seen
+            .iter()
+            .map(|(k, c)| {
+                let agent = matches!(k, Key::Agent(_));
+                (agent, c.current as u64 + c.previous as u64, *k)
+            })
+            .collect();
+        let n = (MAX_TRACKED / 8).clamp(1, weights.len());
+        weights.select_nth_unstable_by_key(n - 1, |(agent, w, _)| (*agent, *w));
+        for (_, _, k) in &weights[..n] {
+            self.seen.remove(k);
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -520,6 +543,30 @@ mod tests {
             state.strikes.len() <= MAX_TRACKED,
             "{}",
             state.strikes.len()
+        );
+    }
+
+    /// Found by probing: a full table dropped an arbitrary entry for each
+    /// new subject, so a flood of made-up claims made Dome forget the
+    /// strikes of the subject it hid (here an agent one strike from a block).
+    #[test]
+    fn a_flood_of_new_subjects_does_not_push_out_a_subject_near_its_block() {
+        let mut s = Strikes::default();
+        let window = 60 * S;
+        let agent = Key::Agent(7);
+        let stuffer = Key::Source("10.0.0.9".parse().unwrap());
+        for _ in 0..4 {
+            assert!(!s.record(agent, 0, 5, window));
+            assert!(!s.record(stuffer, 0, 5, window));
+        }
+        for i in 0..(3 * MAX_TRACKED as u64) {
+            assert!(!s.record(Key::Claim(i), 1 + i, 5, window));
+            assert!(s.len() <= MAX_TRACKED);
+        }
+        assert!(s.record(agent, 2 * S, 5, window), "the agent was forgotten");
+        assert!(
+            s.record(stuffer, 2 * S, 5, window),
+            "the source was forgotten"
         );
     }
 
