@@ -216,6 +216,20 @@ impl Upstream {
 }
 
 /// Resident memory (kB) and open files of a process.
+/// RssAnon and RssFile (kB): the heap's pages apart from the binary's
+/// (code paths run for the first time fault its pages in).
+fn rss_split(pid: u32) -> [u64; 2] {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    [field("RssAnon:"), field("RssFile:")]
+}
+
 fn footprint(pid: u32) -> (u64, usize) {
     let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -239,6 +253,8 @@ struct Phase {
     warm: (u64, usize),
     end: (u64, usize),
     rss_max_kb: u64,
+    /// [seconds into the run, VmRSS, RssAnon, RssFile (kB)], every 10 s.
+    rss_series: Vec<[u64; 4]>,
     reloads_written: u32,
     restart_at_s: f64,
     /// What Dome holds at each sample.
@@ -392,7 +408,8 @@ fn run() -> anyhow::Result<bool> {
         },
         "reloads": {"written": phase.reloads_written, "applied": reloads_applied,
                     "last": phase.stats["config"]["last_reload"]},
-        "rss_kb": {"after_warmup": phase.warm.0, "end": phase.end.0, "max": phase.rss_max_kb},
+        "rss_kb": {"after_warmup": phase.warm.0, "end": phase.end.0, "max": phase.rss_max_kb,
+                   "series": phase.rss_series},
         "fds": {"after_warmup": phase.warm.1, "end": phase.end.1},
         "held": phase.held,
         "audit": {
@@ -523,13 +540,22 @@ async fn soak(
             anyhow::Ok(())
         })
     };
-    // Peak memory, sampled as the run goes.
+    // Peak memory, sampled as the run goes, and every 10 s for the
+    // series (under load: whether RSS climbs with calls or steps up at
+    // one event, the restart).
     let rss_max = Arc::new(AtomicU64::new(0));
+    let series = Arc::new(std::sync::Mutex::new(Vec::<[u64; 4]>::new()));
     let sampler = {
         let rss_max = rss_max.clone();
+        let series = series.clone();
         tokio::spawn(async move {
-            loop {
-                rss_max.fetch_max(footprint(pid).0, Ordering::Relaxed);
+            for tick in 0u64.. {
+                let rss = footprint(pid).0;
+                rss_max.fetch_max(rss, Ordering::Relaxed);
+                if tick % 10 == 0 {
+                    let [anon, file] = rss_split(pid);
+                    series.lock().expect("series").push([tick, rss, anon, file]);
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
@@ -589,6 +615,7 @@ async fn soak(
         warm: warm.context("the run ended before its warm-up did")?,
         end: end_sample,
         rss_max_kb: rss_max.load(Ordering::Relaxed),
+        rss_series: std::mem::take(&mut *series.lock().expect("series")),
         reloads_written: reloads.load(Ordering::Relaxed) as u32,
         restart_at_s: restart_in.as_secs_f64(),
         held: json!({"after_warmup": held(&warm_stats), "end": held(&stats)}),
