@@ -47,6 +47,7 @@ struct State {
     slow_cancelled: AtomicU64,
     resources: bool,
     whoami: bool,
+    deep: bool,
     /// Each session's GET stream (server-initiated messages).
     streams: Mutex<std::collections::HashMap<String, Push>>,
     /// Subscribed sessions by resource URI.
@@ -124,6 +125,9 @@ pub struct DemoOptions {
     pub resources: bool,
     /// Offer `whoami`, which shows the identity headers a call arrived with.
     pub whoami: bool,
+    /// Offer `deep`, whose result nests `depth` arrays deep: an upstream
+    /// Dome must not relay (it refuses results nested past `max_json_depth`).
+    pub deep: bool,
     /// More names for `echo` (each answers `NAME@ADDR:` and the message);
     /// `POST /demo-alias` with a name as its body adds one while it runs.
     /// Lets tests publish names that clash or trespass.
@@ -146,6 +150,7 @@ pub async fn serve_with(
         session_only: options.session_only,
         resources: options.resources,
         whoami: options.whoami,
+        deep: options.deep,
         aliases: Mutex::new(options.aliases),
         addr: local.to_string(),
         ..Default::default()
@@ -460,6 +465,13 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     "inputSchema": {"type": "object"},
                 }));
             }
+            if state.deep {
+                list.as_array_mut().expect("array").push(json!({
+                    "name": "deep",
+                    "description": "Answers with a result nested `depth` arrays deep.",
+                    "inputSchema": {"type": "object"},
+                }));
+            }
             for alias in state.aliases.lock().unwrap().iter() {
                 list.as_array_mut().expect("array").push(json!({
                     "name": alias,
@@ -501,6 +513,21 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         complete(json!({
                             "content": [{"type": "text", "text": text}],
                             "structuredContent": {"message": text},
+                            "isError": false,
+                        })),
+                    )
+                }
+                "deep" if state.deep => {
+                    let depth = args["depth"].as_u64().unwrap_or(200).clamp(1, 1_000);
+                    let mut nested = json!("bottom");
+                    for _ in 0..depth {
+                        nested = Value::Array(vec![nested]);
+                    }
+                    full(
+                        StatusCode::OK,
+                        complete(json!({
+                            "content": [{"type": "text", "text": "deep"}],
+                            "structuredContent": {"nested": nested},
                             "isError": false,
                         })),
                     )
@@ -553,6 +580,10 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         .expect("static parts")
                 }
                 "slow" => {
+                    // `hold_ms`: nothing at all, not even headers, for so
+                    // long (a call waiting on the upstream's first byte).
+                    let hold = args["hold_ms"].as_u64().unwrap_or(0).min(10_000);
+                    tokio::time::sleep(Duration::from_millis(hold)).await;
                     let steps = args["steps"].as_u64().unwrap_or(3).clamp(1, 50);
                     let delay =
                         Duration::from_millis(args["delay_ms"].as_u64().unwrap_or(50).min(2000));

@@ -772,9 +772,10 @@ fn retention_is_loud_in_the_log_on_stats_and_metrics_and_verify_reports_what_wen
         policy,
         "",
     );
-    // Eight calls of 300 KB each: more than the trail may hold.
-    let pad = "x".repeat(300 << 10);
-    for i in 0..8 {
+    // More than the trail may hold: 700 calls whose records keep 4 KiB
+    // of arguments each (the most `log_args` keeps).
+    let pad = "x".repeat(8 << 10);
+    for i in 0..700 {
         let (status, v) = post(
             &dome,
             &[],
@@ -891,4 +892,156 @@ fn the_query_table_and_admin_output_escape_what_callers_wrote() {
     let listed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert!(out.contains("\\u009b2K\\u202ebot"), "{out}");
     assert!(listed.to_string().contains(name), "{listed}");
+}
+
+const ALLOW_SLOW: &str = r#"
+[[rule]]
+id = "all"
+effect = "allow"
+[rule.when]
+tool = "*"
+"#;
+
+/// The first record of `tool` whose intent is `intent`, waited for.
+fn record_of(dome: &Dome, intent: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, out, err) = audit_cli(dome, &["query", "--format", "jsonl"]);
+        assert_eq!(code, 0, "{err}");
+        if let Some(r) = jsonl(&out).into_iter().find(|r| r["intent"] == intent) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no record with intent {intent}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Found by probing: a session-era call the client cancelled with
+/// `notifications/cancelled` was answered -32001 ("the upstream ended the
+/// stream without an answer") and recorded as an upstream error; and a
+/// stateless call whose client left before the upstream answered was
+/// recorded `unknown`. A cancelled request gets no answer (the
+/// specification's cancellation rules), and both are recorded cancelled.
+#[test]
+fn a_call_its_client_cancels_is_not_answered_and_is_recorded_cancelled() {
+    use std::io::{Read, Write};
+    let (_demo, dome) = start_with("audit-cancel", "fsync = \"always\"", ALLOW_SLOW, "");
+    let auth = format!("Bearer {SUPPORT}");
+    let base = [
+        ("Accept", "application/json, text/event-stream"),
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (status, h, text) = http(dome.mcp, "POST", "/mcp", &base, &init.to_string());
+    assert_eq!(status, 200, "{text}");
+    let sid = header(&h, "mcp-session-id").expect("a session").to_string();
+    let mut in_session = base.to_vec();
+    in_session.push(("Mcp-Session-Id", sid.as_str()));
+
+    // Session era: cancelled after its first progress.
+    let call = json!({"jsonrpc": "2.0", "id": "c1", "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"steps": 20, "delay_ms": 150},
+        "_meta": {"progressToken": "p", "dome/intent": "cancelled-in-session"}}});
+    let body = call.to_string();
+    let mut s = std::net::TcpStream::connect(dome.mcp).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in &in_session {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    s.write_all(format!("{req}\r\n{body}").as_bytes()).unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\"progress\":1") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+        "params": {"requestId": "c1", "reason": "changed my mind"}});
+    let (status, _, text) = http(dome.mcp, "POST", "/mcp", &in_session, &cancel.to_string());
+    assert_eq!(status, 202, "{text}");
+    // The stream ends, without an answer to c1.
+    let at = seen.len();
+    loop {
+        let n = s.read(&mut buf).expect("the stream ends once cancelled");
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if seen.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    let rest = String::from_utf8_lossy(&seen[at..]).into_owned();
+    assert!(
+        !rest.contains("\"result\"") && !rest.contains("\"error\""),
+        "a cancelled request was answered: {rest}"
+    );
+    let r = record_of(&dome, "cancelled-in-session");
+    assert_eq!(r["outcome"], "cancelled", "{r}");
+    assert_eq!(r["name"], "slow", "{r}");
+
+    // Stateless era: the client leaves before the upstream's first byte.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {}, "dome/intent": "left-before-the-answer"});
+    let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "slow", "arguments": {"hold_ms": 1500, "steps": 1}, "_meta": meta}})
+    .to_string();
+    let mut s = std::net::TcpStream::connect(dome.mcp).unwrap();
+    s.write_all(
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nAuthorization: {auth}\r\n\
+             MCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: slow\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(s);
+    let r = record_of(&dome, "left-before-the-answer");
+    assert_eq!(r["outcome"], "cancelled", "{r}");
+}
+
+/// Found by probing: `log_args = "full"` kept arguments whole, so each
+/// call could write up to `max_body_bytes` into the trail.
+#[test]
+fn logged_arguments_are_capped_in_the_record() {
+    let (_demo, dome) = start("audit-args-cap", "fsync = \"always\"");
+    let big = "a".repeat(200_000);
+    let (status, v) = post(
+        &dome,
+        &[],
+        "echo",
+        &call_body(1, "echo", json!({"message": big}), Some("big-args")),
+    );
+    assert_eq!(status, 200, "{v}");
+    let r = record_of(&dome, "big-args");
+    let kept = &r["args"]["dome/truncated"];
+    assert_eq!(kept["bytes"].as_u64(), Some(200_014), "{kept}");
+    let head = kept["head"].as_str().unwrap();
+    assert!(
+        head.len() <= 4096 && head.starts_with("{\"message\":\"aaa"),
+        "{head}"
+    );
+    assert!(
+        r.to_string().len() < 8192,
+        "the record is {} bytes",
+        r.to_string().len()
+    );
 }

@@ -545,6 +545,14 @@ fn resources_templates_and_prompts_are_listed_only_where_policy_could_allow_them
         let v = ask("resources/read", json!({"uri": uri}));
         assert_eq!(v["error"]["code"], -32602, "{uri}: {v}");
     }
+    // A completion reference of another type was judged by its `uri` and
+    // forwarded with its `name`.
+    let v = ask(
+        "completion/complete",
+        json!({"ref": {"type": "ref/other", "uri": "users://one/{user_id}", "name": "greet"},
+               "argument": {"name": "name", "value": "x"}}),
+    );
+    assert_eq!(v["error"]["code"], -32602, "{v}");
     let v = ask("resources/read", json!({"uri": "notes://one/readme"}));
     assert_eq!(v["result"]["contents"][0]["text"], "readme of one", "{v}");
     // Prompts count against the agent's budget like tool calls (four
@@ -563,4 +571,44 @@ fn resources_templates_and_prompts_are_listed_only_where_policy_could_allow_them
         codes,
         vec![json!(-32005), json!(-32005), json!(-32005), json!(-32004)]
     );
+}
+
+/// An upstream's result nested past the bound is refused, not relayed: a
+/// result nested 100,000 deep reached the caller, whose parser it could
+/// take down (found by probing; the refusal was unit-tested only).
+#[test]
+fn an_upstream_result_nested_past_the_bound_is_refused_not_relayed() {
+    let (_demo, demo) = start_demo(&["--deep"]);
+    let dome = guarded_by(
+        "hostile-deep",
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+        "\n[[rule]]\nid = \"deep\"\neffect = \"allow\"\n[rule.when]\ntool = \"deep\"\n",
+    );
+    let a = format!("Bearer {KEY_A}");
+    let auth = [("Authorization", a.as_str())];
+    let (status, v) = post(
+        &dome,
+        &auth,
+        "deep",
+        &call("deep", json!({"depth": 100}), json!({})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let mut inner = &v["result"]["structuredContent"]["nested"];
+    let mut depth = 0;
+    while let Some(a) = inner.as_array() {
+        inner = &a[0];
+        depth += 1;
+    }
+    assert_eq!((depth, inner.as_str()), (100, Some("bottom")), "{v}");
+
+    let (status, v) = post(
+        &dome,
+        &auth,
+        "deep",
+        &call("deep", json!({"depth": 200}), json!({})),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("nested deeper than 128"), "{v}");
 }

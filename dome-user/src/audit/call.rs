@@ -223,6 +223,14 @@ fn ip_text(ip: IpAddr, out: &mut [u8; 48]) -> usize {
 impl Drop for Call {
     fn drop(&mut self) {
         // Abandoned on the way: written as far as it got, without waiting.
+        // With no outcome yet, its request's future was dropped before the
+        // answer, which the server does when the client goes away (such
+        // calls were recorded `unknown`).
+        if self.slot.is_some() && self.outcome.is_none() {
+            self.outcome = Some(Outcome::Cancelled);
+            self.reason
+                .get_or_insert_with(|| "the client went away before the answer".into());
+        }
         let _ = self.commit_now();
     }
 }

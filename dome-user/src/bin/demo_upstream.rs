@@ -2,6 +2,7 @@
 //! bundled demo MCP server (default 127.0.0.1:8091). `--session-only` speaks
 //! only the session era; `--resources` adds a subscribable resource;
 //! `--whoami` adds a tool that shows the identity headers a call arrived with;
+//! `--deep` adds a tool whose result nests as deep as asked;
 //! `--alias=NAME` (any number) publishes `echo` under NAME too.
 
 #[global_allocator]
@@ -13,6 +14,7 @@ async fn main() -> std::process::ExitCode {
     let session_only = args.iter().any(|a| a == "--session-only");
     let resources = args.iter().any(|a| a == "--resources");
     let whoami = args.iter().any(|a| a == "--whoami");
+    let deep = args.iter().any(|a| a == "--deep");
     let aliases = args
         .iter()
         .filter_map(|a| a.strip_prefix("--alias="))
@@ -36,6 +38,7 @@ async fn main() -> std::process::ExitCode {
             session_only,
             resources,
             whoami,
+            deep,
             aliases,
         },
     )

@@ -140,8 +140,9 @@ struct Session {
     /// (JSON text): which upstream asked, and its id for the request.
     server_requests: std::sync::Mutex<HashMap<String, (Arc<Upstream>, Value)>>,
     /// Calls in flight, by the client's request id (JSON text): where they
-    /// went, so `notifications/cancelled` reaches the right upstream request.
-    inflight: std::sync::Mutex<HashMap<String, (Arc<Upstream>, u64)>>,
+    /// went, so `notifications/cancelled` reaches the right upstream request,
+    /// and the relay that stops answering it.
+    inflight: std::sync::Mutex<HashMap<String, InflightCall>>,
     /// What the client declared at `initialize` (JSON text): a stateless
     /// upstream is told, so it knows what it may ask for.
     capabilities: Option<String>,
@@ -175,10 +176,23 @@ impl Session {
     }
 }
 
+/// A session-era call in flight: the upstream and its id for the call,
+/// and where a client's `notifications/cancelled` is announced to the relay.
+#[derive(Clone)]
+struct InflightCall {
+    upstream: Arc<Upstream>,
+    uid: u64,
+    /// Notified once the client cancelled: the relay stops, answers nothing
+    /// (a cancelled request gets no response, as the specification asks)
+    /// and records the call cancelled rather than failed.
+    cancelled: Arc<tokio::sync::Notify>,
+}
+
 /// Removes a call from its session's in-flight table when dropped.
 struct Inflight {
     session: Arc<Session>,
     key: String,
+    cancelled: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for Inflight {
@@ -583,6 +597,13 @@ fn stash(call: Call) {
         }
         t.call = call.take();
     });
+    // Not abandoned (a dropped record without an outcome is): ended as
+    // `commit_calls` would end it.
+    if let Some(c) = call.as_mut()
+        && c.outcome.is_none()
+    {
+        c.outcome = Some(crate::audit::record::Outcome::Ok);
+    }
 }
 
 /// A committed record to wait for: its trail, its ticket, and the
@@ -2324,11 +2345,20 @@ impl Gateway {
                     params["ref"]["name"].as_str().map(str::to_string),
                     None,
                 ),
-                _ => (
+                Some("ref/resource") => (
                     Kind::Templates,
                     params["ref"]["uri"].as_str().map(str::to_string),
                     None,
                 ),
+                // Any other type was judged by its `uri` and forwarded with
+                // its `name`, which the upstream may read instead.
+                _ => {
+                    return Err((
+                        code::INVALID_PARAMS,
+                        "completion/complete needs ref.type \"ref/prompt\" or \"ref/resource\""
+                            .to_string(),
+                    ));
+                }
             },
             _ => (
                 Kind::Resources,
@@ -2521,10 +2551,17 @@ impl Gateway {
             .expect("inflight lock")
             .get(&rid.to_string())
             .cloned();
-        let Some((upstream, uid)) = target else {
+        let Some(InflightCall {
+            upstream,
+            uid,
+            cancelled,
+        }) = target
+        else {
             tracing::debug!(request = %rid, "cancellation for no call in flight");
             return;
         };
+        // A stored permit: the relay sees it even if it is not waiting yet.
+        cancelled.notify_one();
         tokio::spawn(async move {
             let params = json!({"requestId": uid, "reason": "cancelled by the client"});
             if let Err(err) = upstream.notify("notifications/cancelled", params).await {
@@ -2820,13 +2857,19 @@ impl Gateway {
         let guard = match (session, &e.id) {
             (Some(s), Some(client_id)) => {
                 let key = client_id.to_string();
-                s.inflight
-                    .lock()
-                    .expect("inflight lock")
-                    .insert(key.clone(), (upstream.clone(), uid));
+                let cancelled = Arc::new(tokio::sync::Notify::new());
+                s.inflight.lock().expect("inflight lock").insert(
+                    key.clone(),
+                    InflightCall {
+                        upstream: upstream.clone(),
+                        uid,
+                        cancelled: cancelled.clone(),
+                    },
+                );
                 Some(Inflight {
                     session: s.clone(),
                     key,
+                    cancelled,
                 })
             }
             _ => None,
@@ -3646,8 +3689,20 @@ fn logged_args(text: &str, redactor: Option<&crate::policy::redact::Redactor>) -
     redactor
         .unwrap_or(&ALL)
         .value(&mut v, &Value::Null, &mut counts);
-    v.to_string()
+    let full = v.to_string();
+    if full.len() <= MAX_LOGGED_ARGS_BYTES {
+        return full;
+    }
+    // Still JSON, and still a start an operator can read; the digest in
+    // the record identifies the whole.
+    let head = crate::audit::call::capped(&full, MAX_LOGGED_ARGS_BYTES);
+    json!({"dome/truncated": {"bytes": full.len(), "head": head}}).to_string()
 }
+
+/// The most of a call's arguments `log_args = "full"` keeps in its record
+/// (they were kept whole: a body of `max_body_bytes` in every record let
+/// one agent write the trail at its own pace).
+pub const MAX_LOGGED_ARGS_BYTES: usize = 4096;
 
 /// A bucket that never refuses, to fill unused budget levels.
 static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
@@ -3762,9 +3817,17 @@ fn relay(
         let mut bytes_out = 0u64;
         let mut unreadable = 0u32;
         // The call stays cancellable until its stream ends.
+        let cancelled = inflight.as_ref().map(|i| i.cancelled.clone());
         let _inflight = inflight;
         let mut body = body;
         let mut parser = parser;
+        let cancel_notice = async {
+            match &cancelled {
+                Some(c) => c.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(cancel_notice);
         // The loop returns once the call is answered, cancelled or parked;
         // it breaks with why the upstream failed it.
         let failure = loop {
@@ -3774,6 +3837,18 @@ fn relay(
                     tracing::debug!(%upstream, "client closed the stream; cancelling the upstream call");
                     if let Some(c) = call.as_mut() {
                         c.outcome = Some(crate::audit::record::Outcome::Cancelled);
+                        c.bytes_out = bytes_out;
+                    }
+                    return;
+                }
+                _ = &mut cancel_notice => {
+                    // The upstream heard of it (`forward_cancel`); whatever
+                    // it still sends is for no one. Ending the stream here
+                    // also holds nothing for an upstream that ignores it.
+                    tracing::debug!(%upstream, "client cancelled the call");
+                    if let Some(c) = call.as_mut() {
+                        c.outcome = Some(crate::audit::record::Outcome::Cancelled);
+                        c.reason = Some("cancelled by the client (notifications/cancelled)".into());
                         c.bytes_out = bytes_out;
                     }
                     return;
