@@ -1356,8 +1356,11 @@ impl Gateway {
             // A source block holds only against anonymous requests.
             return self.blocked();
         }
-        // A connection that carried an authenticated request is not shed.
-        conn.authenticated();
+        // A connection that carried an authenticated request is shed after
+        // idle ones that have not; one agent holds at most its share.
+        if !conn.authenticated(caller.as_ref().map(|c| c.agent.slot)) {
+            return self.over_connections();
+        }
         let took = arrived.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
         let intent = req
@@ -1513,6 +1516,28 @@ impl Gateway {
             message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
             retry_after_ms: Some(retry_ms),
         })
+    }
+
+    /// 429 for a request of an agent that holds its share of connections
+    /// (`[server] max_connections_per_agent`) on one more: the connection
+    /// closes after the answer (HTTP/1.1), so the client uses one it has.
+    fn over_connections(&self) -> Response<Body> {
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &rpc_error(
+                &Value::Null,
+                code::RATE_LIMITED,
+                "this agent holds its share of connections ([server] max_connections_per_agent); \
+                 send on a connection it has open, or close one",
+            ),
+        );
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        resp
     }
 
     /// 403 for a source or agent blocked by escalation.

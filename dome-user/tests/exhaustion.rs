@@ -1,0 +1,244 @@
+//! Resource exhaustion by an agent with a valid key, or by a misbehaving
+//! upstream, against the real `dome` binary: connections, streams, upstream
+//! slots, slow response bodies and buffered response memory are each held
+//! to a share one caller cannot take from the others.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use serde_json::{Value, json};
+
+const KEY_A: &str = "dome_agent-a_first-agent-key-for-the-exhaustion-tests";
+const KEY_B: &str = "dome_agent-b_second-agent-key-for-the-exhaustion-tests";
+
+/// Dome with agents A and B (authentication required), a policy allowing
+/// every call, `server` settings and `rest` (upstreams, sections).
+fn with_agents(name: &str, server: &str, rest: &str) -> Dome {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.exhaustion", std::process::id()));
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    std::fs::write(
+        dir.join("policies/p.toml"),
+        "[[rule]]\nid = \"all\"\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    start_dome_server(
+        name,
+        server,
+        &format!(
+            "{rest}\n[auth]\ndata_dir = \"{data}\"\n[policy]\ndir = \"{pol}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"agent-a\"\ntenant = \"acme\"\napi_keys = [\"{a}\"]\n\
+             [[agent]]\nid = \"agent-b\"\ntenant = \"acme\"\napi_keys = [\"{b}\"]\n",
+            data = dir.join("data").display(),
+            pol = dir.join("policies").display(),
+            a = sha(KEY_A),
+            b = sha(KEY_B),
+        ),
+    )
+}
+
+fn meta() -> Value {
+    json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+           "io.modelcontextprotocol/clientCapabilities": {}})
+}
+
+fn list_body() -> String {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta()}})
+        .to_string()
+}
+
+#[allow(dead_code)]
+fn call_body(tool: &str, args: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+           "params": {"name": tool, "arguments": args, "_meta": meta()}})
+    .to_string()
+}
+
+/// One stateless-era request on an open connection, kept alive: its
+/// status and its JSON-RPC message (of a JSON or SSE body); status 0 when
+/// the connection closed or timed out first.
+fn send(
+    s: &mut TcpStream,
+    key: &str,
+    method: &str,
+    name: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: {method}\r\nAuthorization: Bearer {key}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if let Some(n) = name {
+        req.push_str(&format!("Mcp-Name: {n}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, Value::Null);
+    }
+    read_response(s)
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked).
+fn read_response(s: &mut TcpStream) -> (u16, Value) {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return (0, Value::Null);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let lower = head.to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let length = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let body = match length {
+            Some(n) if rest.len() >= n => rest[..n].to_string(),
+            Some(_) => continue,
+            None if rest.ends_with("0\r\n\r\n") => dechunk(rest),
+            None => continue,
+        };
+        let message = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .next_back()
+            .unwrap_or(&body)
+            .trim()
+            .to_string();
+        return (
+            status,
+            serde_json::from_str(&message).unwrap_or(Value::Null),
+        );
+    }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Whether Dome closed the connection within `wait` (bytes it sent
+/// before closing are read past).
+fn closed_by_dome(s: &mut TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    let mut b = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()
+}
+
+/// One agent with a valid key used to be able to hold every connection:
+/// `tools/list` is free and an authenticated connection was never shed.
+/// Now an agent's requests on a connection beyond its share are refused
+/// (429, -32004) while another agent's are served; and at the global
+/// limit the connection idle longest is closed for a newcomer, even an
+/// authenticated one, instead of the newcomer waiting for it to time out.
+#[test]
+fn one_agent_cannot_hold_every_connection_and_idle_ones_make_room_at_the_limit() {
+    let (_demo, demo) = start_demo(&[]);
+    let dome = with_agents(
+        "conn-per-agent",
+        "max_connections = 4\nmax_connections_per_agent = 3\nworkers = 1\nheader_timeout_ms = 60000",
+        &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
+    );
+    // wait_port's probe connections may still be counted briefly.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(dome.mcp);
+        let (status, v) = send(&mut s, KEY_A, "tools/list", None, &list_body());
+        assert_eq!(status, 200, "{v}");
+        held.push(s);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    // A's fourth connection: refused, and closed after the answer.
+    let mut fourth = connect(dome.mcp);
+    let (status, v) = send(&mut fourth, KEY_A, "tools/list", None, &list_body());
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (429, Some(-32004)),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_connections_per_agent"),
+        "{v}"
+    );
+    assert!(closed_by_dome(&mut fourth, Duration::from_secs(2)));
+    drop(fourth);
+    std::thread::sleep(Duration::from_millis(100));
+    // B takes the last slot; A's connections stay open and idle.
+    let mut b1 = connect(dome.mcp);
+    let (status, v) = send(&mut b1, KEY_B, "tools/list", None, &list_body());
+    assert_eq!(status, 200, "{v}");
+    // The pool is full of authenticated idle connections: B's next one is
+    // served at once, in place of the one idle longest (A's first).
+    let started = Instant::now();
+    let mut b2 = connect(dome.mcp);
+    let (status, v) = send(&mut b2, KEY_B, "tools/list", None, &list_body());
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the newcomer waited {:?}",
+        started.elapsed()
+    );
+    assert!(
+        closed_by_dome(&mut held[0], Duration::from_secs(2)),
+        "the connection idle longest was not the one closed"
+    );
+    // A's shed connection gave its share back: A connects again.
+    let mut again = connect(dome.mcp);
+    let started = Instant::now();
+    let (status, v) = send(&mut again, KEY_A, "tools/list", None, &list_body());
+    assert_eq!(status, 200, "{v}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
