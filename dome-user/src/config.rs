@@ -511,6 +511,12 @@ impl Config {
             if u.max_response_bytes < 1024 {
                 out.push((at("max_response_bytes"), "must be at least 1024".into()));
             }
+            if u.stream_idle_timeout_ms == Some(0) {
+                out.push((at("stream_idle_timeout_ms"), "must be at least 1".into()));
+            }
+            if u.max_requests_per_agent == Some(0) {
+                out.push((at("max_requests_per_agent"), "must be at least 1".into()));
+            }
         }
         if self.stats.listen == self.server.listen {
             out.push((
@@ -791,11 +797,20 @@ mod tests {
 
     #[test]
     fn resource_limits_of_zero_are_refused_naming_the_key() {
-        #[allow(clippy::single_element_loop)]
-        for (text, field) in [(
-            "[server]\nmax_connections_per_agent = 0\n",
-            "server.max_connections_per_agent",
-        )] {
+        for (text, field) in [
+            (
+                "[server]\nmax_connections_per_agent = 0\n",
+                "server.max_connections_per_agent",
+            ),
+            (
+                "[[upstream]]\nmax_requests_per_agent = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+                "upstream[0].max_requests_per_agent",
+            ),
+            (
+                "[[upstream]]\nstream_idle_timeout_ms = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+                "upstream[0].stream_idle_timeout_ms",
+            ),
+        ] {
             let e = err(text);
             assert_eq!((e.field.as_str(), e.line), (field, 2), "{e}");
         }

@@ -54,7 +54,6 @@ fn list_body() -> String {
         .to_string()
 }
 
-#[allow(dead_code)]
 fn call_body(tool: &str, args: Value) -> String {
     json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
            "params": {"name": tool, "arguments": args, "_meta": meta()}})
@@ -241,4 +240,168 @@ fn one_agent_cannot_hold_every_connection_and_idle_ones_make_room_at_the_limit()
     let (status, v) = send(&mut again, KEY_A, "tools/list", None, &list_body());
     assert_eq!(status, 200, "{v}");
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// A `tools/call` of `tool` as `key` on a connection of its own; its
+/// status and JSON-RPC answer, and how long it took.
+fn call(dome: &Dome, key: &str, tool: &str, args: Value) -> (u16, Value, Duration) {
+    let started = Instant::now();
+    let mut s = connect(dome.mcp);
+    let (status, v) = send(
+        &mut s,
+        key,
+        "tools/call",
+        Some(tool),
+        &call_body(tool, args),
+    );
+    (status, v, started.elapsed())
+}
+
+/// One agent could take every slot of an upstream (`max_concurrent_requests`)
+/// and make every other agent's calls wait behind its own. Each agent now
+/// holds at most its share (half, by default): its calls beyond are refused
+/// at once with a retryable -32004 (429), and another agent's call goes
+/// through at once.
+#[test]
+fn one_agent_cannot_take_every_slot_of_an_upstream() {
+    let (_demo, demo) = start_demo(&["--misbehave"]);
+    let dome = with_agents(
+        "upstream-share",
+        "",
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\nmax_concurrent_requests = 4\n"
+        ),
+    );
+    // A sends four calls that each take four seconds, all at once.
+    let a: Vec<_> = (0..4)
+        .map(|_| {
+            let dome_mcp = dome.mcp;
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let mut s = connect(dome_mcp);
+                let (status, v) = send(
+                    &mut s,
+                    KEY_A,
+                    "tools/call",
+                    Some("stall"),
+                    &call_body("stall", json!({"ms": 4000})),
+                );
+                (status, v, started.elapsed())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // B is not queued behind them.
+    let (status, v, took) = call(&dome, KEY_B, "echo", json!({"message": "hi"}));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"]["content"][0]["text"], "hi", "{v}");
+    assert!(took < Duration::from_secs(2), "B waited {took:?} behind A");
+    let answers: Vec<(u16, Value, Duration)> = a.into_iter().map(|t| t.join().unwrap()).collect();
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 429)
+        .collect();
+    assert_eq!(refused.len(), 2, "{answers:?}");
+    for (_, v, took) in &refused {
+        assert_eq!(v["error"]["code"], -32004, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("max_requests_per_agent"),
+            "{v}"
+        );
+        assert!(
+            *took < Duration::from_secs(2),
+            "refused only after {took:?}"
+        );
+    }
+    let served = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 200)
+        .count();
+    assert_eq!(served, 2, "{answers:?}");
+}
+
+/// `dome audit query --format jsonl` on Dome's config: every record.
+fn audit_records(dome: &Dome) -> Vec<Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(["audit", "query", "--format", "jsonl", "--config"])
+        .arg(&dome.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn assert_timed_out(status: u16, v: &Value, took: Duration) {
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["error"]["code"], -32001, "{v}");
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("upstream `demo` timed out"), "{v}");
+    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+}
+
+/// An upstream's `timeout_ms` bounded only the wait for the answer's head:
+/// one that sent its head at once and then a byte a second held the call
+/// (a slot, its memory, the caller) for as long as it liked, and so did a
+/// streamed answer that went quiet after its first event. Now a whole
+/// answer must arrive by the deadline and a stream may not go quiet past
+/// `stream_idle_timeout_ms`: the caller gets the usual timeout error, the
+/// upstream's connection is dropped, and the record says it timed out.
+#[test]
+fn an_upstream_that_drips_its_answer_or_goes_quiet_mid_stream_times_out() {
+    let (_demo, demo) = start_demo(&["--misbehave"]);
+    let dome = with_agents(
+        "drip",
+        "",
+        &format!(
+            "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             timeout_ms = 2000\nstream_idle_timeout_ms = 1500\n"
+        ),
+    );
+    let (status, v, took) = call(
+        &dome,
+        KEY_A,
+        "drip",
+        json!({"bytes": 600, "piece": 1, "interval_ms": 1000}),
+    );
+    assert_timed_out(status, &v, took);
+    // One progress event, then a minute of silence.
+    let (status, v, took) = call(&dome, KEY_A, "drip_sse", json!({"ms": 60000}));
+    assert_timed_out(status, &v, took);
+    // The upstream still serves calls that behave.
+    let (status, v, _) = call(&dome, KEY_A, "echo", json!({"message": "still here"}));
+    assert_eq!(
+        (status, v["result"]["content"][0]["text"].as_str()),
+        (200, Some("still here")),
+        "{v}"
+    );
+    let records = audit_records(&dome);
+    for tool in ["drip", "drip_sse"] {
+        let r = records
+            .iter()
+            .find(|r| r["name"] == tool)
+            .unwrap_or_else(|| panic!("no record of {tool}: {records:?}"));
+        assert_eq!(
+            (r["status"].as_i64(), r["outcome"].as_str()),
+            (Some(-32001), Some("error")),
+            "{r}"
+        );
+        assert!(
+            r["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("timed out"),
+            "{r}"
+        );
+    }
 }

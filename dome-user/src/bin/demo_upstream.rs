@@ -2,7 +2,9 @@
 //! bundled demo MCP server (default 127.0.0.1:8091). `--session-only` speaks
 //! only the session era; `--resources` adds a subscribable resource;
 //! `--whoami` adds a tool that shows the identity headers a call arrived with;
-//! `--alias=NAME` (any number) publishes `echo` under NAME too.
+//! `--alias=NAME` (any number) publishes `echo` under NAME too;
+//! `--misbehave` adds tools that stall, drip their answers or go silent
+//! mid-stream (see `DemoOptions::misbehave`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -13,6 +15,7 @@ async fn main() -> std::process::ExitCode {
     let session_only = args.iter().any(|a| a == "--session-only");
     let resources = args.iter().any(|a| a == "--resources");
     let whoami = args.iter().any(|a| a == "--whoami");
+    let misbehave = args.iter().any(|a| a == "--misbehave");
     let aliases = args
         .iter()
         .filter_map(|a| a.strip_prefix("--alias="))
@@ -37,6 +40,7 @@ async fn main() -> std::process::ExitCode {
             resources,
             whoami,
             aliases,
+            misbehave,
         },
     )
     .await

@@ -922,6 +922,12 @@ fn request_id_ok(id: Option<&Value>) -> bool {
     }
 }
 
+/// The key a caller's requests are counted under in an upstream's
+/// per-agent shares: its identity slot; callers without credentials share one.
+fn agent_key(caller: Option<&Caller>) -> u32 {
+    caller.map_or(super::upstream::ANONYMOUS_AGENT, |c| c.agent.slot)
+}
+
 fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -2485,7 +2491,9 @@ impl Gateway {
         let vouched = assertion
             .as_deref()
             .map(|a| (&self.identity.signer.header, a));
-        let result = upstream.request_as(method, params, vouched).await;
+        let result = upstream
+            .request_as(method, params, vouched, Some(agent_key(caller.as_ref())))
+            .await;
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
         let reply = match result {
             Ok((Reply::Stream(s), _)) => {
@@ -2495,7 +2503,7 @@ impl Gateway {
                 }
             }
             Ok((reply, _)) => reply,
-            Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+            Err(err) => return Err((err.code(), err.to_string())),
         };
         let reply = redacted(reply, redaction.as_ref(), upstream.name(), Some(call))?;
         Ok((upstream, reply))
@@ -2880,6 +2888,7 @@ impl Gateway {
                         let floor = s.log_floor.load(std::sync::atomic::Ordering::Relaxed);
                         protocol::LOG_LEVELS.get(floor).copied()
                     }),
+                    agent: Some(agent_key(caller.as_ref())),
                 },
             )
             .await;
@@ -2893,7 +2902,12 @@ impl Gateway {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
-                Err((code::UPSTREAM_UNAVAILABLE, e.to_string()).into())
+                Err(Refusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                    // An agent over its share retries once one of its calls is answered.
+                    retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
+                })
             }
         }
     }
@@ -3816,8 +3830,14 @@ fn relay(
                     format!("upstream `{upstream}` ended the stream without an answer")
                 };
             };
-            let Ok(frame) = frame else {
-                break format!("upstream `{upstream}` broke the stream");
+            let frame = match frame {
+                Ok(f) => f,
+                // Quiet past its idle timeout: the upstream timed out (the
+                // body dropped its connection).
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    break format!("{}: {e}", super::upstream::stream_error(&upstream, &e));
+                }
+                Err(_) => break format!("upstream `{upstream}` broke the stream"),
             };
             let Some(data) = frame.data_ref() else {
                 continue;
