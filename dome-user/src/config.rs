@@ -475,6 +475,12 @@ impl Config {
         if self.mcp.session_idle_s == 0 {
             out.push(("mcp.session_idle_s".into(), "must be at least 1".into()));
         }
+        if self.mcp.max_streams_per_agent == 0 {
+            out.push((
+                "mcp.max_streams_per_agent".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if self.mcp.max_sessions_per_agent == 0 {
             out.push((
                 "mcp.max_sessions_per_agent".into(),
@@ -801,6 +807,10 @@ mod tests {
             (
                 "[server]\nmax_connections_per_agent = 0\n",
                 "server.max_connections_per_agent",
+            ),
+            (
+                "[mcp]\nmax_streams_per_agent = 0\n",
+                "mcp.max_streams_per_agent",
             ),
             (
                 "[[upstream]]\nmax_requests_per_agent = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",

@@ -405,3 +405,176 @@ fn an_upstream_that_drips_its_answer_or_goes_quiet_mid_stream_times_out() {
         );
     }
 }
+
+/// Sends a request that may answer with a stream that stays open; returns
+/// the status, the head (lower-cased) and the first message (the JSON
+/// body of a refusal, or the stream's first event when `event` is set).
+fn open(s: &mut TcpStream, request: &str, event: bool) -> (u16, String, Value) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            return (0, String::new(), Value::Null);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        let head = head.to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if head.contains("text/event-stream") {
+            if !event {
+                return (status, head, Value::Null);
+            }
+            let Some(data) = rest
+                .lines()
+                .find_map(|l| l.strip_prefix("data:"))
+                .filter(|_| rest.contains("\n\n"))
+            else {
+                continue;
+            };
+            return (status, head, serde_json::from_str(data.trim()).unwrap());
+        }
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if rest.len() < length {
+            continue;
+        }
+        return (
+            status,
+            head,
+            serde_json::from_str(&rest[..length]).unwrap_or(Value::Null),
+        );
+    }
+}
+
+fn listen_request(key: &str, id: u64) -> String {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
+        "params": {"notifications": {"toolsListChanged": true}, "_meta": meta()}})
+    .to_string();
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n\
+         Mcp-Method: subscriptions/listen\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A `subscriptions/listen` stream of `key`'s: the connection holding it
+/// open and its first event, or the refusal.
+fn listen(dome: &Dome, key: &str) -> (TcpStream, u16, Value) {
+    let mut s = connect(dome.mcp);
+    let (status, _, v) = open(&mut s, &listen_request(key, 5), true);
+    (s, status, v)
+}
+
+/// A session-era session of `key`'s; its id.
+fn session(dome: &Dome, key: &str) -> String {
+    let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let mut s = connect(dome.mcp);
+    let (status, head, v) = open(
+        &mut s,
+        &format!(
+            "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+             Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+        true,
+    );
+    assert_eq!(status, 200, "{v}");
+    head.lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The session's GET stream: the connection holding it, and its status
+/// (and the refusal's JSON, if refused).
+fn get_stream(dome: &Dome, key: &str, session: &str) -> (TcpStream, u16, Value) {
+    let mut s = connect(dome.mcp);
+    let (status, _, v) = open(
+        &mut s,
+        &format!(
+            "GET /mcp HTTP/1.1\r\nHost: d\r\nAccept: text/event-stream\r\n\
+             MCP-Protocol-Version: 2025-11-25\r\nMcp-Session-Id: {session}\r\n\
+             Authorization: Bearer {key}\r\n\r\n"
+        ),
+        false,
+    );
+    (s, status, v)
+}
+
+fn assert_too_many_streams(status: u16, v: &Value) {
+    assert_eq!(
+        (status, v["error"]["code"].as_i64()),
+        (429, Some(-32004)),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_streams_per_agent"),
+        "{v}"
+    );
+}
+
+/// One agent could open long-lived streams (`subscriptions/listen`, a
+/// session's GET stream, one per session up to `max_sessions_per_agent`)
+/// until Dome ran out of memory or descriptors. Each agent now holds at
+/// most `max_streams_per_agent` of them open: one more is refused with
+/// 429 (-32004) while other agents still open theirs, a session's new GET
+/// stream replaces its old one rather than counting twice, and a closed
+/// stream gives its place back.
+#[test]
+fn one_agent_cannot_open_streams_without_end() {
+    let (_demo, demo) = start_demo(&["--resources"]);
+    let dome = with_agents(
+        "streams",
+        "",
+        &format!(
+            "[mcp]\nmax_streams_per_agent = 2\n\
+             [[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"
+        ),
+    );
+    let (first, status, v) = listen(&dome, KEY_A);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["method"], "notifications/subscriptions/acknowledged",
+        "{v}"
+    );
+    let (_second, status, v) = listen(&dome, KEY_A);
+    assert_eq!(status, 200, "{v}");
+    let (_, status, v) = listen(&dome, KEY_A);
+    assert_too_many_streams(status, &v);
+    // Another agent is not held to A's count.
+    let (_b, status, v) = listen(&dome, KEY_B);
+    assert_eq!(status, 200, "{v}");
+    // A closes a stream: its place is free again, for a session's GET stream.
+    drop(first);
+    std::thread::sleep(Duration::from_millis(300));
+    let one = session(&dome, KEY_A);
+    let (_get, status, v) = get_stream(&dome, KEY_A, &one);
+    assert_eq!(status, 200, "{v}");
+    // The session's next GET stream replaces the first: still two open.
+    let (_get_again, status, v) = get_stream(&dome, KEY_A, &one);
+    assert_eq!(status, 200, "{v}");
+    // Another session's is one more than A's share.
+    let two = session(&dome, KEY_A);
+    let (_, status, v) = get_stream(&dome, KEY_A, &two);
+    assert_too_many_streams(status, &v);
+}

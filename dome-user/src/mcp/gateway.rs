@@ -65,6 +65,12 @@ pub struct McpConfig {
     /// one agent); opening one more ends its least recently used.
     #[serde(default = "default_sessions_per_agent")]
     pub max_sessions_per_agent: usize,
+    /// Long-lived streams one agent may hold open at once (session GET
+    /// streams and `subscriptions/listen` streams; callers without
+    /// credentials count as one agent); one more is refused with 429
+    /// (-32004). A session has at most one GET stream: a new one replaces it.
+    #[serde(default = "default_streams_per_agent")]
+    pub max_streams_per_agent: usize,
     /// A listing clients ask for (`*/list`, an unknown name) reuses one
     /// made less than this long ago.
     #[serde(default = "default_catalog_refresh_ms")]
@@ -88,6 +94,7 @@ impl Default for McpConfig {
             allowed_origins: Vec::new(),
             session_idle_s: default_session_idle(),
             max_sessions_per_agent: default_sessions_per_agent(),
+            max_streams_per_agent: default_streams_per_agent(),
             max_json_depth: default_max_json_depth(),
             max_intent_bytes: default_max_intent(),
             catalog_refresh_ms: default_catalog_refresh_ms(),
@@ -109,6 +116,13 @@ fn default_session_idle() -> u64 {
 }
 fn default_sessions_per_agent() -> usize {
     1000
+}
+// A client keeps one GET or listen stream per session or subscription set;
+// a hundred leaves room for a runtime sharing one agent id, and keeps one
+// agent's streams (each a task, a channel and a socket) from growing
+// without end.
+fn default_streams_per_agent() -> usize {
+    100
 }
 fn default_catalog_refresh_ms() -> u64 {
     1000
@@ -156,7 +170,54 @@ struct Session {
     log_floor: std::sync::atomic::AtomicUsize,
     /// When the client last used the session (`mono_ms`).
     last_used: std::sync::atomic::AtomicU64,
+    /// The GET stream's count against its agent's streams: let go when the
+    /// stream is replaced or the session ends (its body holds it too).
+    push_slot: std::sync::Mutex<Option<StreamSlot>>,
 }
+
+/// One open stream counted against its agent's share
+/// (`max_streams_per_agent`) while every handle of it lives: the body
+/// that carries it, and for a GET stream its session. The first handle
+/// dropped lets it go.
+struct StreamSlot(Arc<StreamCount>);
+
+struct StreamCount {
+    table: std::sync::Weak<SessionTable>,
+    agent: u32,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl StreamSlot {
+    fn handle(&self) -> StreamSlot {
+        StreamSlot(self.0.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if self
+            .0
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Some(table) = self.0.table.upgrade() {
+            let mut m = table
+                .stream_shard(self.0.agent)
+                .lock()
+                .expect("streams lock");
+            if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(self.0.agent) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+}
+
+const STREAM_SHARDS: usize = 16;
 
 impl Session {
     fn last_used(&self) -> u64 {
@@ -205,6 +266,8 @@ pub struct SessionTable {
     parked: std::sync::Mutex<HashMap<String, (Instant, super::input::Parked)>>,
     /// Set when Dome shuts down: the streams that would never end close.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Open streams per agent (`agent_key`), sharded.
+    streams: [std::sync::Mutex<HashMap<u32, u32>>; STREAM_SHARDS],
 }
 
 /// One client's `subscriptions/listen` stream: what it asked for (and
@@ -262,6 +325,25 @@ type Push = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 impl SessionTable {
     pub fn new() -> Arc<Self> {
         Arc::new(SessionTable::default())
+    }
+
+    fn stream_shard(&self, agent: u32) -> &std::sync::Mutex<HashMap<u32, u32>> {
+        &self.streams[agent as usize % STREAM_SHARDS]
+    }
+
+    /// Counts one more open stream of `agent`'s, unless it holds `cap`.
+    fn open_stream_slot(self: &Arc<Self>, agent: u32, cap: usize) -> Option<StreamSlot> {
+        let mut m = self.stream_shard(agent).lock().expect("streams lock");
+        let n = m.entry(agent).or_default();
+        if *n as usize >= cap.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot(Arc::new(StreamCount {
+            table: Arc::downgrade(self),
+            agent,
+            released: false.into(),
+        })))
     }
 
     fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -413,6 +495,7 @@ impl SessionTable {
         let _ = self.closing.send(true);
         for s in self.sessions.read().expect("sessions lock").values() {
             s.push.lock().expect("push lock").take();
+            s.push_slot.lock().expect("push slot lock").take();
         }
     }
 
@@ -809,6 +892,38 @@ fn sse_response(
         .header(header::CACHE_CONTROL, "no-cache")
         .body(StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed())
         .expect("static parts")
+}
+
+/// As [`sse_response`], the stream counted against its agent while its
+/// body lives (the client closing it, or Dome ending it, lets it go).
+fn held_sse_response(
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+    slot: StreamSlot,
+) -> Response<Body> {
+    sse_response(rx).map(|b| {
+        b.map_frame(move |f| {
+            let _held = &slot;
+            f
+        })
+        .boxed()
+    })
+}
+
+/// 429 for a stream beyond its agent's share.
+fn too_many_streams(id: &Value, cap: usize) -> Response<Body> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &rpc_error(
+            id,
+            code::RATE_LIMITED,
+            format!(
+                "this agent has {cap} streams open ([mcp] max_streams_per_agent); close one first"
+            ),
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
 }
 
 /// 404 for a session id Dome does not know (never issued, or ended).
@@ -1648,10 +1763,19 @@ impl Gateway {
         let Some(session) = self.sessions.owned(sid) else {
             return session_not_found(&Value::Null);
         };
+        // A new GET replaces an older one: that one's count goes first.
+        session.push_slot.lock().expect("push slot lock").take();
+        let cap = self.config.max_streams_per_agent;
+        let Some(slot) = self
+            .sessions
+            .open_stream_slot(agent_key(session.caller.as_ref()), cap)
+        else {
+            return too_many_streams(&Value::Null, cap);
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // A new GET replaces an older one.
+        *session.push_slot.lock().expect("push slot lock") = Some(slot.handle());
         *session.push.lock().expect("push lock") = Some(tx);
-        sse_response(rx)
+        held_sse_response(rx, slot)
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -2068,6 +2192,7 @@ impl Gateway {
                     caller,
                     log_floor: Default::default(),
                     last_used: mono_ms().into(),
+                    push_slot: Default::default(),
                 }),
             );
         let result = json!({
@@ -3461,6 +3586,14 @@ impl Gateway {
             .as_deref()
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
+        // Counted before anything is subscribed upstream for it.
+        let cap = self.config.max_streams_per_agent;
+        let Some(slot) = self
+            .sessions
+            .open_stream_slot(agent_key(current_caller().as_ref()), cap)
+        else {
+            return too_many_streams(&id, cap);
+        };
         let Some(asked) = params.get("notifications").and_then(Value::as_object) else {
             return bad(
                 code::INVALID_PARAMS,
@@ -3539,7 +3672,7 @@ impl Gateway {
                 let _ = u.want(&uri, false).await;
             }
         });
-        sse_response(rx)
+        held_sse_response(rx, slot)
     }
 }
 
