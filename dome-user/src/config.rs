@@ -475,6 +475,12 @@ impl Config {
         if self.mcp.session_idle_s == 0 {
             out.push(("mcp.session_idle_s".into(), "must be at least 1".into()));
         }
+        if self.mcp.max_buffered_response_bytes == 0 {
+            out.push((
+                "mcp.max_buffered_response_bytes".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if self.mcp.max_streams_per_agent == 0 {
             out.push((
                 "mcp.max_streams_per_agent".into(),
@@ -811,6 +817,10 @@ mod tests {
             (
                 "[mcp]\nmax_streams_per_agent = 0\n",
                 "mcp.max_streams_per_agent",
+            ),
+            (
+                "[mcp]\nmax_buffered_response_bytes = 0\n",
+                "mcp.max_buffered_response_bytes",
             ),
             (
                 "[[upstream]]\nmax_requests_per_agent = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",

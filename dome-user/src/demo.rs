@@ -132,8 +132,10 @@ pub struct DemoOptions {
     /// Offer tools that misbehave the way a hostile or broken upstream
     /// would: `stall` (answers after `ms`, its head included), `drip`
     /// (the head at once, then its body of `bytes` in pieces of `piece`
-    /// bytes every `interval_ms`) and `drip_sse` (an event stream that
-    /// sends one progress notification, then nothing for `ms`).
+    /// bytes every `interval_ms`; `chunked`: without a length) and
+    /// `drip_sse` (an event stream that sends one progress notification,
+    /// then, if `event_bytes` is set, the start of an event that long, then
+    /// nothing for `ms`).
     pub misbehave: bool,
 }
 
@@ -563,18 +565,22 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                             tokio::time::sleep(interval).await;
                         }
                     });
-                    Response::builder()
+                    let mut resp = Response::builder()
                         .status(StatusCode::OK)
-                        .header(header::CONTENT_TYPE, "application/json")
-                        .header(header::CONTENT_LENGTH, len)
-                        .body(
-                            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx))
-                                .boxed(),
-                        )
-                        .expect("static parts")
+                        .header(header::CONTENT_TYPE, "application/json");
+                    if args["chunked"] != true {
+                        resp = resp.header(header::CONTENT_LENGTH, len);
+                    }
+                    resp.body(
+                        StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed(),
+                    )
+                    .expect("static parts")
                 }
                 "drip_sse" if state.misbehave => {
                     let ms = args["ms"].as_u64().unwrap_or(60_000).min(600_000);
+                    // Optionally the start of an event of this many bytes,
+                    // finished only after the silence.
+                    let partial = args["event_bytes"].as_u64().unwrap_or(0).min(64 << 20) as usize;
                     let token = msg["params"]["_meta"]["progressToken"].clone();
                     let result = complete(
                         json!({"content": [{"type": "text", "text": "late"}], "isError": false}),
@@ -587,7 +593,16 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         if tx.send(Ok(Frame::data(sse(&n)))).await.is_err() {
                             return;
                         }
+                        if partial > 0 {
+                            let start = format!("data: {}", "x".repeat(partial));
+                            if tx.send(Ok(Frame::data(Bytes::from(start)))).await.is_err() {
+                                return;
+                            }
+                        }
                         tokio::time::sleep(Duration::from_millis(ms)).await;
+                        if partial > 0 {
+                            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"\n\n")))).await;
+                        }
                         let _ = tx.send(Ok(Frame::data(sse(&result)))).await;
                     });
                     sse_stream(rx)

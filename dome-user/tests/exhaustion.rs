@@ -578,3 +578,119 @@ fn one_agent_cannot_open_streams_without_end() {
     let (_, status, v) = get_stream(&dome, KEY_A, &two);
     assert_too_many_streams(status, &v);
 }
+
+/// At most the first 300 characters of `v`, for a message.
+fn short(v: &Value) -> String {
+    v.to_string().chars().take(300).collect()
+}
+
+fn assert_overloaded(status: u16, v: &Value, took: Duration) {
+    assert_eq!(status, 200, "{}", short(v));
+    assert_eq!(v["error"]["code"], -32001, "{}", short(v));
+    let message = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("max_buffered_response_bytes"),
+        "{}",
+        short(v)
+    );
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+}
+
+/// Each upstream answer was capped (`max_response_bytes`), but nothing
+/// bounded them together: enough concurrent calls with large, slow answers
+/// held any amount of memory. Answers read whole (by the length they
+/// declare, else piece by piece) and events still arriving on a stream are
+/// now charged to one budget, `[mcp] max_buffered_response_bytes`: an
+/// answer that would pass it is dropped with its connection and its call
+/// refused with an error naming the key (not a crash, not a 500), and
+/// what a finished answer held is free again for the next.
+#[test]
+fn upstream_answers_held_at_once_stay_within_one_memory_budget() {
+    let (_demo, demo) = start_demo(&["--misbehave"]);
+    let dome = with_agents(
+        "buffered",
+        "",
+        &format!(
+            "[mcp]\nmax_buffered_response_bytes = 100000\n\
+             [[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"
+        ),
+    );
+    // 60 KB without a declared length, arriving over about two seconds.
+    let mcp = dome.mcp;
+    let slow = std::thread::spawn(move || {
+        let mut s = connect(mcp);
+        send(
+            &mut s,
+            KEY_A,
+            "tools/call",
+            Some("drip"),
+            &call_body(
+                "drip",
+                json!({"bytes": 60000, "piece": 10000, "interval_ms": 300, "chunked": true}),
+            ),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    // 80 KB declared while the first holds over 20 KB: refused at once.
+    let big = json!({"bytes": 80000, "piece": 80000, "interval_ms": 0});
+    let (status, v, took) = call(&dome, KEY_B, "drip", big.clone());
+    assert_overloaded(status, &v, took);
+    // The first is answered whole.
+    let (status, v) = slow.join().unwrap();
+    assert_eq!(status, 200, "{}", short(&v));
+    assert!(text_len(&v) > 59_000, "{}", short(&v));
+    // And what it held is free again: the same call now passes.
+    let (status, v, _) = call(&dome, KEY_B, "drip", big);
+    assert_eq!(status, 200, "{}", short(&v));
+    assert!(text_len(&v) > 79_000);
+
+    // An event stream: an event of 60 KB still arriving holds its bytes,
+    // so a second one is refused.
+    let stream = std::thread::spawn(move || {
+        let mut s = connect(mcp);
+        send(
+            &mut s,
+            KEY_A,
+            "tools/call",
+            Some("drip_sse"),
+            &call_body("drip_sse", json!({"event_bytes": 60000, "ms": 2500})),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let (status, v, took) = call(
+        &dome,
+        KEY_B,
+        "drip_sse",
+        json!({"event_bytes": 60000, "ms": 100}),
+    );
+    assert_overloaded(status, &v, took);
+    let (status, v) = stream.join().unwrap();
+    assert_eq!(
+        (status, v["result"]["content"][0]["text"].as_str()),
+        (200, Some("late")),
+        "{v}"
+    );
+    // Dome is up and serving, and says what the budget refused.
+    let (status, v, _) = call(&dome, KEY_B, "echo", json!({"message": "fine"}));
+    assert_eq!(status, 200, "{v}");
+    let stats = dome.stats_json();
+    let buffered = &stats["buffered_responses"];
+    assert_eq!(buffered["refused"], 2, "{buffered}");
+    assert_eq!(buffered["limit"], 100000, "{buffered}");
+    // Every answer gave back what it held once it was sent.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while dome.stats_json()["buffered_responses"]["bytes"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            dome.stats_json()["buffered_responses"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn text_len(v: &Value) -> usize {
+    v["result"]["content"][0]["text"]
+        .as_str()
+        .map_or(0, str::len)
+}

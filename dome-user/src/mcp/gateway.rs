@@ -71,6 +71,12 @@ pub struct McpConfig {
     /// (-32004). A session has at most one GET stream: a new one replaces it.
     #[serde(default = "default_streams_per_agent")]
     pub max_streams_per_agent: usize,
+    /// Bytes of upstream answers Dome may hold buffered at once, over all
+    /// calls (each is also held to its upstream's `max_response_bytes`); an
+    /// answer that would take more is dropped with its connection and the
+    /// call refused.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_response_bytes: usize,
     /// A listing clients ask for (`*/list`, an unknown name) reuses one
     /// made less than this long ago.
     #[serde(default = "default_catalog_refresh_ms")]
@@ -95,6 +101,7 @@ impl Default for McpConfig {
             session_idle_s: default_session_idle(),
             max_sessions_per_agent: default_sessions_per_agent(),
             max_streams_per_agent: default_streams_per_agent(),
+            max_buffered_response_bytes: default_max_buffered(),
             max_json_depth: default_max_json_depth(),
             max_intent_bytes: default_max_intent(),
             catalog_refresh_ms: default_catalog_refresh_ms(),
@@ -123,6 +130,11 @@ fn default_sessions_per_agent() -> usize {
 // without end.
 fn default_streams_per_agent() -> usize {
     100
+}
+// Sixteen answers of the default max_response_bytes, or thousands of
+// ordinary ones, at once.
+fn default_max_buffered() -> usize {
+    256 << 20
 }
 fn default_catalog_refresh_ms() -> u64 {
     1000
@@ -1102,6 +1114,8 @@ impl Gateway {
         body_timeout: std::time::Duration,
         identity: Arc<Identity>,
     ) -> Arc<Self> {
+        // Live on reload: the budget is the process's, its limit the config's.
+        super::upstream::BUFFERED.set_limit(config.max_buffered_response_bytes);
         for u in &upstreams {
             let table = Arc::downgrade(&sessions);
             let name = u.name().to_string();

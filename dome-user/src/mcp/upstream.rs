@@ -136,6 +136,11 @@ pub enum UpstreamError {
     #[error("upstream `{0}` sent an invalid response: {1}")]
     Invalid(String, String),
     #[error(
+        "upstream `{0}`'s answer was dropped: Dome holds as many buffered answers as it may \
+         ([mcp] max_buffered_response_bytes); retry later"
+    )]
+    Overloaded(String),
+    #[error(
         "upstream `{0}` is busy with this agent's other requests ({1} at once, its share of the \
          upstream's max_requests_per_agent); retry once one is answered"
     )]
@@ -155,6 +160,104 @@ impl UpstreamError {
             UpstreamError::Busy(..) => code::RATE_LIMITED,
             _ => code::UPSTREAM_UNAVAILABLE,
         }
+    }
+}
+
+/// Bytes of upstream answers held buffered over all calls, and the most
+/// there may be (`[mcp] max_buffered_response_bytes`): one atomic each,
+/// so charging takes no lock. Every upstream answer read whole, and every
+/// event still arriving in an event stream's parser, is charged here.
+pub struct Buffered {
+    held: std::sync::atomic::AtomicUsize,
+    limit: std::sync::atomic::AtomicUsize,
+    /// Answers dropped at the limit, since start.
+    refused: AtomicU64,
+}
+
+pub static BUFFERED: Buffered = Buffered {
+    held: std::sync::atomic::AtomicUsize::new(0),
+    limit: std::sync::atomic::AtomicUsize::new(256 << 20),
+    refused: AtomicU64::new(0),
+};
+
+impl Buffered {
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// What `/stats` shows: bytes held now, the limit, answers refused.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "bytes": self.held.load(Ordering::Relaxed),
+            "limit": self.limit.load(Ordering::Relaxed),
+            "refused": self.refused.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Takes `n` bytes more, unless that would pass the limit.
+    fn take(&self, n: usize) -> bool {
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.limit.load(Ordering::Relaxed) {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Bytes charged to [`BUFFERED`] while this lives.
+#[derive(Default)]
+pub struct Charge(usize);
+
+impl Charge {
+    /// Charges `n` bytes more; false (nothing charged) over the budget.
+    pub fn grow(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if !BUFFERED.take(n) {
+            return false;
+        }
+        self.0 += n;
+        true
+    }
+
+    /// Bytes charged.
+    pub fn held(&self) -> usize {
+        self.0
+    }
+
+    /// Gives back `n` of the bytes charged.
+    pub fn shrink(&mut self, n: usize) {
+        let n = n.min(self.0);
+        BUFFERED.give(n);
+        self.0 -= n;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            BUFFERED.give(self.0);
+        }
+    }
+}
+
+/// An answer's bytes with their charge: given back when the last
+/// reference to them goes.
+struct Charged {
+    bytes: Bytes,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -319,7 +422,7 @@ impl Upstream {
 
     /// An SSE parser held to this upstream's response limit.
     pub fn sse_parser(&self) -> super::sse::SseParser {
-        super::sse::SseParser::new(self.config.max_response_bytes)
+        super::sse::SseParser::new(self.config.max_response_bytes).charged()
     }
 
     pub fn name(&self) -> &str {
@@ -1186,17 +1289,52 @@ async fn read_reply_raw(
     {
         return Err(too_big());
     }
-    let collect = http_body_util::Limited::new(resp.into_body(), max).collect();
-    let body = tokio::time::timeout_at(held.deadline, collect)
+    // Charged against every call's buffered answers: the length it declares
+    // at once, else each piece as it comes. Over the budget, the answer is
+    // dropped (and its connection with it).
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let mut charge = Charge::default();
+    if let Some(n) = declared
+        && !charge.grow(n)
+    {
+        return Err(UpstreamError::Overloaded(name.into()));
+    }
+    let mut body = resp.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(too_big());
+            }
+            if declared.is_none() && !charge.grow(data.len()) {
+                return Err(UpstreamError::Overloaded(name.into()));
+            }
+            if buf.is_empty() && data.len() == declared.unwrap_or(usize::MAX) {
+                // The whole answer in one piece (the usual case): no copy.
+                return Ok(Some(data));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(None)
+    };
+    let whole = tokio::time::timeout_at(held.deadline, read)
         .await
-        .map_err(|_| UpstreamError::Timeout(name.into()))?
-        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-            Ok(_) => too_big(),
-            Err(e) => UpstreamError::Unreachable(name.into(), e.to_string()),
-        })?
-        .to_bytes();
+        .map_err(|_| UpstreamError::Timeout(name.into()))??;
     drop(held);
-    Ok(Reply::Raw(body))
+    let body = whole.unwrap_or_else(|| buf.freeze());
+    // The charge lasts as long as the bytes do.
+    Ok(Reply::Raw(Bytes::from_owner(Charged {
+        bytes: body,
+        _charge: charge,
+    })))
 }
 
 /// What every stateless-era result carries.
