@@ -3380,7 +3380,15 @@ impl Gateway {
                     let mut parser = upstream.sse_parser();
                     let mut last = None;
                     let floor = session.log_floor.load(std::sync::atomic::Ordering::Relaxed);
-                    'read: while let Some(Ok(frame)) = body.frame().await {
+                    let mut broke = None;
+                    'read: while let Some(frame) = body.frame().await {
+                        let frame = match frame {
+                            Ok(f) => f,
+                            Err(e) => {
+                                broke = Some(e);
+                                break;
+                            }
+                        };
                         let Some(data) = frame.data_ref() else {
                             continue;
                         };
@@ -3412,12 +3420,15 @@ impl Gateway {
                     match last {
                         Some(v) => v,
                         None => {
-                            send(rpc_error(
-                                &id,
-                                code::UPSTREAM_UNAVAILABLE,
-                                format!("upstream `{}` broke the stream", upstream.name()),
-                            ))
-                            .await;
+                            // Quiet past its idle timeout, it timed out.
+                            let why = match broke {
+                                Some(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+                                    "{}: {e}",
+                                    super::upstream::stream_error(upstream.name(), &e)
+                                ),
+                                _ => format!("upstream `{}` broke the stream", upstream.name()),
+                            };
+                            send(rpc_error(&id, code::UPSTREAM_UNAVAILABLE, why)).await;
                             return;
                         }
                     }
