@@ -526,6 +526,17 @@ impl Config {
             if u.stream_idle_timeout_ms == Some(0) {
                 out.push((at("stream_idle_timeout_ms"), "must be at least 1".into()));
             }
+            // An answer the whole budget cannot hold would never pass.
+            if u.max_response_bytes > self.mcp.max_buffered_response_bytes {
+                out.push((
+                    at("max_response_bytes"),
+                    format!(
+                        "is more than [mcp] max_buffered_response_bytes ({}), which every answer \
+                         held at once must fit in",
+                        self.mcp.max_buffered_response_bytes
+                    ),
+                ));
+            }
             if u.max_requests_per_agent == Some(0) {
                 out.push((at("max_requests_per_agent"), "must be at least 1".into()));
             }
@@ -834,6 +845,18 @@ mod tests {
             let e = err(text);
             assert_eq!((e.field.as_str(), e.line), (field, 2), "{e}");
         }
+    }
+
+    #[test]
+    fn an_upstream_answer_larger_than_the_whole_buffer_budget_is_refused() {
+        let e = err("[mcp]\nmax_buffered_response_bytes = 100000\n\
+             [[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\nmax_response_bytes = 200000\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("upstream[0].max_response_bytes", 6),
+            "{e}"
+        );
+        assert!(e.reason.contains("max_buffered_response_bytes"), "{e}");
     }
 
     #[test]

@@ -612,7 +612,8 @@ fn upstream_answers_held_at_once_stay_within_one_memory_budget() {
         "",
         &format!(
             "[mcp]\nmax_buffered_response_bytes = 100000\n\
-             [[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"
+             [[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+             max_response_bytes = 100000\n"
         ),
     );
     // 60 KB without a declared length, arriving over about two seconds.
