@@ -1777,7 +1777,10 @@ impl Gateway {
         let Some(session) = self.sessions.owned(sid) else {
             return session_not_found(&Value::Null);
         };
-        // A new GET replaces an older one: that one's count goes first.
+        // A new GET replaces an older one: that one ends, and its count
+        // goes, first (ended even if this one is refused, so no stream
+        // stays open uncounted).
+        session.push.lock().expect("push lock").take();
         session.push_slot.lock().expect("push slot lock").take();
         let cap = self.config.max_streams_per_agent;
         let Some(slot) = self
