@@ -20,6 +20,11 @@ const KEY_B: &str = "dome_agent-b_second-agent-key-for-the-exhaustion-tests";
 /// Dome with agents A and B (authentication required), a policy allowing
 /// every call, `server` settings and `rest` (upstreams, sections).
 fn with_agents(name: &str, server: &str, rest: &str) -> Dome {
+    start_dome_server(name, server, &agents_rest(name, rest))
+}
+
+/// `rest` with agents A and B, authentication and an allow-all policy.
+fn agents_rest(name: &str, rest: &str) -> String {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}.exhaustion", std::process::id()));
     std::fs::create_dir_all(dir.join("policies")).unwrap();
@@ -28,19 +33,15 @@ fn with_agents(name: &str, server: &str, rest: &str) -> Dome {
         "[[rule]]\nid = \"all\"\neffect = \"allow\"\n",
     )
     .unwrap();
-    start_dome_server(
-        name,
-        server,
-        &format!(
-            "{rest}\n[auth]\ndata_dir = \"{data}\"\n[policy]\ndir = \"{pol}\"\n\
-             [[tenant]]\nname = \"acme\"\n\
-             [[agent]]\nid = \"agent-a\"\ntenant = \"acme\"\napi_keys = [\"{a}\"]\n\
-             [[agent]]\nid = \"agent-b\"\ntenant = \"acme\"\napi_keys = [\"{b}\"]\n",
-            data = dir.join("data").display(),
-            pol = dir.join("policies").display(),
-            a = sha(KEY_A),
-            b = sha(KEY_B),
-        ),
+    format!(
+        "{rest}\n[auth]\ndata_dir = \"{data}\"\n[policy]\ndir = \"{pol}\"\n\
+         [[tenant]]\nname = \"acme\"\n\
+         [[agent]]\nid = \"agent-a\"\ntenant = \"acme\"\napi_keys = [\"{a}\"]\n\
+         [[agent]]\nid = \"agent-b\"\ntenant = \"acme\"\napi_keys = [\"{b}\"]\n",
+        data = dir.join("data").display(),
+        pol = dir.join("policies").display(),
+        a = sha(KEY_A),
+        b = sha(KEY_B),
     )
 }
 
@@ -694,4 +695,39 @@ fn text_len(v: &Value) -> usize {
     v["result"]["content"][0]["text"]
         .as_str()
         .map_or(0, str::len)
+}
+
+/// `[mcp]`'s new limits apply on reload, as the rest of the section does:
+/// a stream refused at a share of one is served once the file says two,
+/// and the buffer budget on `/stats` follows the file.
+#[test]
+fn the_stream_and_buffer_limits_apply_on_reload_without_a_restart() {
+    let (_demo, demo) = start_demo(&["--resources"]);
+    let rest = |streams: u32, buffered: u32| {
+        agents_rest(
+            "reload-limits",
+            &format!(
+                "[mcp]\nmax_streams_per_agent = {streams}\nmax_buffered_response_bytes = {buffered}\n\
+                 [[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n\
+                 max_response_bytes = 100000\n"
+            ),
+        )
+    };
+    let dome = start_dome_server("reload-limits", "", &rest(1, 100_000));
+    let (_first, status, v) = listen(&dome, KEY_A);
+    assert_eq!(status, 200, "{v}");
+    let (_, status, v) = listen(&dome, KEY_A);
+    assert_too_many_streams(status, &v);
+    assert_eq!(dome.stats_json()["buffered_responses"]["limit"], 100_000);
+
+    let before = dome.stats_json()["config"]["version"].clone();
+    dome.rewrite(&rest(2, 200_000));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dome.stats_json()["config"]["version"] == before {
+        assert!(Instant::now() < deadline, "the new file was not loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_second, status, v) = listen(&dome, KEY_A);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(dome.stats_json()["buffered_responses"]["limit"], 200_000);
 }
