@@ -62,9 +62,10 @@ pub struct ServerConfig {
     /// The MCP listener.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Connections served at once. At the limit, the oldest idle
-    /// connection that has not authenticated is closed to admit a new one;
-    /// with none, new ones wait in the listen backlog.
+    /// Connections served at once. At the limit, an idle connection is
+    /// closed to admit a new one (the oldest that has not authenticated,
+    /// else the one idle longest); with none, new ones wait in the listen
+    /// backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Connections from one source address; more are closed at once.
@@ -73,6 +74,10 @@ pub struct ServerConfig {
     /// Connections from one /24 (IPv4) or /64 (IPv6) together.
     #[serde(default = "default_max_connections_per_prefix")]
     pub max_connections_per_prefix: usize,
+    /// Connections one agent's requests may come on; its requests on one
+    /// more are refused (429), other agents' are not.
+    #[serde(default = "default_max_connections_per_agent")]
+    pub max_connections_per_agent: usize,
     /// Largest request head (HTTP/1.1) or header list (HTTP/2).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -103,6 +108,7 @@ impl Default for ServerConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: default_max_connections_per_ip(),
             max_connections_per_prefix: default_max_connections_per_prefix(),
+            max_connections_per_agent: default_max_connections_per_agent(),
             max_header_bytes: default_max_header_bytes(),
             header_timeout_ms: default_header_timeout(),
             body_timeout_ms: default_body_timeout(),
@@ -119,6 +125,7 @@ impl ServerConfig {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             max_connections_per_prefix: self.max_connections_per_prefix,
+            max_connections_per_agent: self.max_connections_per_agent,
             max_header_bytes: self.max_header_bytes,
             header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
             max_concurrent_streams: self.max_concurrent_streams,
@@ -137,6 +144,12 @@ fn default_max_connections_per_ip() -> usize {
 }
 fn default_max_connections_per_prefix() -> usize {
     2_500
+}
+// An agent needs few connections (HTTP/2 multiplexes; HTTP/1.1 clients
+// pool a handful); a tenth of the slots leaves room for bursty runtimes
+// that share one agent id and keeps one agent from holding them all.
+fn default_max_connections_per_agent() -> usize {
+    1_000
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024
@@ -420,6 +433,10 @@ impl Config {
                 "server.max_connections_per_prefix",
                 self.server.max_connections_per_prefix,
             ),
+            (
+                "server.max_connections_per_agent",
+                self.server.max_connections_per_agent,
+            ),
         ] {
             if n == 0 {
                 out.push((field.into(), "must be at least 1".into()));
@@ -458,6 +475,18 @@ impl Config {
         if self.mcp.session_idle_s == 0 {
             out.push(("mcp.session_idle_s".into(), "must be at least 1".into()));
         }
+        if self.mcp.max_buffered_response_bytes == 0 {
+            out.push((
+                "mcp.max_buffered_response_bytes".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.mcp.max_streams_per_agent == 0 {
+            out.push((
+                "mcp.max_streams_per_agent".into(),
+                "must be at least 1".into(),
+            ));
+        }
         if self.mcp.max_sessions_per_agent == 0 {
             out.push((
                 "mcp.max_sessions_per_agent".into(),
@@ -493,6 +522,23 @@ impl Config {
             }
             if u.max_response_bytes < 1024 {
                 out.push((at("max_response_bytes"), "must be at least 1024".into()));
+            }
+            if u.stream_idle_timeout_ms == Some(0) {
+                out.push((at("stream_idle_timeout_ms"), "must be at least 1".into()));
+            }
+            // An answer the whole budget cannot hold would never pass.
+            if u.max_response_bytes > self.mcp.max_buffered_response_bytes {
+                out.push((
+                    at("max_response_bytes"),
+                    format!(
+                        "is more than [mcp] max_buffered_response_bytes ({}), which every answer \
+                         held at once must fit in",
+                        self.mcp.max_buffered_response_bytes
+                    ),
+                ));
+            }
+            if u.max_requests_per_agent == Some(0) {
+                out.push((at("max_requests_per_agent"), "must be at least 1".into()));
             }
         }
         if self.stats.listen == self.server.listen {
@@ -770,6 +816,47 @@ mod tests {
             "{e}"
         );
         assert!(e.reason.contains("tenant `a`"), "{e}");
+    }
+
+    #[test]
+    fn resource_limits_of_zero_are_refused_naming_the_key() {
+        for (text, field) in [
+            (
+                "[server]\nmax_connections_per_agent = 0\n",
+                "server.max_connections_per_agent",
+            ),
+            (
+                "[mcp]\nmax_streams_per_agent = 0\n",
+                "mcp.max_streams_per_agent",
+            ),
+            (
+                "[mcp]\nmax_buffered_response_bytes = 0\n",
+                "mcp.max_buffered_response_bytes",
+            ),
+            (
+                "[[upstream]]\nmax_requests_per_agent = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+                "upstream[0].max_requests_per_agent",
+            ),
+            (
+                "[[upstream]]\nstream_idle_timeout_ms = 0\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\n",
+                "upstream[0].stream_idle_timeout_ms",
+            ),
+        ] {
+            let e = err(text);
+            assert_eq!((e.field.as_str(), e.line), (field, 2), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_upstream_answer_larger_than_the_whole_buffer_budget_is_refused() {
+        let e = err("[mcp]\nmax_buffered_response_bytes = 100000\n\
+             [[upstream]]\nname = \"u\"\nurl = \"http://127.0.0.1:1/mcp\"\nmax_response_bytes = 200000\n");
+        assert_eq!(
+            (e.field.as_str(), e.line),
+            ("upstream[0].max_response_bytes", 6),
+            "{e}"
+        );
+        assert!(e.reason.contains("max_buffered_response_bytes"), "{e}");
     }
 
     #[test]

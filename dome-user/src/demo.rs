@@ -58,6 +58,7 @@ struct State {
     /// `tools/list` requests answered: lets tests see what Dome asks for.
     tool_lists: AtomicU64,
     aliases: Mutex<Vec<String>>,
+    misbehave: bool,
     /// Where it listens (an alias's answer names it).
     addr: String,
 }
@@ -132,6 +133,14 @@ pub struct DemoOptions {
     /// `POST /demo-alias` with a name as its body adds one while it runs.
     /// Lets tests publish names that clash or trespass.
     pub aliases: Vec<String>,
+    /// Offer tools that misbehave the way a hostile or broken upstream
+    /// would: `stall` (answers after `ms`, its head included), `drip`
+    /// (the head at once, then its body of `bytes` in pieces of `piece`
+    /// bytes every `interval_ms`; `chunked`: without a length) and
+    /// `drip_sse` (an event stream that sends one progress notification,
+    /// then, if `event_bytes` is set, the start of an event that long, then
+    /// nothing for `ms`).
+    pub misbehave: bool,
 }
 
 /// Serves the demo upstream on `addr` (`/mcp`); returns the bound address.
@@ -152,6 +161,7 @@ pub async fn serve_with(
         whoami: options.whoami,
         deep: options.deep,
         aliases: Mutex::new(options.aliases),
+        misbehave: options.misbehave,
         addr: local.to_string(),
         ..Default::default()
     });
@@ -479,6 +489,15 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     "inputSchema": {"type": "object"},
                 }));
             }
+            if state.misbehave {
+                for name in ["stall", "drip", "drip_sse"] {
+                    list.as_array_mut().expect("array").push(json!({
+                        "name": name,
+                        "description": "Misbehaves (see DemoOptions::misbehave).",
+                        "inputSchema": {"type": "object"},
+                    }));
+                }
+            }
             if state.resources {
                 list.as_array_mut().expect("array").push(json!({
                     "name": "ask_then_cancel",
@@ -531,6 +550,89 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                             "isError": false,
                         })),
                     )
+                }
+                "stall" if state.misbehave => {
+                    let ms = args["ms"].as_u64().unwrap_or(1000).min(600_000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    full(
+                        StatusCode::OK,
+                        complete(
+                            json!({"content": [{"type": "text", "text": "stalled"}], "isError": false}),
+                        ),
+                    )
+                }
+                "drip" if state.misbehave => {
+                    let bytes = args["bytes"].as_u64().unwrap_or(1000).min(64 << 20) as usize;
+                    let piece = args["piece"].as_u64().unwrap_or(1).max(1) as usize;
+                    let interval =
+                        Duration::from_millis(args["interval_ms"].as_u64().unwrap_or(1000));
+                    // A text of about `bytes`, in a whole JSON-RPC answer.
+                    let text = "x".repeat(bytes.saturating_sub(100));
+                    let whole = Bytes::from(
+                        complete(
+                            json!({"content": [{"type": "text", "text": text}], "isError": false}),
+                        )
+                        .to_string(),
+                    );
+                    let len = whole.len();
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+                    tokio::spawn(async move {
+                        let mut at = 0;
+                        while at < whole.len() {
+                            let end = (at + piece).min(whole.len());
+                            if tx
+                                .send(Ok(Frame::data(whole.slice(at..end))))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            at = end;
+                            tokio::time::sleep(interval).await;
+                        }
+                    });
+                    let mut resp = Response::builder()
+                        .status(StatusCode::OK)
+                        .header(header::CONTENT_TYPE, "application/json");
+                    if args["chunked"] != true {
+                        resp = resp.header(header::CONTENT_LENGTH, len);
+                    }
+                    resp.body(
+                        StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed(),
+                    )
+                    .expect("static parts")
+                }
+                "drip_sse" if state.misbehave => {
+                    let ms = args["ms"].as_u64().unwrap_or(60_000).min(600_000);
+                    // Optionally the start of an event of this many bytes,
+                    // finished only after the silence.
+                    let partial = args["event_bytes"].as_u64().unwrap_or(0).min(64 << 20) as usize;
+                    let token = msg["params"]["_meta"]["progressToken"].clone();
+                    let result = complete(
+                        json!({"content": [{"type": "text", "text": "late"}], "isError": false}),
+                    );
+                    let (tx, rx) =
+                        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+                    tokio::spawn(async move {
+                        let n = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                            "progressToken": token, "progress": 1, "total": 2}});
+                        if tx.send(Ok(Frame::data(sse(&n)))).await.is_err() {
+                            return;
+                        }
+                        if partial > 0 {
+                            let start = format!("data: {}", "x".repeat(partial));
+                            if tx.send(Ok(Frame::data(Bytes::from(start)))).await.is_err() {
+                                return;
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        if partial > 0 {
+                            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"\n\n")))).await;
+                        }
+                        let _ = tx.send(Ok(Frame::data(sse(&result)))).await;
+                    });
+                    sse_stream(rx)
                 }
                 "whoami" if state.whoami => full(
                     StatusCode::OK,

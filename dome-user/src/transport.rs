@@ -4,10 +4,14 @@
 //!
 //! Connections are held to limits that one client cannot use up for
 //! everyone: per source address and per /24 (IPv4) or /64 (IPv6) beyond
-//! which a new connection is closed at once, and at the global limit the
-//! oldest connection that is idle and has not yet carried an authenticated
-//! request is closed to admit the newcomer (idle or half-open connections
-//! would otherwise hold every slot until their header timeouts expire).
+//! which a new connection is closed at once; per agent, beyond which the
+//! agent's requests on a further connection are refused (an agent with a
+//! valid key could otherwise hold every slot, free requests like
+//! `tools/list` keeping them alive); and at the global limit an idle
+//! connection is closed to admit the newcomer: the oldest one that has not
+//! carried an authenticated request, else the one idle longest (idle or
+//! half-open connections would otherwise hold every slot until their
+//! timeouts expire). A connection with a response stream open is not idle.
 
 use std::{
     convert::Infallible,
@@ -21,6 +25,7 @@ use std::{
     time::Duration,
 };
 
+use http_body_util::BodyExt;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -51,6 +56,8 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Connections from one /24 (IPv4) or /64 (IPv6).
     pub max_connections_per_prefix: usize,
+    /// Connections one agent's requests may come on.
+    pub max_connections_per_agent: usize,
     pub max_header_bytes: usize,
     /// Time to receive a request's headers; on a kept-alive connection also
     /// how long it may sit idle between requests.
@@ -66,25 +73,62 @@ pub struct Conn {
     pub local_port: u16,
     pub binding: std::sync::Mutex<Option<ConnBinding>>,
     /// Set once a request on it passed authentication (or needed none):
-    /// from then on it is not shed for a newcomer.
+    /// from then on it is shed for a newcomer only after every idle one
+    /// that has not.
     admitted: AtomicBool,
-    /// Requests being answered on it now: a connection is idle at zero.
+    /// The agent (identity slot + 1; 0: none yet) it is counted against.
+    agent: AtomicU32,
+    /// Requests being answered on it now, and response streams open: a
+    /// connection is idle at zero.
     busy: AtomicU32,
-    /// Its number among the connections that may be shed, and where they are kept.
+    /// When it last became idle (`mono_ms`).
+    idle_since: AtomicU64,
+    /// Its number among the listener's connections, and where they are kept.
     shed_entry: Option<(u64, Arc<Sheddable>)>,
     /// Notified when it is shed.
     shed: Notify,
 }
 
+fn mono_ms() -> u64 {
+    crate::clock::monotonic_ns() / 1_000_000
+}
+
 impl Conn {
-    /// Marks the connection as having carried an authenticated request: it
-    /// is kept when the listener sheds connections to admit new ones.
-    pub fn authenticated(&self) {
-        if !self.admitted.swap(true, Ordering::AcqRel)
-            && let Some((id, set)) = &self.shed_entry
+    /// Marks the connection as having carried an authenticated request
+    /// (`agent`: the caller's identity slot; `None` without credentials):
+    /// it is shed only after the idle ones that have not. The first
+    /// agent's request on it counts it against that agent's share; false
+    /// when the agent holds its share already (the request is refused and
+    /// the connection stays among the first to be shed). One atomic load
+    /// per request once counted.
+    pub fn authenticated(&self, agent: Option<u32>) -> bool {
+        if let Some(slot) = agent
+            && self.agent.load(Ordering::Acquire) == 0
+            && let Some((_, set)) = &self.shed_entry
         {
-            set.remove(*id);
+            if !set.agents.admit(slot) {
+                return false;
+            }
+            // Two requests of one HTTP/2 connection may race here: one counts.
+            if self
+                .agent
+                .compare_exchange(0, slot.wrapping_add(1), Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                set.agents.release(slot);
+            }
         }
+        if !self.admitted.load(Ordering::Acquire) {
+            self.admitted.store(true, Ordering::Release);
+        }
+        true
+    }
+
+    /// Counts a response stream as open on the connection while the guard
+    /// lives: a connection with one is busy, not idle, and is not shed.
+    fn hold(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
     }
 
     fn new(peer: SocketAddr, local_port: u16, shed_entry: Option<(u64, Arc<Sheddable>)>) -> Conn {
@@ -93,21 +137,23 @@ impl Conn {
             local_port,
             binding: std::sync::Mutex::new(None),
             admitted: AtomicBool::new(false),
+            agent: AtomicU32::new(0),
             busy: AtomicU32::new(0),
+            idle_since: AtomicU64::new(mono_ms()),
             shed_entry,
             shed: Notify::new(),
         }
     }
 }
 
-/// The connections that have not carried an authenticated request yet,
-/// oldest first: those a newcomer may displace at the global limit. Shared
-/// by the workers; its lock is taken when a connection opens, authenticates
-/// for the first time or closes, and to shed one, never per request.
-#[derive(Default)]
+/// The listener's open connections, oldest first: those a newcomer may
+/// displace at the global limit when idle, and the count of each agent's.
+/// Shared by the workers; its lock is taken when a connection opens or
+/// closes, and to shed one, never per request.
 pub struct Sheddable {
     next: AtomicU64,
     conns: Mutex<std::collections::BTreeMap<u64, Weak<Conn>>>,
+    agents: AgentConns,
 }
 
 impl Sheddable {
@@ -124,34 +170,83 @@ impl Sheddable {
         self.conns.lock().expect("sheddable lock").remove(&id);
     }
 
-    /// Closes the oldest idle connection that has not authenticated; false
-    /// when there is none (every connection is busy or authenticated).
+    /// Closes an idle connection: the oldest that has not authenticated,
+    /// else the authenticated one idle longest (keep-alive connections an
+    /// agent keeps open must not hold slots a newcomer needs). False when
+    /// every connection is busy.
     fn shed_one(&self) -> bool {
         let mut conns = self.conns.lock().expect("sheddable lock");
         let mut dead = Vec::new();
-        let mut victim = None;
+        let mut victim: Option<(u64, Arc<Conn>)> = None;
+        let mut longest: Option<(u64, u64, Arc<Conn>)> = None;
         for (id, weak) in conns.iter() {
             match weak.upgrade() {
                 None => dead.push(*id),
-                Some(c) if c.admitted.load(Ordering::Acquire) => dead.push(*id),
-                Some(c) if c.busy.load(Ordering::Acquire) == 0 => {
+                Some(c) if c.busy.load(Ordering::Acquire) != 0 => {}
+                Some(c) if !c.admitted.load(Ordering::Acquire) => {
                     victim = Some((*id, c));
                     break;
                 }
-                Some(_) => {}
+                Some(c) => {
+                    let since = c.idle_since.load(Ordering::Acquire);
+                    if longest.as_ref().is_none_or(|(s, _, _)| since < *s) {
+                        longest = Some((since, *id, c));
+                    }
+                }
             }
         }
         for id in dead {
             conns.remove(&id);
         }
-        let Some((id, c)) = victim else {
+        let Some((id, c)) = victim.or(longest.map(|(_, id, c)| (id, c))) else {
             return false;
         };
         conns.remove(&id);
         drop(conns);
-        tracing::debug!(peer = %c.peer, "shed an idle unauthenticated connection for a new one");
+        tracing::debug!(peer = %c.peer, authenticated = c.admitted.load(Ordering::Acquire), "shed an idle connection for a new one");
         c.shed.notify_one();
         true
+    }
+}
+
+/// Open connections counted against each agent (by identity slot),
+/// sharded so workers do not wait on one lock.
+struct AgentConns {
+    shards: Vec<Mutex<std::collections::HashMap<u32, u32>>>,
+    per_agent: u32,
+}
+
+impl AgentConns {
+    fn new(per_agent: usize) -> AgentConns {
+        AgentConns {
+            shards: (0..SOURCE_SHARDS).map(|_| Mutex::default()).collect(),
+            per_agent: u32::try_from(per_agent).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    fn shard(&self, slot: u32) -> &Mutex<std::collections::HashMap<u32, u32>> {
+        &self.shards[slot as usize % SOURCE_SHARDS]
+    }
+
+    /// Counts one more connection of `slot`'s, unless it holds its share.
+    fn admit(&self, slot: u32) -> bool {
+        let mut m = self.shard(slot).lock().expect("agents lock");
+        let n = m.entry(slot).or_default();
+        if *n >= self.per_agent {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, slot: u32) {
+        let mut m = self.shard(slot).lock().expect("agents lock");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(slot) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -247,7 +342,9 @@ struct Busy(Arc<Conn>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.busy.fetch_sub(1, Ordering::AcqRel);
+        if self.0.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(mono_ms(), Ordering::Release);
+        }
     }
 }
 
@@ -260,6 +357,12 @@ pub struct ConnBinding {
 
 impl Drop for Conn {
     fn drop(&mut self) {
+        let agent = *self.agent.get_mut();
+        if agent != 0
+            && let Some((_, set)) = &self.shed_entry
+        {
+            set.agents.release(agent - 1);
+        }
         if let Some(b) = self.binding.get_mut().ok().and_then(Option::take)
             && let Err(e) = b.tier.unbind_flow(&b.flow)
         {
@@ -450,7 +553,11 @@ where
             limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
         )),
         sources: Arc::new(Sources::new(&limits)),
-        sheddable: Arc::new(Sheddable::default()),
+        sheddable: Arc::new(Sheddable {
+            next: AtomicU64::new(0),
+            conns: Mutex::default(),
+            agents: AgentConns::new(limits.max_connections_per_agent),
+        }),
         noted: Noted::default(),
     });
     let count = open.clone();
@@ -519,7 +626,7 @@ impl Noted {
             shed,
             ?peer,
             ?limit,
-            "connection limits: connections refused at a source's limit, idle unauthenticated ones shed at the global limit (counts since the last such line)"
+            "connection limits: connections refused at a source's limit, idle ones shed at the global limit (counts since the last such line)"
         );
     }
 }
@@ -558,21 +665,32 @@ async fn accept_loop<H, F>(
                 continue;
             }
         };
-        // At the global limit, an idle connection that has not
-        // authenticated makes room; with none, the newcomer waits for a
+        // At the global limit, an idle connection makes room (one that has
+        // not authenticated first); with none, the newcomer waits for a
         // slot (and later ones in the kernel's backlog).
         let permit = match shared.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                if shared.sheddable.shed_one() {
-                    shared.noted.shed();
-                }
-                tokio::select! {
-                    p = shared.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = stop.wait_for(|s| *s) => break,
+                // Tried again while waiting: a busy connection may become
+                // idle before any closes.
+                let mut retry = tokio::time::interval(SHED_RETRY);
+                loop {
+                    tokio::select! {
+                        p = shared.permits.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => return,
+                        },
+                        _ = retry.tick() => {
+                            if shared.sheddable.shed_one() {
+                                shared.noted.shed();
+                            }
+                        }
+                        _ = stop.wait_for(|s| *s) => {
+                            drop(listener);
+                            graceful.shutdown().await;
+                            return;
+                        }
+                    }
                 }
             }
         };
@@ -594,11 +712,21 @@ async fn accept_loop<H, F>(
             // The connection goes to the handler as an argument, not as a
             // request extension (which costs two allocations per request).
             let svc = service_fn(move |req: Request<Incoming>| {
-                conn.busy.fetch_add(1, Ordering::AcqRel);
-                let busy = Busy(conn.clone());
+                let busy = conn.hold();
                 let fut = handler(req, conn.clone());
                 async move {
                     let resp = fut.await;
+                    // A response stream keeps the connection busy until it
+                    // ends (an agent's listen stream is not an idle
+                    // connection to shed); other answers free it now.
+                    if is_stream(&resp) {
+                        return Ok::<_, Infallible>(resp.map(|b| {
+                            BodyExt::boxed(BodyExt::map_frame(b, move |f| {
+                                let _open = &busy;
+                                f
+                            }))
+                        }));
+                    }
                     drop(busy);
                     Ok::<_, Infallible>(resp)
                 }
@@ -647,17 +775,27 @@ async fn accept_loop<H, F>(
     graceful.shutdown().await;
 }
 
+/// How often a newcomer waiting at the global limit looks for an idle
+/// connection to shed.
+const SHED_RETRY: Duration = Duration::from_millis(100);
+
 /// Takes a closed connection off the list of those that may be shed.
 struct Unlisted(Arc<Conn>);
 
 impl Drop for Unlisted {
     fn drop(&mut self) {
-        if !self.0.admitted.load(Ordering::Acquire)
-            && let Some((id, set)) = &self.0.shed_entry
-        {
+        if let Some((id, set)) = &self.0.shed_entry {
             set.remove(*id);
         }
     }
+}
+
+/// Whether a response is an event stream (it stays open for as long as
+/// its body does).
+fn is_stream(resp: &Response<crate::mcp::gateway::Body>) -> bool {
+    resp.headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// A plain HTTP/1.1 listener on `addr` answering each request with

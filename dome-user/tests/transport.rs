@@ -273,10 +273,18 @@ fn limits_are_enforced() {
     );
     drop(s);
 
-    // One connection at a time: a second waits until the first closes when
-    // the first has authenticated (and so is not shed to make room).
+    // One connection at a time: a second waits while the first is busy (a
+    // call in flight; an idle one would be shed to make room).
     let mut holder = TcpStream::connect(mcp).unwrap();
-    assert_eq!(exchange(&mut holder, INIT), 200);
+    let slow = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"steps":2,"delay_ms":400},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    write!(
+        holder,
+        "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
+         Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\nMcp-Name: slow\r\n\
+         Content-Length: {}\r\n\r\n{slow}",
+        slow.len()
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let mut second = TcpStream::connect(mcp).unwrap();
     second

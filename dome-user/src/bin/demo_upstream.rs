@@ -3,7 +3,9 @@
 //! only the session era; `--resources` adds a subscribable resource;
 //! `--whoami` adds a tool that shows the identity headers a call arrived with;
 //! `--deep` adds a tool whose result nests as deep as asked;
-//! `--alias=NAME` (any number) publishes `echo` under NAME too.
+//! `--alias=NAME` (any number) publishes `echo` under NAME too;
+//! `--misbehave` adds tools that stall, drip their answers or go silent
+//! mid-stream (see `DemoOptions::misbehave`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -15,6 +17,7 @@ async fn main() -> std::process::ExitCode {
     let resources = args.iter().any(|a| a == "--resources");
     let whoami = args.iter().any(|a| a == "--whoami");
     let deep = args.iter().any(|a| a == "--deep");
+    let misbehave = args.iter().any(|a| a == "--misbehave");
     let aliases = args
         .iter()
         .filter_map(|a| a.strip_prefix("--alias="))
@@ -40,6 +43,7 @@ async fn main() -> std::process::ExitCode {
             whoami,
             deep,
             aliases,
+            misbehave,
         },
     )
     .await

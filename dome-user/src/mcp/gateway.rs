@@ -65,6 +65,18 @@ pub struct McpConfig {
     /// one agent); opening one more ends its least recently used.
     #[serde(default = "default_sessions_per_agent")]
     pub max_sessions_per_agent: usize,
+    /// Long-lived streams one agent may hold open at once (session GET
+    /// streams and `subscriptions/listen` streams; callers without
+    /// credentials count as one agent); one more is refused with 429
+    /// (-32004). A session has at most one GET stream: a new one replaces it.
+    #[serde(default = "default_streams_per_agent")]
+    pub max_streams_per_agent: usize,
+    /// Bytes of upstream answers Dome may hold buffered at once, over all
+    /// calls (each is also held to its upstream's `max_response_bytes`); an
+    /// answer that would take more is dropped with its connection and the
+    /// call refused.
+    #[serde(default = "default_max_buffered")]
+    pub max_buffered_response_bytes: usize,
     /// A listing clients ask for (`*/list`, an unknown name) reuses one
     /// made less than this long ago.
     #[serde(default = "default_catalog_refresh_ms")]
@@ -88,6 +100,8 @@ impl Default for McpConfig {
             allowed_origins: Vec::new(),
             session_idle_s: default_session_idle(),
             max_sessions_per_agent: default_sessions_per_agent(),
+            max_streams_per_agent: default_streams_per_agent(),
+            max_buffered_response_bytes: default_max_buffered(),
             max_json_depth: default_max_json_depth(),
             max_intent_bytes: default_max_intent(),
             catalog_refresh_ms: default_catalog_refresh_ms(),
@@ -109,6 +123,18 @@ fn default_session_idle() -> u64 {
 }
 fn default_sessions_per_agent() -> usize {
     1000
+}
+// A client keeps one GET or listen stream per session or subscription set;
+// a hundred leaves room for a runtime sharing one agent id, and keeps one
+// agent's streams (each a task, a channel and a socket) from growing
+// without end.
+fn default_streams_per_agent() -> usize {
+    100
+}
+// Sixteen answers of the default max_response_bytes, or thousands of
+// ordinary ones, at once.
+fn default_max_buffered() -> usize {
+    256 << 20
 }
 fn default_catalog_refresh_ms() -> u64 {
     1000
@@ -157,7 +183,54 @@ struct Session {
     log_floor: std::sync::atomic::AtomicUsize,
     /// When the client last used the session (`mono_ms`).
     last_used: std::sync::atomic::AtomicU64,
+    /// The GET stream's count against its agent's streams: let go when the
+    /// stream is replaced or the session ends (its body holds it too).
+    push_slot: std::sync::Mutex<Option<StreamSlot>>,
 }
+
+/// One open stream counted against its agent's share
+/// (`max_streams_per_agent`) while every handle of it lives: the body
+/// that carries it, and for a GET stream its session. The first handle
+/// dropped lets it go.
+struct StreamSlot(Arc<StreamCount>);
+
+struct StreamCount {
+    table: std::sync::Weak<SessionTable>,
+    agent: u32,
+    released: std::sync::atomic::AtomicBool,
+}
+
+impl StreamSlot {
+    fn handle(&self) -> StreamSlot {
+        StreamSlot(self.0.clone())
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if self
+            .0
+            .released
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        if let Some(table) = self.0.table.upgrade() {
+            let mut m = table
+                .stream_shard(self.0.agent)
+                .lock()
+                .expect("streams lock");
+            if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(self.0.agent) {
+                *e.get_mut() -= 1;
+                if *e.get() == 0 {
+                    e.remove();
+                }
+            }
+        }
+    }
+}
+
+const STREAM_SHARDS: usize = 16;
 
 impl Session {
     fn last_used(&self) -> u64 {
@@ -219,6 +292,8 @@ pub struct SessionTable {
     parked: std::sync::Mutex<HashMap<String, (Instant, super::input::Parked)>>,
     /// Set when Dome shuts down: the streams that would never end close.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Open streams per agent (`agent_key`), sharded.
+    streams: [std::sync::Mutex<HashMap<u32, u32>>; STREAM_SHARDS],
 }
 
 /// One client's `subscriptions/listen` stream: what it asked for (and
@@ -276,6 +351,25 @@ type Push = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 impl SessionTable {
     pub fn new() -> Arc<Self> {
         Arc::new(SessionTable::default())
+    }
+
+    fn stream_shard(&self, agent: u32) -> &std::sync::Mutex<HashMap<u32, u32>> {
+        &self.streams[agent as usize % STREAM_SHARDS]
+    }
+
+    /// Counts one more open stream of `agent`'s, unless it holds `cap`.
+    fn open_stream_slot(self: &Arc<Self>, agent: u32, cap: usize) -> Option<StreamSlot> {
+        let mut m = self.stream_shard(agent).lock().expect("streams lock");
+        let n = m.entry(agent).or_default();
+        if *n as usize >= cap.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot(Arc::new(StreamCount {
+            table: Arc::downgrade(self),
+            agent,
+            released: false.into(),
+        })))
     }
 
     fn get(&self, id: &str) -> Option<Arc<Session>> {
@@ -427,6 +521,7 @@ impl SessionTable {
         let _ = self.closing.send(true);
         for s in self.sessions.read().expect("sessions lock").values() {
             s.push.lock().expect("push lock").take();
+            s.push_slot.lock().expect("push slot lock").take();
         }
     }
 
@@ -832,6 +927,38 @@ fn sse_response(
         .expect("static parts")
 }
 
+/// As [`sse_response`], the stream counted against its agent while its
+/// body lives (the client closing it, or Dome ending it, lets it go).
+fn held_sse_response(
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, Infallible>>,
+    slot: StreamSlot,
+) -> Response<Body> {
+    sse_response(rx).map(|b| {
+        b.map_frame(move |f| {
+            let _held = &slot;
+            f
+        })
+        .boxed()
+    })
+}
+
+/// 429 for a stream beyond its agent's share.
+fn too_many_streams(id: &Value, cap: usize) -> Response<Body> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &rpc_error(
+            id,
+            code::RATE_LIMITED,
+            format!(
+                "this agent has {cap} streams open ([mcp] max_streams_per_agent); close one first"
+            ),
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
 /// 404 for a session id Dome does not know (never issued, or ended).
 /// A call as policy sees it, for `caller` (anonymous when `None`).
 fn policy_request<'a>(
@@ -943,6 +1070,12 @@ fn request_id_ok(id: Option<&Value>) -> bool {
     }
 }
 
+/// The key a caller's requests are counted under in an upstream's
+/// per-agent shares: its identity slot; callers without credentials share one.
+fn agent_key(caller: Option<&Caller>) -> u32 {
+    caller.map_or(super::upstream::ANONYMOUS_AGENT, |c| c.agent.slot)
+}
+
 fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -1002,6 +1135,8 @@ impl Gateway {
         body_timeout: std::time::Duration,
         identity: Arc<Identity>,
     ) -> Arc<Self> {
+        // Live on reload: the budget is the process's, its limit the config's.
+        super::upstream::BUFFERED.set_limit(config.max_buffered_response_bytes);
         for u in &upstreams {
             let table = Arc::downgrade(&sessions);
             let name = u.name().to_string();
@@ -1377,8 +1512,11 @@ impl Gateway {
             // A source block holds only against anonymous requests.
             return self.blocked();
         }
-        // A connection that carried an authenticated request is not shed.
-        conn.authenticated();
+        // A connection that carried an authenticated request is shed after
+        // idle ones that have not; one agent holds at most its share.
+        if !conn.authenticated(caller.as_ref().map(|c| c.agent.slot)) {
+            return self.over_connections();
+        }
         let took = arrived.elapsed();
         let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
         let intent = req
@@ -1536,6 +1674,28 @@ impl Gateway {
         })
     }
 
+    /// 429 for a request of an agent that holds its share of connections
+    /// (`[server] max_connections_per_agent`) on one more: the connection
+    /// closes after the answer (HTTP/1.1), so the client uses one it has.
+    fn over_connections(&self) -> Response<Body> {
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &rpc_error(
+                &Value::Null,
+                code::RATE_LIMITED,
+                "this agent holds its share of connections ([server] max_connections_per_agent); \
+                 send on a connection it has open, or close one",
+            ),
+        );
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        resp
+    }
+
     /// 403 for a source or agent blocked by escalation.
     fn blocked(&self) -> Response<Body> {
         json_response(
@@ -1638,10 +1798,22 @@ impl Gateway {
         let Some(session) = self.sessions.owned(sid) else {
             return session_not_found(&Value::Null);
         };
+        // A new GET replaces an older one: that one ends, and its count
+        // goes, first (ended even if this one is refused, so no stream
+        // stays open uncounted).
+        session.push.lock().expect("push lock").take();
+        session.push_slot.lock().expect("push slot lock").take();
+        let cap = self.config.max_streams_per_agent;
+        let Some(slot) = self
+            .sessions
+            .open_stream_slot(agent_key(session.caller.as_ref()), cap)
+        else {
+            return too_many_streams(&Value::Null, cap);
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        // A new GET replaces an older one.
+        *session.push_slot.lock().expect("push slot lock") = Some(slot.handle());
         *session.push.lock().expect("push lock") = Some(tx);
-        sse_response(rx)
+        held_sse_response(rx, slot)
     }
 
     fn origin_allowed(&self, headers: &HeaderMap) -> bool {
@@ -2058,6 +2230,7 @@ impl Gateway {
                     caller,
                     log_floor: Default::default(),
                     last_used: mono_ms().into(),
+                    push_slot: Default::default(),
                 }),
             );
         let result = json!({
@@ -2490,7 +2663,9 @@ impl Gateway {
         let vouched = assertion
             .as_deref()
             .map(|a| (&self.identity.signer.header, a));
-        let result = upstream.request_as(method, params, vouched).await;
+        let result = upstream
+            .request_as(method, params, vouched, Some(agent_key(caller.as_ref())))
+            .await;
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
         let reply = match result {
             Ok((Reply::Stream(s), _)) => {
@@ -2500,7 +2675,7 @@ impl Gateway {
                 }
             }
             Ok((reply, _)) => reply,
-            Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+            Err(err) => return Err((err.code(), err.to_string())),
         };
         let reply = redacted(reply, redaction.as_ref(), upstream.name(), Some(call))?;
         Ok((upstream, reply))
@@ -2898,6 +3073,7 @@ impl Gateway {
                         let floor = s.log_floor.load(std::sync::atomic::Ordering::Relaxed);
                         protocol::LOG_LEVELS.get(floor).copied()
                     }),
+                    agent: Some(agent_key(caller.as_ref())),
                 },
             )
             .await;
@@ -2911,7 +3087,12 @@ impl Gateway {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
-                Err((code::UPSTREAM_UNAVAILABLE, e.to_string()).into())
+                Err(Refusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                    // An agent over its share retries once one of its calls is answered.
+                    retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
+                })
             }
         }
     }
@@ -3245,7 +3426,15 @@ impl Gateway {
                     let mut parser = upstream.sse_parser();
                     let mut last = None;
                     let floor = session.log_floor.load(std::sync::atomic::Ordering::Relaxed);
-                    'read: while let Some(Ok(frame)) = body.frame().await {
+                    let mut broke = None;
+                    'read: while let Some(frame) = body.frame().await {
+                        let frame = match frame {
+                            Ok(f) => f,
+                            Err(e) => {
+                                broke = Some(e);
+                                break;
+                            }
+                        };
                         let Some(data) = frame.data_ref() else {
                             continue;
                         };
@@ -3277,12 +3466,15 @@ impl Gateway {
                     match last {
                         Some(v) => v,
                         None => {
-                            send(rpc_error(
-                                &id,
-                                code::UPSTREAM_UNAVAILABLE,
-                                format!("upstream `{}` broke the stream", upstream.name()),
-                            ))
-                            .await;
+                            // Quiet past its idle timeout, it timed out.
+                            let why = match broke {
+                                Some(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+                                    "{}: {e}",
+                                    super::upstream::stream_error(upstream.name(), &e)
+                                ),
+                                _ => format!("upstream `{}` broke the stream", upstream.name()),
+                            };
+                            send(rpc_error(&id, code::UPSTREAM_UNAVAILABLE, why)).await;
                             return;
                         }
                     }
@@ -3465,6 +3657,14 @@ impl Gateway {
             .as_deref()
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
+        // Counted before anything is subscribed upstream for it.
+        let cap = self.config.max_streams_per_agent;
+        let Some(slot) = self
+            .sessions
+            .open_stream_slot(agent_key(current_caller().as_ref()), cap)
+        else {
+            return too_many_streams(&id, cap);
+        };
         let Some(asked) = params.get("notifications").and_then(Value::as_object) else {
             return bad(
                 code::INVALID_PARAMS,
@@ -3543,7 +3743,7 @@ impl Gateway {
                 let _ = u.want(&uri, false).await;
             }
         });
-        sse_response(rx)
+        held_sse_response(rx, slot)
     }
 }
 
@@ -3866,8 +4066,14 @@ fn relay(
                     format!("upstream `{upstream}` ended the stream without an answer")
                 };
             };
-            let Ok(frame) = frame else {
-                break format!("upstream `{upstream}` broke the stream");
+            let frame = match frame {
+                Ok(f) => f,
+                // Quiet past its idle timeout: the upstream timed out (the
+                // body dropped its connection).
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    break format!("{}: {e}", super::upstream::stream_error(&upstream, &e));
+                }
+                Err(_) => break format!("upstream `{upstream}` broke the stream"),
             };
             let Some(data) = frame.data_ref() else {
                 continue;

@@ -14,8 +14,14 @@
 //! closed connections and ones idle longer than the idle timeout are
 //! dropped as checkouts come across them (the newest and the oldest are
 //! looked at on every one).
+//!
+//! An event stream can be given an idle timeout ([`Body::idle_timeout`]):
+//! an upstream that starts answering and then goes quiet between events
+//! would otherwise hold the call, its connection and the caller's stream
+//! for as long as it liked.
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -144,6 +150,7 @@ impl Pool {
             decoder,
             keep_alive: h.keep_alive,
             home: (self.lanes.clone(), lane),
+            idle: None,
         })));
         Ok(resp)
     }
@@ -227,11 +234,65 @@ struct Stream {
     keep_alive: bool,
     /// Where the connection goes back when the body ends.
     home: (Arc<Lanes>, usize),
+    idle: Option<Box<Idle>>,
+}
+
+/// The idle timeout of an event stream: the longest the body may wait for
+/// more bytes once its last event ended.
+struct Idle {
+    after: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Set when the body starts waiting after an event ended (or at the
+    /// start); cleared when an event ends. A body nobody polls (a call
+    /// parked for its caller's input) is not timed meanwhile.
+    armed: bool,
+    /// Line ends in a row seen last (two end an event), and whether the
+    /// last byte was a CR (a CRLF is one line end).
+    ends: u8,
+    cr: bool,
+}
+
+impl Idle {
+    /// Whether `data` ends an event (a blank line), carrying the line-end
+    /// state over from the bytes before.
+    fn ends_event(&mut self, data: &[u8]) -> bool {
+        let mut ended = false;
+        for &b in data {
+            match b {
+                b'\n' if self.cr => self.cr = false,
+                b'\r' | b'\n' => {
+                    self.ends = self.ends.saturating_add(1);
+                    ended |= self.ends >= 2;
+                    self.cr = b == b'\r';
+                }
+                _ => {
+                    self.ends = 0;
+                    self.cr = false;
+                }
+            }
+        }
+        ended
+    }
 }
 
 impl Body {
     fn empty() -> Self {
         Body(Inner::Full(None))
+    }
+
+    /// Ends the body with a `TimedOut` error (and drops its connection) when
+    /// no event ends within `after` of the previous one (or of now).
+    /// Only for event streams; a body that came whole is unaffected.
+    pub fn idle_timeout(&mut self, after: Duration) {
+        if let Inner::Stream(s) = &mut self.0 {
+            s.idle = Some(Box::new(Idle {
+                after,
+                timer: Box::pin(tokio::time::sleep(after)),
+                armed: false,
+                ends: 0,
+                cr: false,
+            }));
+        }
     }
 }
 
@@ -253,7 +314,14 @@ impl hyper::body::Body for Body {
                 return Poll::Ready(None);
             };
             match s.decoder.step(conn.buffered(), eof) {
-                Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                Ok(Step::Data(d)) => {
+                    if let Some(idle) = s.idle.as_mut()
+                        && idle.ends_event(&d)
+                    {
+                        idle.armed = false;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(d))));
+                }
                 Ok(Step::End) => {
                     let mut conn = s.conn.take().expect("connection");
                     if s.keep_alive && conn.buffered().is_empty() {
@@ -263,7 +331,25 @@ impl hyper::body::Body for Body {
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => match conn.poll_fill(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        let Some(idle) = s.idle.as_mut() else {
+                            return Poll::Pending;
+                        };
+                        if !idle.armed {
+                            idle.armed = true;
+                            let at = tokio::time::Instant::now() + idle.after;
+                            idle.timer.as_mut().reset(at);
+                        }
+                        if idle.timer.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        let ms = idle.after.as_millis();
+                        s.conn = None;
+                        return Poll::Ready(Some(Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no event for {ms} ms"),
+                        ))));
+                    }
                     Poll::Ready(Ok(n)) => eof = n == 0,
                     Poll::Ready(Err(e)) => {
                         s.conn = None;
@@ -418,6 +504,31 @@ mod tests {
     fn pool(addr: std::net::SocketAddr) -> Pool {
         let url: Uri = format!("http://{addr}/mcp").parse().unwrap();
         Pool::new(&url, 1, 8, Duration::from_secs(2)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_event_ends_at_a_blank_line_however_its_bytes_are_split() {
+        let idle = || Idle {
+            after: Duration::from_secs(1),
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(1))),
+            armed: false,
+            ends: 0,
+            cr: false,
+        };
+        for pieces in [
+            &[&b"data: x\n\n"[..]][..],
+            &[b"data: x\n", b"\n"],
+            &[b"data: x\r\n\r", b"\n"],
+            &[b"data: x\r\r"],
+        ] {
+            let mut i = idle();
+            let ended = pieces.iter().map(|p| i.ends_event(p)).collect::<Vec<_>>();
+            assert!(ended.contains(&true), "{pieces:?}");
+        }
+        // One line end, CRLF or not, ends a line, not an event.
+        for text in [&b"data: x\r\n"[..], b"data: x\n", b"data: x\r\ndata: y\r\n"] {
+            assert!(!idle().ends_event(text), "{text:?}");
+        }
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ pub struct SseParser {
     /// The last event ended with a CR that was the last byte: an LF that
     /// comes next is that line end's second half, not an empty line.
     skip_lf: bool,
+    /// What is held, charged to the budget of every call's buffered
+    /// upstream answers (an upstream's parsers; see [`SseParser::charged`]).
+    charge: Option<super::upstream::Charge>,
 }
 
 impl Default for SseParser {
@@ -36,7 +39,16 @@ impl SseParser {
             scanned: 0,
             max_event,
             skip_lf: false,
+            charge: None,
         }
+    }
+
+    /// The same, with what it holds charged to the budget of buffered
+    /// upstream answers (`[mcp] max_buffered_response_bytes`): a chunk that
+    /// would pass it is refused like an event over the limit.
+    pub fn charged(mut self) -> SseParser {
+        self.charge = Some(Default::default());
+        self
     }
 
     /// Adds a chunk of the stream; refuses it when an event in what is
@@ -51,11 +63,28 @@ impl SseParser {
         if !chunk.is_empty() {
             self.skip_lf = false;
         }
+        if let Some(c) = self.charge.as_mut()
+            && !c.grow(chunk.len())
+        {
+            let held = c.held();
+            c.shrink(held);
+            self.buf.clear();
+            self.scanned = 0;
+            return Err(
+                "an answer Dome cannot hold now (its buffered upstream answers are at \
+                 [mcp] max_buffered_response_bytes)"
+                    .into(),
+            );
+        }
         self.buf.extend_from_slice(chunk);
         // Only a buffer over the limit can hold an event over it.
         if self.buf.len() > self.max_event && self.longest_event() > self.max_event {
             self.buf.clear();
             self.scanned = 0;
+            if let Some(c) = self.charge.as_mut() {
+                let held = c.held();
+                c.shrink(held);
+            }
             return Err(format!(
                 "an event over {} bytes (the limit)",
                 self.max_event
@@ -90,6 +119,9 @@ impl SseParser {
                 }
             };
             let raw = self.buf.split_to(end + len);
+            if let Some(c) = self.charge.as_mut() {
+                c.shrink(raw.len());
+            }
             self.scanned = 0;
             self.skip_lf = self.buf.is_empty() && raw.ends_with(b"\r");
             let text = String::from_utf8_lossy(&raw[..end]);

@@ -41,9 +41,15 @@ pub struct UpstreamConfig {
     pub url: String,
     #[serde(default = "default_prefix")]
     pub prefix: PrefixMode,
-    /// Whole-call timeout, milliseconds.
+    /// Whole-call timeout, milliseconds: the wait for a slot, the answer's
+    /// head and, unless it streams, its whole body.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// The longest a streamed answer may go without an event, milliseconds
+    /// (default: `timeout_ms`); then the call fails as timed out and its
+    /// connection is dropped.
+    #[serde(default)]
+    pub stream_idle_timeout_ms: Option<u64>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_ms: u64,
     /// Idle keep-alive connections kept per upstream.
@@ -53,10 +59,18 @@ pub struct UpstreamConfig {
     /// `server/discover`, else the session era), `session` or `stateless`.
     #[serde(default)]
     pub era: EraSetting,
-    /// Requests waiting for this upstream's answer at once (until its
-    /// response begins); more wait for a slot, within `timeout_ms`.
+    /// Requests waiting for this upstream's answer at once (until it is
+    /// read; a streamed one until it begins); more wait for a slot, within
+    /// `timeout_ms`.
     #[serde(default = "default_max_concurrent")]
     pub max_concurrent_requests: usize,
+    /// How many of those slots one agent's requests may hold at once
+    /// (callers without credentials count as one agent); its next request
+    /// is refused at once with a retryable error (-32004) rather than
+    /// queued, so one agent cannot make the others wait. Default: half of
+    /// `max_concurrent_requests`, at least 1.
+    #[serde(default)]
+    pub max_requests_per_agent: Option<usize>,
     /// The most a response may take, and each event of a streamed one:
     /// an upstream that sends more gets an error naming it, not Dome's
     /// memory.
@@ -80,6 +94,21 @@ pub enum EraSetting {
 
 fn default_max_concurrent() -> usize {
     256
+}
+
+impl UpstreamConfig {
+    /// How long a streamed answer may go without an event.
+    pub fn stream_idle(&self) -> Duration {
+        Duration::from_millis(self.stream_idle_timeout_ms.unwrap_or(self.timeout_ms))
+    }
+
+    /// The slots one agent may hold: `max_requests_per_agent`, or half of
+    /// `max_concurrent_requests` (at least 1).
+    pub fn agent_share(&self) -> usize {
+        self.max_requests_per_agent
+            .unwrap_or(self.max_concurrent_requests / 2)
+            .max(1)
+    }
 }
 
 fn default_prefix() -> PrefixMode {
@@ -106,13 +135,196 @@ pub enum UpstreamError {
     Status(String, u16),
     #[error("upstream `{0}` sent an invalid response: {1}")]
     Invalid(String, String),
+    #[error(
+        "upstream `{0}`'s answer was dropped: Dome holds as many buffered answers as it may \
+         ([mcp] max_buffered_response_bytes); retry later"
+    )]
+    Overloaded(String),
+    #[error(
+        "upstream `{0}` is busy with this agent's other requests ({1} at once, its share of the \
+         upstream's max_requests_per_agent); retry once one is answered"
+    )]
+    Busy(String, usize),
 }
 
 impl UpstreamError {
     /// The JSON-RPC error to give the caller.
     pub fn to_jsonrpc(&self) -> Value {
-        json!({"code": code::UPSTREAM_UNAVAILABLE, "message": self.to_string()})
+        json!({"code": self.code(), "message": self.to_string()})
     }
+
+    /// Its JSON-RPC code: an agent over its share may retry (-32004); the
+    /// rest is the upstream's failure.
+    pub fn code(&self) -> i64 {
+        match self {
+            UpstreamError::Busy(..) => code::RATE_LIMITED,
+            _ => code::UPSTREAM_UNAVAILABLE,
+        }
+    }
+}
+
+/// Bytes of upstream answers held buffered over all calls, and the most
+/// there may be (`[mcp] max_buffered_response_bytes`): one atomic each,
+/// so charging takes no lock. Every upstream answer read whole, and every
+/// event still arriving in an event stream's parser, is charged here.
+pub struct Buffered {
+    held: std::sync::atomic::AtomicUsize,
+    limit: std::sync::atomic::AtomicUsize,
+    /// Answers dropped at the limit, since start.
+    refused: AtomicU64,
+}
+
+pub static BUFFERED: Buffered = Buffered {
+    held: std::sync::atomic::AtomicUsize::new(0),
+    limit: std::sync::atomic::AtomicUsize::new(256 << 20),
+    refused: AtomicU64::new(0),
+};
+
+impl Buffered {
+    pub fn set_limit(&self, limit: usize) {
+        self.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// What `/stats` shows: bytes held now, the limit, answers refused.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "bytes": self.held.load(Ordering::Relaxed),
+            "limit": self.limit.load(Ordering::Relaxed),
+            "refused": self.refused.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Takes `n` bytes more, unless that would pass the limit.
+    fn take(&self, n: usize) -> bool {
+        let before = self.held.fetch_add(n, Ordering::AcqRel);
+        if before.saturating_add(n) > self.limit.load(Ordering::Relaxed) {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// Bytes charged to [`BUFFERED`] while this lives.
+#[derive(Default)]
+pub struct Charge(usize);
+
+impl Charge {
+    /// Charges `n` bytes more; false (nothing charged) over the budget.
+    pub fn grow(&mut self, n: usize) -> bool {
+        if n == 0 {
+            return true;
+        }
+        if !BUFFERED.take(n) {
+            return false;
+        }
+        self.0 += n;
+        true
+    }
+
+    /// Bytes charged.
+    pub fn held(&self) -> usize {
+        self.0
+    }
+
+    /// Gives back `n` of the bytes charged.
+    pub fn shrink(&mut self, n: usize) {
+        let n = n.min(self.0);
+        BUFFERED.give(n);
+        self.0 -= n;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            BUFFERED.give(self.0);
+        }
+    }
+}
+
+/// An answer's bytes with their charge: given back when the last
+/// reference to them goes.
+struct Charged {
+    bytes: Bytes,
+    _charge: Charge,
+}
+
+impl AsRef<[u8]> for Charged {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The key a caller without credentials is counted under in an upstream's
+/// per-agent shares (identity slots are far below it).
+pub const ANONYMOUS_AGENT: u32 = u32::MAX;
+
+/// Requests each agent has waiting on one upstream, sharded by identity
+/// slot so calls of different agents do not wait on one lock.
+struct AgentShares {
+    shards: Box<[std::sync::Mutex<std::collections::HashMap<u32, u32>>]>,
+    share: u32,
+}
+
+const SHARE_SHARDS: usize = 16;
+
+impl AgentShares {
+    fn new(share: usize) -> Self {
+        AgentShares {
+            shards: (0..SHARE_SHARDS).map(|_| Default::default()).collect(),
+            share: u32::try_from(share).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    fn shard(&self, agent: u32) -> &std::sync::Mutex<std::collections::HashMap<u32, u32>> {
+        &self.shards[agent as usize % SHARE_SHARDS]
+    }
+
+    /// One more of `agent`'s requests, unless it holds its share.
+    fn take(&self, agent: u32) -> Option<Share<'_>> {
+        let mut m = self.shard(agent).lock().expect("shares lock");
+        let n = m.entry(agent).or_default();
+        if *n >= self.share {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self,
+            agent,
+        })
+    }
+}
+
+/// One request counted against its agent's share while it lives.
+struct Share<'a> {
+    shares: &'a AgentShares,
+    agent: u32,
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        let mut m = self.shares.shard(self.agent).lock().expect("shares lock");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = m.entry(self.agent) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// What a request holds while its answer is awaited: a slot of the
+/// upstream's, its agent's share, and the deadline of the whole exchange.
+struct Held<'a> {
+    _slot: tokio::sync::SemaphorePermit<'a>,
+    _share: Option<Share<'a>>,
+    deadline: tokio::time::Instant,
 }
 
 /// What an upstream answered.
@@ -154,6 +366,8 @@ pub struct Upstream {
     me: std::sync::OnceLock<std::sync::Weak<Upstream>>,
     next_id: AtomicU64,
     slots: tokio::sync::Semaphore,
+    /// Of those slots, what each agent holds.
+    shares: AgentShares,
     /// Resource URIs Dome's clients want updates for, and how many want
     /// each: the upstream is asked once per URI, however many clients ask.
     wanted: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -169,6 +383,7 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, String> {
         let slots = config.max_concurrent_requests.max(1);
+        let share = config.agent_share();
         let uri: hyper::Uri = config
             .url
             .parse()
@@ -197,6 +412,7 @@ impl Upstream {
             sink: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
             slots: tokio::sync::Semaphore::new(slots),
+            shares: AgentShares::new(share),
             next_id: AtomicU64::new(1),
             wanted: Default::default(),
             listen_filter: tokio::sync::watch::Sender::new(0),
@@ -206,7 +422,7 @@ impl Upstream {
 
     /// An SSE parser held to this upstream's response limit.
     pub fn sse_parser(&self) -> super::sse::SseParser {
-        super::sse::SseParser::new(self.config.max_response_bytes)
+        super::sse::SseParser::new(self.config.max_response_bytes).charged()
     }
 
     pub fn name(&self) -> &str {
@@ -396,7 +612,8 @@ impl Upstream {
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "subscriptions/listen",
             "params": {"notifications": filter, "_meta": stateless_meta(&version)}});
         let req = self.build("subscriptions/listen", None, &body)?;
-        self.exchange(req).await
+        // Dome's own standing stream: it holds no slot once it has begun.
+        Ok(self.exchange(req, None).await?.0)
     }
 
     /// A client of Dome's starts (`on`) or stops wanting updates of `uri`,
@@ -490,17 +707,20 @@ impl Upstream {
         method: &str,
         params: Value,
     ) -> Result<(Reply, u64), UpstreamError> {
-        self.request_as(method, params, None).await
+        self.request_as(method, params, None, None).await
     }
 
-    /// As [`Upstream::request`], with Dome's identity assertion for the caller.
+    /// As [`Upstream::request`], with Dome's identity assertion for the
+    /// caller, on behalf of `agent` (its identity slot, or
+    /// [`ANONYMOUS_AGENT`]; `None`: Dome's own request), held to its share.
     pub async fn request_as(
         &self,
         method: &str,
         params: Value,
         assertion: Option<(&header::HeaderName, &str)>,
+        agent: Option<u32>,
     ) -> Result<(Reply, u64), UpstreamError> {
-        self.with_session(|| self.send_as(method, params.clone(), assertion))
+        self.with_session(|| self.send_as(method, params.clone(), assertion, agent))
             .await
     }
 
@@ -562,9 +782,9 @@ impl Upstream {
         {
             req.headers_mut().insert(h.clone(), v);
         }
-        let resp = self.exchange(req).await?;
+        let (resp, held) = self.exchange(req, call.agent).await?;
         let status = resp.status();
-        Ok((read_reply_raw(self, resp).await?, id, status))
+        Ok((read_reply_raw(self, resp, held).await?, id, status))
     }
 
     /// Answers a request the upstream sent (sampling, elicitation, roots).
@@ -580,8 +800,8 @@ impl Upstream {
             (None, None) => json!({"jsonrpc": "2.0", "id": id, "result": {}}),
         };
         let req = self.build("", None, &body)?;
-        let resp = self.exchange(req).await?;
-        let _ = resp.into_body().collect().await;
+        let (resp, held) = self.exchange(req, None).await?;
+        let _ = tokio::time::timeout_at(held.deadline, resp.into_body().collect()).await;
         Ok(())
     }
 
@@ -594,8 +814,8 @@ impl Upstream {
     async fn notify_connected(&self, method: &str, params: Value) -> Result<(), UpstreamError> {
         let body = json!({"jsonrpc": "2.0", "method": method, "params": params});
         let req = self.build(method, None, &body)?;
-        let resp = self.exchange(req).await?;
-        let _ = resp.into_body().collect().await;
+        let (resp, held) = self.exchange(req, None).await?;
+        let _ = tokio::time::timeout_at(held.deadline, resp.into_body().collect()).await;
         Ok(())
     }
 
@@ -662,14 +882,14 @@ impl Upstream {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": "initialize", "params": init});
         let req = self.build("initialize", None, &body)?;
-        let resp = self.exchange(req).await?;
+        let (resp, held) = self.exchange(req, None).await?;
         let status = resp.status();
         let session = resp
             .headers()
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let reply = read_reply(self, resp).await?;
+        let reply = read_reply(self, resp, held).await?;
         let msg = match reply {
             Reply::Json(v) => v,
             Reply::Raw(b) => serde_json::from_slice(&b).map_err(|e| {
@@ -707,7 +927,7 @@ impl Upstream {
         method: &str,
         params: Value,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
-        self.send_as(method, params, None).await
+        self.send_as(method, params, None, None).await
     }
 
     async fn send_as(
@@ -715,6 +935,7 @@ impl Upstream {
         method: &str,
         mut params: Value,
         assertion: Option<(&header::HeaderName, &str)>,
+        agent: Option<u32>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Era::Stateless { version } = &**self.era.load() {
@@ -741,9 +962,9 @@ impl Upstream {
         {
             req.headers_mut().insert(h.clone(), v);
         }
-        let resp = self.exchange(req).await?;
+        let (resp, held) = self.exchange(req, agent).await?;
         let status = resp.status();
-        Ok((read_reply(self, resp).await?, id, status))
+        Ok((read_reply(self, resp, held).await?, id, status))
     }
 
     fn build(
@@ -811,22 +1032,38 @@ impl Upstream {
         Ok(req)
     }
 
+    /// Sends `req` within the upstream's slots and `agent`'s share of them
+    /// (`None`: Dome's own request, held to the slots only). What is held
+    /// goes with the response: until its body is read, or for a streamed
+    /// one until it begins (it then runs on its own connection).
     async fn exchange(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<Response<super::pool::Body>, UpstreamError> {
-        // The slot is held until the response head arrives; a streamed body
-        // then runs on its own connection.
+        agent: Option<u32>,
+    ) -> Result<(Response<super::pool::Body>, Held<'_>), UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
-        let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
+        // An agent holding its share is refused at once: queued, it would
+        // wait behind its own requests, and others' behind it.
+        let share = match agent {
+            Some(a) => Some(self.shares.take(a).ok_or_else(|| {
+                UpstreamError::Busy(self.name().into(), self.config.agent_share())
+            })?),
+            None => None,
+        };
+        let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
             return Err(UpstreamError::Timeout(self.name().into()));
+        };
+        let held = Held {
+            _slot: slot,
+            _share: share,
+            deadline,
         };
         // Boxed, so the futures of the call path above stay small (each is
         // moved whole when created).
         match tokio::time::timeout_at(deadline, Box::pin(self.pool.send(req))).await {
             Err(_) => Err(UpstreamError::Timeout(self.name().into())),
             Ok(Err(e)) => Err(UpstreamError::Unreachable(self.name().into(), e)),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => Ok((r, held)),
         }
     }
 
@@ -864,6 +1101,9 @@ pub struct CallParts<'a> {
     /// A session-era caller's log level, told to a stateless upstream (a
     /// stateless caller's own is among its `meta`).
     pub log_level: Option<&'a str>,
+    /// Whose call it is, for the agent's share of the upstream's slots
+    /// (see [`Upstream::request_as`]).
+    pub agent: Option<u32>,
 }
 
 /// The JSON text of a `tools/call` request, written straight into one
@@ -998,9 +1238,10 @@ fn finish(
 async fn read_reply(
     up: &Upstream,
     resp: Response<super::pool::Body>,
+    held: Held<'_>,
 ) -> Result<Reply, UpstreamError> {
     let name = up.name();
-    match read_reply_raw(up, resp).await? {
+    match read_reply_raw(up, resp, held).await? {
         Reply::Raw(body) if body.is_empty() => Ok(Reply::Json(Value::Null)),
         Reply::Raw(body) => serde_json::from_slice(&body)
             .map(Reply::Json)
@@ -1009,9 +1250,14 @@ async fn read_reply(
     }
 }
 
+/// The reply in `resp`: a stream as it is (what the request held is let
+/// go), else its whole body, read by the exchange's deadline (an upstream
+/// sending its body slowly keeps neither the slot nor the call past it:
+/// the connection is dropped and the caller told it timed out).
 async fn read_reply_raw(
     up: &Upstream,
     resp: Response<super::pool::Body>,
+    held: Held<'_>,
 ) -> Result<Reply, UpstreamError> {
     let name = up.name();
     let max = up.config.max_response_bytes;
@@ -1021,6 +1267,10 @@ async fn read_reply_raw(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.starts_with("text/event-stream"));
     if is_sse {
+        // A stream may last as long as its upstream keeps it going, but
+        // not go quiet for longer than its idle timeout.
+        let mut resp = resp;
+        resp.body_mut().idle_timeout(up.config.stream_idle());
         return Ok(Reply::Stream(resp));
     }
     let too_big = || {
@@ -1039,15 +1289,52 @@ async fn read_reply_raw(
     {
         return Err(too_big());
     }
-    let body = http_body_util::Limited::new(resp.into_body(), max)
-        .collect()
+    // Charged against every call's buffered answers: the length it declares
+    // at once, else each piece as it comes. Over the budget, the answer is
+    // dropped (and its connection with it).
+    let declared = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let mut charge = Charge::default();
+    if let Some(n) = declared
+        && !charge.grow(n)
+    {
+        return Err(UpstreamError::Overloaded(name.into()));
+    }
+    let mut body = resp.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(too_big());
+            }
+            if declared.is_none() && !charge.grow(data.len()) {
+                return Err(UpstreamError::Overloaded(name.into()));
+            }
+            if buf.is_empty() && data.len() == declared.unwrap_or(usize::MAX) {
+                // The whole answer in one piece (the usual case): no copy.
+                return Ok(Some(data));
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(None)
+    };
+    let whole = tokio::time::timeout_at(held.deadline, read)
         .await
-        .map_err(|e| match e.downcast::<http_body_util::LengthLimitError>() {
-            Ok(_) => too_big(),
-            Err(e) => UpstreamError::Unreachable(name.into(), e.to_string()),
-        })?
-        .to_bytes();
-    Ok(Reply::Raw(body))
+        .map_err(|_| UpstreamError::Timeout(name.into()))??;
+    drop(held);
+    let body = whole.unwrap_or_else(|| buf.freeze());
+    // The charge lasts as long as the bytes do.
+    Ok(Reply::Raw(Bytes::from_owner(Charged {
+        bytes: body,
+        _charge: charge,
+    })))
 }
 
 /// What every stateless-era result carries.
@@ -1121,6 +1408,16 @@ impl<'a> ResponseParts<'a> {
     }
 }
 
+/// Why a streamed answer broke off: it went quiet past its idle timeout
+/// (a timeout, like any other), or its connection failed.
+pub fn stream_error(name: &str, e: &std::io::Error) -> UpstreamError {
+    if e.kind() == std::io::ErrorKind::TimedOut {
+        UpstreamError::Timeout(name.into())
+    } else {
+        UpstreamError::Unreachable(name.into(), e.to_string())
+    }
+}
+
 /// Reads an SSE reply to its JSON-RPC response, dropping notifications.
 pub async fn first_response(
     up: &Upstream,
@@ -1130,7 +1427,7 @@ pub async fn first_response(
     let mut body = resp.into_body();
     let mut parser = up.sse_parser();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
+        let frame = frame.map_err(|e| stream_error(name, &e))?;
         if let Some(data) = frame.data_ref() {
             parser
                 .push(data)
@@ -1192,6 +1489,7 @@ mod tests {
             client_capabilities: Some(r#"{"elicitation":{}}"#),
             assertion: None,
             log_level: None,
+            agent: None,
         };
         let b = call_body(9, &call, Some("2026-07-28"));
         let v: Value = serde_json::from_str(&b).unwrap();
@@ -1218,6 +1516,7 @@ mod tests {
                 client_capabilities: None,
                 assertion: None,
                 log_level: Some("info"),
+                agent: None,
             },
             None,
         ))

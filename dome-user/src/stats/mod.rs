@@ -82,6 +82,8 @@ impl StatsState {
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                 .collect::<serde_json::Map<_, _>>(),
             "audit": self.audit.to_json(),
+            // Upstream answers held in memory over all calls ([mcp] max_buffered_response_bytes).
+            "buffered_responses": crate::mcp::upstream::BUFFERED.to_json(),
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,

@@ -212,6 +212,17 @@ pub struct Dome {
 }
 
 fn config_text(config: &Path, mcp: SocketAddr, stats: SocketAddr, rest: &str) -> String {
+    config_text_server(config, mcp, stats, "", rest)
+}
+
+/// As `config_text`, with `server` (settings of `[server]` besides its listener).
+fn config_text_server(
+    config: &Path,
+    mcp: SocketAddr,
+    stats: SocketAddr,
+    server: &str,
+    rest: &str,
+) -> String {
     let auth = if rest.contains("[auth]") {
         String::new()
     } else {
@@ -222,9 +233,14 @@ fn config_text(config: &Path, mcp: SocketAddr, stats: SocketAddr, rest: &str) ->
     } else {
         allow_all_policy(config)
     };
+    let server = if server.is_empty() {
+        String::new()
+    } else {
+        format!("{server}\n")
+    };
     // These go last, so line numbers in `rest` stay as a test wrote them.
     format!(
-        "[server]\nlisten = \"{mcp}\"\n[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}\n{auth}{policy}"
+        "[server]\nlisten = \"{mcp}\"\n{server}[stats]\nlisten = \"{stats}\"\n[xdp]\nenabled = false\n\n{rest}\n{auth}{policy}"
     )
 }
 
@@ -289,6 +305,12 @@ impl Dome {
 }
 
 pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
+    start_dome_server(name, "", upstreams_toml)
+}
+
+/// As [`start_dome`], with `server` (settings of `[server]` besides its
+/// listener, one per line).
+pub fn start_dome_server(name: &str, server: &str, upstreams_toml: &str) -> Dome {
     let mcp = local(free_port());
     let mut stats = local(free_port());
     while stats == mcp {
@@ -298,7 +320,11 @@ pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let config = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}-{seq}.toml", std::process::id()));
-    std::fs::write(&config, config_text(&config, mcp, stats, upstreams_toml)).unwrap();
+    std::fs::write(
+        &config,
+        config_text_server(&config, mcp, stats, server, upstreams_toml),
+    )
+    .unwrap();
     // Dome's log goes next to its config (target/tmp/NAME-PID.log).
     let log = std::fs::File::create(config.with_extension("log")).unwrap();
     let mut proc = Proc::spawn(
