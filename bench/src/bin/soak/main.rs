@@ -9,9 +9,15 @@
 //! Every answer is judged against what its kind of call may get; anything
 //! else (a 5xx, a connection error, a malformed answer, an error the
 //! upstream's restart does not explain) is an unexpected error. Dome's
-//! memory and open files are sampled after the warm-up (the first 20% of
-//! the run) and at the end, both times with the load paused and no client
-//! connection open, so the two are comparable. After Dome stops, every
+//! open files are sampled after the warm-up (the first 20% of the run) and
+//! at the end, both times with the load paused and no client connection
+//! open. Its memory is sampled every 5 s under load: RSS growth compares
+//! the median of the last minute with that of the first minute after the
+//! warm-up. (Two single samples with the load paused were compared
+//! before; they swung from -7% to +17% between runs of the same code, the
+//! allocator returning freed pages about 1 s after the last free, just as
+//! the sample was taken. Under the same load the series shows whether
+//! memory climbs with calls; the least-squares trend is reported too.) After Dome stops, every
 //! answered call's intent (`soak-<n>`, one per call) must be in the audit
 //! trail once, with the decision its answer showed, and `dome audit
 //! verify` must pass. Writes `target/bench/soak.json`; exits non-zero when
@@ -216,6 +222,61 @@ impl Upstream {
 }
 
 /// Resident memory (kB) and open files of a process.
+/// Memory growth from the series sampled under load.
+struct RssGrowth {
+    first_median: u64,
+    last_median: u64,
+    growth_pct: f64,
+    /// Least-squares slope after the warm-up, relative to the mean.
+    trend_pct_per_10_min: f64,
+}
+
+impl RssGrowth {
+    fn of(series: &[[u64; 4]], warm_s: f64, run_s: f64) -> RssGrowth {
+        let after: Vec<(f64, f64)> = series
+            .iter()
+            .map(|r| (r[0] as f64, r[1] as f64))
+            .filter(|(t, _)| *t >= warm_s)
+            .collect();
+        // A minute, or a quarter of what follows the warm-up in short runs.
+        let window = 60f64.min((run_s - warm_s) / 4.0);
+        let median = |mut v: Vec<u64>| -> u64 {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let first_median = median(
+            after
+                .iter()
+                .filter(|(t, _)| *t < warm_s + window)
+                .map(|(_, r)| *r as u64)
+                .collect(),
+        );
+        let last_median = median(
+            after
+                .iter()
+                .filter(|(t, _)| *t >= run_s - window)
+                .map(|(_, r)| *r as u64)
+                .collect(),
+        );
+        let growth_pct =
+            (last_median as f64 - first_median as f64) / first_median.max(1) as f64 * 100.0;
+        let n = after.len().max(1) as f64;
+        let (mt, mr) = (
+            after.iter().map(|p| p.0).sum::<f64>() / n,
+            after.iter().map(|p| p.1).sum::<f64>() / n,
+        );
+        let var: f64 = after.iter().map(|(t, _)| (t - mt).powi(2)).sum();
+        let cov: f64 = after.iter().map(|(t, r)| (t - mt) * (r - mr)).sum();
+        let slope = if var > 0.0 { cov / var } else { 0.0 };
+        RssGrowth {
+            first_median,
+            last_median,
+            growth_pct,
+            trend_pct_per_10_min: slope * 600.0 / mr.max(1.0) * 100.0,
+        }
+    }
+}
+
 /// RssAnon and RssFile (kB): the heap's pages apart from the binary's
 /// (code paths run for the first time fault its pages in).
 fn rss_split(pid: u32) -> [u64; 2] {
@@ -343,8 +404,9 @@ fn run() -> anyhow::Result<bool> {
         .context("running dome audit verify")?;
     let verify_ok = verify.status.success();
 
-    let rss_growth_pct =
-        (phase.end.0 as f64 - phase.warm.0 as f64) / phase.warm.0.max(1) as f64 * 100.0;
+    let warm_s = run_for.as_secs_f64() * WARMUP_SHARE;
+    let rss = RssGrowth::of(&phase.rss_series, warm_s, run_for.as_secs_f64());
+    let rss_growth_pct = rss.growth_pct;
     let fd_growth = phase.end.1 as i64 - phase.warm.1 as i64;
     let reloads_applied = phase.stats["config"]["reloads"].as_u64().unwrap_or(0);
     let soak_calls = tally.calls - phase.calibration_calls;
@@ -408,7 +470,10 @@ fn run() -> anyhow::Result<bool> {
         },
         "reloads": {"written": phase.reloads_written, "applied": reloads_applied,
                     "last": phase.stats["config"]["last_reload"]},
-        "rss_kb": {"after_warmup": phase.warm.0, "end": phase.end.0, "max": phase.rss_max_kb,
+        "rss_kb": {"first_minute_median": rss.first_median, "last_minute_median": rss.last_median,
+                   "trend_pct_per_10_min": (rss.trend_pct_per_10_min * 100.0).round() / 100.0,
+                   "max": phase.rss_max_kb,
+                   "quiet": {"after_warmup": phase.warm.0, "end": phase.end.0},
                    "series": phase.rss_series},
         "fds": {"after_warmup": phase.warm.1, "end": phase.end.1},
         "held": phase.held,
@@ -428,7 +493,7 @@ fn run() -> anyhow::Result<bool> {
         },
         "dome_exit": exit.to_string(),
         "mix": PATTERN.iter().map(|op| format!("{op:?}")).collect::<Vec<_>>(),
-        "statistic": "calls: every tools/call sent (calibration included); unexpected_errors: answers no call of its kind may get, connection errors and malformed answers, outside the upstream restart's window (failures_in_window are those inside it); rss_growth_pct and fd_growth: Dome's VmRSS and open files at the end against after the warm-up (the first 20% of the run), both sampled with the load paused and no client connection open; answered_not_in_audit: calls that got a JSON-RPC answer whose intent (soak-<n>, one per call) is not in `dome audit export` after Dome stopped; verify_ok: `dome audit verify` exit status",
+        "statistic": "calls: every tools/call sent (calibration included); unexpected_errors: answers no call of its kind may get, connection errors and malformed answers, outside the upstream restart's window (failures_in_window are those inside it); rss_growth_pct: the median of Dome's VmRSS over the last minute against that over the first minute after the warm-up (the first 20% of the run), sampled every 5 s under load (rss_kb.trend_pct_per_10_min: the least-squares trend after the warm-up; rss_kb.quiet: single samples with the load paused); fd_growth: Dome's open files at the end against after the warm-up, with the load paused and no client connection open; answered_not_in_audit: calls that got a JSON-RPC answer whose intent (soak-<n>, one per call) is not in `dome audit export` after Dome stopped; verify_ok: `dome audit verify` exit status",
     });
     bench::report("soak", &report)?;
     if !misses.is_empty() {
@@ -552,7 +617,7 @@ async fn soak(
             for tick in 0u64.. {
                 let rss = footprint(pid).0;
                 rss_max.fetch_max(rss, Ordering::Relaxed);
-                if tick % 10 == 0 {
+                if tick % 5 == 0 {
                     let [anon, file] = rss_split(pid);
                     series.lock().expect("series").push([tick, rss, anon, file]);
                 }
