@@ -122,6 +122,7 @@ impl Setup {
             r#"# The soak's Dome (written by bench-soak), generation {generation}.
 [server]
 listen = "{dome}"
+max_connections_per_agent = 100000
 [stats]
 listen = "{stats}"
 [xdp]
@@ -131,6 +132,9 @@ enabled = false
 name = "demo"
 url = "http://{upstream}/mcp"
 prefix = "never"
+# One agent stands for a fleet of clients here (up to 512 operations in
+# flight): per-agent shares are as large as the whole, as for budgets.
+max_requests_per_agent = 256
 [auth]
 required = true
 data_dir = "data"
