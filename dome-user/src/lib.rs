@@ -2,6 +2,7 @@
 //! handle, and the stats endpoint. The `dome` binary (`main.rs`) wires these together.
 
 pub mod admin;
+pub mod allocator;
 pub mod audit;
 pub mod clock;
 pub mod config;

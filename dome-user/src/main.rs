@@ -629,6 +629,7 @@ fn admin(
 }
 
 fn main() -> ExitCode {
+    dome::allocator::return_freed_memory_promptly();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

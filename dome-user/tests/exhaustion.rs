@@ -133,19 +133,6 @@ fn read_response(s: &mut TcpStream) -> (u16, Value) {
     }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// Whether Dome closed the connection within `wait` (bytes it sent
 /// before closing are read past).
 fn closed_by_dome(s: &mut TcpStream, wait: Duration) -> bool {

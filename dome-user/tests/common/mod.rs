@@ -177,7 +177,8 @@ pub fn http(
     (status, headers, body)
 }
 
-fn dechunk(mut s: &str) -> String {
+/// A chunked body's data, its framing taken off.
+pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
