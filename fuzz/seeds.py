@@ -9,7 +9,8 @@ accept. Run from the workspace root after `cargo build -p dome-user`:
     python3 fuzz/seeds.py
 
 Each seed starts with the knob byte its target reads first (see the
-target's doc comment)."""
+target's doc comment). Files named `crash-*` are inputs a fuzz run once
+failed on, committed by hand as regressions: this script keeps them."""
 
 import base64
 import json
@@ -221,8 +222,14 @@ def audit_seeds():
 
 
 def main():
+    # Inputs a fuzz run once failed on (`crash-*`, committed by hand as
+    # regressions) stay; every other seed is written afresh.
     if os.path.isdir(CORPUS):
-        shutil.rmtree(CORPUS)
+        for t in os.listdir(CORPUS):
+            d = os.path.join(CORPUS, t)
+            for f in os.listdir(d):
+                if not f.startswith("crash-"):
+                    os.remove(os.path.join(d, f))
     demo_seeds()
     config_seeds()
     policy_seeds()

@@ -599,7 +599,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
             reason,
         }
     };
-    let doc = toml_edit::ImDocument::parse(text).map_err(|e| {
+    // Parsed once: the document gives the fields' places and is then
+    // deserialized (`toml::from_str` would parse the text a second time).
+    let doc = toml_edit::ImDocument::parse(text.to_string()).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let mut reason = e.message().trim().to_string();
         // toml_edit says nothing of some characters (a control character
@@ -614,7 +616,7 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     })?;
     let fields = field_spans(&doc);
 
-    let config: Config = toml::from_str(text).map_err(|e| {
+    let config: Config = toml_edit::de::from_document(doc).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let field = innermost(&fields, &span).unwrap_or_default();
         at(span.start, field, e.message().trim().to_string())
@@ -636,7 +638,7 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Every key in the document with the byte range from its key to the end of its value.
-pub(crate) fn field_spans(doc: &toml_edit::ImDocument<&str>) -> Vec<(String, Range<usize>)> {
+pub(crate) fn field_spans<S>(doc: &toml_edit::ImDocument<S>) -> Vec<(String, Range<usize>)> {
     let mut out = Vec::new();
     walk_table(doc.as_table(), "", &mut out);
     out

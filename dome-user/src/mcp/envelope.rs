@@ -113,7 +113,10 @@ struct Scratch {
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         buf: Vec::new(),
-        buffers: Buffers::default(),
+        // No depth limit of simd-json's own (its default refuses past
+        // 1,024 levels as a parse error): `check_tape` refuses past the
+        // configured limit, as `TooDeep`.
+        buffers: Buffers::with_max_depth(0, usize::MAX),
         tape: Tape(Vec::new()),
         keys: Vec::new(),
         ends: Vec::new(),
@@ -372,26 +375,27 @@ fn envelope(v: TapeValue<'_, '_>) -> Result<Parsed, EnvelopeError> {
 /// (public, behind the `fuzzing` feature, only for that fuzz target).
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod differential {
-    /// Equal, but for floats, which may differ in their last bits: an
-    /// integer past 64 bits is read as a float by both parsers, not always
-    /// rounded alike (simd-json's `big-int-as-float` is off by an ulp at
-    /// times), and nothing Dome decides rests on those bits.
-    pub fn same(a: Option<&super::Json>, b: Option<&super::Json>) -> bool {
-        use super::Json;
+    /// Equal as JSON values: the same structure, members, strings and
+    /// numbers. Numbers are compared exactly (both readers round a decimal
+    /// to the nearest float, serde_json with its `float_roundtrip`), with
+    /// one exception: `-0` is an integer to simd-json (0, written back as
+    /// `0`) and the float -0.0 to serde_json, the same number either way.
+    pub fn same(a: Option<&Json>, b: Option<&Json>) -> bool {
         match (a, b) {
             (None, None) => true,
-            (Some(Json::Number(x)), Some(Json::Number(y))) => match (x.as_f64(), y.as_f64()) {
-                _ if x == y => true,
-                (Some(x), Some(y)) if x.is_finite() && y.is_finite() => {
-                    (x - y).abs() <= x.abs().max(y.abs()) * 1e-12
-                }
-                _ => false,
-            },
+            (Some(Json::Number(x)), Some(Json::Number(y))) => {
+                let zero = |n: &serde_json::Number| n.as_f64() == Some(0.0);
+                x == y
+                    || (x.is_f64() && y.is_f64() && x.as_f64() == y.as_f64())
+                    || (zero(x) && zero(y))
+            }
             (Some(Json::Array(x)), Some(Json::Array(y))) => {
                 x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(Some(x), Some(y)))
             }
             (Some(Json::Object(x)), Some(Json::Object(y))) => {
-                x.len() == y.len() && x.iter().all(|(k, v)| same(Some(v), y.get(k)))
+                x.len() == y.len()
+                    && x.iter()
+                        .all(|(k, v)| y.get(k).is_some_and(|w| same(Some(v), Some(w))))
             }
             (a, b) => a == b,
         }
@@ -474,11 +478,7 @@ pub mod differential {
                     o.contains_key("result") || o.contains_key("error"),
                     "{text}"
                 );
-                if let Some(id @ (Json::String(_) | Json::Null)) = o.get("id") {
-                    assert_eq!(e.id.as_ref(), Some(id), "{text}");
-                } else if let Some(id) = o.get("id").filter(|i| i.is_i64() || i.is_u64()) {
-                    assert_eq!(e.id.as_ref(), Some(id), "{text}");
-                }
+                assert!(same(e.id.as_ref(), o.get("id")), "id: {text}");
                 let params = o.get("params");
                 let key = e
                     .method
@@ -491,17 +491,33 @@ pub mod differential {
                     str_at(params.and_then(|p| p.get("cursor"))),
                     "{text}"
                 );
+                assert_eq!(
+                    e.init_version,
+                    str_at(params.and_then(|p| p.get("protocolVersion"))),
+                    "{text}"
+                );
+                assert!(
+                    same(
+                        e.request_id.as_ref(),
+                        params.and_then(|p| p.get("requestId"))
+                    ),
+                    "requestId: {text}"
+                );
+                for (k, x) in &e.extra_params {
+                    let x: Json = serde_json::from_str(x).unwrap();
+                    assert!(same(Some(&x), params.and_then(|p| p.get(k))), "{k}: {text}");
+                }
                 let args = e
                     .arguments
                     .as_deref()
                     .map(|a| serde_json::from_str::<Json>(a).unwrap());
                 assert!(
                     same(args.as_ref(), params.and_then(|p| p.get("arguments"))),
-                    "{text}"
+                    "arguments: {text}"
                 );
                 if let Some(p) = &e.params {
                     let p: Json = serde_json::from_str(p).unwrap();
-                    assert!(same(Some(&p), params), "{text}");
+                    assert!(same(Some(&p), params), "params: {text}");
                 }
                 Agreement::Same
             }
@@ -717,6 +733,88 @@ mod tests {
             parse_default(b"22222222222222222222020"),
             Err(EnvelopeError::NotObject)
         ));
+    }
+
+    #[test]
+    fn a_long_decimal_is_read_as_its_value_wherever_it_sits_in_the_message() {
+        // Found by `cargo xtask fuzz envelope`: simd-json 0.15 read a
+        // decimal of 19 digits or more starting past byte 48 or so of the
+        // body from a wrapped 64-bit mantissa (`1.000000000000000000001`
+        // as 0.0038…) when it began in a window of bytes past the 48th,
+        // and Dome passed that number on and judged policy on it. The
+        // number is moved across the first 200 bytes.
+        for n in [
+            "126000000000.000001421952788",
+            "1.000000000000000000001",
+            "-0.12345678901234567890123",
+            "3077999.0000000000000000",
+            "1.00000000000000000000e-3",
+        ] {
+            let exact: f64 = n.parse().unwrap();
+            for pad in 0..200 {
+                let body = format!(
+                    r#"{{"params":{{"arguments":{{"note":"{}","amount":{n}}},"name":"pay"}},"jsonrpc":"2.0","id":1,"method":"tools/call"}}"#,
+                    "x".repeat(pad)
+                );
+                let e = one(&body);
+                let args: Json = serde_json::from_str(e.arguments.as_deref().unwrap()).unwrap();
+                assert_eq!(args["amount"].as_f64(), Some(exact), "{body}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_not_json() {
+        // simd-json 0.15 read `\ud800` with no low half as U+0000, a
+        // character the sender never wrote; serde_json refuses it.
+        for body in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"note":"\ud800"}}}"#[..],
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":"a\udc00b"}}"#,
+        ] {
+            assert!(
+                matches!(parse_default(body), Err(EnvelopeError::Parse(_))),
+                "{}",
+                body.escape_ascii()
+            );
+            assert_eq!(
+                differential::check(body, DEFAULT_MAX_DEPTH),
+                differential::Agreement::Refused
+            );
+        }
+    }
+
+    #[test]
+    fn the_oracle_takes_only_the_same_json_for_the_same() {
+        use differential::same;
+        let j = |s: &str| serde_json::from_str::<Json>(s).unwrap();
+        let agree = |a: &str, b: &str| same(Some(&j(a)), Some(&j(b)));
+        assert!(agree(
+            r#"{"a":[1,"x",null,2.5]}"#,
+            r#"{"a":[1,"x",null,2.5]}"#
+        ));
+        // `-0` is 0 to simd-json, -0.0 to serde_json.
+        assert!(agree("-0", "0") && agree("[-0.0]", "[0]"));
+        // What must not pass: a lost or renamed member, a wrong string,
+        // integer, float (by a single bit) or structure.
+        assert!(!agree(r#"{"a":1,"b":2}"#, r#"{"a":1}"#));
+        assert!(!agree(r#"{"a":1}"#, r#"{"a":1,"b":2}"#));
+        assert!(!agree(r#"{"a":1}"#, r#"{"b":1}"#));
+        assert!(!agree(r#"{"a":null}"#, r#"{"b":null}"#));
+        assert!(!agree(r#"["x"]"#, r#"["y"]"#));
+        assert!(!agree("18446744073709551615", "18446744073709551614"));
+        assert!(!agree("18446744073709551615", "18446744073709551615.0"));
+        assert!(!agree("1", "1.0"));
+        assert!(!agree("1.0", "1.0000000000000002"));
+        assert!(!agree("126000000000.0", "12666.616899266759"));
+        assert!(!agree("[1]", r#"{"0":1}"#));
+        assert!(!agree("[[1]]", "[1]"));
+        assert!(!same(Some(&j("1")), None));
+        // The fuzz finding above, whole: both readers agree on it now.
+        let found = br#"{"jsonrpc": "2.ation]s/cancelled", "params": {"reque5stId": 126000000000.000001421952788, "rea3on": "no"}}"#;
+        assert_eq!(
+            differential::check(found, 100),
+            differential::Agreement::Same
+        );
     }
 
     #[test]

@@ -783,7 +783,8 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
                 reason,
             }
         };
-        let doc = toml_edit::ImDocument::parse(text.as_str()).map_err(|e| {
+        // Parsed once, as in `config::parse`.
+        let doc = toml_edit::ImDocument::parse(text.clone()).map_err(|e| {
             at(
                 e.span().map_or(0, |s| s.start),
                 String::new(),
@@ -791,7 +792,7 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
             )
         })?;
         let fields = crate::config::field_spans(&doc);
-        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+        let file: PolicyFile = toml_edit::de::from_document(doc).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             let field = crate::config::innermost(&fields, &span).unwrap_or_default();
             at(span.start, field, e.message().trim().to_string())

@@ -6,11 +6,39 @@
 //! it collects every scalar under a path, every reading of a number or a
 //! file path, and then judges them.
 
+use std::{cell::RefCell, collections::HashMap};
+
 use regex::Regex;
 use serde_json::Value;
 
 use super::compile::{MAX_ARG_DEPTH, MAX_DECODE_ROUNDS, Request};
 use super::lang::{ArgCond, ArgOp, Effect, PolicyFile, Rule};
+
+/// Whether `pattern` (compiled as `Regex::new` compiles it, so with the
+/// compiler's size limit) matches `s`. Each pattern is compiled once per
+/// thread: the reference runs on many policies and requests (the property
+/// test, the fuzz target), and building a regex (a DFA, for `.*` over all
+/// of Unicode in a glob) costs far more than matching one; compiling on
+/// every match held the fuzz target to ~50 executions a second.
+fn matches(pattern: &str, s: &str) -> bool {
+    thread_local! {
+        static COMPILED: RefCell<HashMap<String, Option<Regex>>> = RefCell::default();
+    }
+    let re = COMPILED.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(re) = c.get(pattern) {
+            return re.clone();
+        }
+        // Policy text from the fuzzer can hold any number of patterns.
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        let re = Regex::new(pattern).ok();
+        c.insert(pattern.to_string(), re.clone());
+        re
+    });
+    re.is_some_and(|re| re.is_match(s))
+}
 
 fn glob(p: &str, s: &str) -> bool {
     // Translate to an anchored regex: the obvious reading of `*`.
@@ -21,7 +49,7 @@ fn glob(p: &str, s: &str) -> bool {
             .collect::<Vec<_>>()
             .join(".*")
     );
-    Regex::new(&re).is_ok_and(|r| r.is_match(s))
+    matches(&re, s)
 }
 
 fn pointer<'v>(v: &'v Value, path: &str) -> Option<&'v Value> {
@@ -72,16 +100,15 @@ fn rule_matches(file: &PolicyFile, rule: &Rule, r: &Request<'_>) -> bool {
             }
             Some(t) => {
                 if let Some(p) = &i.pattern
-                    && !Regex::new(p).is_ok_and(|re| re.is_match(t))
+                    && !matches(p, t)
                 {
                     return false;
                 }
                 if !i.categories.is_empty()
                     && !i.categories.iter().any(|c| {
-                        file.intent_categories.get(c).is_some_and(|ps| {
-                            ps.iter()
-                                .any(|p| Regex::new(p).is_ok_and(|re| re.is_match(t)))
-                        })
+                        file.intent_categories
+                            .get(c)
+                            .is_some_and(|ps| ps.iter().any(|p| matches(p, t)))
                     })
                 {
                     return false;
@@ -255,7 +282,7 @@ fn leaf_judge(a: &ArgCond, l: &Leaf) -> Option<bool> {
     let text = a.value.as_ref().and_then(Value::as_str);
     match (a.op, l) {
         (ArgOp::Prefix, Leaf::Str(s)) => text.map(|p| s.starts_with(p)),
-        (ArgOp::Regex, Leaf::Str(s)) => text.map(|p| Regex::new(p).is_ok_and(|re| re.is_match(s))),
+        (ArgOp::Regex, Leaf::Str(s)) => text.map(|p| matches(p, s)),
         (ArgOp::PathPrefix, Leaf::Str(s)) => {
             let prefix = text?;
             let judged: Vec<Option<bool>> = path_readings(s)
@@ -340,10 +367,7 @@ fn arg_holds(a: &ArgCond, args: Option<&Value>, deny: bool) -> bool {
         ArgOp::Eq => a.value.as_ref().is_some_and(|x| num_eq(v, x)),
         ArgOp::In => a.values.iter().any(|x| num_eq(v, x)),
         ArgOp::Prefix => v.as_str().zip(text).is_some_and(|(s, p)| s.starts_with(p)),
-        ArgOp::Regex => v
-            .as_str()
-            .zip(text)
-            .is_some_and(|(s, p)| Regex::new(p).is_ok_and(|re| re.is_match(s))),
+        ArgOp::Regex => v.as_str().zip(text).is_some_and(|(s, p)| matches(p, s)),
         ArgOp::PathPrefix => v.as_str().zip(text).is_some_and(|(s, p)| {
             path_readings(s)
                 .iter()
