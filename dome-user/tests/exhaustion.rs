@@ -330,12 +330,20 @@ fn audit_records(dome: &Dome) -> Vec<Value> {
         .collect()
 }
 
-fn assert_timed_out(status: u16, v: &Value, took: Duration) {
-    assert_eq!(status, 200, "{v}");
-    assert_eq!(v["error"]["code"], -32001, "{v}");
+/// The call failed as the upstream's (-32001), saying `says`, within `within`.
+fn assert_upstream_failed(status: u16, v: &Value, took: Duration, says: &str, within: u64) {
+    assert_eq!(status, 200, "{}", short(v));
+    assert_eq!(v["error"]["code"], -32001, "{}", short(v));
     let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("upstream `demo` timed out"), "{v}");
-    assert!(took < Duration::from_secs(6), "answered after {took:?}");
+    assert!(message.contains(says), "{}", short(v));
+    assert!(
+        took < Duration::from_secs(within),
+        "answered after {took:?}"
+    );
+}
+
+fn assert_timed_out(status: u16, v: &Value, took: Duration) {
+    assert_upstream_failed(status, v, took, "upstream `demo` timed out", 6);
 }
 
 /// An upstream's `timeout_ms` bounded only the wait for the answer's head:
@@ -573,15 +581,7 @@ fn short(v: &Value) -> String {
 }
 
 fn assert_overloaded(status: u16, v: &Value, took: Duration) {
-    assert_eq!(status, 200, "{}", short(v));
-    assert_eq!(v["error"]["code"], -32001, "{}", short(v));
-    let message = v["error"]["message"].as_str().unwrap_or_default();
-    assert!(
-        message.contains("max_buffered_response_bytes"),
-        "{}",
-        short(v)
-    );
-    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+    assert_upstream_failed(status, v, took, "max_buffered_response_bytes", 3);
 }
 
 /// Each upstream answer was capped (`max_response_bytes`), but nothing
