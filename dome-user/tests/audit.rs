@@ -906,14 +906,13 @@ tool = "*"
 fn record_of(dome: &Dome, intent: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (code, out, err) = audit_cli(dome, &["query", "--format", "jsonl"]);
-        assert_eq!(code, 0, "{err}");
-        if let Some(r) = jsonl(&out).into_iter().find(|r| r["intent"] == intent) {
-            return r;
+        let records = audit_records(dome);
+        if let Some(r) = records.iter().find(|r| r["intent"] == intent) {
+            return r.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no record with intent {intent}: {out}"
+            "no record with intent {intent}: {records:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -935,11 +934,7 @@ fn a_call_its_client_cancels_is_not_answered_and_is_recorded_cancelled() {
         ("Content-Type", "application/json"),
         ("Authorization", auth.as_str()),
     ];
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
-    let (status, h, text) = http(dome.mcp, "POST", "/mcp", &base, &init.to_string());
-    assert_eq!(status, 200, "{text}");
-    let sid = header(&h, "mcp-session-id").expect("a session").to_string();
+    let sid = open_session(&dome, SUPPORT);
     let mut in_session = base.to_vec();
     in_session.push(("Mcp-Session-Id", sid.as_str()));
 

@@ -311,25 +311,6 @@ fn one_agent_cannot_take_every_slot_of_an_upstream() {
     assert_eq!(served, 2, "{answers:?}");
 }
 
-/// `dome audit query --format jsonl` on Dome's config: every record.
-fn audit_records(dome: &Dome) -> Vec<Value> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dome"))
-        .args(["audit", "query", "--format", "jsonl", "--config"])
-        .arg(&dome.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The call failed as the upstream's (-32001), saying `says`, within `within`.
 fn assert_upstream_failed(status: u16, v: &Value, took: Duration, says: &str, within: u64) {
     assert_eq!(status, 200, "{}", short(v));
@@ -476,28 +457,6 @@ fn listen(dome: &Dome, key: &str) -> (TcpStream, u16, Value) {
     (s, status, v)
 }
 
-/// A session-era session of `key`'s; its id.
-fn session(dome: &Dome, key: &str) -> String {
-    let body = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
-    let mut s = connect(dome.mcp);
-    let (status, head, v) = open(
-        &mut s,
-        &format!(
-            "POST /mcp HTTP/1.1\r\nHost: d\r\nAccept: application/json, text/event-stream\r\n\
-             Content-Type: application/json\r\nAuthorization: Bearer {key}\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-        true,
-    );
-    assert_eq!(status, 200, "{v}");
-    head.lines()
-        .find_map(|l| l.strip_prefix("mcp-session-id:"))
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// The session's GET stream: the connection holding it, and its status
 /// (and the refusal's JSON, if refused).
 fn get_stream(dome: &Dome, key: &str, session: &str) -> (TcpStream, u16, Value) {
@@ -563,14 +522,14 @@ fn one_agent_cannot_open_streams_without_end() {
     // A closes a stream: its place is free again, for a session's GET stream.
     drop(first);
     std::thread::sleep(Duration::from_millis(300));
-    let one = session(&dome, KEY_A);
+    let one = open_session(&dome, KEY_A);
     let (_get, status, v) = get_stream(&dome, KEY_A, &one);
     assert_eq!(status, 200, "{v}");
     // The session's next GET stream replaces the first: still two open.
     let (_get_again, status, v) = get_stream(&dome, KEY_A, &one);
     assert_eq!(status, 200, "{v}");
     // Another session's is one more than A's share.
-    let two = session(&dome, KEY_A);
+    let two = open_session(&dome, KEY_A);
     let (_, status, v) = get_stream(&dome, KEY_A, &two);
     assert_too_many_streams(status, &v);
 }

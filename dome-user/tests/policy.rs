@@ -598,13 +598,7 @@ fn subscribe_in_session(dome: &Dome, key: &str, uri: &str) -> Value {
         ("Content-Type", "application/json"),
         ("Authorization", auth.as_str()),
     ];
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "policy-test", "version": "1"}}})
-    .to_string();
-    let (status, headers, _) = http(dome.mcp, "POST", "/mcp", &base, &init);
-    assert_eq!(status, 200);
-    let sid = header(&headers, "mcp-session-id").unwrap().to_string();
+    let sid = open_session(dome, key);
     let mut with_session = base.to_vec();
     with_session.push(("Mcp-Session-Id", &sid));
     with_session.push(("MCP-Protocol-Version", "2025-11-25"));

@@ -10,7 +10,7 @@
 use std::{cell::RefCell, collections::HashMap, rc::Rc};
 
 use dome::policy::{
-    compile::{Decision, Policy, Request, compile},
+    compile::{Policy, Request, compile},
     lang::PolicyFile,
     reference,
 };
@@ -228,17 +228,8 @@ fn policy(c: &mut Choices<'_>) -> String {
 }
 
 fn agree(file: &PolicyFile, text: &str, policy: &Policy, r: &Request<'_>) {
-    let got = policy.decide(r);
-    let (effect, rule) = reference::decide(file, r);
-    let got_rule = match got {
-        Decision::Allow { rule, .. } => Some(rule.to_string()),
-        Decision::Deny { rule, .. } => rule.map(str::to_string),
-    };
-    assert_eq!(
-        (got.effect(), got_rule),
-        (effect, rule),
-        "policy:\n{text}\nrequest: {r:?}"
-    );
+    let [got, want] = reference::both(file, policy, r);
+    assert_eq!(got, want, "policy:\n{text}\nrequest: {r:?}");
 }
 
 /// A policy text compiled and read for the reference (`None`: refused).

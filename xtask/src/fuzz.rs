@@ -96,13 +96,7 @@ fn command(root: &Path, bin: &Path) -> Command {
         c.env_remove(var);
     }
     c.env("RUSTUP_TOOLCHAIN", NIGHTLY);
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut paths = vec![tools(root).join("bpf-linker/bin")];
-    paths.extend(std::env::split_paths(&path));
-    c.env(
-        "PATH",
-        std::env::join_paths(paths).expect("PATH entries are valid"),
-    );
+    c.env("PATH", crate::path_with_tools(root));
     c
 }
 

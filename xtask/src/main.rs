@@ -218,15 +218,18 @@ fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn cargo_cmd(root: &Path) -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+/// PATH with bpf-linker first (dome-user's build script builds the XDP
+/// program with it).
+fn path_with_tools(root: &Path) -> std::ffi::OsString {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut paths = vec![tools(root).join("bpf-linker/bin")];
     paths.extend(std::env::split_paths(&path));
-    c.env(
-        "PATH",
-        std::env::join_paths(paths).expect("PATH entries are valid"),
-    );
+    std::env::join_paths(paths).expect("PATH entries are valid")
+}
+
+fn cargo_cmd(root: &Path) -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("PATH", path_with_tools(root));
     c.current_dir(root);
     c
 }

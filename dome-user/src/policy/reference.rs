@@ -384,6 +384,21 @@ fn arg_holds(a: &ArgCond, args: Option<&Value>, deny: bool) -> bool {
     }
 }
 
+/// What the compiled `policy` decides for `r`, and what the rules read
+/// straight decide: (effect, deciding rule id) each, to be equal.
+pub fn both(
+    file: &PolicyFile,
+    policy: &super::compile::Policy,
+    r: &Request<'_>,
+) -> [(Effect, Option<String>); 2] {
+    let got = policy.decide(r);
+    let rule = match got {
+        super::compile::Decision::Allow { rule, .. } => Some(rule.to_string()),
+        super::compile::Decision::Deny { rule, .. } => rule.map(str::to_string),
+    };
+    [(got.effect(), rule), decide(file, r)]
+}
+
 /// The decision's effect and deciding rule id (`None`: default deny).
 pub fn decide(file: &PolicyFile, r: &Request<'_>) -> (Effect, Option<String>) {
     let mut allow = None;

@@ -444,18 +444,9 @@ fn compiled_tables_agree_with_the_reference_interpreter() {
                 },
                 args: args.as_ref(),
             };
-            let got = compiled.decide(&r);
-            let (effect, rule) = reference::decide(&file, &r);
-            let got_rule = match got {
-                Decision::Allow { rule, .. } => Some(rule.to_string()),
-                Decision::Deny { rule, .. } => rule.map(str::to_string),
-            };
-            assert_eq!(
-                (got.effect(), got_rule),
-                (effect, rule),
-                "policy:\n{text}\nrequest: {r:?}"
-            );
-            decisions[(effect == Effect::Allow) as usize] += 1;
+            let [got, want] = reference::both(&file, &compiled, &r);
+            assert_eq!(got, want, "policy:\n{text}\nrequest: {r:?}");
+            decisions[(want.0 == Effect::Allow) as usize] += 1;
         }
     }
     // The generator exercises both outcomes.

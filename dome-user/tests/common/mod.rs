@@ -177,6 +177,47 @@ pub fn http(
     (status, headers, body)
 }
 
+/// `dome audit query --format jsonl` on Dome's config: every record.
+pub fn audit_records(dome: &Dome) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_dome"))
+        .args(["audit", "query", "--format", "jsonl", "--config"])
+        .arg(&dome.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A session opened (`initialize`, protocol 2025-11-25) with API key `key`:
+/// its id.
+pub fn open_session(dome: &Dome, key: &str) -> String {
+    let auth = format!("Bearer {key}");
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (status, headers, text) = http(
+        dome.mcp,
+        "POST",
+        "/mcp",
+        &[
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+            ("Authorization", auth.as_str()),
+        ],
+        init,
+    );
+    assert_eq!(status, 200, "{text}");
+    header(&headers, "mcp-session-id")
+        .expect("a session")
+        .to_string()
+}
+
 /// A chunked body's data, its framing taken off.
 pub fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
