@@ -1,44 +1,34 @@
-//! How the process's allocator (mimalloc, set in the binaries) gives memory
-//! back.
+//! Which allocator Dome runs on, and why: mimalloc v2 (set in the binaries).
 //!
-//! mimalloc returns freed pages to the OS only once they have been free for
-//! `purge_delay` (1,000 ms in v3) and some later allocation notices it. After
-//! a burst, say the calls that pile up while an upstream restarts, a quiet
-//! Dome kept the burst's pages. Measured (release build, 500 concurrent
-//! streamed `slow` calls, four bursts, RSS 3 s after each): 59, 80, 80 and
-//! 60 MB with the default; 51, 51, 50 and 53 MB with 100 ms; 44, 45, 44 and
-//! 44 MB with 0. The 10-minute soak's RSS stepped up by 20 MB at its
-//! upstream restart and stayed there. Purging sooner costs madvise calls:
-//! `bench e2e` with 0 against the default in the same rounds measured 38.9
-//! against 37.2 µs of Dome's CPU per call and the same added p50 (141 µs),
-//! within the machine's noise. 100 ms keeps most of the gain for a tenth
-//! of the calls 0 makes.
+//! The live heap was not what grew. A diagnostic build that counted every
+//! allocation showed Dome's live heap flat through a 5-minute soak (15.0 to
+//! 15.5 MB at every quiet moment, before and after the upstream's restart)
+//! while its RSS under mimalloc v3 went from 63 to 75 MB (medians of the
+//! first and last minute). v3 (the crate's default) keeps pages in which a
+//! few long-lived blocks sit among a burst's freed ones; every pile-up (the
+//! calls queued while an upstream restarts, a reload's pause) raised the
+//! high-water mark for good.
+//! Measured with `bench-soak --seconds 300`, RSS growth after warm-up: v3
+//! 8.8% and 19.4% in two runs (17.2% over 10 minutes), v3 with
+//! `purge_delay=0` and `page_full_retain=0` 46%; v2 1.3% (-5.9% over 10
+//! minutes), its RSS back at the same floor after every peak.
+//!
+//! Speed is the same: `bench e2e` (quick, 5 rounds) with v2 against v3 in
+//! the same rounds, medians with the rounds' range: 23,773 (14,821 to
+//! 27,198) against 23,675 (13,185 to 29,918) calls/s, 37.7 against 37.6
+//! µs of Dome's CPU per call, added p50 115 (96 to 139) against 155 (69 to
+//! 182) µs. v2 purges freed pages after 10 ms (v3: 1,000), so Dome no
+//! longer sets `purge_delay`; `MIMALLOC_*` variables still apply.
 
-/// mimalloc's `mi_option_purge_delay` (its index in `mi_option_e`, the same
-/// in v2 and v3; libmimalloc-sys names only some options).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Dome's purge delay, ms.
-pub const PURGE_DELAY_MS: i64 = 100;
-
-/// Sets the purge delay, unless the operator set `MIMALLOC_PURGE_DELAY`.
-pub fn return_freed_memory_promptly() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: sets a process-wide option that mimalloc reads atomically.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS as _) };
-}
+/// The mimalloc major version the binaries link: the `v2` feature of the
+/// `mimalloc` crate, without which they would silently return to v3.
+pub const MIMALLOC_MAJOR: u32 = 2;
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_purge_delay_is_the_option_set() {
-        super::return_freed_memory_promptly();
-        // SAFETY: reads an option.
-        let got = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-            assert_eq!(got as i64, super::PURGE_DELAY_MS);
-        }
+    fn the_binaries_link_the_mimalloc_whose_memory_was_measured() {
+        // mi_version: major * 100 + minor * 10 + patch.
+        assert_eq!(mimalloc::MiMalloc.version() / 100, super::MIMALLOC_MAJOR);
     }
 }

@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+// mimalloc v2: see dome::allocator for why not v3.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -629,7 +630,6 @@ fn admin(
 }
 
 fn main() -> ExitCode {
-    dome::allocator::return_freed_memory_promptly();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
