@@ -133,8 +133,12 @@ name = "demo"
 url = "http://{upstream}/mcp"
 prefix = "never"
 # One agent stands for a fleet of clients here (up to 512 operations in
-# flight): per-agent shares are as large as the whole, as for budgets.
-max_requests_per_agent = 256
+# flight): per-agent shares are as large as the whole, as for budgets, and
+# the whole holds every operation the soak may have in flight, so a pile-up
+# (a reload's pause) waits for slots instead of being refused as overload
+# (-32004, which one 10-minute run met 19 times at 256 slots).
+max_concurrent_requests = {MAX_IN_FLIGHT}
+max_requests_per_agent = {MAX_IN_FLIGHT}
 [auth]
 required = true
 data_dir = "data"
