@@ -24,14 +24,17 @@ fn cli(dome: &Dome, args: &[&str]) -> (bool, Value) {
     (out.status.success(), v)
 }
 
-fn echo(dome: &Dome, key: &str) -> u16 {
+/// An `echo` call with `key`: the HTTP status and the JSON-RPC error code
+/// (a policy denial is 200 with -32005; an authentication failure is 401
+/// or 403 with -32003).
+fn echo(dome: &Dome, key: &str) -> (u16, Option<i64>) {
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
         "name": "echo", "arguments": {"message": "m"},
         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                   "io.modelcontextprotocol/clientCapabilities": {}}}})
     .to_string();
     let auth = format!("Bearer {key}");
-    http(
+    let (status, _, answer) = http(
         dome.mcp,
         "POST",
         "/mcp",
@@ -44,8 +47,9 @@ fn echo(dome: &Dome, key: &str) -> u16 {
             ("Authorization", &auth),
         ],
         &body,
-    )
-    .0
+    );
+    let v: Value = serde_json::from_str(&answer).unwrap_or(Value::Null);
+    (status, v["error"]["code"].as_i64())
 }
 
 fn dome_with_admin(name: &str, extra: &str) -> (Proc, Dome, std::net::SocketAddr) {
@@ -104,7 +108,7 @@ fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
     let id = v["agent"]["id"].as_str().unwrap().to_string();
     assert!(key.starts_with(&format!("dome_{id}_")), "{key}");
     assert_eq!(v["agent"]["labels"], json!(["billing"]));
-    assert_eq!(echo(&dome, &key), 200);
+    assert_eq!(echo(&dome, &key), (200, None));
 
     // A registration for no tenant is refused, and nothing is stored.
     let (ok, v) = cli(
@@ -139,7 +143,7 @@ fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
         .unwrap()["slot"]
         .clone();
     dome.restart();
-    assert_eq!(echo(&dome, &key), 200);
+    assert_eq!(echo(&dome, &key), (200, None));
     let (_, v) = cli(&dome, &["agents", "show", &id]);
     assert_eq!(v["slot"], slot, "{v}");
 
@@ -147,21 +151,21 @@ fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
     let (ok, v) = cli(&dome, &["agents", "rotate", &id]);
     assert!(ok, "{v}");
     let key2 = v["api_key"].as_str().unwrap().to_string();
-    assert_eq!(echo(&dome, &key2), 200);
-    assert_eq!(echo(&dome, &key), 200, "inside the overlap");
+    assert_eq!(echo(&dome, &key2), (200, None));
+    assert_eq!(echo(&dome, &key), (200, None), "inside the overlap");
     let (ok, v) = cli(&dome, &["agents", "rotate", &id, "--overlap-s", "0"]);
     assert!(ok, "{v}");
     let key3 = v["api_key"].as_str().unwrap().to_string();
-    assert_eq!(echo(&dome, &key3), 200);
-    assert_eq!(echo(&dome, &key), 401);
-    assert_eq!(echo(&dome, &key2), 401);
+    assert_eq!(echo(&dome, &key3), (200, None));
+    assert_eq!(echo(&dome, &key), (401, Some(-32003)));
+    assert_eq!(echo(&dome, &key2), (401, Some(-32003)));
 
     let (ok, _) = cli(&dome, &["agents", "disable", &id]);
     assert!(ok);
-    assert_eq!(echo(&dome, &key3), 401);
+    assert_eq!(echo(&dome, &key3), (401, Some(-32003)));
     let (ok, _) = cli(&dome, &["agents", "enable", &id]);
     assert!(ok);
-    assert_eq!(echo(&dome, &key3), 200);
+    assert_eq!(echo(&dome, &key3), (200, None));
 
     // Agents of the config file are changed there, not here.
     let (ok, v) = cli(&dome, &["agents", "disable", "cfg-bot"]);
@@ -169,7 +173,7 @@ fn agents_are_registered_rotated_disabled_and_deleted_across_a_restart() {
 
     let (ok, _) = cli(&dome, &["agents", "delete", &id]);
     assert!(ok);
-    assert_eq!(echo(&dome, &key3), 401);
+    assert_eq!(echo(&dome, &key3), (401, Some(-32003)));
     let (ok, _) = cli(&dome, &["agents", "show", &id]);
     assert!(!ok);
 }
@@ -182,14 +186,14 @@ fn repeated_bad_credentials_get_their_claim_blocked_until_lifted() {
     );
     let good = "dome_cfg-bot_config-agent-key-for-tests";
     let wrong = "dome_cfg-bot_a-wrong-key-a-wrong-key";
-    assert_eq!(echo(&dome, good), 200);
+    assert_eq!(echo(&dome, good), (200, None));
     for _ in 0..3 {
-        assert_eq!(echo(&dome, wrong), 401);
+        assert_eq!(echo(&dome, wrong), (401, Some(-32003)));
     }
     // Blocked: the claim's failing attempts are turned away...
-    assert_eq!(echo(&dome, wrong), 403);
+    assert_eq!(echo(&dome, wrong), (403, Some(-32003)));
     // ...but not the agent's real key, from the same source.
-    assert_eq!(echo(&dome, good), 200);
+    assert_eq!(echo(&dome, good), (200, None));
     let (ok, v) = cli(&dome, &["blocks", "list"]);
     assert!(ok, "{v}");
     let blocks = v["blocks"].as_array().unwrap();
@@ -199,7 +203,7 @@ fn repeated_bad_credentials_get_their_claim_blocked_until_lifted() {
     let key = blocks[0]["key"].as_str().unwrap().to_string();
     let (ok, v) = cli(&dome, &["blocks", "lift", &key]);
     assert!(ok, "{v}");
-    assert_eq!(echo(&dome, wrong), 401);
+    assert_eq!(echo(&dome, wrong), (401, Some(-32003)));
 }
 
 /// One request from a chosen loopback source address; `None` when the
@@ -295,7 +299,7 @@ fn policy_rollback_restores_the_previous_version_exactly() {
     let policies = dome.config.with_extension("policies");
     let original = std::fs::read_to_string(policies.join("allow-all.toml")).unwrap();
     let v1 = dome.stats_json()["config"]["policy_version"].clone();
-    assert_eq!(echo(&dome, good), 200);
+    assert_eq!(echo(&dome, good), (200, None));
 
     std::fs::write(
         policies.join("no-echo.toml"),
@@ -314,7 +318,11 @@ fn policy_rollback_restores_the_previous_version_exactly() {
         }
     };
     wait(&|s| s["config"]["policy_version"] != v1);
-    assert_eq!(echo(&dome, good), 403);
+    assert_eq!(
+        echo(&dome, good),
+        (200, Some(-32005)),
+        "denied by the new policy"
+    );
 
     let (ok, v) = cli(&dome, &["policy", "versions"]);
     assert!(ok, "{v}");
@@ -326,7 +334,7 @@ fn policy_rollback_restores_the_previous_version_exactly() {
     assert!(ok, "{v}");
     assert_eq!(v["restored"], v1);
     wait(&|s| s["config"]["policy_version"] == v1);
-    assert_eq!(echo(&dome, good), 200);
+    assert_eq!(echo(&dome, good), (200, None));
     assert!(!policies.join("no-echo.toml").exists());
     assert_eq!(
         std::fs::read_to_string(policies.join("allow-all.toml")).unwrap(),

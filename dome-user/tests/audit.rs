@@ -156,7 +156,7 @@ fn a_call_over_the_agents_budget_is_recorded_with_its_tool_and_intent() {
     let (status, v) = call(1, "within budget");
     assert_eq!(status, 200, "{v}");
     let (status, v) = call(2, "over budget");
-    assert_eq!(status, 429, "{v}");
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["error"]["code"], -32004, "{v}");
 
     let (code, out, err) = audit_cli(&dome, &["query", "--format", "jsonl"]);
@@ -209,7 +209,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
         "slow",
         &call_body(3, "slow", json!({"steps": 1}), None),
     );
-    assert_eq!(status, 403, "{v}");
+    assert_eq!((status, &v["error"]["code"]), (200, &json!(-32005)), "{v}");
     // Over the echo budget (burst 3: two more pass, the next does not).
     for id in 4..6 {
         assert_eq!(
@@ -229,7 +229,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
         "echo",
         &call_body(6, "echo", json!({"message": "x"}), None),
     );
-    assert_eq!(status, 429, "{v}");
+    assert_eq!((status, &v["error"]["code"]), (200, &json!(-32004)), "{v}");
     // A tool nobody has.
     let (status, _) = post(&dome, &[], "nope", &call_body(7, "nope", json!({}), None));
     assert_eq!(status, 400);

@@ -81,6 +81,11 @@ fn post(
     )
 }
 
+/// Where tenants authenticate with API keys only, the challenge says what
+/// was wrong (RFC 6750 `error` and `error_description`) and points at no
+/// OAuth metadata, of which there is none: told of metadata, clients such
+/// as the Inspector start OAuth registration instead of showing "invalid
+/// API key".
 #[test]
 fn callers_without_a_valid_credential_are_challenged() {
     let (_demo, demo) = start_demo(&["--whoami"]);
@@ -90,35 +95,54 @@ fn callers_without_a_valid_credential_are_challenged() {
     let (status, h, v) = post(&dome, &[], "echo", &body);
     assert_eq!(status, 401, "{v}");
     let challenge = header(&h, "www-authenticate").unwrap().to_string();
-    let metadata_url = format!("http://{}/.well-known/oauth-protected-resource", dome.mcp);
+    assert_eq!(
+        challenge, "Bearer",
+        "no credential: no error code (RFC 6750 3.1)"
+    );
     assert!(
-        challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
-        "{challenge}"
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("authentication required"),
+        "{v}"
     );
 
-    // The RFC 9728 document names the resource.
-    let (status, _, doc) = http(
+    // No authorization server is configured: no RFC 9728 document.
+    let (status, _, _) = http(
         dome.mcp,
         "GET",
         "/.well-known/oauth-protected-resource",
         &[],
         "",
     );
-    assert_eq!(status, 200);
-    let doc: Value = serde_json::from_str(&doc).unwrap();
-    assert_eq!(doc["resource"], format!("http://{}/mcp", dome.mcp));
+    assert_eq!(status, 404);
 
-    for bad in [
-        "Bearer dome_agent-a_not-the-right-key-at-all",
-        "Bearer dome_nobody_first-agent-key-for-the-tests",
-        "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+    for (bad, error, description) in [
+        (
+            "Bearer dome_agent-a_not-the-right-key-at-all",
+            "invalid_token",
+            "invalid API key",
+        ),
+        (
+            "Bearer dome_nobody_first-agent-key-for-the-tests",
+            "invalid_token",
+            "invalid API key",
+        ),
+        (
+            "Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+            "invalid_request",
+            "the Authorization header must be `Bearer <credential>`",
+        ),
     ] {
-        let (status, h, _) = post(&dome, &[("Authorization", bad)], "echo", &body);
+        let (status, h, v) = post(&dome, &[("Authorization", bad)], "echo", &body);
         assert_eq!(status, 401, "{bad}");
-        assert!(
-            header(&h, "www-authenticate").unwrap().contains("error="),
+        let challenge = header(&h, "www-authenticate").unwrap();
+        assert_eq!(
+            challenge,
+            format!("Bearer error=\"{error}\", error_description=\"{description}\""),
             "{bad}"
         );
+        assert_eq!(v["error"]["message"], description, "{bad}");
     }
     // A credential in the query string is refused even when it is valid.
     let (status, _, _) = http(
@@ -235,15 +259,20 @@ fn budgets_refuse_with_retry_after_and_sessions_belong_to_their_agent() {
         let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
         assert_eq!(status, 200, "{v}");
     }
-    let (status, h, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
-    assert_eq!(status, 429, "{v}");
+    let (status, _, v) = post(&dome, &[("Authorization", &auth)], "echo", &body);
+    // 200, as every client tested shows a JSON-RPC error and its data only
+    // then; when to retry is in the data and in the message.
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["error"]["code"], -32004, "{v}");
     // One call a minute: the next one passes in about a minute.
     let retry_ms = v["error"]["data"]["retryAfterMs"].as_u64().unwrap();
     assert!((55_000..=62_500).contains(&retry_ms), "{v}");
-    assert_eq!(
-        header(&h, "retry-after"),
-        Some(retry_ms.div_ceil(1000).to_string().as_str())
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("retry in {retry_ms} ms")),
+        "{v}"
     );
     assert!(
         v["error"]["message"]
@@ -584,9 +613,13 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
     let (status, h, _) = whoami(&token(&k1, "k1", &claims(now + 300, &aud, "read")));
     assert_eq!(status, 403, "scope");
     let challenge = header(&h, "www-authenticate").unwrap();
+    // A tenant trusts an identity provider here: the challenge points at
+    // the metadata that names it.
+    let metadata_url = format!("http://{}/.well-known/oauth-protected-resource", dome.mcp);
     assert!(
         challenge.contains("error=\"insufficient_scope\"")
-            && challenge.contains("scope=\"mcp:tools\""),
+            && challenge.contains("scope=\"mcp:tools\"")
+            && challenge.contains(&format!("resource_metadata=\"{metadata_url}\"")),
         "{challenge}"
     );
     let (_, _, doc) = http(
@@ -601,6 +634,7 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         doc["authorization_servers"],
         json!(["https://idp.acme.test"])
     );
+    assert_eq!(doc["resource"], format!("http://{}/mcp", dome.mcp));
 
     // An agent with an API key passes its end user's own token: the user
     // is the token's (and a token that does not verify is refused).

@@ -176,7 +176,7 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
         "echo",
         &call("echo", json!({"message": "far too long a message"}), None),
     );
-    assert_eq!(status, 403, "{v}");
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["error"]["code"], -32005, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(
@@ -184,14 +184,14 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
         "{msg}"
     );
     // Not a support agent.
-    let (status, _) = post(
+    let (status, v) = post(
         &dome,
         SALES,
         "tools/call",
         "records",
         &call("records", json!({"count": 1}), Some("x")),
     );
-    assert_eq!(status, 403);
+    assert_eq!((status, &v["error"]["code"]), (200, &json!(-32005)), "{v}");
     // The obligation: support may read records only with a stated intent.
     let (status, v) = post(
         &dome,
@@ -200,7 +200,7 @@ fn calls_are_judged_and_callers_see_only_what_they_may_call() {
         "records",
         &call("records", json!({"count": 1}), None),
     );
-    assert_eq!(status, 403, "{v}");
+    assert_eq!((status, &v["error"]["code"]), (200, &json!(-32005)), "{v}");
     assert!(
         v["error"]["message"].as_str().unwrap().contains("intent"),
         "{v}"
@@ -262,7 +262,7 @@ tool = "echo"
 args = [{ path = "/cmd", op = "regex", value = "rm\\s+-rf" }]
 "#;
 
-/// Whether `args` to `echo` are denied (403, -32005) or answered (200).
+/// Whether `args` to `echo` are denied (-32005) or answered.
 fn denied(dome: &Dome, args: Value) -> bool {
     let (status, v) = post(
         dome,
@@ -271,16 +271,11 @@ fn denied(dome: &Dome, args: Value) -> bool {
         "echo",
         &call("echo", args.clone(), None),
     );
-    match status {
-        403 => {
-            assert_eq!(v["error"]["code"], -32005, "{args}: {v}");
-            true
-        }
-        200 => {
-            assert!(v["error"].is_null(), "{args}: {v}");
-            false
-        }
-        _ => panic!("{args}: {status} {v}"),
+    assert_eq!(status, 200, "{args}: {v}");
+    match v["error"]["code"].as_i64() {
+        Some(-32005) => true,
+        None => false,
+        _ => panic!("{args}: {v}"),
     }
 }
 
@@ -409,14 +404,14 @@ fn a_broken_or_failing_policy_is_refused_and_the_old_one_keeps_serving() {
         s["config"]["last_reload"]["ok"] == true && s["config"]["policy_version"] != before
     });
     assert_eq!(tools(&dome, SALES), ["slow"]);
-    let (status, _) = post(
+    let (status, v) = post(
         &dome,
         SALES,
         "tools/call",
         "echo",
         &call("echo", json!({"message": "hi"}), None),
     );
-    assert_eq!(status, 403);
+    assert_eq!((status, &v["error"]["code"]), (200, &json!(-32005)), "{v}");
 }
 
 /// The policy's redactions: text and structured content of a result lose
@@ -566,7 +561,7 @@ fn resources_are_judged_by_kind_and_name() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["contents"][0]["uri"], "demo://counter", "{v}");
     let (status, v) = post(&dome, SALES, "resources/read", "demo://counter", &read);
-    assert_eq!(status, 403, "{v}");
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["error"]["code"], -32005, "{v}");
 
     // A subscription is a standing read: judged the same way. Session era:
@@ -666,7 +661,7 @@ tool = "slow"
         assert_eq!(status, 200, "{v}");
     }
     let (status, v) = post(&dome, SALES, "tools/call", "echo", &echo);
-    assert_eq!(status, 429, "{v}");
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["error"]["code"], -32004, "{v}");
     // Per agent: another agent has its own two calls.
     let (status, v) = post(&dome, SUPPORT, "tools/call", "echo", &echo);

@@ -49,6 +49,9 @@ pub struct Failure {
     /// trusted issuer): escalation strikes the claim, not the address it
     /// came from. Else the attempt is anonymous.
     pub claim_known: bool,
+    /// The credential was a Dome API key: its remedy is the right key, not
+    /// an authorization server, so the challenge names no OAuth metadata.
+    pub api_key: bool,
 }
 
 fn fail(
@@ -66,6 +69,7 @@ fn fail(
         refresh_issuer: None,
         claim: None,
         claim_known: false,
+        api_key: false,
     }
 }
 
@@ -195,10 +199,25 @@ pub fn authenticate(
             ));
         }
     };
-    let invalid = |m: &str| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
     let Some(agent_id) = apikey::agent_of(token) else {
         return from_token(token, index, jwt, now_unix_s);
     };
+    from_api_key(agent_id, token, headers, index, jwt, now_unix_s).map_err(|mut f| {
+        f.api_key = true;
+        f
+    })
+}
+
+/// A Dome API key of the agent `agent_id` names.
+fn from_api_key(
+    agent_id: &str,
+    token: &str,
+    headers: &HeaderMap,
+    index: &Index,
+    jwt: &Verifier,
+    now_unix_s: u64,
+) -> Result<Option<Caller>, Failure> {
+    let invalid = |m: &str| fail(StatusCode::UNAUTHORIZED, Some("invalid_token"), m, true);
     // An unknown agent and a wrong key get the same answer; an unknown
     // agent is an anonymous attempt (its claim names no one here).
     let Some(agent) = index.agents.get(agent_id) else {

@@ -510,6 +510,7 @@ mod tests {
             refresh_issuer: None,
             claim: claim.map(str::to_string),
             claim_known: claim.is_some(),
+            api_key: true,
         }
     }
 

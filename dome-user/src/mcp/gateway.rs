@@ -1102,7 +1102,28 @@ fn rpc_error(id: &Value, code: i64, message: impl Into<String>) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": message.into()}})
 }
 
-/// HTTP status for a JSON-RPC error in the stateless era.
+/// `text` as an RFC 6750 `error_description`: printable ASCII without `"`
+/// and `\\` (anything else becomes `?`).
+fn challenge_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            ' '..='~' if c != '"' && c != '\\' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+/// HTTP status for a JSON-RPC error in the stateless era: those the
+/// 2026-07-28 transport names (400, and 404 for an unknown method), 503
+/// when the trail cannot take the record, else 200.
+///
+/// A policy denial (-32005) and an over-budget or busy refusal (-32004)
+/// are 200, as in the session era: 200 is the one status at which every
+/// client tested shows the JSON-RPC error with its `data` (`retryAfterMs`).
+/// With 403 and 429, the TypeScript SDK v2 throws `SdkHttpError` with the
+/// raw body, the v1 SDK and the Python SDK 1.x the HTTP error alone, and
+/// the Inspector CLI reports 403 as `auth_required`. 401 and 403 stay
+/// with what HTTP authentication means.
 fn stateless_status(code: i64) -> StatusCode {
     match code {
         code::PARSE_ERROR
@@ -1112,8 +1133,6 @@ fn stateless_status(code: i64) -> StatusCode {
         | code::MISSING_CLIENT_CAPABILITY
         | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
         code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
-        code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,
-        code::POLICY_DENIED => StatusCode::FORBIDDEN,
         code::AUDIT_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     }
@@ -1441,7 +1460,9 @@ impl Gateway {
     ) -> Response<Body> {
         let path = req.uri().path();
         if req.method() == Method::GET {
-            if path == METADATA_PATH || path.strip_prefix(METADATA_PATH) == Some(&self.config.path)
+            if (path == METADATA_PATH
+                || path.strip_prefix(METADATA_PATH) == Some(&self.config.path))
+                && self.has_authorization_server()
             {
                 return json_response(StatusCode::OK, &self.resource_metadata());
             }
@@ -1723,18 +1744,40 @@ impl Gateway {
         })
     }
 
-    /// 401/403/400 with `WWW-Authenticate` pointing at the metadata.
+    /// Whether an authorization server is configured (a tenant trusts an
+    /// identity provider): only then is there OAuth metadata to advertise.
+    fn has_authorization_server(&self) -> bool {
+        !self.identity.jwt.by_issuer.is_empty()
+    }
+
+    /// 401/403/400 with an RFC 6750 challenge: the error and its
+    /// description, and the OAuth metadata only where an authorization
+    /// server is configured and the credential was not an API key. (Told of
+    /// metadata, clients start OAuth discovery and dynamic registration,
+    /// and the user never sees "invalid API key".)
     fn unauthenticated(&self, f: authn::Failure) -> Response<Body> {
-        let mut challenge = format!(
-            "Bearer resource_metadata=\"{}\"",
-            self.identity.metadata_url()
-        );
+        let mut params = Vec::new();
+        if self.has_authorization_server() && !f.api_key {
+            params.push(format!(
+                "resource_metadata=\"{}\"",
+                self.identity.metadata_url()
+            ));
+        }
         if let Some(e) = f.error {
-            challenge.push_str(&format!(", error=\"{e}\""));
+            params.push(format!("error=\"{e}\""));
+            params.push(format!(
+                "error_description=\"{}\"",
+                challenge_text(&f.message)
+            ));
         }
         if let Some(scope) = &f.scope {
-            challenge.push_str(&format!(", scope=\"{scope}\""));
+            params.push(format!("scope=\"{scope}\""));
         }
+        let challenge = if params.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        };
         let mut resp = json_response(
             f.status,
             &rpc_error(&Value::Null, code::UNAUTHORIZED, f.message),
@@ -3917,8 +3960,7 @@ static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
 struct Refusal {
     code: i64,
     message: String,
-    /// Over a budget: when the call would pass (`data.retryAfterMs`, and
-    /// `Retry-After` on a 429).
+    /// Over a budget: when the call would pass (`data.retryAfterMs`).
     retry_after_ms: Option<u64>,
 }
 
@@ -3941,21 +3983,14 @@ impl Refusal {
         v
     }
 
-    /// The response in `era` (429 and `Retry-After` for a budget refusal
-    /// in the stateless era).
+    /// The response in `era`.
     fn respond(&self, id: &Value, era: Era) -> Response<Body> {
         let status = if era == Era::Stateless {
             stateless_status(self.code)
         } else {
             StatusCode::OK
         };
-        let mut resp = json_response(status, &self.to_rpc(id));
-        if let (Some(ms), StatusCode::TOO_MANY_REQUESTS) = (self.retry_after_ms, status)
-            && let Ok(v) = header::HeaderValue::from_str(&ms.div_ceil(1000).to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        resp
+        json_response(status, &self.to_rpc(id))
     }
 }
 
