@@ -35,10 +35,11 @@ const SAMPLES: usize = 20;
 pub enum Op {
     /// Stateless `echo` by the well-funded agent: a result.
     Echo,
-    /// Stateless calls policy refuses: -32005, HTTP 403.
+    /// Stateless calls policy refuses: -32005 (HTTP 200, as every refusal
+    /// a client should read).
     Denied,
     /// Stateless `echo` by the agent with a small budget: mostly -32004
-    /// (HTTP 429), a result when its bucket has a call.
+    /// (HTTP 200), a result when its bucket has a call.
     OverBudget,
     /// Stateless `slow` with a progress token: every step's progress, then the result.
     Slow,
@@ -512,7 +513,7 @@ impl Ctx {
         let got = self.call(req).await;
         self.judge(op, n, started, &got, |r| {
             let echoed = r.status == 200 && r.result().is_some_and(|v| echoes(v, &message));
-            echoed || (poor && r.status == 429 && r.code() == Some(-32004))
+            echoed || (poor && r.status == 200 && r.code() == Some(-32004))
         });
     }
 
@@ -528,7 +529,7 @@ impl Ctx {
         let started = Instant::now();
         let got = self.call(req).await;
         self.judge("denied", n, started, &got, |r| {
-            r.status == 403 && r.code() == Some(-32005)
+            r.status == 200 && r.code() == Some(-32005)
         });
     }
 
