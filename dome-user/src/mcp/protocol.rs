@@ -79,11 +79,11 @@ pub mod code {
     pub const SESSION_NOT_FOUND: i64 = -32002;
     /// Dome: the request is not authenticated (HTTP 401/403).
     pub const UNAUTHORIZED: i64 = -32003;
-    /// Dome: over a call budget (HTTP 429 in the stateless era); `data`
-    /// says which budget and `retryAfterMs`.
+    /// Dome: over a call budget, or an agent's share of an upstream (HTTP
+    /// 200 in both eras, so clients show it); `data.retryAfterMs`.
     pub const RATE_LIMITED: i64 = -32004;
-    /// Dome: policy denies the call (HTTP 403 in the stateless era); the
-    /// message is the reason an agent may be shown.
+    /// Dome: policy denies the call (HTTP 200 in both eras, so clients
+    /// show it); the message is the reason an agent may be shown.
     pub const POLICY_DENIED: i64 = -32005;
     /// Dome: the audit trail cannot record the call, so it is not run (or,
     /// when it already ran, not answered); HTTP 503.
