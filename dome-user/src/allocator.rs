@@ -10,8 +10,8 @@
 //! high-water mark for good.
 //! Measured with `bench-soak --seconds 300`, RSS growth after warm-up: v3
 //! 8.8% and 19.4% in two runs (17.2% over 10 minutes), v3 with
-//! `purge_delay=0` and `page_full_retain=0` 46%; v2 1.3% (-5.9% over 10
-//! minutes), its RSS back at the same floor after every peak.
+//! `purge_delay=0` and `page_full_retain=0` 46%; v2 1.3% (-5.9% and -0.8%
+//! in two 10-minute runs), its RSS back at the same floor after every peak.
 //!
 //! Speed is the same: `bench e2e` (quick, 5 rounds) with v2 against v3 in
 //! the same rounds, medians with the rounds' range: 23,773 (14,821 to

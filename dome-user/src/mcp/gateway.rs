@@ -3960,7 +3960,8 @@ static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
 struct Refusal {
     code: i64,
     message: String,
-    /// Over a budget: when the call would pass (`data.retryAfterMs`).
+    /// Over a budget or an agent's share of an upstream: when the call
+    /// would pass (`data.retryAfterMs`).
     retry_after_ms: Option<u64>,
 }
 
