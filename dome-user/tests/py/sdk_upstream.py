@@ -10,8 +10,8 @@ import sys
 from typing import Annotated
 
 import anyio
-from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
-from mcp_types import Completion, PromptReference
+from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve, Sample
+from mcp_types import Completion, CreateMessageResult, InputRequiredResult, PromptReference, SamplingMessage, TextContent
 from pydantic import BaseModel
 
 FLAVOR = sys.argv[2] if len(sys.argv) > 2 else "one"
@@ -57,6 +57,58 @@ def ask_color() -> Elicit[Color]:
 def paint(thing: str, choice: Annotated[Color, Resolve(ask_color)]) -> str:
     """Paints a thing in a colour the client is asked for (elicitation)."""
     return f"{thing} painted {choice.color}"
+
+
+class Topic(BaseModel):
+    topic: str
+
+
+def ask_llm_question(question: str) -> Sample:
+    return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=question))], max_tokens=50)
+
+
+@mcp.tool()
+def ask_llm(question: str, answer: Annotated[CreateMessageResult, Resolve(ask_llm_question)]) -> str:
+    """Asks the client's model a question (sampling)."""
+    content = answer.content
+    text = content.text if isinstance(content, TextContent) else ""
+    return f"the model says: {text}"
+
+
+def _ask(key: str, message: str, field: str) -> InputRequiredResult:
+    schema = {"type": "object", "properties": {field: {"type": "string"}}, "required": [field]}
+    return InputRequiredResult.model_validate(
+        {
+            "resultType": "input_required",
+            "inputRequests": {key: {"method": "elicitation/create", "params": {"message": message, "requestedSchema": schema}}},
+        }
+    )
+
+
+def _given(ctx: Context, key: str, field: str) -> str | None:
+    answer = (ctx.input_responses or {}).get(key)
+    if answer is None:
+        return None
+    data = answer.model_dump(by_alias=True, exclude_none=True) if hasattr(answer, "model_dump") else dict(answer)
+    return (data.get("content") or {}).get(field)
+
+
+@mcp.prompt()
+def brief(subject: str, ctx: Context) -> str | InputRequiredResult:
+    """A prompt that asks the client who it is for first (stateless era: input_required)."""
+    audience = _given(ctx, "audience", "audience")
+    if audience is None:
+        return _ask("audience", "Who is the brief for?", "audience")
+    return f"Brief on {subject} for {audience} from {FLAVOR}"
+
+
+@mcp.resource(f"vault://{FLAVOR}/{{item}}")
+def vault(item: str, ctx: Context) -> str | InputRequiredResult:
+    """A templated resource that asks for a passphrase first (stateless era: input_required)."""
+    phrase = _given(ctx, "phrase", "phrase")
+    if phrase is None:
+        return _ask("phrase", f"Passphrase for {item}?", "phrase")
+    return f"{item} opened with {phrase}"
 
 
 @mcp.resource(f"notes://{FLAVOR}/readme", mime_type="text/plain")
