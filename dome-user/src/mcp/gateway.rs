@@ -953,7 +953,8 @@ fn readdress(
     };
     // A stateless upstream's answer to a session-era caller loses what that
     // era lacks, and every answer the upstream's `serverInfo`: read as a
-    // tree only then (the search costs ~20 ns on a 200-byte answer).
+    // tree only then (the search: 10-12 ns on a 231-byte answer, memchr
+    // 2.8 on this machine).
     {
         use memchr::memmem::Finder;
         use std::sync::LazyLock;
