@@ -20,6 +20,8 @@ fn check_client_view(seen: &serde_json::Value, version: &str) {
         seen["tools"],
         json!([
             "add",
+            "approve",
+            "ask_llm",
             "countdown",
             "demo.echo",
             "fail",
@@ -145,7 +147,7 @@ fn prompts_and_resources_from_two_upstreams() {
         let seen = run_client("client_resources.py", &[&url, mode]);
         assert_eq!(
             seen["prompts"],
-            json!(["one.greet", "two.greet"]),
+            json!(["one.brief", "one.greet", "two.brief", "two.greet"]),
             "{mode}: {seen}"
         );
         assert_eq!(seen["greet_two"], "Hello Ada from two", "{mode}: {seen}");
@@ -161,7 +163,12 @@ fn prompts_and_resources_from_two_upstreams() {
         );
         assert_eq!(
             seen["templates"],
-            json!(["users://one/{user_id}", "users://two/{user_id}"]),
+            json!([
+                "users://one/{user_id}",
+                "users://two/{user_id}",
+                "vault://one/{item}",
+                "vault://two/{item}"
+            ]),
             "{mode}: {seen}"
         );
         assert_eq!(seen["readme_one"], "readme of one");
@@ -388,6 +395,11 @@ fn a_client_is_never_asked_what_it_did_not_declare_it_can_answer() {
     assert_eq!(seen["asked"], json!([]), "{seen}");
     for step in ["prompt", "read"] {
         assert_eq!(seen[step]["code"], -32021, "{step}: {seen}");
+        assert_eq!(
+            seen[step]["data"]["requiredCapabilities"],
+            json!({"elicitation": {}}),
+            "{step}: {seen}"
+        );
         let message = seen[step]["message"].as_str().unwrap_or_default();
         assert!(
             message.contains("`elicitation` capability"),
@@ -404,8 +416,8 @@ fn a_client_is_never_asked_what_it_did_not_declare_it_can_answer() {
 
 /// What a stateless upstream answers reaches a session-era (2025-11-25)
 /// caller in that era's schema: without `resultType`, `ttlMs`,
-/// `cacheScope` or the era's `_meta` keys. No caller, of either era, sees
-/// the upstream's `serverInfo`: Dome is the server they talk to.
+/// `cacheScope` or the era's `_meta` keys (the upstream's `serverInfo`
+/// among them).
 #[test]
 fn each_era_s_answers_carry_only_that_era_s_fields() {
     let (_one, one) = start_sdk_flavor("one");
@@ -456,7 +468,7 @@ fn each_era_s_answers_carry_only_that_era_s_fields() {
             assert!(result.get(field).is_none(), "{field} in {v}");
         }
     }
-    // A stateless caller keeps its era's fields, and not the upstream's name.
+    // A stateless caller keeps its era's fields.
     let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
     let stateless = [("MCP-Protocol-Version", "2026-07-28")];
     for (method, name, body) in [
@@ -480,6 +492,88 @@ fn each_era_s_answers_carry_only_that_era_s_fields() {
         headers.push(("Mcp-Name", name));
         let v = post(&headers, &body);
         assert_eq!(v["result"]["resultType"], "complete", "{v}");
-        assert!(!v.to_string().contains("sdk-upstream"), "{v}");
+    }
+}
+
+/// Every round of input a session-era agent gives a stateless upstream's
+/// prompt or read is its own: judged, charged and recorded for the agent
+/// and its session, as the first round is (later rounds run after the
+/// request that began them, and were anonymous there). A request that
+/// cannot take the upstream's questions (in a batch: no event stream) is
+/// told so, where it was handed a stray `input_required` as a result.
+#[test]
+fn each_round_of_input_is_the_agent_s_and_needs_an_event_stream() {
+    let (_one, one) = start_sdk_flavor("one");
+    let key = "dome_briefer_key-of-the-briefing-agent";
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("rounds-{}.data", std::process::id()));
+    let dome = start_dome(
+        "rounds",
+        &format!(
+            "[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n\
+             [auth]\ndata_dir = \"{}\"\n\
+             [[tenant]]\nname = \"acme\"\n\
+             [[agent]]\nid = \"briefer\"\ntenant = \"acme\"\napi_keys = [\"{}\"]\n",
+            data.display(),
+            sha(key)
+        ),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let seen = run_client("client_input_kinds.py", &[&url, "legacy", "--key", key]);
+    assert_eq!(
+        seen["prompt"]["text"], "Brief on tides for operators from one",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["read"]["text"], "gold opened with open sesame",
+        "{seen}"
+    );
+    let records = audit_records(&dome);
+    for (kind, name) in [("prompt", "brief"), ("resource", "vault://one/gold")] {
+        let rounds: Vec<_> = records
+            .iter()
+            .filter(|r| r["kind"] == kind && r["name"] == name)
+            .collect();
+        assert_eq!(rounds.len(), 2, "{kind}: {rounds:?}");
+        assert_eq!(rounds[0]["outcome"], "input_required", "{rounds:?}");
+        assert_eq!(rounds[1]["outcome"], "ok", "{rounds:?}");
+        for r in &rounds {
+            assert_eq!(r["agent"], "briefer", "{r}");
+            assert!(r["session"].as_str().is_some_and(|s| !s.is_empty()), "{r}");
+        }
+    }
+    // In a batch (2025-03-26 has them; answered as one JSON array, no
+    // event stream), the questions have nowhere to go.
+    let auth = format!("Bearer {key}");
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-03-26","capabilities":{"elicitation":{}},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let base = [
+        ("Content-Type", "application/json"),
+        ("Authorization", auth.as_str()),
+    ];
+    let mut headers = base.to_vec();
+    headers.push(("Accept", "application/json, text/event-stream"));
+    let (status, h, text) = http(dome.mcp, "POST", "/mcp", &headers, init);
+    assert_eq!(status, 200, "{text}");
+    let sid = header(&h, "mcp-session-id").unwrap().to_string();
+    let mut headers = base.to_vec();
+    headers.push(("Accept", "application/json, text/event-stream"));
+    headers.push(("Mcp-Session-Id", sid.as_str()));
+    headers.push(("MCP-Protocol-Version", "2025-03-26"));
+    for body in [
+        r#"[{"jsonrpc":"2.0","id":5,"method":"prompts/get","params":{"name":"brief","arguments":{"subject":"x"}}}]"#,
+        r#"[{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"paint","arguments":{"thing":"gate"}}}]"#,
+    ] {
+        let (status, _, text) = http(dome.mcp, "POST", "/mcp", &headers, body);
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let v = if v.is_array() { v[0].clone() } else { v };
+        assert_eq!(v["error"]["code"], -32600, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("event stream"),
+            "{v}"
+        );
     }
 }

@@ -743,6 +743,13 @@ fn unstash() -> Option<Call> {
         .flatten()
 }
 
+/// Why a session-era caller's request that a stateless upstream answered
+/// `input_required` is refused when it came without an event stream (or
+/// in a batch): the requests for its input go to it on one.
+const NEEDS_A_STREAM: &str = "the upstream needs the client's input, which Dome asks for on an \
+                              event stream: send this request alone, with \
+                              `Accept: text/event-stream`";
+
 /// A session-era caller's request that a stateless upstream answered
 /// `input_required`: what `Gateway::fulfil` asks the caller for and sends
 /// again.
@@ -881,6 +888,15 @@ fn trace_id(traceparent: &str) -> Option<String> {
         .then(|| trace.to_ascii_lowercase())
 }
 
+/// This request's context, for work that outlives it (a round of input
+/// the client answers later): the same caller, intent and trace, but not
+/// its arrival, so each round's record times that round.
+fn detached_ctx() -> RequestCtx {
+    let mut ctx = CTX.try_with(|c| c.clone()).unwrap_or_default();
+    ctx.arrived = None;
+    ctx
+}
+
 fn current_caller() -> Option<Caller> {
     CTX.try_with(|c| c.caller.clone()).ok().flatten()
 }
@@ -942,34 +958,35 @@ fn readdress(
     reply: Reply,
     method: &str,
 ) -> Result<Readdressed, (i64, String)> {
-    let stateless_caller = era == Era::Stateless;
-    let mut bytes = match reply {
-        Reply::Raw(b) => b,
+    // A stateless upstream's answer to a session-era caller loses what
+    // that era lacks: read as a tree for it (the other paths stay text).
+    let refit = era != Era::Stateless && upstream.speaks_stateless();
+    let bytes = match reply {
         Reply::Json(mut v) => {
-            protocol::fit_to_era(&mut v, stateless_caller);
+            if refit {
+                protocol::fit_to_session_era(&mut v);
+            }
             Bytes::from(v.to_string())
         }
+        Reply::Raw(b) if refit => {
+            let mut v: Value = serde_json::from_slice(&b).map_err(|e| {
+                (
+                    code::UPSTREAM_UNAVAILABLE,
+                    format!(
+                        "upstream `{}` sent an answer that cannot be read ({e}): withheld",
+                        upstream.name()
+                    ),
+                )
+            })?;
+            if protocol::fit_to_session_era(&mut v) {
+                Bytes::from(v.to_string())
+            } else {
+                b
+            }
+        }
+        Reply::Raw(b) => b,
         Reply::Stream(_) => unreachable!("streams are relayed"),
     };
-    // A stateless upstream's answer to a session-era caller loses what that
-    // era lacks, and every answer the upstream's `serverInfo`: read as a
-    // tree only then (the search: 10-12 ns on a 231-byte answer, memchr
-    // 2.8 on this machine).
-    {
-        use memchr::memmem::Finder;
-        use std::sync::LazyLock;
-        static SERVER_INFO: LazyLock<Finder<'static>> =
-            LazyLock::new(|| Finder::new(protocol::META_SERVER_INFO));
-        let refit = (!stateless_caller && upstream.speaks_stateless())
-            || SERVER_INFO.find(&bytes).is_some();
-        if refit
-            && !envelope::nests_deeper(&bytes, envelope::DEFAULT_MAX_DEPTH)
-            && let Ok(mut v) = serde_json::from_slice::<Value>(&bytes)
-            && protocol::fit_to_era(&mut v, stateless_caller)
-        {
-            bytes = Bytes::from(v.to_string());
-        }
-    }
     // Relayed as text: a result nested 100,000 deep reached the caller,
     // whose parser it could take down.
     if envelope::nests_deeper(&bytes, envelope::DEFAULT_MAX_DEPTH) {
@@ -2494,20 +2511,14 @@ impl Gateway {
             | "resources/read"
             | "completion/complete"
             | "resources/subscribe"
-            | "resources/unsubscribe" => match self
-                .forward_other(method, e, caller_capabilities(e, session))
-                .await
-            {
+            | "resources/unsubscribe" => match self.forward_other(method, e, session).await {
                 // Its requests go to a session-era caller only on an event
                 // stream (`dispatch`); this answer has none.
                 Ok((_, reply))
                     if era != Era::Stateless && super::input::required(&reply).is_some() =>
                 {
-                    let why = "the upstream needs the client's input, which Dome asks for on \
-                               an event stream: send this request alone, with \
-                               `Accept: text/event-stream`";
-                    with_call(|c| c.failed(code::INVALID_REQUEST, why));
-                    err(code::INVALID_REQUEST, why.into())
+                    with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                    err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
                 }
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, _)) => {
@@ -2523,7 +2534,10 @@ impl Gateway {
                 Ok(_) => ok(json!({})),
                 Err(m) => err(code::INVALID_PARAMS, m),
             },
-            "tools/call" => match self.forward_call(e, era, None).await {
+            // No event stream here (a batch), so no session lane: a
+            // dual-era upstream asking mid-call would have no one to ask,
+            // where its `input_required` is refused with a reason.
+            "tools/call" => match self.forward_call(e, session, false).await {
                 Err(r) => {
                     let status = if era == Era::Stateless {
                         stateless_status(r.code)
@@ -2545,11 +2559,23 @@ impl Gateway {
                                 });
                             }
                             v["id"] = id.clone();
-                            protocol::fit_to_era(&mut v, era == Era::Stateless);
+                            if era != Era::Stateless && super::input::is_input_required(&v) {
+                                with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                                return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
+                            }
+                            if era != Era::Stateless && upstream.speaks_stateless() {
+                                protocol::fit_to_session_era(&mut v);
+                            }
                             (StatusCode::OK, v)
                         }
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
                     }
+                }
+                Ok((_, reply, _, _))
+                    if era != Era::Stateless && super::input::required(&reply).is_some() =>
+                {
+                    with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                    err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
                 }
                 Ok((upstream, reply, _, redaction)) => {
                     match redacted(reply, redaction.as_ref(), upstream.name(), None)
@@ -2626,7 +2652,7 @@ impl Gateway {
         &self,
         method: &str,
         e: &Envelope,
-        caps: Option<&str>,
+        session: Option<&Arc<Session>>,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
         use crate::audit::record::Kind as AuditKind;
         let kind = match method {
@@ -2635,10 +2661,12 @@ impl Gateway {
             _ => AuditKind::Resource,
         };
         let mut call = self
-            .open_call(kind, e, None)
+            .open_call(kind, e, session)
             .await
             .map_err(|r| (r.code, r.message))?;
-        let result = self.forward_other_inner(method, e, caps, &mut call).await;
+        let result = self
+            .forward_other_inner(method, e, session, &mut call)
+            .await;
         if let Err((c, m)) = &result {
             call.failed(*c, m);
         }
@@ -2650,7 +2678,7 @@ impl Gateway {
         &self,
         method: &str,
         e: &Envelope,
-        caps: Option<&str>,
+        session: Option<&Arc<Session>>,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
         let mut params: Value = e
@@ -2724,8 +2752,11 @@ impl Gateway {
             return Err((code::INVALID_PARAMS, why));
         }
         // Phase: budget, the agent's: prompts, resources and completions
-        // count like tool calls (they were free).
-        let caller = current_caller();
+        // count like tool calls (they were free). A session's caller is
+        // the session's (a round of input runs outside the request).
+        let caller = session
+            .and_then(|s| s.caller.clone())
+            .or_else(current_caller);
         if let Some(c) = &caller {
             self.take_budget(
                 c,
@@ -2816,12 +2847,14 @@ impl Gateway {
             return Err((r.code, r.message));
         }
         let assertion = match &caller {
-            Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref(), call)?),
+            Some(c) => Some(self.vouch(&upstream, c, session, intent.as_deref(), call)?),
             None => None,
         };
         // A stateless upstream is told what the caller can answer, as for
         // a tool call: it may ask for input on a prompt or a read too.
-        if let Some(c) = caps.and_then(|c| serde_json::from_str::<Value>(c).ok())
+        if upstream.speaks_stateless()
+            && let Some(c) =
+                caller_capabilities(e, session).and_then(|c| serde_json::from_str::<Value>(c).ok())
             && let Some(p) = params.as_object_mut()
         {
             let meta = p.entry("_meta").or_insert_with(|| json!({}));
@@ -3080,16 +3113,21 @@ impl Gateway {
     /// A tool call, every phase: its audit record is opened first (so
     /// whatever happens is recorded) and handed to the request answering
     /// it (see `stash`).
+    /// `session_lane`: the caller speaks the session era, so a dual-era
+    /// upstream is spoken to in that era (`Upstream::for_session_caller`);
+    /// not for a round of input, which stays with the first round's era.
     async fn forward_call(
         &self,
         e: &Envelope,
-        era: Era,
         session: Option<&Arc<Session>>,
+        session_lane: bool,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let mut call = self
             .open_call(crate::audit::record::Kind::Tool, e, session)
             .await?;
-        let result = self.forward_call_inner(e, era, session, &mut call).await;
+        let result = self
+            .forward_call_inner(e, session, session_lane, &mut call)
+            .await;
         if let Err(r) = &result {
             call.failed(r.code, &r.message);
         }
@@ -3102,8 +3140,8 @@ impl Gateway {
     async fn forward_call_inner(
         &self,
         e: &Envelope,
-        era: Era,
         session: Option<&Arc<Session>>,
+        session_lane: bool,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         if let Some(a) = &e.arguments {
@@ -3151,10 +3189,6 @@ impl Gateway {
         // The catalog's shared names: nothing copied per call.
         call.name = Some(route.public.clone());
         let mut upstream = self.upstreams[route.upstream].clone();
-        if era != Era::Stateless {
-            // Spoken to in the caller's era where it speaks both.
-            upstream = upstream.for_session_caller().await;
-        }
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
         let intent = call.intent.clone();
@@ -3195,6 +3229,11 @@ impl Gateway {
                 }
                 return Err(refusal);
             }
+        }
+        if session_lane {
+            // Spoken to in the caller's era where it speaks both (after the
+            // decision: a denied call opens nothing upstream).
+            upstream = upstream.for_session_caller().await;
         }
         // Phase: vouch. The caller's own credential never goes upstream.
         let assertion = match &caller {
@@ -3288,7 +3327,8 @@ impl Gateway {
         if method == "tools/call" && sse_ok {
             // Boxed: its future would otherwise be carried (and moved) by
             // every enclosing layer.
-            match Box::pin(self.forward_call(e, era, session.as_ref())).await {
+            let lane = era != Era::Stateless;
+            match Box::pin(self.forward_call(e, session.as_ref(), lane)).await {
                 Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
@@ -3311,25 +3351,19 @@ impl Gateway {
                     let parser = upstream.sse_parser();
                     return relay(upstream, st.into_body(), parser, to);
                 }
-                Ok((_, reply, _, redaction))
+                Ok((upstream, reply, _, redaction))
                     if let Some(s) = &session
                         && let Some(first) = super::input::required(&reply) =>
                 {
                     // A stateless upstream wants input this session-era
                     // client gives by answering requests on the stream.
-                    with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
-                    let (tx, rx) = tokio::sync::mpsc::channel(16);
-                    let (gw, s, e) = (self.clone(), s.clone(), e.clone());
-                    tokio::spawn(async move {
-                        let asked = Asked {
-                            session: s,
-                            e,
-                            method: "tools/call",
-                            id,
-                        };
-                        gw.fulfil(asked, first, redaction, tx).await
-                    });
-                    return sse_response(rx);
+                    let asked = Asked {
+                        session: s.clone(),
+                        e: e.clone(),
+                        method: "tools/call",
+                        id,
+                    };
+                    return self.ask_for_input(upstream.name(), asked, first, redaction);
                 }
                 Ok((upstream, reply, _, redaction)) => {
                     let reply = redacted(reply, redaction.as_ref(), upstream.name(), None);
@@ -3350,21 +3384,16 @@ impl Gateway {
             // A session-era caller of a prompt, read or completion: a
             // stateless upstream may answer `input_required`, whose requests
             // go to the caller on the call's stream, as for a tool call.
-            let caps = caller_capabilities(e, Some(s));
-            return match Box::pin(self.forward_other(method, e, caps)).await {
-                Ok((_, reply)) if let Some(first) = super::input::required(&reply) => {
-                    with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
-                    let (tx, rx) = tokio::sync::mpsc::channel(16);
-                    let (gw, s, e) = (self.clone(), s.clone(), e.clone());
-                    // Redacted already, each round (`forward_other`).
+            return match Box::pin(self.forward_other(method, e, Some(s))).await {
+                Ok((upstream, reply)) if let Some(first) = super::input::required(&reply) => {
                     let asked = Asked {
-                        session: s,
-                        e,
+                        session: s.clone(),
+                        e: e.clone(),
                         method,
                         id,
                     };
-                    tokio::spawn(async move { gw.fulfil(asked, first, None, tx).await });
-                    sse_response(rx)
+                    // Redacted already, each round (`forward_other`).
+                    self.ask_for_input(upstream.name(), asked, first, None)
                 }
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, code)) => raw_json_response(status, text, code),
@@ -3516,6 +3545,38 @@ impl Gateway {
         relay(upstream, body, parser, to)
     }
 
+    /// Answers a session-era caller whose request a stateless upstream
+    /// answered `input_required` (`first`): the requests go to it on an
+    /// event stream (`fulfil`), unless it cannot take one of them, which
+    /// ends the call at once with -32021 naming the capability.
+    fn ask_for_input(
+        self: &Arc<Self>,
+        upstream: &str,
+        asked: Asked,
+        first: Value,
+        redaction: Option<Redaction>,
+    ) -> Response<Body> {
+        let caps = asked.session.capabilities.as_deref();
+        if let Some(error) = super::input::round_problem(upstream, 1, caps, &first) {
+            let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
+            let message = error["message"].as_str().unwrap_or_default().to_string();
+            with_call(|c| c.failed(code, &message));
+            let answer = json!({"jsonrpc": "2.0", "id": asked.id, "error": error});
+            return json_response(StatusCode::OK, &answer);
+        }
+        with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let gw = self.clone();
+        // The rounds run after this request's task: they take its context
+        // (caller, intent header, source, trace) along.
+        let ctx = detached_ctx();
+        tokio::spawn(CTX.scope(
+            ctx,
+            async move { gw.fulfil(asked, first, redaction, tx).await },
+        ));
+        sse_response(rx)
+    }
+
     /// Rounds of a stateless upstream's `input_required` for a session-era
     /// client: each request goes to the client on the call's stream (`tx`)
     /// under an id of Dome's; with every answer in, the call goes to the
@@ -3546,7 +3607,13 @@ impl Gateway {
             }
         };
         let mut result = first;
+        // Round 1 was checked before this began (`ask_for_input`); each
+        // later one is as it arrives, with its record.
+        let mut round = 1;
         loop {
+            if tx.is_closed() {
+                return;
+            }
             let mut waits = Vec::new();
             let requests = result["inputRequests"]
                 .as_object()
@@ -3569,26 +3636,6 @@ impl Gateway {
                 }
                 if let Some(r) = &asking {
                     r.apply_any(&mut msg);
-                }
-                // Asked of a client that cannot answer, it would refuse
-                // with no more than "method not found": the call ends with
-                // the error the upstream would have given, had it checked.
-                if !super::input::declares(session.capabilities.as_deref(), &req["method"]) {
-                    session
-                        .local_requests
-                        .lock()
-                        .expect("local requests lock")
-                        .remove(&Value::String(down_id).to_string());
-                    let mut error =
-                        super::input::cannot_take(&req["method"], code::MISSING_CLIENT_CAPABILITY);
-                    error["message"] = format!(
-                        "upstream asked for input: {}",
-                        error["message"].as_str().unwrap_or_default()
-                    )
-                    .into();
-                    tracing::info!(method = %req["method"], "an upstream asked a client for input it cannot give");
-                    send(json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
-                    return;
                 }
                 if !send(msg).await {
                     return;
@@ -3629,13 +3676,13 @@ impl Gateway {
             let (forwarded, mut record) = TALLY
                 .scope(std::cell::RefCell::new(Box::default()), async {
                     let r = if method == "tools/call" {
-                        self.forward_call(&again, Era::Session(session.version), Some(&session))
+                        // The first round's upstream, not its session lane.
+                        self.forward_call(&again, Some(&session), false)
                             .await
                             .map(|(u, r, _, red)| (u, r, red))
                     } else {
-                        let caps = session.capabilities.as_deref();
                         // Redacted there, as the first round was.
-                        self.forward_other(method, &again, caps)
+                        self.forward_other(method, &again, Some(&session))
                             .await
                             .map(|(u, r)| (u, r, None))
                             .map_err(Refusal::from)
@@ -3651,7 +3698,7 @@ impl Gateway {
                     return;
                 }
             };
-            let last = match reply {
+            let mut last = match reply {
                 Reply::Stream(resp) => {
                     // Notifications pass on; the response ends the round.
                     let mut body = resp.into_body();
@@ -3724,17 +3771,32 @@ impl Gateway {
                 }),
             };
             if super::input::is_input_required(&last) {
+                round += 1;
+                let caps = session.capabilities.as_deref();
+                let problem =
+                    super::input::round_problem(upstream.name(), round, caps, &last["result"]);
+                if let Some(error) = problem {
+                    // The call ends here, and its last record says why.
+                    let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
+                    let message = error["message"].as_str().unwrap_or_default().to_string();
+                    if let Some(mut c) = record.take() {
+                        c.failed(code, &message);
+                        let _ = c.finish().await;
+                    }
+                    send(json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+                    return;
+                }
                 if let Some(c) = record.as_mut() {
                     c.outcome = Some(crate::audit::record::Outcome::InputRequired);
                 }
-                result = last["result"].clone();
+                result = last["result"].take();
                 asking = redaction;
                 continue;
             }
-            let mut last = last;
+
             let counts = redaction.as_ref().map(|r| r.apply(&mut last));
             last["id"] = id.clone();
-            protocol::fit_to_era(&mut last, false);
+            protocol::fit_to_session_era(&mut last);
             if let Some(mut c) = record.take() {
                 note_final(&mut c, &last, counts.as_ref());
                 // The answer leaves only once its record is durable.
@@ -4226,6 +4288,8 @@ fn relay(
 ) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     let session = to.inflight.as_ref().map(|i| i.session.clone());
+    // For rounds of input that may follow, outside this request.
+    let ctx = detached_ctx();
     tokio::spawn(async move {
         let RelayTo {
             id,
@@ -4358,7 +4422,7 @@ fn relay(
                     let up_id = v["id"].take();
                     match (&session, &stateless) {
                         (Some(s), _)
-                            if super::input::declares(s.capabilities.as_deref(), &v["method"]) =>
+                            if super::input::may_ask(s.capabilities.as_deref(), &v["method"]) =>
                         {
                             // Relayed under an id of Dome's, its answer
                             // routed back (see `forward_answer`).
@@ -4402,29 +4466,42 @@ fn relay(
                     && let (Some((gw, e)), Some(s)) = (&retry, &session)
                 {
                     let first = v["result"].take();
+                    let caps = s.capabilities.as_deref();
+                    if let Some(error) = super::input::round_problem(&upstream, 1, caps, &first) {
+                        let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
+                        let message = error["message"].as_str().unwrap_or_default().to_string();
+                        if let Some(mut c) = call.take() {
+                            c.failed(code, &message);
+                            let _ = c.finish().await;
+                        }
+                        let answer = json!({"jsonrpc": "2.0", "id": id, "error": error});
+                        let _ = tx
+                            .send(Ok(Frame::data(sse::event(&answer.to_string()))))
+                            .await;
+                        return;
+                    }
                     if let Some(c) = call.as_mut() {
                         c.outcome = Some(crate::audit::record::Outcome::InputRequired);
                     }
                     drop(call.take());
-                    gw.clone()
-                        .fulfil(
-                            Asked {
-                                session: s.clone(),
-                                e: e.clone(),
-                                method: "tools/call",
-                                id: id.clone(),
-                            },
-                            first,
-                            redaction.clone(),
-                            tx.clone(),
-                        )
-                        .await;
+                    let asked = Asked {
+                        session: s.clone(),
+                        e: e.clone(),
+                        method: "tools/call",
+                        id: id.clone(),
+                    };
+                    let rounds = gw
+                        .clone()
+                        .fulfil(asked, first, redaction.clone(), tx.clone());
+                    CTX.scope(ctx.clone(), rounds).await;
                     return;
                 }
                 if is_response {
                     let counts = redaction.as_ref().map(|r| r.apply(&mut v));
                     v["id"] = id.clone();
-                    protocol::fit_to_era(&mut v, era == Era::Stateless);
+                    if era != Era::Stateless && up.speaks_stateless() {
+                        protocol::fit_to_session_era(&mut v);
+                    }
                     if era == Era::Stateless
                         && v.get("result").is_some()
                         && v["result"].get("resultType").is_none()

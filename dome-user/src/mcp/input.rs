@@ -123,22 +123,76 @@ pub fn responses(extra: &[(String, String)]) -> serde_json::Map<String, Value> {
 
 /// The result of a non-streamed reply when it is `input_required`.
 pub fn required(reply: &Reply) -> Option<Value> {
-    let v = match reply {
-        Reply::Json(v) => v.clone(),
+    match reply {
+        Reply::Json(v) if is_input_required(v) => Some(v["result"].clone()),
         // Cheap test first: almost every reply is a plain result.
-        Reply::Raw(b) if memchr_str(b, b"input_required") => serde_json::from_slice(b).ok()?,
-        _ => return None,
+        Reply::Raw(b) if INPUT_REQUIRED.find(b).is_some() => {
+            let mut v: Value = serde_json::from_slice(b).ok()?;
+            is_input_required(&v).then(|| v["result"].take())
+        }
+        _ => None,
+    }
+}
+
+static INPUT_REQUIRED: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new("input_required"));
+
+/// Whether a client may be sent `method`: one that needs a capability only
+/// if it declared it (JSON text of its capabilities); any other (`ping`)
+/// needs none.
+pub fn may_ask(caps: Option<&str>, method: &Value) -> bool {
+    capability_for(method).is_none() || declares(caps, method)
+}
+
+/// How many times one request may be answered `input_required` before
+/// Dome gives up on it: every round is a call upstream and a record, so an
+/// upstream must not ask without end.
+pub const MAX_ROUNDS: usize = 16;
+
+/// Why round `round` (from 1) of `input_required` (`result`) from
+/// `upstream` is not put to a session-era client whose capabilities are
+/// `caps`, as the JSON-RPC error that ends its request: one round too
+/// many, a round asking for nothing (it would be called again at once),
+/// or a request the client did not declare it can take (checked before
+/// any is sent, so a client is never asked half of a round).
+pub fn round_problem(
+    upstream: &str,
+    round: usize,
+    caps: Option<&str>,
+    result: &Value,
+) -> Option<Value> {
+    use super::protocol::code;
+    if round > MAX_ROUNDS {
+        return Some(
+            json!({"code": code::UPSTREAM_UNAVAILABLE, "message": format!(
+                "upstream `{upstream}` asked for input more than {MAX_ROUNDS} times for one request: given up"
+            )}),
+        );
+    }
+    let requests = match result["inputRequests"].as_object() {
+        Some(r) if !r.is_empty() => r,
+        _ => {
+            return Some(
+                json!({"code": code::UPSTREAM_UNAVAILABLE, "message": format!(
+                    "upstream `{upstream}` answered input_required but asked for nothing"
+                )}),
+            );
+        }
     };
-    is_input_required(&v).then(|| v["result"].clone())
+    requests
+        .values()
+        .find(|r| !may_ask(caps, &r["method"]))
+        .map(|r| {
+            let mut error = cannot_take(&r["method"], code::MISSING_CLIENT_CAPABILITY);
+            let m = error["message"].as_str().unwrap_or_default().to_string();
+            error["message"] = format!("upstream `{upstream}` asked for input, but {m}").into();
+            error
+        })
 }
 
 /// Whether a JSON-RPC response carries an `input_required` result.
 pub fn is_input_required(v: &Value) -> bool {
     v["result"]["resultType"] == "input_required"
-}
-
-fn memchr_str(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]
@@ -155,6 +209,69 @@ mod tests {
             Some(r#"{"elicitation":{}}"#),
             &json!("tools/call")
         ));
+    }
+
+    #[test]
+    fn a_round_is_put_to_a_client_only_if_it_can_take_all_of_it() {
+        let ask = |methods: &[&str]| {
+            let requests: serde_json::Map<String, Value> = methods
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("k{i}"), json!({"method": m, "params": {}})))
+                .collect();
+            json!({"resultType": "input_required", "inputRequests": requests})
+        };
+        let caps = Some(r#"{"elicitation":{}}"#);
+        assert_eq!(
+            round_problem("u", 1, caps, &ask(&["elicitation/create"])),
+            None
+        );
+        // `ping` needs no capability.
+        assert_eq!(round_problem("u", 1, caps, &ask(&["ping"])), None);
+        // One request it cannot take refuses the whole round, naming it.
+        let e = round_problem(
+            "u",
+            1,
+            caps,
+            &ask(&["elicitation/create", "sampling/createMessage"]),
+        )
+        .expect("refused");
+        assert_eq!(e["code"], -32021);
+        assert_eq!(e["data"]["requiredCapabilities"], json!({"sampling": {}}));
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("`sampling` capability")
+        );
+        // Nothing asked: it would be called again at once, without end.
+        assert_eq!(
+            round_problem("u", 1, caps, &ask(&[])).expect("refused")["code"],
+            -32001
+        );
+        assert_eq!(
+            round_problem("u", 1, caps, &json!({"resultType": "input_required"})).expect("refused")
+                ["code"],
+            -32001
+        );
+        // One round too many.
+        let e = round_problem("u", MAX_ROUNDS + 1, caps, &ask(&["elicitation/create"]))
+            .expect("refused");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("more than 16 times")
+        );
+        assert!(round_problem("u", MAX_ROUNDS, caps, &ask(&["elicitation/create"])).is_none());
+    }
+
+    #[test]
+    fn only_requests_needing_a_capability_need_it_declared() {
+        assert!(may_ask(None, &json!("ping")));
+        assert!(may_ask(Some("{}"), &json!("tasks/get")));
+        assert!(!may_ask(Some("{}"), &json!("roots/list")));
+        assert!(may_ask(Some(r#"{"roots":{}}"#), &json!("roots/list")));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -344,6 +344,21 @@ enum Era {
     Stateless { version: String },
 }
 
+/// What is known of a dual-era upstream's session lane (see
+/// `Upstream::for_session_caller`).
+enum Lane {
+    Unknown,
+    Found(Arc<Upstream>),
+    /// Not to be had before `until`: calls go to the upstream itself.
+    Absent {
+        until: Instant,
+    },
+}
+
+/// How long an upstream that refused the session era, or could not be
+/// reached, is not asked again: one failed `initialize` a minute at most.
+const LANE_RETRY: Duration = Duration::from_secs(60);
+
 /// Receives notifications an upstream sends on its own stream.
 pub type NotificationSink = Arc<dyn Fn(&Value) + Send + Sync>;
 
@@ -373,9 +388,12 @@ pub struct Upstream {
     /// may speak the session era too; its tools that call back mid-call
     /// (sampling, elicitation) then work only there. This is the same
     /// upstream spoken to in the session era, for session-era callers'
-    /// tool calls (`None`: it speaks only the stateless era). Found on the
-    /// first such call, not at start: most fleets have no such callers.
-    session_lane: tokio::sync::OnceCell<Option<Arc<Upstream>>>,
+    /// tool calls. Found on the first such call, not at start: most
+    /// fleets have no such callers.
+    /// Read on each such call: an `ArcSwap`, no lock.
+    session_lane: arc_swap::ArcSwap<Lane>,
+    /// One probe for the lane at a time; calls meanwhile wait for it.
+    lane_probe: tokio::sync::Mutex<()>,
     /// Resource URIs Dome's clients want updates for, and how many want
     /// each: the upstream is asked once per URI, however many clients ask.
     wanted: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -432,7 +450,8 @@ impl Upstream {
             me: std::sync::OnceLock::new(),
             slots,
             shares,
-            session_lane: tokio::sync::OnceCell::new(),
+            session_lane: arc_swap::ArcSwap::from_pointee(Lane::Unknown),
+            lane_probe: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
             wanted: Default::default(),
             listen_filter: tokio::sync::watch::Sender::new(0),
@@ -717,34 +736,46 @@ impl Upstream {
         if self.config.era != EraSetting::Auto || !self.speaks_stateless() {
             return self.clone();
         }
-        let lane = self
-            .session_lane
-            .get_or_try_init(|| async {
-                let mut config = self.config.clone();
-                config.era = EraSetting::Session;
-                let lane = Upstream::sharing(config, self.slots.clone(), self.shares.clone())
-                    .map_err(|e| UpstreamError::Invalid(self.name().into(), e))?;
-                match lane.connect().await {
-                    Ok(()) => {
-                        tracing::info!(upstream = %self.name(), "upstream speaks both eras: session-era callers' tool calls go to it in the session era");
-                        Ok(Some(Arc::new(lane)))
-                    }
-                    // Unreachable now: asked again on the next call.
-                    Err(e @ (UpstreamError::Unreachable(..) | UpstreamError::Timeout(_))) => {
-                        Err(e)
-                    }
-                    // Refused: it speaks only the stateless era (Dome
-                    // translates its `input_required` rounds).
-                    Err(e) => {
-                        tracing::info!(upstream = %self.name(), error = %e, "upstream speaks only the stateless era");
-                        Ok(None)
-                    }
-                }
-            })
-            .await;
-        match lane {
-            Ok(Some(l)) => l.clone(),
-            _ => self.clone(),
+        if let Some(lane) = self.lane_now(Instant::now()) {
+            return lane;
+        }
+        // Probed by one call; the others wait for its outcome (bounded by
+        // the connect timeout and the handshake's exchange).
+        let _probe = self.lane_probe.lock().await;
+        if let Some(lane) = self.lane_now(Instant::now()) {
+            return lane;
+        }
+        let mut config = self.config.clone();
+        config.era = EraSetting::Session;
+        let probed = match Upstream::sharing(config, self.slots.clone(), self.shares.clone()) {
+            Ok(lane) => lane.connect().await.map(|()| lane),
+            Err(e) => Err(UpstreamError::Invalid(self.name().into(), e)),
+        };
+        let (state, lane) = match probed {
+            Ok(lane) => {
+                tracing::info!(upstream = %self.name(), "upstream speaks both eras: session-era callers' tool calls go to it in the session era");
+                let lane = Arc::new(lane);
+                (Lane::Found(lane.clone()), lane)
+            }
+            Err(e) => {
+                // Refused (it speaks only the stateless era, whose
+                // `input_required` rounds Dome translates) or unreachable
+                // for now: asked again after a while, not on every call.
+                tracing::info!(upstream = %self.name(), error = %e, "upstream not spoken to in the session era for now");
+                let until = Instant::now() + LANE_RETRY;
+                (Lane::Absent { until }, self.clone())
+            }
+        };
+        self.session_lane.store(Arc::new(state));
+        lane
+    }
+
+    /// The lane as last found, unless it is time to look again (`None`).
+    fn lane_now(self: &Arc<Self>, now: Instant) -> Option<Arc<Upstream>> {
+        match &**self.session_lane.load() {
+            Lane::Found(l) => Some(l.clone()),
+            Lane::Absent { until } if now < *until => Some(self.clone()),
+            _ => None,
         }
     }
 
@@ -1129,7 +1160,11 @@ impl Upstream {
     /// Ends the upstream session (session era) on shutdown, and the
     /// session lane's.
     pub async fn close(&self) {
-        if let Some(Some(lane)) = self.session_lane.get() {
+        let lane = match &**self.session_lane.load() {
+            Lane::Found(l) => Some(l.clone()),
+            _ => None,
+        };
+        if let Some(lane) = lane {
             Box::pin(lane.close()).await;
         }
         let era = (**self.era.load()).clone();

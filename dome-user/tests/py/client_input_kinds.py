@@ -1,10 +1,10 @@
 """Prompts, reads and tools that need the client's input, through Dome.
 
-Usage: client_input_kinds.py URL MODE [--no-elicitation]
+Usage: client_input_kinds.py URL MODE [--no-elicitation] [--key KEY]
 Gets the `brief` prompt, reads `vault://one/gold` (both answer
 `input_required` in the stateless era) and calls `approve` (which asks
 mid-call, session style). With --no-elicitation the client declares no
-elicitation capability. Prints JSON: per step its text, or its error's
+elicitation capability; with --key it sends that API key. Prints JSON: per step its text, or its error's
 code and message.
 """
 
@@ -12,12 +12,14 @@ import json
 import sys
 
 import anyio
+import httpx2
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import ElicitResult
 
 
-async def main(url: str, mode: str, elicit: bool) -> None:
+async def main(url: str, mode: str, elicit: bool, key: str | None) -> None:
     asked = []
 
     async def on_elicit(context, params):
@@ -30,14 +32,17 @@ async def main(url: str, mode: str, elicit: bool) -> None:
 
     seen = {}
     kwargs = {"elicitation_callback": on_elicit} if elicit else {}
-    async with Client(url, mode=mode, cache=None, **kwargs) as client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx2.AsyncClient(headers=headers) as http, Client(
+        streamable_http_client(url, http_client=http), mode=mode, cache=None, **kwargs
+    ) as client:
 
         async def step(name, run):
             try:
                 with anyio.fail_after(20):
                     seen[name] = {"text": await run()}
             except MCPError as e:
-                seen[name] = {"code": e.error.code, "message": e.error.message}
+                seen[name] = {"code": e.error.code, "message": e.error.message, "data": e.error.data}
             except Exception as e:  # noqa: BLE001 - what the client shows is the observation
                 seen[name] = {"exception": f"{type(e).__name__}: {e}"}
 
@@ -61,4 +66,6 @@ async def main(url: str, mode: str, elicit: bool) -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], sys.argv[2], "--no-elicitation" not in sys.argv[3:])
+    rest = sys.argv[3:]
+    key = rest[rest.index("--key") + 1] if "--key" in rest else None
+    anyio.run(main, sys.argv[1], sys.argv[2], "--no-elicitation" not in rest, key)
