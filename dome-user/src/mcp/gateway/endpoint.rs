@@ -1,0 +1,969 @@
+//! The HTTP endpoint: routing, authentication and the kernel binding of a
+//! connection, the era ladder of a request's headers, POST (one message or
+//! a batch), GET streams, DELETE, and `initialize`.
+
+use super::*;
+
+/// The stateless era's validation ladder: envelope keys, routing headers,
+/// then the version. First failure wins.
+pub(super) fn stateless_ladder(
+    e: &Envelope,
+    method: &str,
+    headers: &HeaderMap,
+) -> Result<(), (i64, String, Option<Value>)> {
+    let missing = |key: &str| {
+        (
+            code::INVALID_PARAMS,
+            format!("params._meta is missing {key}"),
+            None,
+        )
+    };
+    let (version, has_capabilities) = match &e.meta {
+        Meta::Object {
+            version,
+            has_capabilities,
+        } => (version.clone(), *has_capabilities),
+        _ => {
+            return Err((
+                code::INVALID_PARAMS,
+                format!(
+                    "params._meta must be an object carrying {} and {}",
+                    protocol::META_PROTOCOL_VERSION,
+                    protocol::META_CLIENT_CAPABILITIES
+                ),
+                None,
+            ));
+        }
+    };
+    let Some(version) = version else {
+        return Err(missing(protocol::META_PROTOCOL_VERSION));
+    };
+    if !has_capabilities {
+        return Err(missing(protocol::META_CLIENT_CAPABILITIES));
+    }
+    let header = |n| headers.get(n).and_then(|v| v.to_str().ok());
+    if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_deref()) {
+        return Err((
+            code::HEADER_MISMATCH,
+            "MCP-Protocol-Version header does not match _meta's protocol version".into(),
+            None,
+        ));
+    }
+    if header(protocol::H_METHOD) != Some(method) {
+        return Err((
+            code::HEADER_MISMATCH,
+            "Mcp-Method header does not match the body's method".into(),
+            None,
+        ));
+    }
+    if let Some(key) = protocol::name_key(method)
+        && let Some(body_name) = e.name.as_deref()
+        && header(protocol::H_NAME) != Some(body_name)
+    {
+        return Err((
+            code::HEADER_MISMATCH,
+            format!("Mcp-Name header does not match the body's {key}"),
+            None,
+        ));
+    }
+    let Some(v) = version else {
+        return Err((
+            code::INVALID_PARAMS,
+            "the protocol version must be a string".into(),
+            None,
+        ));
+    };
+    if !protocol::is_stateless_version(&v) {
+        return Err((
+            code::UNSUPPORTED_VERSION,
+            "Unsupported protocol version".into(),
+            Some(json!({"supported": protocol::STATELESS_VERSIONS, "requested": v})),
+        ));
+    }
+    Ok(())
+}
+
+pub(super) fn accepts(headers: &HeaderMap) -> (bool, bool) {
+    // Media ranges, parameters dropped, compared without allocating (this
+    // runs on every POST).
+    let (mut json, mut sse) = (false, false);
+    let ranges = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.split(';').next().unwrap_or("").trim());
+    for t in ranges {
+        let is = |m: &str| t.eq_ignore_ascii_case(m);
+        if is("*/*") {
+            return (true, true);
+        }
+        json |= is("application/json") || is("application/*");
+        sse |= is("text/event-stream") || is("text/*");
+    }
+    (json, sse)
+}
+
+impl Gateway {
+    /// Answers one request that came in on `conn`.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<crate::transport::Conn>,
+    ) -> Response<Body> {
+        let start = Instant::now();
+        let metrics = self.metrics.clone();
+        let tally = std::cell::RefCell::new(Box::new(Tally {
+            method: "invalid",
+            ..Default::default()
+        }));
+        // In a block, so the scope's storage is free while the record is
+        // awaited below (this future is moved once per request).
+        let (mut resp, mut tally) = {
+            let scoped = TALLY.scope(tally, self.route(req, conn, start));
+            tokio::pin!(scoped);
+            let resp = scoped.as_mut().await;
+            let tally = scoped
+                .as_mut()
+                .take_value()
+                .expect("the tally outlives its scope")
+                .into_inner();
+            (resp, tally)
+        };
+        // Phase: audit. The answer leaves only once its record is durable.
+        if let Some((trail, ticket, id)) = commit_calls(&mut tally, &resp)
+            && let Err(u) = trail.durable(ticket).await
+        {
+            tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
+            tally.rpc_error = Some(code::AUDIT_UNAVAILABLE);
+            resp = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &rpc_error(&id.unwrap_or(Value::Null), code::AUDIT_UNAVAILABLE, u.0),
+            );
+        }
+        metrics.request(&RequestRecord {
+            method: tally.method,
+            status: resp.status().as_u16(),
+            rpc_error: tally.rpc_error,
+            total: start.elapsed(),
+            parse: tally.parse,
+            auth: tally.auth,
+            policy: tally.policy,
+            upstream: tally.upstream.as_ref().map(|(u, t, d)| (&**u, &**t, *d)),
+        });
+        resp
+    }
+
+    /// `arrived`: when `handle` took the request (one clock read for both).
+    pub(super) async fn route(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<crate::transport::Conn>,
+        arrived: Instant,
+    ) -> Response<Body> {
+        let path = req.uri().path();
+        if req.method() == Method::GET {
+            if (path == METADATA_PATH
+                || path.strip_prefix(METADATA_PATH) == Some(&self.config.path))
+                && self.has_authorization_server()
+            {
+                return json_response(StatusCode::OK, &self.resource_metadata());
+            }
+            if path == JWKS_PATH {
+                let mut r = raw_json_response(
+                    StatusCode::OK,
+                    self.identity.signer.jwks().to_string(),
+                    None,
+                );
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("max-age=300"),
+                );
+                return r;
+            }
+        }
+        if path != self.config.path {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("not found; MCP is at {}", self.config.path)}),
+            );
+        }
+        // Phase: authenticate.
+        let source = Some(conn.peer.ip());
+        let now_s = crate::clock::unix_s();
+        let escalation = &self.identity.escalation;
+        let index = self.identity.registry.index();
+        let caller = match authn::authenticate(
+            req.headers(),
+            req.uri().query(),
+            &index,
+            &self.identity.jwt,
+            self.identity.required,
+            now_s,
+        ) {
+            Ok(c) => c,
+            Err(f) => {
+                // Struck by the identity it claimed, or its source when it
+                // claimed none; refused as blocked while that is blocked.
+                let blocked = escalation.failed_login(
+                    conn.peer.ip(),
+                    &f,
+                    crate::clock::monotonic_ns(),
+                    now_s,
+                );
+                if let Some(p) = f
+                    .refresh_issuer
+                    .as_ref()
+                    .and_then(|i| self.identity.jwt.by_issuer.get(i))
+                {
+                    // A key the provider may have rotated in: fetch its set
+                    // again (at most every 5 s); the client's retry may pass.
+                    let p = p.clone();
+                    tokio::spawn(async move { p.refresh(now_s, 5).await });
+                }
+                if blocked {
+                    return self.blocked();
+                }
+                return self.unauthenticated(f);
+            }
+        };
+        if let Some(c) = &caller {
+            if escalation.blocked(None, Some(c.agent.slot), now_s) {
+                return self.blocked();
+            }
+            self.bind_kernel(&conn, c);
+        } else if escalation.blocked(source, None, now_s) {
+            // A source block holds only against anonymous requests.
+            return self.blocked();
+        }
+        // A connection that carried an authenticated request is shed after
+        // idle ones that have not; one agent holds at most its share.
+        if !conn.authenticated(caller.as_ref().map(|c| c.agent.slot)) {
+            return self.over_connections();
+        }
+        let took = arrived.elapsed();
+        let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
+        let intent = req
+            .headers()
+            .get(H_INTENT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        CTX.scope(
+            RequestCtx {
+                caller,
+                source,
+                intent,
+                arrived: Some(arrived),
+                trace: req
+                    .headers()
+                    .get(protocol::H_TRACEPARENT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(trace_id),
+            },
+            self.route_authenticated(req),
+        )
+        .await
+    }
+
+    /// Binds the connection's flow to the agent's kernel identity slot
+    /// (once per connection): its packets are then held to the agent's
+    /// budget in XDP. The binding goes when the connection closes.
+    pub(super) fn bind_kernel(&self, conn: &crate::transport::Conn, c: &Caller) {
+        let Some(tier) = &self.identity.tier else {
+            return;
+        };
+        let mut binding = conn.binding.lock().expect("binding lock");
+        if binding.as_ref().is_some_and(|b| b.slot == c.agent.slot) {
+            return;
+        }
+        let flow = crate::xdp::Flow {
+            proto: crate::xdp::L4::Tcp,
+            src: conn.peer.ip(),
+            src_port: conn.peer.port(),
+            dst_port: conn.local_port,
+        };
+        let bound = tier
+            .set_budget(c.agent.slot, &self.identity.kernel_budget)
+            .and_then(|()| tier.bind_flow(&flow, c.agent.slot));
+        match bound {
+            Ok(()) => {
+                *binding = Some(crate::transport::ConnBinding {
+                    tier: tier.clone(),
+                    flow,
+                    slot: c.agent.slot,
+                })
+            }
+            Err(e) => {
+                tracing::warn!(agent = %c.agent.id, error = %e, "binding the flow in the kernel tier failed")
+            }
+        }
+    }
+
+    /// A strike against the caller: its agent when authenticated (never
+    /// the address it shares with others), else its source.
+    pub(super) fn strike_source(&self, why: &str) {
+        let who = CTX
+            .try_with(|c| match &c.caller {
+                Some(c) => Some(Subject::Agent {
+                    id: c.agent.id.clone(),
+                    slot: c.agent.slot,
+                }),
+                None => c.source.map(Subject::Source),
+            })
+            .ok()
+            .flatten();
+        if let Some(who) = who {
+            self.identity.escalation.strike(
+                who,
+                why,
+                crate::clock::monotonic_ns(),
+                crate::clock::unix_s(),
+            );
+        }
+    }
+
+    /// Why a caller-controlled field the audit record stores is over its
+    /// cap or of the wrong type, if one is: intents (in `_meta` or the header) and names are
+    /// stored verbatim, so without a cap one agent could write megabytes
+    /// of trail a call (and push older records out under `retain_mb`).
+    pub(super) fn bad_caller_field(&self, e: &Envelope) -> Option<String> {
+        let max = self.config.max_intent_bytes;
+        if e.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
+            return Some(format!("the name is longer than {MAX_NAME_BYTES} bytes"));
+        }
+        let intent = e.dome_meta.iter().find(|(k, _)| k == INTENT_META);
+        // An intent of another type was read as none, so a deny rule on
+        // its pattern did not apply.
+        if intent.is_some_and(|(_, v)| !v.starts_with('"')) {
+            return Some(format!("the intent (_meta[\"{INTENT_META}\"]) is a string"));
+        }
+        let in_meta = intent.is_some_and(|(_, v)| json_str_over(v, max));
+        let in_header = || {
+            CTX.try_with(|c| c.intent.as_ref().is_some_and(|i| i.len() > max))
+                .unwrap_or(false)
+        };
+        (in_meta || in_header())
+            .then(|| format!("the intent is longer than {max} bytes ([mcp] max_intent_bytes)"))
+    }
+
+    /// A strike against the calling agent (a caller without credentials,
+    /// where authentication is off, against its source).
+    pub(super) fn strike_caller(&self, caller: Option<&Caller>, why: &str) {
+        let Some(c) = caller else {
+            return self.strike_source(why);
+        };
+        self.identity.escalation.strike(
+            Subject::Agent {
+                id: c.agent.id.clone(),
+                slot: c.agent.slot,
+            },
+            why,
+            crate::clock::monotonic_ns(),
+            crate::clock::unix_s(),
+        );
+    }
+
+    /// 429 for a request of an agent that holds its share of connections
+    /// (`[server] max_connections_per_agent`) on one more: the connection
+    /// closes after the answer (HTTP/1.1), so the client uses one it has.
+    pub(super) fn over_connections(&self) -> Response<Body> {
+        let mut resp = json_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &rpc_error(
+                &Value::Null,
+                code::RATE_LIMITED,
+                "this agent holds its share of connections ([server] max_connections_per_agent); \
+                 send on a connection it has open, or close one",
+            ),
+        );
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        resp
+    }
+
+    /// 403 for a source or agent blocked by escalation.
+    pub(super) fn blocked(&self) -> Response<Body> {
+        json_response(
+            StatusCode::FORBIDDEN,
+            &rpc_error(
+                &Value::Null,
+                code::UNAUTHORIZED,
+                "blocked for repeated abuse; try again later",
+            ),
+        )
+    }
+
+    /// The RFC 9728 protected-resource metadata.
+    pub(super) fn resource_metadata(&self) -> Value {
+        json!({
+            "resource": self.identity.resource,
+            "authorization_servers": self
+                .identity
+                .jwt
+                .by_issuer
+                .keys()
+                .collect::<std::collections::BTreeSet<_>>(),
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Dome MCP gateway",
+        })
+    }
+
+    /// Whether an authorization server is configured (a tenant trusts an
+    /// identity provider): only then is there OAuth metadata to advertise.
+    pub(super) fn has_authorization_server(&self) -> bool {
+        !self.identity.jwt.by_issuer.is_empty()
+    }
+
+    /// 401/403/400 with an RFC 6750 challenge: the error and its
+    /// description, and the OAuth metadata only where an authorization
+    /// server is configured and the credential was not an API key. (Told of
+    /// metadata, clients start OAuth discovery and dynamic registration,
+    /// and the user never sees "invalid API key".)
+    pub(super) fn unauthenticated(&self, f: authn::Failure) -> Response<Body> {
+        let mut params = Vec::new();
+        if self.has_authorization_server() && !f.api_key {
+            params.push(format!(
+                "resource_metadata=\"{}\"",
+                self.identity.metadata_url()
+            ));
+        }
+        if let Some(e) = f.error {
+            params.push(format!("error=\"{e}\""));
+            params.push(format!(
+                "error_description=\"{}\"",
+                challenge_text(&f.message)
+            ));
+        }
+        if let Some(scope) = &f.scope {
+            params.push(format!("scope=\"{scope}\""));
+        }
+        let challenge = if params.is_empty() {
+            "Bearer".to_string()
+        } else {
+            format!("Bearer {}", params.join(", "))
+        };
+        let mut resp = json_response(
+            f.status,
+            &rpc_error(&Value::Null, code::UNAUTHORIZED, f.message),
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&challenge) {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+        resp
+    }
+
+    pub(super) async fn route_authenticated(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        if req.uri().path() != self.config.path {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("not found; MCP is at {}", self.config.path)}),
+            );
+        }
+        if !self.origin_allowed(req.headers()) {
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, "Origin not allowed"),
+            );
+        }
+        match *req.method() {
+            // Boxed: every future above this one is created by moving it
+            // whole, so a small handle here saves copies on every request.
+            Method::POST => Box::pin(self.post(req)).await,
+            Method::GET if req.headers().contains_key(protocol::H_SESSION) => {
+                note_method("other");
+                self.open_stream(req.headers())
+            }
+            Method::DELETE => {
+                note_method("delete");
+                self.delete(req.headers())
+            }
+            _ => Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(header::ALLOW, "POST, DELETE")
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("static parts"),
+        }
+    }
+
+    /// `GET` in the session era: the session's stream for messages that
+    /// answer no request of the client's (resource updates, list changes).
+    pub(super) fn open_stream(&self, headers: &HeaderMap) -> Response<Body> {
+        if !accepts(headers).1 {
+            return json_response(
+                StatusCode::NOT_ACCEPTABLE,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "Accept must list text/event-stream",
+                ),
+            );
+        }
+        let sid = headers
+            .get(protocol::H_SESSION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some(session) = self.sessions.owned(sid) else {
+            return session_not_found(&Value::Null);
+        };
+        // A new GET replaces an older one: that one ends, and its count
+        // goes, first (ended even if this one is refused, so no stream
+        // stays open uncounted).
+        session.push.lock().expect("push lock").take();
+        session.push_slot.lock().expect("push slot lock").take();
+        let cap = self.config.max_streams_per_agent;
+        let Some(slot) = self
+            .sessions
+            .open_stream_slot(agent_key(session.caller.as_ref()), cap)
+        else {
+            return too_many_streams(&Value::Null, cap);
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        *session.push_slot.lock().expect("push slot lock") = Some(slot.handle());
+        *session.push.lock().expect("push lock") = Some(tx);
+        held_sse_response(rx, slot)
+    }
+
+    pub(super) fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return true;
+        };
+        // An origin that is not visible ASCII is no origin Dome can allow.
+        let Ok(origin) = origin.to_str() else {
+            return false;
+        };
+        if self.config.allowed_origins.iter().any(|o| o == origin) {
+            return true;
+        }
+        let host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+    }
+
+    pub(super) fn delete(self: &Arc<Self>, headers: &HeaderMap) -> Response<Body> {
+        // The stateless era has no sessions to delete.
+        if headers
+            .get(protocol::H_VERSION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(protocol::is_stateless_version)
+        {
+            return Response::builder()
+                .status(StatusCode::METHOD_NOT_ALLOWED)
+                .header(header::ALLOW, "POST")
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("static parts");
+        }
+        let Some(id) = headers
+            .get(protocol::H_SESSION)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "DELETE needs an Mcp-Session-Id",
+                ),
+            );
+        };
+        if self.sessions.owned(id).is_some() && self.end_session(id) {
+            empty(StatusCode::OK)
+        } else {
+            session_not_found(&Value::Null)
+        }
+    }
+
+    /// Ends session `id` and its upstream subscriptions; false when there
+    /// is no such session.
+    pub(super) fn end_session(self: &Arc<Self>, id: &str) -> bool {
+        let Some(uris) = self.sessions.remove(id) else {
+            return false;
+        };
+        for uri in uris {
+            let gw = self.clone();
+            tokio::spawn(async move {
+                if let Some(u) = gw.resource_upstream(&uri).await {
+                    let _ = u.want(&uri, false).await;
+                }
+            });
+        }
+        true
+    }
+
+    /// Ends the sessions unused for `[mcp] session_idle_s` that hold
+    /// nothing open, and drops parked calls past their time; returns how
+    /// many sessions ended. Run every second by the runtime.
+    pub fn sweep_expired(self: &Arc<Self>) -> usize {
+        self.sessions.drop_expired_parked(Instant::now());
+        self.retry_failed();
+        let idle_ms = self.config.session_idle_s.saturating_mul(1000);
+        let ids = self.sessions.idle(mono_ms(), idle_ms);
+        for id in &ids {
+            self.end_session(id);
+        }
+        if !ids.is_empty() {
+            tracing::info!(
+                ended = ids.len(),
+                idle_s = self.config.session_idle_s,
+                "ended idle sessions"
+            );
+        }
+        ids.len()
+    }
+
+    pub(super) async fn post(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let (parts, body) = req.into_parts();
+        let headers = parts.headers;
+        let (json_ok, sse_ok) = accepts(&headers);
+        if !(json_ok && sse_ok) {
+            return json_response(
+                StatusCode::NOT_ACCEPTABLE,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "Accept must list both application/json and text/event-stream",
+                ),
+            );
+        }
+        // Phase: parse.
+        let collected = tokio::time::timeout(
+            self.body_timeout,
+            Limited::new(body, self.config.max_body_bytes).collect(),
+        )
+        .await;
+        let Ok(collected) = collected else {
+            return json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "the request body did not arrive in time",
+                ),
+            );
+        };
+        let bytes = match collected {
+            Ok(b) => b.to_bytes(),
+            Err(e)
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some() =>
+            {
+                return json_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &rpc_error(
+                        &Value::Null,
+                        code::INVALID_REQUEST,
+                        format!("request body over {} bytes", self.config.max_body_bytes),
+                    ),
+                );
+            }
+            Err(_) => return empty(StatusCode::BAD_REQUEST),
+        };
+        let _ = TALLY.try_with(|t| t.borrow_mut().bytes_in = bytes.len() as u64);
+        let parse_start = Instant::now();
+        let parsed = envelope::parse(&bytes, self.config.max_json_depth);
+        let took = parse_start.elapsed();
+        let _ = TALLY.try_with(|t| t.borrow_mut().parse = Some(took));
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let session_id = header(protocol::H_SESSION).map(str::to_string);
+        let e = match parsed {
+            Ok(Parsed::One(e)) => e,
+            Ok(Parsed::Batch) => {
+                note_method("batch");
+                // Cold paths are boxed so the hot path's future (moved on
+                // every call) stays small.
+                return Box::pin(self.batch(&bytes, session_id.as_deref())).await;
+            }
+            Err(err) => {
+                self.strike_source("malformed request");
+                let (code, message) = match err {
+                    EnvelopeError::Parse(why) => (code::PARSE_ERROR, format!("Parse error: {why}")),
+                    EnvelopeError::NotObject => (
+                        code::INVALID_REQUEST,
+                        "a JSON-RPC message is an object".into(),
+                    ),
+                    EnvelopeError::Repeated(name) => (
+                        code::INVALID_REQUEST,
+                        format!("an object names the member `{name}` twice"),
+                    ),
+                    EnvelopeError::TooDeep(limit) => (
+                        code::INVALID_REQUEST,
+                        format!("objects and arrays nest deeper than {limit} levels"),
+                    ),
+                };
+                return json_response(
+                    StatusCode::BAD_REQUEST,
+                    &rpc_error(&Value::Null, code, message),
+                );
+            }
+        };
+        let id = e.id.clone().unwrap_or(Value::Null);
+        if !e.jsonrpc_ok {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_REQUEST, "jsonrpc must be \"2.0\""),
+            );
+        }
+        let is_response = e.method.is_none() && e.is_response;
+        if !is_response && !request_id_ok(e.id.as_ref()) {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, ID_RULE),
+            );
+        }
+        if e.method.is_none() && !is_response {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_REQUEST, "a request needs a method"),
+            );
+        }
+        if let Some(why) = self.bad_caller_field(&e) {
+            self.strike_source("a field over its cap or of the wrong type");
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&id, code::INVALID_PARAMS, why),
+            );
+        }
+        let method = e.method.as_deref().unwrap_or_default();
+        let is_notification = is_response || e.id.is_none();
+        note_method(if is_notification {
+            "notification"
+        } else {
+            method_label(method)
+        });
+
+        let header_version = header(protocol::H_VERSION);
+        let stateless = matches!(
+            &e.meta,
+            Meta::Object {
+                version: Some(_),
+                ..
+            }
+        ) || method == "server/discover"
+            || header_version.is_some_and(protocol::is_stateless_version);
+
+        if stateless {
+            if let Err((code, message, data)) = stateless_ladder(&e, method, &headers) {
+                let mut err = rpc_error(&id, code, message);
+                if let Some(d) = data {
+                    err["error"]["data"] = d;
+                }
+                return json_response(stateless_status(code), &err);
+            }
+            if is_notification {
+                return empty(StatusCode::ACCEPTED);
+            }
+            return self
+                .dispatch(Era::Stateless, method, id, &e, sse_ok, None)
+                .await;
+        }
+
+        // Session era.
+        if method == "initialize" {
+            return self.initialize(id, &e);
+        }
+        let Some(sid) = session_id else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &id,
+                    code::INVALID_REQUEST,
+                    "missing Mcp-Session-Id: call initialize first",
+                ),
+            );
+        };
+        let Some(session) = self.sessions.owned(&sid) else {
+            return session_not_found(&id);
+        };
+        if let Some(v) = header_version
+            && !protocol::is_session_version(v)
+        {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &id,
+                    code::INVALID_REQUEST,
+                    format!("unsupported MCP-Protocol-Version `{v}`"),
+                ),
+            );
+        }
+        if is_notification {
+            if method == "notifications/cancelled" {
+                self.forward_cancel(&session, &e);
+            }
+            if is_response {
+                self.forward_answer(&session, &bytes);
+            }
+            return empty(StatusCode::ACCEPTED);
+        }
+        self.dispatch(
+            Era::Session(session.version),
+            method,
+            id,
+            &e,
+            sse_ok,
+            Some(session),
+        )
+        .await
+    }
+
+    /// A JSON-RPC batch (2025-03-26 sessions only). As JSON-RPC 2.0 §6
+    /// says: each request gets its answer in one array, an element that is
+    /// no valid request gets an error of its own, notifications and answers
+    /// to Dome's requests get none, and an empty batch is one error.
+    pub(super) async fn batch(
+        self: Arc<Self>,
+        bytes: &[u8],
+        session: Option<&str>,
+    ) -> Response<Body> {
+        let session = match session {
+            Some(sid) => match self.sessions.owned(sid) {
+                Some(s) => Some(s),
+                None => return session_not_found(&Value::Null),
+            },
+            None => None,
+        };
+        let Some(session) = session.filter(|s| s.version == "2025-03-26") else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "JSON-RPC batches are accepted only in sessions of protocol version 2025-03-26",
+                ),
+            );
+        };
+        let Ok(batch) = serde_json::from_slice::<Vec<Value>>(bytes) else {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::PARSE_ERROR, "Parse error"),
+            );
+        };
+        if batch.is_empty() {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &rpc_error(&Value::Null, code::INVALID_REQUEST, "an empty batch"),
+            );
+        }
+        let era = Era::Session(session.version);
+        let mut out = Vec::new();
+        for msg in batch {
+            // Batches are rare (one old protocol version): each element takes
+            // the ordinary envelope path.
+            let text = msg.to_string();
+            let Ok(Parsed::One(e)) = envelope::parse(text.as_bytes(), self.config.max_json_depth)
+            else {
+                out.push(rpc_error(
+                    &Value::Null,
+                    code::INVALID_REQUEST,
+                    "a batch element is a JSON-RPC object",
+                ));
+                continue;
+            };
+            let id = e.id.clone().unwrap_or(Value::Null);
+            let refuse = |m: &str| rpc_error(&id, code::INVALID_REQUEST, m);
+            match e.method.as_deref() {
+                _ if !e.jsonrpc_ok => out.push(refuse("jsonrpc must be \"2.0\"")),
+                Some(_) if !request_id_ok(e.id.as_ref()) => {
+                    out.push(rpc_error(&Value::Null, code::INVALID_REQUEST, ID_RULE))
+                }
+                None if e.is_response => self.forward_answer(&session, text.as_bytes()),
+                None => out.push(refuse("a request needs a method")),
+                Some("notifications/cancelled") if e.id.is_none() => {
+                    self.forward_cancel(&session, &e)
+                }
+                Some(_) if e.id.is_none() => {}
+                Some("initialize") => out.push(refuse("initialize cannot be part of a batch")),
+                Some(_) if let Some(why) = self.bad_caller_field(&e) => {
+                    out.push(rpc_error(&id, code::INVALID_PARAMS, why))
+                }
+                Some(method) => {
+                    let (_, v) = self.answer_in(Some(&session), era, method, id, &e).await;
+                    out.push(v);
+                }
+            }
+        }
+        if out.is_empty() {
+            return empty(StatusCode::ACCEPTED);
+        }
+        json_response(StatusCode::OK, &Value::Array(out))
+    }
+
+    pub(super) fn initialize(self: &Arc<Self>, id: Value, e: &Envelope) -> Response<Body> {
+        let requested = e.init_version.as_deref().unwrap_or_default();
+        let version = protocol::negotiate(requested);
+        let caller = current_caller();
+        // One agent cannot fill the table: at its allowance, its least
+        // recently used session makes room (its client gets 404 and can
+        // initialize again, as for any ended session).
+        let evict = self
+            .sessions
+            .over_cap(caller.as_ref(), self.config.max_sessions_per_agent);
+        for old in &evict {
+            self.end_session(old);
+        }
+        if !evict.is_empty() {
+            tracing::info!(
+                agent = caller.as_ref().map_or("(none)", |c| c.agent.id.as_str()),
+                ended = evict.len(),
+                max_sessions_per_agent = self.config.max_sessions_per_agent,
+                "an agent at its session allowance opened another: its least recently used ended"
+            );
+        }
+        let sid = new_session_id();
+        self.sessions
+            .sessions
+            .write()
+            .expect("sessions lock")
+            .insert(
+                sid.clone(),
+                Arc::new(Session {
+                    id: sid.clone(),
+                    version,
+                    push: Default::default(),
+                    inflight: Default::default(),
+                    server_requests: Default::default(),
+                    capabilities: e
+                        .params
+                        .as_deref()
+                        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                        .and_then(|p| p.get("capabilities").map(Value::to_string)),
+                    local_requests: Default::default(),
+                    caller,
+                    log_floor: Default::default(),
+                    last_used: mono_ms().into(),
+                    push_slot: Default::default(),
+                }),
+            );
+        let result = json!({
+            "protocolVersion": version,
+            "capabilities": self.capabilities(),
+            "serverInfo": protocol::implementation(),
+        });
+        let mut resp = json_response(
+            StatusCode::OK,
+            &json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        );
+        resp.headers_mut().insert(
+            protocol::H_SESSION,
+            sid.parse().expect("hex is a valid header"),
+        );
+        resp
+    }
+}

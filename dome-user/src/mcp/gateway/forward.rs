@@ -1,0 +1,756 @@
+//! Forwarding a call: its record opened, the caller's budgets taken, the
+//! policy decision, the identity assertion, and the request to the
+//! upstream that owns the name.
+
+use super::*;
+
+impl Gateway {
+    /// Takes one call from each bucket there is in `levels` (named for
+    /// the refusal), all or none; a refusal is recorded, struck against
+    /// the agent and answered with when to retry.
+    pub(super) fn take_budget(
+        &self,
+        c: &Caller,
+        call: &mut Call,
+        levels: [(&str, Option<&crate::identity::budget::Bucket>); 2],
+    ) -> Result<(), Refusal> {
+        // No allocation on this path.
+        let mut buckets: [&crate::identity::budget::Bucket; 2] = [&UNLIMITED; 2];
+        let mut names = [""; 2];
+        let mut n = 0;
+        for (label, bucket) in levels {
+            if let Some(bucket) = bucket {
+                buckets[n] = bucket;
+                names[n] = label;
+                n += 1;
+            }
+        }
+        let Err((i, refusal)) =
+            crate::identity::budget::take_all(&buckets[..n], crate::clock::monotonic_ns())
+        else {
+            return Ok(());
+        };
+        let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
+        call.decision = crate::audit::record::Decision::OverBudget;
+        self.strike_caller(Some(c), "over budget");
+        Err(Refusal {
+            code: code::RATE_LIMITED,
+            message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
+            retry_after_ms: Some(retry_ms),
+        })
+    }
+
+    /// Opens the audit record of a call of `kind`: reserves its room in the
+    /// ring (a call that could not be recorded is refused, unless the
+    /// operator chose to drop records) and notes what is known already.
+    pub(super) async fn open_call(
+        &self,
+        kind: crate::audit::record::Kind,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+    ) -> Result<Call, Refusal> {
+        let audit = &self.identity.audit;
+        let slot = audit.reserve().await.map_err(|u| Refusal {
+            code: code::AUDIT_UNAVAILABLE,
+            message: u.0,
+            retry_after_ms: None,
+        })?;
+        // What the record needs of the request (not all of it: no intent copy).
+        let (caller, source, arrived, trace) = CTX
+            .try_with(|c| (c.caller.clone(), c.source, c.arrived, c.trace.clone()))
+            .unwrap_or_default();
+        let mut call = Call::new(
+            slot,
+            kind,
+            arrived.unwrap_or_else(Instant::now),
+            crate::clock::unix_us(),
+        );
+        call.caller = session.and_then(|s| s.caller.clone()).or(caller);
+        call.source = source;
+        call.session = session.map(|s| s.id.clone());
+        call.trace_id = trace.or_else(|| {
+            e.meta_entries
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
+                .and_then(|t| trace_id(&t))
+        });
+        // Taken here, with the rest of what the request says, so every
+        // record has it: a call refused before it is judged (over the
+        // agent's budget, naming no tool) was recorded without it.
+        call.intent = intent_of(e);
+        call.policy = Some(self.identity.policy.clone());
+        call.rpc_id = e.id.clone();
+        let _ = TALLY.try_with(|t| {
+            let t = t.borrow();
+            call.bytes_in = t.bytes_in;
+            call.phase_ns[audit_phase::PARSE] = t.parse.map_or(0, |d| d.as_nanos() as u64);
+            call.phase_ns[audit_phase::AUTH] = t.auth.map_or(0, |d| d.as_nanos() as u64);
+        });
+        Ok(call)
+    }
+
+    /// Forwards a prompt, resource or completion request to the upstream
+    /// that owns what it names, with the upstream's own name for it. Its
+    /// audit record goes with the request (see `stash`).
+    pub(super) async fn forward_other(
+        &self,
+        method: &str,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+    ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
+        use crate::audit::record::Kind as AuditKind;
+        let kind = match method {
+            "prompts/get" => AuditKind::Prompt,
+            "completion/complete" => AuditKind::Completion,
+            _ => AuditKind::Resource,
+        };
+        let mut call = self
+            .open_call(kind, e, session)
+            .await
+            .map_err(|r| (r.code, r.message))?;
+        let result = self
+            .forward_other_inner(method, e, session, &mut call)
+            .await;
+        if let Err((c, m)) = &result {
+            call.failed(*c, m);
+        }
+        stash(call);
+        result
+    }
+
+    pub(super) async fn forward_other_inner(
+        &self,
+        method: &str,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+        call: &mut Call,
+    ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
+        let mut params: Value = e
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_else(|| json!({}));
+        // The caller's era envelope stays here (the upstream client adds
+        // its own), and so does Dome's namespace (upstreams trust it).
+        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+            meta.retain(|k, _| {
+                !k.starts_with("io.modelcontextprotocol/")
+                    && !k.starts_with(protocol::META_DOME_PREFIX)
+            });
+        }
+        let (kind, key, field): (Kind, Option<String>, Option<&str>) = match method {
+            "prompts/get" => (
+                Kind::Prompts,
+                params["name"].as_str().map(str::to_string),
+                Some("name"),
+            ),
+            "completion/complete" => match params["ref"]["type"].as_str() {
+                Some("ref/prompt") => (
+                    Kind::Prompts,
+                    params["ref"]["name"].as_str().map(str::to_string),
+                    None,
+                ),
+                Some("ref/resource") => (
+                    Kind::Templates,
+                    params["ref"]["uri"].as_str().map(str::to_string),
+                    None,
+                ),
+                // Any other type was judged by its `uri` and forwarded with
+                // its `name`, which the upstream may read instead.
+                _ => {
+                    return Err((
+                        code::INVALID_PARAMS,
+                        "completion/complete needs ref.type \"ref/prompt\" or \"ref/resource\""
+                            .to_string(),
+                    ));
+                }
+            },
+            _ => (
+                Kind::Resources,
+                params["uri"].as_str().map(str::to_string),
+                None,
+            ),
+        };
+        let Some(key) = key else {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("{method} needs the name or URI of what it asks for"),
+            ));
+        };
+        // A completion's reference is not the envelope's name: capped here
+        // (a 1 MB `ref.uri` was stored in every record of the call).
+        if key.len() > MAX_NAME_BYTES {
+            return Err((
+                code::INVALID_PARAMS,
+                format!("the name is longer than {MAX_NAME_BYTES} bytes"),
+            ));
+        }
+        call.name = Some(key.as_str().into());
+        if params
+            .get("arguments")
+            .is_some_and(|a| !a.is_object() && !a.is_null())
+        {
+            return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()));
+        }
+        if let Some(why) = uri_problem(kind, &key) {
+            return Err((code::INVALID_PARAMS, why));
+        }
+        // Phase: budget, the agent's: prompts, resources and completions
+        // count like tool calls (they were free). A session's caller is
+        // the session's (a round of input runs outside the request).
+        let caller = session
+            .and_then(|s| s.caller.clone())
+            .or_else(current_caller);
+        if let Some(c) = &caller {
+            self.take_budget(
+                c,
+                call,
+                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
+            )
+            .map_err(|r| (r.code, r.message))?;
+        }
+        // The upstream's own name for a prompt (a URI is never renamed).
+        let mut original: Option<Arc<str>> = None;
+        let upstream = match kind {
+            Kind::Resources | Kind::Templates => {
+                let direct = if kind == Kind::Resources {
+                    self.lookup(Kind::Resources, &key).await
+                } else {
+                    None
+                };
+                match direct {
+                    Some(r) => Some(r.upstream),
+                    None => {
+                        let mut t = self.current(Kind::Templates);
+                        if catalog::template_route(&t, &key).is_none() {
+                            t = self.refresh_for_client(Kind::Templates).await;
+                        }
+                        catalog::template_route(&t, &key)
+                            .or_else(|| t.routes.get(&key).map(|r| r.upstream))
+                    }
+                }
+            }
+            _ => self.lookup(kind, &key).await.map(|r| {
+                match (field, method) {
+                    (Some(f), _) => params[f] = Value::from(&*r.original),
+                    (None, "completion/complete") => {
+                        params["ref"]["name"] = Value::from(&*r.original)
+                    }
+                    _ => {}
+                }
+                original = Some(r.original.clone());
+                r.upstream
+            }),
+        };
+        let Some(index) = upstream else {
+            self.strike_caller(caller.as_ref(), "unknown name");
+            return Err((
+                code::INVALID_PARAMS,
+                format!("Unknown {}: {key}", kind.key()),
+            ));
+        };
+        let upstream = self.upstreams[index].clone();
+        call.upstream = Some(upstream.label().clone());
+        // Phase: decide (prompts, resources and completion by kind and name).
+        let policy_kind = match method {
+            "prompts/get" => "prompt",
+            "completion/complete" => "completion",
+            _ => "resource",
+        };
+        let args_text = params.get("arguments").map(Value::to_string);
+        let intent = call.intent.clone();
+        if let Some(a) = &args_text {
+            call.digest_args(a);
+        }
+        let redaction = match self.decide_kind(
+            policy_kind,
+            &key,
+            original.as_deref(),
+            args_text.as_deref(),
+            &upstream,
+            caller.as_ref(),
+            intent.as_deref(),
+            call,
+        ) {
+            Ok(allowed) => allowed.redaction,
+            Err(r) => {
+                self.strike_caller(caller.as_ref(), "denied by policy");
+                return Err((r.code, r.message));
+            }
+        };
+        if let Some(c) = &caller
+            && let Err(r) = self.take_budget(
+                c,
+                call,
+                [("tenant", c.tenant.budget.as_deref()), ("", None)],
+            )
+        {
+            if let Some(b) = &c.agent.budgets.agent {
+                b.give_back();
+            }
+            return Err((r.code, r.message));
+        }
+        let assertion = match &caller {
+            Some(c) => Some(self.vouch(&upstream, c, session, intent.as_deref(), call)?),
+            None => None,
+        };
+        // A stateless upstream is told what the caller can answer, as for
+        // a tool call: it may ask for input on a prompt or a read too.
+        if upstream.speaks_stateless()
+            && let Some(c) =
+                caller_capabilities(e, session).and_then(|c| serde_json::from_str::<Value>(c).ok())
+            && let Some(p) = params.as_object_mut()
+        {
+            let meta = p.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                m.insert(protocol::META_CLIENT_CAPABILITIES.into(), c);
+            }
+        }
+        let start = Instant::now();
+        let vouched = assertion
+            .as_deref()
+            .map(|a| (&self.identity.signer.header, a));
+        let result = upstream
+            .request_as(method, params, vouched, Some(agent_key(caller.as_ref())))
+            .await;
+        call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
+        let reply = match result {
+            Ok((Reply::Stream(s), _)) => {
+                match crate::mcp::upstream::first_response(&upstream, s).await {
+                    Ok(v) => Reply::Json(v),
+                    Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
+                }
+            }
+            Ok((reply, _)) => reply,
+            Err(err) => return Err((err.code(), err.to_string())),
+        };
+        let reply = redacted(reply, redaction.as_ref(), upstream.name(), Some(call))?;
+        Ok((upstream, reply))
+    }
+
+    /// Passes a client's answer to a relayed upstream request back to the
+    /// upstream that asked, under the upstream's id.
+    pub(super) fn forward_answer(&self, session: &Arc<Session>, bytes: &[u8]) {
+        let Ok(msg) = serde_json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        let key = msg["id"].to_string();
+        let local = session
+            .local_requests
+            .lock()
+            .expect("local requests lock")
+            .remove(&key);
+        if let Some(tx) = local {
+            let _ = tx.send(msg);
+            return;
+        }
+        let target = session
+            .server_requests
+            .lock()
+            .expect("server requests lock")
+            .remove(&key);
+        let Some((upstream, up_id)) = target else {
+            tracing::debug!(id = %key, "an answer to no relayed request");
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(err) = upstream
+                .answer(up_id, msg.get("result").cloned(), msg.get("error").cloned())
+                .await
+            {
+                tracing::debug!(upstream = %upstream.name(), error = %err, "relaying an answer failed");
+            }
+        });
+    }
+
+    /// Passes a client's `notifications/cancelled` to the upstream request
+    /// it names, with that upstream's request id.
+    pub(super) fn forward_cancel(&self, session: &Arc<Session>, e: &Envelope) {
+        let Some(rid) = &e.request_id else { return };
+        let target = session
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .get(&rid.to_string())
+            .cloned();
+        let Some(InflightCall {
+            upstream,
+            uid,
+            cancelled,
+        }) = target
+        else {
+            tracing::debug!(request = %rid, "cancellation for no call in flight");
+            return;
+        };
+        // A stored permit: the relay sees it even if it is not waiting yet.
+        cancelled.notify_one();
+        tokio::spawn(async move {
+            let params = json!({"requestId": uid, "reason": "cancelled by the client"});
+            if let Err(err) = upstream.notify("notifications/cancelled", params).await {
+                tracing::debug!(upstream = %upstream.name(), error = %err, "forwarding a cancellation failed");
+            }
+        });
+    }
+
+    /// A tool's `outputSchema`, as its upstream published it.
+    pub(super) fn output_schema(&self, tool: &str) -> Value {
+        self.current(Kind::Tools)
+            .items
+            .iter()
+            .find(|t| t["name"] == tool)
+            .map(|t| t["outputSchema"].clone())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
+    /// `completion`) naming `tool`, with its arguments as JSON text: who,
+    /// what of which upstream, with which arguments and intent. A denial
+    /// carries the reason an agent may see. The decision, its rule and the
+    /// arguments (where the rule says to log them) go into the call's record.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn decide_kind(
+        &self,
+        kind: &str,
+        tool: &str,
+        original: Option<&str>,
+        args_text: Option<&str>,
+        upstream: &Upstream,
+        caller: Option<&Caller>,
+        intent: Option<&str>,
+        call: &mut Call,
+    ) -> Result<Allowed, Refusal> {
+        let started = Instant::now();
+        let policy = &self.identity.policy;
+        let args: Option<Value> = match args_text {
+            Some(a) if policy.reads_args => match serde_json::from_str(a) {
+                Ok(v) => Some(v),
+                // Arguments policy cannot read are never judged as absent
+                // ones (serde_json stops at 128 levels, which a raised
+                // `max_json_depth` lets through).
+                Err(_) => {
+                    call.decision = crate::audit::record::Decision::Deny;
+                    return Err(Refusal {
+                        code: code::POLICY_DENIED,
+                        message: "denied: the arguments are too deeply nested to judge".into(),
+                        retry_after_ms: None,
+                    });
+                }
+            },
+            _ => None,
+        };
+        let req = crate::policy::compile::Request {
+            upstream_tool: original,
+            ..policy_request(
+                caller,
+                kind,
+                tool,
+                Some(upstream.name()),
+                intent,
+                args.as_ref(),
+            )
+        };
+        let deny = |reason: &str| Refusal {
+            code: code::POLICY_DENIED,
+            message: format!("denied: {reason}"),
+            retry_after_ms: None,
+        };
+        let decision = policy.decide(&req);
+        if let Some(shadow) = &self.identity.shadow {
+            let other = shadow.decide(&req);
+            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if other.effect() != decision.effect() {
+                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    tool,
+                    agent = req.agent.unwrap_or("-"),
+                    active = ?decision.effect(),
+                    shadow = ?other.effect(),
+                    shadow_version = %shadow.version,
+                    "shadow policy disagrees"
+                );
+            }
+        }
+        let took = started.elapsed();
+        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
+        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
+        match decision {
+            crate::policy::compile::Decision::Allow {
+                obligations,
+                redactor,
+                rule,
+            } => {
+                call.rule = Some(rule.clone());
+                if obligations.require_intent && intent.is_none() {
+                    call.decision = crate::audit::record::Decision::Deny;
+                    return Err(deny(&format!(
+                        "this call needs a stated intent (params._meta[\"{INTENT_META}\"])"
+                    )));
+                }
+                call.decision = crate::audit::record::Decision::Allow;
+                if obligations.log_args == crate::policy::lang::LogArgs::Full
+                    && let Some(text) = args_text
+                {
+                    call.args = Some(logged_args(text, redactor.map(|r| &**r)));
+                }
+                Ok(Allowed {
+                    redaction: redactor.map(|r| Redaction {
+                        redactor: r.clone(),
+                        // Only a tool has an output schema.
+                        schema: if kind == "tool" {
+                            self.output_schema(tool)
+                        } else {
+                            Value::Null
+                        },
+                    }),
+                    budget: obligations.budget,
+                })
+            }
+            crate::policy::compile::Decision::Deny { rule, reason } => {
+                tracing::debug!(tool, rule = ?rule, "policy denied a call");
+                call.decision = crate::audit::record::Decision::Deny;
+                call.rule = rule.map(Arc::from);
+                Err(deny(reason))
+            }
+        }
+    }
+
+    /// The signed assertion that tells `upstream` whose call this is.
+    pub(super) fn vouch(
+        &self,
+        upstream: &Upstream,
+        c: &Caller,
+        session: Option<&Arc<Session>>,
+        intent: Option<&str>,
+        call: &Call,
+    ) -> Result<String, (i64, String)> {
+        let signer = &self.identity.signer;
+        let now = crate::clock::unix_s();
+        let call_id = call.call_id_hex();
+        let call_id = std::str::from_utf8(&call_id).unwrap_or_default();
+        let claims = crate::identity::assertion::Claims {
+            iss: "dome",
+            aud: upstream.name(),
+            sub: &c.agent.id,
+            tenant: &c.agent.tenant,
+            agent_kind: match c.agent.kind {
+                crate::identity::config::AgentKind::CustomerAgent => "customer_agent",
+                crate::identity::config::AgentKind::Partner => "partner",
+            },
+            labels: &c.agent.labels,
+            user: c.user.as_deref(),
+            session: session.map(|s| s.id.as_str()),
+            intent,
+            policy: &self.identity.policy.version,
+            jti: call_id,
+            iat: now,
+            exp: now + signer.ttl_s,
+        };
+        signer.sign(&claims).map_err(|err| {
+            tracing::error!(error = %err, "signing the identity assertion failed");
+            (
+                code::INTERNAL_ERROR,
+                "cannot vouch for the caller".to_string(),
+            )
+        })
+    }
+
+    /// A tool call, every phase: its audit record is opened first (so
+    /// whatever happens is recorded) and handed to the request answering
+    /// it (see `stash`).
+    /// `session_lane`: the caller speaks the session era, so a dual-era
+    /// upstream is spoken to in that era (`Upstream::for_session_caller`);
+    /// not for a round of input, which stays with the first round's era.
+    pub(super) async fn forward_call(
+        &self,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+        session_lane: bool,
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
+        let mut call = self
+            .open_call(crate::audit::record::Kind::Tool, e, session)
+            .await?;
+        let result = self
+            .forward_call_inner(e, session, session_lane, &mut call)
+            .await;
+        if let Err(r) = &result {
+            call.failed(r.code, &r.message);
+        }
+        stash(call);
+        result
+    }
+
+    /// Phase: forward. Resolves the public tool name and sends the call to
+    /// its upstream with the upstream's own name and request id.
+    pub(super) async fn forward_call_inner(
+        &self,
+        e: &Envelope,
+        session: Option<&Arc<Session>>,
+        session_lane: bool,
+        call: &mut Call,
+    ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
+        if let Some(a) = &e.arguments {
+            call.digest_args(a);
+            // Arguments are an object (or absent): a string or an array
+            // holding the same members got past every argument condition.
+            if !arguments_ok(a) {
+                return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()).into());
+            }
+        }
+        let Some(name) = e.name.as_deref() else {
+            return Err((
+                code::INVALID_PARAMS,
+                "tools/call needs params.name".to_string(),
+            )
+                .into());
+        };
+        // What the call asked for is in its record whatever becomes of it
+        // (capped, like every caller-controlled field: `bad_caller_field`).
+        call.name = Some(name.into());
+        // A session's caller authenticated when it opened the session (a
+        // task that outlives the request, like a round of client input,
+        // finds it there).
+        let caller = session
+            .and_then(|s| s.caller.clone())
+            .or_else(current_caller);
+        // Phase: budget, the agent's. Every call counts, the ones policy
+        // denies and the ones naming no tool too: those were free, so an
+        // agent could write denied calls (with their intents) into the
+        // audit trail, and make Dome list every upstream for each unknown
+        // name, as fast as it could send them. (The tenant's is taken once
+        // the call is allowed: one agent's denied calls must not use up
+        // what its tenant's other agents may call.)
+        if let Some(c) = &caller {
+            self.take_budget(
+                c,
+                call,
+                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
+            )?;
+        }
+        let Some(route) = self.lookup(Kind::Tools, name).await else {
+            self.strike_caller(caller.as_ref(), "unknown tool");
+            return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
+        };
+        // The catalog's shared names: nothing copied per call.
+        call.name = Some(route.public.clone());
+        let mut upstream = self.upstreams[route.upstream].clone();
+        call.upstream = Some(upstream.label().clone());
+        // Phase: decide.
+        let intent = call.intent.clone();
+        let decided = self.decide_kind(
+            "tool",
+            name,
+            Some(&route.original),
+            e.arguments.as_deref(),
+            &upstream,
+            caller.as_ref(),
+            intent.as_deref(),
+            call,
+        );
+        let Allowed { redaction, budget } = match decided {
+            Ok(a) => a,
+            Err(refusal) => {
+                self.strike_caller(caller.as_ref(), "denied by policy");
+                return Err(refusal);
+            }
+        };
+        // Phase: budget, the agent's for this tool (the allowing rule's
+        // replaces the configured one) and the tenant's. Refused here, the
+        // call gives back what it took of the agent's: it is refused for
+        // this tool or tenant, not for all.
+        if let Some(c) = &caller {
+            let by_rule =
+                budget.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
+            let tool = by_rule
+                .as_deref()
+                .or_else(|| c.agent.budgets.tools.get(name));
+            let levels = [
+                ("agent x tool", tool),
+                ("tenant", c.tenant.budget.as_deref()),
+            ];
+            if let Err(refusal) = self.take_budget(c, call, levels) {
+                if let Some(b) = &c.agent.budgets.agent {
+                    b.give_back();
+                }
+                return Err(refusal);
+            }
+        }
+        if session_lane {
+            // Spoken to in the caller's era where it speaks both (after the
+            // decision: a denied call opens nothing upstream).
+            upstream = upstream.for_session_caller().await;
+        }
+        // Phase: vouch. The caller's own credential never goes upstream.
+        let assertion = match &caller {
+            Some(c) => Some(
+                self.vouch(&upstream, c, session, intent.as_deref(), call)
+                    .map_err(Refusal::from)?,
+            ),
+            None => None,
+        };
+        let uid = upstream.allocate_id();
+        let guard = match (session, &e.id) {
+            (Some(s), Some(client_id)) => {
+                let key = client_id.to_string();
+                let cancelled = Arc::new(tokio::sync::Notify::new());
+                s.inflight.lock().expect("inflight lock").insert(
+                    key.clone(),
+                    InflightCall {
+                        upstream: upstream.clone(),
+                        uid,
+                        cancelled: cancelled.clone(),
+                    },
+                );
+                Some(Inflight {
+                    session: s.clone(),
+                    key,
+                    cancelled,
+                })
+            }
+            _ => None,
+        };
+        let start = Instant::now();
+        // The caller's era envelope stays here (the envelope parser left it
+        // out of `meta_entries`); the upstream client adds its own.
+        // A session's client declared its capabilities at `initialize`.
+        let caps = caller_capabilities(e, session);
+        let result = upstream
+            .call_tool(
+                uid,
+                &crate::mcp::upstream::CallParts {
+                    name: &route.original,
+                    arguments: e.arguments.as_deref(),
+                    meta: &e.meta_entries,
+                    extra: &e.extra_params,
+                    client_capabilities: caps,
+                    assertion: assertion
+                        .as_deref()
+                        .map(|a| (&self.identity.signer.header, a)),
+                    log_level: session.and_then(|s| {
+                        let floor = s.log_floor.load(std::sync::atomic::Ordering::Relaxed);
+                        protocol::LOG_LEVELS.get(floor).copied()
+                    }),
+                    agent: Some(agent_key(caller.as_ref())),
+                },
+            )
+            .await;
+        // Time to the upstream's answer (for a stream: to its first byte).
+        let took = start.elapsed();
+        call.phase_ns[audit_phase::UPSTREAM] = took.as_nanos() as u64;
+        let _ = TALLY.try_with(|t| {
+            t.borrow_mut().upstream = Some((upstream.label().clone(), route.public.clone(), took))
+        });
+        match result {
+            Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
+            Err(e) => {
+                tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
+                Err(Refusal {
+                    code: e.code(),
+                    message: e.to_string(),
+                    // An agent over its share retries once one of its calls is answered.
+                    retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
+                })
+            }
+        }
+    }
+}
