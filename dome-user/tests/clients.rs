@@ -14,7 +14,9 @@
 //! client's input (elicitation, sampling) are run through each, as
 //! `…_via_session_upstream` and `…_via_stateless_upstream`. Through Dome the
 //! client presents an API key; policy allows everything but `demo.echo` of a
-//! message matching "forbidden", and `records` has a budget of one call.
+//! message matching "forbidden", and `records` has a budget of one call
+//! (escalation is off: the clients' denied and refused calls together would
+//! otherwise have the agent blocked).
 //!
 //! Verdicts:
 //! - "pass": the client does it directly and through Dome;
@@ -423,6 +425,9 @@ fn run_driver(client: &Client, label: &str, plan: &Value) -> BTreeMap<String, Va
         .collect()
 }
 
+/// Per era (or feature): what was seen.
+type Cells = BTreeMap<String, Value>;
+
 fn verdict(direct: &Value, dome: &Value) -> &'static str {
     if direct["ok"] != true {
         "fails-direct-too"
@@ -440,6 +445,7 @@ fn dome_config(demo: SocketAddr, sdk: SocketAddr, era: &str, policy: &Path) -> S
         "[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\nprefix = \"on_conflict\"\n\n\
          [[upstream]]\nname = \"sdk\"\nurl = \"http://{sdk}/mcp\"\nprefix = \"on_conflict\"\nera = \"{era}\"\n\n\
          [auth]\ndata_dir = \"{}\"\n[policy]\ndir = \"{}\"\n\
+         [escalation]\nenabled = false\n\
          [[tenant]]\nname = \"matrix\"\n\
          [[agent]]\nid = \"client-bot\"\ntenant = \"matrix\"\napi_keys = [\"{}\"]\n",
         data.display(),
@@ -498,38 +504,36 @@ fn client_matrix() {
     };
 
     // One thread per client; its eras, direct and through Dome, in turn.
-    let results: Vec<(String, BTreeMap<String, Value>, BTreeMap<String, Value>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = clients
-                .iter()
-                .map(|client| {
-                    let (direct, through) = (&direct, &through);
-                    scope.spawn(move || {
-                        let mut verdicts = BTreeMap::new();
-                        let mut details = BTreeMap::new();
-                        for era in client.eras {
-                            let t = Instant::now();
-                            let d =
-                                run_driver(client, &format!("{era}-direct"), &plan(era, direct));
-                            let g = run_driver(client, &format!("{era}-dome"), &plan(era, through));
-                            let cells: BTreeMap<String, Value> = g
-                                .iter()
-                                .map(|(f, seen)| (f.clone(), json!(verdict(&d[f], seen))))
-                                .collect();
-                            eprintln!(
-                                "clients: {} {era}: {:.1} s",
-                                client.name,
-                                t.elapsed().as_secs_f64()
-                            );
-                            verdicts.insert(era.to_string(), json!(cells));
-                            details.insert(era.to_string(), json!({"direct": d, "dome": g}));
-                        }
-                        (client.name.clone(), verdicts, details)
-                    })
+    let results: Vec<(String, Cells, Cells)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter()
+            .map(|client| {
+                let (direct, through) = (&direct, &through);
+                scope.spawn(move || {
+                    let mut verdicts = BTreeMap::new();
+                    let mut details = BTreeMap::new();
+                    for era in client.eras {
+                        let t = Instant::now();
+                        let d = run_driver(client, &format!("{era}-direct"), &plan(era, direct));
+                        let g = run_driver(client, &format!("{era}-dome"), &plan(era, through));
+                        let cells: BTreeMap<String, Value> = g
+                            .iter()
+                            .map(|(f, seen)| (f.clone(), json!(verdict(&d[f], seen))))
+                            .collect();
+                        eprintln!(
+                            "clients: {} {era}: {:.1} s",
+                            client.name,
+                            t.elapsed().as_secs_f64()
+                        );
+                        verdicts.insert(era.to_string(), json!(cells));
+                        details.insert(era.to_string(), json!({"direct": d, "dome": g}));
+                    }
+                    (client.name.clone(), verdicts, details)
                 })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
 
     let mut matrix = serde_json::Map::new();
     let mut all_details = serde_json::Map::new();
