@@ -1,9 +1,11 @@
 //! Dome in user space: configuration, the MCP gateway, the kernel tier's
-//! handle, and the stats endpoint. The `dome` binary (`main.rs`) wires these together.
+//! handle, and the stats endpoint. The `dome` binary (`main.rs`) parses its
+//! command line and hands each subcommand to `cli`.
 
 pub mod admin;
 pub mod allocator;
 pub mod audit;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -31,8 +31,13 @@ fn post(dome: &Dome, headers: &[(&str, &str)], body: &str) -> (u16, Vec<(String,
 }
 
 fn initialize(dome: &Dome, version: &str) -> String {
+    initialize_with(dome, version, json!({}))
+}
+
+/// A session whose client declared `capabilities`.
+fn initialize_with(dome: &Dome, version: &str, capabilities: Value) -> String {
     let body = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+        "protocolVersion": version, "capabilities": capabilities, "clientInfo": {"name": "t", "version": "1"}}});
     let (status, h, v) = post(dome, &[ACCEPT, JSON], &body.to_string());
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["result"]["protocolVersion"], version);
@@ -781,7 +786,8 @@ fn upstream_cancellation_of_a_relayed_request_names_dome_s_id() {
         "withdraw",
         &format!("[[upstream]]\nname = \"demo\"\nurl = \"http://{demo}/mcp\"\n"),
     );
-    let sid = initialize(&dome, "2025-11-25");
+    // A client that can be asked (one that cannot is never sent the request).
+    let sid = initialize_with(&dome, "2025-11-25", json!({"elicitation": {}}));
     let body = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"ask_then_cancel","arguments":{}}}"#;
     let (status, _, text) = http(
         dome.mcp,

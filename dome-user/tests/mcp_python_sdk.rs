@@ -321,3 +321,165 @@ fn listen_streams_carry_what_they_asked_for() {
         }
     }
 }
+
+/// A session-era client is asked for the input a stateless upstream's
+/// prompt or read needs, on the request's stream, and gets the final
+/// answer (it received `{"resultType":"input_required",…}` raw, which no
+/// session-era SDK can read). A tool that asks mid-call, session style,
+/// works through Dome as it works directly: Dome speaks the session era
+/// to an upstream that speaks both (`era = "auto"`), where it was always
+/// spoken to in the stateless era and the tool failed.
+#[test]
+fn input_a_prompt_read_or_session_style_tool_needs_reaches_a_session_era_client() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = start_dome(
+        "input-kinds",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let seen = run_client("client_input_kinds.py", &[&url, "legacy"]);
+    assert_eq!(
+        seen["prompt"]["text"], "Brief on tides for operators from one",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["read"]["text"], "gold opened with open sesame",
+        "{seen}"
+    );
+    assert_eq!(seen["call"]["text"], "deploy: approved", "{seen}");
+    assert_eq!(
+        seen["asked"],
+        json!([
+            "Who is the brief for?",
+            "Passphrase for gold?",
+            "Approve deploy?"
+        ]),
+        "{seen}"
+    );
+    // The stateless era's own rounds pass through as they are.
+    let seen = run_client("client_input_kinds.py", &[&url, "2026-07-28"]);
+    assert_eq!(
+        seen["prompt"]["text"], "Brief on tides for operators from one",
+        "{seen}"
+    );
+    assert_eq!(
+        seen["read"]["text"], "gold opened with open sesame",
+        "{seen}"
+    );
+}
+
+/// A client that declared no elicitation capability is not sent an
+/// `elicitation/create` it can only refuse with "method not found": a
+/// stateless upstream's request for input ends the call with -32021,
+/// naming the capability, and a session-era upstream asking mid-call is
+/// answered that the client cannot take it.
+#[test]
+fn a_client_is_never_asked_what_it_did_not_declare_it_can_answer() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = start_dome(
+        "input-undeclared",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\n"),
+    );
+    let url = format!("http://{}/mcp", dome.mcp);
+    let seen = run_client(
+        "client_input_kinds.py",
+        &[&url, "legacy", "--no-elicitation"],
+    );
+    assert_eq!(seen["asked"], json!([]), "{seen}");
+    for step in ["prompt", "read"] {
+        assert_eq!(seen[step]["code"], -32021, "{step}: {seen}");
+        let message = seen[step]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("`elicitation` capability"),
+            "{step}: {seen}"
+        );
+    }
+    // The upstream heard why and ended its tool with that reason.
+    let call = seen["call"]["message"].as_str().unwrap_or_default();
+    assert!(
+        call.contains("did not declare the `elicitation` capability"),
+        "{seen}"
+    );
+}
+
+/// What a stateless upstream answers reaches a session-era (2025-11-25)
+/// caller in that era's schema: without `resultType`, `ttlMs`,
+/// `cacheScope` or the era's `_meta` keys. No caller, of either era, sees
+/// the upstream's `serverInfo`: Dome is the server they talk to.
+#[test]
+fn each_era_s_answers_carry_only_that_era_s_fields() {
+    let (_one, one) = start_sdk_flavor("one");
+    let dome = start_dome(
+        "era-fields",
+        &format!("[[upstream]]\nname = \"one\"\nurl = \"http://{one}/mcp\"\nera = \"stateless\"\n"),
+    );
+    let exchange = |headers: &[(&str, &str)], body: &str| {
+        let mut all = vec![
+            ("Accept", "application/json, text/event-stream"),
+            ("Content-Type", "application/json"),
+        ];
+        all.extend_from_slice(headers);
+        http(dome.mcp, "POST", "/mcp", &all, body)
+    };
+    let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    let (_, headers, _) = exchange(&[], init);
+    let sid = header(&headers, "mcp-session-id")
+        .expect("a session")
+        .to_string();
+    let post = |headers: &[(&str, &str)], body: &str| {
+        let (status, _, text) = exchange(headers, body);
+        assert_eq!(status, 200, "{text}");
+        // One JSON answer, or an event stream whose last event is it.
+        let last = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .next_back()
+            .map(str::to_string)
+            .unwrap_or(text);
+        serde_json::from_str::<serde_json::Value>(last.trim()).unwrap()
+    };
+    let session = [
+        ("Mcp-Session-Id", sid.as_str()),
+        ("MCP-Protocol-Version", "2025-11-25"),
+    ];
+    let requests = [
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#,
+        r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"notes://one/readme"}}"#,
+        r#"{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"greet","arguments":{"name":"Ada"}}}"#,
+        r#"{"jsonrpc":"2.0","id":4,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"name":"name","value":"A"}}}"#,
+    ];
+    for body in requests {
+        let v = post(&session, body);
+        let result = &v["result"];
+        assert!(result.is_object(), "{v}");
+        for field in ["resultType", "ttlMs", "cacheScope", "_meta"] {
+            assert!(result.get(field).is_none(), "{field} in {v}");
+        }
+    }
+    // A stateless caller keeps its era's fields, and not the upstream's name.
+    let meta = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#;
+    let stateless = [("MCP-Protocol-Version", "2026-07-28")];
+    for (method, name, body) in [
+        (
+            "tools/call",
+            "add",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"add","arguments":{{"a":1,"b":2}},{meta}}}}}"#
+            ),
+        ),
+        (
+            "resources/read",
+            "notes://one/readme",
+            format!(
+                r#"{{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{{"uri":"notes://one/readme",{meta}}}}}"#
+            ),
+        ),
+    ] {
+        let mut headers = stateless.to_vec();
+        headers.push(("Mcp-Method", method));
+        headers.push(("Mcp-Name", name));
+        let v = post(&headers, &body);
+        assert_eq!(v["result"]["resultType"], "complete", "{v}");
+        assert!(!v.to_string().contains("sdk-upstream"), "{v}");
+    }
+}

@@ -743,6 +743,76 @@ fn unstash() -> Option<Call> {
         .flatten()
 }
 
+/// A session-era caller's request that a stateless upstream answered
+/// `input_required`: what `Gateway::fulfil` asks the caller for and sends
+/// again.
+struct Asked {
+    session: Arc<Session>,
+    e: Envelope,
+    /// `tools/call`, or one of [`input_method`]'s.
+    method: &'static str,
+    /// The caller's id for it.
+    id: Value,
+}
+
+/// The methods besides `tools/call` whose answer may be `input_required`
+/// (the schema allows it for prompts and reads; completion is taken
+/// alike, should an upstream ask there), as a static name.
+fn input_method(method: &str) -> Option<&'static str> {
+    match method {
+        "prompts/get" => Some("prompts/get"),
+        "resources/read" => Some("resources/read"),
+        "completion/complete" => Some("completion/complete"),
+        _ => None,
+    }
+}
+
+/// The request `e` of `method` again, with the client's `answers` to the
+/// upstream's requests and the upstream's `state`, in place of any it had.
+fn with_answers(
+    e: &Envelope,
+    method: &str,
+    answers: serde_json::Map<String, Value>,
+    state: Option<&Value>,
+) -> Envelope {
+    let mut again = e.clone();
+    if method == "tools/call" {
+        again
+            .extra_params
+            .retain(|(k, _)| k != "inputResponses" && k != "requestState");
+        again
+            .extra_params
+            .push(("inputResponses".into(), Value::Object(answers).to_string()));
+        if let Some(state) = state {
+            again
+                .extra_params
+                .push(("requestState".into(), state.to_string()));
+        }
+        return again;
+    }
+    // Other methods pass their whole `params` on.
+    let mut params: serde_json::Map<String, Value> = e
+        .params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_default();
+    params.remove("requestState");
+    params.insert("inputResponses".into(), Value::Object(answers));
+    if let Some(state) = state {
+        params.insert("requestState".into(), state.clone());
+    }
+    again.params = Some(Value::Object(params).to_string());
+    again
+}
+
+/// What the caller can answer (JSON text): a stateless caller says so with
+/// each request, a session's client did at `initialize`.
+fn caller_capabilities<'a>(e: &'a Envelope, session: Option<&'a Arc<Session>>) -> Option<&'a str> {
+    e.client_capabilities
+        .as_deref()
+        .or_else(|| session.and_then(|s| s.capabilities.as_deref()))
+}
+
 /// Applies `f` to the current call's record, if any.
 fn with_call(f: impl FnOnce(&mut Call)) {
     let _ = TALLY.try_with(|t| {
@@ -872,11 +942,34 @@ fn readdress(
     reply: Reply,
     method: &str,
 ) -> Result<Readdressed, (i64, String)> {
-    let bytes = match reply {
+    let stateless_caller = era == Era::Stateless;
+    let mut bytes = match reply {
         Reply::Raw(b) => b,
-        Reply::Json(v) => Bytes::from(v.to_string()),
+        Reply::Json(mut v) => {
+            protocol::fit_to_era(&mut v, stateless_caller);
+            Bytes::from(v.to_string())
+        }
         Reply::Stream(_) => unreachable!("streams are relayed"),
     };
+    // A stateless upstream's answer to a session-era caller loses what that
+    // era lacks, and every answer the upstream's `serverInfo`: read as a
+    // tree only then (the search: 10-12 ns on a 231-byte answer, memchr
+    // 2.8 on this machine).
+    {
+        use memchr::memmem::Finder;
+        use std::sync::LazyLock;
+        static SERVER_INFO: LazyLock<Finder<'static>> =
+            LazyLock::new(|| Finder::new(protocol::META_SERVER_INFO));
+        let refit = (!stateless_caller && upstream.speaks_stateless())
+            || SERVER_INFO.find(&bytes).is_some();
+        if refit
+            && !envelope::nests_deeper(&bytes, envelope::DEFAULT_MAX_DEPTH)
+            && let Ok(mut v) = serde_json::from_slice::<Value>(&bytes)
+            && protocol::fit_to_era(&mut v, stateless_caller)
+        {
+            bytes = Bytes::from(v.to_string());
+        }
+    }
     // Relayed as text: a result nested 100,000 deep reached the caller,
     // whose parser it could take down.
     if envelope::nests_deeper(&bytes, envelope::DEFAULT_MAX_DEPTH) {
@@ -2293,7 +2386,14 @@ impl Gateway {
     }
 
     /// Answers a request that needs no streaming (also used for batches).
-    async fn answer(&self, era: Era, method: &str, id: Value, e: &Envelope) -> (StatusCode, Value) {
+    async fn answer(
+        &self,
+        session: Option<&Arc<Session>>,
+        era: Era,
+        method: &str,
+        id: Value,
+        e: &Envelope,
+    ) -> (StatusCode, Value) {
         let ok = |mut result: Value| {
             if era == Era::Stateless {
                 result["resultType"] = "complete".into();
@@ -2394,7 +2494,21 @@ impl Gateway {
             | "resources/read"
             | "completion/complete"
             | "resources/subscribe"
-            | "resources/unsubscribe" => match self.forward_other(method, e).await {
+            | "resources/unsubscribe" => match self
+                .forward_other(method, e, caller_capabilities(e, session))
+                .await
+            {
+                // Its requests go to a session-era caller only on an event
+                // stream (`dispatch`); this answer has none.
+                Ok((_, reply))
+                    if era != Era::Stateless && super::input::required(&reply).is_some() =>
+                {
+                    let why = "the upstream needs the client's input, which Dome asks for on \
+                               an event stream: send this request alone, with \
+                               `Accept: text/event-stream`";
+                    with_call(|c| c.failed(code::INVALID_REQUEST, why));
+                    err(code::INVALID_REQUEST, why.into())
+                }
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, _)) => {
                         (status, serde_json::from_slice(&text).unwrap_or_default())
@@ -2409,7 +2523,7 @@ impl Gateway {
                 Ok(_) => ok(json!({})),
                 Err(m) => err(code::INVALID_PARAMS, m),
             },
-            "tools/call" => match self.forward_call(e, None).await {
+            "tools/call" => match self.forward_call(e, era, None).await {
                 Err(r) => {
                     let status = if era == Era::Stateless {
                         stateless_status(r.code)
@@ -2431,6 +2545,7 @@ impl Gateway {
                                 });
                             }
                             v["id"] = id.clone();
+                            protocol::fit_to_era(&mut v, era == Era::Stateless);
                             (StatusCode::OK, v)
                         }
                         Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
@@ -2511,6 +2626,7 @@ impl Gateway {
         &self,
         method: &str,
         e: &Envelope,
+        caps: Option<&str>,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
         use crate::audit::record::Kind as AuditKind;
         let kind = match method {
@@ -2522,7 +2638,7 @@ impl Gateway {
             .open_call(kind, e, None)
             .await
             .map_err(|r| (r.code, r.message))?;
-        let result = self.forward_other_inner(method, e, &mut call).await;
+        let result = self.forward_other_inner(method, e, caps, &mut call).await;
         if let Err((c, m)) = &result {
             call.failed(*c, m);
         }
@@ -2534,6 +2650,7 @@ impl Gateway {
         &self,
         method: &str,
         e: &Envelope,
+        caps: Option<&str>,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
         let mut params: Value = e
@@ -2702,6 +2819,16 @@ impl Gateway {
             Some(c) => Some(self.vouch(&upstream, c, None, intent.as_deref(), call)?),
             None => None,
         };
+        // A stateless upstream is told what the caller can answer, as for
+        // a tool call: it may ask for input on a prompt or a read too.
+        if let Some(c) = caps.and_then(|c| serde_json::from_str::<Value>(c).ok())
+            && let Some(p) = params.as_object_mut()
+        {
+            let meta = p.entry("_meta").or_insert_with(|| json!({}));
+            if let Some(m) = meta.as_object_mut() {
+                m.insert(protocol::META_CLIENT_CAPABILITIES.into(), c);
+            }
+        }
         let start = Instant::now();
         let vouched = assertion
             .as_deref()
@@ -2956,12 +3083,13 @@ impl Gateway {
     async fn forward_call(
         &self,
         e: &Envelope,
+        era: Era,
         session: Option<&Arc<Session>>,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let mut call = self
             .open_call(crate::audit::record::Kind::Tool, e, session)
             .await?;
-        let result = self.forward_call_inner(e, session, &mut call).await;
+        let result = self.forward_call_inner(e, era, session, &mut call).await;
         if let Err(r) = &result {
             call.failed(r.code, &r.message);
         }
@@ -2974,6 +3102,7 @@ impl Gateway {
     async fn forward_call_inner(
         &self,
         e: &Envelope,
+        era: Era,
         session: Option<&Arc<Session>>,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
@@ -3021,7 +3150,11 @@ impl Gateway {
         };
         // The catalog's shared names: nothing copied per call.
         call.name = Some(route.public.clone());
-        let upstream = self.upstreams[route.upstream].clone();
+        let mut upstream = self.upstreams[route.upstream].clone();
+        if era != Era::Stateless {
+            // Spoken to in the caller's era where it speaks both.
+            upstream = upstream.for_session_caller().await;
+        }
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
         let intent = call.intent.clone();
@@ -3096,10 +3229,7 @@ impl Gateway {
         // The caller's era envelope stays here (the envelope parser left it
         // out of `meta_entries`); the upstream client adds its own.
         // A session's client declared its capabilities at `initialize`.
-        let caps = e
-            .client_capabilities
-            .as_deref()
-            .or_else(|| session.and_then(|s| s.capabilities.as_deref()));
+        let caps = caller_capabilities(e, session);
         let result = upstream
             .call_tool(
                 uid,
@@ -3158,7 +3288,7 @@ impl Gateway {
         if method == "tools/call" && sse_ok {
             // Boxed: its future would otherwise be carried (and moved) by
             // every enclosing layer.
-            match Box::pin(self.forward_call(e, session.as_ref())).await {
+            match Box::pin(self.forward_call(e, era, session.as_ref())).await {
                 Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
@@ -3190,7 +3320,15 @@ impl Gateway {
                     with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
                     let (tx, rx) = tokio::sync::mpsc::channel(16);
                     let (gw, s, e) = (self.clone(), s.clone(), e.clone());
-                    tokio::spawn(async move { gw.fulfil(s, e, id, first, redaction, tx).await });
+                    tokio::spawn(async move {
+                        let asked = Asked {
+                            session: s,
+                            e,
+                            method: "tools/call",
+                            id,
+                        };
+                        gw.fulfil(asked, first, redaction, tx).await
+                    });
                     return sse_response(rx);
                 }
                 Ok((upstream, reply, _, redaction)) => {
@@ -3207,6 +3345,33 @@ impl Gateway {
                 }
                 Err(r) => return r.respond(&id, era),
             }
+        }
+        if let (Some(s), true, Some(method)) = (&session, sse_ok, input_method(method)) {
+            // A session-era caller of a prompt, read or completion: a
+            // stateless upstream may answer `input_required`, whose requests
+            // go to the caller on the call's stream, as for a tool call.
+            let caps = caller_capabilities(e, Some(s));
+            return match Box::pin(self.forward_other(method, e, caps)).await {
+                Ok((_, reply)) if let Some(first) = super::input::required(&reply) => {
+                    with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
+                    let (tx, rx) = tokio::sync::mpsc::channel(16);
+                    let (gw, s, e) = (self.clone(), s.clone(), e.clone());
+                    // Redacted already, each round (`forward_other`).
+                    let asked = Asked {
+                        session: s,
+                        e,
+                        method,
+                        id,
+                    };
+                    tokio::spawn(async move { gw.fulfil(asked, first, None, tx).await });
+                    sse_response(rx)
+                }
+                Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
+                    Ok((status, text, code)) => raw_json_response(status, text, code),
+                    Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
+                },
+                Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
+            };
         }
         if method == "subscriptions/listen" && era == Era::Stateless {
             return Box::pin(self.listen(id, e, sse_ok)).await;
@@ -3238,7 +3403,7 @@ impl Gateway {
             s.log_floor
                 .store(floor, std::sync::atomic::Ordering::Relaxed);
         }
-        self.answer(era, method, id, e).await
+        self.answer(session, era, method, id, e).await
     }
 }
 
@@ -3358,13 +3523,17 @@ impl Gateway {
     /// final result, which goes to the client under its own id.
     async fn fulfil(
         self: Arc<Self>,
-        session: Arc<Session>,
-        e: Envelope,
-        id: Value,
+        asked: Asked,
         first: Value,
         redaction: Option<Redaction>,
         tx: Push,
     ) {
+        let Asked {
+            session,
+            e,
+            method,
+            id,
+        } = asked;
         // The redactions of the round whose requests go out: the upstream's
         // questions are its output too.
         let mut asking = redaction;
@@ -3401,6 +3570,26 @@ impl Gateway {
                 if let Some(r) = &asking {
                     r.apply_any(&mut msg);
                 }
+                // Asked of a client that cannot answer, it would refuse
+                // with no more than "method not found": the call ends with
+                // the error the upstream would have given, had it checked.
+                if !super::input::declares(session.capabilities.as_deref(), &req["method"]) {
+                    session
+                        .local_requests
+                        .lock()
+                        .expect("local requests lock")
+                        .remove(&Value::String(down_id).to_string());
+                    let mut error =
+                        super::input::cannot_take(&req["method"], code::MISSING_CLIENT_CAPABILITY);
+                    error["message"] = format!(
+                        "upstream asked for input: {}",
+                        error["message"].as_str().unwrap_or_default()
+                    )
+                    .into();
+                    tracing::info!(method = %req["method"], "an upstream asked a client for input it cannot give");
+                    send(json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+                    return;
+                }
                 if !send(msg).await {
                     return;
                 }
@@ -3434,28 +3623,28 @@ impl Gateway {
                     }
                 }
             }
-            let mut again = e.clone();
-            again
-                .extra_params
-                .retain(|(k, _)| k != "inputResponses" && k != "requestState");
-            again
-                .extra_params
-                .push(("inputResponses".into(), Value::Object(answers).to_string()));
-            if let Some(state) = result.get("requestState") {
-                again
-                    .extra_params
-                    .push(("requestState".into(), state.to_string()));
-            }
+            let again = with_answers(&e, method, answers, result.get("requestState"));
             // Each round is a call upstream with a record of its own, kept
             // here (this task answers outside any request).
             let (forwarded, mut record) = TALLY
                 .scope(std::cell::RefCell::new(Box::default()), async {
-                    let r = self.forward_call(&again, Some(&session)).await;
+                    let r = if method == "tools/call" {
+                        self.forward_call(&again, Era::Session(session.version), Some(&session))
+                            .await
+                            .map(|(u, r, _, red)| (u, r, red))
+                    } else {
+                        let caps = session.capabilities.as_deref();
+                        // Redacted there, as the first round was.
+                        self.forward_other(method, &again, caps)
+                            .await
+                            .map(|(u, r)| (u, r, None))
+                            .map_err(Refusal::from)
+                    };
                     (r, unstash())
                 })
                 .await;
             let (upstream, reply, redaction) = match forwarded {
-                Ok((u, r, _, red)) => (u, r, red),
+                Ok(r) => r,
                 Err(r) => {
                     drop(record);
                     send(r.to_rpc(&id)).await;
@@ -3545,6 +3734,7 @@ impl Gateway {
             let mut last = last;
             let counts = redaction.as_ref().map(|r| r.apply(&mut last));
             last["id"] = id.clone();
+            protocol::fit_to_era(&mut last, false);
             if let Some(mut c) = record.take() {
                 note_final(&mut c, &last, counts.as_ref());
                 // The answer leaves only once its record is durable.
@@ -4167,7 +4357,9 @@ fn relay(
                     // elicitation, roots).
                     let up_id = v["id"].take();
                     match (&session, &stateless) {
-                        (Some(s), _) => {
+                        (Some(s), _)
+                            if super::input::declares(s.capabilities.as_deref(), &v["method"]) =>
+                        {
                             // Relayed under an id of Dome's, its answer
                             // routed back (see `forward_answer`).
                             let down_id = format!(
@@ -4191,10 +4383,14 @@ fn relay(
                             continue;
                         }
                         _ => {
-                            // Nobody to ask: the upstream hears so.
+                            // Nobody to ask (the caller did not declare the
+                            // capability): the upstream hears so, in the
+                            // terms of its era (it speaks the session era:
+                            // only those upstreams ask mid-call).
+                            let err =
+                                super::input::cannot_take(&v["method"], code::METHOD_NOT_FOUND);
                             let up = up.clone();
                             tokio::spawn(async move {
-                                let err = json!({"code": code::METHOD_NOT_FOUND, "message": "the client cannot take this request (it did not declare the capability)"});
                                 let _ = up.answer(up_id, None, Some(err)).await;
                             });
                             continue;
@@ -4212,9 +4408,12 @@ fn relay(
                     drop(call.take());
                     gw.clone()
                         .fulfil(
-                            s.clone(),
-                            e.clone(),
-                            id.clone(),
+                            Asked {
+                                session: s.clone(),
+                                e: e.clone(),
+                                method: "tools/call",
+                                id: id.clone(),
+                            },
                             first,
                             redaction.clone(),
                             tx.clone(),
@@ -4225,6 +4424,7 @@ fn relay(
                 if is_response {
                     let counts = redaction.as_ref().map(|r| r.apply(&mut v));
                     v["id"] = id.clone();
+                    protocol::fit_to_era(&mut v, era == Era::Stateless);
                     if era == Era::Stateless
                         && v.get("result").is_some()
                         && v["result"].get("resultType").is_none()

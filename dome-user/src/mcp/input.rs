@@ -45,17 +45,44 @@ pub struct Parked {
     pub owner: Option<crate::identity::authn::Caller>,
 }
 
-/// Whether capabilities a stateless caller declared (JSON text) let it
-/// answer `method`.
+/// Whether capabilities a caller declared (JSON text: a stateless caller's
+/// per request, a session's at `initialize`) let it answer `method`.
 pub fn declares(caps: Option<&str>, method: &Value) -> bool {
-    let need = match method.as_str() {
-        Some("elicitation/create") => "elicitation",
-        Some("sampling/createMessage") => "sampling",
-        Some("roots/list") => "roots",
-        _ => return false,
+    let Some(need) = capability_for(method) else {
+        return false;
     };
     caps.and_then(|c| serde_json::from_str::<Value>(c).ok())
         .is_some_and(|v| v.get(need).is_some())
+}
+
+/// The capability a client declares to take `method` from a server.
+pub fn capability_for(method: &Value) -> Option<&'static str> {
+    match method.as_str() {
+        Some("elicitation/create") => Some("elicitation"),
+        Some("sampling/createMessage") => Some("sampling"),
+        Some("roots/list") => Some("roots"),
+        _ => None,
+    }
+}
+
+/// The error for a request a client cannot take, because it did not
+/// declare the capability (`code`: -32021 in the stateless era, where it
+/// is defined; -32601 to a session-era upstream, which knows that one).
+/// It names the method and the capability, so whoever reads it knows it
+/// was the client's choice, not a fault of the upstream's or Dome's.
+pub fn cannot_take(method: &Value, code: i64) -> Value {
+    let m = method.as_str().unwrap_or("?");
+    match capability_for(method) {
+        Some(cap) => json!({
+            "code": code,
+            "message": format!("the client cannot take `{m}`: it did not declare the `{cap}` capability"),
+            "data": {"requiredCapabilities": {cap: {}}},
+        }),
+        None => json!({
+            "code": code,
+            "message": format!("the client cannot take `{m}`: no client capability covers it"),
+        }),
+    }
 }
 
 /// The `input_required` result asking for `asks`, resumable with `token`.

@@ -47,6 +47,49 @@ pub fn log_level_rank(level: &str) -> Option<usize> {
 /// On every message of a `subscriptions/listen` stream: the listen request's id.
 pub const META_SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 
+/// Members of a result that only the stateless era defines.
+pub const STATELESS_RESULT_FIELDS: [&str; 3] = ["resultType", "ttlMs", "cacheScope"];
+/// `_meta` keys of a result that only the stateless era defines.
+pub const STATELESS_RESULT_META: [&str; 6] = [
+    META_SERVER_INFO,
+    META_PROTOCOL_VERSION,
+    META_CLIENT_CAPABILITIES,
+    META_CLIENT_INFO,
+    META_LOG_LEVEL,
+    META_SUBSCRIPTION_ID,
+];
+
+/// Fits an upstream's JSON-RPC response to the caller's era. The upstream's
+/// `serverInfo` (in a stateless result's `_meta`) never passes: Dome is the
+/// server its callers see, and the backend's name and version are not
+/// theirs to know. A session-era caller (`stateless_caller` false) also
+/// loses what only the stateless era defines, which its schema lacks.
+/// Whether anything changed.
+pub fn fit_to_era(response: &mut serde_json::Value, stateless_caller: bool) -> bool {
+    let Some(result) = response.get_mut("result").and_then(|r| r.as_object_mut()) else {
+        return false;
+    };
+    let mut changed = false;
+    if !stateless_caller {
+        for f in STATELESS_RESULT_FIELDS {
+            changed |= result.remove(f).is_some();
+        }
+    }
+    if let Some(meta) = result.get_mut("_meta").and_then(|m| m.as_object_mut()) {
+        if stateless_caller {
+            changed |= meta.remove(META_SERVER_INFO).is_some();
+        } else {
+            for k in STATELESS_RESULT_META {
+                changed |= meta.remove(k).is_some();
+            }
+        }
+        if meta.is_empty() {
+            result.remove("_meta");
+        }
+    }
+    changed
+}
+
 /// Dome as an MCP implementation (`serverInfo` downstream, `clientInfo`
 /// upstream).
 pub fn implementation() -> serde_json::Value {

@@ -365,9 +365,17 @@ pub struct Upstream {
     /// This upstream, for the GET-stream task it spawns.
     me: std::sync::OnceLock<std::sync::Weak<Upstream>>,
     next_id: AtomicU64,
-    slots: tokio::sync::Semaphore,
+    /// Shared with the session lane: one upstream, one allowance.
+    slots: Arc<tokio::sync::Semaphore>,
     /// Of those slots, what each agent holds.
-    shares: AgentShares,
+    shares: Arc<AgentShares>,
+    /// With `era = "auto"`, an upstream found to speak the stateless era
+    /// may speak the session era too; its tools that call back mid-call
+    /// (sampling, elicitation) then work only there. This is the same
+    /// upstream spoken to in the session era, for session-era callers'
+    /// tool calls (`None`: it speaks only the stateless era). Found on the
+    /// first such call, not at start: most fleets have no such callers.
+    session_lane: tokio::sync::OnceCell<Option<Arc<Upstream>>>,
     /// Resource URIs Dome's clients want updates for, and how many want
     /// each: the upstream is asked once per URI, however many clients ask.
     wanted: std::sync::Mutex<std::collections::HashMap<String, usize>>,
@@ -382,8 +390,19 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(config: UpstreamConfig) -> Result<Self, String> {
-        let slots = config.max_concurrent_requests.max(1);
-        let share = config.agent_share();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_requests.max(1),
+        ));
+        let shares = Arc::new(AgentShares::new(config.agent_share()));
+        Self::sharing(config, slots, shares)
+    }
+
+    /// A client of the upstream `config` names, within `slots` and `shares`.
+    fn sharing(
+        config: UpstreamConfig,
+        slots: Arc<tokio::sync::Semaphore>,
+        shares: Arc<AgentShares>,
+    ) -> Result<Self, String> {
         let uri: hyper::Uri = config
             .url
             .parse()
@@ -411,8 +430,9 @@ impl Upstream {
             connecting: tokio::sync::Mutex::new(()),
             sink: std::sync::OnceLock::new(),
             me: std::sync::OnceLock::new(),
-            slots: tokio::sync::Semaphore::new(slots),
-            shares: AgentShares::new(share),
+            slots,
+            shares,
+            session_lane: tokio::sync::OnceCell::new(),
             next_id: AtomicU64::new(1),
             wanted: Default::default(),
             listen_filter: tokio::sync::watch::Sender::new(0),
@@ -687,6 +707,45 @@ impl Upstream {
     /// Connects (finds the era, initializes) if not yet done.
     pub async fn connect(&self) -> Result<(), UpstreamError> {
         self.ensure_connected().await
+    }
+
+    /// Where a session-era caller's tool call goes: this upstream, or its
+    /// session lane when `era = "auto"` found it speaks both eras. A
+    /// session-era client of a dual-era server directly would speak the
+    /// session era to it, and its tools that call back work only there.
+    pub async fn for_session_caller(self: &Arc<Self>) -> Arc<Upstream> {
+        if self.config.era != EraSetting::Auto || !self.speaks_stateless() {
+            return self.clone();
+        }
+        let lane = self
+            .session_lane
+            .get_or_try_init(|| async {
+                let mut config = self.config.clone();
+                config.era = EraSetting::Session;
+                let lane = Upstream::sharing(config, self.slots.clone(), self.shares.clone())
+                    .map_err(|e| UpstreamError::Invalid(self.name().into(), e))?;
+                match lane.connect().await {
+                    Ok(()) => {
+                        tracing::info!(upstream = %self.name(), "upstream speaks both eras: session-era callers' tool calls go to it in the session era");
+                        Ok(Some(Arc::new(lane)))
+                    }
+                    // Unreachable now: asked again on the next call.
+                    Err(e @ (UpstreamError::Unreachable(..) | UpstreamError::Timeout(_))) => {
+                        Err(e)
+                    }
+                    // Refused: it speaks only the stateless era (Dome
+                    // translates its `input_required` rounds).
+                    Err(e) => {
+                        tracing::info!(upstream = %self.name(), error = %e, "upstream speaks only the stateless era");
+                        Ok(None)
+                    }
+                }
+            })
+            .await;
+        match lane {
+            Ok(Some(l)) => l.clone(),
+            _ => self.clone(),
+        }
     }
 
     /// Whether the upstream speaks the stateless era (its results carry `resultType`).
@@ -1067,8 +1126,12 @@ impl Upstream {
         }
     }
 
-    /// Ends the upstream session (session era) on shutdown.
+    /// Ends the upstream session (session era) on shutdown, and the
+    /// session lane's.
     pub async fn close(&self) {
+        if let Some(Some(lane)) = self.session_lane.get() {
+            Box::pin(lane.close()).await;
+        }
         let era = (**self.era.load()).clone();
         if let Era::Session {
             id: Some(id),

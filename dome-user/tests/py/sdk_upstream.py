@@ -59,8 +59,16 @@ def paint(thing: str, choice: Annotated[Color, Resolve(ask_color)]) -> str:
     return f"{thing} painted {choice.color}"
 
 
-class Topic(BaseModel):
-    topic: str
+class Approval(BaseModel):
+    approved: bool
+
+
+@mcp.tool()
+async def approve(action: str, ctx: Context) -> str:
+    """Asks mid-call, session style (`ctx.elicit`): works only in the session era."""
+    answer = await ctx.elicit(f"Approve {action}?", Approval)
+    approved = answer.action == "accept" and answer.data.approved
+    return f"{action}: {'approved' if approved else 'refused'}"
 
 
 def ask_llm_question(question: str) -> Sample:
