@@ -491,6 +491,7 @@ fn client_matrix() {
         echo: "demo.echo",
         tools: json!([
             "add",
+            "approve",
             "ask_llm",
             "countdown",
             "demo.echo",
