@@ -38,7 +38,13 @@ struct State {
     sessions: Mutex<HashSet<String>>,
     next: std::sync::atomic::AtomicU64,
     session_only: bool,
-    /// Request ids (as JSON text) the client cancelled with `notifications/cancelled`.
+    /// `slow` calls under way, as "{session}/{request id as JSON text}"
+    /// (the session is empty in the stateless era).
+    slow_running: Mutex<HashSet<String>>,
+    /// Those of them the client cancelled with `notifications/cancelled`. A
+    /// cancellation of a call not under way is forgotten: remembered, it
+    /// would stop a later call that happens to reuse the id (every client's
+    /// ids start at 0 or 1), which would end without an answer.
     cancelled: Mutex<HashSet<String>>,
     slow_completed: AtomicU64,
     /// The response stream was closed before the call finished.
@@ -320,8 +326,10 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let id = msg.get("id").cloned();
     let Some(id) = id else {
         if method == "notifications/cancelled" {
-            let rid = msg["params"]["requestId"].to_string();
-            state.cancelled.lock().unwrap().insert(rid);
+            let key = slow_key(session.as_deref(), &msg["params"]["requestId"]);
+            if state.slow_running.lock().unwrap().contains(&key) {
+                state.cancelled.lock().unwrap().insert(key);
+            }
         }
         // Notifications and responses are acknowledged.
         return empty(StatusCode::ACCEPTED);
@@ -684,6 +692,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 "slow" => {
                     // `hold_ms`: nothing at all, not even headers, for so
                     // long (a call waiting on the upstream's first byte).
+                    let running = SlowRunning::new(state, slow_key(session.as_deref(), &id));
                     let hold = args["hold_ms"].as_u64().unwrap_or(0).min(10_000);
                     tokio::time::sleep(Duration::from_millis(hold)).await;
                     let steps = args["steps"].as_u64().unwrap_or(3).clamp(1, 50);
@@ -696,12 +705,12 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                     }));
                     if !wants_sse {
                         tokio::time::sleep(delay * steps as u32).await;
+                        drop(running);
                         return full(StatusCode::OK, result);
                     }
                     let (tx, rx) =
                         tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
                     let state = state.clone();
-                    let rid = id.to_string();
                     // One log line: always in the session era, in the
                     // stateless era only when the request asked for `info`.
                     let log = !stateless
@@ -719,7 +728,7 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                         }
                         for i in 1..=steps {
                             tokio::time::sleep(delay).await;
-                            if state.cancelled.lock().unwrap().remove(&rid) {
+                            if running.cancelled() {
                                 state.slow_cancelled.fetch_add(1, Ordering::Relaxed);
                                 return;
                             }
@@ -766,6 +775,39 @@ async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 ),
             )
         }
+    }
+}
+
+/// How a `slow` call is known to cancellations: its session and request id.
+fn slow_key(session: Option<&str>, id: &Value) -> String {
+    format!("{}/{id}", session.unwrap_or_default())
+}
+
+/// A `slow` call under way, from its request's arrival until it ends (or
+/// its handler is dropped, the client gone): only then can it be cancelled.
+struct SlowRunning {
+    state: Arc<State>,
+    key: String,
+}
+
+impl SlowRunning {
+    fn new(state: &Arc<State>, key: String) -> Self {
+        state.slow_running.lock().unwrap().insert(key.clone());
+        Self {
+            state: state.clone(),
+            key,
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.state.cancelled.lock().unwrap().contains(&self.key)
+    }
+}
+
+impl Drop for SlowRunning {
+    fn drop(&mut self) {
+        self.state.slow_running.lock().unwrap().remove(&self.key);
+        self.state.cancelled.lock().unwrap().remove(&self.key);
     }
 }
 

@@ -55,6 +55,10 @@ enum Cmd {
     },
     /// Run every test; the kernel tests too when root (reported as skipped otherwise).
     Test,
+    /// Run the client matrix: real MCP clients (Python SDKs, fastmcp, the
+    /// TypeScript SDKs, the Inspector CLI) in each era they speak, directly
+    /// and through Dome; writes and prints target/bench/clients.json.
+    Clients,
     /// Run the official MCP conformance suite (server scenarios) against Dome
     /// in front of the fixture upstream, and against the fixture alone, for
     /// both requirement sets; writes target/bench/conformance.json.
@@ -135,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Test => test(&root),
+        Cmd::Clients => clients(&root),
         Cmd::Conformance => conformance(&root).map(|_| ()),
         Cmd::Bench { name } => bench(&root, &name),
         Cmd::Soak { minutes, seconds } => {
@@ -207,6 +212,30 @@ fn is_root() -> bool {
 }
 
 /// Runs cargo with bpf-linker on PATH.
+/// `cargo test -p dome-user --test clients`, then clients.json, whatever
+/// the test's verdict (a cell that fails through Dome alone fails it).
+fn clients(root: &Path) -> Result<()> {
+    setup(root)?;
+    let outcome = cargo(
+        root,
+        &[
+            "test",
+            "-p",
+            "dome-user",
+            "--test",
+            "clients",
+            "--",
+            "--nocapture",
+        ],
+    );
+    let report = root.join("target/bench/clients.json");
+    match std::fs::read_to_string(&report) {
+        Ok(text) => println!("{}:\n{text}", report.display()),
+        Err(e) => eprintln!("xtask: no {}: {e}", report.display()),
+    }
+    outcome
+}
+
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
     let status = cargo_cmd(root)
         .args(args)
