@@ -50,6 +50,23 @@ export function kinds(a) {
       return { action: "accept", content: spec.answer };
     },
   });
+  // A feature whose upstream asks the client mid-call: `handlers(asked)`
+  // answer it and note what was asked; `run` gives [the text got, the
+  // whole result]. It passes with the expected text, once asked.
+  const asking = (spec, era, handlers, label, run) => {
+    const asked = [];
+    return withClient(
+      spec,
+      era,
+      async (c) => {
+        const [got, r] = await run(c);
+        return got === spec.expect && asked.length
+          ? null
+          : `asked ${JSON.stringify(asked)}, ${label} ${JSON.stringify(r).slice(0, 300)}`;
+      },
+      handlers(asked),
+    );
+  };
   return {
     connect: (spec, era) =>
       withClient(spec, era, async (c) => {
@@ -146,67 +163,37 @@ export function kinds(a) {
         const r = await a.call(c, spec.then.tool, spec.then.args);
         return text(r) === spec.then.expect ? null : `the call after the cancelled one: ${JSON.stringify(r).slice(0, 300)}`;
       }),
-    elicit_call: (spec, era) => {
-      const asked = [];
-      return withClient(
+    elicit_call: (spec, era) =>
+      asking(spec, era, (asked) => elicit(spec, asked), "result", async (c) => {
+        const r = await a.call(c, spec.tool, spec.args);
+        return [r.isError ? undefined : text(r), r];
+      }),
+    elicit_prompt: (spec, era) =>
+      asking(spec, era, (asked) => elicit(spec, asked), "prompt", async (c) => {
+        const r = await c.getPrompt({ name: spec.name, arguments: spec.args });
+        return [r.messages?.[0]?.content?.text, r];
+      }),
+    elicit_resource: (spec, era) =>
+      asking(spec, era, (asked) => elicit(spec, asked), "read", async (c) => {
+        const r = await c.readResource({ uri: spec.uri });
+        return [r.contents?.[0]?.text, r];
+      }),
+    sample_call: (spec, era) =>
+      asking(
         spec,
         era,
-        async (c) => {
-          const r = await a.call(c, spec.tool, spec.args);
-          return !r.isError && text(r) === spec.expect && asked.length
-            ? null
-            : `asked ${JSON.stringify(asked)}, result ${JSON.stringify(r).slice(0, 300)}`;
-        },
-        elicit(spec, asked),
-      );
-    },
-    elicit_prompt: (spec, era) => {
-      const asked = [];
-      return withClient(
-        spec,
-        era,
-        async (c) => {
-          const r = await c.getPrompt({ name: spec.name, arguments: spec.args });
-          return r.messages?.[0]?.content?.text === spec.expect && asked.length
-            ? null
-            : `asked ${JSON.stringify(asked)}, prompt ${JSON.stringify(r).slice(0, 300)}`;
-        },
-        elicit(spec, asked),
-      );
-    },
-    elicit_resource: (spec, era) => {
-      const asked = [];
-      return withClient(
-        spec,
-        era,
-        async (c) => {
-          const r = await c.readResource({ uri: spec.uri });
-          return r.contents?.[0]?.text === spec.expect && asked.length
-            ? null
-            : `asked ${JSON.stringify(asked)}, read ${JSON.stringify(r).slice(0, 300)}`;
-        },
-        elicit(spec, asked),
-      );
-    },
-    sample_call: (spec, era) => {
-      const asked = [];
-      return withClient(
-        spec,
-        era,
-        async (c) => {
-          const r = await a.call(c, spec.tool, spec.args);
-          return !r.isError && text(r) === spec.expect && asked.length
-            ? null
-            : `asked ${JSON.stringify(asked)}, result ${JSON.stringify(r).slice(0, 300)}`;
-        },
-        {
+        (asked) => ({
           onSample: async (params) => {
             asked.push(params.messages[0]?.content?.text);
             return { role: "assistant", model: "fixed-test-model", content: { type: "text", text: spec.answer } };
           },
+        }),
+        "result",
+        async (c) => {
+          const r = await a.call(c, spec.tool, spec.args);
+          return [r.isError ? undefined : text(r), r];
         },
-      );
-    },
+      ),
   };
 }
 
