@@ -101,30 +101,54 @@ pub(super) fn relay(
     to: RelayTo,
 ) -> Response<Body> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
-    let session = to.inflight.as_ref().map(|i| i.session.clone());
-    // For rounds of input that may follow, outside this request.
-    let ctx = detached_ctx();
-    tokio::spawn(async move {
-        let RelayTo {
-            id,
-            era,
-            inflight,
-            stateless,
-            tool,
-            retry,
-            redaction,
-            log_floor,
-            call,
-        } = to;
-        let mut call = call;
-        let upstream = up.name().to_string();
-        let mut bytes_out = 0u64;
-        let mut unreadable = 0u32;
+    let relay = Relay {
+        session: to.inflight.as_ref().map(|i| i.session.clone()),
+        // For rounds of input that may follow, outside this request.
+        ctx: detached_ctx(),
+        name: up.name().to_string(),
+        up,
+        to,
+        tx,
+        bytes_out: 0,
+        unreadable: 0,
+    };
+    tokio::spawn(relay.run(body, parser));
+    sse_response(rx)
+}
+
+/// One relayed stream: where it goes and what was sent so far.
+struct Relay {
+    up: Arc<Upstream>,
+    /// The upstream's name, for messages.
+    name: String,
+    to: RelayTo,
+    /// The caller's session (session era, a call with an id).
+    session: Option<Arc<Session>>,
+    ctx: RequestCtx,
+    tx: Push,
+    bytes_out: u64,
+    /// Events that were not JSON-RPC, withheld.
+    unreadable: u32,
+}
+
+/// What became of one event.
+enum Flow {
+    /// Relayed (or dropped); the stream goes on.
+    Next,
+    /// A request for a stateless caller's input, gathered until the
+    /// events that arrived together are read: (the upstream's id, it).
+    Ask(Value, Value),
+    /// The call is over: answered, cancelled, or the caller went away.
+    Done,
+}
+
+impl Relay {
+    /// The loop: frames until the call is answered, cancelled or parked,
+    /// or the upstream fails it (the caller is then told why).
+    async fn run(mut self, mut body: crate::mcp::pool::Body, mut parser: SseParser) {
         // The call stays cancellable until its stream ends.
+        let inflight = self.to.inflight.take();
         let cancelled = inflight.as_ref().map(|i| i.cancelled.clone());
-        let _inflight = inflight;
-        let mut body = body;
-        let mut parser = parser;
         let cancel_notice = async {
             match &cancelled {
                 Some(c) => c.notified().await,
@@ -132,258 +156,311 @@ pub(super) fn relay(
             }
         };
         tokio::pin!(cancel_notice);
-        // The loop returns once the call is answered, cancelled or parked;
-        // it breaks with why the upstream failed it.
         let failure = loop {
             let frame = tokio::select! {
                 f = body.frame() => f,
-                _ = tx.closed() => {
-                    tracing::debug!(%upstream, "client closed the stream; cancelling the upstream call");
-                    if let Some(c) = call.as_mut() {
-                        c.outcome = Some(crate::audit::record::Outcome::Cancelled);
-                        c.bytes_out = bytes_out;
-                    }
-                    return;
+                _ = self.tx.closed() => {
+                    tracing::debug!(upstream = %self.name, "client closed the stream; cancelling the upstream call");
+                    return self.cancelled(None);
                 }
                 _ = &mut cancel_notice => {
                     // The upstream heard of it (`forward_cancel`); whatever
                     // it still sends is for no one. Ending the stream here
                     // also holds nothing for an upstream that ignores it.
-                    tracing::debug!(%upstream, "client cancelled the call");
-                    if let Some(c) = call.as_mut() {
-                        c.outcome = Some(crate::audit::record::Outcome::Cancelled);
-                        c.reason = Some("cancelled by the client (notifications/cancelled)".into());
-                        c.bytes_out = bytes_out;
-                    }
-                    return;
+                    tracing::debug!(upstream = %self.name, "client cancelled the call");
+                    return self.cancelled(Some("cancelled by the client (notifications/cancelled)"));
                 }
             };
-            let Some(frame) = frame else {
+            let data = match frame {
                 // The stream ended without an answer (a response is the
                 // last thing relayed): the caller still gets one.
-                break if unreadable > 0 {
-                    format!(
-                        "upstream `{upstream}` sent {unreadable} message(s) that cannot be read \
-                         (withheld) and no answer"
-                    )
-                } else {
-                    format!("upstream `{upstream}` ended the stream without an answer")
-                };
-            };
-            let frame = match frame {
-                Ok(f) => f,
+                None => break self.ended_without_answer(),
                 // Quiet past its idle timeout: the upstream timed out (the
                 // body dropped its connection).
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    break format!("{}: {e}", crate::mcp::upstream::stream_error(&upstream, &e));
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    break format!(
+                        "{}: {e}",
+                        crate::mcp::upstream::stream_error(&self.name, &e)
+                    );
                 }
-                Err(_) => break format!("upstream `{upstream}` broke the stream"),
+                Some(Err(_)) => break format!("upstream `{}` broke the stream", self.name),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                },
             };
-            let Some(data) = frame.data_ref() else {
-                continue;
-            };
-            if let Err(e) = parser.push(data) {
+            if let Err(e) = parser.push(&data) {
                 // Dropping the body closes the upstream connection.
-                break format!("upstream `{upstream}` sent {e}");
+                break format!("upstream `{}` sent {e}", self.name);
             }
             // Requests for a stateless caller's input, gathered over the
             // events that arrived together.
             let mut asks: Vec<(Value, Value)> = Vec::new();
             while let Some(ev) = parser.next_event() {
-                if ev.trim().is_empty() {
-                    // A priming event (an id to resume from, no message).
-                    continue;
-                }
-                let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
-                    // Not relayed: unread, it could not be redacted, and
-                    // the caller could not read it either.
-                    unreadable += 1;
-                    tracing::debug!(%upstream, "an event that is not JSON-RPC was dropped");
-                    continue;
-                };
-                let is_response = v.get("method").is_none()
-                    && (v.get("result").is_some() || v.get("error").is_some());
-                if !admits_log(&v, log_floor) {
-                    continue;
-                }
-                // What the upstream says on the way (progress and log
-                // messages, requests to the client) is its output too.
-                if !is_response && let Some(r) = &redaction {
-                    let counts = r.apply_any(&mut v);
-                    if let Some(c) = call.as_mut() {
-                        c.add_redactions(&counts);
-                    }
-                }
-                if v["method"] == "notifications/cancelled"
-                    && let Some(s) = &session
-                {
-                    // The upstream gave up a request it relayed to the
-                    // client: name it by the id the client knows.
-                    let up_id = v["params"]["requestId"].clone();
-                    let mut pending = s.server_requests.lock().expect("server requests lock");
-                    let key = pending
-                        .iter()
-                        .find(|(_, (u, id))| Arc::ptr_eq(u, &up) && *id == up_id)
-                        .map(|(k, _)| k.clone());
-                    if let Some(k) = key {
-                        pending.remove(&k);
-                        v["params"]["requestId"] = serde_json::from_str(&k).unwrap_or(Value::Null);
-                    }
-                }
-                if v.get("method").is_some() && v.get("id").is_some() {
-                    // A request from the upstream to the client (sampling,
-                    // elicitation, roots).
-                    let up_id = v["id"].take();
-                    match (&session, &stateless) {
-                        (Some(s), _)
-                            if crate::mcp::input::may_ask(
-                                s.capabilities.as_deref(),
-                                &v["method"],
-                            ) =>
-                        {
-                            // Relayed under an id of Dome's, its answer
-                            // routed back (see `forward_answer`).
-                            let down_id = format!(
-                                "dome-{}",
-                                NEXT_SERVER_REQUEST
-                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                            );
-                            s.server_requests
-                                .lock()
-                                .expect("server requests lock")
-                                .insert(
-                                    Value::String(down_id.clone()).to_string(),
-                                    (up.clone(), up_id),
-                                );
-                            v["id"] = Value::String(down_id);
-                        }
-                        (None, Some((caps, _)))
-                            if crate::mcp::input::declares(caps.as_deref(), &v["method"]) =>
-                        {
-                            asks.push((up_id, v));
-                            continue;
-                        }
-                        _ => {
-                            // Nobody to ask (the caller did not declare the
-                            // capability): the upstream hears so, in the
-                            // terms of its era (it speaks the session era:
-                            // only those upstreams ask mid-call).
-                            let err = crate::mcp::input::cannot_take(
-                                &v["method"],
-                                code::METHOD_NOT_FOUND,
-                            );
-                            let up = up.clone();
-                            tokio::spawn(async move {
-                                let _ = up.answer(up_id, None, Some(err)).await;
-                            });
-                            continue;
-                        }
-                    }
-                }
-                if is_response
-                    && crate::mcp::input::is_input_required(&v)
-                    && let (Some((gw, e)), Some(s)) = (&retry, &session)
-                {
-                    let first = v["result"].take();
-                    let caps = s.capabilities.as_deref();
-                    if let Some(error) =
-                        crate::mcp::input::round_problem(&upstream, 1, caps, &first)
-                    {
-                        let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
-                        let message = error["message"].as_str().unwrap_or_default().to_string();
-                        if let Some(mut c) = call.take() {
-                            c.failed(code, &message);
-                            let _ = c.finish().await;
-                        }
-                        let answer = json!({"jsonrpc": "2.0", "id": id, "error": error});
-                        let _ = tx
-                            .send(Ok(Frame::data(sse::event(&answer.to_string()))))
-                            .await;
-                        return;
-                    }
-                    if let Some(c) = call.as_mut() {
-                        c.outcome = Some(crate::audit::record::Outcome::InputRequired);
-                    }
-                    drop(call.take());
-                    let asked = Asked {
-                        session: s.clone(),
-                        e: e.clone(),
-                        method: "tools/call",
-                        id: id.clone(),
-                    };
-                    let rounds = gw
-                        .clone()
-                        .fulfil(asked, first, redaction.clone(), tx.clone());
-                    CTX.scope(ctx.clone(), rounds).await;
-                    return;
-                }
-                if is_response {
-                    let counts = redaction.as_ref().map(|r| r.apply(&mut v));
-                    v["id"] = id.clone();
-                    if era != Era::Stateless && up.speaks_stateless() {
-                        protocol::fit_to_session_era(&mut v);
-                    }
-                    if era == Era::Stateless
-                        && v.get("result").is_some()
-                        && v["result"].get("resultType").is_none()
-                    {
-                        v["result"]["resultType"] = "complete".into();
-                    }
-                    if let Some(mut c) = call.take() {
-                        note_final(&mut c, &v, counts.as_ref());
-                        let text = v.to_string();
-                        c.bytes_out = bytes_out + text.len() as u64;
-                        // The answer leaves only once its record is durable.
-                        if let Err(u) = c.finish().await {
-                            tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
-                            v = rpc_error(&id, code::AUDIT_UNAVAILABLE, u.0);
-                        }
-                    }
-                }
-                let text = v.to_string();
-                bytes_out += text.len() as u64;
-                if tx.send(Ok(Frame::data(sse::event(&text)))).await.is_err() {
-                    return;
-                }
-                if is_response {
-                    return;
+                match self.event(&ev).await {
+                    Flow::Next => {}
+                    Flow::Ask(up_id, request) => asks.push((up_id, request)),
+                    Flow::Done => return,
                 }
             }
-            if !asks.is_empty()
-                && let Some((_, table)) = &stateless
-            {
-                // The record is written as it drops; its caller owns the call.
-                let owner = call.take().and_then(|mut c| {
-                    c.outcome = Some(crate::audit::record::Outcome::InputRequired);
-                    c.bytes_out = bytes_out;
-                    c.caller.clone()
-                });
-                let result = table.park(crate::mcp::input::Parked {
-                    upstream: up.clone(),
-                    body,
-                    parser,
-                    tool,
-                    redaction,
-                    owner,
-                    asks: asks
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, (up_id, req))| (format!("dome-{}", i + 1), up_id, req))
-                        .collect(),
-                });
-                let v = json!({"jsonrpc": "2.0", "id": id, "result": result});
-                let _ = tx.send(Ok(Frame::data(sse::event(&v.to_string())))).await;
-                return;
+            if !asks.is_empty() && self.to.stateless.is_some() {
+                return self.park(asks, body, parser).await;
             }
         };
-        // The caller still gets an answer, and the record says why.
-        if let Some(mut c) = call.take() {
-            c.failed(code::UPSTREAM_UNAVAILABLE, &failure);
+        self.fail(failure).await
+    }
+
+    /// The call's record, when the client went away or cancelled.
+    fn cancelled(mut self, reason: Option<&str>) {
+        if let Some(c) = self.to.call.as_mut() {
+            c.outcome = Some(crate::audit::record::Outcome::Cancelled);
+            if let Some(r) = reason {
+                c.reason = Some(r.into());
+            }
+            c.bytes_out = self.bytes_out;
+        }
+    }
+
+    fn ended_without_answer(&self) -> String {
+        if self.unreadable > 0 {
+            format!(
+                "upstream `{}` sent {} message(s) that cannot be read (withheld) and no answer",
+                self.name, self.unreadable
+            )
+        } else {
+            format!(
+                "upstream `{}` ended the stream without an answer",
+                self.name
+            )
+        }
+    }
+
+    /// One event of the upstream's stream.
+    async fn event(&mut self, ev: &str) -> Flow {
+        if ev.trim().is_empty() {
+            // A priming event (an id to resume from, no message).
+            return Flow::Next;
+        }
+        let Ok(mut v) = serde_json::from_str::<Value>(ev) else {
+            // Not relayed: unread, it could not be redacted, and the
+            // caller could not read it either.
+            self.unreadable += 1;
+            tracing::debug!(upstream = %self.name, "an event that is not JSON-RPC was dropped");
+            return Flow::Next;
+        };
+        let is_response =
+            v.get("method").is_none() && (v.get("result").is_some() || v.get("error").is_some());
+        if !admits_log(&v, self.to.log_floor) {
+            return Flow::Next;
+        }
+        if is_response {
+            if crate::mcp::input::is_input_required(&v)
+                && self.to.retry.is_some()
+                && self.session.is_some()
+            {
+                return self.ask_session(v).await;
+            }
+            v = self.answer(v).await;
+            self.send(&v).await;
+            return Flow::Done;
+        }
+        // What the upstream says on the way (progress and log messages,
+        // requests to the client) is its output too.
+        if let Some(r) = &self.to.redaction {
+            let counts = r.apply_any(&mut v);
+            if let Some(c) = self.to.call.as_mut() {
+                c.add_redactions(&counts);
+            }
+        }
+        if v["method"] == "notifications/cancelled" {
+            self.name_withdrawn_request(&mut v);
+        }
+        if v.get("method").is_some() && v.get("id").is_some() {
+            let up_id = v["id"].take();
+            if let Some(ask) = self.route_request(up_id, &mut v) {
+                return ask;
+            }
+        }
+        if self.send(&v).await {
+            Flow::Next
+        } else {
+            Flow::Done
+        }
+    }
+
+    /// Sends one message to the caller; false once it went away.
+    async fn send(&mut self, v: &Value) -> bool {
+        let text = v.to_string();
+        self.bytes_out += text.len() as u64;
+        self.tx
+            .send(Ok(Frame::data(sse::event(&text))))
+            .await
+            .is_ok()
+    }
+
+    /// The upstream gave up a request it relayed to the client: name it by
+    /// the id the client knows.
+    fn name_withdrawn_request(&self, v: &mut Value) {
+        let Some(s) = &self.session else { return };
+        let up_id = v["params"]["requestId"].clone();
+        let mut pending = s.server_requests.lock().expect("server requests lock");
+        let key = pending
+            .iter()
+            .find(|(_, (u, id))| Arc::ptr_eq(u, &self.up) && *id == up_id)
+            .map(|(k, _)| k.clone());
+        if let Some(k) = key {
+            pending.remove(&k);
+            v["params"]["requestId"] = serde_json::from_str(&k).unwrap_or(Value::Null);
+        }
+    }
+
+    /// A request from the upstream to the client (sampling, elicitation,
+    /// roots), `v` with its id taken (`up_id`): relayed to a session-era
+    /// caller under an id of Dome's (`None`: send `v` on), gathered for a
+    /// stateless caller's `input_required`, or refused to the upstream when
+    /// the caller cannot take it.
+    fn route_request(&self, up_id: Value, v: &mut Value) -> Option<Flow> {
+        match (&self.session, &self.to.stateless) {
+            (Some(s), _) if crate::mcp::input::may_ask(s.capabilities.as_deref(), &v["method"]) => {
+                // Its answer is routed back by `forward_answer`.
+                let down_id = format!(
+                    "dome-{}",
+                    NEXT_SERVER_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                );
+                s.server_requests
+                    .lock()
+                    .expect("server requests lock")
+                    .insert(
+                        Value::String(down_id.clone()).to_string(),
+                        (self.up.clone(), up_id),
+                    );
+                v["id"] = Value::String(down_id);
+                None
+            }
+            (None, Some((caps, _)))
+                if crate::mcp::input::declares(caps.as_deref(), &v["method"]) =>
+            {
+                Some(Flow::Ask(up_id, v.take()))
+            }
+            _ => {
+                // Nobody to ask (the caller did not declare the capability):
+                // the upstream hears so, in the terms of its era (it speaks
+                // the session era: only those upstreams ask mid-call).
+                let err = crate::mcp::input::cannot_take(&v["method"], code::METHOD_NOT_FOUND);
+                let up = self.up.clone();
+                tokio::spawn(async move {
+                    let _ = up.answer(up_id, None, Some(err)).await;
+                });
+                Some(Flow::Next)
+            }
+        }
+    }
+
+    /// The final response, for the caller: redacted, under its id, in its
+    /// era, and only once its record is durable.
+    async fn answer(&mut self, mut v: Value) -> Value {
+        let id = &self.to.id;
+        let counts = self.to.redaction.as_ref().map(|r| r.apply(&mut v));
+        v["id"] = id.clone();
+        if self.to.era != Era::Stateless && self.up.speaks_stateless() {
+            protocol::fit_to_session_era(&mut v);
+        }
+        if self.to.era == Era::Stateless
+            && v.get("result").is_some()
+            && v["result"].get("resultType").is_none()
+        {
+            v["result"]["resultType"] = "complete".into();
+        }
+        if let Some(mut c) = self.to.call.take() {
+            note_final(&mut c, &v, counts.as_ref());
+            c.bytes_out = self.bytes_out + v.to_string().len() as u64;
+            if let Err(u) = c.finish().await {
+                tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
+                v = rpc_error(id, code::AUDIT_UNAVAILABLE, u.0);
+            }
+        }
+        v
+    }
+
+    /// A stateless upstream answered a session-era caller's call
+    /// `input_required` at the end of its stream: the caller is asked on
+    /// this stream, round after round (`Gateway::fulfil`).
+    async fn ask_session(&mut self, mut v: Value) -> Flow {
+        let (Some((gw, e)), Some(s)) = (self.to.retry.clone(), self.session.clone()) else {
+            return Flow::Done;
+        };
+        let first = v["result"].take();
+        let caps = s.capabilities.as_deref();
+        if let Some(error) = crate::mcp::input::round_problem(&self.name, 1, caps, &first) {
+            let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
+            let message = error["message"].as_str().unwrap_or_default().to_string();
+            if let Some(mut c) = self.to.call.take() {
+                c.failed(code, &message);
+                let _ = c.finish().await;
+            }
+            let answer = json!({"jsonrpc": "2.0", "id": self.to.id, "error": error});
+            self.send(&answer).await;
+            return Flow::Done;
+        }
+        if let Some(mut c) = self.to.call.take() {
+            // Written as it drops; the next round has a record of its own.
+            c.outcome = Some(crate::audit::record::Outcome::InputRequired);
+        }
+        let asked = Asked {
+            session: s,
+            e,
+            method: "tools/call",
+            id: self.to.id.clone(),
+        };
+        let rounds = gw.fulfil(asked, first, self.to.redaction.clone(), self.tx.clone());
+        CTX.scope(self.ctx.clone(), rounds).await;
+        Flow::Done
+    }
+
+    /// A stateless caller's call waits for its input: parked, with the rest
+    /// of the upstream's stream, and the caller answered `input_required`.
+    async fn park(
+        mut self,
+        asks: Vec<(Value, Value)>,
+        body: crate::mcp::pool::Body,
+        parser: SseParser,
+    ) {
+        let Some((_, table)) = self.to.stateless.take() else {
+            return;
+        };
+        let bytes_out = self.bytes_out;
+        // The record is written as it drops; its caller owns the call.
+        let owner = self.to.call.take().and_then(|mut c| {
+            c.outcome = Some(crate::audit::record::Outcome::InputRequired);
             c.bytes_out = bytes_out;
+            c.caller.clone()
+        });
+        let result = table.park(crate::mcp::input::Parked {
+            upstream: self.up.clone(),
+            body,
+            parser,
+            tool: std::mem::take(&mut self.to.tool),
+            redaction: self.to.redaction.take(),
+            owner,
+            asks: asks
+                .into_iter()
+                .enumerate()
+                .map(|(i, (up_id, req))| (format!("dome-{}", i + 1), up_id, req))
+                .collect(),
+        });
+        let v = json!({"jsonrpc": "2.0", "id": self.to.id, "result": result});
+        self.send(&v).await;
+    }
+
+    /// The upstream failed the call: the caller still gets an answer, and
+    /// the record says why.
+    async fn fail(mut self, failure: String) {
+        if let Some(mut c) = self.to.call.take() {
+            c.failed(code::UPSTREAM_UNAVAILABLE, &failure);
+            c.bytes_out = self.bytes_out;
             let _ = c.finish().await;
         }
-        let e = rpc_error(&id, code::UPSTREAM_UNAVAILABLE, failure);
-        let _ = tx.send(Ok(Frame::data(sse::event(&e.to_string())))).await;
-    });
-    sse_response(rx)
+        let e = rpc_error(&self.to.id, code::UPSTREAM_UNAVAILABLE, failure);
+        self.send(&e).await;
+    }
 }

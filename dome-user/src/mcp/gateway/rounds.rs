@@ -231,14 +231,6 @@ impl Gateway {
         // The redactions of the round whose requests go out: the upstream's
         // questions are its output too.
         let mut asking = redaction;
-        let send = |v: Value| {
-            let tx = tx.clone();
-            async move {
-                tx.send(Ok(Frame::data(sse::event(&v.to_string()))))
-                    .await
-                    .is_ok()
-            }
-        };
         let mut result = first;
         // Round 1 was checked before this began (`ask_for_input`); each
         // later one is as it arrives, with its record.
@@ -247,161 +239,32 @@ impl Gateway {
             if tx.is_closed() {
                 return;
             }
-            let mut waits = Vec::new();
-            let requests = result["inputRequests"]
-                .as_object()
-                .cloned()
-                .unwrap_or_default();
-            for (key, req) in requests {
-                let down_id = format!(
-                    "dome-{}",
-                    NEXT_SERVER_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                );
-                let (otx, orx) = tokio::sync::oneshot::channel();
-                session
-                    .local_requests
-                    .lock()
-                    .expect("local requests lock")
-                    .insert(Value::String(down_id.clone()).to_string(), otx);
-                let mut msg = json!({"jsonrpc": "2.0", "id": down_id, "method": req["method"]});
-                if let Some(p) = req.get("params") {
-                    msg["params"] = p.clone();
-                }
-                if let Some(r) = &asking {
-                    r.apply_any(&mut msg);
-                }
-                if !send(msg).await {
-                    return;
-                }
-                waits.push((key, orx));
-            }
-            let mut answers = serde_json::Map::new();
-            for (key, orx) in waits {
-                let answer = tokio::select! {
-                    a = tokio::time::timeout(crate::mcp::input::ANSWER_TTL, orx) => a,
-                    _ = tx.closed() => return,
-                };
-                match answer {
-                    Ok(Ok(a)) if a.get("result").is_some() => {
-                        answers.insert(key, a["result"].clone());
-                    }
-                    Ok(Ok(a)) => {
-                        // The client refused: the call ends with its error.
-                        let mut err = a;
-                        err["id"] = id.clone();
-                        send(err).await;
-                        return;
-                    }
-                    _ => {
-                        send(rpc_error(
-                            &id,
-                            code::INVALID_REQUEST,
-                            "the client did not answer the upstream's request for input",
-                        ))
-                        .await;
-                        return;
-                    }
-                }
-            }
+            let Some(answers) = ask_client(&session, &result, asking.as_ref(), &tx, &id).await
+            else {
+                return;
+            };
             let again = with_answers(&e, method, answers, result.get("requestState"));
-            // Each round is a call upstream with a record of its own, kept
-            // here (this task answers outside any request).
-            let (forwarded, mut record) = TALLY
-                .scope(std::cell::RefCell::new(Box::default()), async {
-                    let r = if method == "tools/call" {
-                        // The first round's upstream, not its session lane.
-                        self.forward_call(&again, Some(&session), false)
-                            .await
-                            .map(|(u, r, _, red)| (u, r, red))
-                    } else {
-                        // Redacted there, as the first round was.
-                        self.forward_other(method, &again, Some(&session))
-                            .await
-                            .map(|(u, r)| (u, r, None))
-                            .map_err(Refusal::from)
-                    };
-                    (r, unstash())
-                })
-                .await;
+            let (forwarded, mut record) = self.round(method, &again, &session).await;
             let (upstream, reply, redaction) = match forwarded {
                 Ok(r) => r,
                 Err(r) => {
                     drop(record);
-                    send(r.to_rpc(&id)).await;
+                    push(&tx, &r.to_rpc(&id)).await;
                     return;
                 }
             };
-            let mut last = match reply {
-                Reply::Stream(resp) => {
-                    // Notifications pass on; the response ends the round.
-                    let mut body = resp.into_body();
-                    let mut parser = upstream.sse_parser();
-                    let mut last = None;
-                    let floor = session.log_floor.load(std::sync::atomic::Ordering::Relaxed);
-                    let mut broke = None;
-                    'read: while let Some(frame) = body.frame().await {
-                        let frame = match frame {
-                            Ok(f) => f,
-                            Err(e) => {
-                                broke = Some(e);
-                                break;
-                            }
-                        };
-                        let Some(data) = frame.data_ref() else {
-                            continue;
-                        };
-                        if parser.push(data).is_err() {
-                            break;
-                        }
-                        while let Some(ev) = parser.next_event() {
-                            let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
-                                continue;
-                            };
-                            if v.get("method").is_none() {
-                                last = Some(v);
-                                break 'read;
-                            }
-                            if !admits_log(&v, Some(floor)) {
-                                continue;
-                            }
-                            if let Some(r) = &redaction {
-                                let counts = r.apply_any(&mut v);
-                                if let Some(c) = record.as_mut() {
-                                    c.add_redactions(&counts);
-                                }
-                            }
-                            if !send(v).await {
-                                return;
-                            }
-                        }
-                    }
-                    match last {
-                        Some(v) => v,
-                        None => {
-                            // Quiet past its idle timeout, it timed out.
-                            let why = match broke {
-                                Some(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
-                                    "{}: {e}",
-                                    crate::mcp::upstream::stream_error(upstream.name(), &e)
-                                ),
-                                _ => format!("upstream `{}` broke the stream", upstream.name()),
-                            };
-                            send(rpc_error(&id, code::UPSTREAM_UNAVAILABLE, why)).await;
-                            return;
-                        }
-                    }
-                }
-                Reply::Json(v) => v,
-                Reply::Raw(b) => serde_json::from_slice(&b).unwrap_or_else(|_| {
-                    rpc_error(
-                        &id,
-                        code::UPSTREAM_UNAVAILABLE,
-                        format!(
-                            "upstream `{}` sent something that is not JSON",
-                            upstream.name()
-                        ),
-                    )
-                }),
+            let Some(mut last) = read_round(
+                &upstream,
+                reply,
+                &session,
+                redaction.as_ref(),
+                &mut record,
+                &tx,
+                &id,
+            )
+            .await
+            else {
+                return;
             };
             if crate::mcp::input::is_input_required(&last) {
                 round += 1;
@@ -416,7 +279,7 @@ impl Gateway {
                         c.failed(code, &message);
                         let _ = c.finish().await;
                     }
-                    send(json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+                    push(&tx, &json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
                     return;
                 }
                 if let Some(c) = record.as_mut() {
@@ -426,7 +289,6 @@ impl Gateway {
                 asking = redaction;
                 continue;
             }
-
             let counts = redaction.as_ref().map(|r| r.apply(&mut last));
             last["id"] = id.clone();
             protocol::fit_to_session_era(&mut last);
@@ -437,8 +299,191 @@ impl Gateway {
                     last = rpc_error(&id, code::AUDIT_UNAVAILABLE, u.0);
                 }
             }
-            send(last).await;
+            push(&tx, &last).await;
             return;
         }
     }
+
+    /// One round's call upstream, with the answers in `again`, and its
+    /// record, kept here (this task answers outside any request).
+    async fn round(
+        &self,
+        method: &'static str,
+        again: &Envelope,
+        session: &Arc<Session>,
+    ) -> (
+        Result<(Arc<Upstream>, Reply, Option<Redaction>), Refusal>,
+        Option<Call>,
+    ) {
+        TALLY
+            .scope(std::cell::RefCell::new(Box::default()), async {
+                let r = if method == "tools/call" {
+                    // The first round's upstream, not its session lane.
+                    self.forward_call(again, Some(session), false)
+                        .await
+                        .map(|(u, r, _, red)| (u, r, red))
+                } else {
+                    // Redacted there, as the first round was.
+                    self.forward_other(method, again, Some(session))
+                        .await
+                        .map(|(u, r)| (u, r, None))
+                        .map_err(Refusal::from)
+                };
+                (r, unstash())
+            })
+            .await
+    }
+}
+
+/// Sends one message on a caller's stream; false once it went away.
+async fn push(tx: &Push, v: &Value) -> bool {
+    tx.send(Ok(Frame::data(sse::event(&v.to_string()))))
+        .await
+        .is_ok()
+}
+
+/// Puts one round's requests (`result`'s `inputRequests`) to the client
+/// under ids of Dome's and waits for every answer: the answers by key, or
+/// `None` once the call is over (the client went away, refused, or did
+/// not answer; it was told why).
+async fn ask_client(
+    session: &Arc<Session>,
+    result: &Value,
+    asking: Option<&Redaction>,
+    tx: &Push,
+    id: &Value,
+) -> Option<serde_json::Map<String, Value>> {
+    let mut waits = Vec::new();
+    let requests = result["inputRequests"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    for (key, req) in requests {
+        let down_id = format!(
+            "dome-{}",
+            NEXT_SERVER_REQUEST.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (otx, orx) = tokio::sync::oneshot::channel();
+        session
+            .local_requests
+            .lock()
+            .expect("local requests lock")
+            .insert(Value::String(down_id.clone()).to_string(), otx);
+        let mut msg = json!({"jsonrpc": "2.0", "id": down_id, "method": req["method"]});
+        if let Some(p) = req.get("params") {
+            msg["params"] = p.clone();
+        }
+        if let Some(r) = asking {
+            r.apply_any(&mut msg);
+        }
+        if !push(tx, &msg).await {
+            return None;
+        }
+        waits.push((key, orx));
+    }
+    let mut answers = serde_json::Map::new();
+    for (key, orx) in waits {
+        let answer = tokio::select! {
+            a = tokio::time::timeout(crate::mcp::input::ANSWER_TTL, orx) => a,
+            _ = tx.closed() => return None,
+        };
+        match answer {
+            Ok(Ok(a)) if a.get("result").is_some() => {
+                answers.insert(key, a["result"].clone());
+            }
+            Ok(Ok(a)) => {
+                // The client refused: the call ends with its error.
+                let mut err = a;
+                err["id"] = id.clone();
+                push(tx, &err).await;
+                return None;
+            }
+            _ => {
+                let why = "the client did not answer the upstream's request for input";
+                push(tx, &rpc_error(id, code::INVALID_REQUEST, why)).await;
+                return None;
+            }
+        }
+    }
+    Some(answers)
+}
+
+/// A round's reply read to its response. On a stream, notifications pass
+/// on to the client (at its log level, redacted) and the response ends the
+/// round. `None` once the call is over (the client went away, or the
+/// upstream broke the stream, which the client was told).
+async fn read_round(
+    upstream: &Upstream,
+    reply: Reply,
+    session: &Arc<Session>,
+    redaction: Option<&Redaction>,
+    record: &mut Option<Call>,
+    tx: &Push,
+    id: &Value,
+) -> Option<Value> {
+    let resp = match reply {
+        Reply::Stream(resp) => resp,
+        Reply::Json(v) => return Some(v),
+        Reply::Raw(b) => {
+            return Some(serde_json::from_slice(&b).unwrap_or_else(|_| {
+                let why = format!(
+                    "upstream `{}` sent something that is not JSON",
+                    upstream.name()
+                );
+                rpc_error(id, code::UPSTREAM_UNAVAILABLE, why)
+            }));
+        }
+    };
+    let mut body = resp.into_body();
+    let mut parser = upstream.sse_parser();
+    let floor = session.log_floor.load(std::sync::atomic::Ordering::Relaxed);
+    let mut broke = None;
+    'read: while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                broke = Some(e);
+                break;
+            }
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        if parser.push(data).is_err() {
+            break;
+        }
+        while let Some(ev) = parser.next_event() {
+            let Ok(mut v) = serde_json::from_str::<Value>(&ev) else {
+                continue;
+            };
+            if v.get("method").is_none() {
+                return Some(v);
+            }
+            if !admits_log(&v, Some(floor)) {
+                continue;
+            }
+            if let Some(r) = redaction {
+                let counts = r.apply_any(&mut v);
+                if let Some(c) = record.as_mut() {
+                    c.add_redactions(&counts);
+                }
+            }
+            if !push(tx, &v).await {
+                break 'read;
+            }
+        }
+    }
+    if tx.is_closed() {
+        return None;
+    }
+    // Quiet past its idle timeout, it timed out.
+    let why = match broke {
+        Some(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
+            "{}: {e}",
+            crate::mcp::upstream::stream_error(upstream.name(), &e)
+        ),
+        _ => format!("upstream `{}` broke the stream", upstream.name()),
+    };
+    push(tx, &rpc_error(id, code::UPSTREAM_UNAVAILABLE, why)).await;
+    None
 }
