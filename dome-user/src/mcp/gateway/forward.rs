@@ -126,76 +126,13 @@ impl Gateway {
         session: Option<&Arc<Session>>,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply), (i64, String)> {
-        let mut params: Value = e
-            .params
-            .as_deref()
-            .and_then(|p| serde_json::from_str(p).ok())
-            .unwrap_or_else(|| json!({}));
-        // The caller's era envelope stays here (the upstream client adds
-        // its own), and so does Dome's namespace (upstreams trust it).
-        if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
-            meta.retain(|k, _| {
-                !k.starts_with("io.modelcontextprotocol/")
-                    && !k.starts_with(protocol::META_DOME_PREFIX)
-            });
-        }
-        let (kind, key, field): (Kind, Option<String>, Option<&str>) = match method {
-            "prompts/get" => (
-                Kind::Prompts,
-                params["name"].as_str().map(str::to_string),
-                Some("name"),
-            ),
-            "completion/complete" => match params["ref"]["type"].as_str() {
-                Some("ref/prompt") => (
-                    Kind::Prompts,
-                    params["ref"]["name"].as_str().map(str::to_string),
-                    None,
-                ),
-                Some("ref/resource") => (
-                    Kind::Templates,
-                    params["ref"]["uri"].as_str().map(str::to_string),
-                    None,
-                ),
-                // Any other type was judged by its `uri` and forwarded with
-                // its `name`, which the upstream may read instead.
-                _ => {
-                    return Err((
-                        code::INVALID_PARAMS,
-                        "completion/complete needs ref.type \"ref/prompt\" or \"ref/resource\""
-                            .to_string(),
-                    ));
-                }
-            },
-            _ => (
-                Kind::Resources,
-                params["uri"].as_str().map(str::to_string),
-                None,
-            ),
-        };
-        let Some(key) = key else {
-            return Err((
-                code::INVALID_PARAMS,
-                format!("{method} needs the name or URI of what it asks for"),
-            ));
-        };
-        // A completion's reference is not the envelope's name: capped here
-        // (a 1 MB `ref.uri` was stored in every record of the call).
-        if key.len() > MAX_NAME_BYTES {
-            return Err((
-                code::INVALID_PARAMS,
-                format!("the name is longer than {MAX_NAME_BYTES} bytes"),
-            ));
-        }
+        let OtherTarget {
+            mut params,
+            kind,
+            key,
+            field,
+        } = other_target(method, e)?;
         call.name = Some(key.as_str().into());
-        if params
-            .get("arguments")
-            .is_some_and(|a| !a.is_object() && !a.is_null())
-        {
-            return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()));
-        }
-        if let Some(why) = uri_problem(kind, &key) {
-            return Err((code::INVALID_PARAMS, why));
-        }
         // Phase: budget, the agent's: prompts, resources and completions
         // count like tool calls (they were free). A session's caller is
         // the session's (a round of input runs outside the request).
@@ -211,38 +148,9 @@ impl Gateway {
             .map_err(|r| (r.code, r.message))?;
         }
         // The upstream's own name for a prompt (a URI is never renamed).
-        let mut original: Option<Arc<str>> = None;
-        let upstream = match kind {
-            Kind::Resources | Kind::Templates => {
-                let direct = if kind == Kind::Resources {
-                    self.lookup(Kind::Resources, &key).await
-                } else {
-                    None
-                };
-                match direct {
-                    Some(r) => Some(r.upstream),
-                    None => {
-                        let mut t = self.current(Kind::Templates);
-                        if catalog::template_route(&t, &key).is_none() {
-                            t = self.refresh_for_client(Kind::Templates).await;
-                        }
-                        catalog::template_route(&t, &key)
-                            .or_else(|| t.routes.get(&key).map(|r| r.upstream))
-                    }
-                }
-            }
-            _ => self.lookup(kind, &key).await.map(|r| {
-                match (field, method) {
-                    (Some(f), _) => params[f] = Value::from(&*r.original),
-                    (None, "completion/complete") => {
-                        params["ref"]["name"] = Value::from(&*r.original)
-                    }
-                    _ => {}
-                }
-                original = Some(r.original.clone());
-                r.upstream
-            }),
-        };
+        let (upstream, original) = self
+            .route_other(method, kind, &key, field, &mut params)
+            .await;
         let Some(index) = upstream else {
             self.strike_caller(caller.as_ref(), "unknown name");
             return Err((
@@ -297,15 +205,8 @@ impl Gateway {
         };
         // A stateless upstream is told what the caller can answer, as for
         // a tool call: it may ask for input on a prompt or a read too.
-        if upstream.speaks_stateless()
-            && let Some(c) =
-                caller_capabilities(e, session).and_then(|c| serde_json::from_str::<Value>(c).ok())
-            && let Some(p) = params.as_object_mut()
-        {
-            let meta = p.entry("_meta").or_insert_with(|| json!({}));
-            if let Some(m) = meta.as_object_mut() {
-                m.insert(protocol::META_CLIENT_CAPABILITIES.into(), c);
-            }
+        if upstream.speaks_stateless() {
+            tell_capabilities(&mut params, caller_capabilities(e, session));
         }
         let start = Instant::now();
         let vouched = assertion
@@ -327,6 +228,70 @@ impl Gateway {
         };
         let reply = redacted(reply, redaction.as_ref(), upstream.name(), Some(call))?;
         Ok((upstream, reply))
+    }
+
+    /// The upstream serving a prompt, resource or completion `key` of
+    /// `kind`, and the upstream's own name for it, written into `params`
+    /// (a URI is never renamed; a resource no listing names goes to the
+    /// upstream whose template matches it).
+    async fn route_other(
+        &self,
+        method: &str,
+        kind: Kind,
+        key: &str,
+        field: Option<&str>,
+        params: &mut Value,
+    ) -> (Option<usize>, Option<Arc<str>>) {
+        if matches!(kind, Kind::Resources | Kind::Templates) {
+            if kind == Kind::Resources
+                && let Some(r) = self.lookup(Kind::Resources, key).await
+            {
+                return (Some(r.upstream), None);
+            }
+            let mut t = self.current(Kind::Templates);
+            if catalog::template_route(&t, key).is_none() {
+                t = self.refresh_for_client(Kind::Templates).await;
+            }
+            let index =
+                catalog::template_route(&t, key).or_else(|| t.routes.get(key).map(|r| r.upstream));
+            return (index, None);
+        }
+        let Some(r) = self.lookup(kind, key).await else {
+            return (None, None);
+        };
+        match (field, method) {
+            (Some(f), _) => params[f] = Value::from(&*r.original),
+            (None, "completion/complete") => params["ref"]["name"] = Value::from(&*r.original),
+            _ => {}
+        }
+        (Some(r.upstream), Some(r.original.clone()))
+    }
+
+    /// Phase: budget, the agent's for tool `name` (the allowing rule's,
+    /// `by_rule`, replaces the configured one) and the tenant's. Refused
+    /// here, the call gives back what it took of the agent's: it is refused
+    /// for this tool or tenant, not for all.
+    fn take_tool_budgets(
+        &self,
+        c: &Caller,
+        name: &str,
+        by_rule: Option<crate::identity::budget::Rate>,
+        call: &mut Call,
+    ) -> Result<(), Refusal> {
+        let by_rule =
+            by_rule.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
+        let tool = by_rule
+            .as_deref()
+            .or_else(|| c.agent.budgets.tools.get(name));
+        let levels = [
+            ("agent x tool", tool),
+            ("tenant", c.tenant.budget.as_deref()),
+        ];
+        self.take_budget(c, call, levels).inspect_err(|_| {
+            if let Some(b) = &c.agent.budgets.agent {
+                b.give_back();
+            }
+        })
     }
 
     /// Passes a client's answer to a relayed upstream request back to the
@@ -589,24 +554,7 @@ impl Gateway {
         session_lane: bool,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
-        if let Some(a) = &e.arguments {
-            call.digest_args(a);
-            // Arguments are an object (or absent): a string or an array
-            // holding the same members got past every argument condition.
-            if !arguments_ok(a) {
-                return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()).into());
-            }
-        }
-        let Some(name) = e.name.as_deref() else {
-            return Err((
-                code::INVALID_PARAMS,
-                "tools/call needs params.name".to_string(),
-            )
-                .into());
-        };
-        // What the call asked for is in its record whatever becomes of it
-        // (capped, like every caller-controlled field: `bad_caller_field`).
-        call.name = Some(name.into());
+        let name = tool_named(e, call)?;
         // A session's caller authenticated when it opened the session (a
         // task that outlives the request, like a round of client input,
         // finds it there).
@@ -659,21 +607,7 @@ impl Gateway {
         // call gives back what it took of the agent's: it is refused for
         // this tool or tenant, not for all.
         if let Some(c) = &caller {
-            let by_rule =
-                budget.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
-            let tool = by_rule
-                .as_deref()
-                .or_else(|| c.agent.budgets.tools.get(name));
-            let levels = [
-                ("agent x tool", tool),
-                ("tenant", c.tenant.budget.as_deref()),
-            ];
-            if let Err(refusal) = self.take_budget(c, call, levels) {
-                if let Some(b) = &c.agent.budgets.agent {
-                    b.give_back();
-                }
-                return Err(refusal);
-            }
+            self.take_tool_budgets(c, name, budget, call)?;
         }
         if session_lane {
             // Spoken to in the caller's era where it speaks both (after the
@@ -689,26 +623,9 @@ impl Gateway {
             None => None,
         };
         let uid = upstream.allocate_id();
-        let guard = match (session, &e.id) {
-            (Some(s), Some(client_id)) => {
-                let key = client_id.to_string();
-                let cancelled = Arc::new(tokio::sync::Notify::new());
-                s.inflight.lock().expect("inflight lock").insert(
-                    key.clone(),
-                    InflightCall {
-                        upstream: upstream.clone(),
-                        uid,
-                        cancelled: cancelled.clone(),
-                    },
-                );
-                Some(Inflight {
-                    session: s.clone(),
-                    key,
-                    cancelled,
-                })
-            }
-            _ => None,
-        };
+        let guard = session
+            .zip(e.id.as_ref())
+            .map(|(s, client_id)| in_flight(s, client_id, &upstream, uid));
         let start = Instant::now();
         // The caller's era envelope stays here (the envelope parser left it
         // out of `meta_entries`); the upstream client adds its own.
@@ -744,13 +661,154 @@ impl Gateway {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
-                Err(Refusal {
-                    code: e.code(),
-                    message: e.to_string(),
-                    // An agent over its share retries once one of its calls is answered.
-                    retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
-                })
+                Err(Refusal::from_upstream(&e))
             }
         }
     }
+}
+
+/// What a prompt, resource or completion request names, read and checked:
+/// its params (the caller's era envelope and Dome's namespace taken out),
+/// the catalog it is looked up in, its name or URI, and the params field
+/// that carries the name (renamed to the upstream's own).
+fn other_target(method: &str, e: &Envelope) -> Result<OtherTarget, (i64, String)> {
+    let mut params: Value = e
+        .params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_else(|| json!({}));
+    // The caller's era envelope stays here (the upstream client adds
+    // its own), and so does Dome's namespace (upstreams trust it).
+    if let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| {
+            !k.starts_with("io.modelcontextprotocol/") && !k.starts_with(protocol::META_DOME_PREFIX)
+        });
+    }
+    let (kind, key, field): (Kind, Option<String>, Option<&'static str>) = match method {
+        "prompts/get" => (
+            Kind::Prompts,
+            params["name"].as_str().map(str::to_string),
+            Some("name"),
+        ),
+        "completion/complete" => match params["ref"]["type"].as_str() {
+            Some("ref/prompt") => (
+                Kind::Prompts,
+                params["ref"]["name"].as_str().map(str::to_string),
+                None,
+            ),
+            Some("ref/resource") => (
+                Kind::Templates,
+                params["ref"]["uri"].as_str().map(str::to_string),
+                None,
+            ),
+            // Any other type was judged by its `uri` and forwarded with
+            // its `name`, which the upstream may read instead.
+            _ => {
+                return Err((
+                    code::INVALID_PARAMS,
+                    "completion/complete needs ref.type \"ref/prompt\" or \"ref/resource\""
+                        .to_string(),
+                ));
+            }
+        },
+        _ => (
+            Kind::Resources,
+            params["uri"].as_str().map(str::to_string),
+            None,
+        ),
+    };
+    let Some(key) = key else {
+        return Err((
+            code::INVALID_PARAMS,
+            format!("{method} needs the name or URI of what it asks for"),
+        ));
+    };
+    // A completion's reference is not the envelope's name: capped here
+    // (a 1 MB `ref.uri` was stored in every record of the call).
+    if key.len() > MAX_NAME_BYTES {
+        return Err((
+            code::INVALID_PARAMS,
+            format!("the name is longer than {MAX_NAME_BYTES} bytes"),
+        ));
+    }
+    if params
+        .get("arguments")
+        .is_some_and(|a| !a.is_object() && !a.is_null())
+    {
+        return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()));
+    }
+    if let Some(why) = uri_problem(kind, &key) {
+        return Err((code::INVALID_PARAMS, why));
+    }
+    Ok(OtherTarget {
+        params,
+        kind,
+        key,
+        field,
+    })
+}
+
+/// What a prompt, resource or completion request names (`other_target`).
+struct OtherTarget {
+    params: Value,
+    kind: Kind,
+    key: String,
+    /// The params field carrying the name, if the name is renamed there.
+    field: Option<&'static str>,
+}
+
+/// Tells a stateless upstream, in `params._meta`, the capabilities the
+/// caller declared (JSON text).
+fn tell_capabilities(params: &mut Value, caps: Option<&str>) {
+    let Some(c) = caps.and_then(|c| serde_json::from_str::<Value>(c).ok()) else {
+        return;
+    };
+    if let Some(p) = params.as_object_mut()
+        && let Some(m) = p
+            .entry("_meta")
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+    {
+        m.insert(protocol::META_CLIENT_CAPABILITIES.into(), c);
+    }
+}
+
+/// A session's call in flight on `upstream` under `uid`, so the client can
+/// cancel it by its own id; the guard takes it off when the call ends.
+fn in_flight(s: &Arc<Session>, client_id: &Value, upstream: &Arc<Upstream>, uid: u64) -> Inflight {
+    let key = client_id.to_string();
+    let cancelled = Arc::new(tokio::sync::Notify::new());
+    s.inflight.lock().expect("inflight lock").insert(
+        key.clone(),
+        InflightCall {
+            upstream: upstream.clone(),
+            uid,
+            cancelled: cancelled.clone(),
+        },
+    );
+    Inflight {
+        session: s.clone(),
+        key,
+        cancelled,
+    }
+}
+
+/// The tool a call names, its arguments checked and digested into its
+/// record, and the name recorded whatever becomes of the call (capped, like
+/// every caller-controlled field: `bad_caller_field`).
+fn tool_named<'e>(e: &'e Envelope, call: &mut Call) -> Result<&'e str, Refusal> {
+    if let Some(a) = &e.arguments {
+        call.digest_args(a);
+        // Arguments are an object (or absent): a string or an array
+        // holding the same members got past every argument condition.
+        if !arguments_ok(a) {
+            return Err((code::INVALID_PARAMS, ARGUMENTS_RULE.to_string()).into());
+        }
+    }
+    let Some(name) = e.name.as_deref() else {
+        let why = "tools/call needs params.name".to_string();
+        return Err((code::INVALID_PARAMS, why).into());
+    };
+    call.name = Some(name.into());
+    Ok(name)
 }

@@ -4,6 +4,56 @@
 use super::*;
 
 impl Gateway {
+    /// A page of a `*/list`: visibility equals authorization, so a caller
+    /// sees the tools, prompts, resources and templates some policy rule
+    /// could allow it to use (resources and prompts were listed to anyone
+    /// before). A cursor is tied to the list's version.
+    pub(super) async fn list(&self, kind: Kind, e: &Envelope) -> Result<Value, (i64, String)> {
+        let cursor = e.cursor.as_deref();
+        let cat = match cursor {
+            None => self.refresh_for_client(kind).await,
+            Some(_) => self.current(kind),
+        };
+        let caller = current_caller();
+        let policy = &self.identity.policy;
+        let policy_kind = match kind {
+            Kind::Tools => "tool",
+            Kind::Prompts => "prompt",
+            Kind::Resources | Kind::Templates => "resource",
+        };
+        let visible: Vec<&Value> = cat
+            .items
+            .iter()
+            .filter(|t| {
+                let name = t[kind.key()].as_str().unwrap_or_default();
+                let route = cat.routes.get(name);
+                let upstream = route
+                    .and_then(|r| self.upstreams.get(r.upstream))
+                    .map(|u| u.name());
+                policy.could_allow(&crate::policy::compile::Request {
+                    upstream_tool: route.map(|r| &*r.original),
+                    ..policy_request(caller.as_ref(), policy_kind, name, upstream, None, None)
+                })
+            })
+            .collect();
+        let offset = match cursor.map(catalog::parse_cursor) {
+            None => 0,
+            Some(Some((v, o))) if v == cat.version && o <= visible.len() => o,
+            Some(_) => {
+                return Err((
+                    code::INVALID_PARAMS,
+                    "invalid or stale cursor: the list changed; list again from the start".into(),
+                ));
+            }
+        };
+        let end = (offset + self.config.page_size.max(1)).min(visible.len());
+        let mut result = json!({ kind.field(): &visible[offset..end] });
+        if end < visible.len() {
+            result["nextCursor"] = catalog::cursor(cat.version, end).into();
+        }
+        Ok(result)
+    }
+
     /// Answers a request that needs no streaming (also used for batches).
     pub(super) async fn answer(
         &self,
@@ -51,64 +101,10 @@ impl Gateway {
                 // Where clients since spec PR #3002 look; the body's copy is for older ones.
                 "_meta": {protocol::META_SERVER_INFO: protocol::implementation()},
             })),
-            m if Kind::of_method(m).is_some() => {
-                let kind = Kind::of_method(m).expect("matched");
-                let cursor = e.cursor.as_deref();
-                let cat = match cursor {
-                    None => self.refresh_for_client(kind).await,
-                    Some(_) => self.current(kind),
-                };
-                // Visibility equals authorization: a caller sees the tools,
-                // prompts, resources and templates some policy rule could
-                // allow it to use (resources and prompts were listed to
-                // anyone before).
-                let caller = current_caller();
-                let policy = &self.identity.policy;
-                let policy_kind = match kind {
-                    Kind::Tools => "tool",
-                    Kind::Prompts => "prompt",
-                    Kind::Resources | Kind::Templates => "resource",
-                };
-                let visible: Vec<&Value> = cat
-                    .items
-                    .iter()
-                    .filter(|t| {
-                        let name = t[kind.key()].as_str().unwrap_or_default();
-                        let route = cat.routes.get(name);
-                        let upstream = route
-                            .and_then(|r| self.upstreams.get(r.upstream))
-                            .map(|u| u.name());
-                        policy.could_allow(&crate::policy::compile::Request {
-                            upstream_tool: route.map(|r| &*r.original),
-                            ..policy_request(
-                                caller.as_ref(),
-                                policy_kind,
-                                name,
-                                upstream,
-                                None,
-                                None,
-                            )
-                        })
-                    })
-                    .collect();
-                let offset = match cursor.map(catalog::parse_cursor) {
-                    None => 0,
-                    Some(Some((v, o))) if v == cat.version && o <= visible.len() => o,
-                    Some(_) => {
-                        return err(
-                            code::INVALID_PARAMS,
-                            "invalid or stale cursor: the list changed; list again from the start"
-                                .into(),
-                        );
-                    }
-                };
-                let end = (offset + self.config.page_size.max(1)).min(visible.len());
-                let mut result = json!({ kind.field(): &visible[offset..end] });
-                if end < visible.len() {
-                    result["nextCursor"] = catalog::cursor(cat.version, end).into();
-                }
-                ok(result)
-            }
+            m if let Some(kind) = Kind::of_method(m) => match self.list(kind, e).await {
+                Ok(result) => ok(result),
+                Err((c, m)) => err(c, m),
+            },
             "prompts/get"
             | "resources/read"
             | "completion/complete"
@@ -136,64 +132,83 @@ impl Gateway {
                 Ok(_) => ok(json!({})),
                 Err(m) => err(code::INVALID_PARAMS, m),
             },
-            // No event stream here (a batch), so no session lane: a
-            // dual-era upstream asking mid-call would have no one to ask,
-            // where its `input_required` is refused with a reason.
-            "tools/call" => match self.forward_call(e, session, false).await {
-                Err(r) => {
-                    let status = if era == Era::Stateless {
-                        stateless_status(r.code)
-                    } else {
-                        StatusCode::OK
-                    };
-                    (status, r.to_rpc(&id))
-                }
-                Ok((upstream, Reply::Stream(st), _, redaction)) => {
-                    match crate::mcp::upstream::first_response(&upstream, st).await {
-                        Ok(mut v) => {
-                            if let Some(r) = &redaction {
-                                let counts = r.apply(&mut v);
-                                with_call(|c| c.add_redactions(&counts));
-                            }
-                            if v["result"]["isError"] == true {
-                                with_call(|c| {
-                                    c.outcome = Some(crate::audit::record::Outcome::ToolError)
-                                });
-                            }
-                            v["id"] = id.clone();
-                            if era != Era::Stateless && crate::mcp::input::is_input_required(&v) {
-                                with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
-                                return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
-                            }
-                            if era != Era::Stateless && upstream.speaks_stateless() {
-                                protocol::fit_to_session_era(&mut v);
-                            }
-                            (StatusCode::OK, v)
-                        }
-                        Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
-                    }
-                }
-                Ok((_, reply, _, _))
-                    if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
-                {
-                    with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
-                    err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
-                }
-                Ok((upstream, reply, _, redaction)) => {
-                    match redacted(reply, redaction.as_ref(), upstream.name(), None)
-                        .and_then(|reply| readdress(era, &upstream, &id, reply, method))
-                    {
-                        Ok((status, text, _)) => {
-                            if let Some(o) = result_outcome(&text) {
-                                with_call(|c| c.outcome = Some(o));
-                            }
-                            (status, serde_json::from_slice(&text).unwrap_or_default())
-                        }
-                        Err((c, m)) => err(c, m),
-                    }
-                }
-            },
+            "tools/call" => self.answer_call(session, era, id, e).await,
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
+        }
+    }
+
+    /// A `tools/call` answered as one JSON body (a batch: no event stream,
+    /// so no session lane either; a dual-era upstream asking mid-call would
+    /// have no one to ask, where its `input_required` is refused with a
+    /// reason).
+    async fn answer_call(
+        &self,
+        session: Option<&Arc<Session>>,
+        era: Era,
+        id: Value,
+        e: &Envelope,
+    ) -> (StatusCode, Value) {
+        let err = |c: i64, m: String| {
+            let status = if era == Era::Stateless {
+                stateless_status(c)
+            } else {
+                StatusCode::OK
+            };
+            (status, rpc_error(&id, c, m))
+        };
+        match self.forward_call(e, session, false).await {
+            Err(r) => {
+                let status = if era == Era::Stateless {
+                    stateless_status(r.code)
+                } else {
+                    StatusCode::OK
+                };
+                (status, r.to_rpc(&id))
+            }
+            Ok((upstream, Reply::Stream(st), _, redaction)) => {
+                match crate::mcp::upstream::first_response(&upstream, st).await {
+                    Ok(mut v) => {
+                        if let Some(r) = &redaction {
+                            let counts = r.apply(&mut v);
+                            with_call(|c| c.add_redactions(&counts));
+                        }
+                        if v["result"]["isError"] == true {
+                            with_call(|c| {
+                                c.outcome = Some(crate::audit::record::Outcome::ToolError)
+                            });
+                        }
+                        v["id"] = id.clone();
+                        if era != Era::Stateless && crate::mcp::input::is_input_required(&v) {
+                            with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                            return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
+                        }
+                        if era != Era::Stateless && upstream.speaks_stateless() {
+                            protocol::fit_to_session_era(&mut v);
+                        }
+                        (StatusCode::OK, v)
+                    }
+                    Err(e) => err(code::UPSTREAM_UNAVAILABLE, e.to_string()),
+                }
+            }
+            Ok((_, reply, _, _))
+                if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
+            {
+                with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
+            }
+            Ok((upstream, reply, _, redaction)) => {
+                match redacted(reply, redaction.as_ref(), upstream.name(), None)
+                    .and_then(|reply| readdress(era, &upstream, &id, reply, "tools/call"))
+                {
+                    Ok((status, text, _)) => {
+                        if let Some(o) = result_outcome(&text) {
+                            with_call(|c| c.outcome = Some(o));
+                        }
+                        (status, serde_json::from_slice(&text).unwrap_or_default())
+                    }
+                    Err((c, m)) => err(c, m),
+                }
+            }
         }
     }
 

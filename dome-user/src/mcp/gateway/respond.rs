@@ -231,6 +231,16 @@ impl From<(i64, String)> for Refusal {
 }
 
 impl Refusal {
+    /// An upstream's failure of a call, as the caller hears it.
+    pub(super) fn from_upstream(e: &crate::mcp::upstream::UpstreamError) -> Self {
+        Refusal {
+            code: e.code(),
+            message: e.to_string(),
+            // An agent over its share retries once one of its calls is answered.
+            retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
+        }
+    }
+
     pub(super) fn to_rpc(&self, id: &Value) -> Value {
         let mut v = rpc_error(id, self.code, self.message.clone());
         if let Some(ms) = self.retry_after_ms {
