@@ -5,8 +5,8 @@
 //!
 //! A request's path, file by file:
 //! - `endpoint`: routing, authentication and the connection's kernel
-//!   binding; the era ladder of the headers; POST, GET, DELETE, batches
-//!   and `initialize`.
+//!   binding, GET and DELETE; `post`: the body, the message's checks, the
+//!   era ladder of the headers, batches and `initialize`.
 //! - `methods`: what each JSON-RPC method gets, by era: Dome's own answers
 //!   (lists, discover, ping, levels) or forwarding.
 //! - `forward`: phases of a forwarded call in order — its audit record
@@ -61,6 +61,7 @@ mod endpoint;
 mod exchange;
 mod forward;
 mod methods;
+mod post;
 mod redaction;
 mod relay;
 mod respond;
@@ -70,6 +71,7 @@ mod sessions;
 mod subscriptions;
 
 use exchange::*;
+use post::accepts;
 use redaction::*;
 use relay::*;
 use respond::*;
@@ -474,7 +476,7 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::endpoint::{accepts, stateless_ladder};
+    use super::post::{accepts, stateless_ladder};
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
