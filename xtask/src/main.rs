@@ -314,6 +314,72 @@ fn setup(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Crates that do I/O (or run it): none may be a normal dependency of
+/// `dome-core`, the decisions.
+const NOT_IN_CORE: [&str; 7] = ["tokio", "hyper", "aya", "redb", "mio", "socket2", "rustls"];
+/// What `dome-core`'s source may not name: files, sockets, processes, the
+/// environment, or a clock of its own (time is an argument).
+const NOT_IN_CORE_SOURCE: [&str; 7] = [
+    "std::fs",
+    "std::net",
+    "std::process",
+    "std::env",
+    "Instant::now",
+    "SystemTime::now",
+    "thread::sleep",
+];
+
+/// `dome-core` does no I/O: no I/O crate among its normal dependencies
+/// (`cargo tree -p dome-core -e normal`), none of `std`'s I/O in its source.
+fn core_is_pure(root: &Path) -> Result<()> {
+    let tree = output(cargo_cmd(root).args([
+        "tree",
+        "-p",
+        "dome-core",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ]))?;
+    let crates: Vec<&str> = tree
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let found: Vec<&str> = NOT_IN_CORE
+        .iter()
+        .copied()
+        .filter(|c| crates.contains(c))
+        .collect();
+    if !found.is_empty() {
+        bail!(
+            "dome-core depends on {}: the decisions must do no I/O",
+            found.join(", ")
+        );
+    }
+    let mut named = Vec::new();
+    let mut dirs = vec![root.join("dome-core/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path)?;
+                for word in NOT_IN_CORE_SOURCE {
+                    if text.contains(word) {
+                        named.push(format!("{} names {word}", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    if !named.is_empty() {
+        bail!("dome-core must do no I/O: {}", named.join("; "));
+    }
+    println!("dome-core: no I/O crate among its dependencies, none of std's I/O in its source");
+    Ok(())
+}
+
 /// A component of the toolchain building user space (`rustfmt`, `clippy`),
 /// added when missing (a minimal profile has neither).
 fn ensure_component(name: &str) -> Result<()> {
@@ -439,6 +505,7 @@ fn test(root: &Path) -> Result<()> {
     ensure_component("rustfmt")?;
     cargo(root, &["fmt", "--all", "--", "--check"])
         .context("the tree is not formatted: run `cargo fmt --all`")?;
+    core_is_pure(root)?;
     let mut args = vec!["test", "--workspace", "--exclude", "dome-ebpf"];
     let root_user = is_root();
     if root_user {

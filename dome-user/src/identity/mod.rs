@@ -5,7 +5,8 @@
 pub mod apikey;
 pub mod assertion;
 pub mod authn;
-pub mod budget;
+/// Call budgets (GCRA), `dome_core`'s: no I/O, the clock an argument.
+pub use dome_core::budget;
 pub mod config;
 pub mod escalation;
 pub mod jwt;

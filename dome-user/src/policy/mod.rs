@@ -1,19 +1,12 @@
 //! Policy: which calls are allowed, for whom, with which arguments and
-//! intent, and with which obligations. `lang` is the language as written,
-//! `compile` turns it into tables and evaluates calls, `reference` is a
-//! plain interpreter that checks the tables.
-//!
-//! Not yet wired into the gateway (see the issue notes): the decide phase,
-//! `tools/list` filtering, redaction and the version lifecycle come next.
+//! intent, and with which obligations. The language, the compiler, the
+//! reference interpreter and redaction are `dome_core::policy` (no I/O);
+//! this shell reads policy folders (`read_dir`, `load`), runs their test
+//! cases, and keeps the versions Dome activated (`store`).
 
-pub mod compile;
-pub mod lang;
-pub mod redact;
-pub mod reference;
+// The decisions are `dome_core`'s (no I/O); here, where they always were.
+pub use dome_core::policy::{compile, lang, redact, reference};
 pub mod store;
-
-#[cfg(test)]
-mod tests;
 
 use std::path::Path;
 

@@ -775,7 +775,7 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
     let mut files = Vec::new();
     for (name, text) in sources {
         let at = |offset: usize, field: String, reason: String| {
-            let (line, _) = crate::config::line_col(text, offset);
+            let (line, _) = crate::diag::line_col(text, offset);
             PolicyError {
                 file: name.clone(),
                 line,
@@ -791,10 +791,10 @@ pub fn compile(sources: &[(String, String)]) -> Result<Policy, PolicyError> {
                 e.message().trim().to_string(),
             )
         })?;
-        let fields = crate::config::field_spans(&doc);
+        let fields = crate::diag::field_spans(&doc);
         let file: PolicyFile = toml_edit::de::from_document(doc).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let field = crate::config::innermost(&fields, &span).unwrap_or_default();
+            let field = crate::diag::innermost(&fields, &span).unwrap_or_default();
             at(span.start, field, e.message().trim().to_string())
         })?;
         files.push((file, at_fn(name, text, &fields)));
@@ -865,8 +865,8 @@ type ErrAt = Box<dyn Fn(&str, String) -> PolicyError>;
 fn at_fn(name: &str, text: &str, fields: &[(String, std::ops::Range<usize>)]) -> ErrAt {
     let (name, text, fields) = (name.to_string(), text.to_string(), fields.to_vec());
     Box::new(move |field: &str, reason: String| {
-        let offset = crate::config::locate(&fields, field);
-        let (line, _) = crate::config::line_col(&text, offset);
+        let offset = crate::diag::locate(&fields, field);
+        let (line, _) = crate::diag::line_col(&text, offset);
         PolicyError {
             file: name.clone(),
             line,

@@ -92,7 +92,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::budget::Rate;
+use crate::budget::Rate;
 
 /// One policy file.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
