@@ -9,7 +9,12 @@
 //!   (`reference`), and the redaction it asks for (`redact`).
 //! - `budget`: call budgets, GCRA over atomics.
 //! - `diag`: where in a TOML file a problem is.
+//! - `protocol`: MCP's versions, error codes, `_meta` keys and headers, and
+//!   what each era's answers may carry.
+//! - `terminal`: text from callers made safe for an operator's terminal.
 
 pub mod budget;
 pub mod diag;
 pub mod policy;
+pub mod protocol;
+pub mod terminal;

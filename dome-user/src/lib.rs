@@ -14,7 +14,7 @@ pub mod mcp;
 pub mod policy;
 pub mod runtime;
 pub mod stats;
-pub mod terminal;
+pub use dome_core::terminal;
 pub mod transport;
 pub mod workers;
 pub mod xdp;

@@ -10,6 +10,7 @@ pub mod input;
 #[cfg(test)]
 mod mangle;
 pub mod pool;
-pub mod protocol;
+/// The wire constants, `dome_core`'s.
+pub use dome_core::protocol;
 pub mod sse;
 pub mod upstream;

@@ -1,7 +1,7 @@
 //! MCP protocol constants shared by the gateway, the upstream client and the
 //! demo upstream: versions of both eras, JSON-RPC error codes, header names.
 
-use hyper::header::HeaderName;
+use http::header::HeaderName;
 
 /// Versions reached through the `initialize` handshake (the session era),
 /// oldest first.
