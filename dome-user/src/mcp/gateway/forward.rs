@@ -134,19 +134,10 @@ impl Gateway {
         } = other_target(method, e)?;
         call.name = Some(key.as_str().into());
         // Phase: budget, the agent's: prompts, resources and completions
-        // count like tool calls (they were free). A session's caller is
-        // the session's (a round of input runs outside the request).
-        let caller = session
-            .and_then(|s| s.caller.clone())
-            .or_else(current_caller);
-        if let Some(c) = &caller {
-            self.take_budget(
-                c,
-                call,
-                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
-            )
+        // count like tool calls (they were free).
+        let caller = caller_of(session);
+        self.take_agent_budget(caller.as_ref(), call)
             .map_err(|r| (r.code, r.message))?;
-        }
         // The upstream's own name for a prompt (a URI is never renamed).
         let (upstream, original) = self
             .route_other(method, kind, &key, field, &mut params)
@@ -265,6 +256,22 @@ impl Gateway {
             _ => {}
         }
         (Some(r.upstream), Some(r.original.clone()))
+    }
+
+    /// Phase: budget, the agent's. Every call counts, the ones policy
+    /// denies and the ones naming nothing known too: those were free, so an
+    /// agent could write denied calls (with their intents) into the audit
+    /// trail, and make Dome list every upstream for each unknown name, as
+    /// fast as it could send them. (The tenant's is taken once the call is
+    /// allowed: one agent's denied calls must not use up what its tenant's
+    /// other agents may call.)
+    fn take_agent_budget(&self, caller: Option<&Caller>, call: &mut Call) -> Result<(), Refusal> {
+        let Some(c) = caller else { return Ok(()) };
+        self.take_budget(
+            c,
+            call,
+            [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
+        )
     }
 
     /// Phase: budget, the agent's for tool `name` (the allowing rule's,
@@ -555,26 +562,8 @@ impl Gateway {
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let name = tool_named(e, call)?;
-        // A session's caller authenticated when it opened the session (a
-        // task that outlives the request, like a round of client input,
-        // finds it there).
-        let caller = session
-            .and_then(|s| s.caller.clone())
-            .or_else(current_caller);
-        // Phase: budget, the agent's. Every call counts, the ones policy
-        // denies and the ones naming no tool too: those were free, so an
-        // agent could write denied calls (with their intents) into the
-        // audit trail, and make Dome list every upstream for each unknown
-        // name, as fast as it could send them. (The tenant's is taken once
-        // the call is allowed: one agent's denied calls must not use up
-        // what its tenant's other agents may call.)
-        if let Some(c) = &caller {
-            self.take_budget(
-                c,
-                call,
-                [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
-            )?;
-        }
+        let caller = caller_of(session);
+        self.take_agent_budget(caller.as_ref(), call)?;
         let Some(route) = self.lookup(Kind::Tools, name).await else {
             self.strike_caller(caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
@@ -811,4 +800,13 @@ fn tool_named<'e>(e: &'e Envelope, call: &mut Call) -> Result<&'e str, Refusal> 
     };
     call.name = Some(name.into());
     Ok(name)
+}
+
+/// Who makes a call: a session's caller authenticated when it opened the
+/// session (a task that outlives the request, like a round of client
+/// input, finds it there), else the request's.
+fn caller_of(session: Option<&Arc<Session>>) -> Option<Caller> {
+    session
+        .and_then(|s| s.caller.clone())
+        .or_else(current_caller)
 }
