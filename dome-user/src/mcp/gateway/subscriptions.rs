@@ -184,41 +184,11 @@ impl Gateway {
             resources: wants("resourcesListChanged") && offers("resources", "listChanged"),
             uris: Default::default(),
         };
-        let mut wanted = Vec::new();
-        if offers("resources", "subscribe") {
-            let uris = asked
-                .get("resourceSubscriptions")
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
-                .unwrap_or_default();
-            let caller = current_caller();
-            let intent = intent_of(e);
-            for uri in uris {
-                let upstream = self.resource_upstream(uri).await;
-                // Policy first: a URI the caller may not read is left out
-                // of the filter Dome acknowledges.
-                if let Err(reason) =
-                    self.may_read(uri, upstream.as_deref(), caller.as_ref(), intent.as_deref())
-                {
-                    tracing::debug!(uri, reason, "resource subscription denied by policy");
-                    continue;
-                }
-                // Like a subscription to a URI no upstream serves, one the
-                // upstream refuses is honored and never fires.
-                filter.uris.insert(uri.to_string());
-                if let Some(u) = upstream {
-                    match u.want(uri, true).await {
-                        Ok(Some(a)) if a.get("result").is_none() => {
-                            tracing::debug!(upstream = %u.name(), uri, answer = %a, "resource subscription refused");
-                        }
-                        Ok(_) => wanted.push((u, uri.to_string())),
-                        Err(err) => {
-                            tracing::warn!(upstream = %u.name(), uri, error = %err, "resource subscription failed");
-                        }
-                    }
-                }
-            }
-        }
+        let wanted = if offers("resources", "subscribe") {
+            self.listen_uris(asked, e, &mut filter).await
+        } else {
+            Vec::new()
+        };
         let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
             "params": {"notifications": filter.to_json(), "_meta": {protocol::META_SUBSCRIPTION_ID: id}}});
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -250,5 +220,49 @@ impl Gateway {
             }
         });
         held_sse_response(rx, slot)
+    }
+
+    /// The resource URIs a `subscriptions/listen` asks for, into `filter`:
+    /// each one policy lets the caller read, wanted from the upstream
+    /// serving it (returned, to be given up when the stream ends).
+    async fn listen_uris(
+        &self,
+        asked: &serde_json::Map<String, Value>,
+        e: &Envelope,
+        filter: &mut ListenFilter,
+    ) -> Vec<(Arc<Upstream>, String)> {
+        let mut wanted = Vec::new();
+        let uris = asked
+            .get("resourceSubscriptions")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let caller = current_caller();
+        let intent = intent_of(e);
+        for uri in uris {
+            let upstream = self.resource_upstream(uri).await;
+            // Policy first: a URI the caller may not read is left out of
+            // the filter Dome acknowledges.
+            if let Err(reason) =
+                self.may_read(uri, upstream.as_deref(), caller.as_ref(), intent.as_deref())
+            {
+                tracing::debug!(uri, reason, "resource subscription denied by policy");
+                continue;
+            }
+            // Like a subscription to a URI no upstream serves, one the
+            // upstream refuses is honored and never fires.
+            filter.uris.insert(uri.to_string());
+            let Some(u) = upstream else { continue };
+            match u.want(uri, true).await {
+                Ok(Some(a)) if a.get("result").is_none() => {
+                    tracing::debug!(upstream = %u.name(), uri, answer = %a, "resource subscription refused");
+                }
+                Ok(_) => wanted.push((u, uri.to_string())),
+                Err(err) => {
+                    tracing::warn!(upstream = %u.name(), uri, error = %err, "resource subscription failed");
+                }
+            }
+        }
+        wanted
     }
 }
