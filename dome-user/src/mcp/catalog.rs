@@ -230,21 +230,7 @@ pub fn assemble_named(
     previous: &Catalog,
 ) -> Catalog {
     let key = kind.key();
-    // How many upstreams want each bare name (an always-prefixed one
-    // never does: counting its names renamed another upstream's tool at
-    // start, off the rules written for it).
-    let mut count: HashMap<&str, usize> = HashMap::new();
-    for (i, list) in lists.iter().enumerate() {
-        let Some(list) = list else { continue };
-        if kind.renamed() && upstreams[i].1 == PrefixMode::Always {
-            continue;
-        }
-        for t in list {
-            if let Some(n) = t[key].as_str() {
-                *count.entry(n).or_default() += 1;
-            }
-        }
-    }
+    let count = bare_counts(kind, upstreams, &lists);
     // (upstream, original) → the public key the last snapshot gave it.
     let given: HashMap<(&str, &str), &str> = previous
         .routes
@@ -347,6 +333,44 @@ pub fn assemble_named(
             }
         }
     }
+    fill(&mut cat, kind, upstreams, &lists, names);
+    cat.version = hash(&cat.items);
+    cat
+}
+
+/// How many upstreams want each bare name (an always-prefixed one never
+/// does: counting its names renamed another upstream's tool at start, off
+/// the rules written for it).
+fn bare_counts<'a>(
+    kind: Kind,
+    upstreams: &[(String, PrefixMode)],
+    lists: &'a [Option<Vec<Value>>],
+) -> HashMap<&'a str, usize> {
+    let mut count: HashMap<&str, usize> = HashMap::new();
+    for (i, list) in lists.iter().enumerate() {
+        let Some(list) = list else { continue };
+        if kind.renamed() && upstreams[i].1 == PrefixMode::Always {
+            continue;
+        }
+        for t in list {
+            if let Some(n) = t[kind.key()].as_str() {
+                *count.entry(n).or_default() += 1;
+            }
+        }
+    }
+    count
+}
+
+/// The catalog's items and routes, each item under the public name it was
+/// given (`names[upstream][item]`; `None`: left out).
+fn fill(
+    cat: &mut Catalog,
+    kind: Kind,
+    upstreams: &[(String, PrefixMode)],
+    lists: &[Option<Vec<Value>>],
+    mut names: Vec<Vec<Option<String>>>,
+) {
+    let key = kind.key();
     let labels: Vec<Arc<str>> = upstreams
         .iter()
         .map(|(n, _)| Arc::from(n.as_str()))
@@ -370,8 +394,6 @@ pub fn assemble_named(
             cat.items.push(shown);
         }
     }
-    cat.version = hash(&cat.items);
-    cat
 }
 
 /// The upstream whose template could produce `uri` (the longest literal
