@@ -549,6 +549,16 @@ fn resources_templates_and_prompts_are_listed_only_where_policy_could_allow_them
         let v = ask("resources/read", json!({"uri": uri}));
         assert_eq!(v["error"]["code"], -32602, "{uri}: {v}");
     }
+    // Refused, each is still recorded with the URI it named.
+    let records = audit_records(&dome);
+    for uri in ["notes://one/../two/readme", "notes://one/%72eadme"] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["name"] == uri && r["kind"] == "resource"),
+            "{uri}: {records:?}"
+        );
+    }
     // A completion reference of another type was judged by its `uri` and
     // forwarded with its `name`.
     let v = ask(

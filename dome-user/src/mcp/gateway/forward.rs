@@ -131,8 +131,7 @@ impl Gateway {
             kind,
             key,
             field,
-        } = other_target(method, e)?;
-        call.name = Some(key.as_str().into());
+        } = other_target(method, e, call)?;
         // Phase: budget, the agent's: prompts, resources and completions
         // count like tool calls (they were free).
         let caller = caller_of(session);
@@ -656,11 +655,11 @@ impl Gateway {
     }
 }
 
-/// What a prompt, resource or completion request names, read and checked:
-/// its params (the caller's era envelope and Dome's namespace taken out),
+/// What a prompt, resource or completion request names, read, checked and
+/// noted in its record (`call`): its params (the caller's era envelope and Dome's namespace taken out),
 /// the catalog it is looked up in, its name or URI, and the params field
 /// that carries the name (renamed to the upstream's own).
-fn other_target(method: &str, e: &Envelope) -> Result<OtherTarget, (i64, String)> {
+fn other_target(method: &str, e: &Envelope, call: &mut Call) -> Result<OtherTarget, (i64, String)> {
     let mut params: Value = e
         .params
         .as_deref()
@@ -720,6 +719,9 @@ fn other_target(method: &str, e: &Envelope) -> Result<OtherTarget, (i64, String)
             format!("the name is longer than {MAX_NAME_BYTES} bytes"),
         ));
     }
+    // In the record whatever becomes of the call, refused for its
+    // arguments or its URI too.
+    call.name = Some(key.as_str().into());
     if params
         .get("arguments")
         .is_some_and(|a| !a.is_object() && !a.is_null())
