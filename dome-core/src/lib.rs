@@ -9,12 +9,17 @@
 //!   (`reference`), and the redaction it asks for (`redact`).
 //! - `budget`: call budgets, GCRA over atomics.
 //! - `diag`: where in a TOML file a problem is.
+//! - `envelope`: one JSON-RPC message read on a simd-json tape, its
+//!   caller-controlled sizes bounded.
 //! - `protocol`: MCP's versions, error codes, `_meta` keys and headers, and
 //!   what each era's answers may carry.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
 pub mod budget;
 pub mod diag;
+pub mod envelope;
+#[cfg(any(test, feature = "testing"))]
+pub mod mangle;
 pub mod policy;
 pub mod protocol;
 pub mod terminal;

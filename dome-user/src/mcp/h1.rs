@@ -593,7 +593,7 @@ mod tests {
     ];
 
     /// Edits that matter to HTTP/1.1 framing.
-    const MANGLER: crate::mcp::mangle::Mangler = crate::mcp::mangle::Mangler {
+    const MANGLER: dome_core::mangle::Mangler = dome_core::mangle::Mangler {
         spice: b"\r\n:; \t,0123456789abcdefABCDEF\x00\x7f\xff-",
         edits: 4,
         piece: 16,

@@ -3,12 +3,11 @@
 //! tool catalog.
 
 pub mod catalog;
-pub mod envelope;
+/// The JSON-RPC envelope, `dome_core`'s.
+pub use dome_core::envelope;
 pub mod gateway;
 pub mod h1;
 pub mod input;
-#[cfg(test)]
-mod mangle;
 pub mod pool;
 /// The wire constants, `dome_core`'s.
 pub use dome_core::protocol;

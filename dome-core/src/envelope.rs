@@ -14,7 +14,7 @@ use simd_json::{
     tape::{Node, Tape, Value as TapeValue},
 };
 
-use super::protocol;
+use crate::protocol;
 
 /// What `params._meta` says about the stateless era's envelope.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -667,7 +667,7 @@ mod tests {
     }
 
     /// Edits that matter to JSON.
-    const MANGLER: crate::mcp::mangle::Mangler = crate::mcp::mangle::Mangler {
+    const MANGLER: crate::mangle::Mangler = crate::mangle::Mangler {
         spice: b"{}[]\",:\\ 0123456789eE.+-tfnul\x00\x01\t\n\x1f\x7f\xc3\xa9/u",
         edits: 3,
         piece: 24,
