@@ -190,32 +190,7 @@ fn install_node() -> PathBuf {
 }
 
 fn install_venv(name: &str, pkg: &str) -> PathBuf {
-    let venv = clients_dir().join(name);
-    let py = venv.join("bin/python");
-    let stamp = venv.join("clients.stamp");
-    if py.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(pkg) {
-        return py;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .expect("python3 -m venv");
-    assert!(ok.success(), "creating {}", venv.display());
-    let ok = Command::new(&py)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            pkg,
-        ])
-        .status()
-        .expect("pip install");
-    assert!(ok.success(), "installing {pkg} failed");
-    std::fs::write(&stamp, pkg).unwrap();
-    py
+    venv(&clients_dir().join(name), "clients.stamp", pkg)
 }
 
 fn clients() -> Vec<Client> {
@@ -585,18 +560,7 @@ fn client_matrix() {
         bearer: format!("http://{}/mcp", dome.mcp),
         key: Some(KEY),
         echo: "demo.echo",
-        tools: json!([
-            "add",
-            "approve",
-            "ask_llm",
-            "countdown",
-            "demo.echo",
-            "fail",
-            "paint",
-            "records",
-            "sdk.echo",
-            "slow"
-        ]),
+        tools: json!(DEMO_AND_SDK_TOOLS),
         dome: true,
     };
 

@@ -18,18 +18,7 @@ fn check_client_view(seen: &serde_json::Value, version: &str) {
     assert_eq!(seen["protocol_version"], version, "{seen}");
     assert_eq!(
         seen["tools"],
-        json!([
-            "add",
-            "approve",
-            "ask_llm",
-            "countdown",
-            "demo.echo",
-            "fail",
-            "paint",
-            "records",
-            "sdk.echo",
-            "slow"
-        ]),
+        json!(DEMO_AND_SDK_TOOLS),
         "one list, clashing names prefixed: {seen}"
     );
     assert_eq!(seen["demo_echo"], "hello through dome");

@@ -93,36 +93,61 @@ pub fn wait_port(addr: SocketAddr, proc: &mut Proc) {
 pub fn python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
-        const SDK: &str = "mcp==2.3.0";
-        let venv = workspace().join("target/pyenv");
-        let py = venv.join("bin/python");
-        let stamp = venv.join("dome-sdk.stamp");
-        if std::fs::read_to_string(&stamp).ok().as_deref() == Some(SDK) && py.is_file() {
-            return py;
-        }
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .expect("python3 -m venv");
-        assert!(ok.success(), "creating the test virtualenv failed");
-        let ok = Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                SDK,
-            ])
-            .status()
-            .expect("pip install");
-        assert!(ok.success(), "installing {SDK} failed");
-        std::fs::write(&stamp, SDK).unwrap();
-        py
+        venv(
+            &workspace().join("target/pyenv"),
+            "dome-sdk.stamp",
+            "mcp==2.3.0",
+        )
     })
     .clone()
 }
+
+/// The interpreter of the virtual environment at `dir` with `pkg` (a pip
+/// requirement) installed: made the first time, and again whenever the
+/// stamp file `stamp` names another requirement.
+pub fn venv(dir: &Path, stamp: &str, pkg: &str) -> PathBuf {
+    let py = dir.join("bin/python");
+    let stamp = dir.join(stamp);
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pkg) && py.is_file() {
+        return py;
+    }
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(dir)
+        .status()
+        .expect("python3 -m venv");
+    assert!(ok.success(), "creating {} failed", dir.display());
+    let ok = Command::new(&py)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            pkg,
+        ])
+        .status()
+        .expect("pip install");
+    assert!(ok.success(), "installing {pkg} failed");
+    std::fs::write(&stamp, pkg).unwrap();
+    py
+}
+
+/// The tools a client sees through a Dome in front of the demo upstream
+/// (`demo`) and the Python SDK upstream (`sdk`), both `prefix =
+/// "on_conflict"`: one list, the clashing `echo` prefixed.
+pub const DEMO_AND_SDK_TOOLS: [&str; 10] = [
+    "add",
+    "approve",
+    "ask_llm",
+    "countdown",
+    "demo.echo",
+    "fail",
+    "paint",
+    "records",
+    "sdk.echo",
+    "slow",
+];
 
 pub fn py_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
