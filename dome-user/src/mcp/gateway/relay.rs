@@ -392,13 +392,11 @@ impl Relay {
         let first = v["result"].take();
         let caps = s.capabilities.as_deref();
         if let Some(error) = crate::mcp::input::round_problem(&self.name, 1, caps, &first) {
-            let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
-            let message = error["message"].as_str().unwrap_or_default().to_string();
+            let answer = json!({"jsonrpc": "2.0", "id": self.to.id, "error": error});
             if let Some(mut c) = self.to.call.take() {
-                c.failed(code, &message);
+                note_final(&mut c, &answer, None);
                 let _ = c.finish().await;
             }
-            let answer = json!({"jsonrpc": "2.0", "id": self.to.id, "error": error});
             self.send(&answer).await;
             return Flow::Done;
         }

@@ -191,10 +191,8 @@ impl Gateway {
     ) -> Response<Body> {
         let caps = asked.session.capabilities.as_deref();
         if let Some(error) = crate::mcp::input::round_problem(upstream, 1, caps, &first) {
-            let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
-            let message = error["message"].as_str().unwrap_or_default().to_string();
-            with_call(|c| c.failed(code, &message));
             let answer = json!({"jsonrpc": "2.0", "id": asked.id, "error": error});
+            with_call(|c| note_final(c, &answer, None));
             return json_response(StatusCode::OK, &answer);
         }
         with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
@@ -273,13 +271,12 @@ impl Gateway {
                     crate::mcp::input::round_problem(upstream.name(), round, caps, &last["result"]);
                 if let Some(error) = problem {
                     // The call ends here, and its last record says why.
-                    let code = error["code"].as_i64().unwrap_or(code::INVALID_REQUEST);
-                    let message = error["message"].as_str().unwrap_or_default().to_string();
+                    let answer = json!({"jsonrpc": "2.0", "id": id, "error": error});
                     if let Some(mut c) = record.take() {
-                        c.failed(code, &message);
+                        note_final(&mut c, &answer, None);
                         let _ = c.finish().await;
                     }
-                    push(&tx, &json!({"jsonrpc": "2.0", "id": id, "error": error})).await;
+                    push(&tx, &answer).await;
                     return;
                 }
                 if let Some(c) = record.as_mut() {
