@@ -7,6 +7,8 @@
 //! - `policy`: the policy language as written (`lang`), compiled into
 //!   tables and evaluated (`compile`), checked by a plain interpreter
 //!   (`reference`), and the redaction it asks for (`redact`).
+//! - `audit`: one audit record and its rkyv encoding (`record`), and the
+//!   hash-chained frame that carries it (`frame`).
 //! - `budget`: call budgets, GCRA over atomics.
 //! - `diag`: where in a TOML file a problem is.
 //! - `envelope`: one JSON-RPC message read on a simd-json tape, its
@@ -15,6 +17,7 @@
 //!   what each era's answers may carry.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
+pub mod audit;
 pub mod budget;
 pub mod diag;
 pub mod envelope;

@@ -2,8 +2,8 @@
 //! request) recorded with who, what, why and what was decided, durably,
 //! tamper-evidently and queryably.
 //!
-//! - `record`: the record and its rkyv encoding (no I/O).
-//! - `frame`: the on-disk frame: length, CRC, hash chain (no I/O).
+//! - `record`, `frame` (in `dome-core`, no I/O): the record and its rkyv
+//!   encoding; the on-disk frame: length, CRC, hash chain.
 //! - `checkpoint`: signed checkpoints and retirement notes, the frames
 //!   that anchor the chain to the node's key and account for retention.
 //! - `segment`: segment files, their indexes and start-up recovery.
@@ -12,13 +12,13 @@
 //! - `output`: query results as JSON Lines or an (escaped) table.
 //! - `config`: `[audit]`.
 
+pub use dome_core::audit::{frame, record};
+
 pub mod call;
 pub mod checkpoint;
 pub mod config;
-pub mod frame;
 pub mod output;
 pub mod query;
-pub mod record;
 pub mod segment;
 pub mod trail;
 
