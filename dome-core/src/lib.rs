@@ -7,6 +7,9 @@
 //! - `policy`: the policy language as written (`lang`), compiled into
 //!   tables and evaluated (`compile`), checked by a plain interpreter
 //!   (`reference`), and the redaction it asks for (`redact`).
+//! - `admit`: whether a call may go to its upstream: the agent's budget,
+//!   policy and its obligations, the tool and tenant budgets; only it makes
+//!   the `Admitted` the upstream client takes.
 //! - `audit`: one audit record and its rkyv encoding (`record`), and the
 //!   hash-chained frame that carries it (`frame`).
 //! - `budget`: call budgets, GCRA over atomics.
@@ -17,6 +20,7 @@
 //!   what each era's answers may carry.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
+pub mod admit;
 pub mod audit;
 pub mod budget;
 pub mod diag;

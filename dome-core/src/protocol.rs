@@ -15,6 +15,8 @@ pub const LATEST_STATELESS: &str = "2026-07-28";
 /// Dome's own `_meta` namespace (`dome/intent`): read by Dome, stripped
 /// from what goes upstream.
 pub const META_DOME_PREFIX: &str = "dome/";
+/// `params._meta` key of the caller's stated intent (carried in the assertion).
+pub const INTENT_META: &str = "dome/intent";
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
@@ -103,6 +105,24 @@ pub const H_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version"
 pub const H_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 pub const H_NAME: HeaderName = HeaderName::from_static("mcp-name");
 pub const H_TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// The HTTP status a stateless-era error answer carries: a client's
+/// mistake is a 4xx, an unknown method 404, an audit trail that cannot
+/// take the call 503; every other JSON-RPC error rides a 200.
+pub fn stateless_status(code: i64) -> http::StatusCode {
+    use http::StatusCode;
+    match code {
+        code::PARSE_ERROR
+        | code::INVALID_REQUEST
+        | code::INVALID_PARAMS
+        | code::HEADER_MISMATCH
+        | code::MISSING_CLIENT_CAPABILITY
+        | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
+        code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+        code::AUDIT_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    }
+}
 
 /// JSON-RPC error codes.
 pub mod code {

@@ -317,6 +317,19 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(at.assume_utc().unix_timestamp()).ok()
 }
 
+/// `s` cut to at most `max` bytes, at a character boundary (caller-given
+/// text is stored capped).
+pub fn capped(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

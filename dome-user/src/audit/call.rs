@@ -240,17 +240,7 @@ impl Drop for Call {
 /// `initialize`), which no one bounds but Dome.
 pub const MAX_REASON_BYTES: usize = 1024;
 
-/// `s` cut to at most `max` bytes, at a character boundary.
-pub fn capped(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub use dome_core::audit::record::capped;
 
 #[cfg(test)]
 mod tests {

@@ -5,39 +5,99 @@
 use super::*;
 
 impl Gateway {
-    /// Takes one call from each bucket there is in `levels` (named for
-    /// the refusal), all or none; a refusal is recorded, struck against
-    /// the agent and answered with when to retry.
-    pub(super) fn take_budget(
+    /// Phase: budget, the agent's (`dome_core::admit::charge`; every call
+    /// counts, the ones policy denies and the unknown ones too).
+    pub(super) fn charge(
         &self,
-        c: &Caller,
+        caller: Option<&Caller>,
         call: &mut Call,
-        levels: [(&str, Option<&crate::identity::budget::Bucket>); 2],
-    ) -> Result<(), Refusal> {
-        // No allocation on this path.
-        let mut buckets: [&crate::identity::budget::Bucket; 2] = [&UNLIMITED; 2];
-        let mut names = [""; 2];
-        let mut n = 0;
-        for (label, bucket) in levels {
-            if let Some(bucket) = bucket {
-                buckets[n] = bucket;
-                names[n] = label;
-                n += 1;
+    ) -> Result<admit::Charged, Refusal> {
+        let who = caller.map(who_of);
+        let mut effects = admit::Effects::default();
+        let mut noted = admit::Noted::default();
+        let charged = admit::charge(
+            who.as_ref(),
+            crate::clock::monotonic_ns(),
+            &mut effects,
+            &mut noted,
+        );
+        self.apply(caller, effects, noted, call, None);
+        charged
+    }
+
+    /// Phase: decide, then the tool's and tenant's budgets
+    /// (`dome_core::admit::admit`): the one way to an [`admit::Admitted`],
+    /// which the upstream client takes to send a call.
+    pub(super) fn admit(
+        &self,
+        charged: admit::Charged,
+        facts: &admit::Facts<'_>,
+        caller: Option<&Caller>,
+        call: &mut Call,
+    ) -> Result<admit::Admitted, Refusal> {
+        let started = Instant::now();
+        let identity = &self.identity;
+        let snapshot = admit::Snapshot {
+            policy: &identity.policy,
+            shadow: identity.shadow.as_deref(),
+            rule_budgets: &identity.rule_budgets,
+        };
+        let mut effects = admit::Effects::default();
+        let mut noted = admit::Noted::default();
+        let admitted = admit::admit(
+            charged,
+            facts,
+            &snapshot,
+            crate::clock::monotonic_ns(),
+            &mut effects,
+            &mut noted,
+        );
+        let took = started.elapsed();
+        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
+        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
+        self.apply(caller, effects, noted, call, Some(facts));
+        admitted
+    }
+
+    /// Carries out what admission returned: the strike, the shadow
+    /// policy's tally, and what the record learns.
+    fn apply(
+        &self,
+        caller: Option<&Caller>,
+        effects: admit::Effects,
+        noted: admit::Noted,
+        call: &mut Call,
+        facts: Option<&admit::Facts<'_>>,
+    ) {
+        if let Some(d) = noted.decision {
+            call.decision = d;
+        }
+        if noted.rule.is_some() {
+            call.rule = noted.rule;
+        }
+        if noted.args.is_some() {
+            call.args = noted.args;
+        }
+        if let Some(shadowed) = effects.shadow {
+            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if shadowed.active != shadowed.shadow {
+                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    tool = facts.map_or("-", |f| f.name),
+                    agent = caller.map_or("-", |c| c.agent.id.as_str()),
+                    active = ?shadowed.active,
+                    shadow = ?shadowed.shadow,
+                    shadow_version = %self.identity.shadow.as_ref().map_or("-", |s| s.version.as_str()),
+                    "shadow policy disagrees"
+                );
             }
         }
-        let Err((i, refusal)) =
-            crate::identity::budget::take_all(&buckets[..n], crate::clock::monotonic_ns())
-        else {
-            return Ok(());
-        };
-        let retry_ms = refusal.retry_after_ns.div_ceil(1_000_000);
-        call.decision = crate::audit::record::Decision::OverBudget;
-        self.strike_caller(Some(c), "over budget");
-        Err(Refusal {
-            code: code::RATE_LIMITED,
-            message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
-            retry_after_ms: Some(retry_ms),
-        })
+        if let Some(why) = effects.strike {
+            if why == "denied by policy" {
+                tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
+            }
+            self.strike_caller(caller, why);
+        }
     }
 
     /// Opens the audit record of a call of `kind`: reserves its room in the
@@ -135,7 +195,8 @@ impl Gateway {
         // Phase: budget, the agent's: prompts, resources and completions
         // count like tool calls (they were free).
         let caller = caller_of(session);
-        self.take_agent_budget(caller.as_ref(), call)
+        let charged = self
+            .charge(caller.as_ref(), call)
             .map_err(|r| (r.code, r.message))?;
         // The upstream's own name for a prompt (a URI is never renamed).
         let (upstream, original) = self
@@ -161,34 +222,20 @@ impl Gateway {
         if let Some(a) = &args_text {
             call.digest_args(a);
         }
-        let redaction = match self.decide_kind(
-            policy_kind,
-            &key,
-            original.as_deref(),
-            args_text.as_deref(),
-            &upstream,
-            caller.as_ref(),
-            intent.as_deref(),
-            call,
-        ) {
-            Ok(allowed) => allowed.redaction,
-            Err(r) => {
-                self.strike_caller(caller.as_ref(), "denied by policy");
-                return Err((r.code, r.message));
-            }
+        let who = caller.as_ref().map(who_of);
+        let facts = admit::Facts {
+            who: who.as_ref(),
+            kind: policy_kind,
+            name: &key,
+            upstream: upstream.name(),
+            original: original.as_deref(),
+            intent: intent.as_deref(),
+            args_text: args_text.as_deref(),
         };
-        if let Some(c) = &caller
-            && let Err(r) = self.take_budget(
-                c,
-                call,
-                [("tenant", c.tenant.budget.as_deref()), ("", None)],
-            )
-        {
-            if let Some(b) = &c.agent.budgets.agent {
-                b.give_back();
-            }
-            return Err((r.code, r.message));
-        }
+        let admitted = self
+            .admit(charged, &facts, caller.as_ref(), call)
+            .map_err(|r| (r.code, r.message))?;
+        let redaction = self.redaction_of(&admitted, policy_kind, &key);
         let assertion = match &caller {
             Some(c) => Some(self.vouch(&upstream, c, session, intent.as_deref(), call)?),
             None => None,
@@ -203,7 +250,13 @@ impl Gateway {
             .as_deref()
             .map(|a| (&self.identity.signer.header, a));
         let result = upstream
-            .request_as(method, params, vouched, Some(agent_key(caller.as_ref())))
+            .request_as(
+                &admitted,
+                method,
+                params,
+                vouched,
+                Some(agent_key(caller.as_ref())),
+            )
             .await;
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
         let reply = match result {
@@ -255,49 +308,6 @@ impl Gateway {
             _ => {}
         }
         (Some(r.upstream), Some(r.original.clone()))
-    }
-
-    /// Phase: budget, the agent's. Every call counts, the ones policy
-    /// denies and the ones naming nothing known too: those were free, so an
-    /// agent could write denied calls (with their intents) into the audit
-    /// trail, and make Dome list every upstream for each unknown name, as
-    /// fast as it could send them. (The tenant's is taken once the call is
-    /// allowed: one agent's denied calls must not use up what its tenant's
-    /// other agents may call.)
-    fn take_agent_budget(&self, caller: Option<&Caller>, call: &mut Call) -> Result<(), Refusal> {
-        let Some(c) = caller else { return Ok(()) };
-        self.take_budget(
-            c,
-            call,
-            [("agent", c.agent.budgets.agent.as_ref()), ("", None)],
-        )
-    }
-
-    /// Phase: budget, the agent's for tool `name` (the allowing rule's,
-    /// `by_rule`, replaces the configured one) and the tenant's. Refused
-    /// here, the call gives back what it took of the agent's: it is refused
-    /// for this tool or tenant, not for all.
-    fn take_tool_budgets(
-        &self,
-        c: &Caller,
-        name: &str,
-        by_rule: Option<crate::identity::budget::Rate>,
-        call: &mut Call,
-    ) -> Result<(), Refusal> {
-        let by_rule =
-            by_rule.map(|rate| self.identity.rule_budgets.bucket(&c.agent.id, name, rate));
-        let tool = by_rule
-            .as_deref()
-            .or_else(|| c.agent.budgets.tools.get(name));
-        let levels = [
-            ("agent x tool", tool),
-            ("tenant", c.tenant.budget.as_deref()),
-        ];
-        self.take_budget(c, call, levels).inspect_err(|_| {
-            if let Some(b) = &c.agent.budgets.agent {
-                b.give_back();
-            }
-        })
     }
 
     /// Passes a client's answer to a relayed upstream request back to the
@@ -374,116 +384,22 @@ impl Gateway {
             .unwrap_or(Value::Null)
     }
 
-    /// Policy on a call of `kind` (`tool`, `prompt`, `resource`,
-    /// `completion`) naming `tool`, with its arguments as JSON text: who,
-    /// what of which upstream, with which arguments and intent. A denial
-    /// carries the reason an agent may see. The decision, its rule and the
-    /// arguments (where the rule says to log them) go into the call's record.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn decide_kind(
+    /// The redaction an admitted call's answer gets, with the tool's output
+    /// schema (only a tool has one).
+    fn redaction_of(
         &self,
+        admitted: &admit::Admitted,
         kind: &str,
-        tool: &str,
-        original: Option<&str>,
-        args_text: Option<&str>,
-        upstream: &Upstream,
-        caller: Option<&Caller>,
-        intent: Option<&str>,
-        call: &mut Call,
-    ) -> Result<Allowed, Refusal> {
-        let started = Instant::now();
-        let policy = &self.identity.policy;
-        let args: Option<Value> = match args_text {
-            Some(a) if policy.reads_args => match serde_json::from_str(a) {
-                Ok(v) => Some(v),
-                // Arguments policy cannot read are never judged as absent
-                // ones (serde_json stops at 128 levels, which a raised
-                // `max_json_depth` lets through).
-                Err(_) => {
-                    call.decision = crate::audit::record::Decision::Deny;
-                    return Err(Refusal {
-                        code: code::POLICY_DENIED,
-                        message: "denied: the arguments are too deeply nested to judge".into(),
-                        retry_after_ms: None,
-                    });
-                }
+        name: &str,
+    ) -> Option<Redaction> {
+        admitted.redactor().map(|r| Redaction {
+            redactor: r.clone(),
+            schema: if kind == "tool" {
+                self.output_schema(name)
+            } else {
+                Value::Null
             },
-            _ => None,
-        };
-        let req = crate::policy::compile::Request {
-            upstream_tool: original,
-            ..policy_request(
-                caller,
-                kind,
-                tool,
-                Some(upstream.name()),
-                intent,
-                args.as_ref(),
-            )
-        };
-        let deny = |reason: &str| Refusal {
-            code: code::POLICY_DENIED,
-            message: format!("denied: {reason}"),
-            retry_after_ms: None,
-        };
-        let decision = policy.decide(&req);
-        if let Some(shadow) = &self.identity.shadow {
-            let other = shadow.decide(&req);
-            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if other.effect() != decision.effect() {
-                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    tool,
-                    agent = req.agent.unwrap_or("-"),
-                    active = ?decision.effect(),
-                    shadow = ?other.effect(),
-                    shadow_version = %shadow.version,
-                    "shadow policy disagrees"
-                );
-            }
-        }
-        let took = started.elapsed();
-        call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
-        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
-        match decision {
-            crate::policy::compile::Decision::Allow {
-                obligations,
-                redactor,
-                rule,
-            } => {
-                call.rule = Some(rule.clone());
-                if obligations.require_intent && intent.is_none() {
-                    call.decision = crate::audit::record::Decision::Deny;
-                    return Err(deny(&format!(
-                        "this call needs a stated intent (params._meta[\"{INTENT_META}\"])"
-                    )));
-                }
-                call.decision = crate::audit::record::Decision::Allow;
-                if obligations.log_args == crate::policy::lang::LogArgs::Full
-                    && let Some(text) = args_text
-                {
-                    call.args = Some(logged_args(text, redactor.map(|r| &**r)));
-                }
-                Ok(Allowed {
-                    redaction: redactor.map(|r| Redaction {
-                        redactor: r.clone(),
-                        // Only a tool has an output schema.
-                        schema: if kind == "tool" {
-                            self.output_schema(tool)
-                        } else {
-                            Value::Null
-                        },
-                    }),
-                    budget: obligations.budget,
-                })
-            }
-            crate::policy::compile::Decision::Deny { rule, reason } => {
-                tracing::debug!(tool, rule = ?rule, "policy denied a call");
-                call.decision = crate::audit::record::Decision::Deny;
-                call.rule = rule.map(Arc::from);
-                Err(deny(reason))
-            }
-        }
+        })
     }
 
     /// The signed assertion that tells `upstream` whose call this is.
@@ -562,7 +478,7 @@ impl Gateway {
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let name = tool_named(e, call)?;
         let caller = caller_of(session);
-        self.take_agent_budget(caller.as_ref(), call)?;
+        let charged = self.charge(caller.as_ref(), call)?;
         let Some(route) = self.lookup(Kind::Tools, name).await else {
             self.strike_caller(caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
@@ -573,30 +489,18 @@ impl Gateway {
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
         let intent = call.intent.clone();
-        let decided = self.decide_kind(
-            "tool",
+        let who = caller.as_ref().map(who_of);
+        let facts = admit::Facts {
+            who: who.as_ref(),
+            kind: "tool",
             name,
-            Some(&route.original),
-            e.arguments.as_deref(),
-            &upstream,
-            caller.as_ref(),
-            intent.as_deref(),
-            call,
-        );
-        let Allowed { redaction, budget } = match decided {
-            Ok(a) => a,
-            Err(refusal) => {
-                self.strike_caller(caller.as_ref(), "denied by policy");
-                return Err(refusal);
-            }
+            upstream: upstream.name(),
+            original: Some(&route.original),
+            intent: intent.as_deref(),
+            args_text: e.arguments.as_deref(),
         };
-        // Phase: budget, the agent's for this tool (the allowing rule's
-        // replaces the configured one) and the tenant's. Refused here, the
-        // call gives back what it took of the agent's: it is refused for
-        // this tool or tenant, not for all.
-        if let Some(c) = &caller {
-            self.take_tool_budgets(c, name, budget, call)?;
-        }
+        let admitted = self.admit(charged, &facts, caller.as_ref(), call)?;
+        let redaction = self.redaction_of(&admitted, "tool", name);
         if session_lane {
             // Spoken to in the caller's era where it speaks both (after the
             // decision: a denied call opens nothing upstream).
@@ -621,6 +525,7 @@ impl Gateway {
         let caps = caller_capabilities(e, session);
         let result = upstream
             .call_tool(
+                &admitted,
                 uid,
                 &crate::mcp::upstream::CallParts {
                     name: &route.original,
@@ -649,7 +554,7 @@ impl Gateway {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
                 tracing::warn!(upstream = %upstream.name(), error = %e, tool = name, "tools/call failed");
-                Err(Refusal::from_upstream(&e))
+                Err(upstream_refusal(&e))
             }
         }
     }
@@ -811,4 +716,17 @@ fn caller_of(session: Option<&Arc<Session>>) -> Option<Caller> {
     session
         .and_then(|s| s.caller.clone())
         .or_else(current_caller)
+}
+
+/// The caller as admission sees it: names and budget buckets, borrowed.
+fn who_of(c: &Caller) -> admit::Who<'_> {
+    admit::Who {
+        agent: &c.agent.id,
+        tenant: &c.agent.tenant,
+        labels: &c.agent.labels,
+        user: c.user.as_deref(),
+        agent_budget: c.agent.budgets.agent.as_ref(),
+        tool_budgets: &c.agent.budgets.tools,
+        tenant_budget: c.tenant.budget.as_deref(),
+    }
 }

@@ -280,7 +280,7 @@ impl Gateway {
                         Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
                     };
                 }
-                Err(r) => return r.respond(&id, era),
+                Err(r) => return refused(&r, &id, era),
             }
         }
         if let (Some(s), true, Some(method)) = (&session, sse_ok, input_method(method)) {

@@ -40,6 +40,8 @@ use hyper::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use dome_core::admit;
+
 use crate::{
     identity::{
         authn::{self, Caller},
@@ -158,15 +160,6 @@ pub struct Identity {
     pub rule_budgets: Arc<crate::identity::budget::RuleBudgets>,
 }
 
-/// What an allowing decision asks of the call.
-#[derive(Default)]
-struct Allowed {
-    /// Redaction of the result.
-    redaction: Option<Redaction>,
-    /// The rule's budget for this agent × tool, instead of the configured one.
-    budget: Option<crate::identity::budget::Rate>,
-}
-
 /// Shadow decisions that differed from the active policy's, since start.
 pub static SHADOW_DISAGREEMENTS: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0);
@@ -200,8 +193,7 @@ impl Identity {
 
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
-/// `params._meta` key of the caller's stated intent (carried in the assertion).
-pub const INTENT_META: &str = "dome/intent";
+pub use dome_core::protocol::INTENT_META;
 
 use crate::audit::Call;
 

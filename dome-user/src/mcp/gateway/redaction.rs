@@ -69,48 +69,4 @@ pub(super) fn redacted(
     Ok(Reply::Json(v))
 }
 
-/// Arguments as the audit record logs them: with the rule's redactions,
-/// or every built-in detector when the rule has none (values a policy
-/// did not think of stay out of the trail too).
-pub(super) fn logged_args(
-    text: &str,
-    redactor: Option<&crate::policy::redact::Redactor>,
-) -> String {
-    static ALL: std::sync::LazyLock<crate::policy::redact::Redactor> =
-        std::sync::LazyLock::new(|| {
-            let names: Vec<String> = crate::policy::redact::DETECTORS
-                .iter()
-                .map(|d| d.to_string())
-                .collect();
-            crate::policy::redact::Redactor::new(&names).expect("built-in detectors compile")
-        });
-    let Ok(mut v) = serde_json::from_str::<Value>(text) else {
-        return String::new();
-    };
-    let mut counts = Default::default();
-    redactor
-        .unwrap_or(&ALL)
-        .value(&mut v, &Value::Null, &mut counts);
-    let full = v.to_string();
-    if full.len() <= MAX_LOGGED_ARGS_BYTES {
-        return full;
-    }
-    // Still JSON, and still a start an operator can read; the digest in
-    // the record identifies the whole.
-    let head = crate::audit::call::capped(&full, MAX_LOGGED_ARGS_BYTES);
-    json!({"dome/truncated": {"bytes": full.len(), "head": head}}).to_string()
-}
-
-/// The most of a call's arguments `log_args = "full"` keeps in its record
-/// (they were kept whole: a body of `max_body_bytes` in every record let
-/// one agent write the trail at its own pace).
-pub const MAX_LOGGED_ARGS_BYTES: usize = 4096;
-
-/// A bucket that never refuses, to fill unused budget levels.
-pub(super) static UNLIMITED: std::sync::LazyLock<crate::identity::budget::Bucket> =
-    std::sync::LazyLock::new(|| {
-        crate::identity::budget::Bucket::new(crate::identity::budget::Rate {
-            calls_per_s: f64::MAX,
-            burst: u32::MAX,
-        })
-    });
+pub use dome_core::admit::MAX_LOGGED_ARGS_BYTES;

@@ -197,65 +197,21 @@ pub(super) fn challenge_text(text: &str) -> String {
 /// raw body, the v1 SDK and the Python SDK 1.x the HTTP error alone, and
 /// the Inspector CLI reports 403 as `auth_required`. 401 and 403 stay
 /// with what HTTP authentication means.
-pub(super) fn stateless_status(code: i64) -> StatusCode {
-    match code {
-        code::PARSE_ERROR
-        | code::INVALID_REQUEST
-        | code::INVALID_PARAMS
-        | code::HEADER_MISMATCH
-        | code::MISSING_CLIENT_CAPABILITY
-        | code::UNSUPPORTED_VERSION => StatusCode::BAD_REQUEST,
-        code::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
-        code::AUDIT_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::OK,
+pub(super) use dome_core::protocol::stateless_status;
+
+pub(super) use dome_core::admit::Refusal;
+
+/// An upstream's failure of a call, as the caller hears it.
+pub(super) fn upstream_refusal(e: &crate::mcp::upstream::UpstreamError) -> Refusal {
+    Refusal {
+        code: e.code(),
+        message: e.to_string(),
+        // An agent over its share retries once one of its calls is answered.
+        retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
     }
 }
 
-/// Why a tool call was not forwarded.
-pub(super) struct Refusal {
-    pub(super) code: i64,
-    pub(super) message: String,
-    /// Over a budget or an agent's share of an upstream: when the call
-    /// would pass (`data.retryAfterMs`).
-    pub(super) retry_after_ms: Option<u64>,
-}
-
-impl From<(i64, String)> for Refusal {
-    fn from((code, message): (i64, String)) -> Self {
-        Refusal {
-            code,
-            message,
-            retry_after_ms: None,
-        }
-    }
-}
-
-impl Refusal {
-    /// An upstream's failure of a call, as the caller hears it.
-    pub(super) fn from_upstream(e: &crate::mcp::upstream::UpstreamError) -> Self {
-        Refusal {
-            code: e.code(),
-            message: e.to_string(),
-            // An agent over its share retries once one of its calls is answered.
-            retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
-        }
-    }
-
-    pub(super) fn to_rpc(&self, id: &Value) -> Value {
-        let mut v = rpc_error(id, self.code, self.message.clone());
-        if let Some(ms) = self.retry_after_ms {
-            v["error"]["data"] = json!({"retryAfterMs": ms});
-        }
-        v
-    }
-
-    /// The response in `era`.
-    pub(super) fn respond(&self, id: &Value, era: Era) -> Response<Body> {
-        let status = if era == Era::Stateless {
-            stateless_status(self.code)
-        } else {
-            StatusCode::OK
-        };
-        json_response(status, &self.to_rpc(id))
-    }
+/// A refusal as the response to request `id` in `era`.
+pub(super) fn refused(r: &Refusal, id: &Value, era: Era) -> Response<Body> {
+    json_response(r.status(era == Era::Stateless), &r.to_rpc(id))
 }

@@ -158,7 +158,7 @@ impl Gateway {
             .await
         {
             Ok(c) => c,
-            Err(r) => return r.respond(&id, Era::Stateless),
+            Err(r) => return refused(&r, &id, Era::Stateless),
         };
         record.name = Some(tool.as_str().into());
         record.upstream = Some(upstream.label().clone());

@@ -15,14 +15,17 @@ impl Upstream {
         method: &str,
         params: Value,
     ) -> Result<(Reply, u64), UpstreamError> {
-        self.request_as(method, params, None, None).await
+        self.with_session(|| self.send_as(method, params.clone(), None, None))
+            .await
     }
 
-    /// As [`Upstream::request`], with Dome's identity assertion for the
-    /// caller, on behalf of `agent` (its identity slot, or
-    /// [`ANONYMOUS_AGENT`]; `None`: Dome's own request), held to its share.
+    /// As [`Upstream::request`], for a caller's request that admission let
+    /// through (`_admitted`: no other way to send one), with Dome's
+    /// identity assertion for the caller, on behalf of `agent` (its
+    /// identity slot, or [`ANONYMOUS_AGENT`]), held to its share.
     pub async fn request_as(
         &self,
+        _admitted: &dome_core::admit::Admitted,
         method: &str,
         params: Value,
         assertion: Option<(&header::HeaderName, &str)>,
@@ -64,8 +67,10 @@ impl Upstream {
     /// is written directly: no JSON tree is built on this path.
     /// `id` comes from [`Upstream::allocate_id`], so the caller can name the
     /// call (to cancel it) before it is sent.
+    /// `_admitted`: only a call admission let through can be sent.
     pub async fn call_tool(
         &self,
+        _admitted: &dome_core::admit::Admitted,
         id: u64,
         call: &CallParts<'_>,
     ) -> Result<(Reply, u64), UpstreamError> {
