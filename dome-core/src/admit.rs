@@ -366,3 +366,5 @@ pub fn logged_args(text: &str, redactor: Option<&Redactor>) -> String {
     let head = crate::audit::record::capped(&full, MAX_LOGGED_ARGS_BYTES);
     json!({"dome/truncated": {"bytes": full.len(), "head": head}}).to_string()
 }
+#[cfg(test)]
+mod tests;
