@@ -13,25 +13,18 @@ impl Gateway {
     ) -> Response<Body> {
         let start = Instant::now();
         let metrics = self.metrics.clone();
-        let tally = std::cell::RefCell::new(Box::new(Tally {
-            method: "invalid",
+        let mut ex = Exchange::new(RequestCtx {
+            source: Some(conn.peer.ip()),
+            arrived: Some(start),
             ..Default::default()
-        }));
-        // In a block, so the scope's storage is free while the record is
-        // awaited below (this future is moved once per request).
-        let (mut resp, mut tally) = {
-            let scoped = TALLY.scope(tally, self.route(req, conn, start));
-            tokio::pin!(scoped);
-            let resp = scoped.as_mut().await;
-            let tally = scoped
-                .as_mut()
-                .take_value()
-                .expect("the tally outlives its scope")
-                .into_inner();
-            (resp, tally)
-        };
+        });
+        let mut resp = self.route(req, conn, &mut ex).await;
+        let tally = &mut ex.tally;
+        if let Some(RpcErrorCode(c)) = resp.extensions().get() {
+            tally.rpc_error = Some(*c);
+        }
         // Phase: audit. The answer leaves only once its record is durable.
-        if let Some((trail, ticket, id)) = commit_calls(&mut tally, &resp)
+        if let Some((trail, ticket, id)) = commit_calls(tally, &resp)
             && let Err(u) = trail.durable(ticket).await
         {
             tracing::error!(error = %u.0, "answering a call failed closed: its audit record is not durable");
@@ -54,13 +47,15 @@ impl Gateway {
         resp
     }
 
-    /// `arrived`: when `handle` took the request (one clock read for both).
+    /// `ex` comes with the request's source and arrival; authentication
+    /// adds who sent it.
     pub(super) async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<crate::transport::Conn>,
-        arrived: Instant,
+        ex: &mut Exchange,
     ) -> Response<Body> {
+        let arrived = ex.ctx.arrived.unwrap_or_else(Instant::now);
         let path = req.uri().path();
         if req.method() == Method::GET {
             if (path == METADATA_PATH
@@ -141,28 +136,19 @@ impl Gateway {
         if !conn.authenticated(caller.as_ref().map(|c| c.agent.slot)) {
             return self.over_connections();
         }
-        let took = arrived.elapsed();
-        let _ = TALLY.try_with(|t| t.borrow_mut().auth = Some(took));
-        let intent = req
+        ex.tally.auth = Some(arrived.elapsed());
+        ex.ctx.caller = caller;
+        ex.ctx.intent = req
             .headers()
             .get(H_INTENT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        CTX.scope(
-            RequestCtx {
-                caller,
-                source,
-                intent,
-                arrived: Some(arrived),
-                trace: req
-                    .headers()
-                    .get(protocol::H_TRACEPARENT)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(trace_id),
-            },
-            self.route_authenticated(req),
-        )
-        .await
+        ex.ctx.trace = req
+            .headers()
+            .get(protocol::H_TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(trace_id);
+        self.route_authenticated(req, ex).await
     }
 
     /// Binds the connection's flow to the agent's kernel identity slot
@@ -201,17 +187,14 @@ impl Gateway {
 
     /// A strike against the caller: its agent when authenticated (never
     /// the address it shares with others), else its source.
-    pub(super) fn strike_source(&self, why: &str) {
-        let who = CTX
-            .try_with(|c| match &c.caller {
-                Some(c) => Some(Subject::Agent {
-                    id: c.agent.id.clone(),
-                    slot: c.agent.slot,
-                }),
-                None => c.source.map(Subject::Source),
-            })
-            .ok()
-            .flatten();
+    pub(super) fn strike_source(&self, ctx: &RequestCtx, why: &str) {
+        let who = match &ctx.caller {
+            Some(c) => Some(Subject::Agent {
+                id: c.agent.id.clone(),
+                slot: c.agent.slot,
+            }),
+            None => ctx.source.map(Subject::Source),
+        };
         if let Some(who) = who {
             self.identity.escalation.strike(
                 who,
@@ -226,7 +209,7 @@ impl Gateway {
     /// cap or of the wrong type, if one is: intents (in `_meta` or the header) and names are
     /// stored verbatim, so without a cap one agent could write megabytes
     /// of trail a call (and push older records out under `retain_mb`).
-    pub(super) fn bad_caller_field(&self, e: &Envelope) -> Option<String> {
+    pub(super) fn bad_caller_field(&self, ctx: &RequestCtx, e: &Envelope) -> Option<String> {
         let max = self.config.max_intent_bytes;
         if e.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
             return Some(format!("the name is longer than {MAX_NAME_BYTES} bytes"));
@@ -238,19 +221,16 @@ impl Gateway {
             return Some(format!("the intent (_meta[\"{INTENT_META}\"]) is a string"));
         }
         let in_meta = intent.is_some_and(|(_, v)| json_str_over(v, max));
-        let in_header = || {
-            CTX.try_with(|c| c.intent.as_ref().is_some_and(|i| i.len() > max))
-                .unwrap_or(false)
-        };
+        let in_header = || ctx.intent.as_ref().is_some_and(|i| i.len() > max);
         (in_meta || in_header())
             .then(|| format!("the intent is longer than {max} bytes ([mcp] max_intent_bytes)"))
     }
 
     /// A strike against the calling agent (a caller without credentials,
     /// where authentication is off, against its source).
-    pub(super) fn strike_caller(&self, caller: Option<&Caller>, why: &str) {
+    pub(super) fn strike_caller(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
         let Some(c) = caller else {
-            return self.strike_source(why);
+            return self.strike_source(ctx, why);
         };
         self.identity.escalation.strike(
             Subject::Agent {
@@ -359,6 +339,7 @@ impl Gateway {
     pub(super) async fn route_authenticated(
         self: Arc<Self>,
         req: Request<Incoming>,
+        ex: &mut Exchange,
     ) -> Response<Body> {
         if req.uri().path() != self.config.path {
             return json_response(
@@ -375,14 +356,14 @@ impl Gateway {
         match *req.method() {
             // Boxed: every future above this one is created by moving it
             // whole, so a small handle here saves copies on every request.
-            Method::POST => Box::pin(self.post(req)).await,
+            Method::POST => Box::pin(self.post(req, ex)).await,
             Method::GET if req.headers().contains_key(protocol::H_SESSION) => {
-                note_method("other");
-                self.open_stream(req.headers())
+                ex.note_method("other");
+                self.open_stream(req.headers(), ex.caller())
             }
             Method::DELETE => {
-                note_method("delete");
-                self.delete(req.headers())
+                ex.note_method("delete");
+                self.delete(req.headers(), ex.caller())
             }
             _ => Response::builder()
                 .status(StatusCode::METHOD_NOT_ALLOWED)
@@ -394,7 +375,11 @@ impl Gateway {
 
     /// `GET` in the session era: the session's stream for messages that
     /// answer no request of the client's (resource updates, list changes).
-    pub(super) fn open_stream(&self, headers: &HeaderMap) -> Response<Body> {
+    pub(super) fn open_stream(
+        &self,
+        headers: &HeaderMap,
+        caller: Option<&Caller>,
+    ) -> Response<Body> {
         if !accepts(headers).1 {
             return json_response(
                 StatusCode::NOT_ACCEPTABLE,
@@ -409,7 +394,7 @@ impl Gateway {
             .get(protocol::H_SESSION)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let Some(session) = self.sessions.owned(sid) else {
+        let Some(session) = self.sessions.owned(sid, caller) else {
             return session_not_found(&Value::Null);
         };
         // A new GET replaces an older one: that one ends, and its count
@@ -457,7 +442,11 @@ impl Gateway {
         matches!(host, "localhost" | "127.0.0.1" | "[::1]")
     }
 
-    pub(super) fn delete(self: &Arc<Self>, headers: &HeaderMap) -> Response<Body> {
+    pub(super) fn delete(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        caller: Option<&Caller>,
+    ) -> Response<Body> {
         // The stateless era has no sessions to delete.
         if headers
             .get(protocol::H_VERSION)
@@ -483,7 +472,7 @@ impl Gateway {
                 ),
             );
         };
-        if self.sessions.owned(id).is_some() && self.end_session(id) {
+        if self.sessions.owned(id, caller).is_some() && self.end_session(id) {
             empty(StatusCode::OK)
         } else {
             session_not_found(&Value::Null)

@@ -1,7 +1,10 @@
-//! What one request carries through its phases besides its arguments: the
-//! tally `/stats` and the audit record learn from (`TALLY`), and who sent it
-//! (`CTX`). Task-locals: a task spawned to outlive the request takes a
-//! detached copy (`detached_ctx`).
+//! What one request carries through its phases besides its arguments, as
+//! one explicit value (`Exchange`, pingora's per-request context): who
+//! sent it (`RequestCtx`), and the tally `/stats` and its audit records
+//! learn from. `handle` makes it and passes it down by `&mut`. Work that
+//! outlives the request (rounds of client input) is handed a detached copy
+//! of who sent it and makes an exchange of its own, whose records it
+//! finishes itself: nothing is written into a request that has ended.
 
 use super::*;
 
@@ -24,24 +27,54 @@ pub(super) struct Tally {
     pub(super) more_calls: Vec<Call>,
 }
 
-/// Hands the call's record to the request that is answering it (finished
-/// in `handle` once the response is known). Outside a request (a spawned
-/// task) the record is committed at once.
-pub(super) fn stash(call: Call) {
-    let mut call = Some(call);
-    let _ = TALLY.try_with(|t| {
-        let mut t = t.borrow_mut();
-        if let Some(prev) = t.call.take() {
-            t.more_calls.push(prev);
+/// One request as it moves through the phases.
+pub(super) struct Exchange {
+    pub(super) ctx: RequestCtx,
+    /// Boxed: the request's future is moved whole between its layers, so
+    /// it carries a pointer, not the tally.
+    pub(super) tally: Box<Tally>,
+}
+
+impl Exchange {
+    pub(super) fn new(ctx: RequestCtx) -> Self {
+        Exchange {
+            ctx,
+            tally: Box::new(Tally {
+                method: "invalid",
+                ..Default::default()
+            }),
         }
-        t.call = call.take();
-    });
-    // Not abandoned (a dropped record without an outcome is): ended as
-    // `commit_calls` would end it.
-    if let Some(c) = call.as_mut()
-        && c.outcome.is_none()
-    {
-        c.outcome = Some(crate::audit::record::Outcome::Ok);
+    }
+
+    /// The authenticated caller (`None`: anonymous).
+    pub(super) fn caller(&self) -> Option<&Caller> {
+        self.ctx.caller.as_ref()
+    }
+
+    /// Hands the call's record to whoever answers this exchange: `handle`
+    /// finishes it once the response is known; a round of input takes it
+    /// back (`take_call`) and finishes it before its answer leaves.
+    pub(super) fn stash(&mut self, call: Call) {
+        if let Some(prev) = self.tally.call.replace(call) {
+            self.tally.more_calls.push(prev);
+        }
+    }
+
+    /// Takes the current call's record back (its answer streams on after
+    /// the request returns, or it is finished by a round of input).
+    pub(super) fn take_call(&mut self) -> Option<Call> {
+        self.tally.call.take()
+    }
+
+    /// Applies `f` to the current call's record, if any.
+    pub(super) fn with_call(&mut self, f: impl FnOnce(&mut Call)) {
+        if let Some(c) = self.tally.call.as_mut() {
+            f(c)
+        }
+    }
+
+    pub(super) fn note_method(&mut self, m: &'static str) {
+        self.tally.method = m;
     }
 }
 
@@ -78,24 +111,6 @@ pub(super) fn commit_calls(tally: &mut Tally, resp: &Response<Body>) -> Option<C
     Some((trail, ticket, id))
 }
 
-/// Takes the current call's record back (its answer streams on after the
-/// request returns).
-pub(super) fn unstash() -> Option<Call> {
-    TALLY
-        .try_with(|t| t.borrow_mut().call.take())
-        .ok()
-        .flatten()
-}
-
-/// Applies `f` to the current call's record, if any.
-pub(super) fn with_call(f: impl FnOnce(&mut Call)) {
-    let _ = TALLY.try_with(|t| {
-        if let Some(c) = t.borrow_mut().call.as_mut() {
-            f(c)
-        }
-    });
-}
-
 /// How a result ended, from its JSON text, when not plainly: the tool's
 /// `isError`, or the upstream waiting for the caller's input (a quote inside
 /// a JSON string is escaped, so these keys can only be keys).
@@ -124,14 +139,6 @@ pub(super) fn result_outcome(text: &[u8]) -> Option<crate::audit::record::Outcom
     }
 }
 
-tokio::task_local! {
-    /// Boxed: a task-local is swapped in and out of its thread slot on
-    /// every poll, so it should be a pointer, not the whole tally.
-    pub(super) static TALLY: std::cell::RefCell<Box<Tally>>;
-    /// Who sent the request being served.
-    pub(super) static CTX: RequestCtx;
-}
-
 #[derive(Clone, Default)]
 pub(super) struct RequestCtx {
     /// The authenticated caller (`None`: anonymous, allowed only when
@@ -155,21 +162,16 @@ pub(super) fn trace_id(traceparent: &str) -> Option<String> {
         .then(|| trace.to_ascii_lowercase())
 }
 
-/// This request's context, for work that outlives it (a round of input
-/// the client answers later): the same caller, intent and trace, but not
-/// its arrival, so each round's record times that round.
-pub(super) fn detached_ctx() -> RequestCtx {
-    let mut ctx = CTX.try_with(|c| c.clone()).unwrap_or_default();
-    ctx.arrived = None;
-    ctx
-}
-
-pub(super) fn current_caller() -> Option<Caller> {
-    CTX.try_with(|c| c.caller.clone()).ok().flatten()
-}
-
-pub(super) fn note_method(m: &'static str) {
-    let _ = TALLY.try_with(|t| t.borrow_mut().method = m);
+impl RequestCtx {
+    /// Who sent this request, for work that outlives it (a round of input
+    /// the client answers later): the same caller, intent and trace, but
+    /// not its arrival, so each round's record times that round.
+    pub(super) fn detached(&self) -> RequestCtx {
+        RequestCtx {
+            arrived: None,
+            ..self.clone()
+        }
+    }
 }
 
 pub(super) fn method_label(m: &str) -> &'static str {

@@ -9,6 +9,7 @@ impl Gateway {
     /// counts, the ones policy denies and the unknown ones too).
     pub(super) fn charge(
         &self,
+        ex: &Exchange,
         caller: Option<&Caller>,
         call: &mut Call,
     ) -> Result<admit::Charged, Refusal> {
@@ -21,7 +22,7 @@ impl Gateway {
             &mut effects,
             &mut noted,
         );
-        self.apply(caller, effects, noted, call, None);
+        self.apply(&ex.ctx, caller, effects, noted, call, None);
         charged
     }
 
@@ -30,6 +31,7 @@ impl Gateway {
     /// which the upstream client takes to send a call.
     pub(super) fn admit(
         &self,
+        ex: &mut Exchange,
         charged: admit::Charged,
         facts: &admit::Facts<'_>,
         caller: Option<&Caller>,
@@ -54,8 +56,8 @@ impl Gateway {
         );
         let took = started.elapsed();
         call.phase_ns[audit_phase::POLICY] = took.as_nanos() as u64;
-        let _ = TALLY.try_with(|t| t.borrow_mut().policy = Some(took));
-        self.apply(caller, effects, noted, call, Some(facts));
+        ex.tally.policy = Some(took);
+        self.apply(&ex.ctx, caller, effects, noted, call, Some(facts));
         admitted
     }
 
@@ -63,6 +65,7 @@ impl Gateway {
     /// policy's tally, and what the record learns.
     fn apply(
         &self,
+        ctx: &RequestCtx,
         caller: Option<&Caller>,
         effects: admit::Effects,
         noted: admit::Noted,
@@ -96,7 +99,7 @@ impl Gateway {
             if why == "denied by policy" {
                 tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
             }
-            self.strike_caller(caller, why);
+            self.strike_caller(ctx, caller, why);
         }
     }
 
@@ -105,6 +108,7 @@ impl Gateway {
     /// operator chose to drop records) and notes what is known already.
     pub(super) async fn open_call(
         &self,
+        ex: &Exchange,
         kind: crate::audit::record::Kind,
         e: &Envelope,
         session: Option<&Arc<Session>>,
@@ -116,19 +120,17 @@ impl Gateway {
             retry_after_ms: None,
         })?;
         // What the record needs of the request (not all of it: no intent copy).
-        let (caller, source, arrived, trace) = CTX
-            .try_with(|c| (c.caller.clone(), c.source, c.arrived, c.trace.clone()))
-            .unwrap_or_default();
+        let ctx = &ex.ctx;
         let mut call = Call::new(
             slot,
             kind,
-            arrived.unwrap_or_else(Instant::now),
+            ctx.arrived.unwrap_or_else(Instant::now),
             crate::clock::unix_us(),
         );
-        call.caller = session.and_then(|s| s.caller.clone()).or(caller);
-        call.source = source;
+        call.caller = caller_of(session, ctx);
+        call.source = ctx.source;
         call.session = session.map(|s| s.id.clone());
-        call.trace_id = trace.or_else(|| {
+        call.trace_id = ctx.trace.clone().or_else(|| {
             e.meta_entries
                 .iter()
                 .find(|(k, _)| k == "traceparent")
@@ -138,23 +140,22 @@ impl Gateway {
         // Taken here, with the rest of what the request says, so every
         // record has it: a call refused before it is judged (over the
         // agent's budget, naming no tool) was recorded without it.
-        call.intent = intent_of(e);
+        call.intent = intent_of(ctx, e);
         call.policy = Some(self.identity.policy.clone());
         call.rpc_id = e.id.clone();
-        let _ = TALLY.try_with(|t| {
-            let t = t.borrow();
-            call.bytes_in = t.bytes_in;
-            call.phase_ns[audit_phase::PARSE] = t.parse.map_or(0, |d| d.as_nanos() as u64);
-            call.phase_ns[audit_phase::AUTH] = t.auth.map_or(0, |d| d.as_nanos() as u64);
-        });
+        let t = &ex.tally;
+        call.bytes_in = t.bytes_in;
+        call.phase_ns[audit_phase::PARSE] = t.parse.map_or(0, |d| d.as_nanos() as u64);
+        call.phase_ns[audit_phase::AUTH] = t.auth.map_or(0, |d| d.as_nanos() as u64);
         Ok(call)
     }
 
     /// Forwards a prompt, resource or completion request to the upstream
     /// that owns what it names, with the upstream's own name for it. Its
-    /// audit record goes with the request (see `stash`).
+    /// audit record goes with the exchange (see `Exchange::stash`).
     pub(super) async fn forward_other(
         &self,
+        ex: &mut Exchange,
         method: &str,
         e: &Envelope,
         session: Option<&Arc<Session>>,
@@ -166,21 +167,22 @@ impl Gateway {
             _ => AuditKind::Resource,
         };
         let mut call = self
-            .open_call(kind, e, session)
+            .open_call(ex, kind, e, session)
             .await
             .map_err(|r| (r.code, r.message))?;
         let result = self
-            .forward_other_inner(method, e, session, &mut call)
+            .forward_other_inner(ex, method, e, session, &mut call)
             .await;
         if let Err((c, m)) = &result {
             call.failed(*c, m);
         }
-        stash(call);
+        ex.stash(call);
         result
     }
 
     pub(super) async fn forward_other_inner(
         &self,
+        ex: &mut Exchange,
         method: &str,
         e: &Envelope,
         session: Option<&Arc<Session>>,
@@ -194,16 +196,16 @@ impl Gateway {
         } = other_target(method, e, call)?;
         // Phase: budget, the agent's: prompts, resources and completions
         // count like tool calls (they were free).
-        let caller = caller_of(session);
+        let caller = caller_of(session, &ex.ctx);
         let charged = self
-            .charge(caller.as_ref(), call)
+            .charge(ex, caller.as_ref(), call)
             .map_err(|r| (r.code, r.message))?;
         // The upstream's own name for a prompt (a URI is never renamed).
         let (upstream, original) = self
             .route_other(method, kind, &key, field, &mut params)
             .await;
         let Some(index) = upstream else {
-            self.strike_caller(caller.as_ref(), "unknown name");
+            self.strike_caller(&ex.ctx, caller.as_ref(), "unknown name");
             return Err((
                 code::INVALID_PARAMS,
                 format!("Unknown {}: {key}", kind.key()),
@@ -233,7 +235,7 @@ impl Gateway {
             args_text: args_text.as_deref(),
         };
         let admitted = self
-            .admit(charged, &facts, caller.as_ref(), call)
+            .admit(ex, charged, &facts, caller.as_ref(), call)
             .map_err(|r| (r.code, r.message))?;
         let redaction = self.redaction_of(&admitted, policy_kind, &key);
         let assertion = match &caller {
@@ -444,26 +446,27 @@ impl Gateway {
 
     /// A tool call, every phase: its audit record is opened first (so
     /// whatever happens is recorded) and handed to the request answering
-    /// it (see `stash`).
+    /// it (see `Exchange::stash`).
     /// `session_lane`: the caller speaks the session era, so a dual-era
     /// upstream is spoken to in that era (`Upstream::for_session_caller`);
     /// not for a round of input, which stays with the first round's era.
     pub(super) async fn forward_call(
         &self,
+        ex: &mut Exchange,
         e: &Envelope,
         session: Option<&Arc<Session>>,
         session_lane: bool,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let mut call = self
-            .open_call(crate::audit::record::Kind::Tool, e, session)
+            .open_call(ex, crate::audit::record::Kind::Tool, e, session)
             .await?;
         let result = self
-            .forward_call_inner(e, session, session_lane, &mut call)
+            .forward_call_inner(ex, e, session, session_lane, &mut call)
             .await;
         if let Err(r) = &result {
             call.failed(r.code, &r.message);
         }
-        stash(call);
+        ex.stash(call);
         result
     }
 
@@ -471,16 +474,17 @@ impl Gateway {
     /// its upstream with the upstream's own name and request id.
     pub(super) async fn forward_call_inner(
         &self,
+        ex: &mut Exchange,
         e: &Envelope,
         session: Option<&Arc<Session>>,
         session_lane: bool,
         call: &mut Call,
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let name = tool_named(e, call)?;
-        let caller = caller_of(session);
-        let charged = self.charge(caller.as_ref(), call)?;
+        let caller = caller_of(session, &ex.ctx);
+        let charged = self.charge(ex, caller.as_ref(), call)?;
         let Some(route) = self.lookup(Kind::Tools, name).await else {
-            self.strike_caller(caller.as_ref(), "unknown tool");
+            self.strike_caller(&ex.ctx, caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
         // The catalog's shared names: nothing copied per call.
@@ -499,7 +503,7 @@ impl Gateway {
             intent: intent.as_deref(),
             args_text: e.arguments.as_deref(),
         };
-        let admitted = self.admit(charged, &facts, caller.as_ref(), call)?;
+        let admitted = self.admit(ex, charged, &facts, caller.as_ref(), call)?;
         let redaction = self.redaction_of(&admitted, "tool", name);
         if session_lane {
             // Spoken to in the caller's era where it speaks both (after the
@@ -547,9 +551,7 @@ impl Gateway {
         // Time to the upstream's answer (for a stream: to its first byte).
         let took = start.elapsed();
         call.phase_ns[audit_phase::UPSTREAM] = took.as_nanos() as u64;
-        let _ = TALLY.try_with(|t| {
-            t.borrow_mut().upstream = Some((upstream.label().clone(), route.public.clone(), took))
-        });
+        ex.tally.upstream = Some((upstream.label().clone(), route.public.clone(), took));
         match result {
             Ok((reply, _)) => Ok((upstream, reply, guard, redaction)),
             Err(e) => {
@@ -710,12 +712,11 @@ fn tool_named<'e>(e: &'e Envelope, call: &mut Call) -> Result<&'e str, Refusal> 
 }
 
 /// Who makes a call: a session's caller authenticated when it opened the
-/// session (a task that outlives the request, like a round of client
-/// input, finds it there), else the request's.
-fn caller_of(session: Option<&Arc<Session>>) -> Option<Caller> {
+/// session, else the request's.
+fn caller_of(session: Option<&Arc<Session>>, ctx: &RequestCtx) -> Option<Caller> {
     session
         .and_then(|s| s.caller.clone())
-        .or_else(current_caller)
+        .or_else(|| ctx.caller.clone())
 }
 
 /// The caller as admission sees it: names and budget buckets, borrowed.

@@ -8,13 +8,17 @@ impl Gateway {
     /// sees the tools, prompts, resources and templates some policy rule
     /// could allow it to use (resources and prompts were listed to anyone
     /// before). A cursor is tied to the list's version.
-    pub(super) async fn list(&self, kind: Kind, e: &Envelope) -> Result<Value, (i64, String)> {
+    pub(super) async fn list(
+        &self,
+        caller: Option<&Caller>,
+        kind: Kind,
+        e: &Envelope,
+    ) -> Result<Value, (i64, String)> {
         let cursor = e.cursor.as_deref();
         let cat = match cursor {
             None => self.refresh_for_client(kind).await,
             Some(_) => self.current(kind),
         };
-        let caller = current_caller();
         let policy = &self.identity.policy;
         let policy_kind = match kind {
             Kind::Tools => "tool",
@@ -32,7 +36,7 @@ impl Gateway {
                     .map(|u| u.name());
                 policy.could_allow(&crate::policy::compile::Request {
                     upstream_tool: route.map(|r| &*r.original),
-                    ..policy_request(caller.as_ref(), policy_kind, name, upstream, None, None)
+                    ..policy_request(caller, policy_kind, name, upstream, None, None)
                 })
             })
             .collect();
@@ -57,6 +61,7 @@ impl Gateway {
     /// Answers a request that needs no streaming (also used for batches).
     pub(super) async fn answer(
         &self,
+        ex: &mut Exchange,
         session: Option<&Arc<Session>>,
         era: Era,
         method: &str,
@@ -101,7 +106,8 @@ impl Gateway {
                 // Where clients since spec PR #3002 look; the body's copy is for older ones.
                 "_meta": {protocol::META_SERVER_INFO: protocol::implementation()},
             })),
-            m if let Some(kind) = Kind::of_method(m) => match self.list(kind, e).await {
+            m if let Some(kind) = Kind::of_method(m) => match self.list(ex.caller(), kind, e).await
+            {
                 Ok(result) => ok(result),
                 Err((c, m)) => err(c, m),
             },
@@ -109,13 +115,13 @@ impl Gateway {
             | "resources/read"
             | "completion/complete"
             | "resources/subscribe"
-            | "resources/unsubscribe" => match self.forward_other(method, e, session).await {
+            | "resources/unsubscribe" => match self.forward_other(ex, method, e, session).await {
                 // Its requests go to a session-era caller only on an event
                 // stream (`dispatch`); this answer has none.
                 Ok((_, reply))
                     if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
                 {
-                    with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                    ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                     err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
                 }
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
@@ -132,7 +138,7 @@ impl Gateway {
                 Ok(_) => ok(json!({})),
                 Err(m) => err(code::INVALID_PARAMS, m),
             },
-            "tools/call" => self.answer_call(session, era, id, e).await,
+            "tools/call" => self.answer_call(ex, session, era, id, e).await,
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),
         }
     }
@@ -143,6 +149,7 @@ impl Gateway {
     /// reason).
     async fn answer_call(
         &self,
+        ex: &mut Exchange,
         session: Option<&Arc<Session>>,
         era: Era,
         id: Value,
@@ -156,7 +163,7 @@ impl Gateway {
             };
             (status, rpc_error(&id, c, m))
         };
-        match self.forward_call(e, session, false).await {
+        match self.forward_call(ex, e, session, false).await {
             Err(r) => {
                 let status = if era == Era::Stateless {
                     stateless_status(r.code)
@@ -170,16 +177,16 @@ impl Gateway {
                     Ok(mut v) => {
                         if let Some(r) = &redaction {
                             let counts = r.apply(&mut v);
-                            with_call(|c| c.add_redactions(&counts));
+                            ex.with_call(|c| c.add_redactions(&counts));
                         }
                         if v["result"]["isError"] == true {
-                            with_call(|c| {
+                            ex.with_call(|c| {
                                 c.outcome = Some(crate::audit::record::Outcome::ToolError)
                             });
                         }
                         v["id"] = id.clone();
                         if era != Era::Stateless && crate::mcp::input::is_input_required(&v) {
-                            with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                            ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                             return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
                         }
                         if era != Era::Stateless && upstream.speaks_stateless() {
@@ -193,16 +200,21 @@ impl Gateway {
             Ok((_, reply, _, _))
                 if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
             {
-                with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
+                ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                 err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
             }
             Ok((upstream, reply, _, redaction)) => {
-                match redacted(reply, redaction.as_ref(), upstream.name(), None)
-                    .and_then(|reply| readdress(era, &upstream, &id, reply, "tools/call"))
+                match redacted(
+                    reply,
+                    redaction.as_ref(),
+                    upstream.name(),
+                    ex.tally.call.as_mut(),
+                )
+                .and_then(|reply| readdress(era, &upstream, &id, reply, "tools/call"))
                 {
                     Ok((status, text, _)) => {
                         if let Some(o) = result_outcome(&text) {
-                            with_call(|c| c.outcome = Some(o));
+                            ex.with_call(|c| c.outcome = Some(o));
                         }
                         (status, serde_json::from_slice(&text).unwrap_or_default())
                     }
@@ -214,24 +226,26 @@ impl Gateway {
 
     pub(super) async fn dispatch(
         self: Arc<Self>,
+        ex: &mut Exchange,
         era: Era,
         method: &str,
         id: Value,
         e: &Envelope,
-        sse_ok: bool,
         session: Option<Arc<Session>>,
     ) -> Response<Body> {
         if method == "tools/call"
             && era == Era::Stateless
             && let Some(token) = crate::mcp::input::parked_token(&e.extra_params)
         {
-            return Box::pin(self.resume(&token, id, e)).await;
+            return Box::pin(self.resume(ex, &token, id, e)).await;
         }
-        if method == "tools/call" && sse_ok {
+        // Every POST accepts an event stream (`post` refuses one that does
+        // not with 406), so each answer below may be one.
+        if method == "tools/call" {
             // Boxed: its future would otherwise be carried (and moved) by
             // every enclosing layer.
             let lane = era != Era::Stateless;
-            match Box::pin(self.forward_call(e, session.as_ref(), lane)).await {
+            match Box::pin(self.forward_call(ex, e, session.as_ref(), lane)).await {
                 Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
@@ -249,7 +263,8 @@ impl Gateway {
                             }
                             _ => None,
                         },
-                        call: unstash(),
+                        ctx: ex.ctx.detached(),
+                        call: ex.take_call(),
                     };
                     let parser = upstream.sse_parser();
                     return relay(upstream, st.into_body(), parser, to);
@@ -266,14 +281,19 @@ impl Gateway {
                         method: "tools/call",
                         id,
                     };
-                    return self.ask_for_input(upstream.name(), asked, first, redaction);
+                    return self.ask_for_input(ex, upstream.name(), asked, first, redaction);
                 }
                 Ok((upstream, reply, _, redaction)) => {
-                    let reply = redacted(reply, redaction.as_ref(), upstream.name(), None);
+                    let reply = redacted(
+                        reply,
+                        redaction.as_ref(),
+                        upstream.name(),
+                        ex.tally.call.as_mut(),
+                    );
                     return match reply.and_then(|r| readdress(era, &upstream, &id, r, method)) {
                         Ok((status, text, code)) => {
                             if let Some(o) = result_outcome(&text) {
-                                with_call(|c| c.outcome = Some(o));
+                                ex.with_call(|c| c.outcome = Some(o));
                             }
                             raw_json_response(status, text, code)
                         }
@@ -283,11 +303,11 @@ impl Gateway {
                 Err(r) => return refused(&r, &id, era),
             }
         }
-        if let (Some(s), true, Some(method)) = (&session, sse_ok, input_method(method)) {
+        if let (Some(s), Some(method)) = (&session, input_method(method)) {
             // A session-era caller of a prompt, read or completion: a
             // stateless upstream may answer `input_required`, whose requests
             // go to the caller on the call's stream, as for a tool call.
-            return match Box::pin(self.forward_other(method, e, Some(s))).await {
+            return match Box::pin(self.forward_other(ex, method, e, Some(s))).await {
                 Ok((upstream, reply)) if let Some(first) = crate::mcp::input::required(&reply) => {
                     let asked = Asked {
                         session: s.clone(),
@@ -296,7 +316,7 @@ impl Gateway {
                         id,
                     };
                     // Redacted already, each round (`forward_other`).
-                    self.ask_for_input(upstream.name(), asked, first, None)
+                    self.ask_for_input(ex, upstream.name(), asked, first, None)
                 }
                 Ok((upstream, reply)) => match readdress(era, &upstream, &id, reply, method) {
                     Ok((status, text, code)) => raw_json_response(status, text, code),
@@ -306,11 +326,11 @@ impl Gateway {
             };
         }
         if method == "subscriptions/listen" && era == Era::Stateless {
-            return Box::pin(self.listen(id, e, sse_ok)).await;
+            return Box::pin(self.listen(&ex.ctx, id, e)).await;
         }
         // Boxed: every method but tools/call, so the tools/call future
         // stays small.
-        let (status, v) = Box::pin(self.answer_in(session.as_ref(), era, method, id, e)).await;
+        let (status, v) = Box::pin(self.answer_in(ex, session.as_ref(), era, method, id, e)).await;
         json_response(status, &v)
     }
 
@@ -318,6 +338,7 @@ impl Gateway {
     /// subscriptions and its log level (alone or in a batch).
     pub(super) async fn answer_in(
         &self,
+        ex: &mut Exchange,
         session: Option<&Arc<Session>>,
         era: Era,
         method: &str,
@@ -325,7 +346,8 @@ impl Gateway {
         e: &Envelope,
     ) -> (StatusCode, Value) {
         if let (Some(s), "resources/subscribe" | "resources/unsubscribe") = (session, method) {
-            return Box::pin(self.subscribe(s, method == "resources/subscribe", id, e)).await;
+            return Box::pin(self.subscribe(&ex.ctx, s, method == "resources/subscribe", id, e))
+                .await;
         }
         // (The level is read only for this method: no parse on others.)
         if method == "logging/setLevel"
@@ -335,6 +357,6 @@ impl Gateway {
             s.log_floor
                 .store(floor, std::sync::atomic::Ordering::Relaxed);
         }
-        self.answer(session, era, method, id, e).await
+        self.answer(ex, session, era, method, id, e).await
     }
 }

@@ -105,7 +105,11 @@ pub(super) fn accepts(headers: &HeaderMap) -> (bool, bool) {
 }
 
 impl Gateway {
-    pub(super) async fn post(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    pub(super) async fn post(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        ex: &mut Exchange,
+    ) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let headers = parts.headers;
         let (json_ok, sse_ok) = accepts(&headers);
@@ -124,31 +128,31 @@ impl Gateway {
             Ok(b) => b,
             Err(refused) => return refused,
         };
-        let _ = TALLY.try_with(|t| t.borrow_mut().bytes_in = bytes.len() as u64);
+        ex.tally.bytes_in = bytes.len() as u64;
         let parse_start = Instant::now();
         let parsed = envelope::parse(&bytes, self.config.max_json_depth);
         let took = parse_start.elapsed();
-        let _ = TALLY.try_with(|t| t.borrow_mut().parse = Some(took));
+        ex.tally.parse = Some(took);
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
         let session_id = header(protocol::H_SESSION).map(str::to_string);
         let e = match parsed {
             Ok(Parsed::One(e)) => e,
             Ok(Parsed::Batch) => {
-                note_method("batch");
+                ex.note_method("batch");
                 // Cold paths are boxed so the hot path's future (moved on
                 // every call) stays small.
-                return Box::pin(self.batch(&bytes, session_id.as_deref())).await;
+                return Box::pin(self.batch(&bytes, session_id.as_deref(), ex)).await;
             }
-            Err(err) => return self.malformed(err),
+            Err(err) => return self.malformed(&ex.ctx, err),
         };
         let id = e.id.clone().unwrap_or(Value::Null);
         let is_response = e.method.is_none() && e.is_response;
-        if let Err(refused) = self.check_message(&e, &id, is_response) {
+        if let Err(refused) = self.check_message(&ex.ctx, &e, &id, is_response) {
             return json_response(StatusCode::BAD_REQUEST, &refused);
         }
         let method = e.method.as_deref().unwrap_or_default();
         let is_notification = is_response || e.id.is_none();
-        note_method(if is_notification {
+        ex.note_method(if is_notification {
             "notification"
         } else {
             method_label(method)
@@ -176,13 +180,13 @@ impl Gateway {
                 return empty(StatusCode::ACCEPTED);
             }
             return self
-                .dispatch(Era::Stateless, method, id, &e, sse_ok, None)
+                .dispatch(ex, Era::Stateless, method, id, &e, None)
                 .await;
         }
 
         // Session era.
         if method == "initialize" {
-            return self.initialize(id, &e);
+            return self.initialize(ex.caller(), id, &e);
         }
         let Some(sid) = session_id else {
             return json_response(
@@ -194,7 +198,7 @@ impl Gateway {
                 ),
             );
         };
-        let Some(session) = self.sessions.owned(&sid) else {
+        let Some(session) = self.sessions.owned(&sid, ex.caller()) else {
             return session_not_found(&id);
         };
         if let Some(v) = header_version
@@ -219,11 +223,11 @@ impl Gateway {
             return empty(StatusCode::ACCEPTED);
         }
         self.dispatch(
+            ex,
             Era::Session(session.version),
             method,
             id,
             &e,
-            sse_ok,
             Some(session),
         )
         .await
@@ -268,8 +272,8 @@ impl Gateway {
 
     /// The answer to a body that is not one JSON-RPC message (struck
     /// against its source).
-    fn malformed(&self, err: EnvelopeError) -> Response<Body> {
-        self.strike_source("malformed request");
+    fn malformed(&self, ctx: &RequestCtx, err: EnvelopeError) -> Response<Body> {
+        self.strike_source(ctx, "malformed request");
         let (code, message) = match err {
             EnvelopeError::Parse(why) => (code::PARSE_ERROR, format!("Parse error: {why}")),
             EnvelopeError::NotObject => (
@@ -294,7 +298,13 @@ impl Gateway {
     /// Whether a message is one Dome takes (its `jsonrpc`, id, method and
     /// caller-controlled fields), else the JSON-RPC error refusing it (at
     /// HTTP 400).
-    fn check_message(&self, e: &Envelope, id: &Value, is_response: bool) -> Result<(), Value> {
+    fn check_message(
+        &self,
+        ctx: &RequestCtx,
+        e: &Envelope,
+        id: &Value,
+        is_response: bool,
+    ) -> Result<(), Value> {
         let refuse = |id: &Value, code, why: &str| Err(rpc_error(id, code, why));
         if !e.jsonrpc_ok {
             return refuse(id, code::INVALID_REQUEST, "jsonrpc must be \"2.0\"");
@@ -305,8 +315,8 @@ impl Gateway {
         if e.method.is_none() && !is_response {
             return refuse(id, code::INVALID_REQUEST, "a request needs a method");
         }
-        if let Some(why) = self.bad_caller_field(e) {
-            self.strike_source("a field over its cap or of the wrong type");
+        if let Some(why) = self.bad_caller_field(ctx, e) {
+            self.strike_source(ctx, "a field over its cap or of the wrong type");
             return refuse(id, code::INVALID_PARAMS, &why);
         }
         Ok(())
@@ -320,9 +330,10 @@ impl Gateway {
         self: Arc<Self>,
         bytes: &[u8],
         session: Option<&str>,
+        ex: &mut Exchange,
     ) -> Response<Body> {
         let session = match session {
-            Some(sid) => match self.sessions.owned(sid) {
+            Some(sid) => match self.sessions.owned(sid, ex.caller()) {
                 Some(s) => Some(s),
                 None => return session_not_found(&Value::Null),
             },
@@ -379,11 +390,13 @@ impl Gateway {
                 }
                 Some(_) if e.id.is_none() => {}
                 Some("initialize") => out.push(refuse("initialize cannot be part of a batch")),
-                Some(_) if let Some(why) = self.bad_caller_field(&e) => {
+                Some(_) if let Some(why) = self.bad_caller_field(&ex.ctx, &e) => {
                     out.push(rpc_error(&id, code::INVALID_PARAMS, why))
                 }
                 Some(method) => {
-                    let (_, v) = self.answer_in(Some(&session), era, method, id, &e).await;
+                    let (_, v) = self
+                        .answer_in(ex, Some(&session), era, method, id, &e)
+                        .await;
                     out.push(v);
                 }
             }
@@ -394,10 +407,15 @@ impl Gateway {
         json_response(StatusCode::OK, &Value::Array(out))
     }
 
-    pub(super) fn initialize(self: &Arc<Self>, id: Value, e: &Envelope) -> Response<Body> {
+    pub(super) fn initialize(
+        self: &Arc<Self>,
+        caller: Option<&Caller>,
+        id: Value,
+        e: &Envelope,
+    ) -> Response<Body> {
         let requested = e.init_version.as_deref().unwrap_or_default();
         let version = protocol::negotiate(requested);
-        let caller = current_caller();
+        let caller = caller.cloned();
         // One agent cannot fill the table: at its allowance, its least
         // recently used session makes room (its client gets 404 and can
         // initialize again, as for any ended session).

@@ -40,7 +40,7 @@ impl Redaction {
 /// `reply` with the policy's redactions applied (a tree is built only
 /// then). A reply that cannot be read cannot be redacted: it is refused,
 /// naming the upstream, rather than passed on as it came. The counts go
-/// to `call`, or to the request's own call when that is `None`.
+/// to `call`'s record.
 pub(super) fn redacted(
     reply: Reply,
     redaction: Option<&Redaction>,
@@ -62,9 +62,8 @@ pub(super) fn redacted(
         Reply::Stream(_) => return Ok(reply),
     };
     let counts = r.apply(&mut v);
-    match call {
-        Some(c) => c.add_redactions(&counts),
-        None => with_call(|c| c.add_redactions(&counts)),
+    if let Some(c) = call {
+        c.add_redactions(&counts);
     }
     Ok(Reply::Json(v))
 }

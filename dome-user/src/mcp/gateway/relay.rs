@@ -80,6 +80,9 @@ pub(super) struct RelayTo {
     /// past its end: none): a stateless caller's from the request, a
     /// session's from its `logging/setLevel`; `None`: all.
     pub(super) log_floor: Option<usize>,
+    /// Who sent the request, for rounds of input that may follow outside
+    /// it.
+    pub(super) ctx: RequestCtx,
     /// The call's audit record, finished when the final response passes
     /// (and before it does, so nothing is answered unrecorded).
     pub(super) call: Option<Call>,
@@ -103,8 +106,6 @@ pub(super) fn relay(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     let relay = Relay {
         session: to.inflight.as_ref().map(|i| i.session.clone()),
-        // For rounds of input that may follow, outside this request.
-        ctx: detached_ctx(),
         name: up.name().to_string(),
         up,
         to,
@@ -124,7 +125,6 @@ struct Relay {
     to: RelayTo,
     /// The caller's session (session era, a call with an id).
     session: Option<Arc<Session>>,
-    ctx: RequestCtx,
     tx: Push,
     bytes_out: u64,
     /// Events that were not JSON-RPC, withheld.
@@ -410,8 +410,15 @@ impl Relay {
             method: "tools/call",
             id: self.to.id.clone(),
         };
-        let rounds = gw.fulfil(asked, first, self.to.redaction.clone(), self.tx.clone());
-        CTX.scope(self.ctx.clone(), rounds).await;
+        let ctx = self.to.ctx.clone();
+        gw.fulfil(
+            ctx,
+            asked,
+            first,
+            self.to.redaction.clone(),
+            self.tx.clone(),
+        )
+        .await;
         Flow::Done
     }
 

@@ -4,11 +4,17 @@
 
 use super::*;
 
+/// The JSON-RPC error code a response answers with, carried beside it for
+/// `/stats` and the call's record (read back in `handle`).
+#[derive(Clone, Copy)]
+pub(super) struct RpcErrorCode(pub(super) i64);
+
 pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = json_body(status, Bytes::from(v.to_string()));
     if let Some(c) = v["error"]["code"].as_i64() {
-        let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
+        r.extensions_mut().insert(RpcErrorCode(c));
     }
-    json_body(status, Bytes::from(v.to_string()))
+    r
 }
 
 /// A JSON response (built directly: no builder, no header parsing).
@@ -28,10 +34,11 @@ pub(super) fn raw_json_response(
     text: impl Into<Bytes>,
     rpc_error: Option<i64>,
 ) -> Response<Body> {
+    let mut r = json_body(status, text.into());
     if let Some(c) = rpc_error {
-        let _ = TALLY.try_with(|t| t.borrow_mut().rpc_error = Some(c));
+        r.extensions_mut().insert(RpcErrorCode(c));
     }
-    json_body(status, text.into())
+    r
 }
 
 /// (HTTP status, the answer's JSON text, its JSON-RPC error code if any).

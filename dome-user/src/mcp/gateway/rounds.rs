@@ -89,16 +89,21 @@ impl Gateway {
     /// A stateless caller's retry of a call Dome parked for its input: the
     /// answers go to the upstream's requests, and the call's stream resumes
     /// as this request's response. Answers still missing are asked again.
-    pub(super) async fn resume(&self, token: &str, id: Value, e: &Envelope) -> Response<Body> {
+    pub(super) async fn resume(
+        &self,
+        ex: &mut Exchange,
+        token: &str,
+        id: Value,
+        e: &Envelope,
+    ) -> Response<Body> {
         // Taken only by a retry of the same tool from the agent that began
         // the call: anyone else's attempt leaves it waiting for its owner.
         let parked = {
             let mut parked = self.sessions.parked.lock().expect("parked lock");
-            let caller = current_caller();
             match parked.get(token) {
                 Some((_, p))
                     if e.name.as_deref() == Some(p.tool.as_str())
-                        && same_agent(p.owner.as_ref(), caller.as_ref()) =>
+                        && same_agent(p.owner.as_ref(), ex.caller()) =>
                 {
                     parked.remove(token).map(|(_, p)| p)
                 }
@@ -154,7 +159,7 @@ impl Gateway {
         // The resumed call gets a record of its own (the parked one says
         // it waited for input).
         let mut record = match self
-            .open_call(crate::audit::record::Kind::Tool, e, None)
+            .open_call(ex, crate::audit::record::Kind::Tool, e, None)
             .await
         {
             Ok(c) => c,
@@ -173,6 +178,7 @@ impl Gateway {
             // The parked call was judged when it began.
             redaction: call_redaction,
             log_floor: Some(log_floor(e)),
+            ctx: ex.ctx.detached(),
             call: Some(record),
         };
         relay(upstream, body, parser, to)
@@ -184,6 +190,7 @@ impl Gateway {
     /// ends the call at once with -32021 naming the capability.
     pub(super) fn ask_for_input(
         self: &Arc<Self>,
+        ex: &mut Exchange,
         upstream: &str,
         asked: Asked,
         first: Value,
@@ -192,19 +199,16 @@ impl Gateway {
         let caps = asked.session.capabilities.as_deref();
         if let Some(error) = crate::mcp::input::round_problem(upstream, 1, caps, &first) {
             let answer = json!({"jsonrpc": "2.0", "id": asked.id, "error": error});
-            with_call(|c| note_final(c, &answer, None));
+            ex.with_call(|c| note_final(c, &answer, None));
             return json_response(StatusCode::OK, &answer);
         }
-        with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
+        ex.with_call(|c| c.outcome = Some(crate::audit::record::Outcome::InputRequired));
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         let gw = self.clone();
         // The rounds run after this request's task: they take its context
         // (caller, intent header, source, trace) along.
-        let ctx = detached_ctx();
-        tokio::spawn(CTX.scope(
-            ctx,
-            async move { gw.fulfil(asked, first, redaction, tx).await },
-        ));
+        let ctx = ex.ctx.detached();
+        tokio::spawn(async move { gw.fulfil(ctx, asked, first, redaction, tx).await });
         sse_response(rx)
     }
 
@@ -213,8 +217,10 @@ impl Gateway {
     /// under an id of Dome's; with every answer in, the call goes to the
     /// upstream again with `inputResponses` and its `requestState`, until a
     /// final result, which goes to the client under its own id.
+    /// `ctx`: who sent the request the rounds answer.
     pub(super) async fn fulfil(
         self: Arc<Self>,
+        ctx: RequestCtx,
         asked: Asked,
         first: Value,
         redaction: Option<Redaction>,
@@ -242,7 +248,7 @@ impl Gateway {
                 return;
             };
             let again = with_answers(&e, method, answers, result.get("requestState"));
-            let (forwarded, mut record) = self.round(method, &again, &session).await;
+            let (forwarded, mut record) = self.round(&ctx, method, &again, &session).await;
             let (upstream, reply, redaction) = match forwarded {
                 Ok(r) => r,
                 Err(r) => {
@@ -302,9 +308,12 @@ impl Gateway {
     }
 
     /// One round's call upstream, with the answers in `again`, and its
-    /// record, kept here (this task answers outside any request).
+    /// record, taken back from the round's own exchange: this task answers
+    /// outside any request, and finishes the record before its answer
+    /// leaves.
     async fn round(
         &self,
+        ctx: &RequestCtx,
         method: &'static str,
         again: &Envelope,
         session: &Arc<Session>,
@@ -312,23 +321,20 @@ impl Gateway {
         Result<(Arc<Upstream>, Reply, Option<Redaction>), Refusal>,
         Option<Call>,
     ) {
-        TALLY
-            .scope(std::cell::RefCell::new(Box::default()), async {
-                let r = if method == "tools/call" {
-                    // The first round's upstream, not its session lane.
-                    self.forward_call(again, Some(session), false)
-                        .await
-                        .map(|(u, r, _, red)| (u, r, red))
-                } else {
-                    // Redacted there, as the first round was.
-                    self.forward_other(method, again, Some(session))
-                        .await
-                        .map(|(u, r)| (u, r, None))
-                        .map_err(Refusal::from)
-                };
-                (r, unstash())
-            })
-            .await
+        let mut ex = Exchange::new(ctx.clone());
+        let r = if method == "tools/call" {
+            // The first round's upstream, not its session lane.
+            self.forward_call(&mut ex, again, Some(session), false)
+                .await
+                .map(|(u, r, _, red)| (u, r, red))
+        } else {
+            // Redacted there, as the first round was.
+            self.forward_other(&mut ex, method, again, Some(session))
+                .await
+                .map(|(u, r)| (u, r, None))
+                .map_err(Refusal::from)
+        };
+        (r, ex.take_call())
     }
 }
 

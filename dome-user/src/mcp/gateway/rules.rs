@@ -33,12 +33,12 @@ pub const H_INTENT: header::HeaderName = header::HeaderName::from_static("dome-i
 
 /// The caller's stated intent: `params._meta["dome/intent"]`, else the
 /// `Dome-Intent` header.
-pub(super) fn intent_of(e: &Envelope) -> Option<String> {
+pub(super) fn intent_of(ctx: &RequestCtx, e: &Envelope) -> Option<String> {
     e.dome_meta
         .iter()
         .find(|(k, _)| k == INTENT_META)
         .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
-        .or_else(|| CTX.try_with(|c| c.intent.clone()).ok().flatten())
+        .or_else(|| ctx.intent.clone())
         // Blank is no intent: `" "` or a zero-width space met
         // `require_intent`.
         .filter(|i| {
@@ -126,10 +126,14 @@ mod uri_tests {
             ..Default::default()
         };
         for blank in [r#"" ""#, r#""\u200b""#, r#""\t \n""#, r#""""#] {
-            assert_eq!(intent_of(&with(blank)), None, "{blank}");
+            assert_eq!(
+                intent_of(&RequestCtx::default(), &with(blank)),
+                None,
+                "{blank}"
+            );
         }
         assert_eq!(
-            intent_of(&with(r#"" refund ""#)).as_deref(),
+            intent_of(&RequestCtx::default(), &with(r#"" refund ""#)).as_deref(),
             Some(" refund ")
         );
     }

@@ -232,13 +232,13 @@ impl SessionTable {
             .cloned()
     }
 
-    /// The session `id` if the current caller opened it: another agent's
+    /// The session `id` if `caller` opened it: another agent's
     /// session id is as good as none, whatever it asks of the session
     /// (a request, its GET stream, ending it).
-    pub(super) fn owned(&self, id: &str) -> Option<Arc<Session>> {
+    pub(super) fn owned(&self, id: &str, caller: Option<&Caller>) -> Option<Arc<Session>> {
         let s = self
             .get(id)
-            .filter(|s| same_agent(s.caller.as_ref(), current_caller().as_ref()))?;
+            .filter(|s| same_agent(s.caller.as_ref(), caller))?;
         s.last_used
             .store(mono_ms(), std::sync::atomic::Ordering::Relaxed);
         Some(s)

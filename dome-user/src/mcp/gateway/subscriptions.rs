@@ -57,6 +57,7 @@ impl Gateway {
 
     pub(super) async fn subscribe(
         &self,
+        ctx: &RequestCtx,
         session: &Arc<Session>,
         on: bool,
         id: Value,
@@ -95,7 +96,7 @@ impl Gateway {
                 &uri,
                 Some(&upstream),
                 session.caller.as_ref(),
-                intent_of(e).as_deref(),
+                intent_of(ctx, e).as_deref(),
             )
         {
             return (StatusCode::OK, rpc_error(&id, code::POLICY_DENIED, reason));
@@ -132,7 +133,7 @@ impl Gateway {
     /// and then carries the matching change notifications of every
     /// upstream, each stamped with the listen request's id, until the
     /// client closes it.
-    pub(super) async fn listen(&self, id: Value, e: &Envelope, sse_ok: bool) -> Response<Body> {
+    pub(super) async fn listen(&self, ctx: &RequestCtx, id: Value, e: &Envelope) -> Response<Body> {
         let bad = |c: i64, m: &str| json_response(stateless_status(c), &rpc_error(&id, c, m));
         let caps = self.capabilities();
         let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
@@ -152,12 +153,6 @@ impl Gateway {
                 "subscriptions/listen needs a request id",
             );
         }
-        if !sse_ok {
-            return bad(
-                code::INVALID_REQUEST,
-                "subscriptions/listen answers with a stream: Accept must list text/event-stream",
-            );
-        }
         let params: Value = e
             .params
             .as_deref()
@@ -167,7 +162,7 @@ impl Gateway {
         let cap = self.config.max_streams_per_agent;
         let Some(slot) = self
             .sessions
-            .open_stream_slot(agent_key(current_caller().as_ref()), cap)
+            .open_stream_slot(agent_key(ctx.caller.as_ref()), cap)
         else {
             return too_many_streams(&id, cap);
         };
@@ -185,7 +180,7 @@ impl Gateway {
             uris: Default::default(),
         };
         let wanted = if offers("resources", "subscribe") {
-            self.listen_uris(asked, e, &mut filter).await
+            self.listen_uris(ctx, asked, e, &mut filter).await
         } else {
             Vec::new()
         };
@@ -227,6 +222,7 @@ impl Gateway {
     /// serving it (returned, to be given up when the stream ends).
     async fn listen_uris(
         &self,
+        ctx: &RequestCtx,
         asked: &serde_json::Map<String, Value>,
         e: &Envelope,
         filter: &mut ListenFilter,
@@ -237,8 +233,8 @@ impl Gateway {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
             .unwrap_or_default();
-        let caller = current_caller();
-        let intent = intent_of(e);
+        let caller = ctx.caller.clone();
+        let intent = intent_of(ctx, e);
         for uri in uris {
             let upstream = self.resource_upstream(uri).await;
             // Policy first: a URI the caller may not read is left out of
