@@ -13,6 +13,9 @@
 //! - `audit`: one audit record and its rkyv encoding (`record`), and the
 //!   hash-chained frame that carries it (`frame`).
 //! - `budget`: call budgets, GCRA over atomics.
+//! - `catalog`: how the federated catalogs name and route what the
+//!   upstreams list (prefixes, conflicts, names kept across listings,
+//!   cursors).
 //! - `diag`: where in a TOML file a problem is.
 //! - `envelope`: one JSON-RPC message read on a simd-json tape, its
 //!   caller-controlled sizes bounded.
@@ -23,6 +26,7 @@
 pub mod admit;
 pub mod audit;
 pub mod budget;
+pub mod catalog;
 pub mod diag;
 pub mod envelope;
 #[cfg(any(test, feature = "testing"))]

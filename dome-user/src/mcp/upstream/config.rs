@@ -3,17 +3,7 @@
 
 use super::*;
 
-/// How tool names of this upstream appear downstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PrefixMode {
-    /// Always `upstream.tool`.
-    Always,
-    /// Never prefixed; on a clash the upstream listed first wins.
-    Never,
-    /// Prefixed only where two upstreams offer the same name.
-    OnConflict,
-}
+pub use dome_core::catalog::PrefixMode;
 
 /// `[[upstream]]` in `dome.toml`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
