@@ -19,8 +19,14 @@
 //! - `diag`: where in a TOML file a problem is.
 //! - `envelope`: one JSON-RPC message read on a simd-json tape, its
 //!   caller-controlled sizes bounded.
+//! - `era`: which era a message speaks, and the stateless era's ladder of
+//!   checks (envelope keys, routing headers, version).
+//! - `input`: a call that needs the client's input across the eras: who
+//!   can be asked what, `input_required` and its rounds, parked-call tokens.
 //! - `protocol`: MCP's versions, error codes, `_meta` keys and headers, and
 //!   what each era's answers may carry.
+//! - `rules`: what a caller may send: names, URIs in their plain form,
+//!   arguments, request ids.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
 pub mod admit;
@@ -29,8 +35,11 @@ pub mod budget;
 pub mod catalog;
 pub mod diag;
 pub mod envelope;
+pub mod era;
+pub mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod mangle;
 pub mod policy;
 pub mod protocol;
+pub mod rules;
 pub mod terminal;

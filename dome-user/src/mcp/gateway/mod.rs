@@ -52,7 +52,7 @@ use crate::{
 
 use super::{
     catalog::{self, Catalog, Kind},
-    envelope::{self, Envelope, EnvelopeError, Meta, Parsed},
+    envelope::{self, Envelope, EnvelopeError, Parsed},
     protocol::{self, code},
     sse::{self, SseParser},
     upstream::{Reply, Upstream},
@@ -468,102 +468,7 @@ impl Gateway {
 
 #[cfg(test)]
 mod tests {
-    use super::post::{accepts, stateless_ladder};
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
-
-    fn env(v: Value) -> Envelope {
-        match envelope::parse(v.to_string().as_bytes(), envelope::DEFAULT_MAX_DEPTH).unwrap() {
-            Parsed::One(e) => *e,
-            Parsed::Batch => panic!("batch"),
-        }
-    }
-
-    fn call(version: &str) -> Envelope {
-        env(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo",
-            "_meta": {protocol::META_PROTOCOL_VERSION: version, protocol::META_CLIENT_CAPABILITIES: {}}}}),
-        )
-    }
-
-    fn routing(version: &str, method: &str, name: &str) -> HeaderMap {
-        headers(&[
-            ("mcp-protocol-version", version),
-            ("mcp-method", method),
-            ("mcp-name", name),
-        ])
-    }
-
-    /// The ladder's error code for a tools/call of `echo` at `body_version`.
-    fn ladder_code(body_version: &str, h: &HeaderMap) -> Option<i64> {
-        stateless_ladder(&call(body_version), "tools/call", h)
-            .err()
-            .map(|e| e.0)
-    }
-
-    #[test]
-    fn ladder_checks_headers_then_version() {
-        let ok = routing("2026-07-28", "tools/call", "echo");
-        assert_eq!(ladder_code("2026-07-28", &ok), None);
-        let wrong_name = routing("2026-07-28", "tools/call", "other");
-        assert_eq!(
-            ladder_code("2026-07-28", &wrong_name),
-            Some(code::HEADER_MISMATCH)
-        );
-        let wrong_method = routing("2026-07-28", "tools/list", "echo");
-        assert_eq!(
-            ladder_code("2026-07-28", &wrong_method),
-            Some(code::HEADER_MISMATCH)
-        );
-        let future = routing("2099-01-01", "tools/call", "echo");
-        let e = stateless_ladder(&call("2099-01-01"), "tools/call", &future).unwrap_err();
-        assert_eq!(e.0, code::UNSUPPORTED_VERSION);
-        assert_eq!(e.2.unwrap()["supported"], json!(["2026-07-28"]));
-        let no_meta = env(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}));
-        assert_eq!(
-            stateless_ladder(&no_meta, "tools/list", &ok).unwrap_err().0,
-            code::INVALID_PARAMS
-        );
-    }
-
-    #[test]
-    fn accept_rules() {
-        assert_eq!(
-            accepts(&headers(&[(
-                "accept",
-                "application/json, text/event-stream"
-            )])),
-            (true, true)
-        );
-        assert_eq!(accepts(&headers(&[("accept", "*/*")])), (true, true));
-        assert_eq!(
-            accepts(&headers(&[("accept", "application/json")])),
-            (true, false)
-        );
-        // Parameters, case, subtype wildcards and repeated headers.
-        assert_eq!(
-            accepts(&headers(&[
-                ("accept", "Application/JSON;q=0.9"),
-                ("accept", " text/*; q=0.1")
-            ])),
-            (true, true)
-        );
-        assert_eq!(
-            accepts(&headers(&[("accept", "text/html, application/*")])),
-            (true, false)
-        );
-        assert_eq!(accepts(&headers(&[])), (false, false));
-    }
 
     #[test]
     fn outcomes_read_from_result_text() {

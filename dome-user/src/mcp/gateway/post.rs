@@ -4,105 +4,7 @@
 
 use super::*;
 
-/// The stateless era's validation ladder: envelope keys, routing headers,
-/// then the version. First failure wins.
-pub(super) fn stateless_ladder(
-    e: &Envelope,
-    method: &str,
-    headers: &HeaderMap,
-) -> Result<(), (i64, String, Option<Value>)> {
-    let missing = |key: &str| {
-        (
-            code::INVALID_PARAMS,
-            format!("params._meta is missing {key}"),
-            None,
-        )
-    };
-    let (version, has_capabilities) = match &e.meta {
-        Meta::Object {
-            version,
-            has_capabilities,
-        } => (version.clone(), *has_capabilities),
-        _ => {
-            return Err((
-                code::INVALID_PARAMS,
-                format!(
-                    "params._meta must be an object carrying {} and {}",
-                    protocol::META_PROTOCOL_VERSION,
-                    protocol::META_CLIENT_CAPABILITIES
-                ),
-                None,
-            ));
-        }
-    };
-    let Some(version) = version else {
-        return Err(missing(protocol::META_PROTOCOL_VERSION));
-    };
-    if !has_capabilities {
-        return Err(missing(protocol::META_CLIENT_CAPABILITIES));
-    }
-    let header = |n| headers.get(n).and_then(|v| v.to_str().ok());
-    if header(protocol::H_VERSION).is_none_or(|h| Some(h) != version.as_deref()) {
-        return Err((
-            code::HEADER_MISMATCH,
-            "MCP-Protocol-Version header does not match _meta's protocol version".into(),
-            None,
-        ));
-    }
-    if header(protocol::H_METHOD) != Some(method) {
-        return Err((
-            code::HEADER_MISMATCH,
-            "Mcp-Method header does not match the body's method".into(),
-            None,
-        ));
-    }
-    if let Some(key) = protocol::name_key(method)
-        && let Some(body_name) = e.name.as_deref()
-        && header(protocol::H_NAME) != Some(body_name)
-    {
-        return Err((
-            code::HEADER_MISMATCH,
-            format!("Mcp-Name header does not match the body's {key}"),
-            None,
-        ));
-    }
-    let Some(v) = version else {
-        return Err((
-            code::INVALID_PARAMS,
-            "the protocol version must be a string".into(),
-            None,
-        ));
-    };
-    if !protocol::is_stateless_version(&v) {
-        return Err((
-            code::UNSUPPORTED_VERSION,
-            "Unsupported protocol version".into(),
-            Some(json!({"supported": protocol::STATELESS_VERSIONS, "requested": v})),
-        ));
-    }
-    Ok(())
-}
-
-pub(super) fn accepts(headers: &HeaderMap) -> (bool, bool) {
-    // Media ranges, parameters dropped, compared without allocating (this
-    // runs on every POST).
-    let (mut json, mut sse) = (false, false);
-    let ranges = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.split(';').next().unwrap_or("").trim());
-    for t in ranges {
-        let is = |m: &str| t.eq_ignore_ascii_case(m);
-        if is("*/*") {
-            return (true, true);
-        }
-        json |= is("application/json") || is("application/*");
-        sse |= is("text/event-stream") || is("text/*");
-    }
-    (json, sse)
-}
+pub(super) use dome_core::era::{accepts, is_stateless, stateless_ladder};
 
 impl Gateway {
     pub(super) async fn post(
@@ -159,14 +61,7 @@ impl Gateway {
         });
 
         let header_version = header(protocol::H_VERSION);
-        let stateless = matches!(
-            &e.meta,
-            Meta::Object {
-                version: Some(_),
-                ..
-            }
-        ) || method == "server/discover"
-            || header_version.is_some_and(protocol::is_stateless_version);
+        let stateless = is_stateless(&e, method, header_version);
 
         if stateless {
             if let Err((code, message, data)) = stateless_ladder(&e, method, &headers) {
