@@ -27,6 +27,8 @@
 //!   what each era's answers may carry.
 //! - `rules`: what a caller may send: names, URIs in their plain form,
 //!   arguments, request ids.
+//! - `subscriptions`: what a `subscriptions/listen` stream carries, and
+//!   log messages at the caller's level.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
 pub mod admit;
@@ -42,4 +44,5 @@ pub mod mangle;
 pub mod policy;
 pub mod protocol;
 pub mod rules;
+pub mod subscriptions;
 pub mod terminal;

@@ -4,46 +4,7 @@
 
 use super::*;
 
-/// Whether `message` passes a caller's lowest wanted log level (an index
-/// into `LOG_LEVELS`, `None`: all): a caller gets log messages only at the
-/// level it asked for, which a session-era upstream does not know of a
-/// stateless caller, and no upstream knows of a session.
-pub(super) fn admits_log(message: &Value, floor: Option<usize>) -> bool {
-    let Some(floor) = floor else { return true };
-    message["method"] != "notifications/message"
-        || message["params"]["level"]
-            .as_str()
-            .and_then(protocol::log_level_rank)
-            .is_some_and(|l| l >= floor)
-}
-
-/// The level a `logging/setLevel` asks for, as an index into `LOG_LEVELS`.
-pub(super) fn set_level_of(e: &Envelope) -> Result<usize, String> {
-    let params: Value = e
-        .params
-        .as_deref()
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or_default();
-    let level = params["level"].as_str().unwrap_or_default();
-    protocol::log_level_rank(level).ok_or_else(|| {
-        format!(
-            "unknown log level `{level}`; levels: {}",
-            protocol::LOG_LEVELS.join(", ")
-        )
-    })
-}
-
-/// The lowest log level a stateless caller asked for in
-/// `_meta["io.modelcontextprotocol/logLevel"]`, as an index into
-/// `LOG_LEVELS`; past the end when it asked for none (or named no level).
-pub(super) fn log_floor(e: &Envelope) -> usize {
-    e.meta_entries
-        .iter()
-        .find(|(k, _)| k == protocol::META_LOG_LEVEL)
-        .and_then(|(_, v)| serde_json::from_str::<String>(v).ok())
-        .and_then(|l| protocol::log_level_rank(&l))
-        .unwrap_or(protocol::LOG_LEVELS.len())
-}
+pub(super) use dome_core::subscriptions::{admits_log, log_floor, set_level_of};
 
 /// Notes a call's final JSON-RPC response in its record: redactions, and
 /// how it ended (error code, the tool's `isError`, waiting for input, or a

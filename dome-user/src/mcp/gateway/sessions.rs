@@ -157,44 +157,7 @@ pub(super) struct Listen {
     pub(super) push: Push,
 }
 
-#[derive(Default)]
-pub(super) struct ListenFilter {
-    pub(super) tools: bool,
-    pub(super) prompts: bool,
-    pub(super) resources: bool,
-    pub(super) uris: std::collections::HashSet<String>,
-}
-
-impl ListenFilter {
-    pub(super) fn admits(&self, method: &str, uri: &str) -> bool {
-        match method {
-            "notifications/tools/list_changed" => self.tools,
-            "notifications/prompts/list_changed" => self.prompts,
-            "notifications/resources/list_changed" => self.resources,
-            "notifications/resources/updated" => self.uris.contains(uri),
-            _ => false,
-        }
-    }
-
-    pub(super) fn to_json(&self) -> Value {
-        let mut f = serde_json::Map::new();
-        for (on, key) in [
-            (self.tools, "toolsListChanged"),
-            (self.prompts, "promptsListChanged"),
-            (self.resources, "resourcesListChanged"),
-        ] {
-            if on {
-                f.insert(key.into(), true.into());
-            }
-        }
-        if !self.uris.is_empty() {
-            let mut uris: Vec<&String> = self.uris.iter().collect();
-            uris.sort();
-            f.insert("resourceSubscriptions".into(), json!(uris));
-        }
-        Value::Object(f)
-    }
-}
+pub(super) use dome_core::subscriptions::ListenFilter;
 
 pub(super) static NEXT_LISTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 

@@ -172,13 +172,7 @@ impl Gateway {
                 "subscriptions/listen needs params.notifications (a SubscriptionFilter)",
             );
         };
-        let wants = |key: &str| asked.get(key) == Some(&Value::Bool(true));
-        let mut filter = ListenFilter {
-            tools: wants("toolsListChanged") && offers("tools", "listChanged"),
-            prompts: wants("promptsListChanged") && offers("prompts", "listChanged"),
-            resources: wants("resourcesListChanged") && offers("resources", "listChanged"),
-            uris: Default::default(),
-        };
+        let mut filter = ListenFilter::of_lists(asked, &caps);
         let wanted = if offers("resources", "subscribe") {
             self.listen_uris(ctx, asked, e, &mut filter).await
         } else {
