@@ -515,7 +515,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             "[auth] required = false: callers without a credential are served anonymously"
         );
     }
-    let escalation = Arc::new(Escalation::new(config.escalation.clone(), tier.clone()));
+    // The gateway and escalation see the kernel tier through `Enforcer`.
+    let enforcer = tier.clone().map(|t| t as Arc<dyn xdp::Enforcer>);
+    let escalation = Arc::new(Escalation::new(config.escalation.clone(), enforcer.clone()));
     let audit_dir = audit_dir(&config, config_path);
     let key_path = audit_key_path(&config, config_path);
     let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
@@ -565,7 +567,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             required: false,
             resource: String::new(),
             escalation: escalation.clone(),
-            tier: tier.clone(),
+            tier: enforcer.clone(),
             kernel_budget: config.xdp.default_budget,
             audit: audit.clone(),
             rule_budgets: Default::default(),

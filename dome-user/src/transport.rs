@@ -350,7 +350,7 @@ impl Drop for Busy {
 
 /// A flow bound to an identity slot in the kernel tier.
 pub struct ConnBinding {
-    pub tier: Arc<crate::xdp::KernelTier>,
+    pub tier: Arc<dyn crate::xdp::Enforcer>,
     pub flow: crate::xdp::Flow,
     pub slot: u32,
 }

@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::xdp::KernelTier;
+use crate::xdp::Enforcer;
 
 /// `[escalation]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -257,7 +257,7 @@ impl LogBudget {
 
 pub struct Escalation {
     config: ArcSwap<EscalationConfig>,
-    tier: Option<Arc<KernelTier>>,
+    tier: Option<Arc<dyn Enforcer>>,
     state: Mutex<State>,
     /// What requests that succeed check: agent and source blocks and their
     /// ends (unix s), swapped after each change so the check takes no lock.
@@ -269,7 +269,7 @@ pub struct Escalation {
 }
 
 impl Escalation {
-    pub fn new(config: EscalationConfig, tier: Option<Arc<KernelTier>>) -> Self {
+    pub fn new(config: EscalationConfig, tier: Option<Arc<dyn Enforcer>>) -> Self {
         Escalation {
             config: ArcSwap::from_pointee(config),
             tier,
@@ -592,6 +592,38 @@ mod tests {
         assert_eq!(e.escalations(), 1);
         assert_eq!(e.lift("prefix", "127.0.0.9/32"), Ok(true));
         assert!(!e.blocked(Some(ip), None, 1001));
+    }
+
+    #[test]
+    fn a_blocked_agent_is_dropped_in_the_kernel_and_a_blocked_source_never_is() {
+        let kernel = Arc::new(crate::xdp::MemoryEnforcer::default());
+        let e = Escalation::new(small(), Some(kernel.clone()));
+        let agent = Subject::Agent {
+            id: "bot".into(),
+            slot: 7,
+        };
+        e.strike(agent.clone(), "over budget", 0, 1000);
+        assert!(
+            kernel.state().blocked.is_empty(),
+            "one strike blocks no one"
+        );
+        e.strike(agent, "over budget", 1, 1000);
+        assert!(e.blocked(None, Some(7), 1001));
+        assert_eq!(
+            kernel.state().blocked,
+            HashMap::from([(7, Some(Duration::from_secs(300)))]),
+            "the agent's flows are dropped for block_s"
+        );
+        // A source shares its address with others behind a NAT: blocked in
+        // user space only.
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        e.strike(Subject::Source(ip), "malformed request", 2, 1000);
+        e.strike(Subject::Source(ip), "malformed request", 3, 1000);
+        assert!(e.blocked(Some(ip), None, 1001));
+        assert_eq!(kernel.state().blocked.len(), 1);
+        // Lifted through the admin API: gone from the kernel too.
+        assert_eq!(e.lift("identity", "7"), Ok(true));
+        assert!(kernel.state().blocked.is_empty());
     }
 
     #[test]

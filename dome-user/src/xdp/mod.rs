@@ -4,6 +4,7 @@
 
 pub mod budget;
 pub mod craft;
+pub mod enforcer;
 mod events;
 
 use std::{
@@ -26,6 +27,7 @@ use dome_common::{
 use serde::Serialize;
 
 pub use budget::{BudgetSpec, PreauthSpec};
+pub use enforcer::{Enforcer, MemoryEnforcer};
 pub use events::{EventKind, EventStats, KernelEvent, drain as drain_events, spawn_event_reader};
 
 use crate::clock::monotonic_ns;

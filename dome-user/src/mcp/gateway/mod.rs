@@ -143,7 +143,7 @@ pub struct Identity {
     pub resource: String,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     /// The kernel tier, when attached: authenticated flows are bound there.
-    pub tier: Option<Arc<crate::xdp::KernelTier>>,
+    pub tier: Option<Arc<dyn crate::xdp::Enforcer>>,
     /// The packet and byte budget an agent's identity slot gets.
     pub kernel_budget: crate::xdp::BudgetSpec,
     /// Tenants' identity providers, for bearer tokens.
