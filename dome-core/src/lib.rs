@@ -21,6 +21,8 @@
 //!   caller-controlled sizes bounded.
 //! - `era`: which era a message speaks, and the stateless era's ladder of
 //!   checks (envelope keys, routing headers, version).
+//! - `identity`: who is calling: API keys, tokens verified against keys
+//!   already fetched, the authentication of a request against the index.
 //! - `input`: a call that needs the client's input across the eras: who
 //!   can be asked what, `input_required` and its rounds, parked-call tokens.
 //! - `protocol`: MCP's versions, error codes, `_meta` keys and headers, and
@@ -38,6 +40,7 @@ pub mod catalog;
 pub mod diag;
 pub mod envelope;
 pub mod era;
+pub mod identity;
 pub mod input;
 #[cfg(any(test, feature = "testing"))]
 pub mod mangle;

@@ -150,7 +150,9 @@ fn identity_for(
             }
             _ if p.config.jwks_url.is_some() => {
                 let p = p.clone();
-                tokio::spawn(async move { p.refresh(crate::clock::unix_s(), 0).await });
+                tokio::spawn(async move {
+                    crate::identity::jwt::refresh(&p, crate::clock::unix_s(), 0).await
+                });
             }
             _ => {}
         }
@@ -701,7 +703,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                     let p = p.clone();
                     tokio::spawn(async move {
                         let gap = p.config.refresh_s;
-                        p.refresh(crate::clock::unix_s(), gap).await
+                        crate::identity::jwt::refresh(&p, crate::clock::unix_s(), gap).await
                     });
                 }
             }

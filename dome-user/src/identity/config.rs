@@ -110,58 +110,10 @@ pub struct TenantConfig {
     pub jwt: Option<JwtConfig>,
 }
 
-/// `[tenant.jwt]`: how Dome checks the tenant's identity provider's tokens.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// `iss` the tokens must carry; it also picks the tenant.
-    pub issuer: String,
-    /// `aud` they must carry (RFC 8707 resource). Default: `auth.resource`.
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// The provider's keys: a JWKS file (relative to the config file)...
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// ... or a JWKS URL (http or https), fetched at start and refreshed.
-    #[serde(default)]
-    pub jwks_url: Option<String>,
-    #[serde(default = "default_refresh")]
-    pub refresh_s: u64,
-    /// Claim naming the agent (an agent id of this tenant).
-    #[serde(default = "default_agent_claim")]
-    pub agent_claim: String,
-    /// Claim naming the end user.
-    #[serde(default = "default_user_claim")]
-    pub user_claim: String,
-    /// Scopes every token must hold (`scope` or `scp`); else 403 insufficient_scope.
-    #[serde(default)]
-    pub required_scopes: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`, seconds.
-    #[serde(default = "default_leeway")]
-    pub leeway_s: u64,
-}
-
-fn default_refresh() -> u64 {
-    300
-}
-fn default_agent_claim() -> String {
-    "client_id".into()
-}
-fn default_user_claim() -> String {
-    "sub".into()
-}
-fn default_leeway() -> u64 {
-    30
-}
+pub use dome_core::identity::jwt::JwtConfig;
 
 /// What an agent is.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentKind {
-    #[default]
-    CustomerAgent,
-    Partner,
-}
+pub use dome_core::identity::agent::AgentKind;
 
 /// `[[agent]]`: an agent defined in the config file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

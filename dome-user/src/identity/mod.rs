@@ -4,9 +4,11 @@
 
 pub mod apikey;
 pub mod assertion;
-pub mod authn;
 /// Call budgets (GCRA), `dome_core`'s: no I/O, the clock an argument.
 pub use dome_core::budget;
+/// Authentication of one request, `dome_core`'s: no I/O, the time an
+/// argument.
+pub use dome_core::identity::authn;
 pub mod config;
 pub mod escalation;
 pub mod jwt;

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use hyper::{HeaderMap, StatusCode, header::HeaderName};
+use http::{HeaderMap, StatusCode, header::HeaderName};
 
 use super::{
+    agent::{Agent, Index, Tenant},
     apikey,
     jwt::{JwtError, Verifier},
-    registry::{Agent, Index, Tenant},
 };
 
 /// Header in which an agent whose tenant allows delegation names the end
@@ -174,7 +174,7 @@ pub fn authenticate(
         ));
     }
     let auth = headers
-        .get(hyper::header::AUTHORIZATION)
+        .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or_default());
     let Some(auth) = auth else {
         return if required {
