@@ -91,6 +91,9 @@ pub struct Refusal {
     /// Over a budget or an agent's share of an upstream: when the call
     /// would pass (`data.retryAfterMs`).
     pub retry_after_ms: Option<u64>,
+    /// More for the caller's `error.data` (an object): for an upstream's
+    /// failure, which upstream and whether a retry is safe.
+    pub data: Option<Value>,
 }
 
 impl From<(i64, String)> for Refusal {
@@ -99,6 +102,7 @@ impl From<(i64, String)> for Refusal {
             code,
             message,
             retry_after_ms: None,
+            data: None,
         }
     }
 }
@@ -107,8 +111,15 @@ impl Refusal {
     /// The JSON-RPC error answering request `id`.
     pub fn to_rpc(&self, id: &Value) -> Value {
         let mut v = json!({"jsonrpc": "2.0", "id": id, "error": {"code": self.code, "message": self.message}});
+        let mut data = match &self.data {
+            Some(Value::Object(m)) => m.clone(),
+            _ => serde_json::Map::new(),
+        };
         if let Some(ms) = self.retry_after_ms {
-            v["error"]["data"] = json!({"retryAfterMs": ms});
+            data.insert("retryAfterMs".into(), ms.into());
+        }
+        if !data.is_empty() {
+            v["error"]["data"] = Value::Object(data);
         }
         v
     }
@@ -210,6 +221,7 @@ pub fn admit(
             code: code::POLICY_DENIED,
             message: format!("denied: {reason}"),
             retry_after_ms: None,
+            data: None,
         }
     };
     let args: Option<Value> = match facts.args_text {
@@ -330,6 +342,7 @@ fn take(
         code: code::RATE_LIMITED,
         message: format!("over the {} call budget; retry in {retry_ms} ms", names[i]),
         retry_after_ms: Some(retry_ms),
+        data: None,
     })
 }
 

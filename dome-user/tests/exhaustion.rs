@@ -325,6 +325,13 @@ fn assert_upstream_failed(status: u16, v: &Value, took: Duration, says: &str, wi
 
 fn assert_timed_out(status: u16, v: &Value, took: Duration) {
     assert_upstream_failed(status, v, took, "upstream `demo` timed out", 6);
+    // The upstream had the call: sending it again might do it twice.
+    assert_eq!(
+        v["error"]["data"],
+        json!({"upstream": "demo", "retrySafe": false}),
+        "{}",
+        short(v)
+    );
 }
 
 /// An upstream's `timeout_ms` bounded only the wait for the answer's head:

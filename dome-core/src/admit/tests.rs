@@ -477,6 +477,7 @@ fn a_refusal_answers_each_era_with_its_status() {
         code: code::RATE_LIMITED,
         message: "over".into(),
         retry_after_ms: Some(7),
+        data: None,
     };
     assert_eq!(r.status(false), http::StatusCode::OK);
     let rpc = r.to_rpc(&json!(3));

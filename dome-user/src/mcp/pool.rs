@@ -38,6 +38,32 @@ use hyper::{
 
 use super::h1::{Conn, Decoder, Step};
 
+/// Why a request got no response head: a whole sentence, and whether the
+/// request may have reached the upstream (`sent`), which decides whether
+/// sending it again could make the upstream act twice.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct SendError {
+    pub sent: bool,
+    pub message: String,
+}
+
+impl SendError {
+    fn unsent(message: String) -> SendError {
+        SendError {
+            sent: false,
+            message,
+        }
+    }
+
+    fn after_sending(message: String) -> SendError {
+        SendError {
+            sent: true,
+            message,
+        }
+    }
+}
+
 /// How long a connection may sit idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -111,8 +137,8 @@ impl Pool {
     /// Sends `req` on an idle connection of this lane, or on a new one.
     /// A request that never left (its pooled connection turned out closed
     /// when written to) is sent again on a new connection; one that may
-    /// have reached the upstream never is. Errors are whole sentences.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Body>, String> {
+    /// have reached the upstream never is. An error says which it was.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Body>, SendError> {
         let (head, body) = req.into_parts();
         let body = full_bytes(body);
         let lane = crate::workers::lane() % self.lanes.idle.len();
@@ -126,7 +152,10 @@ impl Pool {
             None => self.fresh(&head, &body).await?,
         };
         conn.used = now;
-        let h = conn.read_head(head.method == Method::HEAD).await?;
+        let h = conn
+            .read_head(head.method == Method::HEAD)
+            .await
+            .map_err(SendError::after_sending)?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = h.status;
         *resp.version_mut() = h.version;
@@ -156,11 +185,19 @@ impl Pool {
     }
 
     /// A new connection with the request written on it.
-    async fn fresh(&self, head: &hyper::http::request::Parts, body: &[u8]) -> Result<Conn, String> {
-        let mut conn = self.connect().await?;
+    async fn fresh(
+        &self,
+        head: &hyper::http::request::Parts,
+        body: &[u8],
+    ) -> Result<Conn, SendError> {
+        let mut conn = self.connect().await.map_err(SendError::unsent)?;
+        // A request cut short is one the upstream cannot act on (its body
+        // is shorter than its Content-Length).
         conn.write_request(head, &self.host, body)
             .await
-            .map_err(|e| format!("writing the request to {}: {e}", self.address))?;
+            .map_err(|e| {
+                SendError::unsent(format!("writing the request to {}: {e}", self.address))
+            })?;
         Ok(conn)
     }
 
@@ -582,6 +619,44 @@ mod tests {
         assert_eq!(pool.held(), 1, "the dead connection was dropped");
     }
 
+    /// Whether a failed request may have reached the upstream decides
+    /// whether it is safe to send again: never connected, it did not; an
+    /// upstream that read it and then hung up may have acted on it.
+    #[tokio::test]
+    async fn a_failure_says_whether_the_request_was_sent() {
+        let req = |addr: std::net::SocketAddr| {
+            Request::post(format!("http://{addr}/mcp").parse::<Uri>().unwrap())
+                .body(Full::new(Bytes::from_static(b"{}")))
+                .unwrap()
+        };
+        let (addr, _, server) = start().await;
+        server.abort();
+        let _ = server.await;
+        let Err(err) = pool(addr).send(req(addr)).await else {
+            panic!("sent to a closed port")
+        };
+        assert!(!err.sent, "{err}");
+        // An upstream that reads the whole request, then closes.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let hangs_up = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.ends_with(b"{}") {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+        });
+        let Err(err) = pool(addr).send(req(addr)).await else {
+            panic!("answered by an upstream that hung up")
+        };
+        assert!(err.sent, "{err}");
+        hangs_up.await.unwrap();
+    }
+
     #[tokio::test]
     async fn an_unreachable_upstream_is_a_clear_error() {
         let (addr, _, server) = start().await;
@@ -596,7 +671,7 @@ mod tests {
         let req = Request::post(uri)
             .body(Full::new(Bytes::from(body)))
             .unwrap();
-        let resp = pool.send(req).await?;
+        let resp = pool.send(req).await.map_err(|e| e.to_string())?;
         let body = resp
             .into_body()
             .collect()

@@ -118,6 +118,7 @@ impl Gateway {
             code: code::AUDIT_UNAVAILABLE,
             message: u.0,
             retry_after_ms: None,
+            data: None,
         })?;
         // What the record needs of the request (not all of it: no intent copy).
         let ctx = &ex.ctx;

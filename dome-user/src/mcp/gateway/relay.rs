@@ -418,15 +418,18 @@ impl Relay {
         self.send(&v).await;
     }
 
-    /// The upstream failed the call: the caller still gets an answer, and
-    /// the record says why.
+    /// The upstream failed the call mid-stream: the caller still gets an
+    /// answer, and the record says why.
     async fn fail(mut self, failure: String) {
         if let Some(mut c) = self.to.call.take() {
             c.failed(code::UPSTREAM_UNAVAILABLE, &failure);
             c.bytes_out = self.bytes_out;
             let _ = c.finish().await;
         }
-        let e = rpc_error(&self.to.id, code::UPSTREAM_UNAVAILABLE, failure);
+        let mut e = rpc_error(&self.to.id, code::UPSTREAM_UNAVAILABLE, failure);
+        // The upstream had the call and began answering: it may have acted,
+        // so sending it again is not safe (`UpstreamError::retry_safe`).
+        e["error"]["data"] = json!({"upstream": self.name, "retrySafe": false});
         self.send(&e).await;
     }
 }

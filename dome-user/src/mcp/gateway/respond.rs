@@ -215,6 +215,7 @@ pub(super) fn upstream_refusal(e: &crate::mcp::upstream::UpstreamError) -> Refus
         message: e.to_string(),
         // An agent over its share retries once one of its calls is answered.
         retry_after_ms: (e.code() == code::RATE_LIMITED).then_some(1000),
+        data: Some(e.data()),
     }
 }
 

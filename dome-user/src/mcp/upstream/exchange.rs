@@ -371,7 +371,10 @@ impl Upstream {
             None => None,
         };
         let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.slots.acquire()).await else {
-            return Err(UpstreamError::Timeout(self.name().into()));
+            return Err(UpstreamError::Timeout {
+                upstream: self.name().into(),
+                sent: false,
+            });
         };
         let held = Held {
             _slot: slot,
@@ -381,8 +384,12 @@ impl Upstream {
         // Boxed, so the futures of the call path above stay small (each is
         // moved whole when created).
         match tokio::time::timeout_at(deadline, Box::pin(self.pool.send(req))).await {
-            Err(_) => Err(UpstreamError::Timeout(self.name().into())),
-            Ok(Err(e)) => Err(UpstreamError::Unreachable(self.name().into(), e)),
+            Err(_) => Err(UpstreamError::Timeout {
+                upstream: self.name().into(),
+                sent: true,
+            }),
+            Ok(Err(e)) if e.sent => Err(UpstreamError::Broken(self.name().into(), e.message)),
+            Ok(Err(e)) => Err(UpstreamError::Unreachable(self.name().into(), e.message)),
             Ok(Ok(r)) => Ok((r, held)),
         }
     }

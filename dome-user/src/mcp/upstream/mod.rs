@@ -35,13 +35,23 @@ pub use config::*;
 pub use limits::*;
 pub use wire::*;
 
-/// Why an upstream call failed; always names the upstream.
+/// Why an upstream call failed: it always names the upstream, and says
+/// who failed (`side`) and whether sending the call again is safe
+/// (`retry_safe`), as pingora's errors carry their source and retry type.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
+    /// The request never reached the upstream (connecting, or writing it,
+    /// failed).
     #[error("upstream `{0}` is unreachable: {1}")]
     Unreachable(String, String),
-    #[error("upstream `{0}` timed out")]
-    Timeout(String),
+    /// The connection failed after the request was sent: the upstream may
+    /// have acted on it.
+    #[error("the connection to upstream `{0}` failed after the request was sent: {1}")]
+    Broken(String, String),
+    /// `sent`: the wait was for the answer (the upstream may have acted),
+    /// not for one of its slots.
+    #[error("upstream `{upstream}` timed out")]
+    Timeout { upstream: String, sent: bool },
     #[error("upstream `{0}` answered HTTP {1}")]
     Status(String, u16),
     #[error("upstream `{0}` sent an invalid response: {1}")]
@@ -58,10 +68,61 @@ pub enum UpstreamError {
     Busy(String, usize),
 }
 
+/// Who a failed upstream call failed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The upstream, or the network to it.
+    Upstream,
+    /// Dome's own limits (an agent's share of the upstream, the memory for
+    /// buffered answers).
+    Dome,
+}
+
 impl UpstreamError {
     /// The JSON-RPC error to give the caller.
     pub fn to_jsonrpc(&self) -> Value {
-        json!({"code": self.code(), "message": self.to_string()})
+        json!({"code": self.code(), "message": self.to_string(), "data": self.data()})
+    }
+
+    /// What the caller is told besides the message: which upstream, and
+    /// whether sending the same call again cannot make it act twice.
+    pub fn data(&self) -> Value {
+        json!({"upstream": self.upstream(), "retrySafe": self.retry_safe()})
+    }
+
+    /// The upstream the call went to.
+    pub fn upstream(&self) -> &str {
+        match self {
+            UpstreamError::Unreachable(u, _)
+            | UpstreamError::Broken(u, _)
+            | UpstreamError::Timeout { upstream: u, .. }
+            | UpstreamError::Status(u, _)
+            | UpstreamError::Invalid(u, _)
+            | UpstreamError::Overloaded(u)
+            | UpstreamError::Busy(u, _) => u,
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            UpstreamError::Overloaded(_) | UpstreamError::Busy(..) => Side::Dome,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// Whether the call certainly did not act upstream, so sending it again
+    /// cannot do anything twice: it never left Dome, or never reached the
+    /// upstream, or the upstream refused it unread (HTTP 429 or 503). An
+    /// answer that went missing after the upstream had it is never safe.
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            UpstreamError::Unreachable(..) | UpstreamError::Busy(..) => true,
+            UpstreamError::Timeout { sent, .. } => !sent,
+            UpstreamError::Status(_, s) => matches!(s, 429 | 503),
+            UpstreamError::Broken(..)
+            | UpstreamError::Invalid(..)
+            | UpstreamError::Overloaded(_) => false,
+        }
     }
 
     /// Its JSON-RPC code: an agent over its share may retry (-32004); the

@@ -224,8 +224,7 @@ pub(super) async fn read_reply_raw(
     let mut buf = bytes::BytesMut::new();
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| UpstreamError::Unreachable(name.into(), e.to_string()))?;
+            let frame = frame.map_err(|e| UpstreamError::Broken(name.into(), e.to_string()))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -245,7 +244,10 @@ pub(super) async fn read_reply_raw(
     };
     let whole = tokio::time::timeout_at(held.deadline, read)
         .await
-        .map_err(|_| UpstreamError::Timeout(name.into()))??;
+        .map_err(|_| UpstreamError::Timeout {
+            upstream: name.into(),
+            sent: true,
+        })??;
     drop(held);
     let body = whole.unwrap_or_else(|| buf.freeze());
     // The charge lasts as long as the bytes do.
@@ -331,9 +333,12 @@ impl<'a> ResponseParts<'a> {
 /// (a timeout, like any other), or its connection failed.
 pub fn stream_error(name: &str, e: &std::io::Error) -> UpstreamError {
     if e.kind() == std::io::ErrorKind::TimedOut {
-        UpstreamError::Timeout(name.into())
+        UpstreamError::Timeout {
+            upstream: name.into(),
+            sent: true,
+        }
     } else {
-        UpstreamError::Unreachable(name.into(), e.to_string())
+        UpstreamError::Broken(name.into(), e.to_string())
     }
 }
 
