@@ -446,8 +446,8 @@ impl Live {
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Runs Dome until SIGINT or SIGTERM.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+/// The config file, read and parsed, and the version of its text.
+fn read_config(config_path: &Path) -> anyhow::Result<(Config, String)> {
     let text = std::fs::read_to_string(config_path).map_err(|e| config::ConfigError {
         file: config_path.to_path_buf(),
         line: 0,
@@ -458,8 +458,22 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = config::parse(&text, config_path)?;
     let version = content_version(&text);
     tracing::info!(config = %config_path.display(), %version, "configuration loaded");
+    Ok((config, version))
+}
 
-    let (tier, status) = start_kernel_tier(&config);
+/// The kernel tier as `run` starts it.
+struct Kernel {
+    tier: Option<Arc<KernelTier>>,
+    status: XdpStatus,
+    events: Arc<EventStats>,
+    /// Its event reader and the sweeper of expired blocks.
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The kernel tier, started as configured, with its event reader and the
+/// sweeper of expired blocks.
+fn start_kernel(config: &Config) -> anyhow::Result<Kernel> {
+    let (tier, status) = start_kernel_tier(config);
     let events = Arc::new(EventStats::default());
     let mut background = Vec::new();
     if let Some(t) = &tier {
@@ -480,12 +494,173 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             }
         }));
     }
+    Ok(Kernel {
+        tier,
+        status,
+        events,
+        background,
+    })
+}
 
-    // Before any upstream client exists: each keeps one pool per lane.
-    let workers = crate::workers::configure(config.server.workers);
-    let upstreams = upstreams_for(&config.upstreams, &[])?;
-    let metrics = Metrics::new();
-    let sessions = SessionTable::new();
+/// The audit trail, opened and signed with the node's checkpoint key:
+/// (the trail, the key's public half, the trail's folder).
+fn open_audit(
+    config: &Config,
+    config_path: &Path,
+) -> anyhow::Result<(Arc<crate::audit::Trail>, [u8; 32], PathBuf)> {
+    let audit_dir = audit_dir(&config, config_path);
+    let key_path = audit_key_path(&config, config_path);
+    let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
+        .map_err(anyhow::Error::msg)
+        .context("loading the audit checkpoint key")?;
+    tracing::info!(
+        key = %key_path.display(),
+        public_key = %audit_key.public_hex(),
+        fingerprint = %audit_key.fingerprint(),
+        created = made,
+        "audit checkpoints are signed with this key (pin its public key with `dome audit verify --pubkey`)"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(&key_path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(key = %key_path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the audit checkpoint key is readable by others: whoever reads it can sign a rewritten trail (chmod 600)");
+        }
+    }
+    let audit_public = audit_key.public();
+    let audit = crate::audit::Trail::open_signed(
+        &audit_dir,
+        config.audit.ring,
+        config.audit.node_name(),
+        config.audit.settings(),
+        Some(Arc::new(audit_key)),
+    )
+    .with_context(|| format!("opening the audit trail in {}", audit_dir.display()))?;
+    tracing::info!(dir = %audit_dir.display(), fsync = ?config.audit.fsync, head = audit.head().0, "audit trail open");
+    Ok((audit, audit_public, audit_dir))
+}
+
+/// The admin listener, when `[admin]` asks for one.
+async fn serve_admin(
+    config: &Config,
+    config_path: &Path,
+    identity: &Identity,
+    audit_dir: &Path,
+    audit_public: [u8; 32],
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    let state = Arc::new(crate::admin::AdminState {
+        registry: identity.registry.clone(),
+        token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
+            .context("admin.token_sha256")?,
+        escalation: Some(identity.escalation.clone()),
+        policy_store: identity.policy_store.clone(),
+        policy_dir: beside(config_path, &config.policy.dir),
+        audit_dir: audit_dir.to_path_buf(),
+        audit_key: Some(audit_public),
+        audit_checkpoint_records: config.audit.checkpoint_records.max(1),
+    });
+    let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
+        .await
+        .with_context(|| format!("binding the admin listener on {}", admin.listen))?;
+    tracing::info!(%admin_addr, "admin listener ready: /agents, /blocks");
+    Ok(Some(admin_task))
+}
+
+/// Serves until SIGINT or SIGTERM: reloads on SIGHUP and on a change of
+/// the config file, sweeps expired sessions, and refreshes identity
+/// providers' keys on their schedule.
+async fn until_signalled(live: &Live) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut watch = tokio::time::interval(WATCH_INTERVAL);
+    // Identity providers' key sets behind URLs, on their refresh schedule.
+    let mut keys_tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = keys_tick.tick() => {
+                let identity = live.identity.lock().expect("identity lock").clone();
+                for p in identity.jwt.by_issuer.values() {
+                    let p = p.clone();
+                    tokio::spawn(async move {
+                        let gap = p.config.refresh_s;
+                        crate::identity::jwt::refresh(&p, crate::clock::unix_s(), gap).await
+                    });
+                }
+            }
+            _ = hup.recv() => live.reload("SIGHUP").await,
+            _ = watch.tick() => {
+                live.reload("file change").await;
+                live.gateway.load_full().sweep_expired();
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: draining, then shutting down"); return Ok(()) }
+            _ = int.recv() => { tracing::info!("SIGINT: draining, then shutting down"); return Ok(()) }
+        }
+    }
+}
+
+/// Drains (readiness turns false, streams that never end close, the
+/// listener stops and open requests finish within the grace period), then
+/// stops the background tasks, the upstreams, the kernel tier and the
+/// audit trail, in that order.
+async fn shut_down(
+    live: &Live,
+    stop: crate::transport::Stop,
+    draining: &std::sync::atomic::AtomicBool,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    tier: Option<Arc<KernelTier>>,
+    audit: &crate::audit::Trail,
+) {
+    draining.store(true, std::sync::atomic::Ordering::Release);
+    live.sessions.close_streams();
+    let grace_ms = live
+        .config
+        .lock()
+        .expect("config lock")
+        .server
+        .shutdown_grace_ms;
+    let left = stop.drain(Duration::from_millis(grace_ms)).await;
+    if left == 0 {
+        tracing::info!("every connection finished");
+    } else {
+        tracing::warn!(
+            open = left,
+            grace_ms,
+            "connections still open at the end of the grace period"
+        );
+    }
+    for task in background {
+        task.abort();
+    }
+    for u in live.gateway.load().upstreams() {
+        u.close().await;
+    }
+    if let Some(t) = tier {
+        t.detach();
+        tracing::info!("XDP detached");
+    }
+    // Whatever is still in the ring goes to disk before Dome exits.
+    audit.close();
+    tracing::info!(head = audit.head().0, "audit trail closed");
+}
+
+/// Who may call and how Dome vouches for them: the agent registry, the
+/// assertion signer, and escalation with the kernel tier it blocks in.
+#[allow(clippy::type_complexity)]
+fn open_identity(
+    config: &Config,
+    config_path: &Path,
+    tier: Option<&Arc<KernelTier>>,
+) -> anyhow::Result<(
+    Arc<Registry>,
+    Arc<Signer>,
+    Option<Arc<dyn xdp::Enforcer>>,
+    Arc<Escalation>,
+)> {
     let registry = Arc::new(
         Registry::open(
             &beside(config_path, &config.auth.data_dir),
@@ -518,38 +693,66 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         );
     }
     // The gateway and escalation see the kernel tier through `Enforcer`.
-    let enforcer = tier.clone().map(|t| t as Arc<dyn xdp::Enforcer>);
+    let enforcer = tier.cloned().map(|t| t as Arc<dyn xdp::Enforcer>);
     let escalation = Arc::new(Escalation::new(config.escalation.clone(), enforcer.clone()));
-    let audit_dir = audit_dir(&config, config_path);
-    let key_path = audit_key_path(&config, config_path);
-    let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
-        .map_err(anyhow::Error::msg)
-        .context("loading the audit checkpoint key")?;
-    tracing::info!(
-        key = %key_path.display(),
-        public_key = %audit_key.public_hex(),
-        fingerprint = %audit_key.fingerprint(),
-        created = made,
-        "audit checkpoints are signed with this key (pin its public key with `dome audit verify --pubkey`)"
-    );
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(m) = std::fs::metadata(&key_path)
-            && m.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(key = %key_path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "the audit checkpoint key is readable by others: whoever reads it can sign a rewritten trail (chmod 600)");
+    Ok((registry, signer, enforcer, escalation))
+}
+
+/// The MCP listener, each request handled by the gateway current when it
+/// arrived: (its stop handle, the certificates it reloads).
+fn serve_mcp(
+    config: &Config,
+    workers: usize,
+    live_gw: &Arc<ArcSwap<Gateway>>,
+) -> anyhow::Result<(
+    crate::transport::Stop,
+    Option<Arc<crate::transport::Certificates>>,
+)> {
+    let (tls, certificates) = match &config.tls {
+        Some(t) => {
+            let (acceptor, certs) =
+                crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?;
+            (Some(acceptor), Some(certs))
         }
-    }
-    let audit_public = Some(audit_key.public());
-    let audit = crate::audit::Trail::open_signed(
-        &audit_dir,
-        config.audit.ring,
-        config.audit.node_name(),
-        config.audit.settings(),
-        Some(Arc::new(audit_key)),
+        None => (None, None),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let handler_gw = live_gw.clone();
+    let (mcp_addr, stop) = crate::transport::serve(
+        config.server.listen,
+        tls,
+        config.server.limits(),
+        workers,
+        move |req, conn| {
+            // Each request finishes on the gateway current when it arrived.
+            let gw = handler_gw.load_full();
+            // Boxed once here, so hyper's layers move a pointer rather
+            // than the whole request future.
+            Box::pin(gw.handle(req, conn))
+        },
     )
-    .with_context(|| format!("opening the audit trail in {}", audit_dir.display()))?;
-    tracing::info!(dir = %audit_dir.display(), fsync = ?config.audit.fsync, head = audit.head().0, "audit trail open");
+    .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
+    tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), workers, "MCP listener ready");
+    Ok((stop, certificates))
+}
+
+/// Runs Dome until SIGINT or SIGTERM.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let (config, version) = read_config(config_path)?;
+    let Kernel {
+        tier,
+        status,
+        events,
+        mut background,
+    } = start_kernel(&config)?;
+    // Before any upstream client exists: each keeps one pool per lane.
+    let workers = crate::workers::configure(config.server.workers);
+    let upstreams = upstreams_for(&config.upstreams, &[])?;
+    let metrics = Metrics::new();
+    let sessions = SessionTable::new();
+    let (registry, signer, enforcer, escalation) =
+        open_identity(&config, config_path, tier.as_ref())?;
+    let (audit, audit_public, audit_dir) = open_audit(&config, config_path)?;
     let identity = identity_for(
         &config,
         config_path,
@@ -577,23 +780,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     )
     .map_err(anyhow::Error::msg)
     .context("loading the identity providers' keys")?;
-    if let Some(admin) = &config.admin {
-        let state = Arc::new(crate::admin::AdminState {
-            registry: registry.clone(),
-            token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
-                .context("admin.token_sha256")?,
-            escalation: Some(escalation.clone()),
-            policy_store: identity.policy_store.clone(),
-            policy_dir: beside(config_path, &config.policy.dir),
-            audit_dir: audit_dir.clone(),
-            audit_key: audit_public,
-            audit_checkpoint_records: config.audit.checkpoint_records.max(1),
-        });
-        let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
-            .await
-            .with_context(|| format!("binding the admin listener on {}", admin.listen))?;
-        background.push(admin_task);
-        tracing::info!(%admin_addr, "admin listener ready: /agents, /blocks");
+    if let Some(task) =
+        serve_admin(&config, config_path, &identity, &audit_dir, audit_public).await?
+    {
+        background.push(task);
     }
     let gw = Gateway::new(
         config.mcp.clone(),
@@ -613,31 +803,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         "federated catalogs ready"
     );
     let live_gw = Arc::new(ArcSwap::new(gw));
-    let (tls, certificates) = match &config.tls {
-        Some(t) => {
-            let (acceptor, certs) =
-                crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?;
-            (Some(acceptor), Some(certs))
-        }
-        None => (None, None),
-    };
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let handler_gw = live_gw.clone();
-    let (mcp_addr, stop) = crate::transport::serve(
-        config.server.listen,
-        tls,
-        config.server.limits(),
-        workers,
-        move |req, conn| {
-            // Each request finishes on the gateway current when it arrived.
-            let gw = handler_gw.load_full();
-            // Boxed once here, so hyper's layers move a pointer rather
-            // than the whole request future.
-            Box::pin(gw.handle(req, conn))
-        },
-    )
-    .with_context(|| format!("binding the MCP listener on {}", config.server.listen))?;
-    tracing::info!(url = %format!("{scheme}://{mcp_addr}{}", config.mcp.path), workers, "MCP listener ready");
+    let (stop, certificates) = serve_mcp(&config, workers, &live_gw)?;
 
     let config_status = Arc::new(Mutex::new(ConfigStatus {
         policy_version: identity.policy.version.clone(),
@@ -689,67 +855,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         identity: Mutex::new(identity),
         certificates,
     });
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut watch = tokio::time::interval(WATCH_INTERVAL);
-    // Identity providers' key sets behind URLs, on their refresh schedule.
-    let mut keys_tick = tokio::time::interval(Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = keys_tick.tick() => {
-                let identity = live.identity.lock().expect("identity lock").clone();
-                for p in identity.jwt.by_issuer.values() {
-                    let p = p.clone();
-                    tokio::spawn(async move {
-                        let gap = p.config.refresh_s;
-                        crate::identity::jwt::refresh(&p, crate::clock::unix_s(), gap).await
-                    });
-                }
-            }
-            _ = hup.recv() => live.reload("SIGHUP").await,
-            _ = watch.tick() => {
-                live.reload("file change").await;
-                live.gateway.load_full().sweep_expired();
-            }
-            _ = term.recv() => { tracing::info!("SIGTERM: draining, then shutting down"); break }
-            _ = int.recv() => { tracing::info!("SIGINT: draining, then shutting down"); break }
-        }
-    }
-    // Draining: readiness turns false, streams that never end are closed,
-    // the listener stops accepting and open requests finish, within the
-    // grace period.
-    draining.store(true, std::sync::atomic::Ordering::Release);
-    live.sessions.close_streams();
-    let grace_ms = live
-        .config
-        .lock()
-        .expect("config lock")
-        .server
-        .shutdown_grace_ms;
-    let left = stop.drain(Duration::from_millis(grace_ms)).await;
-    if left == 0 {
-        tracing::info!("every connection finished");
-    } else {
-        tracing::warn!(
-            open = left,
-            grace_ms,
-            "connections still open at the end of the grace period"
-        );
-    }
-    for task in background {
-        task.abort();
-    }
-    for u in live_gw.load().upstreams() {
-        u.close().await;
-    }
-    if let Some(t) = tier {
-        t.detach();
-        tracing::info!("XDP detached");
-    }
-    // Whatever is still in the ring goes to disk before Dome exits.
-    audit.close();
-    tracing::info!(head = audit.head().0, "audit trail closed");
+    until_signalled(&live).await?;
+    shut_down(&live, stop, &draining, background, tier, &audit).await;
     Ok(())
 }
 
