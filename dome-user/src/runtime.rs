@@ -508,7 +508,7 @@ fn open_audit(
     config: &Config,
     config_path: &Path,
 ) -> anyhow::Result<(Arc<crate::audit::Trail>, [u8; 32], PathBuf)> {
-    let audit_dir = audit_dir(&config, config_path);
+    let audit_dir = audit_dir(config, config_path);
     let key_path = audit_key_path(&config, config_path);
     let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
         .map_err(anyhow::Error::msg)
