@@ -509,7 +509,7 @@ fn open_audit(
     config_path: &Path,
 ) -> anyhow::Result<(Arc<crate::audit::Trail>, [u8; 32], PathBuf)> {
     let audit_dir = audit_dir(config, config_path);
-    let key_path = audit_key_path(&config, config_path);
+    let key_path = audit_key_path(config, config_path);
     let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
         .map_err(anyhow::Error::msg)
         .context("loading the audit checkpoint key")?;
