@@ -15,6 +15,9 @@
 //!   what each era's answers may carry.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
+// The crate is the decisions' API: each public item says what it is.
+#![warn(missing_docs)]
+
 pub mod budget;
 pub mod diag;
 pub mod envelope;
