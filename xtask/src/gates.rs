@@ -19,9 +19,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cargo_cmd, ensure_component, tools, which};
 
-/// cargo-deny, installed into `.tools/cargo-deny` when missing. It has no
-/// optional features (no network client: advisories, which are not checked
-/// here, are fetched with git).
+/// cargo-deny, installed into `.tools/cargo-deny` when missing. This
+/// version has no cargo features to leave out: it links no git or HTTP
+/// library (advisories, not checked here, are fetched by running git).
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// The checks, after `cargo deny` (or the binary).
@@ -204,6 +204,9 @@ fn check(root: &Path, bin: &Path) -> Result<()> {
     let started = Instant::now();
     let status = Command::new(bin)
         .args(DENY_CHECK)
+        // Each duplicate's whole tree of dependents is pages of text for a
+        // warning; the command the failure names shows them.
+        .arg("--hide-inclusion-graph")
         .current_dir(root)
         .status()
         .with_context(|| format!("running {}", bin.display()))?;
