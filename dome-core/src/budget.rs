@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rate {
+    /// The sustained rate: calls per second, above 0 (may be fractional).
     pub calls_per_s: f64,
+    /// How many calls may come at once after a quiet spell; at least 1.
     pub burst: u32,
 }
 
@@ -53,10 +55,13 @@ pub struct Bucket {
 /// A refused call: when it would conform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refusal {
+    /// Nanoseconds from the refused call's `now` until a call would be
+    /// taken (what a `Retry-After` is made from).
     pub retry_after_ns: u64,
 }
 
 impl Bucket {
+    /// A full bucket: `rate.burst` calls may be taken at once from the start.
     pub fn new(rate: Rate) -> Self {
         let interval = rate.interval_ns();
         Bucket {
@@ -67,6 +72,8 @@ impl Bucket {
         }
     }
 
+    /// The rate it was made with: a reload keeps the bucket (and what has
+    /// been taken from it) when the configured rate is still this one.
     pub fn rate(&self) -> Rate {
         self.rate
     }

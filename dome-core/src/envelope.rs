@@ -24,9 +24,12 @@ pub enum Meta {
     Absent,
     /// `_meta` is there but not an object.
     NotObject,
+    /// `_meta` is an object; what the era's envelope requires of it.
     Object {
         /// The protocol-version key: `Some(Some(v))` a string, `Some(None)` another type.
         version: Option<Option<Cow<'static, str>>>,
+        /// The client-capabilities key is there (its value, as text, is
+        /// [`Envelope::client_capabilities`]).
         has_capabilities: bool,
     },
 }
@@ -36,15 +39,20 @@ pub enum Meta {
 pub struct Envelope {
     /// `jsonrpc` is exactly "2.0".
     pub jsonrpc_ok: bool,
+    /// `id`, whatever its type (none for a notification).
     pub id: Option<Json>,
+    /// `method`: borrowed from a static when Dome knows the name, so the
+    /// common message copies none.
     pub method: Option<Cow<'static, str>>,
     /// Has `result` or `error` (a response from the client).
     pub is_response: bool,
     /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/read).
     pub name: Option<String>,
+    /// `params.cursor` (the `*/list` methods' pagination).
     pub cursor: Option<String>,
     /// `params.protocolVersion` (initialize).
     pub init_version: Option<String>,
+    /// What `params._meta` holds of the stateless era's envelope.
     pub meta: Meta,
     /// `params.requestId` (notifications/cancelled).
     pub request_id: Option<Json>,
@@ -93,6 +101,7 @@ pub const DEFAULT_MAX_DEPTH: usize = 128;
 
 /// The outcome of parsing a body.
 pub enum Parsed {
+    /// A JSON object: one message, read.
     One(Box<Envelope>),
     /// A JSON array: a batch, handled on the slow path.
     Batch,

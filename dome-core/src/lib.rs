@@ -33,6 +33,9 @@
 //!   log messages at the caller's level.
 //! - `terminal`: text from callers made safe for an operator's terminal.
 
+// The crate is the decisions' API: each public item says what it is.
+#![warn(missing_docs)]
+
 pub mod admit;
 pub mod audit;
 pub mod budget;

@@ -15,6 +15,8 @@ pub struct Mangler {
 }
 
 impl Mangler {
+    /// `seed` with between one and `edits` random edits, drawn from `rng`
+    /// (a seeded one makes a failure reproducible).
     pub fn mangle(&self, rng: &mut impl rand::Rng, seed: &[u8]) -> Vec<u8> {
         let spice = |rng: &mut _| self.spice[rand::Rng::random_range(rng, 0..self.spice.len())];
         let mut v = seed.to_vec();

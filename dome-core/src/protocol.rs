@@ -8,18 +8,26 @@ use http::header::HeaderName;
 pub const SESSION_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 /// Versions of the stateless era (per-request `_meta`, `server/discover`).
 pub const STATELESS_VERSIONS: [&str; 1] = ["2026-07-28"];
+/// The session-era version Dome offers an upstream, and answers a client
+/// asking for one it does not speak.
 pub const LATEST_SESSION: &str = "2025-11-25";
+/// The stateless-era version Dome speaks to an upstream.
 pub const LATEST_STATELESS: &str = "2026-07-28";
 
-/// `_meta` keys of the stateless era.
 /// Dome's own `_meta` namespace (`dome/intent`): read by Dome, stripped
 /// from what goes upstream.
 pub const META_DOME_PREFIX: &str = "dome/";
 /// `params._meta` key of the caller's stated intent (carried in the assertion).
 pub const INTENT_META: &str = "dome/intent";
+// `_meta` keys of the stateless era.
+/// The request's protocol version (the stateless era has no handshake).
 pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+/// What the caller can answer (elicitation, sampling, …), on every
+/// request.
 pub const META_CLIENT_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+/// Who the caller is (name and version).
 pub const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+/// Who the server is, on a result.
 pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 /// A stateless caller's opt-in to log messages: the lowest level it wants
 /// (absent: none).
@@ -98,12 +106,20 @@ pub fn implementation() -> serde_json::Value {
     serde_json::json!({"name": "dome", "version": env!("CARGO_PKG_VERSION")})
 }
 
-/// HTTP headers, as names made at compile time: a lookup by one skips
-/// parsing the name (requests are looked up several times each).
+// HTTP headers, as names made at compile time: a lookup by one skips
+// parsing the name (requests are looked up several times each).
+/// Session era: the session `initialize` opened, on every later request.
 pub const H_SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
+/// The request's protocol version (in the stateless era it must be the
+/// one `_meta` states).
 pub const H_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+/// Stateless era: the body's method, for routing without reading the
+/// body; Dome refuses a request where the two differ.
 pub const H_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+/// Stateless era: the tool or prompt name, or resource URI, the body
+/// names (see [`name_key`]); checked against the body like `Mcp-Method`.
 pub const H_NAME: HeaderName = HeaderName::from_static("mcp-name");
+/// W3C Trace Context: the call's audit record keeps its trace id.
 pub const H_TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The HTTP status a stateless-era error answer carries: a client's
@@ -126,13 +142,20 @@ pub fn stateless_status(code: i64) -> http::StatusCode {
 
 /// JSON-RPC error codes.
 pub mod code {
+    /// JSON-RPC: the body is not JSON.
     pub const PARSE_ERROR: i64 = -32700;
+    /// JSON-RPC: JSON, but not a valid request.
     pub const INVALID_REQUEST: i64 = -32600;
+    /// JSON-RPC: no such method (or not one this peer takes).
     pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// JSON-RPC: the method's params are wrong.
     pub const INVALID_PARAMS: i64 = -32602;
+    /// JSON-RPC: the server failed.
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Stateless era: an HTTP routing header disagrees with the body.
     pub const HEADER_MISMATCH: i64 = -32020;
+    /// Stateless era: the request needs a capability the caller did not
+    /// declare (`data.requiredCapabilities` names it).
     pub const MISSING_CLIENT_CAPABILITY: i64 = -32021;
     /// Stateless era: the requested protocol version is not served.
     pub const UNSUPPORTED_VERSION: i64 = -32022;

@@ -69,7 +69,7 @@ use parse::load;
 use verdict::judge;
 
 #[xdp]
-pub fn dome_xdp(ctx: XdpContext) -> u32 {
+pub(crate) fn dome_xdp(ctx: XdpContext) -> u32 {
     match DOME_COUNTERS.get_ptr_mut(0) {
         // SAFETY: a per-CPU value: only this CPU touches it while we run.
         Some(c) => judge(&ctx, unsafe { &mut *c }),
@@ -80,7 +80,7 @@ pub fn dome_xdp(ctx: XdpContext) -> u32 {
 /// The benchmark's floor: what `BPF_PROG_TEST_RUN` costs around a program
 /// that does nothing.
 #[xdp]
-pub fn dome_xdp_baseline(_ctx: XdpContext) -> u32 {
+pub(crate) fn dome_xdp_baseline(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
@@ -93,7 +93,7 @@ pub fn dome_xdp_baseline(_ctx: XdpContext) -> u32 {
 /// would lose the charges made between its read and its write.
 /// `XDP_PASS` when charged, `XDP_ABORTED` for a malformed request.
 #[xdp]
-pub fn dome_xdp_debit(ctx: XdpContext) -> u32 {
+pub(crate) fn dome_xdp_debit(ctx: XdpContext) -> u32 {
     let Some(req) = load::<DebitRequest>(&ctx, 0) else {
         return XDP_ABORTED;
     };

@@ -24,7 +24,7 @@ use super::{
 };
 
 /// `pgo` laid out by BOLT, or `None` (with a warning) when BOLT is not to be had.
-pub fn optimise(root: &Path, pgo: &Path) -> Option<PathBuf> {
+pub(crate) fn optimise(root: &Path, pgo: &Path) -> Option<PathBuf> {
     match try_optimise(root, pgo) {
         Ok(path) => path,
         Err(e) => {

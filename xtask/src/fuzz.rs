@@ -20,7 +20,7 @@ use crate::{NIGHTLY, run_status, tools};
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 /// Every target in `fuzz/fuzz_targets`.
-pub const TARGETS: [&str; 7] = [
+pub(crate) const TARGETS: [&str; 7] = [
     "envelope",
     "h1",
     "sse",
@@ -31,7 +31,7 @@ pub const TARGETS: [&str; 7] = [
 ];
 
 /// What one run of a target did.
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub execs: u64,
     /// Inputs that crashed (or hung, or ran out of memory), written under
     /// `target/fuzz/artifacts/<target>`.
@@ -118,7 +118,7 @@ fn build_dir(root: &Path, plain: bool) -> PathBuf {
 const BENCH_PLAIN: [&str; 1] = ["policy"];
 
 /// Builds every target (one build serves them all; later runs reuse it).
-pub fn build(root: &Path) -> Result<()> {
+pub(crate) fn build(root: &Path) -> Result<()> {
     build_with(root, false, &[])
 }
 
@@ -154,7 +154,7 @@ fn build_with(root: &Path, plain: bool, targets: &[&str]) -> Result<()> {
 /// inputs in the same order each time (the smoke in `cargo xtask test`,
 /// so a test run never fails on an input no earlier run tried).
 /// `runs`: stop after that many executions, if sooner than `seconds`.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     target: &str,
     seconds: u64,
@@ -271,7 +271,7 @@ fn files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Runs each of `targets` for `seconds`; fails naming every target that
 /// crashed.
-pub fn run_all(
+pub(crate) fn run_all(
     root: &Path,
     targets: &[&str],
     seconds: u64,
@@ -316,7 +316,7 @@ fn bench_seconds(target: &str) -> u64 {
 /// executions or [`bench_seconds`]; writes `target/bench/fuzz.json` as
 /// `{target: {execs, crashes, seconds}}`; fails when a target crashed or
 /// fell short of the executions.
-pub fn bench(root: &Path) -> Result<()> {
+pub(crate) fn bench(root: &Path) -> Result<()> {
     build(root)?;
     build_with(root, true, &BENCH_PLAIN)?;
     let mut json = String::from("{");

@@ -23,13 +23,13 @@ use anyhow::{Context as _, Result};
 
 use super::{cargo_cmd, output, run_status};
 
-pub const DIR: &str = "target/pgo";
+pub(crate) const DIR: &str = "target/pgo";
 
 /// The PGO build of `dome`, built (and trained, when its profile is stale)
 /// as needed; `None` with a warning when `llvm-profdata` cannot be had.
 /// Expects the plain release build in place (the trainer and the demo
 /// upstream come from it).
-pub fn dome(root: &Path) -> Result<Option<PathBuf>> {
+pub(crate) fn dome(root: &Path) -> Result<Option<PathBuf>> {
     // `rustc -vV`: names the host, and is part of the profile's key.
     let rustc = output(Command::new("rustc").arg("-vV"))?;
     let host = rustc
@@ -65,7 +65,7 @@ pub fn dome(root: &Path) -> Result<Option<PathBuf>> {
 
 /// Runs the training workload (`bench-e2e train`) on an instrumented
 /// `dome`; its profiles land in `raw`.
-pub fn run_training(root: &Path, instrumented: &Path, raw: &Path) -> Result<()> {
+pub(crate) fn run_training(root: &Path, instrumented: &Path, raw: &Path) -> Result<()> {
     run_status(
         Command::new(root.join("target/release/bench-e2e"))
             .arg("train")
@@ -169,7 +169,7 @@ fn source_key(root: &Path, rustc: &str) -> Result<u64> {
 }
 
 /// The files in `dir` (not below) whose extension is `ext`.
-pub fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn files_with_extension(dir: &Path, ext: &str) -> Result<Vec<PathBuf>> {
     Ok(std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -189,7 +189,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-pub struct Fnv1a(u64);
+pub(crate) struct Fnv1a(u64);
 
 impl Default for Fnv1a {
     fn default() -> Self {

@@ -101,34 +101,46 @@ pub struct PolicyFile {
     /// What this version changes (kept with it in the version history).
     #[serde(default)]
     pub message: Option<String>,
+    /// The `[[rule]]`s, in file order (the first matching allow rule
+    /// gives the obligations).
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
     /// Named intent categories: an intent is in a category when one of its
     /// patterns matches.
     #[serde(default)]
     pub intent_categories: BTreeMap<String, Vec<String>>,
+    /// The `[[test]]` cases `dome policy test` checks the policy against.
     #[serde(default, rename = "test")]
     pub tests: Vec<TestCase>,
 }
 
+/// One `[[rule]]`: when it applies and what it says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
+    /// Unique across the files; the audit record of each call it decides
+    /// names it.
     pub id: String,
+    /// Allow or deny the calls it matches.
     pub effect: Effect,
     /// For a deny: what the agent is told.
     #[serde(default)]
     pub reason: Option<String>,
+    /// The conditions, all of which must hold (none: every call).
     #[serde(default)]
     pub when: When,
+    /// What an allow comes with; a deny rule's are not used.
     #[serde(default)]
     pub obligations: Obligations,
 }
 
+/// What a rule does to the calls it matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
+    /// Allowed, unless a deny rule also matches.
     Allow,
+    /// Denied, whatever else matches (deny overrides).
     Deny,
 }
 
@@ -136,11 +148,14 @@ pub enum Effect {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum OneOrMany {
+    /// `"name"`.
     One(String),
+    /// `["a", "b"]`: any of them.
     Many(Vec<String>),
 }
 
 impl OneOrMany {
+    /// The names, one or several alike.
     pub fn items(&self) -> Vec<&str> {
         match self {
             OneOrMany::One(s) => vec![s.as_str()],
@@ -149,18 +164,24 @@ impl OneOrMany {
     }
 }
 
+/// A rule's conditions (`[rule.when]`): each one stated must hold, each
+/// one left out matches anything.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct When {
+    /// The caller's tenant is one of these.
     #[serde(default)]
     pub tenant: Option<OneOrMany>,
+    /// The calling agent is one of these (by id).
     #[serde(default)]
     pub agent: Option<OneOrMany>,
+    /// The agent has every one of these labels.
     #[serde(default)]
     pub labels: Vec<String>,
     /// Glob(s) on the end user.
     #[serde(default)]
     pub user: Option<OneOrMany>,
+    /// `true`: an end user is known for the call; `false`: none is.
     #[serde(default)]
     pub user_present: Option<bool>,
     /// What is called: `tool`, `prompt`, `resource` or `completion`
@@ -171,6 +192,7 @@ pub struct When {
     /// the tool or prompt name, or the resource URI.
     #[serde(default)]
     pub tool: Option<OneOrMany>,
+    /// The upstream serving the call is one of these (by configured name).
     #[serde(default)]
     pub upstream: Option<OneOrMany>,
     /// Exact names or globs of what is called as its upstream names it
@@ -178,15 +200,21 @@ pub struct When {
     /// tool whatever public name a clash gives it.
     #[serde(default)]
     pub upstream_tool: Option<OneOrMany>,
+    /// What the caller's stated intent must be.
     #[serde(default)]
     pub intent: Option<IntentCond>,
+    /// Conditions on the arguments, all of which must hold (judged as the
+    /// module comment says: against the caller).
     #[serde(default)]
     pub args: Vec<ArgCond>,
 }
 
+/// A rule's intent condition. A call that states no intent matches it
+/// only when it sets none of the three.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntentCond {
+    /// The call must state an intent.
     #[serde(default)]
     pub required: bool,
     /// A regex the intent must match.
@@ -201,14 +229,22 @@ pub struct IntentCond {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArgCond {
+    /// A JSON pointer into the arguments (`/file`, `/items/0`; `""` is
+    /// the arguments whole).
     pub path: String,
+    /// The test made there.
     pub op: ArgOp,
+    /// The operand of `eq`, `prefix`, `path_prefix` (an absolute path) and
+    /// `regex` (a pattern); a string for all but `eq`.
     #[serde(default)]
     pub value: Option<serde_json::Value>,
+    /// The values `in` accepts.
     #[serde(default)]
     pub values: Vec<serde_json::Value>,
+    /// `range`'s lower bound, inclusive (absent: none).
     #[serde(default)]
     pub min: Option<f64>,
+    /// `range`'s upper bound, inclusive (absent: none); `max_len`'s limit.
     #[serde(default)]
     pub max: Option<f64>,
     /// For `type`: string, number, integer, boolean, array, object, null.
@@ -216,32 +252,48 @@ pub struct ArgCond {
     pub ty: Option<String>,
 }
 
+/// The test an argument condition makes (each judged as the module
+/// comment says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ArgOp {
+    /// Equal to `value`.
     Eq,
+    /// Equal to one of `values`.
     In,
+    /// A string beginning with `value`.
     Prefix,
     /// A file path at or under `value` (an absolute path), compared after
     /// normalising (see the module comment).
     PathPrefix,
+    /// A string in which the pattern `value` matches (anywhere, unless
+    /// the pattern anchors itself).
     Regex,
+    /// A number within `min`..=`max`.
     Range,
+    /// At most `max` characters of a string, or items of an array.
     MaxLen,
+    /// The path resolves.
     Present,
+    /// The path does not resolve.
     Absent,
+    /// The value, as it is, is of JSON type `type`.
     Type,
 }
 
+/// What an allow comes with (`[rule.obligations]`), from the first allow
+/// rule that matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Obligations {
+    /// A call that states no intent is denied after all.
     #[serde(default)]
     pub require_intent: bool,
     /// Redaction detectors (`email`, `card`, `national_id`, `api_key`,
     /// `jwt`, `private_key`) or `regex:<pattern>`.
     #[serde(default)]
     pub redact: Vec<String>,
+    /// Whether the call's audit record keeps its arguments.
     #[serde(default)]
     pub log_args: LogArgs,
     /// A budget for this agent × tool instead of the configured one.
@@ -249,12 +301,17 @@ pub struct Obligations {
     pub budget: Option<Rate>,
 }
 
+/// How much of a call's arguments its audit record keeps. Every record
+/// has the arguments' SHA-256 whatever this says.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogArgs {
+    /// The digest only.
     #[default]
     None,
+    /// The digest only, as with `None`: the explicit spelling of it.
     Digest,
+    /// The arguments too, redacted and cut at 4 KiB.
     Full,
 }
 
@@ -262,8 +319,11 @@ pub enum LogArgs {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestCase {
+    /// What a failure is reported as.
     pub name: String,
+    /// The call.
     pub request: TestRequest,
+    /// The decision it must get.
     pub expect: Effect,
 }
 
@@ -285,28 +345,38 @@ impl TestRequest {
     }
 }
 
+/// A test case's call (`[test.request]`): what [`TestRequest::as_request`]
+/// turns into a [`Request`](super::compile::Request).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestRequest {
+    /// The caller's tenant.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The calling agent's id.
     #[serde(default)]
     pub agent: Option<String>,
+    /// The agent's labels.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The end user, if one is known.
     #[serde(default)]
     pub user: Option<String>,
+    /// What is called, as a caller names it (see [`When::tool`]).
     pub tool: String,
     /// `tool` (default), `prompt`, `resource` or `completion`.
     #[serde(default)]
     pub kind: Option<String>,
+    /// The upstream serving it.
     #[serde(default)]
     pub upstream: Option<String>,
     /// The upstream's own name for it (default: `tool`).
     #[serde(default)]
     pub upstream_tool: Option<String>,
+    /// The stated intent.
     #[serde(default)]
     pub intent: Option<String>,
+    /// The arguments.
     #[serde(default)]
     pub args: Option<serde_json::Value>,
 }

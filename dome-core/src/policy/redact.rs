@@ -88,6 +88,7 @@ pub struct Redactor {
 pub struct Counts(pub [u32; DETECTORS.len() + 1]);
 
 impl Counts {
+    /// Everything removed, by all detectors.
     pub fn total(&self) -> u32 {
         self.0.iter().sum()
     }

@@ -15,7 +15,7 @@ use std::{
 /// that range, found free by binding port 0, can be taken by any outgoing
 /// connection (the tests make many) before the process binds it. Each call
 /// in this test binary gets a port of its own.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 10_000;
     const SPAN: u32 = 22_000;
@@ -31,11 +31,11 @@ pub fn free_port() -> u16 {
     }
 }
 
-pub fn local(port: u16) -> SocketAddr {
+pub(crate) fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-pub fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -43,13 +43,13 @@ pub fn workspace() -> PathBuf {
 }
 
 /// A child process killed when dropped.
-pub struct Proc {
+pub(crate) struct Proc {
     pub child: Child,
     pub name: String,
 }
 
 impl Proc {
-    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+    pub(crate) fn spawn(name: &str, cmd: &mut Command) -> Proc {
         let child = cmd
             .stdin(Stdio::null())
             .spawn()
@@ -60,7 +60,7 @@ impl Proc {
         }
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -73,7 +73,7 @@ impl Drop for Proc {
 }
 
 /// Waits until something accepts connections on `addr`.
-pub fn wait_port(addr: SocketAddr, proc: &mut Proc) {
+pub(crate) fn wait_port(addr: SocketAddr, proc: &mut Proc) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if let Some(status) = proc.child.try_wait().unwrap() {
@@ -90,7 +90,7 @@ pub fn wait_port(addr: SocketAddr, proc: &mut Proc) {
 
 /// The Python interpreter of a virtual environment under `target/` that has
 /// the official MCP SDK (pinned), created on first use.
-pub fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     static PY: OnceLock<PathBuf> = OnceLock::new();
     PY.get_or_init(|| {
         venv(
@@ -105,7 +105,7 @@ pub fn python() -> PathBuf {
 /// The interpreter of the virtual environment at `dir` with `pkg` (a pip
 /// requirement) installed: made the first time, and again whenever the
 /// stamp file `stamp` names another requirement.
-pub fn venv(dir: &Path, stamp: &str, pkg: &str) -> PathBuf {
+pub(crate) fn venv(dir: &Path, stamp: &str, pkg: &str) -> PathBuf {
     let py = dir.join("bin/python");
     let stamp = dir.join(stamp);
     if std::fs::read_to_string(&stamp).ok().as_deref() == Some(pkg) && py.is_file() {
@@ -136,7 +136,7 @@ pub fn venv(dir: &Path, stamp: &str, pkg: &str) -> PathBuf {
 /// The tools a client sees through a Dome in front of the demo upstream
 /// (`demo`) and the Python SDK upstream (`sdk`), both `prefix =
 /// "on_conflict"`: one list, the clashing `echo` prefixed.
-pub const DEMO_AND_SDK_TOOLS: [&str; 10] = [
+pub(crate) const DEMO_AND_SDK_TOOLS: [&str; 10] = [
     "add",
     "approve",
     "ask_llm",
@@ -149,14 +149,14 @@ pub const DEMO_AND_SDK_TOOLS: [&str; 10] = [
     "slow",
 ];
 
-pub fn py_script(name: &str) -> PathBuf {
+pub(crate) fn py_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/py")
         .join(name)
 }
 
 /// A raw HTTP/1.1 exchange: (status, lower-cased headers, body).
-pub fn http(
+pub(crate) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -203,7 +203,7 @@ pub fn http(
 }
 
 /// `dome audit query --format jsonl` on Dome's config: every record.
-pub fn audit_records(dome: &Dome) -> Vec<serde_json::Value> {
+pub(crate) fn audit_records(dome: &Dome) -> Vec<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_dome"))
         .args(["audit", "query", "--format", "jsonl", "--config"])
         .arg(&dome.config)
@@ -223,7 +223,7 @@ pub fn audit_records(dome: &Dome) -> Vec<serde_json::Value> {
 
 /// A session opened (`initialize`, protocol 2025-11-25) with API key `key`:
 /// its id.
-pub fn open_session(dome: &Dome, key: &str) -> String {
+pub(crate) fn open_session(dome: &Dome, key: &str) -> String {
     let auth = format!("Bearer {key}");
     let init = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
     let (status, headers, text) = http(
@@ -244,7 +244,7 @@ pub fn open_session(dome: &Dome, key: &str) -> String {
 }
 
 /// A chunked body's data, its framing taken off.
-pub fn dechunk(mut s: &str) -> String {
+pub(crate) fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
@@ -258,11 +258,11 @@ pub fn dechunk(mut s: &str) -> String {
 }
 
 /// The SHA-256 (hex) of an API key or token, as the config stores it.
-pub fn sha(key: &str) -> String {
+pub(crate) fn sha(key: &str) -> String {
     dome::identity::apikey::to_hex(&dome::identity::apikey::hash(key))
 }
 
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k == name)
@@ -271,7 +271,7 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
 
 /// Dome started on a config written for the test, XDP off (the kernel tests
 /// own XDP), stats and MCP on free ports.
-pub struct Dome {
+pub(crate) struct Dome {
     pub proc: Proc,
     pub mcp: SocketAddr,
     pub stats: SocketAddr,
@@ -312,13 +312,13 @@ fn config_text_server(
 }
 
 /// The registry folder of the Dome run on `config`: one per test run.
-pub fn data_dir(config: &Path) -> PathBuf {
+pub(crate) fn data_dir(config: &Path) -> PathBuf {
     config.with_extension("data")
 }
 
 /// A `[policy]` section for tests that are not about policy: a folder of
 /// its own with one rule that allows every call.
-pub fn allow_all_policy(config: &Path) -> String {
+pub(crate) fn allow_all_policy(config: &Path) -> String {
     let dir = config.with_extension("policies");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -331,7 +331,7 @@ pub fn allow_all_policy(config: &Path) -> String {
 
 /// An `[auth]` section for tests that are not about authentication:
 /// anonymous callers allowed, and a registry folder of the test's own.
-pub fn auth_off(config: &Path) -> String {
+pub(crate) fn auth_off(config: &Path) -> String {
     format!(
         "\n[auth]\nrequired = false\ndata_dir = \"{}\"\n",
         data_dir(config).display()
@@ -340,7 +340,7 @@ pub fn auth_off(config: &Path) -> String {
 
 impl Dome {
     /// Rewrites the config file with the same listeners and `rest`.
-    pub fn rewrite(&self, rest: &str) {
+    pub(crate) fn rewrite(&self, rest: &str) {
         std::fs::write(
             &self.config,
             config_text(&self.config, self.mcp, self.stats, rest),
@@ -349,7 +349,7 @@ impl Dome {
     }
 
     /// Stops Dome and starts it again on the same config file.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.proc.kill();
         let log = std::fs::File::create(self.config.with_extension("restart.log")).unwrap();
         self.proc = Proc::spawn(
@@ -364,20 +364,20 @@ impl Dome {
         wait_port(self.mcp, &mut self.proc);
     }
 
-    pub fn stats_json(&self) -> serde_json::Value {
+    pub(crate) fn stats_json(&self) -> serde_json::Value {
         let (status, _, body) = http(self.stats, "GET", "/stats", &[], "");
         assert_eq!(status, 200);
         serde_json::from_str(&body).unwrap()
     }
 }
 
-pub fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
+pub(crate) fn start_dome(name: &str, upstreams_toml: &str) -> Dome {
     start_dome_server(name, "", upstreams_toml)
 }
 
 /// As [`start_dome`], with `server` (settings of `[server]` besides its
 /// listener, one per line).
-pub fn start_dome_server(name: &str, server: &str, upstreams_toml: &str) -> Dome {
+pub(crate) fn start_dome_server(name: &str, server: &str, upstreams_toml: &str) -> Dome {
     let mcp = local(free_port());
     let mut stats = local(free_port());
     while stats == mcp {
@@ -413,7 +413,7 @@ pub fn start_dome_server(name: &str, server: &str, upstreams_toml: &str) -> Dome
 }
 
 /// Starts the Rust demo upstream on a free port.
-pub fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
+pub(crate) fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
     let addr = local(free_port());
     let mut p = Proc::spawn(
         "dome-demo-upstream",
@@ -427,18 +427,18 @@ pub fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
 }
 
 /// Starts the Python SDK upstream on a free port.
-pub fn start_sdk_upstream() -> (Proc, SocketAddr) {
+pub(crate) fn start_sdk_upstream() -> (Proc, SocketAddr) {
     start_sdk_flavor("one")
 }
 
 /// Starts the Python SDK upstream with its content named by `flavor`.
-pub fn start_sdk_flavor(flavor: &str) -> (Proc, SocketAddr) {
+pub(crate) fn start_sdk_flavor(flavor: &str) -> (Proc, SocketAddr) {
     start_py_server("sdk_upstream.py", &[flavor])
 }
 
 /// Starts a Python server script from `tests/py` on a free port (its first
 /// argument), followed by `args`.
-pub fn start_py_server(script: &str, args: &[&str]) -> (Proc, SocketAddr) {
+pub(crate) fn start_py_server(script: &str, args: &[&str]) -> (Proc, SocketAddr) {
     let addr = local(free_port());
     let mut p = Proc::spawn(
         script,
@@ -455,7 +455,7 @@ pub fn start_py_server(script: &str, args: &[&str]) -> (Proc, SocketAddr) {
 
 /// Runs a Python client script; returns its stdout parsed as JSON, or panics
 /// with its stderr.
-pub fn run_client(script: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_client(script: &str, args: &[&str]) -> serde_json::Value {
     let out = Command::new(python())
         .arg(py_script(script))
         .args(args)

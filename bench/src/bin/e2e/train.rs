@@ -28,7 +28,7 @@ const STATELESS_VERSION: &str = "2026-07-28";
 
 /// With `dir`, the instrumented `bin` writes its profiles there (and must);
 /// without, the workload checks an optimised build answers as it should.
-pub fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result<()> {
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
     }

@@ -20,8 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, body::Incoming};
 use serde_json::{Value, json};
 
-pub const SESSION_VERSION: &str = "2025-11-25";
-pub const STATELESS_VERSION: &str = "2026-07-28";
+pub(crate) const SESSION_VERSION: &str = "2025-11-25";
+pub(crate) const STATELESS_VERSION: &str = "2026-07-28";
 /// How long a cancelled stream may take to end once Dome was told.
 const CANCEL_END: Duration = Duration::from_secs(10);
 /// The longest a pooled connection idles before it is dropped (Dome's
@@ -32,7 +32,7 @@ const SAMPLES: usize = 20;
 
 /// One operation of the mix.
 #[derive(Clone, Copy, Debug)]
-pub enum Op {
+pub(crate) enum Op {
     /// Stateless `echo` by the well-funded agent: a result.
     Echo,
     /// Stateless calls policy refuses: -32005 (HTTP 200, as every refusal
@@ -54,7 +54,7 @@ pub enum Op {
 }
 
 /// The mix, cycled: about 1.5 calls per operation.
-pub const PATTERN: [Op; 20] = {
+pub(crate) const PATTERN: [Op; 20] = {
     use Op::*;
     [
         Echo,
@@ -86,14 +86,14 @@ type SessionCall = (&'static str, &'static str, fn(u64) -> Value, bool);
 
 /// A JSON-RPC answer.
 #[derive(Clone, Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     Result(Value),
     Error { code: i64, message: String },
 }
 
 /// What came back for one request.
 #[derive(Debug, Default)]
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub session: Option<String>,
     pub answer: Option<Answer>,
@@ -280,11 +280,11 @@ async fn exchange(sender: &mut Sender, req: Request<Full<Bytes>>) -> anyhow::Res
 
 /// The upstream restart: calls overlapping it may fail with the upstream's
 /// error. `None` before it; the window's end is `None` while it lasts.
-pub type Window = Option<(Instant, Option<Instant>)>;
+pub(crate) type Window = Option<(Instant, Option<Instant>)>;
 
 /// Counts of one phase of the run.
 #[derive(Default)]
-pub struct Tally {
+pub(crate) struct Tally {
     /// `tools/call` requests sent.
     pub calls: u64,
     /// Other requests sent (initialize, notifications, DELETE).
@@ -301,7 +301,7 @@ pub struct Tally {
     pub cancelled: Vec<u64>,
 }
 
-pub struct Ctx {
+pub(crate) struct Ctx {
     pub addr: SocketAddr,
     pub key: String,
     pub poor_key: String,
@@ -313,7 +313,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(addr: SocketAddr, key: String, poor_key: String) -> Ctx {
+    pub(crate) fn new(addr: SocketAddr, key: String, poor_key: String) -> Ctx {
         Ctx {
             addr,
             key,
@@ -327,7 +327,7 @@ impl Ctx {
 
     /// Closes every idle connection (Dome's count of open files then
     /// holds no client connection).
-    pub fn close_idle(&self) {
+    pub(crate) fn close_idle(&self) {
         self.pool.lock().expect("pool").clear();
     }
 
@@ -457,7 +457,7 @@ impl Ctx {
     }
 
     /// Runs one operation; everything it meets goes into the tally.
-    pub async fn run(&self, op: Op) {
+    pub(crate) async fn run(&self, op: Op) {
         match op {
             Op::Echo => self.stateless_echo("echo", false).await,
             Op::OverBudget => self.stateless_echo("over_budget", true).await,

@@ -9,6 +9,8 @@ use super::*;
 pub struct Glob(pub(super) String);
 
 impl Glob {
+    /// Whether the whole of `s` matches (each `*` any run of bytes,
+    /// empty included); linear in `s`.
     pub fn matches(&self, s: &str) -> bool {
         glob_match(self.0.as_bytes(), s.as_bytes())
     }
@@ -62,6 +64,8 @@ impl Pointer {
         ))
     }
 
+    /// The value the pointer names in `v`: object members by name, array
+    /// elements by decimal index; `None` where a token names nothing.
     pub fn resolve<'v>(&self, v: &'v Value) -> Option<&'v Value> {
         let mut cur = v;
         for t in &self.0 {

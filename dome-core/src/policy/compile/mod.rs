@@ -31,18 +31,29 @@ pub use source::*;
 /// A call as policy sees it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Request<'a> {
+    /// The caller's tenant (`None` for an unauthenticated caller, which a
+    /// rule naming tenants never matches).
     pub tenant: Option<&'a str>,
+    /// The calling agent's id.
     pub agent: Option<&'a str>,
+    /// The agent's labels: a rule's `labels` must all be among them.
     pub labels: &'a [String],
+    /// The end user the agent acts for, when known.
     pub user: Option<&'a str>,
+    /// What is called, as the caller names it: the tool or prompt name
+    /// (with any prefix Dome gave it), or the resource URI.
     pub tool: &'a str,
     /// What kind of thing `tool` names: `tool` (also when empty), `prompt`,
     /// `resource` or `completion`.
     pub kind: &'a str,
+    /// The upstream serving it, by its configured name.
     pub upstream: Option<&'a str>,
     /// What the upstream calls `tool` (`None`: the same).
     pub upstream_tool: Option<&'a str>,
+    /// The intent the caller stated, if any.
     pub intent: Option<&'a str>,
+    /// The call's arguments; `None` when there are none, and when no rule
+    /// reads arguments (`Policy::reads_args`), so they were not parsed.
     pub args: Option<&'a Value>,
 }
 
@@ -52,7 +63,9 @@ pub enum Decision<'p> {
     /// Allowed by `rule` (the first matching allow rule in file order,
     /// which also gives the obligations).
     Allow {
+        /// The allowing rule's id (shared, so a record takes it uncopied).
         rule: &'p std::sync::Arc<str>,
+        /// What the allow comes with: intent, redaction, logging, budget.
         obligations: &'p Obligations,
         /// The rule's redactions of the result, compiled.
         redactor: Option<&'p std::sync::Arc<super::redact::Redactor>>,
@@ -60,12 +73,16 @@ pub enum Decision<'p> {
     /// Denied by `rule` (`None`: no rule allows it), with the reason an
     /// agent may be shown.
     Deny {
+        /// The denying rule's id; `None` when no rule allows the call.
         rule: Option<&'p str>,
+        /// The rule's `reason` (or [`DEFAULT_DENY`]).
         reason: &'p str,
     },
 }
 
 impl Decision<'_> {
+    /// Allow or deny, without the rule: what a test case expects, and what
+    /// a shadow policy's decision is compared on.
     pub fn effect(&self) -> Effect {
         match self {
             Decision::Allow { .. } => Effect::Allow,
@@ -74,6 +91,8 @@ impl Decision<'_> {
     }
 }
 
+/// The reason a call no rule allows is denied with: it names no rule, so
+/// the policy's internals stay with the operator.
 pub const DEFAULT_DENY: &str = "no policy rule allows this call";
 
 /// A request's kind, `tool` when unset.
@@ -155,6 +174,7 @@ pub struct Policy {
     /// Rules with a tool glob or no tool condition.
     any_tool: Vec<u32>,
     categories: Vec<(String, Vec<Regex>)>,
+    /// The files' `[[test]]` cases, in file order (`dome policy test`).
     pub tests: Vec<TestCase>,
     /// Content hash of the sources.
     pub version: String,
@@ -167,9 +187,14 @@ pub struct Policy {
 /// A compile error: where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyError {
+    /// The source's name (its file name).
     pub file: String,
+    /// The line (from 1) of the field, or of the syntax error.
     pub line: usize,
+    /// The field's path (`rule[2].when.tool`, `intent_categories.billing`);
+    /// empty when the error is in the TOML itself.
     pub field: String,
+    /// What is wrong.
     pub reason: String,
 }
 
@@ -409,6 +434,8 @@ impl Policy {
         out
     }
 
+    /// How many rules the files hold (none: every call is denied, which
+    /// the runtime warns about).
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
