@@ -7,7 +7,9 @@
 //! - `checkpoint`: signed checkpoints and retirement notes, the frames
 //!   that anchor the chain to the node's key and account for retention.
 //! - `segment`: segment files, their indexes and start-up recovery.
-//! - `trail`: the request path's ring and the writer thread.
+//! - `trail`: the request path's ring and its tickets.
+//! - `writer`: the writer thread behind it: batches, frames, syncs,
+//!   checkpoints, retention.
 //! - `query`: filtered scans, `verify` and the checkpoints' export.
 //! - `output`: query results as JSON Lines or an (escaped) table.
 //! - `config`: `[audit]`.
@@ -21,6 +23,7 @@ pub mod output;
 pub mod query;
 pub mod segment;
 pub mod trail;
+mod writer;
 
 pub use call::Call;
 pub use config::AuditConfig;
