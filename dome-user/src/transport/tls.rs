@@ -1,0 +1,98 @@
+//! The listener's certificate and key, loaded and swapped in place when
+//! their files change.
+
+use super::*;
+
+/// The listener's certificate, swapped in place when its files change (a
+/// renewal written over the same paths, or other paths named on reload):
+/// handshakes from then on get the new one, open connections keep theirs.
+#[derive(Debug)]
+pub struct Certificates {
+    current: arc_swap::ArcSwap<CertifiedKey>,
+    /// The files in use, and their size and modification time when last
+    /// looked at (so a broken renewal is reported once, not every second).
+    seen: std::sync::Mutex<(TlsConfig, Option<Stamp>)>,
+}
+
+pub(super) type Stamp = [(u64, std::time::SystemTime); 2];
+
+pub(super) fn stamp(tls: &TlsConfig) -> Option<Stamp> {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    };
+    Some([one(&tls.cert)?, one(&tls.key)?])
+}
+
+impl rustls::server::ResolvesServerCert for Certificates {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+impl Certificates {
+    /// Loads the files again if `tls` names others or they changed since
+    /// last looked at. `Ok(true)`: a new certificate is in use. An error
+    /// names the file; the certificate in use stays.
+    pub fn refresh(&self, tls: &TlsConfig) -> Result<bool, String> {
+        let now = stamp(tls);
+        {
+            let mut seen = self.seen.lock().expect("certificates lock");
+            if seen.0 == *tls && seen.1 == now {
+                return Ok(false);
+            }
+            *seen = (tls.clone(), now);
+        }
+        self.current.store(Arc::new(load_certified(tls)?));
+        Ok(true)
+    }
+}
+
+pub(super) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and its key from their PEM files, checked to
+/// belong together; errors name the file.
+pub(super) fn load_certified(tls: &TlsConfig) -> Result<CertifiedKey, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .map_err(|e| format!("{}: {e}", tls.cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", tls.cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no certificate in the file",
+            tls.cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    CertifiedKey::from_der(certs, key, &provider())
+        .map_err(|e| format!("{} / {}: {e}", tls.cert.display(), tls.key.display()))
+}
+
+/// The TLS acceptor of the MCP listener, and its certificates (for
+/// [`Certificates::refresh`]).
+pub fn tls_acceptor(tls: &TlsConfig) -> Result<(TlsAcceptor, Arc<Certificates>), String> {
+    let certificates = Arc::new(Certificates {
+        current: arc_swap::ArcSwap::from_pointee(load_certified(tls)?),
+        seen: std::sync::Mutex::new((tls.clone(), stamp(tls))),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certificates.clone());
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok((TlsAcceptor::from(Arc::new(config)), certificates))
+}
+
+/// Checks that the files exist and load (config validation).
+pub fn check_tls(tls: &TlsConfig) -> Result<(), String> {
+    for p in [&tls.cert, &tls.key] {
+        if !Path::new(p).is_file() {
+            return Err(format!("{}: no such file", p.display()));
+        }
+    }
+    load_certified(tls).map(|_| ())
+}
