@@ -39,8 +39,11 @@ use crate::{
 /// for budgets. Borrowed from the shell's authenticated caller.
 #[derive(Clone, Copy)]
 pub struct Who<'a> {
+    /// The agent's id, as a rule's `agent` matches it.
     pub agent: &'a str,
+    /// The agent's tenant, as a rule's `tenant` matches it.
     pub tenant: &'a str,
+    /// The agent's labels; a rule's `labels` needs every one it lists.
     pub labels: &'a [String],
     /// The end user the agent acts for, when known.
     pub user: Option<&'a str>,
@@ -49,6 +52,8 @@ pub struct Who<'a> {
     /// The agent's configured budgets per tool (a rule's `budget` replaces
     /// the tool's).
     pub tool_budgets: &'a HashMap<String, Bucket>,
+    /// The tenant's budget, shared by its agents and taken only once the
+    /// call is allowed.
     pub tenant_budget: Option<&'a Bucket>,
 }
 
@@ -75,6 +80,7 @@ pub struct Facts<'a> {
 /// The configuration a call is judged against: one reload's worth.
 #[derive(Clone, Copy)]
 pub struct Snapshot<'a> {
+    /// The active policy: the one enforced.
     pub policy: &'a Policy,
     /// A candidate policy judged beside the active one, never enforced.
     pub shadow: Option<&'a Policy>,
@@ -86,7 +92,10 @@ pub struct Snapshot<'a> {
 /// a budget would pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refusal {
+    /// The JSON-RPC error code (`protocol::code` names Dome's own).
     pub code: i64,
+    /// The error message the caller is shown (the audit record keeps it as
+    /// the reason).
     pub message: String,
     /// Over a budget or an agent's share of an upstream: when the call
     /// would pass (`data.retryAfterMs`).
@@ -147,13 +156,19 @@ pub struct Effects {
 /// The active and the shadow policy's effect on one call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Shadowed {
+    /// The active policy's effect (a budget may still refuse an allowed
+    /// call).
     pub active: Effect,
+    /// The shadow policy's effect: what would have happened under it (the
+    /// shell counts and logs a disagreement).
     pub shadow: Effect,
 }
 
 /// What the call's audit record learns from admission.
 #[derive(Debug, Default, PartialEq)]
 pub struct Noted {
+    /// `Allow`, `Deny` or `OverBudget` once admission decided; `None` while
+    /// it has not (a charged call not yet judged).
     pub decision: Option<Decision>,
     /// The rule that allowed or denied it.
     pub rule: Option<Arc<str>>,

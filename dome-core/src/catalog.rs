@@ -29,15 +29,22 @@ pub enum PrefixMode {
 /// What a catalog lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
+    /// Tools (`tools/list`).
     Tools,
+    /// Prompts (`prompts/list`).
     Prompts,
+    /// Resources (`resources/list`).
     Resources,
+    /// Resource templates (`resources/templates/list`).
     Templates,
 }
 
 impl Kind {
+    /// Every kind, in the order of [`Kind::index`].
     pub const ALL: [Kind; 4] = [Kind::Tools, Kind::Prompts, Kind::Resources, Kind::Templates];
 
+    /// Its position in [`Kind::ALL`], for what the shell keeps per kind (the
+    /// catalogs, their refresh state).
     pub fn index(self) -> usize {
         self as usize
     }
@@ -78,6 +85,7 @@ impl Kind {
     fn renamed(self) -> bool {
         matches!(self, Kind::Tools | Kind::Prompts)
     }
+    /// The kind whose list method `method` is, if any.
     pub fn of_method(method: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.method() == method)
     }
@@ -86,6 +94,8 @@ impl Kind {
 /// Where a public key goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
+    /// The upstream's index among those the catalog was assembled from
+    /// (config order).
     pub upstream: usize,
     /// The upstream's name (a name outlives a reload; an index may not).
     pub label: Arc<str>,
@@ -100,6 +110,7 @@ pub struct Route {
 pub struct Catalog {
     /// Items as shown downstream (keys rewritten where renamed).
     pub items: Vec<Value>,
+    /// Where each public key goes, by public key.
     pub routes: HashMap<String, Route>,
     /// Items of upstreams that failed this listing, as the last listing had
     /// them: not shown, but a request still goes to (and fails naming) the upstream.
@@ -116,15 +127,19 @@ pub struct Catalog {
 /// its own name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conflict {
+    /// The upstream that listed the item, by name.
     pub upstream: String,
     /// The item's key as the upstream lists it.
     pub original: String,
     /// The key it would have had (left out), or was given (prefixed).
     pub public: String,
+    /// Why, in a few words (`taken by another upstream`, …).
     pub why: &'static str,
 }
 
 impl Conflict {
+    /// The conflict as `/stats` shows it, naming the catalog (`kind`) it is
+    /// in.
     pub fn to_json(&self, kind: Kind) -> Value {
         serde_json::json!({
             "kind": kind.field(), "upstream": self.upstream, "original": self.original,

@@ -11,9 +11,14 @@ use crate::{envelope::Envelope, protocol};
 /// it watch.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ListenFilter {
+    /// `notifications/tools/list_changed` goes to the stream.
     pub tools: bool,
+    /// `notifications/prompts/list_changed` goes to the stream.
     pub prompts: bool,
+    /// `notifications/resources/list_changed` goes to the stream.
     pub resources: bool,
+    /// The resource URIs whose `notifications/resources/updated` goes to
+    /// the stream: those asked for that policy lets the caller read.
     pub uris: std::collections::HashSet<String>,
 }
 

@@ -21,26 +21,45 @@
 
 use ring::digest;
 
+/// The four bytes every frame starts with; a reader looking for the next
+/// good frame after damage looks for them at each [`ALIGN`] boundary.
 pub const MAGIC: [u8; 4] = *b"DAF1";
+/// The header's size in bytes; the payload follows it.
 pub const HEADER: usize = 64;
+/// Payloads are padded to a multiple of this many bytes, so each frame,
+/// and each payload, starts 16-byte aligned.
 pub const ALIGN: usize = 16;
 /// Larger payloads are refused (a record is a few hundred bytes; logged
 /// arguments are bounded by the request body limit).
 pub const MAX_PAYLOAD: usize = 16 << 20;
 
+/// A SHA-256 digest: a frame's hash, and the link to it the next
+/// frame's header holds.
 pub type Hash = [u8; 32];
 
 /// The fields of a frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// Payload length in bytes, without the padding; at most
+    /// [`MAX_PAYLOAD`].
     pub len: u32,
+    /// Sequence number: from 1, contiguous across segments.
     pub seq: u64,
+    /// What the payload is: [`super::record::SCHEMA`] for a call record;
+    /// `dome-user` gives its checkpoints and retirement notes other values.
     pub schema: u16,
+    /// The CRC-32 the header stores ([`crc_of`]); [`read`] checks it.
     pub crc: u32,
+    /// Unix microseconds (a record's: its call's arrival), so a query can
+    /// skip frames by time without decoding them.
     pub time_us: u64,
+    /// The hash of the frame before ([`hash_of`]); all zeros in the
+    /// trail's first frame (seq 1).
     pub prev: Hash,
 }
 
+/// `len` rounded up to a multiple of [`ALIGN`]: the room a payload of
+/// `len` bytes takes after its header.
 pub fn padded(len: usize) -> usize {
     len.div_ceil(ALIGN) * ALIGN
 }
@@ -98,10 +117,16 @@ pub fn hash_of(header: &[u8], payload: &[u8]) -> Hash {
 pub enum Bad {
     /// Fewer bytes than a frame needs: a write cut short (a torn tail).
     Short,
+    /// The bytes do not start with [`MAGIC`]: no frame starts here.
     BadMagic,
+    /// The header's payload length, above [`MAX_PAYLOAD`].
     TooLong(u32),
+    /// The CRC the header stores is not that of the bytes read: the header
+    /// or payload was damaged, or changed without resealing.
     Crc {
+        /// The CRC in the header.
         stored: u32,
+        /// The CRC of the header and payload as read.
         computed: u32,
     },
 }
@@ -123,13 +148,19 @@ impl std::fmt::Display for Bad {
 /// One frame read from a buffer: its header, its payload and where the
 /// next frame starts.
 pub struct Frame<'b> {
+    /// The header, decoded.
     pub header: Header,
+    /// The header's [`HEADER`] bytes as stored (its hash covers them).
     pub raw_header: &'b [u8],
+    /// The payload, without its padding.
     pub payload: &'b [u8],
+    /// Offset in the buffer where the next frame would start (past the
+    /// padding).
     pub next: usize,
 }
 
 impl Frame<'_> {
+    /// The frame's hash ([`hash_of`]): what the next frame's `prev` must be.
     pub fn hash(&self) -> Hash {
         hash_of(self.raw_header, self.payload)
     }

@@ -18,15 +18,21 @@ pub const SCHEMA: u16 = 1;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Kind {
+    /// A `tools/call`.
     Tool = 0,
+    /// A `prompts/get`.
     Prompt = 1,
+    /// A `resources/read`, `resources/subscribe` or `resources/unsubscribe`.
     Resource = 2,
+    /// A `completion/complete`.
     Completion = 3,
 }
 
 impl Kind {
+    /// Every kind, in the order of their byte values.
     pub const ALL: [Kind; 4] = [Kind::Tool, Kind::Prompt, Kind::Resource, Kind::Completion];
 
+    /// The kind as policy, `dome audit query` and the JSON export name it.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Tool => "tool",
@@ -36,6 +42,7 @@ impl Kind {
         }
     }
 
+    /// The kind [`Kind::name`] gives `s`, if any (a query's `kind` filter).
     pub fn from_name(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == s)
     }
@@ -61,6 +68,7 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// Every decision, in the order of their byte values.
     pub const ALL: [Decision; 4] = [
         Decision::Allow,
         Decision::Deny,
@@ -68,6 +76,8 @@ impl Decision {
         Decision::Error,
     ];
 
+    /// The decision as `dome audit query` and the JSON export name it
+    /// (`allow`, `deny`, `over_budget`, `error`).
     pub fn name(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
@@ -77,10 +87,14 @@ impl Decision {
         }
     }
 
+    /// The decision [`Decision::name`] gives `s`, if any (a query's
+    /// `decision` filter).
     pub fn from_name(s: &str) -> Option<Decision> {
         Decision::ALL.into_iter().find(|d| d.name() == s)
     }
 
+    /// The decision a record's byte stands for; an unknown byte reads as
+    /// [`Decision::Error`].
     pub fn from_u8(v: u8) -> Decision {
         Decision::ALL
             .get(v as usize)
@@ -118,6 +132,7 @@ impl Outcome {
         Outcome::Unknown,
     ];
 
+    /// The outcome as `dome audit query` and the JSON export name it.
     pub fn name(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
@@ -159,13 +174,17 @@ pub struct Record<'a> {
     /// The Dome node that served the call.
     #[rkyv(with = InlineAsBox)]
     pub node: &'a str,
+    /// The caller's tenant.
     #[rkyv(with = InlineAsBox)]
     pub tenant: &'a str,
+    /// The calling agent's id.
     #[rkyv(with = InlineAsBox)]
     pub agent: &'a str,
     /// The end user the agent acted for.
     #[rkyv(with = InlineAsBox)]
     pub user: &'a str,
+    /// The MCP session (`Mcp-Session-Id`) the call came in; empty outside a
+    /// session.
     #[rkyv(with = InlineAsBox)]
     pub session: &'a str,
     /// The client's address.
@@ -176,8 +195,11 @@ pub struct Record<'a> {
     /// The tool or prompt name, or the resource URI, as the caller named it.
     #[rkyv(with = InlineAsBox)]
     pub name: &'a str,
+    /// The upstream the call went to, by its configured name.
     #[rkyv(with = InlineAsBox)]
     pub upstream: &'a str,
+    /// The caller's stated intent (`params._meta["dome/intent"]`, else the
+    /// `Dome-Intent` header).
     #[rkyv(with = InlineAsBox)]
     pub intent: &'a str,
     /// SHA-256 of the arguments' JSON text as received (zero: none).
@@ -190,6 +212,8 @@ pub struct Record<'a> {
     /// The policy rule that decided (empty: the default deny).
     #[rkyv(with = InlineAsBox)]
     pub rule: &'a str,
+    /// The version (content hash) of the policy in force when the call was
+    /// judged.
     #[rkyv(with = InlineAsBox)]
     pub policy_version: &'a str,
     /// The JSON-RPC error code of the answer (0: a result).
@@ -203,23 +227,32 @@ pub struct Record<'a> {
     pub redactions: [u32; REDACTIONS],
     /// Nanoseconds per phase ([`PHASES`]); 0 when the phase did not run.
     pub phase_ns: [u64; 5],
+    /// Size of the request body the call came in, in bytes.
     pub bytes_in: u64,
+    /// Size of the answer in bytes: the response body, or for a streamed
+    /// answer the JSON text of its messages (0: not known).
     pub bytes_out: u64,
 }
 
 impl ArchivedRecord<'_> {
+    /// The record's [`Kind`]; an unknown byte reads as [`Kind::Tool`].
     pub fn kind(&self) -> Kind {
         Kind::from_u8(self.kind)
     }
 
+    /// The record's [`Decision`]; an unknown byte reads as
+    /// [`Decision::Error`].
     pub fn decision(&self) -> Decision {
         Decision::from_u8(self.decision)
     }
 
+    /// The record's [`Outcome`]; an unknown byte reads as
+    /// [`Outcome::Unknown`].
     pub fn outcome(&self) -> Outcome {
         Outcome::from_u8(self.outcome)
     }
 
+    /// Unix time of the call's arrival, in microseconds.
     pub fn time_us(&self) -> u64 {
         self.time_us.to_native()
     }

@@ -7,6 +7,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// What every Dome API key starts with, before the agent id.
 pub const PREFIX: &str = "dome_";
 
 /// Agent ids: what may sit between `dome_` and the secret.
@@ -17,6 +18,8 @@ pub fn valid_agent_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// The SHA-256 of a whole key: what is stored and compared, never the
+/// key itself.
 pub fn hash(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -40,10 +43,13 @@ pub fn matches(key: &str, hashes: &[[u8; 32]]) -> bool {
     ok.into()
 }
 
+/// A key hash in lowercase hex, as `dome hash-key` prints it for the
+/// config file's `api_keys` and the registry stores it.
 pub fn to_hex(h: &[u8; 32]) -> String {
     hex::encode(h)
 }
 
+/// A key hash from its hex form; `None` unless `s` is 64 hex digits.
 pub fn from_hex(s: &str) -> Option<[u8; 32]> {
     let v = hex::decode(s).ok()?;
     v.try_into().ok()

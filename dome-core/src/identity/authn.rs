@@ -22,7 +22,9 @@ pub const H_USER_TOKEN: HeaderName = HeaderName::from_static("dome-user-token");
 /// An authenticated caller.
 #[derive(Clone, Debug)]
 pub struct Caller {
+    /// The agent the credential names.
     pub agent: Arc<Agent>,
+    /// The agent's tenant.
     pub tenant: Arc<Tenant>,
     /// The end user the agent acts for, when known.
     pub user: Option<String>,
@@ -32,8 +34,12 @@ pub struct Caller {
 /// code for `WWW-Authenticate` (RFC 6750), and a message for the body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Failure {
+    /// The HTTP status to answer with: 400, 401 or 403.
     pub status: StatusCode,
+    /// The OAuth error code (`invalid_request`, `invalid_token`,
+    /// `insufficient_scope`); `None` when no credential was sent.
     pub error: Option<&'static str>,
+    /// What went wrong, for the response body.
     pub message: String,
     /// Counts toward escalation (a presented credential that is wrong, not
     /// a missing one).

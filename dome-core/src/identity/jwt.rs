@@ -39,6 +39,9 @@ pub struct JwtConfig {
     /// ... or a JWKS URL (http or https), fetched at start and refreshed.
     #[serde(default)]
     pub jwks_url: Option<String>,
+    /// How often a `jwks_url` key set is fetched again, in seconds (default
+    /// 300); a token naming a key the set lacks has it fetched sooner (at
+    /// most every 5 s).
     #[serde(default = "default_refresh")]
     pub refresh_s: u64,
     /// Claim naming the agent (an agent id of this tenant).
@@ -73,9 +76,16 @@ fn default_leeway() -> u64 {
 
 /// One tenant's provider: what its tokens must say, and its keys.
 pub struct Provider {
+    /// The name of the tenant whose provider this is: a token it verifies
+    /// is of this tenant.
     pub tenant: String,
+    /// The tenant's `[tenant.jwt]`.
     pub config: JwtConfig,
+    /// The `aud` tokens must carry: `config.audience`, else the default
+    /// (`auth.resource`).
     pub audience: String,
+    /// The provider's current key set, replaced whole by
+    /// [`Provider::set_keys`] (a `jwks_url` set is empty until fetched).
     pub keys: ArcSwap<JwkSet>,
     /// When the keys were last fetched (unix s), to rate-limit refreshes.
     pub fetched_unix_s: AtomicU64,
@@ -85,6 +95,8 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// A provider with `keys`; `fetched_unix_s` 0 marks its URL as not
+    /// fetched yet.
     pub fn new(tenant: String, config: JwtConfig, audience: String, keys: JwkSet) -> Provider {
         Provider {
             tenant,
@@ -96,6 +108,8 @@ impl Provider {
         }
     }
 
+    /// Replaces the key set and bumps `generation`, so tokens verified
+    /// under the old keys are verified again.
     pub fn set_keys(&self, keys: Arc<JwkSet>) {
         self.keys.store(keys);
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -123,9 +137,12 @@ thread_local! {
 /// A verified token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
+    /// The tenant whose provider issued the token.
     pub tenant: String,
     /// The agent the token was issued to (absent in a user's own token).
     pub agent: Option<String>,
+    /// The end user the token names (`user_claim`, `sub` by default), if
+    /// any.
     pub user: Option<String>,
 }
 
@@ -136,14 +153,22 @@ pub enum JwtError {
     Invalid(String),
     /// The issuer is trusted but the key id is not in its key set (yet):
     /// worth a key refresh.
-    UnknownKey { issuer: String },
+    UnknownKey {
+        /// The token's `iss`: whose key set to fetch again.
+        issuer: String,
+    },
     /// Valid, but short of the scopes the tenant requires.
-    InsufficientScope { required: String },
+    InsufficientScope {
+        /// The scopes the tenant requires, space-separated (the `scope` of
+        /// the `WWW-Authenticate` challenge).
+        required: String,
+    },
 }
 
 /// Trusted providers, by issuer.
 #[derive(Default)]
 pub struct Verifier {
+    /// Each trusted provider, by the `iss` its tokens carry.
     pub by_issuer: HashMap<String, Arc<Provider>>,
 }
 
