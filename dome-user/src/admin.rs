@@ -196,16 +196,36 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
         .map(str::to_string)
         .collect();
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    let (method, rest) = (req.method().clone(), parts.get(1..).unwrap_or_default());
+    match parts.first().copied() {
+        Some("agents") => agents(&state, method, rest, req).await,
+        Some("policy") => policy(&state, method, rest, req).await,
+        Some("audit") => audit(&state, method, rest, req).await,
+        Some("blocks") => blocks(&state, method, rest),
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Resp {
+    error(
+        StatusCode::NOT_FOUND,
+        "not found; see GET /agents, POST /agents, GET /blocks",
+    )
+}
+
+/// Runs `f` off the async threads (registry writes commit to disk).
+async fn blocking(f: Box<dyn FnOnce() -> Resp + Send>) -> Resp {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "admin task failed"))
+}
+
+/// `/agents`: list, register, show, disable or enable, rotate a key, delete.
+async fn agents(state: &AdminState, method: Method, rest: &[&str], req: Request<Incoming>) -> Resp {
     let reg = state.registry.clone();
     let now = crate::clock::unix_s();
-    // Registry writes commit to disk: off the async threads.
-    let blocking = |f: Box<dyn FnOnce() -> Resp + Send>| async move {
-        tokio::task::spawn_blocking(f)
-            .await
-            .unwrap_or_else(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "admin task failed"))
-    };
-    match (req.method().clone(), parts.as_slice()) {
-        (Method::GET, ["agents"]) => {
+    match (method, rest) {
+        (Method::GET, []) => {
             let index = reg.index();
             let records = reg.records().unwrap_or_default();
             let mut agents: Vec<&Arc<Agent>> = index.agents.values().collect();
@@ -216,7 +236,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
                 .collect();
             json_resp(StatusCode::OK, json!({"agents": list}))
         }
-        (Method::POST, ["agents"]) => {
+        (Method::POST, []) => {
             let new: NewAgent = match body_json(req).await {
                 Ok(n) => n,
                 Err(r) => return r,
@@ -234,8 +254,8 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
-        (Method::GET, ["agents", id]) => show(&reg, id),
-        (Method::POST, ["agents", id, action @ ("disable" | "enable")]) => {
+        (Method::GET, [id]) => show(&reg, id),
+        (Method::POST, [id, action @ ("disable" | "enable")]) => {
             let (id, off) = (id.to_string(), *action == "disable");
             blocking(Box::new(move || match reg.set_disabled(&id, off, now) {
                 Ok(_) => show(&reg, &id),
@@ -243,7 +263,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
-        (Method::POST, ["agents", id, "rotate"]) => {
+        (Method::POST, [id, "rotate"]) => {
             let id = id.to_string();
             let r: Rotate = match body_json(req).await {
                 Ok(r) => r,
@@ -262,7 +282,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
-        (Method::DELETE, ["agents", id]) => {
+        (Method::DELETE, [id]) => {
             let id = id.to_string();
             blocking(Box::new(move || match reg.delete(&id, now) {
                 Ok(()) => json_resp(StatusCode::OK, json!({"deleted": id})),
@@ -270,7 +290,14 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
-        (Method::GET, ["policy", "versions"]) => match state.policy_store.list() {
+        _ => not_found(),
+    }
+}
+
+/// `/policy`: the activated versions, and rollback to one.
+async fn policy(state: &AdminState, method: Method, rest: &[&str], req: Request<Incoming>) -> Resp {
+    match (method, rest) {
+        (Method::GET, ["versions"]) => match state.policy_store.list() {
             Ok(all) => json_resp(
                 StatusCode::OK,
                 json!({"versions": all.iter().map(|a| json!({
@@ -281,7 +308,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             ),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
         },
-        (Method::POST, ["policy", "rollback"]) => {
+        (Method::POST, ["rollback"]) => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
             struct Rollback {
@@ -309,7 +336,14 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             }))
             .await
         }
-        (Method::GET, ["audit"]) => {
+        _ => not_found(),
+    }
+}
+
+/// `/audit`: a filtered query streamed as JSON Lines, and verification.
+async fn audit(state: &AdminState, method: Method, rest: &[&str], req: Request<Incoming>) -> Resp {
+    match (method, rest) {
+        (Method::GET, []) => {
             let query = req.uri().query().unwrap_or_default();
             let pairs: Vec<(String, String)> = url_pairs(query);
             match crate::audit::output::Query::from_pairs(
@@ -320,7 +354,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
                 Err(e) => error(StatusCode::BAD_REQUEST, e),
             }
         }
-        (Method::GET, ["audit", "verify"]) => {
+        (Method::GET, ["verify"]) => {
             let dir = state.audit_dir.clone();
             let expect = crate::audit::query::Expect {
                 keys: state.audit_key.into_iter().collect(),
@@ -337,11 +371,18 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
-        (Method::GET, ["blocks"]) => match &state.escalation {
+        _ => not_found(),
+    }
+}
+
+/// `/blocks`: escalation's blocks, and lifting one.
+fn blocks(state: &AdminState, method: Method, rest: &[&str]) -> Resp {
+    match (method, rest) {
+        (Method::GET, []) => match &state.escalation {
             Some(e) => json_resp(StatusCode::OK, e.blocks_json()),
             None => json_resp(StatusCode::OK, json!({"blocks": [], "kernel": false})),
         },
-        (Method::DELETE, ["blocks", kind, rest @ ..]) => match &state.escalation {
+        (Method::DELETE, [kind, rest @ ..]) => match &state.escalation {
             Some(e) => match e.lift(kind, &rest.join("/")) {
                 Ok(true) => json_resp(
                     StatusCode::OK,
@@ -352,10 +393,7 @@ async fn respond(state: Arc<AdminState>, req: Request<Incoming>) -> Resp {
             },
             None => error(StatusCode::NOT_FOUND, "no kernel tier: nothing is blocked"),
         },
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "not found; see GET /agents, POST /agents, GET /blocks",
-        ),
+        _ => not_found(),
     }
 }
 
