@@ -549,161 +549,206 @@ fn verify_segment(
     walk: &mut Walk<'_>,
     report: &mut Report,
 ) -> std::io::Result<Result<(), Problem>> {
-    let expected = &mut walk.expected;
-    let problem = |offset: usize, seq: u64, why: String| Problem {
-        segment: seg.path.clone(),
-        offset: offset as u64,
-        seq,
-        why,
-    };
     let buf = segment::read_aligned(&seg.path)?;
-    match segment::parse_header(&buf) {
-        Ok((_, first)) if first == seg.first_seq => {}
-        Ok((_, first)) => {
-            return Ok(Err(problem(
-                0,
-                seg.first_seq,
-                format!(
-                    "the segment header says it starts at {first}, its name says {}",
-                    seg.first_seq
-                ),
-            )));
-        }
-        Err(why) => return Ok(Err(problem(0, seg.first_seq, why))),
-    }
-    if let Some((next, _)) = expected
-        && seg.first_seq != *next
-    {
-        return Ok(Err(problem(
-            0,
-            *next,
-            format!(
-                "records {next}..{} are missing (the segment starts at {})",
-                seg.first_seq - 1,
-                seg.first_seq
-            ),
-        )));
+    if let Err(p) = check_start(seg, &buf, walk.expected) {
+        return Ok(Err(p));
     }
     let mut at = segment::HEADER;
     while at < buf.len() {
-        let want_seq = expected.map_or(seg.first_seq, |(n, _)| n);
+        let want_seq = walk.expected.map_or(seg.first_seq, |(n, _)| n);
         let f = match frame::read(&buf, at) {
             Ok(f) => f,
             Err(Bad::Short) if newest => {
                 report.incomplete_tail = true;
                 return Ok(Ok(()));
             }
-            Err(bad) => return Ok(Err(problem(at, want_seq, bad.to_string()))),
+            Err(bad) => return Ok(Err(problem(seg, at, want_seq, bad.to_string()))),
         };
-        match expected {
-            None => {
-                if f.header.seq != seg.first_seq {
-                    return Ok(Err(problem(
-                        at,
-                        seg.first_seq,
-                        format!(
-                            "the first record is {}, expected {}",
-                            f.header.seq, seg.first_seq
-                        ),
-                    )));
-                }
-                report.first_seq = Some(f.header.seq);
-                report.anchored_after_retirement = f.header.prev != [0; 32];
-                if f.header.seq == 1 && f.header.prev != [0; 32] {
-                    return Ok(Err(problem(
-                        at,
-                        1,
-                        "the first record names a record before it".into(),
-                    )));
-                }
-            }
-            Some((next, prev)) => {
-                if f.header.seq != *next {
-                    return Ok(Err(problem(
-                        at,
-                        *next,
-                        format!(
-                            "found record {} where record {next} belongs (removed or reordered)",
-                            f.header.seq
-                        ),
-                    )));
-                }
-                if f.header.prev != *prev {
-                    return Ok(Err(problem(
-                        at,
-                        *next,
-                        "the hash chain breaks here (the record before it was changed, removed or reordered)".into(),
-                    )));
-                }
-            }
+        if let Err(p) = check_link(seg, at, &f, walk.expected, report) {
+            return Ok(Err(p));
         }
         let seq = f.header.seq;
-        match segment::content(f.payload, f.header.schema) {
-            Err(why) => return Ok(Err(problem(at, seq, why))),
+        let checked = match segment::content(f.payload, f.header.schema) {
+            Err(why) => Err(why),
             Ok(segment::Content::Record(_)) => {
                 report.records += 1;
                 report.unsigned_tail += 1;
+                Ok(())
             }
             Ok(segment::Content::Retired(note)) => {
                 report.retired.push(note);
                 report.unsigned_tail += 1;
+                Ok(())
             }
             Ok(segment::Content::Checkpoint(cp)) => {
-                if cp.seq + 1 != seq || cp.head != hex::encode(f.header.prev) {
-                    return Ok(Err(problem(
-                        at,
-                        seq,
-                        format!(
-                            "checkpoint {seq} signs record {} with head {}, but the chain has {} there: the records before it were rewritten",
-                            cp.seq,
-                            cp.head,
-                            hex::encode(f.header.prev)
-                        ),
-                    )));
-                }
-                let key = match (&report.key, cp.public_key()) {
-                    (Some(k), _) => hex::decode(k)
-                        .ok()
-                        .and_then(|k| <[u8; 32]>::try_from(k).ok()),
-                    (None, Some(k)) => {
-                        report.key = Some(hex::encode(k));
-                        Some(k)
-                    }
-                    (None, None) => None,
-                };
-                let checked = match key {
-                    Some(k) if walk.expect.keys.len() > 1 => walk
-                        .expect
-                        .keys
-                        .iter()
-                        .find(|k| cp.public_key().as_ref() == Some(*k))
-                        .map_or_else(|| cp.verify(&k), |k| cp.verify(k)),
-                    Some(k) => cp.verify(&k),
-                    None => Err("it names no valid key".into()),
-                };
-                if let Err(why) = checked {
-                    return Ok(Err(problem(
-                        at,
-                        seq,
-                        format!("checkpoint {seq} (over record {}): {why}", cp.seq),
-                    )));
-                }
-                report.checkpoints += 1;
-                report.unsigned_tail = 0;
-                report.last_checkpoint = Some(LastCheckpoint {
-                    seq,
-                    checkpoint: cp,
-                });
+                check_checkpoint(cp, seq, &f.header.prev, walk, report)
             }
+        };
+        if let Err(why) = checked {
+            return Ok(Err(problem(seg, at, seq, why)));
         }
         let hash = f.hash();
         if walk.expect.heads.iter().any(|(s, _)| *s == seq) {
             walk.seen_heads.push((seq, hash));
         }
-        *expected = Some((seq + 1, hash));
+        walk.expected = Some((seq + 1, hash));
         at = f.next;
     }
     Ok(Ok(()))
+}
+
+/// A problem found at `offset` of `seg`, at record `seq`.
+fn problem(seg: &Segment, offset: usize, seq: u64, why: String) -> Problem {
+    Problem {
+        segment: seg.path.clone(),
+        offset: offset as u64,
+        seq,
+        why,
+    }
+}
+
+/// The segment's header names the record its file name says it starts
+/// at, and that is the record after the previous segment's last.
+fn check_start(seg: &Segment, buf: &[u8], expected: Option<(u64, Hash)>) -> Result<(), Problem> {
+    match segment::parse_header(buf) {
+        Ok((_, first)) if first == seg.first_seq => {}
+        Ok((_, first)) => {
+            return Err(problem(
+                seg,
+                0,
+                seg.first_seq,
+                format!(
+                    "the segment header says it starts at {first}, its name says {}",
+                    seg.first_seq
+                ),
+            ));
+        }
+        Err(why) => return Err(problem(seg, 0, seg.first_seq, why)),
+    }
+    if let Some((next, _)) = expected
+        && seg.first_seq != next
+    {
+        return Err(problem(
+            seg,
+            0,
+            next,
+            format!(
+                "records {next}..{} are missing (the segment starts at {})",
+                seg.first_seq - 1,
+                seg.first_seq
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The frame at `at` is the record expected there, chained to the one
+/// before; the first one read anchors the walk (record 1 names none
+/// before it).
+fn check_link(
+    seg: &Segment,
+    at: usize,
+    f: &frame::Frame<'_>,
+    expected: Option<(u64, Hash)>,
+    report: &mut Report,
+) -> Result<(), Problem> {
+    match expected {
+        None => {
+            if f.header.seq != seg.first_seq {
+                return Err(problem(
+                    seg,
+                    at,
+                    seg.first_seq,
+                    format!(
+                        "the first record is {}, expected {}",
+                        f.header.seq, seg.first_seq
+                    ),
+                ));
+            }
+            report.first_seq = Some(f.header.seq);
+            report.anchored_after_retirement = f.header.prev != [0; 32];
+            if f.header.seq == 1 && f.header.prev != [0; 32] {
+                return Err(problem(
+                    seg,
+                    at,
+                    1,
+                    "the first record names a record before it".into(),
+                ));
+            }
+        }
+        Some((next, prev)) => {
+            if f.header.seq != next {
+                return Err(problem(
+                    seg,
+                    at,
+                    next,
+                    format!(
+                        "found record {} where record {next} belongs (removed or reordered)",
+                        f.header.seq
+                    ),
+                ));
+            }
+            if f.header.prev != prev {
+                return Err(problem(
+                    seg,
+                    at,
+                    next,
+                    "the hash chain breaks here (the record before it was changed, removed or reordered)".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checkpoint frame `seq` signs the chain's head where it stands (`prev`,
+/// its own frame's link), with the node's key: the first checkpoint's, or
+/// one the caller pinned.
+fn check_checkpoint(
+    cp: Checkpoint,
+    seq: u64,
+    prev: &Hash,
+    walk: &Walk<'_>,
+    report: &mut Report,
+) -> Result<(), String> {
+    if cp.seq + 1 != seq || cp.head != hex::encode(prev) {
+        return Err(format!(
+            "checkpoint {seq} signs record {} with head {}, but the chain has {} there: the records before it were rewritten",
+            cp.seq,
+            cp.head,
+            hex::encode(prev)
+        ));
+    }
+    let key = match (&report.key, cp.public_key()) {
+        (Some(k), _) => hex::decode(k)
+            .ok()
+            .and_then(|k| <[u8; 32]>::try_from(k).ok()),
+        (None, Some(k)) => {
+            report.key = Some(hex::encode(k));
+            Some(k)
+        }
+        (None, None) => None,
+    };
+    let checked = match key {
+        Some(k) if walk.expect.keys.len() > 1 => walk
+            .expect
+            .keys
+            .iter()
+            .find(|k| cp.public_key().as_ref() == Some(*k))
+            .map_or_else(|| cp.verify(&k), |k| cp.verify(k)),
+        Some(k) => cp.verify(&k),
+        None => Err("it names no valid key".into()),
+    };
+    if let Err(why) = checked {
+        return Err(format!("checkpoint {seq} (over record {}): {why}", cp.seq));
+    }
+    report.checkpoints += 1;
+    report.unsigned_tail = 0;
+    report.last_checkpoint = Some(LastCheckpoint {
+        seq,
+        checkpoint: cp,
+    });
+    Ok(())
 }
 
 /// Every checkpoint in the trail, oldest first, with its own frame's
