@@ -271,39 +271,12 @@ async fn accept_loop<H, F>(
                 continue;
             }
         };
-        // At the global limit, an idle connection makes room (one that has
-        // not authenticated first); with none, the newcomer waits for a
-        // slot (and later ones in the kernel's backlog).
-        let permit = match shared.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                // Tried again while waiting: a busy connection may become
-                // idle before any closes.
-                let mut retry = tokio::time::interval(SHED_RETRY);
-                loop {
-                    tokio::select! {
-                        p = shared.permits.clone().acquire_owned() => match p {
-                            Ok(p) => break p,
-                            Err(_) => return,
-                        },
-                        _ = retry.tick() => {
-                            if shared.sheddable.shed_one() {
-                                shared.noted.shed();
-                            }
-                        }
-                        _ = stop.wait_for(|s| *s) => {
-                            drop(listener);
-                            graceful.shutdown().await;
-                            return;
-                        }
-                    }
-                }
-            }
+        let permit = match slot(&shared, &mut stop).await {
+            Slot::Taken(p) => p,
+            Slot::Closed => return,
+            Slot::Stopping => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
         let id = shared.sheddable.next.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(Conn::new(
             peer,
@@ -311,74 +284,152 @@ async fn accept_loop<H, F>(
             Some((id, shared.sheddable.clone())),
         ));
         shared.sheddable.add(&conn);
-        let (watcher, open) = (graceful.watcher(), Open::new(&open));
+        let held = (permit, Open::new(&open), source, Unlisted(conn.clone()));
+        let serve = serve_conn(
+            stream,
+            conn,
+            tls.clone(),
+            limits.header_timeout,
+            builder.clone(),
+            handler.clone(),
+            graceful.watcher(),
+        );
         tokio::spawn(async move {
-            let _held = (permit, open, source, Unlisted(conn.clone()));
-            let shed = conn.clone();
-            // The connection goes to the handler as an argument, not as a
-            // request extension (which costs two allocations per request).
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let busy = conn.hold();
-                let fut = handler(req, conn.clone());
-                async move {
-                    let resp = fut.await;
-                    // A response stream keeps the connection busy until it
-                    // ends (an agent's listen stream is not an idle
-                    // connection to shed); other answers free it now.
-                    if is_stream(&resp) {
-                        return Ok::<_, Infallible>(resp.map(|b| {
-                            BodyExt::boxed(BodyExt::map_frame(b, move |f| {
-                                let _open = &busy;
-                                f
-                            }))
-                        }));
-                    }
-                    drop(busy);
-                    Ok::<_, Infallible>(resp)
-                }
-            });
-            let serve = async move {
-                match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(limits.header_timeout, acceptor.accept(stream))
-                            .await
-                        {
-                            Ok(Ok(tls_stream)) => {
-                                watcher
-                                    .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
-                                    .await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                Ok(())
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                Ok(())
-                            }
-                        }
-                    }
-                    None => {
-                        watcher
-                            .watch(builder.serve_connection(TokioIo::new(stream), svc))
-                            .await
-                    }
-                }
-            };
-            let result = tokio::select! {
-                r = serve => r,
-                // Shed for a newcomer: dropping the connection closes it.
-                _ = shed.shed.notified() => Ok(()),
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let _held = held;
+            serve.await
         });
     }
     // Stopping: the socket closes now; open connections finish their
     // requests (the runtime lives until they have).
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// A connection slot, or why there is none.
+enum Slot {
+    Taken(tokio::sync::OwnedSemaphorePermit),
+    /// The semaphore closed: the listener is gone.
+    Closed,
+    /// The listener is stopping.
+    Stopping,
+}
+
+/// A slot under the global limit. At the limit, an idle connection makes
+/// room (one that has not authenticated first); with none, the newcomer
+/// waits for a slot (and later ones in the kernel's backlog).
+async fn slot(shared: &Shared, stop: &mut tokio::sync::watch::Receiver<bool>) -> Slot {
+    if let Ok(p) = shared.permits.clone().try_acquire_owned() {
+        return Slot::Taken(p);
+    }
+    // Tried again while waiting: a busy connection may become idle before
+    // any closes.
+    let mut retry = tokio::time::interval(SHED_RETRY);
+    loop {
+        tokio::select! {
+            p = shared.permits.clone().acquire_owned() => match p {
+                Ok(p) => return Slot::Taken(p),
+                Err(_) => return Slot::Closed,
+            },
+            _ = retry.tick() => {
+                if shared.sheddable.shed_one() {
+                    shared.noted.shed();
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return Slot::Stopping,
+        }
+    }
+}
+
+/// Serves one accepted connection (its TLS handshake first, within the
+/// header timeout) until it ends, the listener stops, or it is shed for a
+/// newcomer.
+async fn serve_conn<H, F>(
+    stream: tokio::net::TcpStream,
+    conn: Arc<Conn>,
+    tls: Option<TlsAcceptor>,
+    header_timeout: Duration,
+    builder: Arc<Builder<TokioExecutor>>,
+    handler: H,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+{
+    let (peer, shed) = (conn.peer, conn.clone());
+    let svc = counted_service(conn, handler);
+    let serve = async move {
+        match tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        watcher
+                            .watch(builder.serve_connection(TokioIo::new(tls_stream), svc))
+                            .await
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        Ok(())
+                    }
+                }
+            }
+            None => {
+                watcher
+                    .watch(builder.serve_connection(TokioIo::new(stream), svc))
+                    .await
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = serve => r,
+        // Shed for a newcomer: dropping the connection closes it.
+        _ = shed.shed.notified() => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The handler as hyper's service for `conn`, counting the connection busy
+/// while a request is answered, and while a response stream is open.
+fn counted_service<H, F>(
+    conn: Arc<Conn>,
+    handler: H,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<crate::mcp::gateway::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<crate::mcp::gateway::Body>, Infallible>> + Send,
+> + Clone
+where
+    H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+{
+    // The connection goes to the handler as an argument, not as a request
+    // extension (which costs two allocations per request).
+    service_fn(move |req: Request<Incoming>| {
+        let busy = conn.hold();
+        let fut = handler(req, conn.clone());
+        async move {
+            let resp = fut.await;
+            // A response stream keeps the connection busy until it ends (an
+            // agent's listen stream is not an idle connection to shed);
+            // other answers free it now.
+            if is_stream(&resp) {
+                return Ok::<_, Infallible>(resp.map(|b| {
+                    BodyExt::boxed(BodyExt::map_frame(b, move |f| {
+                        let _open = &busy;
+                        f
+                    }))
+                }));
+            }
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
+    })
 }
 
 /// How often a newcomer waiting at the global limit looks for an idle
