@@ -125,8 +125,6 @@ fn verify(
     pubkeys: &[String],
     expect_heads: &[String],
 ) -> ExitCode {
-    use crate::audit::checkpoint::{fingerprint, parse_public_key, public_path};
-    use crate::audit::query::Expect;
     let fail = |e: String| {
         print_error(&e);
         ExitCode::from(2)
@@ -135,18 +133,49 @@ fn verify(
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    let (expect, key_from) = match expectations(config, pubkeys, expect_heads) {
+        Ok(e) => e,
+        Err(e) => return fail(e),
+    };
+    let r = match crate::audit::query::verify_with(&dir, &expect) {
+        Ok(r) => r,
+        Err(e) => return fail(format!("{}: {e}", dir.display())),
+    };
+    print_report(&dir, &r, &key_from);
+    match r.problem {
+        None => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Some(p) => {
+            eprintln!("BAD {}", crate::terminal::escape_lines(&p.to_string()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `verify` holds the trail to: the heads anchored elsewhere, the
+/// keys pinned (with --pubkey, else the one the running Dome published),
+/// and how many frames may go unsigned; and where the key came from.
+fn expectations(
+    config: &std::path::Path,
+    pubkeys: &[String],
+    expect_heads: &[String],
+) -> Result<(crate::audit::query::Expect, String), String> {
+    use crate::audit::checkpoint::{parse_public_key, public_path};
+    use crate::audit::query::Expect;
     let mut expect = Expect::default();
     for h in expect_heads {
         match Expect::parse_head(h) {
             Ok(h) => expect.heads.push(h),
-            Err(e) => return fail(e),
+            Err(e) => return Err(e),
         }
     }
     let mut key_from = String::from("given with --pubkey");
     for k in pubkeys {
         match parse_public_key(k) {
             Ok(k) => expect.keys.push(k),
-            Err(e) => return fail(e),
+            Err(e) => return Err(e),
         }
     }
     // Without --pubkey: the public key the running Dome published beside
@@ -161,10 +190,13 @@ fn verify(
             key_from = format!("from {}", published.display());
         }
     }
-    let r = match crate::audit::query::verify_with(&dir, &expect) {
-        Ok(r) => r,
-        Err(e) => return fail(format!("{}: {e}", dir.display())),
-    };
+    Ok((expect, key_from))
+}
+
+/// What `verify` found, for an operator: the trail's extent, retirements,
+/// checkpoints and the key that signed them, anchored heads and notes.
+fn print_report(dir: &std::path::Path, r: &crate::audit::query::Report, key_from: &str) {
+    use crate::audit::checkpoint::fingerprint;
     let time = crate::audit::record::rfc3339_us;
     println!(
         "{}: {} segment(s), {} record(s){}",
@@ -240,16 +272,6 @@ fn verify(
             "the newest segment ends in a partial record (being written, or torn by a crash: Dome cuts it at start)"
         );
     }
-    match r.problem {
-        None => {
-            println!("ok");
-            ExitCode::SUCCESS
-        }
-        Some(p) => {
-            eprintln!("BAD {}", crate::terminal::escape_lines(&p.to_string()));
-            ExitCode::FAILURE
-        }
-    }
 }
 
 /// The audit folder: `--dir`, else the one the config names. It must
@@ -269,123 +291,155 @@ fn audit_dir(config: &std::path::Path, dir: Option<PathBuf>) -> Result<PathBuf, 
 }
 
 pub fn audit(config: &std::path::Path, cmd: AuditCmd) -> ExitCode {
-    use crate::audit::output::{Format, Query, run};
-    let fail = |e: String| {
-        print_error(&e);
-        ExitCode::from(2)
-    };
-    let now = crate::clock::unix_us();
     match cmd {
         AuditCmd::Verify {
             dir,
             pubkeys,
             expect_heads,
         } => verify(config, dir, &pubkeys, &expect_heads),
-        AuditCmd::Checkpoints { dir, format, last } => {
-            let dir = match audit_dir(config, dir) {
-                Ok(d) => d,
-                Err(e) => return fail(e),
-            };
-            let table = match format.as_str() {
-                "table" => true,
-                "jsonl" | "json" => false,
-                other => return fail(format!("--format `{other}`: expected table or jsonl")),
-            };
-            let mut all = Vec::new();
-            let found = crate::audit::query::checkpoints(&dir, |seq, cp| {
-                if last {
-                    all.clear();
-                }
-                all.push((seq, cp));
-                std::ops::ControlFlow::Continue(())
-            });
-            if let Err(e) = found {
-                return fail(format!("{}: {e}", dir.display()));
-            }
-            if table {
-                println!("SEQ        COVERS     TIME                        REASON      HEAD");
-            }
-            for (seq, cp) in &all {
-                if table {
-                    println!(
-                        "{seq:<10} {:<10} {:<27} {:<11} {}",
-                        cp.seq,
-                        crate::audit::record::rfc3339_us(cp.time_us),
-                        cp.reason.name(),
-                        crate::terminal::escape(&cp.head)
-                    );
-                } else {
-                    let line = crate::audit::query::checkpoint_json(*seq, cp).to_string();
-                    println!("{}", crate::terminal::json(&line));
-                }
-            }
-            eprintln!("{} checkpoint(s)", all.len());
-            ExitCode::SUCCESS
-        }
+        AuditCmd::Checkpoints { dir, format, last } => checkpoints(config, dir, &format, last),
         AuditCmd::Query {
             filter,
             limit,
             newest_first,
             format,
-        } => {
-            let format = match format.as_str() {
-                "table" => Format::Table,
-                "jsonl" | "json" => Format::Jsonl,
-                other => return fail(format!("--format `{other}`: expected table or jsonl")),
-            };
-            let dir = match audit_dir(config, filter.dir.clone()) {
-                Ok(d) => d,
-                Err(e) => return fail(e),
-            };
-            let mut q = match Query::from_pairs(filter.pairs(), now) {
-                Ok(q) => q,
-                Err(e) => return fail(e),
-            };
-            q.limit = Some(limit);
-            q.newest_first = newest_first;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            match run(&dir, &q, format, &mut out) {
-                Ok(s) => {
-                    drop(out);
-                    eprintln!(
-                        "{} record(s); {} segment(s) read, {} skipped by their index",
-                        s.matched.min(limit),
-                        s.segments_read,
-                        s.segments_skipped
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => fail(format!("{}: {e}", dir.display())),
-            }
+        } => query(config, filter, limit, newest_first, &format),
+        AuditCmd::Export { filter, out } => export(config, filter, out),
+    }
+}
+
+/// `dome audit checkpoints`: the trail's checkpoints (or the last), as a
+/// table or JSON Lines.
+fn checkpoints(
+    config: &std::path::Path,
+    dir: Option<PathBuf>,
+    format: &str,
+    last: bool,
+) -> ExitCode {
+    let fail = |e: String| {
+        print_error(&e);
+        ExitCode::from(2)
+    };
+    let dir = match audit_dir(config, dir) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let table = match format {
+        "table" => true,
+        "jsonl" | "json" => false,
+        other => return fail(format!("--format `{other}`: expected table or jsonl")),
+    };
+    let mut all = Vec::new();
+    let found = crate::audit::query::checkpoints(&dir, |seq, cp| {
+        if last {
+            all.clear();
         }
-        AuditCmd::Export { filter, out } => {
-            let dir = match audit_dir(config, filter.dir.clone()) {
-                Ok(d) => d,
-                Err(e) => return fail(e),
-            };
-            let q = match Query::from_pairs(filter.pairs(), now) {
-                Ok(q) => q,
-                Err(e) => return fail(e),
-            };
-            let mut sink: Box<dyn std::io::Write> = match &out {
-                Some(p) => match std::fs::File::create(p) {
-                    Ok(f) => Box::new(std::io::BufWriter::new(f)),
-                    Err(e) => return fail(format!("{}: {e}", p.display())),
-                },
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            let result =
-                run(&dir, &q, Format::Jsonl, &mut sink).and_then(|s| sink.flush().map(|()| s));
-            match result {
-                Ok(s) => {
-                    eprintln!("{} record(s) exported", s.matched);
-                    ExitCode::SUCCESS
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-                Err(e) => fail(format!("{}: {e}", dir.display())),
-            }
+        all.push((seq, cp));
+        std::ops::ControlFlow::Continue(())
+    });
+    if let Err(e) = found {
+        return fail(format!("{}: {e}", dir.display()));
+    }
+    if table {
+        println!("SEQ        COVERS     TIME                        REASON      HEAD");
+    }
+    for (seq, cp) in &all {
+        if table {
+            println!(
+                "{seq:<10} {:<10} {:<27} {:<11} {}",
+                cp.seq,
+                crate::audit::record::rfc3339_us(cp.time_us),
+                cp.reason.name(),
+                crate::terminal::escape(&cp.head)
+            );
+        } else {
+            let line = crate::audit::query::checkpoint_json(*seq, cp).to_string();
+            println!("{}", crate::terminal::json(&line));
         }
+    }
+    eprintln!("{} checkpoint(s)", all.len());
+    ExitCode::SUCCESS
+}
+
+/// `dome audit query`: records matching the filter, as a table or JSON
+/// Lines.
+fn query(
+    config: &std::path::Path,
+    filter: AuditFilter,
+    limit: u64,
+    newest_first: bool,
+    format: &str,
+) -> ExitCode {
+    use crate::audit::output::{Format, Query, run};
+    let fail = |e: String| {
+        print_error(&e);
+        ExitCode::from(2)
+    };
+    let now = crate::clock::unix_us();
+    let format = match format {
+        "table" => Format::Table,
+        "jsonl" | "json" => Format::Jsonl,
+        other => return fail(format!("--format `{other}`: expected table or jsonl")),
+    };
+    let dir = match audit_dir(config, filter.dir.clone()) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let mut q = match Query::from_pairs(filter.pairs(), now) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    q.limit = Some(limit);
+    q.newest_first = newest_first;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match run(&dir, &q, format, &mut out) {
+        Ok(s) => {
+            drop(out);
+            eprintln!(
+                "{} record(s); {} segment(s) read, {} skipped by their index",
+                s.matched.min(limit),
+                s.segments_read,
+                s.segments_skipped
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{}: {e}", dir.display())),
+    }
+}
+
+/// `dome audit export`: records matching the filter, as JSON Lines, to a
+/// file or stdout.
+fn export(config: &std::path::Path, filter: AuditFilter, out: Option<PathBuf>) -> ExitCode {
+    use crate::audit::output::{Format, Query, run};
+    let fail = |e: String| {
+        print_error(&e);
+        ExitCode::from(2)
+    };
+    let now = crate::clock::unix_us();
+    let dir = match audit_dir(config, filter.dir.clone()) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let q = match Query::from_pairs(filter.pairs(), now) {
+        Ok(q) => q,
+        Err(e) => return fail(e),
+    };
+    let mut sink: Box<dyn std::io::Write> = match &out {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => return fail(format!("{}: {e}", p.display())),
+        },
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let result = run(&dir, &q, Format::Jsonl, &mut sink).and_then(|s| sink.flush().map(|()| s));
+    match result {
+        Ok(s) => {
+            eprintln!("{} record(s) exported", s.matched);
+            ExitCode::SUCCESS
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(format!("{}: {e}", dir.display())),
     }
 }
