@@ -177,11 +177,6 @@ pub fn assemble_named(
         .chain(previous.unavailable.values())
         .map(|r| ((&*r.label, &*r.original), &*r.public))
         .collect();
-    let foreign = |public: &str, own: &str| {
-        public
-            .split_once('.')
-            .is_some_and(|(ns, _)| ns != own && upstreams.iter().any(|(name, _)| name == ns))
-    };
     let mut cat = Catalog::default();
     // Each item's key, decided in two passes: the keys given before are
     // claimed first, so a newcomer cannot take one.
@@ -201,52 +196,18 @@ pub fn assemble_named(
                 if names[i][j].is_some() {
                     continue;
                 }
-                let bare = original.to_string();
-                let mut renamed = false;
-                let prefixed = || format!("{uname}.{original}");
-                let public = if sticky {
-                    // Only a key the upstream's mode could give it now.
-                    match given.get(&(uname.as_str(), original)) {
-                        Some(&p)
-                            if p == original
-                                && (*mode != PrefixMode::Always || !kind.renamed()) =>
-                        {
-                            bare
-                        }
-                        Some(&p)
-                            if kind.renamed() && *mode != PrefixMode::Never && p == prefixed() =>
-                        {
-                            // Under `on_conflict`, a prefix is a clash's.
-                            renamed = *mode == PrefixMode::OnConflict;
-                            prefixed()
-                        }
-                        _ => continue,
-                    }
-                } else if !kind.renamed() {
-                    bare
-                } else {
-                    match mode {
-                        PrefixMode::Always => prefixed(),
-                        PrefixMode::Never => bare,
-                        PrefixMode::OnConflict
-                            if count.get(original).copied().unwrap_or(0) > 1
-                                || claimed.contains_key(original) =>
-                        {
-                            renamed = true;
-                            prefixed()
-                        }
-                        PrefixMode::OnConflict => bare,
-                    }
+                let Some((public, renamed)) = proposed_name(
+                    kind,
+                    sticky,
+                    given.get(&(uname.as_str(), original)).copied(),
+                    (uname, *mode),
+                    original,
+                    &count,
+                    &claimed,
+                ) else {
+                    continue;
                 };
-                let why = if kind == Kind::Tools && !protocol::valid_tool_name(&public) {
-                    Some("a tool name is 1 to 128 characters of [A-Za-z0-9_.-]")
-                } else if kind.renamed() && foreign(&public, uname) {
-                    Some("in another upstream's namespace")
-                } else if claimed.contains_key(&public) {
-                    Some("taken by another upstream")
-                } else {
-                    None
-                };
+                let why = refusal_of(kind, &public, uname, upstreams, &claimed);
                 if let Some(why) = why {
                     if sticky {
                         continue;
@@ -275,6 +236,72 @@ pub fn assemble_named(
     fill(&mut cat, kind, upstreams, &lists, names);
     cat.version = hash(&cat.items);
     cat
+}
+
+/// The key an item of `upstream` (its name and mode) listing `original`
+/// would take, and whether it is prefixed because of a clash. In the
+/// sticky pass only the key the last listing gave it (`given`), where the
+/// upstream's mode could give it now; `None`: none this pass.
+fn proposed_name(
+    kind: Kind,
+    sticky: bool,
+    given: Option<&str>,
+    (uname, mode): (&str, PrefixMode),
+    original: &str,
+    count: &HashMap<&str, usize>,
+    claimed: &HashMap<String, usize>,
+) -> Option<(String, bool)> {
+    let bare = || original.to_string();
+    let prefixed = || format!("{uname}.{original}");
+    if sticky {
+        return match given {
+            Some(p) if p == original && (mode != PrefixMode::Always || !kind.renamed()) => {
+                Some((bare(), false))
+            }
+            Some(p) if kind.renamed() && mode != PrefixMode::Never && p == prefixed() => {
+                // Under `on_conflict`, a prefix is a clash's.
+                Some((prefixed(), mode == PrefixMode::OnConflict))
+            }
+            _ => None,
+        };
+    }
+    if !kind.renamed() {
+        return Some((bare(), false));
+    }
+    Some(match mode {
+        PrefixMode::Always => (prefixed(), false),
+        PrefixMode::Never => (bare(), false),
+        PrefixMode::OnConflict
+            if count.get(original).copied().unwrap_or(0) > 1 || claimed.contains_key(original) =>
+        {
+            (prefixed(), true)
+        }
+        PrefixMode::OnConflict => (bare(), false),
+    })
+}
+
+/// Why `public` cannot be the key of an item of upstream `own`, if it
+/// cannot: not a tool name MCP allows, in another upstream's namespace,
+/// or taken already.
+fn refusal_of(
+    kind: Kind,
+    public: &str,
+    own: &str,
+    upstreams: &[(String, PrefixMode)],
+    claimed: &HashMap<String, usize>,
+) -> Option<&'static str> {
+    let foreign = public
+        .split_once('.')
+        .is_some_and(|(ns, _)| ns != own && upstreams.iter().any(|(name, _)| name == ns));
+    if kind == Kind::Tools && !protocol::valid_tool_name(public) {
+        Some("a tool name is 1 to 128 characters of [A-Za-z0-9_.-]")
+    } else if kind.renamed() && foreign {
+        Some("in another upstream's namespace")
+    } else if claimed.contains_key(public) {
+        Some("taken by another upstream")
+    } else {
+        None
+    }
 }
 
 /// How many upstreams want each bare name (an always-prefixed one never
