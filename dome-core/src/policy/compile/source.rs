@@ -135,69 +135,16 @@ pub(super) fn compile_rule(
                 .collect::<Vec<_>>()
         })
     };
-    let intent = match &w.intent {
-        None => None,
-        Some(i) => Some(CIntent {
-            required: i.required,
-            pattern: match &i.pattern {
-                Some(p) => Some(
-                    Regex::new(p)
-                        .map_err(|e| (".when.intent.pattern".into(), format!("bad regex: {e}")))?,
-                ),
-                None => None,
-            },
-            categories: i
-                .categories
-                .iter()
-                .map(|c| {
-                    categories.iter().position(|(n, _)| n == c).ok_or_else(|| {
-                        (
-                            ".when.intent.categories".to_string(),
-                            format!("no intent category `{c}`"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        }),
-    };
+    let intent = w
+        .intent
+        .as_ref()
+        .map(|i| compile_intent(i, categories))
+        .transpose()?;
     let mut args = Vec::new();
     for (k, a) in w.args.iter().enumerate() {
         args.push(compile_arg(a).map_err(|why| (format!(".when.args[{k}]"), why))?);
     }
-    for r in &rule.obligations.redact {
-        let known = [
-            "email",
-            "card",
-            "national_id",
-            "api_key",
-            "jwt",
-            "private_key",
-        ];
-        match r.strip_prefix("regex:") {
-            Some(p) => {
-                Regex::new(p)
-                    .map_err(|e| (".obligations.redact".to_string(), format!("bad regex: {e}")))?;
-            }
-            None if known.contains(&r.as_str()) => {}
-            None => {
-                return Err((
-                    ".obligations.redact".into(),
-                    format!(
-                        "unknown detector `{r}`; known: {}, or regex:<pattern>",
-                        known.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    if let Some(b) = &rule.obligations.budget
-        && !(b.calls_per_s > 0.0 && b.burst >= 1)
-    {
-        return Err((
-            ".obligations.budget".into(),
-            "calls_per_s must be above 0 and burst at least 1".into(),
-        ));
-    }
+    check_obligations(&rule.obligations)?;
     Ok(CRule {
         id: rule.id.as_str().into(),
         effect: rule.effect,
@@ -245,6 +192,75 @@ pub(super) fn compile_rule(
             budget: rule.obligations.budget,
         },
     })
+}
+
+/// A rule's intent condition, its categories named by index.
+fn compile_intent(
+    i: &crate::policy::lang::IntentCond,
+    categories: &[(String, Vec<Regex>)],
+) -> Result<CIntent, (String, String)> {
+    Ok(CIntent {
+        required: i.required,
+        pattern: match &i.pattern {
+            Some(p) => Some(
+                Regex::new(p)
+                    .map_err(|e| (".when.intent.pattern".into(), format!("bad regex: {e}")))?,
+            ),
+            None => None,
+        },
+        categories: i
+            .categories
+            .iter()
+            .map(|c| {
+                categories.iter().position(|(n, _)| n == c).ok_or_else(|| {
+                    (
+                        ".when.intent.categories".to_string(),
+                        format!("no intent category `{c}`"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A rule's obligations are ones Dome can carry out: known detectors or
+/// regexes that compile, and a budget that admits something.
+fn check_obligations(o: &crate::policy::lang::Obligations) -> Result<(), (String, String)> {
+    for r in &o.redact {
+        let known = [
+            "email",
+            "card",
+            "national_id",
+            "api_key",
+            "jwt",
+            "private_key",
+        ];
+        match r.strip_prefix("regex:") {
+            Some(p) => {
+                Regex::new(p)
+                    .map_err(|e| (".obligations.redact".to_string(), format!("bad regex: {e}")))?;
+            }
+            None if known.contains(&r.as_str()) => {}
+            None => {
+                return Err((
+                    ".obligations.redact".into(),
+                    format!(
+                        "unknown detector `{r}`; known: {}, or regex:<pattern>",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    if let Some(b) = &o.budget
+        && !(b.calls_per_s > 0.0 && b.burst >= 1)
+    {
+        return Err((
+            ".obligations.budget".into(),
+            "calls_per_s must be above 0 and burst at least 1".into(),
+        ));
+    }
+    Ok(())
 }
 
 pub(super) fn compile_arg(a: &ArgCond) -> Result<CArg, String> {
