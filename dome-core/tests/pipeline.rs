@@ -155,25 +155,37 @@ impl World {
         }
     }
 
-    /// One row through the phases, as the shell orders them.
-    fn run(&self, row: &Row) -> (Verdict, Option<Decision>) {
-        let now = 1_000 * 1_000 * MS + row.at_ms * MS;
+    /// Parse, era and the stateless era's ladder: the message and whether
+    /// it speaks the stateless era, or its refusal.
+    fn arrive(row: &Row) -> Result<(Box<envelope::Envelope>, bool), Verdict> {
         let mut headers = HeaderMap::new();
         for (k, v) in &row.headers {
             headers.append(HeaderName::from_static(k), v.parse().unwrap());
         }
-        // Parse.
         let e = match envelope::parse(row.body.to_string().as_bytes(), 64) {
             Ok(Parsed::One(e)) => e,
-            Ok(Parsed::Batch) => return (Verdict::Refused(code::INVALID_REQUEST, 400), None),
-            Err(_) => return (Verdict::Refused(code::PARSE_ERROR, 400), None),
+            Ok(Parsed::Batch) => return Err(Verdict::Refused(code::INVALID_REQUEST, 400)),
+            Err(_) => return Err(Verdict::Refused(code::PARSE_ERROR, 400)),
         };
-        let method = e.method.as_deref().unwrap_or_default().to_string();
-        // Era, and the stateless era's ladder.
+        let method = e.method.as_deref().unwrap_or_default();
         let header_version = headers
             .get(protocol::H_VERSION)
             .and_then(|v| v.to_str().ok());
-        let stateless = era::is_stateless(&e, &method, header_version);
+        let stateless = era::is_stateless(&e, method, header_version);
+        if stateless && let Err((c, _, _)) = era::stateless_ladder(&e, method, &headers) {
+            return Err(Verdict::Refused(c, protocol::stateless_status(c).as_u16()));
+        }
+        Ok((e, stateless))
+    }
+
+    /// One row through the phases, as the shell orders them.
+    fn run(&self, row: &Row) -> (Verdict, Option<Decision>) {
+        let now = 1_000 * 1_000 * MS + row.at_ms * MS;
+        let (e, stateless) = match Self::arrive(row) {
+            Ok(a) => a,
+            Err(v) => return (v, None),
+        };
+        let method = e.method.as_deref().unwrap_or_default().to_string();
         let status = |c: i64| {
             if stateless {
                 protocol::stateless_status(c).as_u16()
@@ -181,9 +193,6 @@ impl World {
                 200
             }
         };
-        if stateless && let Err((c, _, _)) = era::stateless_ladder(&e, &method, &headers) {
-            return (Verdict::Refused(c, status(c)), None);
-        }
         // What a caller may send.
         if !rules::request_id_ok(e.id.as_ref()) {
             return (Verdict::Refused(code::INVALID_REQUEST, 400), None);
@@ -251,9 +260,20 @@ impl World {
             Err(r) => return refused(r, &noted),
         };
         let _ = admitted;
-        // The upstream's answer, and client input across the eras.
+        let verdict = Self::answered(row, &e, stateless, upstream, &route.original);
+        (verdict, noted.decision)
+    }
+
+    /// The upstream's answer, and client input across the eras.
+    fn answered(
+        row: &Row,
+        e: &envelope::Envelope,
+        stateless: bool,
+        upstream: &'static str,
+        original: &str,
+    ) -> Verdict {
         let answer = &row.upstream;
-        let verdict = if let Some(result) = input::required_in(answer.to_string().as_bytes()) {
+        if let Some(result) = input::required_in(answer.to_string().as_bytes()) {
             // A stateless upstream wants input.
             if stateless {
                 // A stateless caller gets it as it came.
@@ -320,9 +340,8 @@ impl World {
                 Verdict::AskedOnStream(vec![answer["method"].as_str().unwrap().to_string()])
             }
         } else {
-            Verdict::Answered(upstream, route.original.to_string())
-        };
-        (verdict, noted.decision)
+            Verdict::Answered(upstream, original.to_string())
+        }
     }
 
     /// `subscriptions/listen`: the list changes asked and offered, and the
@@ -368,10 +387,10 @@ impl World {
     }
 }
 
-#[test]
-fn every_phase_of_the_pipeline_in_both_eras_on_a_virtual_clock() {
-    let elicit = Some(r#"{"elicitation":{}}"#);
-    let rows = vec![
+/// The front of the pipeline: eras, the ladder, what a caller may send,
+/// policy, budgets, routes.
+fn front_rows() -> Vec<Row> {
+    vec![
         Row {
             name: "a stateless call, allowed, reaches its upstream under the upstream's name",
             at_ms: 0,
@@ -457,6 +476,13 @@ fn every_phase_of_the_pipeline_in_both_eras_on_a_virtual_clock() {
             expect: Verdict::Refused(code::INVALID_PARAMS, 200),
             decision: None,
         },
+    ]
+}
+
+/// Client input across the eras, and subscriptions.
+fn input_rows() -> Vec<Row> {
+    let elicit = Some(r#"{"elicitation":{}}"#);
+    vec![
         Row {
             name: "a stateless upstream's input_required goes to a session-era caller on its stream",
             at_ms: 2_000,
@@ -552,7 +578,12 @@ fn every_phase_of_the_pipeline_in_both_eras_on_a_virtual_clock() {
             expect: Verdict::Refused(code::INVALID_REQUEST, 400),
             decision: None,
         },
-    ];
+    ]
+}
+
+#[test]
+fn every_phase_of_the_pipeline_in_both_eras_on_a_virtual_clock() {
+    let rows: Vec<Row> = front_rows().into_iter().chain(input_rows()).collect();
     let world = World::new();
     for row in &rows {
         let (verdict, decision) = world.run(row);

@@ -249,9 +249,9 @@ fn run(case: &Case) {
     }
 }
 
-#[test]
-fn admission_judges_policy_obligations_and_budgets_on_a_virtual_clock() {
-    let cases = vec![
+/// Policy and its obligations.
+fn policy_cases() -> Vec<Case> {
+    vec![
         Case {
             name: "deny unless a rule allows, and a deny rule's reason",
             budgets: Budgets::default(),
@@ -339,6 +339,13 @@ fn admission_judges_policy_obligations_and_budgets_on_a_virtual_clock() {
                 },
             )],
         },
+    ]
+}
+
+/// Budgets: the agent's, the tool's, the tenant's and a rule's, and the
+/// shadow policy beside them.
+fn budget_cases() -> Vec<Case> {
+    vec![
         Case {
             name: "the agent's budget refills with time, and denied calls count",
             budgets: Budgets {
@@ -452,8 +459,12 @@ fn admission_judges_policy_obligations_and_budgets_on_a_virtual_clock() {
                 call(0, "wipe", denied("wiping needs a human")),
             ],
         },
-    ];
-    for case in &cases {
+    ]
+}
+
+#[test]
+fn admission_judges_policy_obligations_and_budgets_on_a_virtual_clock() {
+    for case in policy_cases().iter().chain(&budget_cases()) {
         run(case);
     }
 }
