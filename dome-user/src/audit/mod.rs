@@ -10,7 +10,9 @@
 //! - `trail`: the request path's ring and its tickets.
 //! - `writer`: the writer thread behind it: batches, frames, syncs,
 //!   checkpoints, retention.
-//! - `query`: filtered scans, `verify` and the checkpoints' export.
+//! - `query`: filtered scans and the checkpoints' export.
+//! - `verify`: the chain, the checkpoints and the anchors checked
+//!   (re-exported by `query`).
 //! - `output`: query results as JSON Lines or an (escaped) table.
 //! - `config`: `[audit]`.
 
@@ -23,6 +25,7 @@ pub mod output;
 pub mod query;
 pub mod segment;
 pub mod trail;
+mod verify;
 mod writer;
 
 pub use call::Call;

@@ -217,11 +217,20 @@ fn a_cut_after_the_last_checkpoint_shows_against_an_anchored_head_and_a_longer_o
     rechain(&d, |_, _, _| {}, Some(23));
     let seg_bytes = std::fs::read(&seg.path).unwrap();
     let mut forged = seg_bytes.clone();
-    let mut prev = crate::audit::frame::read(&seg_bytes, spans[21].0).unwrap().hash();
+    let mut prev = crate::audit::frame::read(&seg_bytes, spans[21].0)
+        .unwrap()
+        .hash();
     for i in 0..15u64 {
         let intent = format!("forged {i}");
         let r = trail::encode(&record(100 + i, &intent), rkyv::util::AlignedVec::new());
-        prev = crate::audit::frame::append(&mut forged, 23 + i, crate::audit::record::SCHEMA, 0, &prev, &r);
+        prev = crate::audit::frame::append(
+            &mut forged,
+            23 + i,
+            crate::audit::record::SCHEMA,
+            0,
+            &prev,
+            &r,
+        );
     }
     std::fs::write(&seg.path, &forged).unwrap();
     let p = query::verify(&d).unwrap().problem.expect("caught");
