@@ -12,7 +12,6 @@ mod reload;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
@@ -437,7 +436,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tier: tier.clone(),
         events,
         config: config_status.clone(),
-        sessions: sessions.clone(),
+        gateway: {
+            let sessions = sessions.clone();
+            Box::new(move || crate::mcp::gateway::stats_report(&sessions))
+        },
         registry: registry.clone(),
         escalation: escalation.clone(),
         audit: audit.clone(),

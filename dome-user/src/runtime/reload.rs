@@ -5,30 +5,7 @@
 
 use super::*;
 
-/// The configuration Dome runs on and how the last reload went (`/stats`).
-#[derive(Clone, Debug, Serialize)]
-pub struct ConfigStatus {
-    pub file: PathBuf,
-    /// Content hash of the file in force.
-    pub version: String,
-    /// Content hash of the policy files in force.
-    pub policy_version: String,
-    /// Rules in the policy in force.
-    pub policy_rules: usize,
-    pub loaded_unix_s: u64,
-    pub reloads: u64,
-    pub last_reload: Option<ReloadOutcome>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ReloadOutcome {
-    pub ok: bool,
-    pub unix_s: u64,
-    /// The error (file, line, field) when the new file was refused.
-    pub error: Option<String>,
-    /// Changes that need a restart and were not applied.
-    pub needs_restart: Vec<String>,
-}
+pub use crate::stats::{ConfigStatus, ReloadOutcome};
 
 /// FNV-1a over the file's bytes: a stable, short version id.
 pub fn content_version(text: &str) -> String {

@@ -14,6 +14,31 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
 use crate::xdp::{EventStats, KernelTier, XdpStatus};
 
+/// The configuration Dome runs on and how the last reload went (`/stats`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConfigStatus {
+    pub file: std::path::PathBuf,
+    /// Content hash of the file in force.
+    pub version: String,
+    /// Content hash of the policy files in force.
+    pub policy_version: String,
+    /// Rules in the policy in force.
+    pub policy_rules: usize,
+    pub loaded_unix_s: u64,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub unix_s: u64,
+    /// The error (file, line, field) when the new file was refused.
+    pub error: Option<String>,
+    /// Changes that need a restart and were not applied.
+    pub needs_restart: Vec<String>,
+}
+
 /// What `/stats` reports.
 pub struct StatsState {
     pub started: Instant,
@@ -23,8 +48,11 @@ pub struct StatsState {
     pub xdp_status: XdpStatus,
     pub tier: Option<Arc<KernelTier>>,
     pub events: Arc<EventStats>,
-    pub config: Arc<std::sync::Mutex<crate::runtime::ConfigStatus>>,
-    pub sessions: Arc<crate::mcp::gateway::SessionTable>,
+    pub config: Arc<std::sync::Mutex<ConfigStatus>>,
+    /// The gateway's own figures (sessions, catalog conflicts, the shadow
+    /// policy's tally, buffered answers), read when `/stats` is asked:
+    /// handed in by whoever wires Dome, so this module needs no gateway.
+    pub gateway: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
     pub registry: Arc<crate::identity::registry::Registry>,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     pub audit: Arc<crate::audit::Trail>,
@@ -58,36 +86,32 @@ impl StatsState {
         }
         xdp["events"] = self.events.to_json();
         let m = self.metrics.snapshot().to_json();
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "dome": {
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_s": self.started.elapsed().as_secs(),
             },
             "config": serde_json::to_value(&*self.config.lock().expect("config status")).unwrap_or_default(),
-            "sessions": self.sessions.len(),
+
             "identity": {
                 "agents": self.registry.index().agents.len(),
                 "tenants": self.registry.index().tenants.len(),
                 "escalations": self.escalation.escalations(),
                 "blocks": self.escalation.blocks_json()["blocks"].as_array().map_or(0, Vec::len),
             },
-            "policy_warnings": crate::mcp::gateway::SCHEMA_WARNINGS.lock().expect("schema warnings").clone(),
-            "catalog_conflicts": crate::mcp::gateway::CATALOG_CONFLICTS.lock().expect("catalog conflicts").concat(),
-            "shadow_policy": {
-                "decisions": crate::mcp::gateway::SHADOW_DECISIONS.load(std::sync::atomic::Ordering::Relaxed),
-                "disagreements": crate::mcp::gateway::SHADOW_DISAGREEMENTS.load(std::sync::atomic::Ordering::Relaxed),
-            },
             "redactions": crate::policy::redact::totals()
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
                 .collect::<serde_json::Map<_, _>>(),
             "audit": self.audit.to_json(),
-            // Upstream answers held in memory over all calls ([mcp] max_buffered_response_bytes).
-            "buffered_responses": crate::mcp::upstream::BUFFERED.to_json(),
             "latency": m["latency"],
             "requests": m["requests"],
             "xdp": xdp,
-        })
+        });
+        if let (Some(out), serde_json::Value::Object(gw)) = (out.as_object_mut(), (self.gateway)()) {
+            out.extend(gw);
+        }
+        out
     }
 
     pub fn prometheus(&self) -> String {
@@ -132,7 +156,7 @@ impl StatsState {
         out.push_str(&format!(
             "# TYPE dome_sessions gauge\ndome_sessions {}\n\
              # TYPE dome_ready gauge\ndome_ready {}\n",
-            self.sessions.len(),
+            (self.gateway)()["sessions"].as_u64().unwrap_or(0),
             self.readiness().is_ok() as u8
         ));
         let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;

@@ -28,6 +28,9 @@ use std::{
 mod conn;
 mod tls;
 
+/// A response body: what the listener sends whatever answers the request.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, Infallible>;
+
 use http_body_util::BodyExt;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
@@ -144,7 +147,7 @@ pub fn serve<H, F>(
 ) -> std::io::Result<(SocketAddr, Stop)>
 where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
     let listeners = crate::workers::bind(addr, workers)?;
     let local = listeners[0].local_addr()?;
@@ -247,7 +250,7 @@ async fn accept_loop<H, F>(
     (mut stop, open): (tokio::sync::watch::Receiver<bool>, Arc<AtomicUsize>),
 ) where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     loop {
@@ -353,7 +356,7 @@ async fn serve_conn<H, F>(
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
     let (peer, shed) = (conn.peer, conn.clone());
     let svc = counted_service(conn, handler);
@@ -400,13 +403,13 @@ fn counted_service<H, F>(
     handler: H,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
-    Response = Response<crate::mcp::gateway::Body>,
+    Response = Response<Body>,
     Error = Infallible,
-    Future = impl Future<Output = Result<Response<crate::mcp::gateway::Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<Response<Body>, Infallible>> + Send,
 > + Clone
 where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<crate::mcp::gateway::Body>> + Send + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
 {
     // The connection goes to the handler as an argument, not as a request
     // extension (which costs two allocations per request).
@@ -449,7 +452,7 @@ impl Drop for Unlisted {
 
 /// Whether a response is an event stream (it stays open for as long as
 /// its body does).
-fn is_stream(resp: &Response<crate::mcp::gateway::Body>) -> bool {
+fn is_stream(resp: &Response<Body>) -> bool {
     resp.headers()
         .get(hyper::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))

@@ -31,7 +31,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::{
     Method, Request, Response, StatusCode,
     body::{Frame, Incoming},
@@ -86,7 +86,7 @@ pub use redaction::{MAX_LOGGED_ARGS_BYTES, Redaction};
 pub use rules::{H_INTENT, MAX_NAME_BYTES};
 pub use sessions::SessionTable;
 
-pub type Body = BoxBody<Bytes, Infallible>;
+pub use crate::transport::Body;
 
 // A client keeps one GET or listen stream per session or subscription set;
 // a hundred leaves room for a runtime sharing one agent id, and keeps one
@@ -166,6 +166,23 @@ pub static SHADOW_DISAGREEMENTS: std::sync::atomic::AtomicU64 =
 
 /// Calls the shadow policy judged, since start.
 pub static SHADOW_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The gateway's figures on `/stats`: open sessions, policy warnings,
+/// catalog conflicts, the shadow policy's tally, and the upstream answers
+/// held in memory over all calls (`[mcp] max_buffered_response_bytes`).
+pub fn stats_report(sessions: &SessionTable) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "sessions": sessions.len(),
+        "policy_warnings": SCHEMA_WARNINGS.lock().expect("schema warnings").clone(),
+        "catalog_conflicts": CATALOG_CONFLICTS.lock().expect("catalog conflicts").concat(),
+        "shadow_policy": {
+            "decisions": SHADOW_DECISIONS.load(Relaxed),
+            "disagreements": SHADOW_DISAGREEMENTS.load(Relaxed),
+        },
+        "buffered_responses": crate::mcp::upstream::BUFFERED.to_json(),
+    })
+}
 
 /// Policy argument paths the tools' input schemas cannot hold (refreshed
 /// with the tool catalog; shown on `/stats`).
