@@ -108,7 +108,8 @@ impl StatsState {
             "requests": m["requests"],
             "xdp": xdp,
         });
-        if let (Some(out), serde_json::Value::Object(gw)) = (out.as_object_mut(), (self.gateway)()) {
+        if let (Some(out), serde_json::Value::Object(gw)) = (out.as_object_mut(), (self.gateway)())
+        {
             out.extend(gw);
         }
         out
