@@ -21,11 +21,15 @@
 //!   request made during it go on the call's event stream, where the spec
 //!   says they should and where rmcp does not put them (see [`CallStream`]).
 //!
-//! Where rmcp's choices differ from the hand-written server this crate
-//! replaces, rmcp's stand (the tests follow the spec, not either server):
-//! see the notes on [`server`].
+//! The benchmark's throughput runs against `--lean` instead, a few lines of
+//! JSON with no SDK: rmcp costs twice the CPU per call (figures in
+//! [`lean`]).
+//!
+//! Where rmcp answers otherwise than the hand-written server this crate
+//! replaces, the spec decided which stands: see the notes on [`server`].
 
 mod hostile;
+mod lean;
 mod server;
 
 use std::{
@@ -89,6 +93,10 @@ pub struct DemoOptions {
     /// then, if `event_bytes` is set, the start of an event that long, then
     /// nothing for `ms`).
     pub misbehave: bool,
+    /// Serve only what `bench e2e` measures (stateless `server/discover`,
+    /// `tools/list`, `tools/call echo`) without rmcp, which costs twice the
+    /// CPU per call (see the `lean` module); every other option is ignored.
+    pub lean: bool,
 }
 
 /// What the server shares between its MCP handler and the test hooks.
@@ -138,6 +146,9 @@ pub async fn serve_with(
     options: DemoOptions,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind(addr).await?;
+    if options.lean {
+        return lean::serve(listener).await;
+    }
     let local = listener.local_addr()?;
     let state = Arc::new(State {
         aliases: Mutex::new(options.aliases.clone()),
@@ -150,9 +161,8 @@ pub async fn serve_with(
         move || Ok(server::Demo::new(handler_state.clone())),
         Arc::new(LocalSessionManager::default()),
         StreamableHttpServerConfig::default()
-            // A plain answer as JSON, as most servers send it (and what the
-            // benchmark's baseline measures); anything sent before the answer
-            // turns it into an event stream.
+            // A plain answer as JSON, as most servers send it; anything sent
+            // before the answer turns it into an event stream.
             .with_json_response(true)
             // Tests and benchmarks reach it by whatever address they started
             // it on; it is a fixture on loopback, not a deployment.

@@ -5,7 +5,8 @@
 //! headers a call arrived with; `--deep` adds a tool whose result nests as
 //! deep as asked; `--alias=NAME` (any number) publishes `echo` under NAME
 //! too; `--misbehave` adds tools that stall, drip their answers or go silent
-//! mid-stream (see `DemoOptions::misbehave`).
+//! mid-stream (see `DemoOptions::misbehave`); `--lean` serves only what the
+//! benchmark measures, without rmcp (see `DemoOptions::lean`).
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -20,6 +21,7 @@ async fn main() -> std::process::ExitCode {
         whoami: flag("--whoami"),
         deep: flag("--deep"),
         misbehave: flag("--misbehave"),
+        lean: flag("--lean"),
         aliases: args
             .iter()
             .filter_map(|a| a.strip_prefix("--alias="))
@@ -38,9 +40,16 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let lean = options.lean;
     match dome_demo::serve_with(addr, options).await {
         Ok((local, task)) => {
-            eprintln!("demo upstream: MCP on http://{local}/mcp (tools: echo, slow, records)");
+            if lean {
+                eprintln!(
+                    "demo upstream (lean, for the benchmark): MCP on http://{local}/mcp (tools: echo)"
+                );
+            } else {
+                eprintln!("demo upstream: MCP on http://{local}/mcp (tools: echo, slow, records)");
+            }
             let _ = task.await;
             std::process::ExitCode::SUCCESS
         }
