@@ -1,16 +1,25 @@
 //! The MCP server proper: an rmcp [`ServerHandler`], its tools and its
 //! resource. Results are written as JSON and read into rmcp's types, so the
-//! wire shapes stay visible here; rmcp decides everything about the era
-//! (`resultType` kept or stripped, cache hints, which stream a message
-//! takes).
+//! wire shapes stay visible here. Each says `resultType: "complete"`, which
+//! 2026-07-28 requires (the Python SDK refuses a stateless result without
+//! it): rmcp's constructors set it, but a result read from JSON has it only
+//! if written, and rmcp strips it for a session-era peer.
 //!
-//! Where rmcp differs from the hand-written server it replaced:
+//! Where rmcp answers otherwise than the hand-written server it replaced,
+//! as the spec allows, rmcp's answer stands:
 //! - `ping` in the stateless era is -32601 (the old server answered it);
 //!   2026-07-28 has no `ping`.
-//! - A session that rmcp no longer knows gets 404 with a plain-text body
-//!   (the old server sent a JSON-RPC error); the spec asks for the 404 only.
-//! - In the session era rmcp sends a log line or a withdrawal to the GET
-//!   stream, not the call's: those go through [`CallStream`] instead.
+//! - A session rmcp no longer knows gets 404 with a plain-text body (the
+//!   old server sent a JSON-RPC error with it); the spec asks for the 404.
+//! - In the session era a call whose stream closes runs on: disconnection
+//!   is not cancellation (2025-11-25, Streamable HTTP); the old server
+//!   stopped it. `notifications/cancelled` stops it.
+//! - Every session has a GET stream (the old server offered one only with
+//!   `--resources`, else 405).
+//!
+//! Where rmcp does not do what the spec says a server should, the handler
+//! does it through [`CallStream`]: in the session era rmcp sends a log line
+//! or a withdrawal to the GET stream, not the call's.
 
 // Logging (and sampling, roots) are deprecated by SEP-2577 in rmcp; the
 // protocol versions Dome serves still have them.
@@ -464,6 +473,9 @@ impl Demo {
                 .log_level()
                 .is_some_and(|l| matches!(l, LoggingLevel::Debug | LoggingLevel::Info));
         let peer: &Peer<RoleServer> = &context.peer;
+        // A message that cannot be sent: in the stateless era the caller
+        // closed the call's stream, which stops the call; in the session era
+        // the call goes on (see the module comment).
         if log {
             let m = json!({"level": "info", "logger": "slow", "data": format!("working in {steps} steps")});
             let sent = match call_stream(context) {
@@ -475,7 +487,7 @@ impl Demo {
                     peer.notify_logging_message(m).await.is_ok()
                 }
             };
-            if !sent {
+            if !sent && stateless {
                 return stopped();
             }
         }
@@ -488,7 +500,7 @@ impl Demo {
                 let p: ProgressNotificationParam = from_json(json!({
                     "progressToken": token, "progress": i, "total": steps,
                     "message": format!("step {i} of {steps}")}))?;
-                if peer.notify_progress(p).await.is_err() {
+                if peer.notify_progress(p).await.is_err() && stateless {
                     return stopped();
                 }
             }
@@ -515,13 +527,14 @@ fn session_id(context: &RequestContext<RoleServer>) -> String {
 /// `demo://counter` changed: tells the sessions subscribed to it and the
 /// listen streams that asked for it. Returns how many took the news.
 pub(crate) async fn touch(state: &State, uri: &str) -> usize {
-    let peers: Vec<Peer<RoleServer>> = state
-        .subscriptions
-        .lock()
-        .unwrap()
-        .get(uri)
-        .map(|s| s.values().cloned().collect())
-        .unwrap_or_default();
+    let peers: Vec<Peer<RoleServer>> = match state.subscriptions.lock().unwrap().get_mut(uri) {
+        Some(subscribers) => {
+            // Sessions that ended went with their subscriptions.
+            subscribers.retain(|_, p| !p.is_transport_closed());
+            subscribers.values().cloned().collect()
+        }
+        None => Vec::new(),
+    };
     let mut notified = 0;
     for peer in peers {
         let param = from_json(json!({"uri": uri})).expect("static");
