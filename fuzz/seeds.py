@@ -4,7 +4,7 @@ real outputs: the messages an MCP client sends and the responses the bundled
 demo upstream answers them with (HTTP/1.1 heads, chunked and SSE bodies),
 the shipped config and policy, a real audit segment written by the audit
 writer, and credentials the `auth` target's registry and identity provider
-accept. Run from the workspace root after `cargo build -p dome-user`:
+accept. Run from the workspace root after `cargo build -p dome-user -p dome-demo`:
 
     python3 fuzz/seeds.py
 

@@ -8,7 +8,6 @@ pub mod audit;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod demo;
 pub mod identity;
 pub mod mcp;
 pub mod policy;

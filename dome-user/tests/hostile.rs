@@ -257,7 +257,7 @@ fn intents_and_names_over_their_caps_are_refused_with_a_clear_error() {
 fn demo_at(addr: SocketAddr, args: &[&str]) -> Proc {
     let mut p = Proc::spawn(
         "dome-demo-upstream",
-        Command::new(env!("CARGO_BIN_EXE_dome-demo-upstream"))
+        Command::new(demo_bin())
             .arg(addr.to_string())
             .args(args)
             .stderr(Stdio::null()),

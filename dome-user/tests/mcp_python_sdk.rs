@@ -108,7 +108,7 @@ fn stateless_client_reaches_a_session_only_upstream_across_its_restart() {
     demo.kill();
     let mut again = Proc::spawn(
         "dome-demo-upstream",
-        std::process::Command::new(env!("CARGO_BIN_EXE_dome-demo-upstream"))
+        std::process::Command::new(demo_bin())
             .arg(demo_addr.to_string())
             .arg("--session-only"),
     );

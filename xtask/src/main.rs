@@ -191,7 +191,17 @@ fn build_args(release: bool) -> Vec<&'static str> {
         "--all-targets",
     ];
     if release {
-        a = vec!["build", "--release", "-p", "dome-user", "-p", "bench"];
+        // dome-demo: the demo upstream `run`, `bench e2e` and `soak` start.
+        a = vec![
+            "build",
+            "--release",
+            "-p",
+            "dome-user",
+            "-p",
+            "dome-demo",
+            "-p",
+            "bench",
+        ];
     }
     a
 }
@@ -381,6 +391,33 @@ fn core_is_pure(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The demo upstream stays an independent MCP implementation: a reading of
+/// the spec shared with Dome would be made identically on both sides of
+/// every test.
+fn demo_is_independent(root: &Path) -> Result<()> {
+    let tree = output(cargo_cmd(root).args([
+        "tree",
+        "-p",
+        "dome-demo",
+        "-e",
+        "normal",
+        "--prefix",
+        "none",
+    ]))?;
+    let found: Vec<&str> = ["dome-core", "dome-common", "dome-user"]
+        .into_iter()
+        .filter(|c| {
+            tree.lines()
+                .any(|l| l.split_whitespace().next() == Some(*c))
+        })
+        .collect();
+    if !found.is_empty() {
+        bail!("dome-demo depends on {}", found.join(", "));
+    }
+    println!("dome-demo: none of Dome's crates among its dependencies");
+    Ok(())
+}
+
 /// A component of the toolchain building user space (`rustfmt`, `clippy`),
 /// added when missing (a minimal profile has neither).
 fn ensure_component(name: &str) -> Result<()> {
@@ -508,11 +545,15 @@ fn test(root: &Path) -> Result<()> {
     cargo(root, &["fmt", "--all", "--", "--check"])
         .context("the tree is not formatted: run `cargo fmt --all`")?;
     core_is_pure(root)?;
+    demo_is_independent(root)?;
     let deny = deny.check_if_ready(root)?;
     // Before the tests: they reuse what it built for the dependencies'
     // build scripts and proc macros (the workspace's own crates it builds
     // apart).
     gates::clippy(root)?;
+    // The demo upstream the tests start (`tests/common::demo_bin`), built
+    // here once rather than by the first test that needs it.
+    cargo(root, &["build", "-p", "dome-demo"])?;
     let mut args = vec!["test", "--workspace", "--exclude", "dome-ebpf"];
     let root_user = is_root();
     if root_user {

@@ -412,12 +412,56 @@ pub(crate) fn start_dome_server(name: &str, server: &str, upstreams_toml: &str) 
     }
 }
 
-/// Starts the Rust demo upstream on a free port.
+/// The demo upstream's binary (`dome-demo-upstream`, of the `dome-demo`
+/// crate), built the first time a test asks. Cargo names `CARGO_BIN_EXE_*`
+/// only for a test's own package, and the demo is deliberately not part of
+/// dome-user: it is found in the target directory this test runs from
+/// (`target/PROFILE/deps/TEST` → `target/PROFILE/`), and `cargo build -p
+/// dome-demo` in the same profile makes sure it is there and current, so a
+/// plain `cargo test -p dome-user` works.
+pub(crate) fn demo_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("the test's own path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/PROFILE/deps/TEST");
+        let profile = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "dome-demo",
+                "--bin",
+                "dome-demo-upstream",
+            ])
+            .arg("--manifest-path")
+            .arg(workspace().join("Cargo.toml"));
+        // `debug` is the dev profile's directory; any other is its profile's name.
+        if profile != "debug" {
+            cargo.args(["--profile", &profile]);
+        }
+        let status = cargo.status().expect("running cargo build -p dome-demo");
+        assert!(
+            status.success(),
+            "cargo build -p dome-demo failed ({status})"
+        );
+        let bin = dir.join("dome-demo-upstream");
+        assert!(bin.is_file(), "{} was not built", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// Starts the demo upstream on a free port.
 pub(crate) fn start_demo(extra: &[&str]) -> (Proc, SocketAddr) {
     let addr = local(free_port());
     let mut p = Proc::spawn(
         "dome-demo-upstream",
-        Command::new(env!("CARGO_BIN_EXE_dome-demo-upstream"))
+        Command::new(demo_bin())
             .arg(addr.to_string())
             .args(extra)
             .stderr(Stdio::null()),

@@ -1,6 +1,6 @@
 //! `cargo xtask bench e2e`: `tools/call echo` with a ~500-byte argument sent
-//! straight to the demo upstream and, in the same run, through Dome to the
-//! same upstream. Max-throughput mode (closed loop, fixed connections) gives
+//! straight to the demo upstream (`--lean`: no SDK, see dome-demo's
+//! `lean.rs`) and, in the same run, through Dome to the same upstream. Max-throughput mode (closed loop, fixed connections) gives
 //! each side's requests per second; fixed-rate mode (open loop, latency from
 //! each request's intended send time, so coordinated omission is corrected)
 //! gives the latency Dome adds at a rate both sustain, with direct and Dome
@@ -471,11 +471,15 @@ fn baseline_summary(mut v: serde_json::Value, what: &str) -> serde_json::Value {
     v
 }
 
-fn start_upstream(root: &Path) -> anyhow::Result<(Kill, SocketAddr)> {
+/// The demo upstream; `lean`: its `--lean` mode, which the throughput
+/// runs measure against (rmcp, which serves everything else, costs twice
+/// the CPU per call: the figures are in dome-demo's `lean.rs`).
+fn start_upstream(root: &Path, lean: bool) -> anyhow::Result<(Kill, SocketAddr)> {
     let upstream: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let up = Kill(
         Command::new(root.join("target/release/dome-demo-upstream"))
             .arg(upstream.to_string())
+            .args(lean.then_some("--lean"))
             .stderr(Stdio::null())
             .spawn()
             .context("starting target/release/dome-demo-upstream")?,
@@ -541,7 +545,7 @@ fn main() -> anyhow::Result<()> {
         }
         _ => {}
     }
-    let (up, upstream) = start_upstream(&root)?;
+    let (up, upstream) = start_upstream(&root, true)?;
     let rt = runtime()?;
     let bin = dome_bin(&root);
     let spec = |fsync, name| DomeSpec {
@@ -644,6 +648,7 @@ fn main() -> anyhow::Result<()> {
     // Dome's throughput over each floor's, round by round.
     report["dome_vs_floor"] = median_of_ratios(&round_rps(&report), &round_rps(&floor)).into();
     report["dome_vs_tcp_relay"] = median_of_ratios(&round_rps(&report), &round_rps(&relay)).into();
+    report["upstream"] = "dome-demo-upstream --lean (plain JSON, no MCP SDK)".into();
     report["build"] = std::env::var("BENCH_E2E_BUILD")
         .unwrap_or_else(|_| bin.display().to_string())
         .into();

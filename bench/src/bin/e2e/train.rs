@@ -32,7 +32,8 @@ pub(crate) fn run(root: &Path, bin: &Path, dir: Option<&Path>) -> anyhow::Result
     if let Some(dir) = dir {
         std::fs::create_dir_all(dir)?;
     }
-    let (_up, upstream) = start_upstream(root)?;
+    // Both eras and more than `echo`: the full demo upstream, on rmcp.
+    let (_up, upstream) = start_upstream(root, false)?;
     let rt = runtime()?;
     let (key, hash) = apikey::generate("bench-agent");
     // The load generator's tasks need it for their whole life.

@@ -284,6 +284,13 @@ impl Upstream {
         }
         let (resp, held) = self.exchange(req, agent).await?;
         let status = resp.status();
+        // A session the upstream forgot is a 404 with whatever body it likes
+        // (rmcp's is plain text): not read as JSON, so `with_session` gets to
+        // start a new session instead of failing on the body.
+        if status == StatusCode::NOT_FOUND && matches!(**self.era.load(), Era::Session { .. }) {
+            let _ = tokio::time::timeout_at(held.deadline, resp.into_body().collect()).await;
+            return Ok((Reply::Json(Value::Null), id, status));
+        }
         Ok((read_reply(self, resp, held).await?, id, status))
     }
 
