@@ -239,19 +239,25 @@ pub fn admit(
             data: None,
         }
     };
+    // Read when either policy looks at arguments: a shadow policy with
+    // argument rules judged none would fail closed on every call and
+    // report disagreements that are not there.
+    let shadow_reads = snapshot.shadow.is_some_and(|s| s.reads_args);
     let args: Option<Value> = match facts.args_text {
-        Some(a) if policy.reads_args => match serde_json::from_str(a) {
+        Some(a) if policy.reads_args || shadow_reads => match serde_json::from_str(a) {
             Ok(v) => Some(v),
             // Arguments policy cannot read are never judged as absent
             // ones (serde_json stops at 128 levels, which a raised
-            // `max_json_depth` lets through).
-            Err(_) => {
+            // `max_json_depth` lets through). The shadow alone is never
+            // enforced: it judges them absent, and fails closed there.
+            Err(_) if policy.reads_args => {
                 return Err(deny(
                     "the arguments are too deeply nested to judge",
                     noted,
                     effects,
                 ));
             }
+            Err(_) => None,
         },
         _ => None,
     };

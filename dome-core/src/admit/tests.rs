@@ -469,6 +469,86 @@ fn admission_judges_policy_obligations_and_budgets_on_a_virtual_clock() {
     }
 }
 
+/// Found reading the code: the arguments were read only when the active
+/// policy looks at them, so a shadow policy with argument rules was judged
+/// on none, failed closed on every call and reported disagreements that
+/// were not there.
+#[test]
+fn a_shadow_policy_with_argument_rules_sees_the_arguments() {
+    let active = compile(&[("p.toml".into(), POLICY_WITHOUT_ARGS.into())]).unwrap();
+    let shadow = compile(&[("s.toml".into(), SHADOW_WITH_ARGS.into())]).unwrap();
+    assert!(!active.reads_args && shadow.reads_args);
+    let rule_budgets = RuleBudgets::default();
+    let snapshot = Snapshot {
+        policy: &active,
+        shadow: Some(&shadow),
+        rule_budgets: &rule_budgets,
+    };
+    let judge = |args: &str| {
+        let facts = Facts {
+            who: None,
+            kind: "tool",
+            name: "echo",
+            upstream: "demo",
+            original: None,
+            intent: None,
+            args_text: Some(args),
+        };
+        let (mut effects, mut noted) = (Effects::default(), Noted::default());
+        let charged = charge(None, 0, &mut effects, &mut noted).unwrap();
+        let admitted = admit(charged, &facts, &snapshot, 0, &mut effects, &mut noted);
+        (
+            admitted.is_ok(),
+            effects.shadow.expect("the shadow is consulted"),
+        )
+    };
+    let agree = Shadowed {
+        active: Effect::Allow,
+        shadow: Effect::Allow,
+    };
+    assert_eq!(judge(r#"{"n": 1}"#), (true, agree));
+    assert_eq!(
+        judge(r#"{"n": 9}"#),
+        (
+            true,
+            Shadowed {
+                active: Effect::Allow,
+                shadow: Effect::Deny,
+            }
+        )
+    );
+    // Too deep for the shadow to read: the call, which the active policy
+    // judges without its arguments, still goes; the shadow fails closed.
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(
+        judge(&deep),
+        (
+            true,
+            Shadowed {
+                active: Effect::Allow,
+                shadow: Effect::Deny,
+            }
+        )
+    );
+}
+
+const POLICY_WITHOUT_ARGS: &str = r#"
+[[rule]]
+id = "echo"
+effect = "allow"
+[rule.when]
+tool = "echo"
+"#;
+
+const SHADOW_WITH_ARGS: &str = r#"
+[[rule]]
+id = "small-echo"
+effect = "allow"
+[rule.when]
+tool = "echo"
+args = [{ path = "/n", op = "range", max = 5 }]
+"#;
+
 #[test]
 fn logged_arguments_are_capped_and_still_json() {
     let big = format!(r#"{{"note": "{}"}}"#, "x".repeat(10_000));
