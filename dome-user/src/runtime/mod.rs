@@ -349,6 +349,18 @@ fn serve_mcp(
     Ok((stop, certificates))
 }
 
+/// The stats listener: `/stats`, `/metrics`, `/healthz`, `/readyz`.
+async fn serve_stats(
+    config: &Config,
+    state: Arc<StatsState>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (stats_addr, stats_task) = stats::serve(config.stats.listen, state)
+        .await
+        .with_context(|| format!("binding the stats listener on {}", config.stats.listen))?;
+    tracing::info!(%stats_addr, "stats listener ready: GET /stats, GET /metrics");
+    Ok(stats_task)
+}
+
 /// Runs Dome until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (config, version) = read_config(config_path)?;
@@ -444,20 +456,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         escalation: escalation.clone(),
         audit: audit.clone(),
     });
-    let (stats_addr, stats_task) = stats::serve(config.stats.listen, state)
-        .await
-        .with_context(|| format!("binding the stats listener on {}", config.stats.listen))?;
-    background.push(stats_task);
-    tracing::info!(%stats_addr, "stats listener ready: GET /stats, GET /metrics");
+    background.push(serve_stats(&config, state).await?);
 
-    let policy_seen = {
-        let mut sources =
-            crate::policy::read_dir(&beside(config_path, &config.policy.dir)).unwrap_or_default();
-        if let Some(d) = &config.policy.shadow_dir {
-            sources.extend(crate::policy::read_dir(&beside(config_path, d)).unwrap_or_default());
-        }
-        crate::policy::compile::version(&sources)
-    };
+    let policy_seen = reload::policy_version(&config, config_path);
     let live = Arc::new(Live {
         path: config_path.to_path_buf(),
         config: Mutex::new(config),

@@ -226,15 +226,7 @@ impl Live {
     fn changed(&self, why: &str, text: &str) -> Option<String> {
         let version = content_version(text);
         // Policy files count as part of the configuration.
-        let policy_version = {
-            let cfg = self.config.lock().expect("config lock");
-            let mut sources =
-                crate::policy::read_dir(&beside(&self.path, &cfg.policy.dir)).unwrap_or_default();
-            if let Some(d) = &cfg.policy.shadow_dir {
-                sources.extend(crate::policy::read_dir(&beside(&self.path, d)).unwrap_or_default());
-            }
-            crate::policy::compile::version(&sources)
-        };
+        let policy_version = policy_version(&self.config.lock().expect("config lock"), &self.path);
         let policy_changed = *self.seen_policy.lock().expect("seen lock") != policy_version;
         {
             let mut seen = self.seen.lock().expect("seen lock");
@@ -324,6 +316,17 @@ impl Live {
             needs_restart: Vec::new(),
         });
     }
+}
+
+/// The version of the policy files `config` names (active and shadow):
+/// they count as part of the configuration, so a change to them reloads.
+pub(super) fn policy_version(config: &Config, config_path: &Path) -> String {
+    let mut sources =
+        crate::policy::read_dir(&beside(config_path, &config.policy.dir)).unwrap_or_default();
+    if let Some(d) = &config.policy.shadow_dir {
+        sources.extend(crate::policy::read_dir(&beside(config_path, d)).unwrap_or_default());
+    }
+    crate::policy::compile::version(&sources)
 }
 
 /// What of `new` applies live, as the running configuration it makes

@@ -195,7 +195,12 @@ fn every_matcher_and_effect() {
     ));
     let shout = json!({"message": "PING"});
     assert!(!allow(p.decide(&req("echo", Some(&shout)))), "regex");
+}
 
+#[test]
+fn deny_by_default_and_lists_show_what_some_rule_could_allow() {
+    let p = compile(&[("policy.toml".into(), POLICY.into())]).unwrap();
+    let labels = vec!["support".to_string()];
     // Default deny, with the reason an agent may see.
     assert_eq!(
         p.decide(&req("unknown", None)),
