@@ -180,11 +180,19 @@ fn a_call_over_the_agents_budget_is_recorded_with_its_tool_and_intent() {
 #[test]
 fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     let (_demo, dome) = start("audit-record", "fsync = \"always\"");
+    make_one_call_of_each_kind(&dome);
+    each_record_says_who_what_why_and_the_decision(&dome);
+    the_trail_is_queried_filtered_exported_and_served(&dome);
+}
+
+/// Allowed (arguments logged, an end user, a trace, an intent), redacted,
+/// denied, over budget, and a tool nobody has.
+fn make_one_call_of_each_kind(dome: &Dome) {
     let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     // Allowed, with its arguments logged (an e-mail address redacted), an
     // end user, a trace and an intent.
     let (status, v) = post(
-        &dome,
+        dome,
         &[("traceparent", trace), ("Dome-User", "alice@acme.example")],
         "echo",
         &call_body(
@@ -197,7 +205,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     assert_eq!(status, 200, "{v}");
     // Allowed, with values redacted from the result.
     let (status, v) = post(
-        &dome,
+        dome,
         &[],
         "records",
         &call_body(2, "records", json!({"count": 2}), Some("answer ticket 42")),
@@ -205,7 +213,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     assert_eq!(status, 200, "{v}");
     // Denied by a rule.
     let (status, v) = post(
-        &dome,
+        dome,
         &[],
         "slow",
         &call_body(3, "slow", json!({"steps": 1}), None),
@@ -215,7 +223,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     for id in 4..6 {
         assert_eq!(
             post(
-                &dome,
+                dome,
                 &[],
                 "echo",
                 &call_body(id, "echo", json!({"message": "x"}), None)
@@ -225,17 +233,19 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
         );
     }
     let (status, v) = post(
-        &dome,
+        dome,
         &[],
         "echo",
         &call_body(6, "echo", json!({"message": "x"}), None),
     );
     assert_eq!((status, &v["error"]["code"]), (200, &json!(-32004)), "{v}");
     // A tool nobody has.
-    let (status, _) = post(&dome, &[], "nope", &call_body(7, "nope", json!({}), None));
+    let (status, _) = post(dome, &[], "nope", &call_body(7, "nope", json!({}), None));
     assert_eq!(status, 400);
+}
 
-    let (code, out, err) = audit_cli(&dome, &["query", "--format", "jsonl"]);
+fn each_record_says_who_what_why_and_the_decision(dome: &Dome) {
+    let (code, out, err) = audit_cli(dome, &["query", "--format", "jsonl"]);
     assert_eq!(code, 0, "{err}");
     let records = jsonl(&out);
     assert_eq!(records.len(), 7, "{out}");
@@ -308,27 +318,31 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     let nope = by_name("nope")[0];
     assert_eq!(nope["decision"], "error");
     assert_eq!(nope["status"], -32602);
+}
 
+/// Filters from the CLI, a table, bad filters and folders named, the
+/// admin API's stream, export, and `/stats`.
+fn the_trail_is_queried_filtered_exported_and_served(dome: &Dome) {
     // Filters, from the CLI …
-    let (code, out, _) = audit_cli(&dome, &["query", "--format", "jsonl", "--decision", "deny"]);
+    let (code, out, _) = audit_cli(dome, &["query", "--format", "jsonl", "--decision", "deny"]);
     assert_eq!(code, 0);
     let denied = jsonl(&out);
     assert_eq!(denied.len(), 1);
     assert_eq!(denied[0]["name"], "slow");
     let (_, out, _) = audit_cli(
-        &dome,
+        dome,
         &[
             "query", "--format", "jsonl", "--intent", "TICKET", "--since", "5m",
         ],
     );
     assert_eq!(jsonl(&out).len(), 1);
     let (_, out, _) = audit_cli(
-        &dome,
+        dome,
         &["query", "--format", "jsonl", "--user", "alice@acme.example"],
     );
     assert_eq!(jsonl(&out).len(), 1);
     let (_, out, _) = audit_cli(
-        &dome,
+        dome,
         &[
             "query",
             "--format",
@@ -343,23 +357,23 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
     let newest = jsonl(&out);
     assert_eq!(newest.len(), 1);
     assert_eq!(newest[0]["decision"], "over_budget");
-    let (_, out, _) = audit_cli(&dome, &["query", "--tenant", "globex", "--format", "jsonl"]);
+    let (_, out, _) = audit_cli(dome, &["query", "--tenant", "globex", "--format", "jsonl"]);
     assert!(jsonl(&out).is_empty());
     // … as a table …
-    let (code, out, _) = audit_cli(&dome, &["query"]);
+    let (code, out, _) = audit_cli(dome, &["query"]);
     assert_eq!(code, 0);
     assert_eq!(out.lines().count(), 8, "{out}");
     assert!(out.lines().next().unwrap().starts_with("TIME"));
     // … a bad filter is named …
-    let (code, _, err) = audit_cli(&dome, &["query", "--decision", "maybe"]);
+    let (code, _, err) = audit_cli(dome, &["query", "--decision", "maybe"]);
     assert_eq!(code, 2);
     assert!(err.contains("decision `maybe`"), "{err}");
     // … and so is a folder with no trail in it.
-    let (code, _, err) = audit_cli(&dome, &["verify", "--dir", "/nonexistent/audit"]);
+    let (code, _, err) = audit_cli(dome, &["verify", "--dir", "/nonexistent/audit"]);
     assert_eq!(code, 2);
     assert!(err.contains("no audit trail"), "{err}");
     // … and from the admin API, streamed.
-    let admin = admin_addr(&dome);
+    let admin = admin_addr(dome);
     let auth = format!("Bearer {ADMIN}");
     let (status, headers, body) = http(
         admin,
@@ -400,7 +414,7 @@ fn every_call_is_recorded_with_who_what_why_and_the_decision() {
 
     // Export for a SIEM, and /stats.
     let out_file = dome.config.with_extension("export.jsonl");
-    let (code, _, err) = audit_cli(&dome, &["export", "--out", out_file.to_str().unwrap()]);
+    let (code, _, err) = audit_cli(dome, &["export", "--out", out_file.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(jsonl(&std::fs::read_to_string(&out_file).unwrap()).len(), 7);
     let stats = dome.stats_json();
