@@ -226,6 +226,12 @@ fn limits_are_enforced() {
     );
     assert_eq!(ok.0, 200);
 
+    heads_and_bodies_are_held_to_their_limits(mcp);
+    a_second_connection_waits_for_the_only_slot(mcp);
+}
+
+/// `max_header_bytes`, `body_timeout_ms` and `header_timeout_ms`.
+fn heads_and_bodies_are_held_to_their_limits(mcp: std::net::SocketAddr) {
     // A head over max_header_bytes.
     // A head over max_header_bytes is refused: 431, or (when the server's
     // close with our bytes still unread resets the connection before its
@@ -272,7 +278,11 @@ fn limits_are_enforced() {
         "the slow client was not cut off"
     );
     drop(s);
+}
 
+/// `max_connections = 1`: a second connection waits while the first is
+/// busy, and is served once it closes.
+fn a_second_connection_waits_for_the_only_slot(mcp: std::net::SocketAddr) {
     // One connection at a time: a second waits while the first is busy (a
     // call in flight; an idle one would be shed to make room).
     let mut holder = TcpStream::connect(mcp).unwrap();
