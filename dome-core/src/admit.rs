@@ -310,7 +310,9 @@ pub fn admit(
     }
     if let Some(w) = who {
         let rule_bucket = match obligations.budget {
-            Some(rate) if facts.kind == "tool" => Some(rule_bucket(snapshot, w, facts.name, rate)),
+            Some(rate) if facts.kind == "tool" => {
+                Some(snapshot.rule_budgets.bucket(w.agent, facts.name, rate))
+            }
             _ => None,
         };
         let tool = match (&rule_bucket, facts.kind) {
@@ -329,10 +331,6 @@ pub fn admit(
     Ok(Admitted {
         redactor: redactor.cloned(),
     })
-}
-
-fn rule_bucket(snapshot: &Snapshot<'_>, w: &Who<'_>, tool: &str, rate: Rate) -> Arc<Bucket> {
-    snapshot.rule_budgets.bucket(w.agent, tool, rate)
 }
 
 /// Takes one call from each bucket there is in `levels` (named for the

@@ -448,10 +448,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tier: tier.clone(),
         events,
         config: config_status.clone(),
-        gateway: {
-            let sessions = sessions.clone();
-            Box::new(move || crate::mcp::gateway::stats_report(&sessions))
-        },
+        gateway: sessions.clone(),
         registry: registry.clone(),
         escalation: escalation.clone(),
         audit: audit.clone(),

@@ -39,6 +39,15 @@ pub struct ReloadOutcome {
     pub needs_restart: Vec<String>,
 }
 
+/// What the gateway tells `/stats` and `/metrics` of itself.
+pub trait GatewayFigures: Send + Sync {
+    /// Open sessions (`dome_sessions`).
+    fn sessions(&self) -> usize;
+    /// Fields merged into `/stats`: sessions, catalog conflicts, the shadow
+    /// policy's tally, buffered answers.
+    fn report(&self) -> serde_json::Value;
+}
+
 /// What `/stats` reports.
 pub struct StatsState {
     pub started: Instant,
@@ -49,10 +58,10 @@ pub struct StatsState {
     pub tier: Option<Arc<KernelTier>>,
     pub events: Arc<EventStats>,
     pub config: Arc<std::sync::Mutex<ConfigStatus>>,
-    /// The gateway's own figures (sessions, catalog conflicts, the shadow
-    /// policy's tally, buffered answers), read when `/stats` is asked:
-    /// handed in by whoever wires Dome, so this module needs no gateway.
-    pub gateway: Box<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The gateway's own figures, read when `/stats` or `/metrics` is
+    /// asked: handed in by whoever wires Dome, so this module needs no
+    /// gateway.
+    pub gateway: Arc<dyn GatewayFigures>,
     pub registry: Arc<crate::identity::registry::Registry>,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     pub audit: Arc<crate::audit::Trail>,
@@ -108,7 +117,8 @@ impl StatsState {
             "requests": m["requests"],
             "xdp": xdp,
         });
-        if let (Some(out), serde_json::Value::Object(gw)) = (out.as_object_mut(), (self.gateway)())
+        if let (Some(out), serde_json::Value::Object(gw)) =
+            (out.as_object_mut(), self.gateway.report())
         {
             out.extend(gw);
         }
@@ -157,7 +167,7 @@ impl StatsState {
         out.push_str(&format!(
             "# TYPE dome_sessions gauge\ndome_sessions {}\n\
              # TYPE dome_ready gauge\ndome_ready {}\n",
-            (self.gateway)()["sessions"].as_u64().unwrap_or(0),
+            self.gateway.sessions(),
             self.readiness().is_ok() as u8
         ));
         let attached = matches!(self.xdp_status, XdpStatus::Attached { .. }) as u8;

@@ -11,17 +11,12 @@ impl Gateway {
         &self,
         ex: &Exchange,
         caller: Option<&Caller>,
+        who: Option<&admit::Who<'_>>,
         call: &mut Call,
     ) -> Result<admit::Charged, Refusal> {
-        let who = caller.map(who_of);
         let mut effects = admit::Effects::default();
         let mut noted = admit::Noted::default();
-        let charged = admit::charge(
-            who.as_ref(),
-            crate::clock::monotonic_ns(),
-            &mut effects,
-            &mut noted,
-        );
+        let charged = admit::charge(who, crate::clock::monotonic_ns(), &mut effects, &mut noted);
         self.apply(&ex.ctx, caller, effects, noted, call, None);
         charged
     }
@@ -198,8 +193,9 @@ impl Gateway {
         // Phase: budget, the agent's: prompts, resources and completions
         // count like tool calls (they were free).
         let caller = caller_of(session, &ex.ctx);
+        let who = caller.as_ref().map(who_of);
         let charged = self
-            .charge(ex, caller.as_ref(), call)
+            .charge(ex, caller.as_ref(), who.as_ref(), call)
             .map_err(|r| (r.code, r.message))?;
         // The upstream's own name for a prompt (a URI is never renamed).
         let (upstream, original) = self
@@ -225,7 +221,6 @@ impl Gateway {
         if let Some(a) = &args_text {
             call.digest_args(a);
         }
-        let who = caller.as_ref().map(who_of);
         let facts = admit::Facts {
             who: who.as_ref(),
             kind: policy_kind,
@@ -483,7 +478,8 @@ impl Gateway {
     ) -> Result<(Arc<Upstream>, Reply, Option<Inflight>, Option<Redaction>), Refusal> {
         let name = tool_named(e, call)?;
         let caller = caller_of(session, &ex.ctx);
-        let charged = self.charge(ex, caller.as_ref(), call)?;
+        let who = caller.as_ref().map(who_of);
+        let charged = self.charge(ex, caller.as_ref(), who.as_ref(), call)?;
         let Some(route) = self.lookup(Kind::Tools, name).await else {
             self.strike_caller(&ex.ctx, caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
@@ -494,7 +490,6 @@ impl Gateway {
         call.upstream = Some(upstream.label().clone());
         // Phase: decide.
         let intent = call.intent.clone();
-        let who = caller.as_ref().map(who_of);
         let facts = admit::Facts {
             who: who.as_ref(),
             kind: "tool",

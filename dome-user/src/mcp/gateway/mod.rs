@@ -170,7 +170,7 @@ pub static SHADOW_DECISIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::A
 /// The gateway's figures on `/stats`: open sessions, policy warnings,
 /// catalog conflicts, the shadow policy's tally, and the upstream answers
 /// held in memory over all calls (`[mcp] max_buffered_response_bytes`).
-pub fn stats_report(sessions: &SessionTable) -> Value {
+fn stats_report(sessions: &SessionTable) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     json!({
         "sessions": sessions.len(),
@@ -186,6 +186,16 @@ pub fn stats_report(sessions: &SessionTable) -> Value {
 
 /// Policy argument paths the tools' input schemas cannot hold (refreshed
 /// with the tool catalog; shown on `/stats`).
+impl crate::stats::GatewayFigures for SessionTable {
+    fn sessions(&self) -> usize {
+        self.len()
+    }
+
+    fn report(&self) -> Value {
+        stats_report(self)
+    }
+}
+
 pub static SCHEMA_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// Items each kind's catalog left out, and why (`/stats`): a clash, a

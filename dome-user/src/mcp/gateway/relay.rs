@@ -429,7 +429,7 @@ impl Relay {
         let mut e = rpc_error(&self.to.id, code::UPSTREAM_UNAVAILABLE, failure);
         // The upstream had the call and began answering: it may have acted,
         // so sending it again is not safe (`UpstreamError::retry_safe`).
-        e["error"]["data"] = json!({"upstream": self.name, "retrySafe": false});
+        e["error"]["data"] = crate::mcp::upstream::failure_data(&self.name, false);
         self.send(&e).await;
     }
 }

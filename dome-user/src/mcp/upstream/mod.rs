@@ -68,6 +68,12 @@ pub enum UpstreamError {
     Busy(String, usize),
 }
 
+/// A failed call's `error.data` for its caller: which upstream, and
+/// whether sending the same call again cannot make it act twice.
+pub fn failure_data(upstream: &str, retry_safe: bool) -> Value {
+    json!({"upstream": upstream, "retrySafe": retry_safe})
+}
+
 /// Who a failed upstream call failed at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
@@ -87,7 +93,7 @@ impl UpstreamError {
     /// What the caller is told besides the message: which upstream, and
     /// whether sending the same call again cannot make it act twice.
     pub fn data(&self) -> Value {
-        json!({"upstream": self.upstream(), "retrySafe": self.retry_safe()})
+        failure_data(self.upstream(), self.retry_safe())
     }
 
     /// The upstream the call went to.
