@@ -67,6 +67,7 @@ impl Gateway {
         call: &mut Call,
         facts: Option<&admit::Facts<'_>>,
     ) {
+        let denied = noted.decision == Some(crate::audit::record::Decision::Deny);
         if let Some(d) = noted.decision {
             call.decision = d;
         }
@@ -91,7 +92,7 @@ impl Gateway {
             }
         }
         if let Some(why) = effects.strike {
-            if why == "denied by policy" {
+            if denied {
                 tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
             }
             self.strike_caller(ctx, caller, why);
