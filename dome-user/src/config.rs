@@ -15,7 +15,7 @@ use crate::identity::config::{
 };
 use crate::{
     mcp::{gateway::McpConfig, upstream::UpstreamConfig},
-    xdp::{BudgetSpec, ModeSetting, PreauthSpec, ProgramSettings},
+    kernel::{BudgetSpec, ModeSetting, PreauthSpec, ProgramSettings},
 };
 
 /// The whole configuration.

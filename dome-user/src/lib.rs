@@ -16,7 +16,7 @@ pub mod stats;
 pub use dome_core::terminal;
 pub mod transport;
 pub mod workers;
-pub mod xdp;
+pub mod kernel;
 
 /// An error and its sources, joined with `: ` (for one log line).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

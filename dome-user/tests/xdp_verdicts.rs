@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use dome::xdp::{
+use dome::kernel::{
     BudgetSpec, EventKind, Flow, KernelEvent, KernelTier, L4, Prefix, ProgramSettings,
     craft::{self, ACK, Frame, SYN},
 };
@@ -85,7 +85,7 @@ fn count(t: &KernelTier, idx: usize) -> u64 {
 
 fn events(t: &KernelTier) -> Vec<KernelEvent> {
     let mut ring = t.take_events().expect("event ring");
-    dome::xdp::drain_events(&mut ring)
+    dome::kernel::drain_events(&mut ring)
 }
 
 #[test]

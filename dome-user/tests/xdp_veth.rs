@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use dome::xdp::{AttachMode, BudgetSpec, Flow, KernelTier, L4, ModeSetting, ProgramSettings};
+use dome::kernel::{AttachMode, BudgetSpec, Flow, KernelTier, L4, ModeSetting, ProgramSettings};
 use dome_common::counter;
 
 const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);

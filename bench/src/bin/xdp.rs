@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use dome::xdp::{BudgetSpec, Flow, KernelTier, ProgramSettings, craft::Frame};
+use dome::kernel::{BudgetSpec, Flow, KernelTier, ProgramSettings, craft::Frame};
 
 const REPEAT: u32 = 1_000_000;
 const TRIALS: usize = 7;

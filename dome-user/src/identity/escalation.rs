@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::xdp::Enforcer;
+use crate::kernel::Enforcer;
 
 /// `[escalation]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -596,7 +596,7 @@ mod tests {
 
     #[test]
     fn a_blocked_agent_is_dropped_in_the_kernel_and_a_blocked_source_never_is() {
-        let kernel = Arc::new(crate::xdp::MemoryEnforcer::default());
+        let kernel = Arc::new(crate::kernel::MemoryEnforcer::default());
         let e = Escalation::new(small(), Some(kernel.clone()));
         let agent = Subject::Agent {
             id: "bot".into(),

@@ -22,7 +22,7 @@ use crate::{
         upstream::Upstream,
     },
     stats::{self, StatsState, metrics::Metrics},
-    xdp::{self, EventStats, KernelTier, XdpStatus},
+    kernel::{self, EventStats, KernelTier, XdpStatus},
 };
 
 /// Starts the kernel tier as configured. Never fails: without XDP, Dome runs
@@ -92,7 +92,7 @@ fn start_kernel(config: &Config) -> anyhow::Result<Kernel> {
     if let Some(t) = &tier {
         if let Some(ring) = t.take_events() {
             background.push(
-                xdp::spawn_event_reader(ring, events.clone(), None)
+                kernel::spawn_event_reader(ring, events.clone(), None)
                     .context("reading the XDP event ring")?,
             );
         }
@@ -271,7 +271,7 @@ fn open_identity(
 ) -> anyhow::Result<(
     Arc<Registry>,
     Arc<Signer>,
-    Option<Arc<dyn xdp::Enforcer>>,
+    Option<Arc<dyn kernel::Enforcer>>,
     Arc<Escalation>,
 )> {
     let registry = Arc::new(
@@ -306,7 +306,7 @@ fn open_identity(
         );
     }
     // The gateway and escalation see the kernel tier through `Enforcer`.
-    let enforcer = tier.cloned().map(|t| t as Arc<dyn xdp::Enforcer>);
+    let enforcer = tier.cloned().map(|t| t as Arc<dyn kernel::Enforcer>);
     let escalation = Arc::new(Escalation::new(config.escalation.clone(), enforcer.clone()));
     Ok((registry, signer, enforcer, escalation))
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
-use crate::xdp::{EventStats, KernelTier, XdpStatus};
+use crate::kernel::{EventStats, KernelTier, XdpStatus};
 
 /// The configuration Dome runs on and how the last reload went (`/stats`).
 #[derive(Clone, Debug, serde::Serialize)]

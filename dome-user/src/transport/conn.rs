@@ -299,8 +299,8 @@ impl Drop for Busy {
 
 /// A flow bound to an identity slot in the kernel tier.
 pub struct ConnBinding {
-    pub tier: Arc<dyn crate::xdp::Enforcer>,
-    pub flow: crate::xdp::Flow,
+    pub tier: Arc<dyn crate::kernel::Enforcer>,
+    pub flow: crate::kernel::Flow,
     pub slot: u32,
 }
 

@@ -162,8 +162,8 @@ impl Gateway {
         if binding.as_ref().is_some_and(|b| b.slot == c.agent.slot) {
             return;
         }
-        let flow = crate::xdp::Flow {
-            proto: crate::xdp::L4::Tcp,
+        let flow = crate::kernel::Flow {
+            proto: crate::kernel::L4::Tcp,
             src: conn.peer.ip(),
             src_port: conn.peer.port(),
             dst_port: conn.local_port,

@@ -143,9 +143,9 @@ pub struct Identity {
     pub resource: String,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     /// The kernel tier, when attached: authenticated flows are bound there.
-    pub tier: Option<Arc<dyn crate::xdp::Enforcer>>,
+    pub tier: Option<Arc<dyn crate::kernel::Enforcer>>,
     /// The packet and byte budget an agent's identity slot gets.
-    pub kernel_budget: crate::xdp::BudgetSpec,
+    pub kernel_budget: crate::kernel::BudgetSpec,
     /// Tenants' identity providers, for bearer tokens.
     pub jwt: Arc<crate::identity::jwt::Verifier>,
     /// The policy in force.
