@@ -23,16 +23,16 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 use serde_json::{Value, json};
 
-use crate::identity::{
-    apikey,
-    registry::{Agent, AgentRecord, NewAgent, Registry, RegistryError},
+use crate::{
+    identity::apikey,
+    store::registry::{Agent, AgentRecord, NewAgent, Registry, RegistryError},
 };
 
 pub struct AdminState {
     pub registry: Arc<Registry>,
     pub token_sha256: [u8; 32],
     pub escalation: Option<Arc<crate::identity::escalation::Escalation>>,
-    pub policy_store: Arc<crate::policy::store::PolicyStore>,
+    pub policy_store: Arc<crate::store::policy::PolicyStore>,
     pub policy_dir: std::path::PathBuf,
     /// The audit trail's folder (read for queries while the writer appends).
     pub audit_dir: std::path::PathBuf,
@@ -325,7 +325,7 @@ async fn policy(state: &AdminState, method: Method, rest: &[&str], req: Request<
                     Ok(t) => t,
                     Err(e) => return error(StatusCode::NOT_FOUND, e),
                 };
-                match crate::policy::store::restore(&dir, &target) {
+                match crate::store::policy::restore(&dir, &target) {
                     Ok(()) => json_resp(
                         StatusCode::OK,
                         json!({"restored": target.version,

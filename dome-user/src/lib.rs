@@ -13,6 +13,7 @@ pub mod mcp;
 pub mod policy;
 pub mod runtime;
 pub mod stats;
+pub mod store;
 pub use dome_core::terminal;
 pub mod transport;
 pub mod workers;

@@ -16,8 +16,8 @@ use dome::identity::{
     budget::{Bucket, Rate, take_all},
     config::{AgentConfig, AgentKind, JwtConfig, TenantConfig},
     jwt::{Provider, Verifier},
-    registry::Registry,
 };
+use dome::store::registry::Registry;
 use hyper::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};

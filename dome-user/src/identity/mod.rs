@@ -11,5 +11,6 @@ pub use dome_core::budget;
 pub use dome_core::identity::authn;
 pub mod config;
 pub mod escalation;
-pub mod jwt;
-pub mod registry;
+/// Identity providers' tokens, verified: `dome_core`'s (keys are fetched by
+/// `store::jwks`).
+pub use dome_core::identity::jwt;

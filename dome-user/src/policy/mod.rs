@@ -2,11 +2,11 @@
 //! intent, and with which obligations. The language, the compiler, the
 //! reference interpreter and redaction are `dome_core::policy` (no I/O);
 //! this shell reads policy folders (`read_dir`, `load`), runs their test
-//! cases, and keeps the versions Dome activated (`store`).
+//! cases; the versions Dome activated are kept by `store::policy`.
 
 // The decisions are `dome_core`'s (no I/O); here, where they always were.
 pub use dome_core::policy::{compile, lang, redact, reference};
-pub mod store;
+
 
 use std::path::Path;
 

@@ -16,7 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
-    identity::{assertion::Signer, escalation::Escalation, registry::Registry},
+    identity::{assertion::Signer, escalation::Escalation},
+    store::registry::Registry,
     mcp::{
         gateway::{Gateway, Identity, SessionTable},
         upstream::Upstream,
@@ -201,7 +202,7 @@ async fn until_signalled(live: &Live) -> anyhow::Result<()> {
                     let p = p.clone();
                     tokio::spawn(async move {
                         let gap = p.config.refresh_s;
-                        crate::identity::jwt::refresh(&p, crate::clock::unix_s(), gap).await
+                        crate::store::jwks::refresh(&p, crate::clock::unix_s(), gap).await
                     });
                 }
             }
@@ -384,7 +385,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         &Identity {
             shadow: None,
             policy_store: Arc::new(
-                crate::policy::store::PolicyStore::open(&beside(
+                crate::store::policy::PolicyStore::open(&beside(
                     config_path,
                     &config.auth.data_dir,
                 ))

@@ -49,13 +49,13 @@ pub(super) fn identity_for(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path));
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let jwt = crate::identity::jwt::providers(&config.tenants, &resource, dir)?;
+    let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)?;
     let policy_dir = beside(config_path, &config.policy.dir);
     let (policy, sources) = crate::policy::load_with_sources(&policy_dir)?;
     if policy.rule_count() == 0 {
         tracing::warn!(dir = %policy_dir.display(), "no policy rules: every tool call is denied");
     }
-    let activation = crate::policy::store::Activation {
+    let activation = crate::store::policy::Activation {
         version: policy.version.clone(),
         activated_unix_s: crate::clock::unix_s(),
         message: policy.message.clone(),
@@ -81,7 +81,7 @@ pub(super) fn identity_for(
             _ if p.config.jwks_url.is_some() => {
                 let p = p.clone();
                 tokio::spawn(async move {
-                    crate::identity::jwt::refresh(&p, crate::clock::unix_s(), 0).await
+                    crate::store::jwks::refresh(&p, crate::clock::unix_s(), 0).await
                 });
             }
             _ => {}

@@ -62,7 +62,7 @@ pub struct StatsState {
     /// asked: handed in by whoever wires Dome, so this module needs no
     /// gateway.
     pub gateway: Arc<dyn GatewayFigures>,
-    pub registry: Arc<crate::identity::registry::Registry>,
+    pub registry: Arc<crate::store::registry::Registry>,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     pub audit: Arc<crate::audit::Trail>,
 }

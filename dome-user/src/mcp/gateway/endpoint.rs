@@ -114,7 +114,7 @@ impl Gateway {
                     // A key the provider may have rotated in: fetch its set
                     // again (at most every 5 s); the client's retry may pass.
                     let p = p.clone();
-                    tokio::spawn(async move { crate::identity::jwt::refresh(&p, now_s, 5).await });
+                    tokio::spawn(async move { crate::store::jwks::refresh(&p, now_s, 5).await });
                 }
                 if blocked {
                     return self.blocked();

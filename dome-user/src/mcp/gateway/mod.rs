@@ -135,7 +135,7 @@ pub struct Gateway {
 
 /// Who may call and how Dome vouches for them upstream.
 pub struct Identity {
-    pub registry: Arc<crate::identity::registry::Registry>,
+    pub registry: Arc<crate::store::registry::Registry>,
     pub signer: Arc<crate::identity::assertion::Signer>,
     /// Every request must authenticate.
     pub required: bool,
@@ -151,7 +151,7 @@ pub struct Identity {
     /// The policy in force.
     pub policy: Arc<crate::policy::compile::Policy>,
     /// Every activated policy version.
-    pub policy_store: Arc<crate::policy::store::PolicyStore>,
+    pub policy_store: Arc<crate::store::policy::PolicyStore>,
     /// A candidate policy judged beside the active one, never enforced.
     pub shadow: Option<Arc<crate::policy::compile::Policy>>,
     /// Where every call's record goes.

@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{
+use crate::identity::{
     apikey,
     budget::{Bucket, Rate},
     config::{AgentConfig, AgentKind, TenantConfig},

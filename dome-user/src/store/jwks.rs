@@ -1,6 +1,6 @@
 //! Identity providers' keys, fetched: JWKS files read at start and URLs
-//! fetched and refreshed. Verifying tokens is `dome_core::identity::jwt`,
-//! re-exported here.
+//! fetched and refreshed. Verifying tokens is `dome_core::identity::jwt`'s
+//! work.
 
 use std::{
     collections::HashMap,
@@ -9,7 +9,7 @@ use std::{
 
 use jsonwebtoken::jwk::JwkSet;
 
-pub use dome_core::identity::jwt::*;
+use dome_core::identity::jwt::{Provider, Verifier};
 
 /// Fetches a JWKS document over HTTP(S).
 pub async fn fetch(url: &str) -> Result<JwkSet, String> {
@@ -63,7 +63,7 @@ pub async fn refresh(provider: &Provider, now_unix_s: u64, min_gap_s: u64) {
 /// Builds the providers of `tenants` (JWKS files read now; URL key sets
 /// start empty until fetched).
 pub fn providers(
-    tenants: &[super::config::TenantConfig],
+    tenants: &[crate::identity::config::TenantConfig],
     default_audience: &str,
     config_dir: &std::path::Path,
 ) -> Result<Verifier, String> {
