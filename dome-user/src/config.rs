@@ -14,8 +14,8 @@ use crate::identity::config::{
     AdminConfig, AgentConfig, AssertionConfig, AuthConfig, TenantConfig,
 };
 use crate::{
-    mcp::{gateway::McpConfig, upstream::UpstreamConfig},
     kernel::{BudgetSpec, ModeSetting, PreauthSpec, ProgramSettings},
+    mcp::{gateway::McpConfig, upstream::UpstreamConfig},
 };
 
 /// The whole configuration.

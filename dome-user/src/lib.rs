@@ -2,7 +2,6 @@
 //! handle, and the stats endpoint. The `dome` binary (`main.rs`) parses its
 //! command line and hands each subcommand to `cli`.
 
-pub mod admin;
 pub mod allocator;
 pub mod audit;
 pub mod cli;
@@ -10,14 +9,14 @@ pub mod clock;
 pub mod config;
 pub mod identity;
 pub mod mcp;
+pub mod ops;
 pub mod policy;
 pub mod runtime;
-pub mod stats;
 pub mod store;
 pub use dome_core::terminal;
+pub mod kernel;
 pub mod transport;
 pub mod workers;
-pub mod kernel;
 
 /// An error and its sources, joined with `: ` (for one log line).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -114,7 +114,7 @@ pub(crate) fn admin(
         eprintln!("error: set DOME_ADMIN_TOKEN to the admin token");
         return ExitCode::from(2);
     };
-    match crate::admin::call(a.listen, &token, method, path, body.as_ref()) {
+    match crate::ops::admin::call(a.listen, &token, method, path, body.as_ref()) {
         Ok((status, text)) => {
             // Agent names, labels and reasons come from callers and admins:
             // JSON keeps its meaning with what a terminal would act on

@@ -7,7 +7,6 @@
 // The decisions are `dome_core`'s (no I/O); here, where they always were.
 pub use dome_core::policy::{compile, lang, redact, reference};
 
-
 use std::path::Path;
 
 /// `[policy]`: where the policy files are.

@@ -17,13 +17,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{self, Config},
     identity::{assertion::Signer, escalation::Escalation},
-    store::registry::Registry,
+    kernel::{self, EventStats, KernelTier, XdpStatus},
     mcp::{
         gateway::{Gateway, Identity, SessionTable},
         upstream::Upstream,
     },
-    stats::{self, StatsState, metrics::Metrics},
-    kernel::{self, EventStats, KernelTier, XdpStatus},
+    ops::{
+        metrics::Metrics,
+        stats::{self, StatsState},
+    },
+    store::registry::Registry,
 };
 
 /// Starts the kernel tier as configured. Never fails: without XDP, Dome runs
@@ -166,7 +169,7 @@ async fn serve_admin(
     let Some(admin) = &config.admin else {
         return Ok(None);
     };
-    let state = Arc::new(crate::admin::AdminState {
+    let state = Arc::new(crate::ops::admin::AdminState {
         registry: identity.registry.clone(),
         token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
             .context("admin.token_sha256")?,
@@ -177,7 +180,7 @@ async fn serve_admin(
         audit_key: Some(audit_public),
         audit_checkpoint_records: config.audit.checkpoint_records.max(1),
     });
-    let (admin_addr, admin_task) = crate::admin::serve(admin.listen, state)
+    let (admin_addr, admin_task) = crate::ops::admin::serve(admin.listen, state)
         .await
         .with_context(|| format!("binding the admin listener on {}", admin.listen))?;
     tracing::info!(%admin_addr, "admin listener ready: /agents, /blocks");

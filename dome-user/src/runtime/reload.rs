@@ -5,7 +5,7 @@
 
 use super::*;
 
-pub use crate::stats::{ConfigStatus, ReloadOutcome};
+pub use crate::ops::stats::{ConfigStatus, ReloadOutcome};
 
 /// FNV-1a over the file's bytes: a stable, short version id.
 pub fn content_version(text: &str) -> String {

@@ -47,7 +47,7 @@ use crate::{
         authn::{self, Caller},
         escalation::Subject,
     },
-    stats::metrics::{Metrics, RequestRecord},
+    ops::metrics::{Metrics, RequestRecord},
 };
 
 use super::{
@@ -186,7 +186,7 @@ fn stats_report(sessions: &SessionTable) -> Value {
 
 /// Policy argument paths the tools' input schemas cannot hold (refreshed
 /// with the tool catalog; shown on `/stats`).
-impl crate::stats::GatewayFigures for SessionTable {
+impl crate::ops::stats::GatewayFigures for SessionTable {
     fn sessions(&self) -> usize {
         self.len()
     }

@@ -4,8 +4,6 @@
 //! status and JSON-RPC error; the kernel tier's attach state, counters and
 //! events.
 
-pub mod metrics;
-
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
@@ -53,7 +51,7 @@ pub struct StatsState {
     pub started: Instant,
     /// Set once Dome has begun to shut down (`/readyz` answers 503).
     pub draining: Arc<std::sync::atomic::AtomicBool>,
-    pub metrics: Arc<metrics::Metrics>,
+    pub metrics: Arc<super::metrics::Metrics>,
     pub xdp_status: XdpStatus,
     pub tier: Option<Arc<KernelTier>>,
     pub events: Arc<EventStats>,
