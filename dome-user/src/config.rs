@@ -30,7 +30,7 @@ pub struct Config {
     pub xdp: XdpSection,
     /// Serve HTTPS when set.
     #[serde(default)]
-    pub tls: Option<crate::transport::TlsConfig>,
+    pub tls: Option<crate::net::TlsConfig>,
     #[serde(default)]
     pub mcp: McpConfig,
     /// The MCP servers Dome federates.
@@ -119,8 +119,8 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    pub fn limits(&self) -> crate::transport::Limits {
-        crate::transport::Limits {
+    pub fn limits(&self) -> crate::net::Limits {
+        crate::net::Limits {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             max_connections_per_prefix: self.max_connections_per_prefix,
@@ -418,7 +418,7 @@ impl Config {
             ));
         }
         if let Some(tls) = &self.tls
-            && let Err(e) = crate::transport::check_tls(tls)
+            && let Err(e) = crate::net::check_tls(tls)
         {
             out.push(("tls".into(), e));
         }

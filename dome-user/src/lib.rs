@@ -15,8 +15,7 @@ pub mod runtime;
 pub mod store;
 pub use dome_core::terminal;
 pub mod kernel;
-pub mod transport;
-pub mod workers;
+pub mod net;
 
 /// An error and its sources, joined with `: ` (for one log line).
 pub fn error_chain(e: &dyn std::error::Error) -> String {

@@ -66,23 +66,23 @@ fn main() -> anyhow::Result<()> {
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: hyper::Uri = upstream.parse()?;
-    let workers = dome::workers::configure(0);
+    let workers = dome::net::workers::configure(0);
     // As Dome's: one set of connections per worker lane.
     let pool = std::sync::Arc::new(
         Pool::new(
             &upstream,
-            dome::workers::lanes(),
+            dome::net::workers::lanes(),
             64,
             Duration::from_secs(2),
         )
         .map_err(anyhow::Error::msg)?,
     );
-    let listeners = dome::workers::bind(listen, workers)?;
-    dome::workers::spawn(listeners, move |listener| {
+    let listeners = dome::net::workers::bind(listen, workers)?;
+    dome::net::workers::spawn(listeners, move |listener| {
         let pool = pool.clone();
         async move {
             // Dome's connection settings, with its default limits.
-            let builder = std::sync::Arc::new(dome::transport::http_builder(
+            let builder = std::sync::Arc::new(dome::net::http_builder(
                 &dome::config::ServerConfig::default().limits(),
             ));
             loop {

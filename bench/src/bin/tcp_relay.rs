@@ -27,9 +27,9 @@ fn main() -> anyhow::Result<()> {
     };
     let listen: SocketAddr = listen.parse()?;
     let upstream: SocketAddr = upstream.parse()?;
-    let workers = dome::workers::configure(0);
-    let listeners = dome::workers::bind(listen, workers)?;
-    dome::workers::spawn(listeners, move |listener| async move {
+    let workers = dome::net::workers::configure(0);
+    let listeners = dome::net::workers::bind(listen, workers)?;
+    dome::net::workers::spawn(listeners, move |listener| async move {
         loop {
             let Ok((mut client, _)) = listener.accept().await else {
                 continue;

@@ -141,7 +141,7 @@ impl Pool {
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Body>, SendError> {
         let (head, body) = req.into_parts();
         let body = full_bytes(body);
-        let lane = crate::workers::lane() % self.lanes.idle.len();
+        let lane = crate::net::workers::lane() % self.lanes.idle.len();
         let now = Instant::now();
         let mut conn = match self.checkout(lane, now) {
             Some(mut conn) => match conn.write_request(&head, &self.host, &body).await {
@@ -240,7 +240,7 @@ impl Pool {
     /// Idle connections this lane holds.
     #[cfg(test)]
     fn held(&self) -> usize {
-        let lane = crate::workers::lane() % self.lanes.idle.len();
+        let lane = crate::net::workers::lane() % self.lanes.idle.len();
         self.lanes.idle[lane].lock().expect("pool lane").len()
     }
 }

@@ -436,7 +436,7 @@ pub async fn serve(
     addr: SocketAddr,
     state: Arc<AdminState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    crate::transport::serve_http1(addr, "admin", move |req| respond(state.clone(), req)).await
+    crate::net::serve_http1(addr, "admin", move |req| respond(state.clone(), req)).await
 }
 
 /// A blocking HTTP/1.1 request to the admin API (the `dome agents` and

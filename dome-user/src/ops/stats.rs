@@ -218,7 +218,7 @@ pub async fn serve(
     addr: SocketAddr,
     state: Arc<StatsState>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    crate::transport::serve_http1(addr, "stats", move |req| {
+    crate::net::serve_http1(addr, "stats", move |req| {
         let resp = respond(&state, &req);
         std::future::ready(resp)
     })

@@ -226,7 +226,7 @@ async fn until_signalled(live: &Live) -> anyhow::Result<()> {
 /// audit trail, in that order.
 async fn shut_down(
     live: &Live,
-    stop: crate::transport::Stop,
+    stop: crate::net::Stop,
     draining: &std::sync::atomic::AtomicBool,
     background: Vec<tokio::task::JoinHandle<()>>,
     tier: Option<Arc<KernelTier>>,
@@ -321,21 +321,17 @@ fn serve_mcp(
     config: &Config,
     workers: usize,
     live_gw: &Arc<ArcSwap<Gateway>>,
-) -> anyhow::Result<(
-    crate::transport::Stop,
-    Option<Arc<crate::transport::Certificates>>,
-)> {
+) -> anyhow::Result<(crate::net::Stop, Option<Arc<crate::net::Certificates>>)> {
     let (tls, certificates) = match &config.tls {
         Some(t) => {
-            let (acceptor, certs) =
-                crate::transport::tls_acceptor(t).map_err(anyhow::Error::msg)?;
+            let (acceptor, certs) = crate::net::tls_acceptor(t).map_err(anyhow::Error::msg)?;
             (Some(acceptor), Some(certs))
         }
         None => (None, None),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let handler_gw = live_gw.clone();
-    let (mcp_addr, stop) = crate::transport::serve(
+    let (mcp_addr, stop) = crate::net::serve(
         config.server.listen,
         tls,
         config.server.limits(),
@@ -375,7 +371,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         mut background,
     } = start_kernel(&config)?;
     // Before any upstream client exists: each keeps one pool per lane.
-    let workers = crate::workers::configure(config.server.workers);
+    let workers = crate::net::workers::configure(config.server.workers);
     let upstreams = upstreams_for(&config.upstreams, &[])?;
     let metrics = Metrics::new();
     let sessions = SessionTable::new();

@@ -136,7 +136,7 @@ pub(super) struct Live {
     pub(super) status: Arc<Mutex<ConfigStatus>>,
     pub(super) identity: Mutex<Arc<Identity>>,
     /// The MCP listener's certificate, when it serves TLS.
-    pub(super) certificates: Option<Arc<crate::transport::Certificates>>,
+    pub(super) certificates: Option<Arc<crate::net::Certificates>>,
 }
 
 /// Builds upstream clients for `configs`, reusing `current` ones whose

@@ -9,7 +9,7 @@ impl Gateway {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        conn: Arc<crate::transport::Conn>,
+        conn: Arc<crate::net::Conn>,
     ) -> Response<Body> {
         let start = Instant::now();
         let metrics = self.metrics.clone();
@@ -52,7 +52,7 @@ impl Gateway {
     pub(super) async fn route(
         self: Arc<Self>,
         req: Request<Incoming>,
-        conn: Arc<crate::transport::Conn>,
+        conn: Arc<crate::net::Conn>,
         ex: &mut Exchange,
     ) -> Response<Body> {
         let arrived = ex.ctx.arrived.unwrap_or_else(Instant::now);
@@ -154,7 +154,7 @@ impl Gateway {
     /// Binds the connection's flow to the agent's kernel identity slot
     /// (once per connection): its packets are then held to the agent's
     /// budget in XDP. The binding goes when the connection closes.
-    pub(super) fn bind_kernel(&self, conn: &crate::transport::Conn, c: &Caller) {
+    pub(super) fn bind_kernel(&self, conn: &crate::net::Conn, c: &Caller) {
         let Some(tier) = &self.identity.tier else {
             return;
         };
@@ -173,7 +173,7 @@ impl Gateway {
             .and_then(|()| tier.bind_flow(&flow, c.agent.slot));
         match bound {
             Ok(()) => {
-                *binding = Some(crate::transport::ConnBinding {
+                *binding = Some(crate::net::ConnBinding {
                     tier: tier.clone(),
                     flow,
                     slot: c.agent.slot,

@@ -86,7 +86,7 @@ pub use redaction::{MAX_LOGGED_ARGS_BYTES, Redaction};
 pub use rules::{H_INTENT, MAX_NAME_BYTES};
 pub use sessions::SessionTable;
 
-pub use crate::transport::Body;
+pub use crate::net::Body;
 
 // A client keeps one GET or listen stream per session or subscription set;
 // a hundred leaves room for a runtime sharing one agent id, and keeps one

@@ -248,7 +248,7 @@ impl Upstream {
         // The idle allowance is the upstream's, shared out over the lanes.
         let pool = super::pool::Pool::new(
             &uri,
-            crate::workers::lanes(),
+            crate::net::workers::lanes(),
             config.max_idle_connections,
             Duration::from_millis(config.connect_timeout_ms),
         )

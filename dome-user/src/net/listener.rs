@@ -17,19 +17,12 @@ use std::{
     convert::Infallible,
     future::Future,
     net::SocketAddr,
-    path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
-
-mod conn;
-mod tls;
-
-/// A response body: what the listener sends whatever answers the request.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, Infallible>;
 
 use http_body_util::BodyExt;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
@@ -37,22 +30,10 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto::Builder, graceful::GracefulShutdown},
 };
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use serde::{Deserialize, Serialize};
-use tokio::{
-    net::TcpListener,
-    sync::{Notify, Semaphore},
-};
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-/// `[tls]`: serve HTTPS with this certificate chain and key (PEM).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+use super::{Body, conn::*, workers};
 
 /// Connection limits of `[server]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,9 +51,6 @@ pub struct Limits {
     pub header_timeout: Duration,
     pub max_concurrent_streams: u32,
 }
-
-pub use conn::*;
-pub use tls::*;
 
 /// The HTTP/1.1 and HTTP/2 connection settings of the MCP listener, within
 /// `limits`.
@@ -149,7 +127,7 @@ where
     H: Fn(Request<Incoming>, Arc<Conn>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
-    let listeners = crate::workers::bind(addr, workers)?;
+    let listeners = workers::bind(addr, workers)?;
     let local = listeners[0].local_addr()?;
     let builder = Arc::new(http_builder(&limits));
     let (signal, stop) = tokio::sync::watch::channel(false);
@@ -170,7 +148,7 @@ where
         noted: Noted::default(),
     });
     let count = open.clone();
-    crate::workers::spawn(listeners, move |listener| {
+    workers::spawn(listeners, move |listener| {
         accept_loop(
             listener,
             tls.clone(),

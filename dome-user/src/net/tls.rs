@@ -1,7 +1,23 @@
 //! The listener's certificate and key, loaded and swapped in place when
 //! their files change.
 
-use super::*;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use serde::{Deserialize, Serialize};
+use tokio_rustls::TlsAcceptor;
+
+/// `[tls]`: serve HTTPS with this certificate chain and key (PEM).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// The listener's certificate, swapped in place when its files change (a
 /// renewal written over the same paths, or other paths named on reload):

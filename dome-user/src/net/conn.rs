@@ -2,7 +2,17 @@
 //! prefix and per agent, which one goes when the listener is full, and its
 //! flow's binding in the kernel tier.
 
-use super::*;
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::Notify;
+
+use super::Limits;
 
 /// The connection a request came on (a request extension): the client's
 /// address and Dome's port, and the kernel flow binding made for it, which
