@@ -5,7 +5,7 @@
 //! and prompts are renamed as each upstream's prefix mode says; resources
 //! keep their URIs (an URI is global; on a clash the upstream listed first
 //! wins). Listing the upstreams is the shell's (`dome-user`'s
-//! `mcp::catalog`).
+//! `gateway::catalog`).
 
 use std::{collections::HashMap, sync::Arc};
 

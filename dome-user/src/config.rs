@@ -14,8 +14,9 @@ use crate::identity::config::{
     AdminConfig, AgentConfig, AssertionConfig, AuthConfig, TenantConfig,
 };
 use crate::{
+    gateway::McpConfig,
     kernel::{BudgetSpec, ModeSetting, PreauthSpec, ProgramSettings},
-    mcp::{gateway::McpConfig, upstream::UpstreamConfig},
+    upstream::UpstreamConfig,
 };
 
 /// The whole configuration.
@@ -459,12 +460,12 @@ impl Config {
         if self.mcp.page_size == 0 {
             out.push(("mcp.page_size".into(), "must be at least 1".into()));
         }
-        if !(1..=crate::mcp::gateway::MAX_JSON_DEPTH_LIMIT).contains(&self.mcp.max_json_depth) {
+        if !(1..=crate::gateway::MAX_JSON_DEPTH_LIMIT).contains(&self.mcp.max_json_depth) {
             out.push((
                 "mcp.max_json_depth".into(),
                 format!(
                     "must be between 1 and {}",
-                    crate::mcp::gateway::MAX_JSON_DEPTH_LIMIT
+                    crate::gateway::MAX_JSON_DEPTH_LIMIT
                 ),
             ));
         }
@@ -513,7 +514,7 @@ impl Config {
                     format!("`{}` is used by an earlier upstream", u.name),
                 ));
             }
-            if let Err(e) = crate::mcp::upstream::Upstream::new(u.clone()) {
+            if let Err(e) = crate::upstream::Upstream::new(u.clone()) {
                 out.push((at("url"), e));
             }
             if u.timeout_ms == 0 {

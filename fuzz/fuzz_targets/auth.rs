@@ -15,8 +15,8 @@ use dome::identity::{
     apikey, authn,
     config::{AgentConfig, AgentKind, JwtConfig, TenantConfig},
     jwt::{Provider, Verifier},
-    registry::{Index, Registry},
 };
+use dome::store::registry::{Index, Registry};
 use hyper::{HeaderMap, header::HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

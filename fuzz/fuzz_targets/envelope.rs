@@ -1,10 +1,10 @@
-//! The JSON-RPC envelope (`mcp::envelope::parse`, simd-json on a tape)
+//! The JSON-RPC envelope (`dome_core::envelope::parse`, simd-json on a tape)
 //! against serde_json: both read any bytes alike, by the agreement rules
 //! of `envelope::differential` (repeated names and over-deep nesting are
 //! refused as such, and only then).
 #![no_main]
 
-use dome::mcp::envelope::differential;
+use dome_core::envelope::differential;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

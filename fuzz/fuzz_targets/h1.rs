@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use dome::mcp::h1::{MAX_HEAD, Step, parse_head};
+use dome::upstream::h1::{MAX_HEAD, Step, parse_head};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,9 +1,9 @@
-//! SSE framing (`mcp::sse::SseParser`): the events a stream holds do not
+//! SSE framing (`upstream::sse::SseParser`): the events a stream holds do not
 //! depend on how it is cut into chunks, and an event over the limit ends
 //! the stream with an error, never a panic or unbounded memory.
 #![no_main]
 
-use dome::mcp::sse::SseParser;
+use dome::upstream::sse::SseParser;
 use libfuzzer_sys::fuzz_target;
 
 fn events(chunks: &[&[u8]], max_event: usize) -> Result<Vec<String>, String> {

@@ -2,7 +2,7 @@
 //! built on Dome's transport stack. It is Dome's serving skeleton — one
 //! current-thread runtime per CPU on SO_REUSEPORT listeners
 //! (`dome::workers`), hyper's auto (HTTP/1 + HTTP/2) server, a
-//! per-lane keep-alive pool (`dome::mcp::pool`), mimalloc — with none of Dome's work:
+//! per-lane keep-alive pool (`dome::upstream::pool`), mimalloc — with none of Dome's work:
 //! no MCP parsing, identity, policy, audit or filtering. It relays the
 //! body and the MCP headers and returns the upstream's answer.
 //!
@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
-use dome::mcp::pool::Pool;
+use dome::upstream::pool::Pool;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;

@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeMap, hint::black_box, time::Instant};
 
-use dome::mcp::envelope::{self, Parsed};
+use dome_core::envelope::{self, Parsed};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 

@@ -16,17 +16,15 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
+    gateway::{Gateway, Identity, SessionTable},
     identity::{assertion::Signer, escalation::Escalation},
     kernel::{self, EventStats, KernelTier, XdpStatus},
-    mcp::{
-        gateway::{Gateway, Identity, SessionTable},
-        upstream::Upstream,
-    },
     ops::{
         metrics::Metrics,
         stats::{self, StatsState},
     },
     store::registry::Registry,
+    upstream::Upstream,
 };
 
 /// Starts the kernel tier as configured. Never fails: without XDP, Dome runs

@@ -142,7 +142,7 @@ pub(super) struct Live {
 /// Builds upstream clients for `configs`, reusing `current` ones whose
 /// settings did not change (their pooled connections and sessions stay).
 pub(super) fn upstreams_for(
-    configs: &[crate::mcp::upstream::UpstreamConfig],
+    configs: &[crate::upstream::UpstreamConfig],
     current: &[Arc<Upstream>],
 ) -> anyhow::Result<Vec<Arc<Upstream>>> {
     configs

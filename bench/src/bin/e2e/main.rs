@@ -663,7 +663,7 @@ fn main() -> anyhow::Result<()> {
     }
     report["floor_proxy"] = baseline_summary(
         floor,
-        "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool speaking HTTP/1.1 inline (dome::mcp::h1), mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's",
+        "Dome's transport stack (thread per core, hyper auto server, per-lane keep-alive pool speaking HTTP/1.1 inline (dome::upstream::h1), mimalloc) relaying body and MCP headers with none of Dome's work; its dome_* fields are the proxy's",
     );
     report["tcp_relay"] = baseline_summary(
         relay,

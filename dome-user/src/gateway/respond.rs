@@ -94,7 +94,7 @@ pub(super) fn readdress(
             ),
         ));
     }
-    let Some(parts) = crate::mcp::upstream::ResponseParts::of(&bytes) else {
+    let Some(parts) = crate::upstream::ResponseParts::of(&bytes) else {
         return Err((
             code::UPSTREAM_UNAVAILABLE,
             format!(
@@ -105,9 +105,9 @@ pub(super) fn readdress(
     };
     let fields = if era == Era::Stateless && !upstream.speaks_stateless() {
         if method == "resources/read" {
-            crate::mcp::upstream::CACHEABLE
+            crate::upstream::CACHEABLE
         } else {
-            crate::mcp::upstream::RESULT_TYPE
+            crate::upstream::RESULT_TYPE
         }
     } else {
         ""
@@ -209,7 +209,7 @@ pub(super) use dome_core::protocol::stateless_status;
 pub(super) use dome_core::admit::Refusal;
 
 /// An upstream's failure of a call, as the caller hears it.
-pub(super) fn upstream_refusal(e: &crate::mcp::upstream::UpstreamError) -> Refusal {
+pub(super) fn upstream_refusal(e: &crate::upstream::UpstreamError) -> Refusal {
     Refusal {
         code: e.code(),
         message: e.to_string(),

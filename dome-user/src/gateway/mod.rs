@@ -50,13 +50,20 @@ use crate::{
     ops::metrics::{Metrics, RequestRecord},
 };
 
-use super::{
-    catalog::{self, Catalog, Kind},
+use dome_core::{
     envelope::{self, Envelope, EnvelopeError, Parsed},
     protocol::{self, code},
-    sse::{self, SseParser},
-    upstream::{Reply, Upstream},
 };
+
+use crate::upstream::{
+    Reply, Upstream,
+    sse::{self, SseParser},
+};
+
+pub mod catalog;
+pub mod input;
+
+use catalog::{Catalog, Kind};
 
 mod config;
 mod endpoint;
@@ -180,7 +187,7 @@ fn stats_report(sessions: &SessionTable) -> Value {
             "decisions": SHADOW_DECISIONS.load(Relaxed),
             "disagreements": SHADOW_DISAGREEMENTS.load(Relaxed),
         },
-        "buffered_responses": crate::mcp::upstream::BUFFERED.to_json(),
+        "buffered_responses": crate::upstream::BUFFERED.to_json(),
     })
 }
 

@@ -260,7 +260,7 @@ impl Gateway {
         call.phase_ns[audit_phase::UPSTREAM] = start.elapsed().as_nanos() as u64;
         let reply = match result {
             Ok((Reply::Stream(s), _)) => {
-                match crate::mcp::upstream::first_response(&upstream, s).await {
+                match crate::upstream::first_response(&upstream, s).await {
                     Ok(v) => Reply::Json(v),
                     Err(err) => return Err((code::UPSTREAM_UNAVAILABLE, err.to_string())),
                 }
@@ -528,7 +528,7 @@ impl Gateway {
             .call_tool(
                 &admitted,
                 uid,
-                &crate::mcp::upstream::CallParts {
+                &crate::upstream::CallParts {
                     name: &route.original,
                     arguments: e.arguments.as_deref(),
                     meta: &e.meta_entries,

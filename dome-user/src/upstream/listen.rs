@@ -146,7 +146,7 @@ impl Upstream {
     /// Opens a `subscriptions/listen` stream with the current filter.
     pub(super) async fn open_listen(
         &self,
-    ) -> Result<Response<crate::mcp::pool::Body>, UpstreamError> {
+    ) -> Result<Response<crate::upstream::pool::Body>, UpstreamError> {
         let Era::Stateless { version } = (**self.era.load()).clone() else {
             return Err(UpstreamError::Invalid(
                 self.name().into(),

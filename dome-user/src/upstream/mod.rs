@@ -23,12 +23,15 @@ use hyper::{Request, Response, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::protocol::{self, code};
+use dome_core::protocol::{self, code};
 
 mod config;
 mod exchange;
+pub mod h1;
 mod limits;
 mod listen;
+pub mod pool;
+pub mod sse;
 mod wire;
 
 pub use config::*;
@@ -148,7 +151,7 @@ pub enum Reply {
     /// The same, as the upstream's bytes (`tools/call`: passed on without a tree).
     Raw(Bytes),
     /// An SSE stream: notifications, then the response.
-    Stream(Response<super::pool::Body>),
+    Stream(Response<pool::Body>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,7 +185,7 @@ pub struct Upstream {
     label: std::sync::Arc<str>,
     /// Keep-alive connections, one set per lane (see `workers`): a
     /// worker's connections live on its own runtime and only it uses them.
-    pool: super::pool::Pool,
+    pool: pool::Pool,
     /// Read on every call by every worker: an `ArcSwap`, so reading takes
     /// no lock and writes no shared cache line.
     era: arc_swap::ArcSwap<Era>,
@@ -246,7 +249,7 @@ impl Upstream {
             ));
         }
         // The idle allowance is the upstream's, shared out over the lanes.
-        let pool = super::pool::Pool::new(
+        let pool = pool::Pool::new(
             &uri,
             crate::net::workers::lanes(),
             config.max_idle_connections,
@@ -274,8 +277,8 @@ impl Upstream {
     }
 
     /// An SSE parser held to this upstream's response limit.
-    pub fn sse_parser(&self) -> super::sse::SseParser {
-        super::sse::SseParser::new(self.config.max_response_bytes).charged()
+    pub fn sse_parser(&self) -> sse::SseParser {
+        sse::SseParser::new(self.config.max_response_bytes).charged()
     }
 
     pub fn name(&self) -> &str {

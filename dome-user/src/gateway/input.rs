@@ -8,20 +8,20 @@ use serde_json::Value;
 
 pub use dome_core::input::*;
 
-use super::{sse::SseParser, upstream::Reply, upstream::Upstream};
+use crate::upstream::{Reply, Upstream, sse::SseParser};
 
 /// A call waiting for a stateless caller's input.
 pub struct Parked {
     pub upstream: Arc<Upstream>,
     /// The rest of the upstream's response stream.
-    pub body: super::pool::Body,
+    pub body: crate::upstream::pool::Body,
     pub parser: SseParser,
     /// The tool called: a retry must name the same one.
     pub tool: String,
     /// (key given to the caller, the upstream's request id, the request).
     pub asks: Vec<(String, Value, Value)>,
     /// What policy asked to be redacted from the call's result.
-    pub redaction: Option<super::gateway::Redaction>,
+    pub redaction: Option<super::Redaction>,
     /// Who began the call: only that agent may resume it.
     pub owner: Option<crate::identity::authn::Caller>,
 }

@@ -1,5 +1,5 @@
 //! Keep-alive HTTP/1.1 connections to one upstream, one set per worker lane
-//! (see [`crate::workers`]), spoken inline ([`super::h1`]).
+//! (see [`crate::net::workers`]), spoken inline ([`super::h1`]).
 //!
 //! A request takes an idle connection of its own lane (one uncontended
 //! lock), writes itself and reads the answer on the calling task. Requests

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 pub use dome_core::catalog::*;
 
-use super::upstream::{Reply, Upstream, first_response};
+use crate::upstream::{Reply, Upstream, first_response};
 
 /// Upper bound on pages fetched from one upstream (a loop guard).
 const MAX_PAGES: usize = 1000;

@@ -52,7 +52,7 @@ pub struct UpstreamConfig {
 }
 
 pub(super) fn default_max_response() -> usize {
-    crate::mcp::sse::DEFAULT_MAX_EVENT
+    crate::upstream::sse::DEFAULT_MAX_EVENT
 }
 
 /// `era` of an `[[upstream]]`.

@@ -120,7 +120,7 @@ impl Gateway {
                 ),
             );
         };
-        let answers = crate::mcp::input::responses(&e.extra_params);
+        let answers = crate::gateway::input::responses(&e.extra_params);
         let mut missing = Vec::new();
         let mut given = Vec::new();
         for (key, up_id, req) in call.asks.drain(..) {
@@ -146,7 +146,7 @@ impl Gateway {
                 &json!({"jsonrpc": "2.0", "id": id, "result": result}),
             );
         }
-        let crate::mcp::input::Parked {
+        let crate::gateway::input::Parked {
             upstream,
             body,
             parser,
@@ -197,7 +197,7 @@ impl Gateway {
         redaction: Option<Redaction>,
     ) -> Response<Body> {
         let caps = asked.session.capabilities.as_deref();
-        if let Some(error) = crate::mcp::input::round_problem(upstream, 1, caps, &first) {
+        if let Some(error) = crate::gateway::input::round_problem(upstream, 1, caps, &first) {
             let answer = json!({"jsonrpc": "2.0", "id": asked.id, "error": error});
             ex.with_call(|c| note_final(c, &answer, None));
             return json_response(StatusCode::OK, &answer);
@@ -270,11 +270,15 @@ impl Gateway {
             else {
                 return;
             };
-            if crate::mcp::input::is_input_required(&last) {
+            if crate::gateway::input::is_input_required(&last) {
                 round += 1;
                 let caps = session.capabilities.as_deref();
-                let problem =
-                    crate::mcp::input::round_problem(upstream.name(), round, caps, &last["result"]);
+                let problem = crate::gateway::input::round_problem(
+                    upstream.name(),
+                    round,
+                    caps,
+                    &last["result"],
+                );
                 if let Some(error) = problem {
                     // The call ends here, and its last record says why.
                     let answer = json!({"jsonrpc": "2.0", "id": id, "error": error});
@@ -387,7 +391,7 @@ async fn ask_client(
     let mut answers = serde_json::Map::new();
     for (key, orx) in waits {
         let answer = tokio::select! {
-            a = tokio::time::timeout(crate::mcp::input::ANSWER_TTL, orx) => a,
+            a = tokio::time::timeout(crate::gateway::input::ANSWER_TTL, orx) => a,
             _ = tx.closed() => return None,
         };
         match answer {
@@ -483,7 +487,7 @@ async fn read_round(
     let why = match broke {
         Some(e) if e.kind() == std::io::ErrorKind::TimedOut => format!(
             "{}: {e}",
-            crate::mcp::upstream::stream_error(upstream.name(), &e)
+            crate::upstream::stream_error(upstream.name(), &e)
         ),
         _ => format!("upstream `{}` broke the stream", upstream.name()),
     };

@@ -119,7 +119,8 @@ impl Gateway {
                 // Its requests go to a session-era caller only on an event
                 // stream (`dispatch`); this answer has none.
                 Ok((_, reply))
-                    if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
+                    if era != Era::Stateless
+                        && crate::gateway::input::required(&reply).is_some() =>
                 {
                     ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                     err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
@@ -173,7 +174,7 @@ impl Gateway {
                 (status, r.to_rpc(&id))
             }
             Ok((upstream, Reply::Stream(st), _, redaction)) => {
-                match crate::mcp::upstream::first_response(&upstream, st).await {
+                match crate::upstream::first_response(&upstream, st).await {
                     Ok(mut v) => {
                         if let Some(r) = &redaction {
                             let counts = r.apply(&mut v);
@@ -185,7 +186,7 @@ impl Gateway {
                             });
                         }
                         v["id"] = id.clone();
-                        if era != Era::Stateless && crate::mcp::input::is_input_required(&v) {
+                        if era != Era::Stateless && crate::gateway::input::is_input_required(&v) {
                             ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                             return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
                         }
@@ -198,7 +199,7 @@ impl Gateway {
                 }
             }
             Ok((_, reply, _, _))
-                if era != Era::Stateless && crate::mcp::input::required(&reply).is_some() =>
+                if era != Era::Stateless && crate::gateway::input::required(&reply).is_some() =>
             {
                 ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                 err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
@@ -235,7 +236,7 @@ impl Gateway {
     ) -> Response<Body> {
         if method == "tools/call"
             && era == Era::Stateless
-            && let Some(token) = crate::mcp::input::parked_token(&e.extra_params)
+            && let Some(token) = crate::gateway::input::parked_token(&e.extra_params)
         {
             return Box::pin(self.resume(ex, &token, id, e)).await;
         }
@@ -271,7 +272,7 @@ impl Gateway {
                 }
                 Ok((upstream, reply, _, redaction))
                     if let Some(s) = &session
-                        && let Some(first) = crate::mcp::input::required(&reply) =>
+                        && let Some(first) = crate::gateway::input::required(&reply) =>
                 {
                     // A stateless upstream wants input this session-era
                     // client gives by answering requests on the stream.
@@ -308,7 +309,9 @@ impl Gateway {
             // stateless upstream may answer `input_required`, whose requests
             // go to the caller on the call's stream, as for a tool call.
             return match Box::pin(self.forward_other(ex, method, e, Some(s))).await {
-                Ok((upstream, reply)) if let Some(first) = crate::mcp::input::required(&reply) => {
+                Ok((upstream, reply))
+                    if let Some(first) = crate::gateway::input::required(&reply) =>
+                {
                     let asked = Asked {
                         session: s.clone(),
                         e: e.clone(),

@@ -17,7 +17,9 @@ pub(super) fn note_final(c: &mut Call, v: &Value, counts: Option<&crate::policy:
     match v["error"]["code"].as_i64() {
         Some(code) => c.failed(code, v["error"]["message"].as_str().unwrap_or("")),
         None if v["result"]["isError"] == true => c.outcome = Some(Outcome::ToolError),
-        None if crate::mcp::input::is_input_required(v) => c.outcome = Some(Outcome::InputRequired),
+        None if crate::gateway::input::is_input_required(v) => {
+            c.outcome = Some(Outcome::InputRequired)
+        }
         None => c.outcome = Some(Outcome::Ok),
     }
 }
@@ -60,7 +62,7 @@ pub(super) struct RelayTo {
 /// caller's retry resumes it (see `Gateway::resume`).
 pub(super) fn relay(
     up: Arc<Upstream>,
-    body: crate::mcp::pool::Body,
+    body: crate::upstream::pool::Body,
     parser: SseParser,
     to: RelayTo,
 ) -> Response<Body> {
@@ -106,7 +108,7 @@ enum Flow {
 impl Relay {
     /// The loop: frames until the call is answered, cancelled or parked,
     /// or the upstream fails it (the caller is then told why).
-    async fn run(mut self, mut body: crate::mcp::pool::Body, mut parser: SseParser) {
+    async fn run(mut self, mut body: crate::upstream::pool::Body, mut parser: SseParser) {
         // The call stays cancellable until its stream ends.
         let inflight = self.to.inflight.take();
         let cancelled = inflight.as_ref().map(|i| i.cancelled.clone());
@@ -139,10 +141,7 @@ impl Relay {
                 // Quiet past its idle timeout: the upstream timed out (the
                 // body dropped its connection).
                 Some(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    break format!(
-                        "{}: {e}",
-                        crate::mcp::upstream::stream_error(&self.name, &e)
-                    );
+                    break format!("{}: {e}", crate::upstream::stream_error(&self.name, &e));
                 }
                 Some(Err(_)) => break format!("upstream `{}` broke the stream", self.name),
                 Some(Ok(frame)) => match frame.into_data() {
@@ -215,7 +214,7 @@ impl Relay {
             return Flow::Next;
         }
         if is_response {
-            if crate::mcp::input::is_input_required(&v)
+            if crate::gateway::input::is_input_required(&v)
                 && self.to.retry.is_some()
                 && self.session.is_some()
             {
@@ -282,7 +281,9 @@ impl Relay {
     /// the caller cannot take it.
     fn route_request(&self, up_id: Value, v: &mut Value) -> Option<Flow> {
         match (&self.session, &self.to.stateless) {
-            (Some(s), _) if crate::mcp::input::may_ask(s.capabilities.as_deref(), &v["method"]) => {
+            (Some(s), _)
+                if crate::gateway::input::may_ask(s.capabilities.as_deref(), &v["method"]) =>
+            {
                 // Its answer is routed back by `forward_answer`.
                 let down_id = format!(
                     "dome-{}",
@@ -299,7 +300,7 @@ impl Relay {
                 None
             }
             (None, Some((caps, _)))
-                if crate::mcp::input::declares(caps.as_deref(), &v["method"]) =>
+                if crate::gateway::input::declares(caps.as_deref(), &v["method"]) =>
             {
                 Some(Flow::Ask(up_id, v.take()))
             }
@@ -307,7 +308,7 @@ impl Relay {
                 // Nobody to ask (the caller did not declare the capability):
                 // the upstream hears so, in the terms of its era (it speaks
                 // the session era: only those upstreams ask mid-call).
-                let err = crate::mcp::input::cannot_take(&v["method"], code::METHOD_NOT_FOUND);
+                let err = crate::gateway::input::cannot_take(&v["method"], code::METHOD_NOT_FOUND);
                 let up = self.up.clone();
                 tokio::spawn(async move {
                     let _ = up.answer(up_id, None, Some(err)).await;
@@ -352,7 +353,7 @@ impl Relay {
         };
         let first = v["result"].take();
         let caps = s.capabilities.as_deref();
-        if let Some(error) = crate::mcp::input::round_problem(&self.name, 1, caps, &first) {
+        if let Some(error) = crate::gateway::input::round_problem(&self.name, 1, caps, &first) {
             let answer = json!({"jsonrpc": "2.0", "id": self.to.id, "error": error});
             if let Some(mut c) = self.to.call.take() {
                 note_final(&mut c, &answer, None);
@@ -388,7 +389,7 @@ impl Relay {
     async fn park(
         mut self,
         asks: Vec<(Value, Value)>,
-        body: crate::mcp::pool::Body,
+        body: crate::upstream::pool::Body,
         parser: SseParser,
     ) {
         let Some((_, table)) = self.to.stateless.take() else {
@@ -401,7 +402,7 @@ impl Relay {
             c.bytes_out = bytes_out;
             c.caller.clone()
         });
-        let result = table.park(crate::mcp::input::Parked {
+        let result = table.park(crate::gateway::input::Parked {
             upstream: self.up.clone(),
             body,
             parser,
@@ -429,7 +430,7 @@ impl Relay {
         let mut e = rpc_error(&self.to.id, code::UPSTREAM_UNAVAILABLE, failure);
         // The upstream had the call and began answering: it may have acted,
         // so sending it again is not safe (`UpstreamError::retry_safe`).
-        e["error"]["data"] = crate::mcp::upstream::failure_data(&self.name, false);
+        e["error"]["data"] = crate::upstream::failure_data(&self.name, false);
         self.send(&e).await;
     }
 }

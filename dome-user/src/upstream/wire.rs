@@ -155,7 +155,7 @@ pub(super) fn finish(
 
 pub(super) async fn read_reply(
     up: &Upstream,
-    resp: Response<crate::mcp::pool::Body>,
+    resp: Response<crate::upstream::pool::Body>,
     held: Held<'_>,
 ) -> Result<Reply, UpstreamError> {
     let name = up.name();
@@ -174,7 +174,7 @@ pub(super) async fn read_reply(
 /// the connection is dropped and the caller told it timed out).
 pub(super) async fn read_reply_raw(
     up: &Upstream,
-    resp: Response<crate::mcp::pool::Body>,
+    resp: Response<crate::upstream::pool::Body>,
     held: Held<'_>,
 ) -> Result<Reply, UpstreamError> {
     let name = up.name();
@@ -345,7 +345,7 @@ pub fn stream_error(name: &str, e: &std::io::Error) -> UpstreamError {
 /// Reads an SSE reply to its JSON-RPC response, dropping notifications.
 pub async fn first_response(
     up: &Upstream,
-    resp: Response<crate::mcp::pool::Body>,
+    resp: Response<crate::upstream::pool::Body>,
 ) -> Result<Value, UpstreamError> {
     let name = up.name();
     let mut body = resp.into_body();

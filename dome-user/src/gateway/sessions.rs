@@ -141,7 +141,7 @@ pub struct SessionTable {
     pub(super) listens: std::sync::Mutex<HashMap<u64, Listen>>,
     /// Calls waiting for a stateless caller's input, by the token in the
     /// `requestState` it was given (see `input`).
-    pub(super) parked: std::sync::Mutex<HashMap<String, (Instant, crate::mcp::input::Parked)>>,
+    pub(super) parked: std::sync::Mutex<HashMap<String, (Instant, crate::gateway::input::Parked)>>,
     /// Set when Dome shuts down: the streams that would never end close.
     pub(super) closing: tokio::sync::watch::Sender<bool>,
     /// Open streams per agent (`agent_key`), sharded.
@@ -317,9 +317,9 @@ impl SessionTable {
     /// Parks a call until the caller's retry; returns the `input_required`
     /// result that asks for its input. Calls parked too long are dropped
     /// (which cancels them upstream).
-    pub(super) fn park(&self, call: crate::mcp::input::Parked) -> Value {
+    pub(super) fn park(&self, call: crate::gateway::input::Parked) -> Value {
         let token = new_session_id();
-        let result = crate::mcp::input::input_required(&call.asks, &token);
+        let result = crate::gateway::input::input_required(&call.asks, &token);
         let now = Instant::now();
         self.drop_expired_parked(now);
         self.parked
@@ -346,7 +346,7 @@ impl SessionTable {
         self.parked
             .lock()
             .expect("parked lock")
-            .retain(|_, (at, _)| now.duration_since(*at) < crate::mcp::input::PARK_TTL);
+            .retain(|_, (at, _)| now.duration_since(*at) < crate::gateway::input::PARK_TTL);
     }
 
     /// Ends a session; returns the URIs it was subscribed to.
@@ -374,7 +374,7 @@ impl SessionTable {
 /// The key a caller's requests are counted under in an upstream's
 /// per-agent shares: its identity slot; callers without credentials share one.
 pub(super) fn agent_key(caller: Option<&Caller>) -> u32 {
-    caller.map_or(crate::mcp::upstream::ANONYMOUS_AGENT, |c| c.agent.slot)
+    caller.map_or(crate::upstream::ANONYMOUS_AGENT, |c| c.agent.slot)
 }
 
 pub(super) fn same_agent(a: Option<&Caller>, b: Option<&Caller>) -> bool {

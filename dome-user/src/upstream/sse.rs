@@ -19,7 +19,7 @@ pub struct SseParser {
     skip_lf: bool,
     /// What is held, charged to the budget of every call's buffered
     /// upstream answers (an upstream's parsers; see [`SseParser::charged`]).
-    charge: Option<super::upstream::Charge>,
+    charge: Option<super::Charge>,
 }
 
 impl Default for SseParser {

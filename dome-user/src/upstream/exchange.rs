@@ -367,7 +367,7 @@ impl Upstream {
         &self,
         req: Request<Full<Bytes>>,
         agent: Option<u32>,
-    ) -> Result<(Response<crate::mcp::pool::Body>, Held<'_>), UpstreamError> {
+    ) -> Result<(Response<crate::upstream::pool::Body>, Held<'_>), UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.timeout();
         // An agent holding its share is refused at once: queued, it would
         // wait behind its own requests, and others' behind it.
