@@ -29,6 +29,7 @@
 //!   what each era's answers may carry.
 //! - `rules`: what a caller may send: names, URIs in their plain form,
 //!   arguments, request ids.
+//! - `sse`: Server-Sent Events framing, incremental and bounded.
 //! - `subscriptions`: what a `subscriptions/listen` stream carries, and
 //!   log messages at the caller's level.
 //! - `terminal`: text from callers made safe for an operator's terminal.
@@ -50,5 +51,6 @@ pub mod mangle;
 pub mod policy;
 pub mod protocol;
 pub mod rules;
+pub mod sse;
 pub mod subscriptions;
 pub mod terminal;

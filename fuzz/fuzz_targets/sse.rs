@@ -1,12 +1,12 @@
-//! SSE framing (`upstream::sse::SseParser`): the events a stream holds do not
-//! depend on how it is cut into chunks, and an event over the limit ends
+//! SSE framing (`dome_core::sse::SseParser`): the events a stream holds do
+//! not depend on how it is cut into chunks, and an event over the limit ends
 //! the stream with an error, never a panic or unbounded memory.
 #![no_main]
 
-use dome::upstream::sse::SseParser;
+use dome_core::sse::{SseError, SseParser};
 use libfuzzer_sys::fuzz_target;
 
-fn events(chunks: &[&[u8]], max_event: usize) -> Result<Vec<String>, String> {
+fn events(chunks: &[&[u8]], max_event: usize) -> Result<Vec<String>, SseError> {
     let mut p = SseParser::new(max_event);
     let mut out = Vec::new();
     for c in chunks {

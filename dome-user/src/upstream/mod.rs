@@ -278,7 +278,7 @@ impl Upstream {
 
     /// An SSE parser held to this upstream's response limit.
     pub fn sse_parser(&self) -> sse::SseParser {
-        sse::SseParser::new(self.config.max_response_bytes).charged()
+        sse::SseParser::metered(self.config.max_response_bytes, Default::default())
     }
 
     pub fn name(&self) -> &str {

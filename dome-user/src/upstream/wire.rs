@@ -355,7 +355,7 @@ pub async fn first_response(
         if let Some(data) = frame.data_ref() {
             parser
                 .push(data)
-                .map_err(|e| UpstreamError::Invalid(name.into(), e))?;
+                .map_err(|e| UpstreamError::Invalid(name.into(), e.to_string()))?;
             while let Some(ev) = parser.next_event() {
                 if let Ok(v) = serde_json::from_str::<Value>(&ev)
                     && (v.get("result").is_some() || v.get("error").is_some())
