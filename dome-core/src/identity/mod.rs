@@ -6,4 +6,5 @@
 pub mod agent;
 pub mod apikey;
 pub mod authn;
+pub mod escalation;
 pub mod jwt;

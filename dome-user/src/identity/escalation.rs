@@ -1,233 +1,29 @@
-//! Escalation: a caller that keeps misbehaving within a window is blocked
-//! for a while. What is struck is chosen so that a block never falls on
-//! someone else:
-//!
-//! - an authenticated agent (budget refusals, malformed requests) by its
-//!   identity slot, in the kernel tier when XDP is attached (its bound
-//!   flows are dropped) and in user space always;
-//! - a presented credential that fails, by the identity it claims (an API
-//!   key's agent, a token's issuer, agent and subject). A blocked claim has
-//!   its failing attempts refused without a strike or a log line each, but
-//!   a valid credential of that identity still gets through: knowing an
-//!   agent's id is not enough to lock it out;
-//! - an anonymous attempt (no credential, or one that names no agent or
-//!   trusted issuer here), by its source address. A blocked source has its
-//!   anonymous requests refused, in user space only: agents behind the same
-//!   address (NAT, corporate egress) that present valid credentials are
-//!   served, so the kernel, which cannot tell them apart, is not asked.
-//!
-//! Strikes are counted only on failure paths, so the lock here is never
-//! taken by a request that succeeds; the table of strikes and the table of
-//! blocks are bounded, whatever an attacker sends. Failed logins are logged
-//! at a bounded rate. The settings apply live on reload.
+//! Escalation, applied: a caller that keeps misbehaving within a window is
+//! blocked for a while. Whom a strike counts against, when a block falls and
+//! on whom, and the bounded tables are `dome_core::identity::escalation`'s
+//! (pure, the clock an argument); here they are kept under one lock, taken
+//! only on failure paths, and what a block asks for is done: the agent's
+//! flows dropped in the kernel tier, a log line, and the blocks requests
+//! check published so that check takes no lock. Failed logins are logged at
+//! a bounded rate. The settings apply live on reload.
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, RandomState},
+    hash::RandomState,
     net::IpAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
 };
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::kernel::Enforcer;
+use dome_core::identity::escalation::{self as decide, Escalated, Escalations};
+pub use dome_core::identity::escalation::{EscalationConfig, Key, Subject};
 
-/// `[escalation]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EscalationConfig {
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// Strikes within `window_s` that trigger a block.
-    #[serde(default = "default_strikes")]
-    pub max_strikes: u32,
-    #[serde(default = "default_window")]
-    pub window_s: u64,
-    /// How long a block lasts.
-    #[serde(default = "default_block")]
-    pub block_s: u64,
-}
-
-impl Default for EscalationConfig {
-    fn default() -> Self {
-        EscalationConfig {
-            enabled: true,
-            max_strikes: default_strikes(),
-            window_s: default_window(),
-            block_s: default_block(),
-        }
-    }
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_strikes() -> u32 {
-    20
-}
-fn default_window() -> u64 {
-    60
-}
-fn default_block() -> u64 {
-    300
-}
-
-/// Who misbehaved.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Subject {
-    /// An authenticated agent, by id and kernel slot.
-    Agent { id: String, slot: u32 },
-    /// A source address, for anonymous attempts.
-    Source(IpAddr),
-    /// The identity a failing credential claims (as [`authn`] names it:
-    /// bounded, printable).
-    ///
-    /// [`authn`]: super::authn
-    Claim(String),
-}
-
-/// What the tables are keyed by: small and fixed-size, so an attacker's
-/// long claims cost nothing to keep. Claims are hashed with a key made at
-/// start, so collisions cannot be aimed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Key {
-    Agent(u32),
-    Source(IpAddr),
-    Claim(u64),
-}
-
-impl Key {
-    /// The name `GET /blocks` lists and `DELETE /blocks/{name}` takes.
-    pub fn name(&self) -> String {
-        match self {
-            Key::Agent(slot) => format!("identity/{slot}"),
-            Key::Source(ip) => format!("prefix/{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }),
-            Key::Claim(d) => format!("claim/{d:016x}"),
-        }
-    }
-}
-
-/// Most subjects with strikes counted at once, and most blocks in force:
-/// beyond, expired ones go first. Then strike entries go fewest strikes
-/// first, agents' last (see [`Strikes::evict`]), blocks of claims
-/// soonest-ending first; so a flood of made-up claims costs memory that
-/// stays bounded (about 40 bytes a strike entry) and cannot push out the
-/// subject it hides (an arbitrary entry went before: a credential stuffer's
-/// count was forgotten as soon as it flooded the table).
-const MAX_TRACKED: usize = 65_536;
-const MAX_BLOCKS: usize = 16_384;
-
-/// Strikes of one subject: a sliding window approximated by two fixed
-/// ones (the previous window's count weighted by how much of it still
-/// overlaps), so an entry has a fixed size whatever `max_strikes` is.
-#[derive(Clone, Copy, Debug, Default)]
-struct Count {
-    /// Start of the current fixed window, ns.
-    start: u64,
-    current: u32,
-    previous: u32,
-}
-
-/// Strike counting over a sliding window: pure, the clock an argument,
-/// bounded in memory.
-#[derive(Default)]
-pub struct Strikes {
-    seen: HashMap<Key, Count>,
-    /// When expired entries were last swept out (a sweep is a pass over the
-    /// whole table, so it is not made for every new subject).
-    swept_ns: u64,
-}
-
-impl Strikes {
-    /// Records a strike at `now_ns`; true when it makes `max` within `window_ns`.
-    pub fn record(&mut self, who: Key, now_ns: u64, max: u32, window_ns: u64) -> bool {
-        let window_ns = window_ns.max(1);
-        if self.seen.len() >= MAX_TRACKED && !self.seen.contains_key(&who) {
-            if now_ns.saturating_sub(self.swept_ns) >= window_ns / 4 {
-                self.swept_ns = now_ns;
-                self.seen
-                    .retain(|_, c| now_ns.saturating_sub(c.start) < 2 * window_ns);
-            }
-            if self.seen.len() >= MAX_TRACKED {
-                self.evict();
-            }
-        }
-        let c = self.seen.entry(who).or_insert(Count {
-            start: now_ns,
-            ..Count::default()
-        });
-        let elapsed = now_ns.saturating_sub(c.start);
-        if elapsed >= 2 * window_ns {
-            *c = Count {
-                start: now_ns,
-                ..Count::default()
-            };
-        } else if elapsed >= window_ns {
-            *c = Count {
-                start: c.start + window_ns,
-                current: 0,
-                previous: c.current,
-            };
-        }
-        c.current = c.current.saturating_add(1);
-        let overlap = window_ns - now_ns.saturating_sub(c.start).min(window_ns);
-        let weighted = c.current as u128 * window_ns as u128 + c.previous as u128 * overlap as u128;
-        if weighted >= max.max(1) as u128 * window_ns as u128 {
-            self.seen.remove(&who);
-            return true;
-        }
-        false
-    }
-
-    /// Frees an eighth of the table (one pass for many insertions: a
-    /// pass per insertion would make a flood quadratic): the entries with
-    /// the fewest strikes, agents' only if nothing else is left (agents are
-    /// as many as registered; claims and sources are the attacker's choice).
-    /// To push out a subject with `n` strikes, a flood must hold seven
-    /// eighths of the table at more than `n` strikes each.
-    fn evict(&mut self) {
-        let mut weights: Vec<(bool, u64, Key)> = self
-            .seen
-            .iter()
-            .map(|(k, c)| {
-                let agent = matches!(k, Key::Agent(_));
-                (agent, c.current as u64 + c.previous as u64, *k)
-            })
-            .collect();
-        let n = (MAX_TRACKED / 8).clamp(1, weights.len());
-        weights.select_nth_unstable_by_key(n - 1, |(agent, w, _)| (*agent, *w));
-        for (_, _, k) in &weights[..n] {
-            self.seen.remove(k);
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
-}
-
-struct Block {
-    subject: Subject,
-    reason: String,
-    until_unix_s: u64,
-    kernel: bool,
-}
-
-#[derive(Default)]
-struct State {
-    strikes: Strikes,
-    blocks: HashMap<Key, Block>,
-}
+use crate::kernel::{Enforcer, XdpError};
 
 /// At most `PER_S` failed logins a second are logged; the next line logged
 /// says how many were left out.
@@ -258,15 +54,22 @@ impl LogBudget {
 pub struct Escalation {
     config: ArcSwap<EscalationConfig>,
     tier: Option<Arc<dyn Enforcer>>,
-    state: Mutex<State>,
+    state: Mutex<Escalations>,
     /// What requests that succeed check: agent and source blocks and their
     /// ends (unix s), swapped after each change so the check takes no lock.
     /// Claim blocks are checked only on the failure path, under the lock.
     view: ArcSwap<HashMap<Key, u64>>,
     escalations: AtomicU64,
+    /// Claims' hash key, made at start, so collisions cannot be aimed.
     hasher: RandomState,
     log: LogBudget,
 }
+
+/// A block in force could not be lifted in the kernel tier (it stays
+/// lifted in user space).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LiftError(#[from] XdpError);
 
 impl Escalation {
     pub fn new(config: EscalationConfig, tier: Option<Arc<dyn Enforcer>>) -> Self {
@@ -298,99 +101,42 @@ impl Escalation {
         self.config.load_full()
     }
 
-    fn key(&self, who: &Subject) -> Key {
-        match who {
-            Subject::Agent { slot, .. } => Key::Agent(*slot),
-            Subject::Source(ip) => Key::Source(ip.to_canonical()),
-            Subject::Claim(c) => Key::Claim(self.hasher.hash_one(c)),
-        }
-    }
-
     /// Counts a strike against `who`; blocks it when it has too many.
     pub fn strike(&self, who: Subject, why: &str, now_ns: u64, now_unix_s: u64) {
         let config = self.config.load();
         if !config.enabled {
             return;
         }
-        let key = self.key(&who);
+        let key = Key::of(&who, &self.hasher);
         let mut state = self.state.lock().expect("escalation lock");
-        let crossed = state.strikes.record(
-            key,
-            now_ns,
-            config.max_strikes,
-            config.window_s.saturating_mul(1_000_000_000),
-        );
-        if crossed {
-            self.block(&mut state, key, who, why, &config, now_unix_s);
+        if let Some(escalated) = state.strike(key, who, why, &config, now_ns, now_unix_s) {
+            self.apply(&mut state, escalated, config.block_s);
         }
     }
 
-    fn block(
-        &self,
-        state: &mut State,
-        key: Key,
-        who: Subject,
-        why: &str,
-        config: &EscalationConfig,
-        now_unix_s: u64,
-    ) {
-        let ttl = Duration::from_secs(config.block_s);
-        // Only an agent's own flows are dropped in the kernel: a source's
-        // packets cannot be told apart from its neighbours' behind a NAT.
-        let kernel = match (&self.tier, &who) {
-            (Some(t), Subject::Agent { slot, .. }) => t.block_identity(*slot, Some(ttl)).is_ok(),
+    /// Does what a new block asks: drops the agent's flows in the kernel
+    /// tier (when attached), counts and logs it, publishes the view.
+    fn apply(&self, state: &mut Escalations, e: Escalated, block_s: u64) {
+        let kernel = match (&self.tier, e.kernel) {
+            (Some(t), Some((slot, ttl))) => t.block_identity(slot, Some(ttl)).is_ok(),
             _ => false,
         };
+        if kernel {
+            state.kernel_applied(e.key);
+        }
         self.escalations.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(subject = ?who, reason = why, block_s = config.block_s, kernel, "escalation: blocked");
-        let blocks = &mut state.blocks;
-        if blocks.len() >= MAX_BLOCKS {
-            blocks.retain(|_, b| now_unix_s < b.until_unix_s);
-            if blocks.len() >= MAX_BLOCKS
-                && let Some(k) = blocks
-                    .iter()
-                    .filter(|(k, _)| matches!(k, Key::Claim(_)))
-                    .min_by_key(|(_, b)| b.until_unix_s)
-                    .map(|(k, _)| *k)
-            {
-                blocks.remove(&k);
-            }
+        if let Some(b) = state.block(&e.key) {
+            tracing::warn!(subject = ?b.subject, reason = %b.reason, block_s, kernel, "escalation: blocked");
         }
-        let visible = !matches!(key, Key::Claim(_));
-        blocks.insert(
-            key,
-            Block {
-                subject: who,
-                reason: why.to_string(),
-                until_unix_s: now_unix_s + config.block_s,
-                kernel,
-            },
-        );
-        if visible {
-            self.publish(blocks);
+        if e.publish {
+            self.view.store(Arc::new(state.view()));
         }
-    }
-
-    fn publish(&self, blocks: &HashMap<Key, Block>) {
-        self.view.store(Arc::new(
-            blocks
-                .iter()
-                .filter(|(k, _)| !matches!(k, Key::Claim(_)))
-                .map(|(k, b)| (*k, b.until_unix_s))
-                .collect(),
-        ));
     }
 
     /// Whether a block is in force against the source (for anonymous
     /// requests only) or the agent (the user-space half of enforcement).
     pub fn blocked(&self, source: Option<IpAddr>, slot: Option<u32>, now_unix_s: u64) -> bool {
-        let view = self.view.load();
-        if view.is_empty() {
-            return false;
-        }
-        let live = |k: Key| view.get(&k).is_some_and(|until| now_unix_s < *until);
-        source.is_some_and(|ip| live(Key::Source(ip.to_canonical())))
-            || slot.is_some_and(|s| live(Key::Agent(s)))
+        decide::blocked_in(&self.view.load(), source, slot, now_unix_s)
     }
 
     /// A request that failed to authenticate, from `source`: logs it (at
@@ -406,18 +152,14 @@ impl Escalation {
         now_ns: u64,
         now_unix_s: u64,
     ) -> bool {
-        // A claim naming no one known here is an anonymous attempt.
-        let claim = f.claim.as_deref().filter(|_| f.claim_known);
-        let blocked = match claim {
-            Some(c) => {
-                let key = self.key(&Subject::Claim(c.to_string()));
+        let who = decide::failure_subject(f, source);
+        let blocked = match &who {
+            Subject::Claim(_) => {
+                let key = Key::of(&who, &self.hasher);
                 let state = self.state.lock().expect("escalation lock");
-                state
-                    .blocks
-                    .get(&key)
-                    .is_some_and(|b| now_unix_s < b.until_unix_s)
+                state.in_force(&key, now_unix_s)
             }
-            None => self.blocked(Some(source), None, now_unix_s),
+            _ => self.blocked(Some(source), None, now_unix_s),
         };
         if let Some(left_out) = self.log.take(now_unix_s) {
             tracing::warn!(
@@ -434,10 +176,6 @@ impl Escalation {
             return true;
         }
         if f.bad_credential {
-            let who = match claim {
-                Some(c) => Subject::Claim(c.to_string()),
-                None => Subject::Source(source),
-            };
             self.strike(who, "authentication failure", now_ns, now_unix_s);
         }
         false
@@ -447,11 +185,10 @@ impl Escalation {
     pub fn blocks_json(&self) -> Value {
         let now = crate::clock::unix_s();
         let mut state = self.state.lock().expect("escalation lock");
-        state.blocks.retain(|_, b| now < b.until_unix_s);
-        self.publish(&state.blocks);
+        state.expire(now);
+        self.view.store(Arc::new(state.view()));
         let list: Vec<Value> = state
-            .blocks
-            .iter()
+            .blocks()
             .map(|(k, b)| {
                 let who = match &b.subject {
                     Subject::Agent { id, slot } => json!({"agent": id, "slot": slot}),
@@ -467,22 +204,21 @@ impl Escalation {
     }
 
     /// Lifts the block `kind/key` (as `GET /blocks` names it); true when one was in force.
-    pub fn lift(&self, kind: &str, key: &str) -> Result<bool, String> {
+    pub fn lift(&self, kind: &str, key: &str) -> Result<bool, LiftError> {
         let full = format!("{kind}/{key}");
-        let b = {
+        let lifted = {
             let mut state = self.state.lock().expect("escalation lock");
-            let Some(k) = state.blocks.keys().find(|k| k.name() == full).copied() else {
-                return Ok(false);
-            };
-            let b = state.blocks.remove(&k);
-            self.publish(&state.blocks);
-            b
+            let lifted = state.lift(&full);
+            if lifted.is_some() {
+                self.view.store(Arc::new(state.view()));
+            }
+            lifted
         };
-        let Some(b) = b else {
+        let Some((_, b)) = lifted else {
             return Ok(false);
         };
         if let (Some(t), Subject::Agent { slot, .. }) = (&self.tier, &b.subject) {
-            t.unblock_identity(*slot).map_err(|e| e.to_string())?;
+            t.unblock_identity(*slot)?;
         }
         tracing::info!(block = %full, "block lifted by the admin API");
         Ok(true)
@@ -495,9 +231,11 @@ impl Escalation {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    const S: u64 = 1_000_000_000;
+    use dome_core::identity::escalation::MAX_TRACKED;
+
+    use super::*;
 
     /// A failed login claiming `claim` (`None`: anonymous) that counts.
     fn failure(claim: Option<&str>, strike: bool) -> crate::identity::authn::Failure {
@@ -515,23 +253,6 @@ mod tests {
     }
 
     #[test]
-    fn strikes_within_the_window_cross_and_old_ones_expire() {
-        let mut s = Strikes::default();
-        let who = Key::Source("10.0.0.9".parse().unwrap());
-        assert!(!s.record(who, 0, 3, 10 * S));
-        assert!(!s.record(who, 5 * S, 3, 10 * S));
-        // The first strike has left the window by now: two in it.
-        assert!(!s.record(who, 12 * S, 3, 10 * S));
-        assert!(s.record(who, 12 * S, 3, 10 * S));
-        // Counting starts again after a block.
-        assert!(!s.record(who, 12 * S, 3, 10 * S));
-        // Strikes long ago count for nothing.
-        assert!(!s.record(who, 100 * S, 3, 10 * S));
-        assert!(!s.record(who, 100 * S, 3, 10 * S));
-        assert!(s.record(who, 100 * S, 3, 10 * S));
-    }
-
-    #[test]
     fn the_strike_table_stays_bounded_under_a_flood_of_made_up_claims() {
         let e = Escalation::new(EscalationConfig::default(), None);
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
@@ -540,35 +261,7 @@ mod tests {
             e.failed_login(ip, &f, i as u64, 1000);
         }
         let state = e.state.lock().unwrap();
-        assert!(
-            state.strikes.len() <= MAX_TRACKED,
-            "{}",
-            state.strikes.len()
-        );
-    }
-
-    /// Found by probing: a full table dropped an arbitrary entry for each
-    /// new subject, so a flood of made-up claims made Dome forget the
-    /// strikes of the subject it hid (here an agent one strike from a block).
-    #[test]
-    fn a_flood_of_new_subjects_does_not_push_out_a_subject_near_its_block() {
-        let mut s = Strikes::default();
-        let window = 60 * S;
-        let agent = Key::Agent(7);
-        let stuffer = Key::Source("10.0.0.9".parse().unwrap());
-        for _ in 0..4 {
-            assert!(!s.record(agent, 0, 5, window));
-            assert!(!s.record(stuffer, 0, 5, window));
-        }
-        for i in 0..(3 * MAX_TRACKED as u64) {
-            assert!(!s.record(Key::Claim(i), 1 + i, 5, window));
-            assert!(s.len() <= MAX_TRACKED);
-        }
-        assert!(s.record(agent, 2 * S, 5, window), "the agent was forgotten");
-        assert!(
-            s.record(stuffer, 2 * S, 5, window),
-            "the source was forgotten"
-        );
+        assert!(state.tracked() <= MAX_TRACKED, "{}", state.tracked());
     }
 
     fn small() -> EscalationConfig {
@@ -590,7 +283,7 @@ mod tests {
         assert!(e.blocked(Some(ip), None, 1001));
         assert!(!e.blocked(Some(ip), None, 1300), "expired");
         assert_eq!(e.escalations(), 1);
-        assert_eq!(e.lift("prefix", "127.0.0.9/32"), Ok(true));
+        assert!(e.lift("prefix", "127.0.0.9/32").unwrap());
         assert!(!e.blocked(Some(ip), None, 1001));
     }
 
@@ -622,7 +315,7 @@ mod tests {
         assert!(e.blocked(Some(ip), None, 1001));
         assert_eq!(kernel.state().blocked.len(), 1);
         // Lifted through the admin API: gone from the kernel too.
-        assert_eq!(e.lift("identity", "7"), Ok(true));
+        assert!(e.lift("identity", "7").unwrap());
         assert!(kernel.state().blocked.is_empty());
     }
 

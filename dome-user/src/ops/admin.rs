@@ -389,7 +389,7 @@ fn blocks(state: &AdminState, method: Method, rest: &[&str]) -> Resp {
                     json!({"lifted": format!("{kind}/{}", rest.join("/"))}),
                 ),
                 Ok(false) => error(StatusCode::NOT_FOUND, "no such block"),
-                Err(m) => error(StatusCode::BAD_REQUEST, m),
+                Err(m) => error(StatusCode::BAD_REQUEST, m.to_string()),
             },
             None => error(StatusCode::NOT_FOUND, "no kernel tier: nothing is blocked"),
         },
