@@ -185,26 +185,6 @@ impl Gateway {
         }
     }
 
-    /// A strike against the caller: its agent when authenticated (never
-    /// the address it shares with others), else its source.
-    pub(super) fn strike_source(&self, ctx: &RequestCtx, why: &str) {
-        let who = match &ctx.caller {
-            Some(c) => Some(Subject::Agent {
-                id: c.agent.id.clone(),
-                slot: c.agent.slot,
-            }),
-            None => ctx.source.map(Subject::Source),
-        };
-        if let Some(who) = who {
-            self.identity.escalation.strike(
-                who,
-                why,
-                crate::clock::monotonic_ns(),
-                crate::clock::unix_s(),
-            );
-        }
-    }
-
     /// Why a caller-controlled field the audit record stores is over its
     /// cap or of the wrong type, if one is: intents (in `_meta` or the header) and names are
     /// stored verbatim, so without a cap one agent could write megabytes
@@ -224,23 +204,6 @@ impl Gateway {
         let in_header = || ctx.intent.as_ref().is_some_and(|i| i.len() > max);
         (in_meta || in_header())
             .then(|| format!("the intent is longer than {max} bytes ([mcp] max_intent_bytes)"))
-    }
-
-    /// A strike against the calling agent (a caller without credentials,
-    /// where authentication is off, against its source).
-    pub(super) fn strike_caller(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
-        let Some(c) = caller else {
-            return self.strike_source(ctx, why);
-        };
-        self.identity.escalation.strike(
-            Subject::Agent {
-                id: c.agent.id.clone(),
-                slot: c.agent.slot,
-            },
-            why,
-            crate::clock::monotonic_ns(),
-            crate::clock::unix_s(),
-        );
     }
 
     /// 429 for a request of an agent that holds its share of connections

@@ -56,49 +56,6 @@ impl Gateway {
         admitted
     }
 
-    /// Carries out what admission returned: the strike, the shadow
-    /// policy's tally, and what the record learns.
-    fn apply(
-        &self,
-        ctx: &RequestCtx,
-        caller: Option<&Caller>,
-        effects: admit::Effects,
-        noted: admit::Noted,
-        call: &mut Call,
-        facts: Option<&admit::Facts<'_>>,
-    ) {
-        let denied = noted.decision == Some(crate::audit::record::Decision::Deny);
-        if let Some(d) = noted.decision {
-            call.decision = d;
-        }
-        if noted.rule.is_some() {
-            call.rule = noted.rule;
-        }
-        if noted.args.is_some() {
-            call.args = noted.args;
-        }
-        if let Some(shadowed) = effects.shadow {
-            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if shadowed.active != shadowed.shadow {
-                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    tool = facts.map_or("-", |f| f.name),
-                    agent = caller.map_or("-", |c| c.agent.id.as_str()),
-                    active = ?shadowed.active,
-                    shadow = ?shadowed.shadow,
-                    shadow_version = %self.identity.shadow.as_ref().map_or("-", |s| s.version.as_str()),
-                    "shadow policy disagrees"
-                );
-            }
-        }
-        if let Some(why) = effects.strike {
-            if denied {
-                tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
-            }
-            self.strike_caller(ctx, caller, why);
-        }
-    }
-
     /// Opens the audit record of a call of `kind`: reserves its room in the
     /// ring (a call that could not be recorded is refused, unless the
     /// operator chose to drop records) and notes what is known already.

@@ -10,15 +10,18 @@
 //! - `methods`: what each JSON-RPC method gets, by era: Dome's own answers
 //!   (lists, discover, ping, levels) or forwarding.
 //! - `forward`: phases of a forwarded call in order — its audit record
-//!   opened, the agent's budget, the policy decision, the tenant's budget,
-//!   the identity assertion (vouch), the upstream request.
+//!   opened, the agent's budget (`dome_core::admit::charge`), the policy
+//!   decision and the tenant's budget (`admit`), the identity assertion
+//!   (vouch), the upstream request; `effects`: what the core returned,
+//!   carried out (strikes, the shadow tally, the record's fields).
 //! - `relay` (an upstream's event stream to the caller) and `rounds`
-//!   (client input across eras) carry the answer back; `respond` shapes it;
-//!   `redaction` filters it.
+//!   (client input across eras, with `input`'s parked calls) carry the
+//!   answer back; `respond` shapes it; `redaction` filters it.
 //! - `subscriptions`: resource subscriptions and `subscriptions/listen`.
 //! - `sessions`: session-era state; `exchange`: what a request carries
-//!   through its phases (task-locals); `rules`: what a caller may send;
-//!   `config`: `[mcp]`.
+//!   through its phases (an explicit `&mut Exchange`, no task-locals);
+//!   `rules`: what a caller may send; `catalog`: the federated catalogs,
+//!   listed; `config`: `[mcp]`.
 //!
 //! This file holds the gateway itself, its view of the identity tier, and
 //! the federated catalogs it refreshes.
@@ -66,6 +69,7 @@ pub mod input;
 use catalog::{Catalog, Kind};
 
 mod config;
+mod effects;
 mod endpoint;
 mod exchange;
 mod forward;

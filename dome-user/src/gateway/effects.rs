@@ -1,0 +1,89 @@
+//! What the decision core returned, carried out: admission's effects
+//! (a strike, the shadow policy's tally) and the fields the call's audit
+//! record learns, and escalation's strikes against a caller or, for an
+//! anonymous one, its source address (`identity::escalation` applies the
+//! block a strike may bring).
+
+use super::*;
+
+impl Gateway {
+    /// Carries out what admission returned: the strike, the shadow
+    /// policy's tally, and what the record learns.
+    pub(super) fn apply(
+        &self,
+        ctx: &RequestCtx,
+        caller: Option<&Caller>,
+        effects: admit::Effects,
+        noted: admit::Noted,
+        call: &mut Call,
+        facts: Option<&admit::Facts<'_>>,
+    ) {
+        let denied = noted.decision == Some(crate::audit::record::Decision::Deny);
+        if let Some(d) = noted.decision {
+            call.decision = d;
+        }
+        if noted.rule.is_some() {
+            call.rule = noted.rule;
+        }
+        if noted.args.is_some() {
+            call.args = noted.args;
+        }
+        if let Some(shadowed) = effects.shadow {
+            SHADOW_DECISIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if shadowed.active != shadowed.shadow {
+                SHADOW_DISAGREEMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    tool = facts.map_or("-", |f| f.name),
+                    agent = caller.map_or("-", |c| c.agent.id.as_str()),
+                    active = ?shadowed.active,
+                    shadow = ?shadowed.shadow,
+                    shadow_version = %self.identity.shadow.as_ref().map_or("-", |s| s.version.as_str()),
+                    "shadow policy disagrees"
+                );
+            }
+        }
+        if let Some(why) = effects.strike {
+            if denied {
+                tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
+            }
+            self.strike_caller(ctx, caller, why);
+        }
+    }
+
+    /// A strike against the caller: its agent when authenticated (never
+    /// the address it shares with others), else its source.
+    pub(super) fn strike_source(&self, ctx: &RequestCtx, why: &str) {
+        let who = match &ctx.caller {
+            Some(c) => Some(Subject::Agent {
+                id: c.agent.id.clone(),
+                slot: c.agent.slot,
+            }),
+            None => ctx.source.map(Subject::Source),
+        };
+        if let Some(who) = who {
+            self.identity.escalation.strike(
+                who,
+                why,
+                crate::clock::monotonic_ns(),
+                crate::clock::unix_s(),
+            );
+        }
+    }
+
+    /// A strike against the calling agent (a caller without credentials,
+    /// where authentication is off, against its source).
+    pub(super) fn strike_caller(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
+        let Some(c) = caller else {
+            return self.strike_source(ctx, why);
+        };
+        self.identity.escalation.strike(
+            Subject::Agent {
+                id: c.agent.id.clone(),
+                slot: c.agent.slot,
+            },
+            why,
+            crate::clock::monotonic_ns(),
+            crate::clock::unix_s(),
+        );
+    }
+}
