@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
         async move {
             // Dome's connection settings, with its default limits.
             let builder = std::sync::Arc::new(dome::net::http_builder(
-                &dome::config::ServerConfig::default().limits(),
+                &dome::net::ServerConfig::default().limits(),
             ));
             loop {
                 let Ok((stream, _)) = listener.accept().await else {

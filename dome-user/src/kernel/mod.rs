@@ -3,6 +3,7 @@
 //! counters, receive events).
 
 pub mod budget;
+mod config;
 pub mod craft;
 pub mod enforcer;
 mod events;
@@ -27,6 +28,7 @@ use dome_common::{
 use serde::Serialize;
 
 pub use budget::{BudgetSpec, PreauthSpec};
+pub use config::XdpSection;
 pub use enforcer::{Enforcer, MemoryEnforcer};
 pub use events::{EventKind, EventStats, KernelEvent, drain as drain_events, spawn_event_reader};
 

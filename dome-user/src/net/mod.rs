@@ -4,11 +4,13 @@
 
 use std::convert::Infallible;
 
+mod config;
 mod conn;
 mod listener;
 mod tls;
 pub mod workers;
 
+pub use config::ServerConfig;
 pub use conn::*;
 pub use listener::*;
 pub use tls::*;

@@ -12,6 +12,26 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header};
 
 use crate::kernel::{EventStats, KernelTier, XdpStatus};
 
+/// `[stats]`: the stats listener (`GET /stats`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsConfig {
+    #[serde(default = "default_stats_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for StatsConfig {
+    fn default() -> Self {
+        StatsConfig {
+            listen: default_stats_listen(),
+        }
+    }
+}
+
+fn default_stats_listen() -> SocketAddr {
+    "127.0.0.1:9090".parse().expect("literal")
+}
+
 /// The configuration Dome runs on and how the last reload went (`/stats`).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ConfigStatus {
