@@ -52,9 +52,9 @@ pub struct Bucket {
     tat: AtomicU64,
 }
 
-/// A refused call: when it would conform.
+/// A bucket with no room for the call: when it would conform.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refusal {
+pub struct Exhausted {
     /// Nanoseconds from the refused call's `now` until a call would be
     /// taken (what a `Retry-After` is made from).
     pub retry_after_ns: u64,
@@ -79,12 +79,12 @@ impl Bucket {
     }
 
     /// Takes one call at `now_ns`, or says when it would conform.
-    pub fn take(&self, now_ns: u64) -> Result<(), Refusal> {
+    pub fn take(&self, now_ns: u64) -> Result<(), Exhausted> {
         let mut tat = self.tat.load(Ordering::Acquire);
         loop {
             let start = tat.max(now_ns);
             if start - now_ns > self.tolerance {
-                return Err(Refusal {
+                return Err(Exhausted {
                     retry_after_ns: start - now_ns - self.tolerance,
                 });
             }
@@ -112,7 +112,7 @@ impl Bucket {
 
 /// Takes one call from every bucket in `levels` (most specific first), or
 /// from none: when one refuses, those already taken are given back.
-pub fn take_all(levels: &[&Bucket], now_ns: u64) -> Result<(), (usize, Refusal)> {
+pub fn take_all(levels: &[&Bucket], now_ns: u64) -> Result<(), (usize, Exhausted)> {
     for (i, b) in levels.iter().enumerate() {
         if let Err(r) = b.take(now_ns) {
             for taken in &levels[..i] {

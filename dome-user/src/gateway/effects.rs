@@ -37,7 +37,7 @@ impl Gateway {
                     agent = caller.map_or("-", |c| c.agent.id.as_str()),
                     active = ?shadowed.active,
                     shadow = ?shadowed.shadow,
-                    shadow_version = %self.identity.shadow.as_ref().map_or("-", |s| s.version.as_str()),
+                    shadow_version = %self.authority.shadow.as_ref().map_or("-", |s| s.version.as_str()),
                     "shadow policy disagrees"
                 );
             }
@@ -61,7 +61,7 @@ impl Gateway {
             None => ctx.source.map(Subject::Source),
         };
         if let Some(who) = who {
-            self.identity.escalation.strike(
+            self.authority.escalation.strike(
                 who,
                 why,
                 crate::clock::monotonic_ns(),
@@ -76,7 +76,7 @@ impl Gateway {
         let Some(c) = caller else {
             return self.strike_source(ctx, why);
         };
-        self.identity.escalation.strike(
+        self.authority.escalation.strike(
             Subject::Agent {
                 id: c.agent.id.clone(),
                 slot: c.agent.slot,

@@ -67,7 +67,7 @@ impl Gateway {
             if path == JWKS_PATH {
                 let mut r = raw_json_response(
                     StatusCode::OK,
-                    self.identity.signer.jwks().to_string(),
+                    self.authority.signer.jwks().to_string(),
                     None,
                 );
                 r.headers_mut().insert(
@@ -86,14 +86,14 @@ impl Gateway {
         // Phase: authenticate.
         let source = Some(conn.peer.ip());
         let now_s = crate::clock::unix_s();
-        let escalation = &self.identity.escalation;
-        let index = self.identity.registry.index();
+        let escalation = &self.authority.escalation;
+        let index = self.authority.registry.index();
         let caller = match authn::authenticate(
             req.headers(),
             req.uri().query(),
             &index,
-            &self.identity.jwt,
-            self.identity.required,
+            &self.authority.jwt,
+            self.authority.required,
             now_s,
         ) {
             Ok(c) => c,
@@ -109,7 +109,7 @@ impl Gateway {
                 if let Some(p) = f
                     .refresh_issuer
                     .as_ref()
-                    .and_then(|i| self.identity.jwt.by_issuer.get(i))
+                    .and_then(|i| self.authority.jwt.by_issuer.get(i))
                 {
                     // A key the provider may have rotated in: fetch its set
                     // again (at most every 5 s); the client's retry may pass.
@@ -155,7 +155,7 @@ impl Gateway {
     /// (once per connection): its packets are then held to the agent's
     /// budget in XDP. The binding goes when the connection closes.
     pub(super) fn bind_kernel(&self, conn: &crate::net::Conn, c: &Caller) {
-        let Some(tier) = &self.identity.tier else {
+        let Some(tier) = &self.authority.tier else {
             return;
         };
         let mut binding = conn.binding.lock().expect("binding lock");
@@ -169,7 +169,7 @@ impl Gateway {
             dst_port: conn.local_port,
         };
         let bound = tier
-            .set_budget(c.agent.slot, &self.identity.kernel_budget)
+            .set_budget(c.agent.slot, &self.authority.kernel_budget)
             .and_then(|()| tier.bind_flow(&flow, c.agent.slot));
         match bound {
             Ok(()) => {
@@ -243,9 +243,9 @@ impl Gateway {
     /// The RFC 9728 protected-resource metadata.
     pub(super) fn resource_metadata(&self) -> Value {
         json!({
-            "resource": self.identity.resource,
+            "resource": self.authority.resource,
             "authorization_servers": self
-                .identity
+                .authority
                 .jwt
                 .by_issuer
                 .keys()
@@ -258,7 +258,7 @@ impl Gateway {
     /// Whether an authorization server is configured (a tenant trusts an
     /// identity provider): only then is there OAuth metadata to advertise.
     pub(super) fn has_authorization_server(&self) -> bool {
-        !self.identity.jwt.by_issuer.is_empty()
+        !self.authority.jwt.by_issuer.is_empty()
     }
 
     /// 401/403/400 with an RFC 6750 challenge: the error and its
@@ -271,7 +271,7 @@ impl Gateway {
         if self.has_authorization_server() && !f.api_key {
             params.push(format!(
                 "resource_metadata=\"{}\"",
-                self.identity.metadata_url()
+                self.authority.metadata_url()
             ));
         }
         if let Some(e) = f.error {

@@ -33,11 +33,11 @@ impl Gateway {
         call: &mut Call,
     ) -> Result<admit::Admitted, Refusal> {
         let started = Instant::now();
-        let identity = &self.identity;
+        let authority = &self.authority;
         let snapshot = admit::Snapshot {
-            policy: &identity.policy,
-            shadow: identity.shadow.as_deref(),
-            rule_budgets: &identity.rule_budgets,
+            policy: &authority.policy,
+            shadow: authority.shadow.as_deref(),
+            rule_budgets: &authority.rule_budgets,
         };
         let mut effects = admit::Effects::default();
         let mut noted = admit::Noted::default();
@@ -66,7 +66,7 @@ impl Gateway {
         e: &Envelope,
         session: Option<&Arc<Session>>,
     ) -> Result<Call, Refusal> {
-        let audit = &self.identity.audit;
+        let audit = &self.authority.audit;
         let slot = audit.reserve().await.map_err(|u| Refusal {
             code: code::AUDIT_UNAVAILABLE,
             message: u.0,
@@ -95,7 +95,7 @@ impl Gateway {
         // record has it: a call refused before it is judged (over the
         // agent's budget, naming no tool) was recorded without it.
         call.intent = intent_of(ctx, e);
-        call.policy = Some(self.identity.policy.clone());
+        call.policy = Some(self.authority.policy.clone());
         call.rpc_id = e.id.clone();
         let t = &ex.tally;
         call.bytes_in = t.bytes_in;
@@ -204,7 +204,7 @@ impl Gateway {
         let start = Instant::now();
         let vouched = assertion
             .as_deref()
-            .map(|a| (&self.identity.signer.header, a));
+            .map(|a| (&self.authority.signer.header, a));
         let result = upstream
             .request_as(
                 &admitted,
@@ -293,7 +293,7 @@ impl Gateway {
         };
         tokio::spawn(async move {
             if let Err(err) = upstream
-                .answer(up_id, msg.get("result").cloned(), msg.get("error").cloned())
+                .answer_server_request(up_id, msg.get("result").cloned(), msg.get("error").cloned())
                 .await
             {
                 tracing::debug!(upstream = %upstream.name(), error = %err, "relaying an answer failed");
@@ -367,7 +367,7 @@ impl Gateway {
         intent: Option<&str>,
         call: &Call,
     ) -> Result<String, (i64, String)> {
-        let signer = &self.identity.signer;
+        let signer = &self.authority.signer;
         let now = crate::clock::unix_s();
         let call_id = call.call_id_hex();
         let call_id = std::str::from_utf8(&call_id).unwrap_or_default();
@@ -384,7 +384,7 @@ impl Gateway {
             user: c.user.as_deref(),
             session: session.map(|s| s.id.as_str()),
             intent,
-            policy: &self.identity.policy.version,
+            policy: &self.authority.policy.version,
             jti: call_id,
             iat: now,
             exp: now + signer.ttl_s,
@@ -493,7 +493,7 @@ impl Gateway {
                     client_capabilities: caps,
                     assertion: assertion
                         .as_deref()
-                        .map(|a| (&self.identity.signer.header, a)),
+                        .map(|a| (&self.authority.signer.header, a)),
                     log_level: session.and_then(|s| {
                         let floor = s.log_floor.load(std::sync::atomic::Ordering::Relaxed);
                         protocol::LOG_LEVELS.get(floor).copied()

@@ -19,7 +19,7 @@ impl Gateway {
             None => self.refresh_for_client(kind).await,
             Some(_) => self.current(kind),
         };
-        let policy = &self.identity.policy;
+        let policy = &self.authority.policy;
         let policy_kind = match kind {
             Kind::Tools => "tool",
             Kind::Prompts => "prompt",
@@ -59,17 +59,17 @@ impl Gateway {
     }
 
     /// Answers a request that needs no streaming (also used for batches).
-    pub(super) async fn answer(
+    pub(super) async fn answer_unstreamed(
         &self,
         ex: &mut Exchange,
         session: Option<&Arc<Session>>,
-        era: Era,
+        era: CallerEra,
         method: &str,
         id: Value,
         e: &Envelope,
     ) -> (StatusCode, Value) {
         let ok = |mut result: Value| {
-            if era == Era::Stateless {
+            if era == CallerEra::Stateless {
                 result["resultType"] = "complete".into();
                 if method == "server/discover" || Kind::of_method(method).is_some() {
                     // Cacheable results: the list is per caller (policy
@@ -85,7 +85,7 @@ impl Gateway {
             )
         };
         let err = |c: i64, m: String| {
-            let status = if era == Era::Stateless {
+            let status = if era == CallerEra::Stateless {
                 stateless_status(c)
             } else {
                 StatusCode::OK
@@ -93,9 +93,9 @@ impl Gateway {
             (status, rpc_error(&id, c, m))
         };
         match method {
-            "ping" if era != Era::Stateless => ok(json!({})),
+            "ping" if era != CallerEra::Stateless => ok(json!({})),
             // Removed in the stateless era (it has `subscriptions/listen`).
-            "resources/subscribe" | "resources/unsubscribe" if era == Era::Stateless => err(
+            "resources/subscribe" | "resources/unsubscribe" if era == CallerEra::Stateless => err(
                 code::METHOD_NOT_FOUND,
                 format!("Method not found: {method}"),
             ),
@@ -119,7 +119,7 @@ impl Gateway {
                 // Its requests go to a session-era caller only on an event
                 // stream (`dispatch`); this answer has none.
                 Ok((_, reply))
-                    if era != Era::Stateless
+                    if era != CallerEra::Stateless
                         && crate::gateway::input::required(&reply).is_some() =>
                 {
                     ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
@@ -135,7 +135,7 @@ impl Gateway {
             },
             // The level is the session's own (see `dispatch`); Dome's
             // upstream sessions serve every caller, so it is not passed on.
-            "logging/setLevel" if era != Era::Stateless => match set_level_of(e) {
+            "logging/setLevel" if era != CallerEra::Stateless => match set_level_of(e) {
                 Ok(_) => ok(json!({})),
                 Err(m) => err(code::INVALID_PARAMS, m),
             },
@@ -152,12 +152,12 @@ impl Gateway {
         &self,
         ex: &mut Exchange,
         session: Option<&Arc<Session>>,
-        era: Era,
+        era: CallerEra,
         id: Value,
         e: &Envelope,
     ) -> (StatusCode, Value) {
         let err = |c: i64, m: String| {
-            let status = if era == Era::Stateless {
+            let status = if era == CallerEra::Stateless {
                 stateless_status(c)
             } else {
                 StatusCode::OK
@@ -166,7 +166,7 @@ impl Gateway {
         };
         match self.forward_call(ex, e, session, false).await {
             Err(r) => {
-                let status = if era == Era::Stateless {
+                let status = if era == CallerEra::Stateless {
                     stateless_status(r.code)
                 } else {
                     StatusCode::OK
@@ -186,11 +186,13 @@ impl Gateway {
                             });
                         }
                         v["id"] = id.clone();
-                        if era != Era::Stateless && crate::gateway::input::is_input_required(&v) {
+                        if era != CallerEra::Stateless
+                            && crate::gateway::input::is_input_required(&v)
+                        {
                             ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                             return err(code::INVALID_REQUEST, NEEDS_A_STREAM.into());
                         }
-                        if era != Era::Stateless && upstream.speaks_stateless() {
+                        if era != CallerEra::Stateless && upstream.speaks_stateless() {
                             protocol::fit_to_session_era(&mut v);
                         }
                         (StatusCode::OK, v)
@@ -199,7 +201,8 @@ impl Gateway {
                 }
             }
             Ok((_, reply, _, _))
-                if era != Era::Stateless && crate::gateway::input::required(&reply).is_some() =>
+                if era != CallerEra::Stateless
+                    && crate::gateway::input::required(&reply).is_some() =>
             {
                 ex.with_call(|c| c.failed(code::INVALID_REQUEST, NEEDS_A_STREAM));
                 err(code::INVALID_REQUEST, NEEDS_A_STREAM.into())
@@ -228,14 +231,14 @@ impl Gateway {
     pub(super) async fn dispatch(
         self: Arc<Self>,
         ex: &mut Exchange,
-        era: Era,
+        era: CallerEra,
         method: &str,
         id: Value,
         e: &Envelope,
         session: Option<Arc<Session>>,
     ) -> Response<Body> {
         if method == "tools/call"
-            && era == Era::Stateless
+            && era == CallerEra::Stateless
             && let Some(token) = crate::gateway::input::parked_token(&e.extra_params)
         {
             return Box::pin(self.resume(ex, &token, id, e)).await;
@@ -245,20 +248,20 @@ impl Gateway {
         if method == "tools/call" {
             // Boxed: its future would otherwise be carried (and moved) by
             // every enclosing layer.
-            let lane = era != Era::Stateless;
+            let lane = era != CallerEra::Stateless;
             match Box::pin(self.forward_call(ex, e, session.as_ref(), lane)).await {
                 Ok((upstream, Reply::Stream(st), guard, redaction)) => {
                     let to = RelayTo {
                         id,
                         era,
                         inflight: guard,
-                        stateless: (era == Era::Stateless)
+                        stateless: (era == CallerEra::Stateless)
                             .then(|| (e.client_capabilities.clone(), self.sessions.clone())),
                         tool: e.name.clone().unwrap_or_default(),
                         retry: session.is_some().then(|| (self.clone(), e.clone())),
                         redaction,
                         log_floor: match (era, &session) {
-                            (Era::Stateless, _) => Some(log_floor(e)),
+                            (CallerEra::Stateless, _) => Some(log_floor(e)),
                             (_, Some(s)) => {
                                 Some(s.log_floor.load(std::sync::atomic::Ordering::Relaxed))
                             }
@@ -328,7 +331,7 @@ impl Gateway {
                 Err((c, m)) => json_response(StatusCode::OK, &rpc_error(&id, c, m)),
             };
         }
-        if method == "subscriptions/listen" && era == Era::Stateless {
+        if method == "subscriptions/listen" && era == CallerEra::Stateless {
             return Box::pin(self.listen(&ex.ctx, id, e)).await;
         }
         // Boxed: every method but tools/call, so the tools/call future
@@ -343,7 +346,7 @@ impl Gateway {
         &self,
         ex: &mut Exchange,
         session: Option<&Arc<Session>>,
-        era: Era,
+        era: CallerEra,
         method: &str,
         id: Value,
         e: &Envelope,
@@ -360,6 +363,7 @@ impl Gateway {
             s.log_floor
                 .store(floor, std::sync::atomic::Ordering::Relaxed);
         }
-        self.answer(ex, session, era, method, id, e).await
+        self.answer_unstreamed(ex, session, era, method, id, e)
+            .await
     }
 }

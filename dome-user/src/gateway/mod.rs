@@ -23,7 +23,7 @@
 //!   `rules`: what a caller may send; `catalog`: the federated catalogs,
 //!   listed; `config`: `[mcp]`.
 //!
-//! This file holds the gateway itself, its view of the identity tier, and
+//! This file holds the gateway itself, what it answers to (`Authority`), and
 //! the federated catalogs it refreshes.
 
 use std::{
@@ -141,11 +141,14 @@ pub struct Gateway {
     sessions: Arc<SessionTable>,
     metrics: Arc<Metrics>,
     body_timeout: std::time::Duration,
-    identity: Arc<Identity>,
+    authority: Arc<Authority>,
 }
 
-/// Who may call and how Dome vouches for them upstream.
-pub struct Identity {
+/// What the gateway consults and answers to, swapped whole on reload: who
+/// may call (registry, tokens, escalation, the kernel tier), what they may
+/// call (policy, its shadow, rule budgets), how Dome vouches for them
+/// upstream (the signer), and where every call is recorded (the trail).
+pub struct Authority {
     pub registry: Arc<crate::store::registry::Registry>,
     pub signer: Arc<crate::identity::assertion::Signer>,
     /// Every request must authenticate.
@@ -214,7 +217,7 @@ pub static SCHEMA_WARNINGS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::ne
 pub static CATALOG_CONFLICTS: std::sync::Mutex<[Vec<Value>; 4]> =
     std::sync::Mutex::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]);
 
-impl Identity {
+impl Authority {
     /// Where the protected-resource metadata is (RFC 9728): the well-known
     /// path at the resource's origin.
     fn metadata_url(&self) -> String {
@@ -239,8 +242,10 @@ use crate::audit::call::phase as audit_phase;
 
 const JWKS_PATH: &str = "/.well-known/jwks.json";
 
+/// The era a caller speaks on this request: the session era with its
+/// negotiated version, or the stateless era.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Era {
+enum CallerEra {
     Session(&'static str),
     Stateless,
 }
@@ -253,7 +258,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         sessions: Arc<SessionTable>,
         body_timeout: std::time::Duration,
-        identity: Arc<Identity>,
+        authority: Arc<Authority>,
     ) -> Arc<Self> {
         // Live on reload: the budget is the process's, its limit the config's.
         super::upstream::BUFFERED.set_limit(config.max_buffered_response_bytes);
@@ -275,7 +280,7 @@ impl Gateway {
             retry: Default::default(),
             sessions,
             body_timeout,
-            identity,
+            authority,
         })
     }
 
@@ -423,7 +428,7 @@ impl Gateway {
     /// Checks the policy's argument paths against the tools' published
     /// `inputSchema`s; logs what is new and keeps the list for `/stats`.
     fn check_argument_paths(&self, tools: &Catalog) {
-        let policy = &self.identity.policy;
+        let policy = &self.authority.policy;
         let mut found: Vec<String> = tools
             .items
             .iter()

@@ -75,7 +75,7 @@ impl Gateway {
                 return empty(StatusCode::ACCEPTED);
             }
             return self
-                .dispatch(ex, Era::Stateless, method, id, &e, None)
+                .dispatch(ex, CallerEra::Stateless, method, id, &e, None)
                 .await;
         }
 
@@ -119,7 +119,7 @@ impl Gateway {
         }
         self.dispatch(
             ex,
-            Era::Session(session.version),
+            CallerEra::Session(session.version),
             method,
             id,
             &e,
@@ -256,7 +256,7 @@ impl Gateway {
                 &rpc_error(&Value::Null, code::INVALID_REQUEST, "an empty batch"),
             );
         }
-        let era = Era::Session(session.version);
+        let era = CallerEra::Session(session.version);
         let mut out = Vec::new();
         for msg in batch {
             // Batches are rare (one old protocol version): each element takes

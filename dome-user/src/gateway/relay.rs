@@ -27,7 +27,7 @@ pub(super) fn note_final(c: &mut Call, v: &Value, counts: Option<&crate::policy:
 /// Where a relayed stream's final response goes and what its caller can do.
 pub(super) struct RelayTo {
     pub(super) id: Value,
-    pub(super) era: Era,
+    pub(super) era: CallerEra,
     pub(super) inflight: Option<Inflight>,
     /// A stateless caller: the capabilities it declared (JSON text), and
     /// where a call waiting for its input is parked between its rounds.
@@ -220,7 +220,7 @@ impl Relay {
             {
                 return self.ask_session(v).await;
             }
-            v = self.answer(v).await;
+            v = self.final_response(v).await;
             self.send(&v).await;
             return Flow::Done;
         }
@@ -311,7 +311,7 @@ impl Relay {
                 let err = crate::gateway::input::cannot_take(&v["method"], code::METHOD_NOT_FOUND);
                 let up = self.up.clone();
                 tokio::spawn(async move {
-                    let _ = up.answer(up_id, None, Some(err)).await;
+                    let _ = up.answer_server_request(up_id, None, Some(err)).await;
                 });
                 Some(Flow::Next)
             }
@@ -320,14 +320,14 @@ impl Relay {
 
     /// The final response, for the caller: redacted, under its id, in its
     /// era, and only once its record is durable.
-    async fn answer(&mut self, mut v: Value) -> Value {
+    async fn final_response(&mut self, mut v: Value) -> Value {
         let id = &self.to.id;
         let counts = self.to.redaction.as_ref().map(|r| r.apply(&mut v));
         v["id"] = id.clone();
-        if self.to.era != Era::Stateless && self.up.speaks_stateless() {
+        if self.to.era != CallerEra::Stateless && self.up.speaks_stateless() {
             protocol::fit_to_session_era(&mut v);
         }
-        if self.to.era == Era::Stateless
+        if self.to.era == CallerEra::Stateless
             && v.get("result").is_some()
             && v["result"].get("resultType").is_none()
         {

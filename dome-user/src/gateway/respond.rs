@@ -47,7 +47,7 @@ pub(super) type Readdressed = (StatusCode, Vec<u8>, Option<i64>);
 /// An upstream's `tools/call` answer re-addressed to the caller's `id`,
 /// without building a tree of it: (HTTP status, JSON text, error code).
 pub(super) fn readdress(
-    era: Era,
+    era: CallerEra,
     upstream: &Upstream,
     id: &Value,
     reply: Reply,
@@ -55,7 +55,7 @@ pub(super) fn readdress(
 ) -> Result<Readdressed, (i64, String)> {
     // A stateless upstream's answer to a session-era caller loses what
     // that era lacks: read as a tree for it (the other paths stay text).
-    let refit = era != Era::Stateless && upstream.speaks_stateless();
+    let refit = era != CallerEra::Stateless && upstream.speaks_stateless();
     let bytes = match reply {
         Reply::Json(mut v) => {
             if refit {
@@ -103,7 +103,7 @@ pub(super) fn readdress(
             ),
         ));
     };
-    let fields = if era == Era::Stateless && !upstream.speaks_stateless() {
+    let fields = if era == CallerEra::Stateless && !upstream.speaks_stateless() {
         if method == "resources/read" {
             crate::upstream::CACHEABLE
         } else {
@@ -114,7 +114,7 @@ pub(super) fn readdress(
     };
     let code = parts.error_code();
     let status = match code {
-        Some(c) if era == Era::Stateless => stateless_status(c),
+        Some(c) if era == CallerEra::Stateless => stateless_status(c),
         _ => StatusCode::OK,
     };
     Ok((status, parts.readdressed(id, fields), code))
@@ -220,6 +220,6 @@ pub(super) fn upstream_refusal(e: &crate::upstream::UpstreamError) -> Refusal {
 }
 
 /// A refusal as the response to request `id` in `era`.
-pub(super) fn refused(r: &Refusal, id: &Value, era: Era) -> Response<Body> {
-    json_response(r.status(era == Era::Stateless), &r.to_rpc(id))
+pub(super) fn refused(r: &Refusal, id: &Value, era: CallerEra) -> Response<Body> {
+    json_response(r.status(era == CallerEra::Stateless), &r.to_rpc(id))
 }

@@ -132,7 +132,7 @@ impl Gateway {
         let up = call.upstream.clone();
         let answered = async move {
             for (up_id, a) in given {
-                if let Err(err) = up.answer(up_id, Some(a), None).await {
+                if let Err(err) = up.answer_server_request(up_id, Some(a), None).await {
                     tracing::debug!(upstream = %up.name(), error = %err, "relaying an input response failed");
                 }
             }
@@ -163,14 +163,14 @@ impl Gateway {
             .await
         {
             Ok(c) => c,
-            Err(r) => return refused(&r, &id, Era::Stateless),
+            Err(r) => return refused(&r, &id, CallerEra::Stateless),
         };
         record.name = Some(tool.as_str().into());
         record.upstream = Some(upstream.label().clone());
         record.decision = crate::audit::record::Decision::Allow;
         let to = RelayTo {
             id,
-            era: Era::Stateless,
+            era: CallerEra::Stateless,
             inflight: None,
             stateless: Some((e.client_capabilities.clone(), self.sessions.clone())),
             tool,

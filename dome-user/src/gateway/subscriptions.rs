@@ -40,7 +40,7 @@ impl Gateway {
             intent,
             None,
         );
-        match self.identity.policy.decide(&req) {
+        match self.authority.policy.decide(&req) {
             crate::policy::compile::Decision::Allow { obligations, .. }
                 if obligations.require_intent && intent.is_none() =>
             {

@@ -16,7 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     config::{self, Config},
-    gateway::{Gateway, Identity, SessionTable},
+    gateway::{Authority, Gateway, SessionTable},
     identity::{assertion::Signer, escalation::Escalation},
     kernel::{self, EventStats, KernelTier, XdpStatus},
     ops::{
@@ -56,7 +56,7 @@ pub fn start_kernel_tier(config: &Config) -> (Option<Arc<KernelTier>>, XdpStatus
 }
 
 pub use reload::{ConfigStatus, ReloadOutcome, content_version};
-use reload::{Live, beside, identity_for, unix_now, upstreams_for};
+use reload::{Live, authority_for, beside, unix_now, upstreams_for};
 
 /// How often the config file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -160,7 +160,7 @@ fn open_audit(
 async fn serve_admin(
     config: &Config,
     config_path: &Path,
-    identity: &Identity,
+    authority: &Authority,
     audit_dir: &Path,
     audit_public: [u8; 32],
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
@@ -168,11 +168,11 @@ async fn serve_admin(
         return Ok(None);
     };
     let state = Arc::new(crate::ops::admin::AdminState {
-        registry: identity.registry.clone(),
+        registry: authority.registry.clone(),
         token_sha256: crate::identity::apikey::from_hex(&admin.token_sha256)
             .context("admin.token_sha256")?,
-        escalation: Some(identity.escalation.clone()),
-        policy_store: identity.policy_store.clone(),
+        escalation: Some(authority.escalation.clone()),
+        policy_store: authority.policy_store.clone(),
         policy_dir: beside(config_path, &config.policy.dir),
         audit_dir: audit_dir.to_path_buf(),
         audit_key: Some(audit_public),
@@ -198,8 +198,8 @@ async fn until_signalled(live: &Live) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = keys_tick.tick() => {
-                let identity = live.identity.lock().expect("identity lock").clone();
-                for p in identity.jwt.by_issuer.values() {
+                let authority = live.authority.lock().expect("authority lock").clone();
+                for p in authority.jwt.by_issuer.values() {
                     let p = p.clone();
                     tokio::spawn(async move {
                         let gap = p.config.refresh_s;
@@ -376,10 +376,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (registry, signer, enforcer, escalation) =
         open_identity(&config, config_path, tier.as_ref())?;
     let (audit, audit_public, audit_dir) = open_audit(&config, config_path)?;
-    let identity = identity_for(
+    let authority = authority_for(
         &config,
         config_path,
-        &Identity {
+        &Authority {
             shadow: None,
             policy_store: Arc::new(
                 crate::store::policy::PolicyStore::open(&beside(
@@ -404,7 +404,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)
     .context("loading the identity providers' keys")?;
     if let Some(task) =
-        serve_admin(&config, config_path, &identity, &audit_dir, audit_public).await?
+        serve_admin(&config, config_path, &authority, &audit_dir, audit_public).await?
     {
         background.push(task);
     }
@@ -414,7 +414,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         metrics.clone(),
         sessions.clone(),
         Duration::from_millis(config.server.body_timeout_ms),
-        identity.clone(),
+        authority.clone(),
     );
     let counts = gw.refresh_all().await;
     tracing::info!(
@@ -429,8 +429,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (stop, certificates) = serve_mcp(&config, workers, &live_gw)?;
 
     let config_status = Arc::new(Mutex::new(ConfigStatus {
-        policy_version: identity.policy.version.clone(),
-        policy_rules: identity.policy.rule_count(),
+        policy_version: authority.policy.version.clone(),
+        policy_rules: authority.policy.rule_count(),
         file: config_path.to_path_buf(),
         version: version.clone(),
         loaded_unix_s: unix_now(),
@@ -464,7 +464,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         metrics,
         tier: tier.clone(),
         status: config_status,
-        identity: Mutex::new(identity),
+        authority: Mutex::new(authority),
         certificates,
     });
     until_signalled(&live).await?;

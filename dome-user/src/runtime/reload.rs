@@ -33,11 +33,11 @@ pub(super) fn beside(config_path: &Path, p: &Path) -> PathBuf {
 }
 
 /// The identity settings of `config` over an existing registry and signer.
-pub(super) fn identity_for(
+pub(super) fn authority_for(
     config: &Config,
     config_path: &Path,
-    current: &Identity,
-) -> Result<Arc<Identity>, String> {
+    current: &Authority,
+) -> Result<Arc<Authority>, String> {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -96,7 +96,7 @@ pub(super) fn identity_for(
         }
         None => None,
     };
-    Ok(Arc::new(Identity {
+    Ok(Arc::new(Authority {
         shadow,
         policy_store: current.policy_store.clone(),
         policy: Arc::new(policy),
@@ -134,7 +134,7 @@ pub(super) struct Live {
     pub(super) metrics: Arc<Metrics>,
     pub(super) tier: Option<Arc<KernelTier>>,
     pub(super) status: Arc<Mutex<ConfigStatus>>,
-    pub(super) identity: Mutex<Arc<Identity>>,
+    pub(super) authority: Mutex<Arc<Authority>>,
     /// The MCP listener's certificate, when it serves TLS.
     pub(super) certificates: Option<Arc<crate::net::Certificates>>,
 }
@@ -258,8 +258,8 @@ impl Live {
         {
             tracing::warn!(error = %e, "updating the XDP program's settings failed");
         }
-        let identity = {
-            let current = self.identity.lock().expect("identity lock").clone();
+        let authority = {
+            let current = self.authority.lock().expect("authority lock").clone();
             current
                 .registry
                 .set_config(
@@ -269,18 +269,18 @@ impl Live {
                     crate::clock::unix_s(),
                 )
                 .map_err(|e| e.to_string())?;
-            identity_for(applied, &self.path, &current)?
+            authority_for(applied, &self.path, &current)?
         };
-        *self.identity.lock().expect("identity lock") = identity.clone();
+        *self.authority.lock().expect("authority lock") = authority.clone();
         // Escalation's limits apply live: strikes from now on count toward them.
-        identity.escalation.set_config(applied.escalation.clone());
+        authority.escalation.set_config(applied.escalation.clone());
         let gw = Gateway::new(
             applied.mcp.clone(),
             upstreams,
             self.metrics.clone(),
             self.sessions.clone(),
             Duration::from_millis(applied.server.body_timeout_ms),
-            identity,
+            authority,
         );
         // Names a clash gave stay through a reload.
         gw.inherit_names(&self.gateway.load());
@@ -292,11 +292,11 @@ impl Live {
 
     /// What `/stats` says of the reload that just applied.
     fn note_reloaded(&self, version: &str, needs_restart: Vec<String>) {
-        let identity = self.identity.lock().expect("identity lock").clone();
+        let authority = self.authority.lock().expect("authority lock").clone();
         let mut st = self.status.lock().expect("status lock");
         st.version = version.to_string();
-        st.policy_version = identity.policy.version.clone();
-        st.policy_rules = identity.policy.rule_count();
+        st.policy_version = authority.policy.version.clone();
+        st.policy_rules = authority.policy.rule_count();
         st.loaded_unix_s = unix_now();
         st.reloads += 1;
         st.last_reload = Some(ReloadOutcome {

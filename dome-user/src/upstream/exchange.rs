@@ -48,13 +48,15 @@ impl Upstream {
     {
         // Connecting is the rare path: boxed, so a call's future (moved
         // on every call) does not carry the handshake's.
-        if **self.era.load() == Era::Unknown {
+        if **self.era.load() == UpstreamEra::Unknown {
             Box::pin(self.ensure_connected()).await?;
         }
         let (reply, id, status) = send().await?;
-        if status == StatusCode::NOT_FOUND && matches!(**self.era.load(), Era::Session { .. }) {
+        if status == StatusCode::NOT_FOUND
+            && matches!(**self.era.load(), UpstreamEra::Session { .. })
+        {
             tracing::info!(upstream = %self.name(), "upstream session expired; initializing a new one");
-            self.era.store(Arc::new(Era::Unknown));
+            self.era.store(Arc::new(UpstreamEra::Unknown));
             Box::pin(self.ensure_connected()).await?;
             let (reply, id, status) = send().await?;
             return finish(self.name(), reply, id, status);
@@ -89,7 +91,7 @@ impl Upstream {
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         // The era is borrowed for the body only (no copy of its version).
         let body = match &**self.era.load() {
-            Era::Stateless { version } => call_body(id, call, Some(version)),
+            UpstreamEra::Stateless { version } => call_body(id, call, Some(version)),
             _ => call_body(id, call, None),
         };
         let mut req = self.build_text("tools/call", Some(call.name), Bytes::from(body))?;
@@ -104,7 +106,7 @@ impl Upstream {
     }
 
     /// Answers a request the upstream sent (sampling, elicitation, roots).
-    pub async fn answer(
+    pub async fn answer_server_request(
         &self,
         id: Value,
         result: Option<Value>,
@@ -140,12 +142,12 @@ impl Upstream {
     }
 
     pub(super) async fn ensure_connected(&self) -> Result<(), UpstreamError> {
-        if **self.era.load() != Era::Unknown {
+        if **self.era.load() != UpstreamEra::Unknown {
             return Ok(());
         }
         // One connect at a time; whoever waited finds it done.
         let _guard = self.connecting.lock().await;
-        if **self.era.load() != Era::Unknown {
+        if **self.era.load() != UpstreamEra::Unknown {
             return Ok(());
         }
         let connected = self.handshake().await;
@@ -154,7 +156,7 @@ impl Upstream {
             // An upstream down at start was left taken for a session-era
             // one without a session (an `initialize` that never arrived),
             // and stayed out of the catalog until its configuration changed.
-            self.era.store(Arc::new(Era::Unknown));
+            self.era.store(Arc::new(UpstreamEra::Unknown));
         }
         connected
     }
@@ -163,7 +165,7 @@ impl Upstream {
     pub(super) async fn handshake(&self) -> Result<(), UpstreamError> {
         // The stateless era first: one round trip, no state to keep.
         let discover = json!({"_meta": stateless_meta(protocol::LATEST_STATELESS)});
-        self.era.store(Arc::new(Era::Stateless {
+        self.era.store(Arc::new(UpstreamEra::Stateless {
             version: protocol::LATEST_STATELESS.into(),
         }));
         if self.config.era != EraSetting::Session
@@ -182,13 +184,13 @@ impl Upstream {
             return Ok(());
         }
         if self.config.era == EraSetting::Stateless {
-            self.era.store(Arc::new(Era::Unknown));
+            self.era.store(Arc::new(UpstreamEra::Unknown));
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 "configured for the stateless era, but server/discover failed".into(),
             ));
         }
-        self.era.store(Arc::new(Era::Session {
+        self.era.store(Arc::new(UpstreamEra::Session {
             id: None,
             version: protocol::LATEST_SESSION.into(),
         }));
@@ -218,7 +220,7 @@ impl Upstream {
             Reply::Stream(s) => first_response(self, s).await?,
         };
         if !status.is_success() || msg.get("result").is_none() {
-            self.era.store(Arc::new(Era::Unknown));
+            self.era.store(Arc::new(UpstreamEra::Unknown));
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 format!("initialize failed (HTTP {status}): {msg}"),
@@ -229,7 +231,7 @@ impl Upstream {
             .unwrap_or(protocol::LATEST_SESSION)
             .to_string();
         *self.capabilities.write().expect("caps") = msg["result"]["capabilities"].clone();
-        self.era.store(Arc::new(Era::Session {
+        self.era.store(Arc::new(UpstreamEra::Session {
             id: session.clone(),
             version,
         }));
@@ -258,7 +260,7 @@ impl Upstream {
         agent: Option<u32>,
     ) -> Result<(Reply, u64, StatusCode), UpstreamError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Era::Stateless { version } = &**self.era.load() {
+        if let UpstreamEra::Stateless { version } = &**self.era.load() {
             if !params.is_object() {
                 params = json!({});
             }
@@ -287,7 +289,9 @@ impl Upstream {
         // A session the upstream forgot is a 404 with whatever body it likes
         // (rmcp's is plain text): not read as JSON, so `with_session` gets to
         // start a new session instead of failing on the body.
-        if status == StatusCode::NOT_FOUND && matches!(**self.era.load(), Era::Session { .. }) {
+        if status == StatusCode::NOT_FOUND
+            && matches!(**self.era.load(), UpstreamEra::Session { .. })
+        {
             let _ = tokio::time::timeout_at(held.deadline, resp.into_body().collect()).await;
             return Ok((Reply::Json(Value::Null), id, status));
         }
@@ -339,14 +343,14 @@ impl Upstream {
             HeaderValue::from_static("application/json, text/event-stream"),
         );
         match &**self.era.load() {
-            Era::Stateless { version } => {
+            UpstreamEra::Stateless { version } => {
                 h.insert(VERSION, value(version)?);
                 h.insert(METHOD, value(method)?);
                 if let Some(n) = name {
                     h.insert(NAME, HeaderValue::from_str(n).map_err(invalid)?);
                 }
             }
-            Era::Session { id, version } => {
+            UpstreamEra::Session { id, version } => {
                 if method != "initialize" {
                     h.insert(VERSION, value(version)?);
                 }
@@ -354,7 +358,7 @@ impl Upstream {
                     h.insert(SESSION, HeaderValue::from_str(id).map_err(invalid)?);
                 }
             }
-            Era::Unknown => {}
+            UpstreamEra::Unknown => {}
         }
         Ok(req)
     }

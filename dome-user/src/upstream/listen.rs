@@ -14,7 +14,7 @@ impl Upstream {
         tokio::spawn(async move {
             loop {
                 let current = match &**me.era.load() {
-                    Era::Session {
+                    UpstreamEra::Session {
                         id: Some(id),
                         version,
                     } if *id == session => version.clone(),
@@ -77,7 +77,7 @@ impl Upstream {
         tokio::spawn(async move {
             loop {
                 let Some(up) = me.upgrade() else { return };
-                if !matches!(**up.era.load(), Era::Stateless { .. }) {
+                if !matches!(**up.era.load(), UpstreamEra::Stateless { .. }) {
                     return;
                 }
                 let generation = *changed.borrow_and_update();
@@ -147,7 +147,7 @@ impl Upstream {
     pub(super) async fn open_listen(
         &self,
     ) -> Result<Response<crate::upstream::pool::Body>, UpstreamError> {
-        let Era::Stateless { version } = (**self.era.load()).clone() else {
+        let UpstreamEra::Stateless { version } = (**self.era.load()).clone() else {
             return Err(UpstreamError::Invalid(
                 self.name().into(),
                 "not a stateless upstream".into(),
@@ -208,7 +208,7 @@ impl Upstream {
             return Ok(None);
         }
         self.ensure_connected().await?;
-        if matches!(**self.era.load(), Era::Stateless { .. }) {
+        if matches!(**self.era.load(), UpstreamEra::Stateless { .. }) {
             self.listen_filter.send_modify(|g| *g += 1);
             let generation = *self.listen_filter.borrow();
             // Until the stream carries the new filter. A reopen is a connect

@@ -155,7 +155,9 @@ pub enum Reply {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Era {
+/// What Dome found an upstream speaks: not yet known, the session era (with
+/// its session, once made), or the stateless era.
+enum UpstreamEra {
     Unknown,
     Session { id: Option<String>, version: String },
     Stateless { version: String },
@@ -188,7 +190,7 @@ pub struct Upstream {
     pool: pool::Pool,
     /// Read on every call by every worker: an `ArcSwap`, so reading takes
     /// no lock and writes no shared cache line.
-    era: arc_swap::ArcSwap<Era>,
+    era: arc_swap::ArcSwap<UpstreamEra>,
     /// What the upstream said it offers (`initialize` or `server/discover`).
     capabilities: RwLock<Value>,
     connecting: tokio::sync::Mutex<()>,
@@ -260,7 +262,7 @@ impl Upstream {
             label: config.name.as_str().into(),
             config,
             pool,
-            era: arc_swap::ArcSwap::from_pointee(Era::Unknown),
+            era: arc_swap::ArcSwap::from_pointee(UpstreamEra::Unknown),
             capabilities: RwLock::new(Value::Null),
             connecting: tokio::sync::Mutex::new(()),
             sink: std::sync::OnceLock::new(),
@@ -360,7 +362,7 @@ impl Upstream {
 
     /// Whether the upstream speaks the stateless era (its results carry `resultType`).
     pub fn speaks_stateless(&self) -> bool {
-        matches!(**self.era.load(), Era::Stateless { .. })
+        matches!(**self.era.load(), UpstreamEra::Stateless { .. })
     }
 
     fn timeout(&self) -> Duration {
@@ -378,7 +380,7 @@ impl Upstream {
             Box::pin(lane.close()).await;
         }
         let era = (**self.era.load()).clone();
-        if let Era::Session {
+        if let UpstreamEra::Session {
             id: Some(id),
             version,
         } = era
