@@ -69,7 +69,7 @@ impl Config {
         }
     }
 
-    /// Every semantic problem, as (field path, reason).
+    /// `[auth]`, tenants, agents, `[admin]`, `[assertion]` and `[escalation]`.
     fn identity_problems(&self, out: &mut Vec<(String, String)>) {
         use crate::identity::{apikey, budget::Rate};
         let rate = |field: String, r: &Rate, out: &mut Vec<(String, String)>| {
@@ -174,9 +174,25 @@ impl Config {
         }
     }
 
+    /// Every semantic problem, as (field path, reason).
     fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();
         self.identity_problems(&mut out);
+        self.xdp_problems(&mut out);
+        self.server_problems(&mut out);
+        self.mcp_problems(&mut out);
+        self.upstream_problems(&mut out);
+        if self.stats.listen == self.server.listen {
+            out.push((
+                "stats.listen".into(),
+                format!("must differ from server.listen ({})", self.server.listen),
+            ));
+        }
+        out
+    }
+
+    /// `[xdp]`: the interface, the budgets, the ports.
+    fn xdp_problems(&self, out: &mut Vec<(String, String)>) {
         let x = &self.xdp;
         if x.interface.is_empty() || x.interface.len() > 15 || x.interface.contains('/') {
             out.push((
@@ -204,6 +220,10 @@ impl Config {
                 "port 0 is not a listener port".into(),
             ));
         }
+    }
+
+    /// `[tls]` and `[server]`'s limits.
+    fn server_problems(&self, out: &mut Vec<(String, String)>) {
         if let Some(tls) = &self.tls
             && let Err(e) = crate::net::check_tls(tls)
         {
@@ -240,6 +260,10 @@ impl Config {
                 "timeouts must be at least 1 ms".into(),
             ));
         }
+    }
+
+    /// `[mcp]`.
+    fn mcp_problems(&self, out: &mut Vec<(String, String)>) {
         if !self.mcp.path.starts_with('/') {
             out.push(("mcp.path".into(), "must start with `/`".into()));
         }
@@ -279,6 +303,10 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+    }
+
+    /// Each `[[upstream]]`: its name (unique), URL and limits.
+    fn upstream_problems(&self, out: &mut Vec<(String, String)>) {
         let mut seen = std::collections::HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let at = |f: &str| format!("upstream[{i}].{f}");
@@ -327,13 +355,6 @@ impl Config {
                 out.push((at("max_requests_per_agent"), "must be at least 1".into()));
             }
         }
-        if self.stats.listen == self.server.listen {
-            out.push((
-                "stats.listen".into(),
-                format!("must differ from server.listen ({})", self.server.listen),
-            ));
-        }
-        out
     }
 }
 

@@ -160,94 +160,18 @@ fn native_xdp_on_veth_meters_real_packets() {
                 .expect("native attach on veth");
             assert_eq!(mode, AttachMode::Native);
 
-            let listener = UdpSocket::bind((DOME, LISTEN)).unwrap();
-            let other = UdpSocket::bind((DOME, OTHER)).unwrap();
-            let send = |src_port, dst_port, count| {
-                to_sender
-                    .send(Step::Send {
-                        src_port,
-                        dst_port,
-                        count,
-                    })
-                    .unwrap();
-                sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            let d = DomeSide {
+                tier: &tier,
+                listener: UdpSocket::bind((DOME, LISTEN)).unwrap(),
+                other: UdpSocket::bind((DOME, OTHER)).unwrap(),
+                to_sender: &to_sender,
+                sent_rx: &sent_rx,
             };
-
-            // Warm up ARP with a port XDP ignores; everything there arrives.
-            send(4000, OTHER, 20);
-            assert_eq!(drain(&other, Duration::from_millis(300)), 20);
-            let c = tier.counters().unwrap();
-            assert!(c.get(counter::PASS_OTHER) >= 20, "{c:?}");
-
-            // Unbound flow: the source address gets its pre-auth burst of five.
-            let started = Instant::now();
-            send(4001, LISTEN, 30);
-            let got = drain(&listener, Duration::from_millis(300));
-            let refill = started.elapsed().as_secs() as usize;
-            assert!(
-                (5..=5 + refill).contains(&got),
-                "received {got} of 30 unbound datagrams"
-            );
-            let c = tier.counters().unwrap();
-            assert_eq!(c.get(counter::PASS_UNBOUND) as usize, got);
-            assert_eq!(c.get(counter::DROP_PREAUTH) as usize, 30 - got);
-
-            // A bound flow is charged to its identity: a burst of 12.
-            let flow = Flow {
-                proto: L4::Udp,
-                src: IpAddr::V4(SENDER),
-                src_port: 4002,
-                dst_port: LISTEN,
-            };
-            tier.reset_identity(
-                21,
-                &BudgetSpec {
-                    packets_per_sec: 1,
-                    burst_packets: 12,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
-            tier.bind_flow(&flow, 21).unwrap();
-            let started = Instant::now();
-            send(4002, LISTEN, 40);
-            let got = drain(&listener, Duration::from_millis(300));
-            let refill = started.elapsed().as_secs() as usize;
-            assert!(
-                (12..=12 + refill).contains(&got),
-                "received {got} of 40 bound datagrams"
-            );
-            let c = tier.counters().unwrap();
-            assert_eq!(c.get(counter::PASS_BOUND) as usize, got);
-            assert_eq!(c.get(counter::DROP_BUDGET) as usize, 40 - got);
-
-            // Blocking the sender's prefix stops everything on listener ports.
-            tier.block_prefix(
-                &"198.18.0.0/30".parse().unwrap(),
-                Some(Duration::from_secs(30)),
-            )
-            .unwrap();
-            tier.reset_identity(21, &BudgetSpec::default()).unwrap();
-            send(4002, LISTEN, 10);
-            assert_eq!(drain(&listener, Duration::from_millis(300)), 0);
-            assert_eq!(tier.counters().unwrap().get(counter::DROP_BLOCKLIST), 10);
-            // ... but not other ports.
-            send(4000, OTHER, 5);
-            assert_eq!(drain(&other, Duration::from_millis(300)), 5);
-
-            // Unblocked, the (now unlimited) identity gets everything.
-            tier.unblock_prefix(&"198.18.0.0/30".parse().unwrap())
-                .unwrap();
-            send(4002, LISTEN, 25);
-            assert_eq!(drain(&listener, Duration::from_millis(300)), 25);
-
-            tier.detach();
-            assert!(tier.attachment().is_none());
-            // Detached: nothing is metered any more.
-            let before = tier.counters().unwrap();
-            send(4001, LISTEN, 10);
-            assert_eq!(drain(&listener, Duration::from_millis(300)), 10);
-            assert_eq!(tier.counters().unwrap(), before);
+            a_port_xdp_ignores_gets_everything(&d);
+            an_unbound_flow_gets_its_sources_preauth_burst(&d);
+            a_bound_flow_is_charged_to_its_identity(&d);
+            a_blocked_prefix_stops_listener_ports_only_until_unblocked(&d);
+            detached_nothing_is_metered(&d);
         }));
         to_sender.send(Step::Done).unwrap();
         if let Err(p) = result {
@@ -255,4 +179,123 @@ fn native_xdp_on_veth_meters_real_packets() {
         }
     });
     drop(ns);
+}
+
+/// What the steps of [`native_xdp_on_veth_meters_real_packets`] use, in
+/// Dome's namespace: the attached tier, a socket on the listener port XDP
+/// meters and one on a port it ignores, and the sender thread's channels.
+struct DomeSide<'a> {
+    tier: &'a KernelTier,
+    listener: UdpSocket,
+    other: UdpSocket,
+    to_sender: &'a mpsc::Sender<Step>,
+    sent_rx: &'a mpsc::Receiver<()>,
+}
+
+impl DomeSide<'_> {
+    /// Has the sender send `count` datagrams from `src_port` to `dst_port`;
+    /// returns once they are sent.
+    fn send(&self, src_port: u16, dst_port: u16, count: usize) {
+        self.to_sender
+            .send(Step::Send {
+                src_port,
+                dst_port,
+                count,
+            })
+            .unwrap();
+        self.sent_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+}
+
+/// Warm up ARP with a port XDP ignores; everything there arrives.
+fn a_port_xdp_ignores_gets_everything(d: &DomeSide) {
+    let (tier, other) = (d.tier, &d.other);
+    d.send(4000, OTHER, 20);
+    assert_eq!(drain(other, Duration::from_millis(300)), 20);
+    let c = tier.counters().unwrap();
+    assert!(c.get(counter::PASS_OTHER) >= 20, "{c:?}");
+}
+
+/// Unbound flow: the source address gets its pre-auth burst of five.
+fn an_unbound_flow_gets_its_sources_preauth_burst(d: &DomeSide) {
+    let (tier, listener) = (d.tier, &d.listener);
+    let started = Instant::now();
+    d.send(4001, LISTEN, 30);
+    let got = drain(listener, Duration::from_millis(300));
+    let refill = started.elapsed().as_secs() as usize;
+    assert!(
+        (5..=5 + refill).contains(&got),
+        "received {got} of 30 unbound datagrams"
+    );
+    let c = tier.counters().unwrap();
+    assert_eq!(c.get(counter::PASS_UNBOUND) as usize, got);
+    assert_eq!(c.get(counter::DROP_PREAUTH) as usize, 30 - got);
+}
+
+/// A bound flow is charged to its identity: a burst of 12.
+fn a_bound_flow_is_charged_to_its_identity(d: &DomeSide) {
+    let (tier, listener) = (d.tier, &d.listener);
+    let flow = Flow {
+        proto: L4::Udp,
+        src: IpAddr::V4(SENDER),
+        src_port: 4002,
+        dst_port: LISTEN,
+    };
+    tier.reset_identity(
+        21,
+        &BudgetSpec {
+            packets_per_sec: 1,
+            burst_packets: 12,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    tier.bind_flow(&flow, 21).unwrap();
+    let started = Instant::now();
+    d.send(4002, LISTEN, 40);
+    let got = drain(listener, Duration::from_millis(300));
+    let refill = started.elapsed().as_secs() as usize;
+    assert!(
+        (12..=12 + refill).contains(&got),
+        "received {got} of 40 bound datagrams"
+    );
+    let c = tier.counters().unwrap();
+    assert_eq!(c.get(counter::PASS_BOUND) as usize, got);
+    assert_eq!(c.get(counter::DROP_BUDGET) as usize, 40 - got);
+}
+
+/// Blocking the sender's prefix stops everything on listener ports, but
+/// not other ports; unblocked, the (now unlimited) identity gets
+/// everything.
+fn a_blocked_prefix_stops_listener_ports_only_until_unblocked(d: &DomeSide) {
+    let (tier, listener, other) = (d.tier, &d.listener, &d.other);
+    tier.block_prefix(
+        &"198.18.0.0/30".parse().unwrap(),
+        Some(Duration::from_secs(30)),
+    )
+    .unwrap();
+    tier.reset_identity(21, &BudgetSpec::default()).unwrap();
+    d.send(4002, LISTEN, 10);
+    assert_eq!(drain(listener, Duration::from_millis(300)), 0);
+    assert_eq!(tier.counters().unwrap().get(counter::DROP_BLOCKLIST), 10);
+    // ... but not other ports.
+    d.send(4000, OTHER, 5);
+    assert_eq!(drain(other, Duration::from_millis(300)), 5);
+
+    // Unblocked, the (now unlimited) identity gets everything.
+    tier.unblock_prefix(&"198.18.0.0/30".parse().unwrap())
+        .unwrap();
+    d.send(4002, LISTEN, 25);
+    assert_eq!(drain(listener, Duration::from_millis(300)), 25);
+}
+
+/// Detached: nothing is metered any more.
+fn detached_nothing_is_metered(d: &DomeSide) {
+    let (tier, listener) = (d.tier, &d.listener);
+    tier.detach();
+    assert!(tier.attachment().is_none());
+    let before = tier.counters().unwrap();
+    d.send(4001, LISTEN, 10);
+    assert_eq!(drain(listener, Duration::from_millis(300)), 10);
+    assert_eq!(tier.counters().unwrap(), before);
 }

@@ -119,6 +119,20 @@ impl Slot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unavailable(pub String);
 
+/// Where [`Trail::open_signed`] starts its writer: the segment it appends
+/// to and that segment's file, the next record's sequence number, the
+/// chain's head, and the segment's index, length and creation time (unix
+/// µs).
+struct Resume {
+    active: segment::Segment,
+    file: std::fs::File,
+    next_seq: u64,
+    head: Hash,
+    index: Index,
+    len: u64,
+    created_us: u64,
+}
+
 impl Trail {
     /// Opens an unsigned trail (no checkpoints): for tests of the rest.
     pub fn open(
@@ -142,73 +156,15 @@ impl Trail {
     ) -> std::io::Result<Arc<Trail>> {
         std::fs::create_dir_all(dir)?;
         let segments = segment::list(dir)?;
-        let (active, file, next_seq, head, index, len, created_us) = match segments.last() {
-            None => {
-                let now = crate::clock::unix_us();
-                let (seg, f) = segment::create(dir, 1, now)?;
-                (
-                    seg,
-                    f,
-                    1,
-                    [0; 32],
-                    Index::new(),
-                    segment::HEADER as u64,
-                    now,
-                )
-            }
-            Some(last) => {
-                let expected = match segments.len() {
-                    n if n >= 2 => segment::chain_end(&segments[n - 2])?,
-                    _ => None,
-                };
-                let tail = segment::recover(last, expected)?;
-                if let Some(why) = &tail.damaged {
-                    tracing::error!(
-                        segment = %last.path.display(),
-                        damage = %why,
-                        next_seq = tail.next_seq,
-                        "the newest audit segment is damaged (good records follow the damage, so this is no torn write): it is left as it is for `dome audit verify`; the trail goes on in a new segment"
-                    );
-                    let now = crate::clock::unix_us();
-                    let (seg, f) = segment::create(dir, tail.next_seq, now)?;
-                    (
-                        seg,
-                        f,
-                        tail.next_seq,
-                        tail.head,
-                        Index::new(),
-                        segment::HEADER as u64,
-                        now,
-                    )
-                } else {
-                    if tail.removed_bytes > 0 {
-                        tracing::warn!(
-                            segment = %last.path.display(),
-                            removed_bytes = tail.removed_bytes,
-                            why = tail.removed_why.as_deref().unwrap_or("-"),
-                            kept_through = tail.next_seq.saturating_sub(1),
-                            "audit recovery cut a torn tail from the newest segment"
-                        );
-                    } else {
-                        tracing::info!(
-                            segment = %last.path.display(),
-                            next_seq = tail.next_seq,
-                            "audit trail recovered cleanly"
-                        );
-                    }
-                    let f = segment::open_append(last, tail.len)?;
-                    (
-                        last.clone(),
-                        f,
-                        tail.next_seq,
-                        tail.head,
-                        tail.index,
-                        tail.len,
-                        tail.created_us,
-                    )
-                }
-            }
-        };
+        let Resume {
+            active,
+            file,
+            next_seq,
+            head,
+            index,
+            len,
+            created_us,
+        } = Trail::resume(dir, &segments)?;
         let ring = ring.max(16);
         let trail = Arc::new(Trail {
             dir: dir.to_path_buf(),
@@ -277,6 +233,88 @@ impl Trail {
         let _ = trail.writer_thread.set(handle.thread().clone());
         *trail.writer.lock().expect("writer handle") = Some(handle);
         Ok(trail)
+    }
+
+    /// Where the writer goes on in `dir` (its `segments`): a first
+    /// segment; the newest one, its torn tail cut; or, when the newest is
+    /// damaged with good records after the damage, a new one after it.
+    fn resume(dir: &Path, segments: &[segment::Segment]) -> std::io::Result<Resume> {
+        let (active, file, next_seq, head, index, len, created_us) = match segments.last() {
+            None => {
+                let now = crate::clock::unix_us();
+                let (seg, f) = segment::create(dir, 1, now)?;
+                (
+                    seg,
+                    f,
+                    1,
+                    [0; 32],
+                    Index::new(),
+                    segment::HEADER as u64,
+                    now,
+                )
+            }
+            Some(last) => {
+                let expected = match segments.len() {
+                    n if n >= 2 => segment::chain_end(&segments[n - 2])?,
+                    _ => None,
+                };
+                let tail = segment::recover(last, expected)?;
+                if let Some(why) = &tail.damaged {
+                    tracing::error!(
+                        segment = %last.path.display(),
+                        damage = %why,
+                        next_seq = tail.next_seq,
+                        "the newest audit segment is damaged (good records follow the damage, so this is no torn write): it is left as it is for `dome audit verify`; the trail goes on in a new segment"
+                    );
+                    let now = crate::clock::unix_us();
+                    let (seg, f) = segment::create(dir, tail.next_seq, now)?;
+                    (
+                        seg,
+                        f,
+                        tail.next_seq,
+                        tail.head,
+                        Index::new(),
+                        segment::HEADER as u64,
+                        now,
+                    )
+                } else {
+                    if tail.removed_bytes > 0 {
+                        tracing::warn!(
+                            segment = %last.path.display(),
+                            removed_bytes = tail.removed_bytes,
+                            why = tail.removed_why.as_deref().unwrap_or("-"),
+                            kept_through = tail.next_seq.saturating_sub(1),
+                            "audit recovery cut a torn tail from the newest segment"
+                        );
+                    } else {
+                        tracing::info!(
+                            segment = %last.path.display(),
+                            next_seq = tail.next_seq,
+                            "audit trail recovered cleanly"
+                        );
+                    }
+                    let f = segment::open_append(last, tail.len)?;
+                    (
+                        last.clone(),
+                        f,
+                        tail.next_seq,
+                        tail.head,
+                        tail.index,
+                        tail.len,
+                        tail.created_us,
+                    )
+                }
+            }
+        };
+        Ok(Resume {
+            active,
+            file,
+            next_seq,
+            head,
+            index,
+            len,
+            created_us,
+        })
     }
 
     pub fn dir(&self) -> &Path {

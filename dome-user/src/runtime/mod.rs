@@ -78,7 +78,11 @@ fn read_config(config_path: &Path) -> anyhow::Result<(Config, String)> {
 
 /// The kernel tier as `run` starts it.
 struct Kernel {
+    /// The XDP program, when it loaded: its counters, settings and detach.
     tier: Option<Arc<KernelTier>>,
+    /// What the gateway and escalation enforce through: the XDP program,
+    /// or the enforcer handed to [`run_with_enforcer`].
+    enforcer: Option<Arc<dyn kernel::Enforcer>>,
     status: XdpStatus,
     events: Arc<EventStats>,
     /// Its event reader and the sweeper of expired blocks.
@@ -110,6 +114,7 @@ fn start_kernel(config: &Config) -> anyhow::Result<Kernel> {
         }));
     }
     Ok(Kernel {
+        enforcer: tier.clone().map(|t| t as Arc<dyn kernel::Enforcer>),
         tier,
         status,
         events,
@@ -265,17 +270,11 @@ async fn shut_down(
 
 /// Who may call and how Dome vouches for them: the agent registry, the
 /// assertion signer, and escalation with the kernel tier it blocks in.
-#[allow(clippy::type_complexity)]
 fn open_identity(
     config: &Config,
     config_path: &Path,
-    tier: Option<&Arc<KernelTier>>,
-) -> anyhow::Result<(
-    Arc<Registry>,
-    Arc<Signer>,
-    Option<Arc<dyn kernel::Enforcer>>,
-    Arc<Escalation>,
-)> {
+    enforcer: Option<Arc<dyn kernel::Enforcer>>,
+) -> anyhow::Result<(Arc<Registry>, Arc<Signer>, Arc<Escalation>)> {
     let registry = Arc::new(
         Registry::open(
             &beside(config_path, &config.auth.data_dir),
@@ -307,10 +306,8 @@ fn open_identity(
             "[auth] required = false: callers without a credential are served anonymously"
         );
     }
-    // The gateway and escalation see the kernel tier through `Enforcer`.
-    let enforcer = tier.cloned().map(|t| t as Arc<dyn kernel::Enforcer>);
-    let escalation = Arc::new(Escalation::new(config.escalation.clone(), enforcer.clone()));
-    Ok((registry, signer, enforcer, escalation))
+    let escalation = Arc::new(Escalation::new(config.escalation.clone(), enforcer));
+    Ok((registry, signer, escalation))
 }
 
 /// The MCP listener, each request handled by the gateway current when it
@@ -362,19 +359,54 @@ async fn serve_stats(
 /// Runs Dome until SIGINT or SIGTERM.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let (config, version) = read_config(config_path)?;
+    let kernel = start_kernel(&config)?;
+    serve(config_path, config, version, kernel).await
+}
+
+/// Runs Dome as [`run`] does, with `enforcer` as its kernel tier in place
+/// of the XDP program (whatever `[xdp] enabled` says; its budgets apply):
+/// the gateway binds connections' flows and sets agents' budgets in it,
+/// escalation blocks agents in it. No packet is metered (`/stats` says XDP
+/// is unavailable). For Dome run where XDP cannot load, such as tests
+/// without root with a [`kernel::MemoryEnforcer`].
+pub async fn run_with_enforcer(
+    config_path: &Path,
+    enforcer: Arc<dyn kernel::Enforcer>,
+) -> anyhow::Result<()> {
+    let (config, version) = read_config(config_path)?;
+    let kernel = Kernel {
+        tier: None,
+        enforcer: Some(enforcer),
+        status: XdpStatus::Unavailable {
+            reason: "run with an enforcer in place of the XDP program".into(),
+        },
+        events: Arc::new(EventStats::default()),
+        background: Vec::new(),
+    };
+    serve(config_path, config, version, kernel).await
+}
+
+/// Serves `config` (read from `config_path`, at `version`) over `kernel`
+/// until SIGINT or SIGTERM, then shuts down.
+async fn serve(
+    config_path: &Path,
+    config: Config,
+    version: String,
+    kernel: Kernel,
+) -> anyhow::Result<()> {
     let Kernel {
         tier,
+        enforcer,
         status,
         events,
         mut background,
-    } = start_kernel(&config)?;
+    } = kernel;
     // Before any upstream client exists: each keeps one pool per lane.
     let workers = crate::net::workers::configure(config.server.workers);
     let upstreams = upstreams_for(&config.upstreams, &[])?;
     let metrics = Metrics::new();
     let sessions = SessionTable::new();
-    let (registry, signer, enforcer, escalation) =
-        open_identity(&config, config_path, tier.as_ref())?;
+    let (registry, signer, escalation) = open_identity(&config, config_path, enforcer.clone())?;
     let (audit, audit_public, audit_dir) = open_audit(&config, config_path)?;
     let authority = authority_for(
         &config,
@@ -395,7 +427,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             required: false,
             resource: String::new(),
             escalation: escalation.clone(),
-            tier: enforcer.clone(),
+            tier: enforcer,
             kernel_budget: config.xdp.default_budget,
             audit: audit.clone(),
             rule_budgets: Default::default(),

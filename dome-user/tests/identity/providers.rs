@@ -28,33 +28,85 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
             sha(KEY_ACME_BOT)
         ),
     );
-    let aud = format!("http://{}/mcp", dome.mcp);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = |exp: u64, aud: &str, scope: &str| {
+    let acme = Acme {
+        aud: format!("http://{}/mcp", dome.mcp),
+        now: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        dome: &dome,
+        k1,
+    };
+    a_providers_token_names_the_agent_and_its_user_upstream(&acme);
+    expired_misaddressed_critical_and_unscoped_tokens_are_refused(&acme);
+    an_agent_with_an_api_key_passes_its_users_own_token(&acme);
+    a_key_rotated_in_at_the_provider_verifies_after_a_refresh(&acme, &keys);
+}
+
+/// Acme's identity provider and the Dome that trusts it, as the steps of
+/// [`identity_provider_tokens_authenticate_agents_and_users`] use them.
+struct Acme<'a> {
+    dome: &'a Dome,
+    /// The provider's first signing key.
+    k1: jsonwebtoken::EncodingKey,
+    /// Dome's MCP URL: the audience of the provider's tokens.
+    aud: String,
+    /// When the test's tokens are issued (unix s).
+    now: u64,
+}
+
+impl Acme<'_> {
+    /// A token's claims for `acme-bot` and its user `bob@acme.test`.
+    fn claims(&self, exp: u64, aud: &str, scope: &str) -> Value {
         json!({"iss": "https://idp.acme.test", "aud": aud, "sub": "bob@acme.test",
-               "client_id": "acme-bot", "iat": now, "exp": exp, "scope": scope})
-    };
-    let token = |k: &jsonwebtoken::EncodingKey, kid: &str, c: &Value| {
-        let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(&h, c, k).unwrap()
-    };
-    let whoami = |t: &str| {
+               "client_id": "acme-bot", "iat": self.now, "exp": exp, "scope": scope})
+    }
+
+    /// A `whoami` call with bearer token `t`.
+    fn whoami(&self, t: &str) -> (u16, Vec<(String, String)>, Value) {
         post(
-            &dome,
+            self.dome,
             &[("Authorization", &format!("Bearer {t}"))],
             "whoami",
             &call("whoami", json!({})),
         )
-    };
+    }
+}
+
+/// `c` signed with key `k`, named `kid` in the header.
+fn token(k: &jsonwebtoken::EncodingKey, kid: &str, c: &Value) -> String {
+    let mut h = jsonwebtoken::Header::new(Algorithm::ES256);
+    h.kid = Some(kid.into());
+    jsonwebtoken::encode(&h, c, k).unwrap()
+}
+
+/// The claims of an assertion Dome signed, verified with the keys it
+/// publishes.
+fn assertion_claims(dome: &Dome, assertion: &str) -> Value {
+    let (_, _, jwks) = http(dome.mcp, "GET", "/.well-known/jwks.json", &[], "");
+    let set: JwkSet = serde_json::from_str(&jwks).unwrap();
+    let kid = jsonwebtoken::decode_header(assertion).unwrap().kid.unwrap();
+    let mut val = Validation::new(Algorithm::EdDSA);
+    val.set_audience(&["demo"]);
+    jsonwebtoken::decode::<Value>(
+        assertion,
+        &DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap(),
+        &val,
+    )
+    .unwrap()
+    .claims
+}
+
+/// Once the provider's keys are fetched (in the background at start), its
+/// token passes: the assertion upstream names the agent and the user, and
+/// the token itself does not go upstream.
+fn a_providers_token_names_the_agent_and_its_user_upstream(acme: &Acme) {
+    let (k1, aud, now) = (&acme.k1, &acme.aud, acme.now);
     // The provider's keys are fetched in the background at start.
-    let good = token(&k1, "k1", &claims(now + 300, &aud, "mcp:tools"));
+    let good = token(k1, "k1", &acme.claims(now + 300, aud, "mcp:tools"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let (status, _, v) = loop {
-        let r = whoami(&good);
+        let r = acme.whoami(&good);
         if r.0 == 200 || std::time::Instant::now() > deadline {
             break r;
         }
@@ -63,36 +115,31 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
     assert_eq!(status, 200, "{v}");
     let seen: Value =
         serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap();
-    let (_, _, jwks) = http(dome.mcp, "GET", "/.well-known/jwks.json", &[], "");
-    let set: JwkSet = serde_json::from_str(&jwks).unwrap();
-    let assertion = seen["dome-assertion"].as_str().unwrap();
-    let kid = jsonwebtoken::decode_header(assertion).unwrap().kid.unwrap();
-    let mut val = Validation::new(Algorithm::EdDSA);
-    val.set_audience(&["demo"]);
-    let c = jsonwebtoken::decode::<Value>(
-        assertion,
-        &DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap(),
-        &val,
-    )
-    .unwrap()
-    .claims;
+    let c = assertion_claims(acme.dome, seen["dome-assertion"].as_str().unwrap());
     assert_eq!(c["sub"], "acme-bot");
     assert_eq!(c["user"], "bob@acme.test");
     assert!(
         seen.get("authorization").is_none(),
         "the token went upstream: {seen}"
     );
+}
 
+/// Expired, for another audience, with a critical extension Dome does not
+/// understand: 401. Without the required scope: 403, with a challenge that
+/// points at the metadata naming the provider.
+fn expired_misaddressed_critical_and_unscoped_tokens_are_refused(acme: &Acme) {
+    let (k1, aud, now, dome) = (&acme.k1, &acme.aud, acme.now, acme.dome);
     assert_eq!(
-        whoami(&token(&k1, "k1", &claims(now - 10, &aud, "mcp:tools"))).0,
+        acme.whoami(&token(k1, "k1", &acme.claims(now - 10, aud, "mcp:tools")))
+            .0,
         401,
         "expired"
     );
     assert_eq!(
-        whoami(&token(
-            &k1,
+        acme.whoami(&token(
+            k1,
             "k1",
-            &claims(now + 300, "https://other/mcp", "mcp:tools")
+            &acme.claims(now + 300, "https://other/mcp", "mcp:tools")
         ))
         .0,
         401,
@@ -109,14 +156,14 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         );
         let input = format!(
             "{header}.{}",
-            b64.encode(claims(now + 300, &aud, "mcp:tools").to_string())
+            b64.encode(acme.claims(now + 300, aud, "mcp:tools").to_string())
         );
-        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &k1, Algorithm::ES256).unwrap();
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), k1, Algorithm::ES256).unwrap();
         format!("{input}.{sig}")
     };
-    let (status, _, v) = whoami(&crit);
+    let (status, _, v) = acme.whoami(&crit);
     assert_eq!(status, 401, "crit: {v}");
-    let (status, h, _) = whoami(&token(&k1, "k1", &claims(now + 300, &aud, "read")));
+    let (status, h, _) = acme.whoami(&token(k1, "k1", &acme.claims(now + 300, aud, "read")));
     assert_eq!(status, 403, "scope");
     let challenge = header(&h, "www-authenticate").unwrap();
     // A tenant trusts an identity provider here: the challenge points at
@@ -141,17 +188,20 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         json!(["https://idp.acme.test"])
     );
     assert_eq!(doc["resource"], format!("http://{}/mcp", dome.mcp));
+}
 
-    // An agent with an API key passes its end user's own token: the user
-    // is the token's (and a token that does not verify is refused).
+/// An agent with an API key passes its end user's own token: the user
+/// is the token's (and a token that does not verify is refused).
+fn an_agent_with_an_api_key_passes_its_users_own_token(acme: &Acme) {
+    let (k1, aud, now, dome) = (&acme.k1, &acme.aud, acme.now, acme.dome);
     let user_token = token(
-        &k1,
+        k1,
         "k1",
         &json!({"iss": "https://idp.acme.test", "aud": aud, "sub": "dora@acme.test",
                 "exp": now + 300, "scope": "mcp:tools"}),
     );
     let (status, _, v) = post(
-        &dome,
+        dome,
         &[
             ("Authorization", &format!("Bearer {KEY_ACME_BOT}")),
             ("Dome-User-Token", &user_token),
@@ -166,22 +216,12 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         seen.get("dome-user-token").is_none(),
         "the user's token went upstream"
     );
-    let claims_of = |t: &str| {
-        let kid = jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
-        jsonwebtoken::decode::<Value>(
-            t,
-            &DecodingKey::from_jwk(set.find(&kid).unwrap()).unwrap(),
-            &val,
-        )
-        .unwrap()
-        .claims
-    };
     assert_eq!(
-        claims_of(seen["dome-assertion"].as_str().unwrap())["user"],
+        assertion_claims(dome, seen["dome-assertion"].as_str().unwrap())["user"],
         "dora@acme.test"
     );
     let (status, _, _) = post(
-        &dome,
+        dome,
         &[
             ("Authorization", &format!("Bearer {KEY_ACME_BOT}")),
             ("Dome-User-Token", "not.a.token"),
@@ -190,18 +230,24 @@ fn identity_provider_tokens_authenticate_agents_and_users() {
         &call("whoami", json!({})),
     );
     assert_eq!(status, 401);
+}
 
-    // The provider rotates in a new key: the first token signed with it is
-    // refused (unknown key) and triggers a refresh; then it verifies.
+/// The provider rotates in a new key: the first token signed with it is
+/// refused (unknown key) and triggers a refresh; then it verifies.
+fn a_key_rotated_in_at_the_provider_verifies_after_a_refresh(
+    acme: &Acme,
+    keys: &std::sync::Mutex<Value>,
+) {
+    let (aud, now) = (&acme.aud, acme.now);
     let (k2, jwk2) = idp_key("k2");
     keys.lock().unwrap()["keys"]
         .as_array_mut()
         .unwrap()
         .push(jwk2);
-    let rotated = token(&k2, "k2", &claims(now + 300, &aud, "mcp:tools"));
-    assert_eq!(whoami(&rotated).0, 401);
+    let rotated = token(&k2, "k2", &acme.claims(now + 300, aud, "mcp:tools"));
+    assert_eq!(acme.whoami(&rotated).0, 401);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while whoami(&rotated).0 != 200 {
+    while acme.whoami(&rotated).0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "the rotated key was never fetched"

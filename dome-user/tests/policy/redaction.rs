@@ -57,72 +57,103 @@ agent = "sales-bot"
 upstream = "leaky"
 "#,
     );
-    let meta = || {
-        json!({"progressToken": "p", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-               "io.modelcontextprotocol/clientCapabilities": {},
-               "io.modelcontextprotocol/logLevel": "info"})
-    };
-    let send = |key: &str, method: &str, name: &str, params: Value| -> String {
+    let leaky = Leaky(&dome);
+    without_redactions_every_address_arrives(&leaky);
+    content_of_every_kind_keys_and_errors_are_redacted(&leaky);
+    progress_and_log_messages_on_the_way_are_redacted(&leaky);
+    what_cannot_be_read_is_withheld_naming_the_upstream(&leaky);
+    resources_prompts_and_completions_are_redacted(&leaky);
+
+    let s = dome.stats_json();
+    assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
+}
+
+/// The leaky upstream behind Dome: what the steps of
+/// [`redaction_reaches_every_place_an_upstream_can_put_data`] send it, each
+/// answer's text as the agent of `key` gets it.
+struct Leaky<'a>(&'a Dome);
+
+impl Leaky<'_> {
+    /// A `method` request (its `Mcp-Name`: `name`) with a progress token
+    /// and log level in its `_meta`: the answer's text.
+    fn send(&self, key: &str, method: &str, name: &str, params: Value) -> String {
         let mut params = params;
-        params["_meta"] = meta();
+        params["_meta"] = json!({"progressToken": "p",
+               "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+               "io.modelcontextprotocol/clientCapabilities": {},
+               "io.modelcontextprotocol/logLevel": "info"});
         let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-        let (status, text) = post_text(&dome, key, method, name, &body.to_string());
+        let (status, text) = post_text(self.0, key, method, name, &body.to_string());
         assert!(
             status != 0 && status < 500,
             "{method} {name}: {status} {text}"
         );
         text
-    };
-    // The last JSON-RPC message of a body, plain JSON or SSE.
-    let last = |text: &str| -> Value {
-        text.lines()
-            .rev()
-            .filter_map(|l| l.strip_prefix("data:"))
-            .find_map(|d| serde_json::from_str(d.trim()).ok())
-            .unwrap_or_else(|| serde_json::from_str(text).unwrap_or(Value::Null))
-    };
-    let tool = |key: &str, name: &str| send(key, "tools/call", name, json!({"name": name}));
-    let read = |key: &str| {
-        send(
+    }
+
+    fn tool(&self, key: &str, name: &str) -> String {
+        self.send(key, "tools/call", name, json!({"name": name}))
+    }
+
+    fn read(&self, key: &str) -> String {
+        self.send(
             key,
             "resources/read",
             "people://all",
             json!({"uri": "people://all"}),
         )
-    };
-    let prompt = |key: &str| {
-        send(
+    }
+
+    fn prompt(&self, key: &str) -> String {
+        self.send(
             key,
             "prompts/get",
             "contact",
             json!({"name": "contact", "arguments": {"who": "zed@leak.test"}}),
         )
-    };
-    let complete = |key: &str| {
-        send(
+    }
+
+    fn complete(&self, key: &str) -> String {
+        self.send(
             key,
             "completion/complete",
             "contact",
             json!({"ref": {"type": "ref/prompt", "name": "contact"},
                    "argument": {"name": "who", "value": "m"}}),
         )
-    };
+    }
+}
 
-    // Without redactions every address arrives: the upstream leaks them.
+/// The last JSON-RPC message of a body, plain JSON or SSE.
+fn last(text: &str) -> Value {
+    text.lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .find_map(|d| serde_json::from_str(d.trim()).ok())
+        .unwrap_or_else(|| serde_json::from_str(text).unwrap_or(Value::Null))
+}
+
+/// Without redactions every address arrives: the upstream leaks them.
+fn without_redactions_every_address_arrives(leaky: &Leaky) {
     for (what, text) in [
-        ("embedded", tool(SALES, "embedded")),
-        ("keyed", tool(SALES, "keyed")),
-        ("refuse", tool(SALES, "refuse")),
-        ("chatty", tool(SALES, "chatty")),
-        ("resource", read(SALES)),
-        ("prompt", prompt(SALES)),
-        ("completion", complete(SALES)),
+        ("embedded", leaky.tool(SALES, "embedded")),
+        ("keyed", leaky.tool(SALES, "keyed")),
+        ("refuse", leaky.tool(SALES, "refuse")),
+        ("chatty", leaky.tool(SALES, "chatty")),
+        ("resource", leaky.read(SALES)),
+        ("prompt", leaky.prompt(SALES)),
+        ("completion", leaky.complete(SALES)),
     ] {
         assert!(text.contains("@leak.test"), "{what} leaks nothing: {text}");
     }
+}
 
+/// Content of every kind (base64 image data left intact), object keys
+/// (the records stay, under redacted names), a JSON-RPC error's message
+/// and data.
+fn content_of_every_kind_keys_and_errors_are_redacted(leaky: &Leaky) {
     // Content of every kind.
-    let text = tool(SUPPORT, "embedded");
+    let text = leaky.tool(SUPPORT, "embedded");
     assert!(!text.contains("@leak.test"), "{text}");
     let v = last(&text);
     let content = &v["result"]["content"];
@@ -138,7 +169,7 @@ upstream = "leaky"
     assert_eq!(content[3]["mimeType"], "image/png");
 
     // Keys: the records stay, under redacted names.
-    let text = tool(SUPPORT, "keyed");
+    let text = leaky.tool(SUPPORT, "keyed");
     assert!(!text.contains("@leak.test"), "{text}");
     let v = last(&text);
     let sc = &v["result"]["structuredContent"];
@@ -156,15 +187,17 @@ upstream = "leaky"
     );
 
     // A JSON-RPC error's message and data.
-    let text = tool(SUPPORT, "refuse");
+    let text = leaky.tool(SUPPORT, "refuse");
     assert!(!text.contains("@leak.test"), "{text}");
     let v = last(&text);
     assert_eq!(v["error"]["code"], -32000, "{v}");
     assert_eq!(v["error"]["message"], "no access for [REDACTED:email]");
     assert_eq!(v["error"]["data"]["who"], "[REDACTED:email]");
+}
 
-    // Progress and log messages on the way, then the result.
-    let text = tool(SUPPORT, "chatty");
+/// Progress and log messages on the way, then the result.
+fn progress_and_log_messages_on_the_way_are_redacted(leaky: &Leaky) {
+    let text = leaky.tool(SUPPORT, "chatty");
     assert!(!text.contains("@leak.test"), "{text}");
     assert!(
         text.contains("working for [REDACTED:email]"),
@@ -172,9 +205,12 @@ upstream = "leaky"
     );
     assert!(text.contains("looked up [REDACTED:email]"), "log: {text}");
     assert_eq!(last(&text)["result"]["content"][0]["text"], "done");
+}
 
-    // What cannot be read is withheld, and says which upstream sent it.
-    let text = tool(SUPPORT, "deep");
+/// What cannot be read is withheld, and says which upstream sent it,
+/// in a plain answer and on a stream.
+fn what_cannot_be_read_is_withheld_naming_the_upstream(leaky: &Leaky) {
+    let text = leaky.tool(SUPPORT, "deep");
     assert!(!text.contains("@leak.test"), "{text}");
     let v = last(&text);
     let message = v["error"]["message"]
@@ -186,7 +222,7 @@ upstream = "leaky"
     );
     // The same on a stream (a progress message first): the unreadable
     // event is not relayed, and the stream still ends with an answer.
-    let text = tool(SUPPORT, "deep_streamed");
+    let text = leaky.tool(SUPPORT, "deep_streamed");
     assert!(!text.contains("@leak.test"), "{text}");
     assert!(text.contains("notifications/progress"), "{text}");
     let v = last(&text);
@@ -197,23 +233,26 @@ upstream = "leaky"
         message.contains("`leaky` sent 1 message(s) that cannot be read"),
         "{message}"
     );
+}
 
-    // Resources, prompts and completions.
+/// Resources, prompts and completions: each with its placeholder.
+fn resources_prompts_and_completions_are_redacted(leaky: &Leaky) {
     for (what, text, placeholder) in [
         (
             "resource",
-            read(SUPPORT),
+            leaky.read(SUPPORT),
             "[REDACTED:email], [REDACTED:email]",
         ),
-        ("prompt", prompt(SUPPORT), "copy [REDACTED:email]"),
-        ("completion", complete(SUPPORT), "\"[REDACTED:email]\""),
+        ("prompt", leaky.prompt(SUPPORT), "copy [REDACTED:email]"),
+        (
+            "completion",
+            leaky.complete(SUPPORT),
+            "\"[REDACTED:email]\"",
+        ),
     ] {
         assert!(!text.contains("@leak.test"), "{what}: {text}");
         assert!(text.contains(placeholder), "{what}: {text}");
     }
-
-    let s = dome.stats_json();
-    assert!(s["redactions"]["email"].as_u64().unwrap() >= 13, "{s}");
 }
 
 /// A result's `_meta` is the upstream's data like its content, and an
