@@ -344,12 +344,23 @@ fn an_agents_kernel_budget_is_the_configured_one_and_follows_a_reload() {
         burst_bytes: 50_000,
     };
     dome.reload_with_budget(&changed);
+    // Found by this test: the budget was set only when a connection was
+    // bound, so an agent that kept its one connection open stayed on the
+    // old budget. Every agent's slot follows the reload at once.
+    let kernel = dome.kernel();
+    assert_eq!(kernel.budgets.get(&slot), Some(&changed), "{kernel:?}");
+    assert_eq!(
+        kernel.budgets.get(&dome.slot("agent-b")),
+        Some(&changed),
+        "{kernel:?}"
+    );
+    assert_eq!(kernel.flows.get(&first.flow()), Some(&slot));
+    assert_eq!(first.call(Some(KEY_A), "echo"), (200, None));
     let mut next = Client::connect(&dome);
     assert_eq!(next.call(Some(KEY_A), "echo"), (200, None));
     let kernel = dome.kernel();
     assert_eq!(kernel.budgets.get(&slot), Some(&changed));
     assert_eq!(kernel.flows.get(&next.flow()), Some(&slot));
-    assert_eq!(kernel.budgets.len(), 1, "only agent-a's slot: {kernel:?}");
 }
 
 /// An agent denied by policy `max_strikes` times is blocked in the kernel

@@ -258,8 +258,8 @@ impl Live {
         {
             tracing::warn!(error = %e, "updating the XDP program's settings failed");
         }
+        let current = self.authority.lock().expect("authority lock").clone();
         let authority = {
-            let current = self.authority.lock().expect("authority lock").clone();
             current
                 .registry
                 .set_config(
@@ -272,6 +272,9 @@ impl Live {
             authority_for(applied, &self.path, &current)?
         };
         *self.authority.lock().expect("authority lock") = authority.clone();
+        if authority.kernel_budget != current.kernel_budget {
+            rebudget(&authority);
+        }
         // Escalation's limits apply live: strikes from now on count toward them.
         authority.escalation.set_config(applied.escalation.clone());
         let gw = Gateway::new(
@@ -404,6 +407,21 @@ pub(super) fn live_part(old: &Config, new: &Config) -> (Config, Vec<String>) {
         );
     }
     (applied, needs_restart)
+}
+
+/// Sets every agent's slot in the kernel tier to the budget now in force.
+/// The gateway sets a slot's budget when it binds a connection, so without
+/// this an agent on a connection it keeps open would stay on the old one.
+fn rebudget(authority: &Authority) {
+    let Some(tier) = &authority.tier else {
+        return;
+    };
+    let index = authority.registry.index();
+    for agent in index.agents.values() {
+        if let Err(e) = tier.set_budget(agent.slot, &authority.kernel_budget) {
+            tracing::warn!(agent = %agent.id, error = %e, "setting the agent's kernel budget failed");
+        }
+    }
 }
 
 #[cfg(test)]
