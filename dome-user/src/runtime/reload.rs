@@ -51,7 +51,8 @@ pub(super) fn identity_for(
     let dir = config_path.parent().unwrap_or(Path::new("."));
     let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)?;
     let policy_dir = beside(config_path, &config.policy.dir);
-    let (policy, sources) = crate::policy::load_with_sources(&policy_dir)?;
+    let (policy, sources) =
+        crate::policy::load_with_sources(&policy_dir).map_err(|e| crate::error_chain(&e))?;
     if policy.rule_count() == 0 {
         tracing::warn!(dir = %policy_dir.display(), "no policy rules: every tool call is denied");
     }
@@ -90,7 +91,7 @@ pub(super) fn identity_for(
     let shadow = match &config.policy.shadow_dir {
         Some(d) => {
             let p = crate::policy::load(&beside(config_path, d))
-                .map_err(|e| format!("shadow policy: {e}"))?;
+                .map_err(|e| format!("shadow policy: {}", crate::error_chain(&e)))?;
             tracing::info!(version = %p.version, rules = p.rule_count(), "shadow policy judging beside the active one");
             Some(Arc::new(p))
         }
