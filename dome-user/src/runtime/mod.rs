@@ -381,13 +381,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config_path,
         &Identity {
             shadow: None,
-            policy_store: Arc::new(
-                crate::store::policy::PolicyStore::open(&beside(
-                    config_path,
-                    &config.auth.data_dir,
-                ))
-                .map_err(anyhow::Error::msg)?,
-            ),
+            policy_store: Arc::new(crate::store::policy::PolicyStore::open(&beside(
+                config_path,
+                &config.auth.data_dir,
+            ))?),
             policy: Default::default(),
             jwt: Default::default(),
             registry: registry.clone(),

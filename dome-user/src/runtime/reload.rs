@@ -63,7 +63,11 @@ pub(super) fn identity_for(
         rules: policy.rule_count(),
         sources,
     };
-    if current.policy_store.record(&activation)? {
+    if current
+        .policy_store
+        .record(&activation)
+        .map_err(|e| crate::error_chain(&e))?
+    {
         tracing::info!(version = %policy.version, rules = policy.rule_count(), message = %policy.message, "policy activated");
     }
     for (issuer, p) in &jwt.by_issuer {
