@@ -49,7 +49,8 @@ pub(super) fn identity_for(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path));
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)?;
+    let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)
+        .map_err(|e| crate::error_chain(&e))?;
     let policy_dir = beside(config_path, &config.policy.dir);
     let (policy, sources) =
         crate::policy::load_with_sources(&policy_dir).map_err(|e| crate::error_chain(&e))?;
