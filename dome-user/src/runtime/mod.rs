@@ -398,7 +398,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             rule_budgets: Default::default(),
         },
     )
-    .map_err(anyhow::Error::msg)
     .context("loading the identity providers' keys")?;
     if let Some(task) =
         serve_admin(&config, config_path, &identity, &audit_dir, audit_public).await?

@@ -32,12 +32,26 @@ pub(super) fn beside(config_path: &Path, p: &Path) -> PathBuf {
     }
 }
 
+/// Why a configuration's identity settings do not load: its providers'
+/// keys, its policy (active or shadow), or the record of the activation.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IdentityError {
+    #[error(transparent)]
+    Providers(#[from] crate::store::jwks::JwksError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::LoadError),
+    #[error(transparent)]
+    PolicyStore(#[from] crate::store::policy::PolicyStoreError),
+    #[error("shadow policy")]
+    Shadow(#[source] crate::policy::LoadError),
+}
+
 /// The identity settings of `config` over an existing registry and signer.
 pub(super) fn identity_for(
     config: &Config,
     config_path: &Path,
     current: &Identity,
-) -> Result<Arc<Identity>, String> {
+) -> Result<Arc<Identity>, IdentityError> {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -49,11 +63,9 @@ pub(super) fn identity_for(
         .clone()
         .unwrap_or_else(|| format!("{scheme}://{}{}", config.server.listen, config.mcp.path));
     let dir = config_path.parent().unwrap_or(Path::new("."));
-    let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)
-        .map_err(|e| crate::error_chain(&e))?;
+    let jwt = crate::store::jwks::providers(&config.tenants, &resource, dir)?;
     let policy_dir = beside(config_path, &config.policy.dir);
-    let (policy, sources) =
-        crate::policy::load_with_sources(&policy_dir).map_err(|e| crate::error_chain(&e))?;
+    let (policy, sources) = crate::policy::load_with_sources(&policy_dir)?;
     if policy.rule_count() == 0 {
         tracing::warn!(dir = %policy_dir.display(), "no policy rules: every tool call is denied");
     }
@@ -64,11 +76,7 @@ pub(super) fn identity_for(
         rules: policy.rule_count(),
         sources,
     };
-    if current
-        .policy_store
-        .record(&activation)
-        .map_err(|e| crate::error_chain(&e))?
-    {
+    if current.policy_store.record(&activation)? {
         tracing::info!(version = %policy.version, rules = policy.rule_count(), message = %policy.message, "policy activated");
     }
     for (issuer, p) in &jwt.by_issuer {
@@ -95,8 +103,7 @@ pub(super) fn identity_for(
     }
     let shadow = match &config.policy.shadow_dir {
         Some(d) => {
-            let p = crate::policy::load(&beside(config_path, d))
-                .map_err(|e| format!("shadow policy: {}", crate::error_chain(&e)))?;
+            let p = crate::policy::load(&beside(config_path, d)).map_err(IdentityError::Shadow)?;
             tracing::info!(version = %p.version, rules = p.rule_count(), "shadow policy judging beside the active one");
             Some(Arc::new(p))
         }
@@ -275,7 +282,7 @@ impl Live {
                     crate::clock::unix_s(),
                 )
                 .map_err(|e| e.to_string())?;
-            identity_for(applied, &self.path, &current)?
+            identity_for(applied, &self.path, &current).map_err(|e| crate::error_chain(&e))?
         };
         *self.identity.lock().expect("identity lock") = identity.clone();
         // Escalation's limits apply live: strikes from now on count toward them.
