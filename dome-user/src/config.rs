@@ -421,7 +421,7 @@ impl Config {
         if let Some(tls) = &self.tls
             && let Err(e) = crate::net::check_tls(tls)
         {
-            out.push(("tls".into(), e));
+            out.push(("tls".into(), crate::error_chain(&e)));
         }
         for (field, n) in [
             ("server.max_connections", self.server.max_connections),

@@ -322,7 +322,7 @@ fn serve_mcp(
 ) -> anyhow::Result<(crate::net::Stop, Option<Arc<crate::net::Certificates>>)> {
     let (tls, certificates) = match &config.tls {
         Some(t) => {
-            let (acceptor, certs) = crate::net::tls_acceptor(t).map_err(anyhow::Error::msg)?;
+            let (acceptor, certs) = crate::net::tls_acceptor(t)?;
             (Some(acceptor), Some(certs))
         }
         None => (None, None),

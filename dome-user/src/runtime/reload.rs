@@ -184,7 +184,7 @@ impl Live {
             Ok(true) => tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded"),
             Ok(false) => {}
             Err(e) => tracing::error!(
-                error = %e,
+                error = %crate::error_chain(&e),
                 "the TLS certificate files changed but do not load; the previous certificate stays in use"
             ),
         }
