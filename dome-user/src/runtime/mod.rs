@@ -294,7 +294,6 @@ fn open_identity(
         .collect();
     let signer = Arc::new(
         Signer::new(&key_paths, &config.assertion.header, config.assertion.ttl_s)
-            .map_err(anyhow::Error::msg)
             .context("loading the assertion keys")?,
     );
     if key_paths.is_empty() {
