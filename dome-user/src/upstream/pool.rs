@@ -155,7 +155,7 @@ impl Pool {
         let h = conn
             .read_head(head.method == Method::HEAD)
             .await
-            .map_err(SendError::after_sending)?;
+            .map_err(|e| SendError::after_sending(crate::error_chain(&e)))?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = h.status;
         *resp.version_mut() = h.version;
