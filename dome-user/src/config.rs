@@ -515,7 +515,7 @@ impl Config {
                 ));
             }
             if let Err(e) = crate::upstream::Upstream::new(u.clone()) {
-                out.push((at("url"), e));
+                out.push((at("url"), crate::error_chain(&e)));
             }
             if u.timeout_ms == 0 {
                 out.push((at("timeout_ms"), "must be at least 1".into()));

@@ -157,14 +157,12 @@ pub(super) struct Live {
 pub(super) fn upstreams_for(
     configs: &[crate::upstream::UpstreamConfig],
     current: &[Arc<Upstream>],
-) -> anyhow::Result<Vec<Arc<Upstream>>> {
+) -> Result<Vec<Arc<Upstream>>, crate::upstream::UrlError> {
     configs
         .iter()
         .map(|c| match current.iter().find(|u| u.config == *c) {
             Some(u) => Ok(u.clone()),
-            None => Upstream::new(c.clone())
-                .map(Arc::new)
-                .map_err(anyhow::Error::msg),
+            None => Upstream::new(c.clone()).map(Arc::new),
         })
         .collect()
 }
@@ -264,8 +262,8 @@ impl Live {
     /// counts.
     async fn apply(&self, applied: &Config) -> Result<[usize; 4], String> {
         let current = self.gateway.load_full();
-        let upstreams =
-            upstreams_for(&applied.upstreams, current.upstreams()).map_err(|e| e.to_string())?;
+        let upstreams = upstreams_for(&applied.upstreams, current.upstreams())
+            .map_err(|e| crate::error_chain(&e))?;
         if let Some(t) = &self.tier
             && let Err(e) = t.apply_settings(&applied.program_settings())
         {
