@@ -351,7 +351,7 @@ async fn audit(state: &AdminState, method: Method, rest: &[&str], req: Request<I
                 crate::clock::unix_us(),
             ) {
                 Ok(q) => audit_stream(state.audit_dir.clone(), q),
-                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
         (Method::GET, ["verify"]) => {
