@@ -168,14 +168,14 @@ fn expectations(
     for h in expect_heads {
         match Expect::parse_head(h) {
             Ok(h) => expect.heads.push(h),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         }
     }
     let mut key_from = String::from("given with --pubkey");
     for k in pubkeys {
         match parse_public_key(k) {
             Ok(k) => expect.keys.push(k),
-            Err(e) => return Err(e),
+            Err(e) => return Err(crate::error_chain(&e)),
         }
     }
     // Without --pubkey: the public key the running Dome published beside

@@ -126,7 +126,6 @@ fn open_audit(
     let audit_dir = audit_dir(config, config_path);
     let key_path = audit_key_path(config, config_path);
     let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
-        .map_err(anyhow::Error::msg)
         .context("loading the audit checkpoint key")?;
     tracing::info!(
         key = %key_path.display(),

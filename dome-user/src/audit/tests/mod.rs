@@ -141,6 +141,7 @@ fn a_record_round_trips() {
         segment::record(&buf, 99)
             .err()
             .unwrap()
+            .to_string()
             .contains("schema 99")
     );
     // Garbage does not decode (and does not panic).
