@@ -163,11 +163,11 @@ fn policy_diff(
 pub(crate) fn policy_dir(
     config: &std::path::Path,
     dir: Option<PathBuf>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, crate::config::ConfigError> {
     if let Some(d) = dir {
         return Ok(d);
     }
-    let cfg = crate::config::load(config).map_err(|e| e.to_string())?;
+    let cfg = crate::config::load(config)?;
     Ok(if cfg.policy.dir.is_absolute() {
         cfg.policy.dir
     } else {
