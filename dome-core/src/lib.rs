@@ -54,3 +54,18 @@ pub mod rules;
 pub mod sse;
 pub mod subscriptions;
 pub mod terminal;
+
+/// An error and its sources, joined with `: ` (for one log line, a
+/// message to a caller, an operator's terminal). Dome's errors say what
+/// failed in their `Display` and carry what caused it as their `source`,
+/// so this is the whole sentence (as anyhow's `{:#}` prints it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

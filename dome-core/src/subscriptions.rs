@@ -83,20 +83,33 @@ pub fn admits_log(message: &Value, floor: Option<usize>) -> bool {
             .is_some_and(|l| l >= floor)
 }
 
+/// A `logging/setLevel` naming no level MCP has (the caller's mistake:
+/// invalid params).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownLevel(pub String);
+
+impl std::fmt::Display for UnknownLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "unknown log level `{}`; levels: {}",
+            self.0,
+            protocol::LOG_LEVELS.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownLevel {}
+
 /// The level a `logging/setLevel` asks for, as an index into `LOG_LEVELS`.
-pub fn set_level_of(e: &Envelope) -> Result<usize, String> {
+pub fn set_level_of(e: &Envelope) -> Result<usize, UnknownLevel> {
     let params: Value = e
         .params
         .as_deref()
         .and_then(|p| serde_json::from_str(p).ok())
         .unwrap_or_default();
     let level = params["level"].as_str().unwrap_or_default();
-    protocol::log_level_rank(level).ok_or_else(|| {
-        format!(
-            "unknown log level `{level}`; levels: {}",
-            protocol::LOG_LEVELS.join(", ")
-        )
-    })
+    protocol::log_level_rank(level).ok_or_else(|| UnknownLevel(level.to_string()))
 }
 
 /// The lowest log level a stateless caller asked for in

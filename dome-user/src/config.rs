@@ -227,7 +227,7 @@ impl Config {
         if let Some(tls) = &self.tls
             && let Err(e) = crate::net::check_tls(tls)
         {
-            out.push(("tls".into(), e));
+            out.push(("tls".into(), crate::error_chain(&e)));
         }
         for (field, n) in [
             ("server.max_connections", self.server.max_connections),
@@ -329,7 +329,7 @@ impl Config {
                 ));
             }
             if let Err(e) = crate::upstream::Upstream::new(u.clone()) {
-                out.push((at("url"), e));
+                out.push((at("url"), crate::error_chain(&e)));
             }
             if u.timeout_ms == 0 {
                 out.push((at("timeout_ms"), "must be at least 1".into()));

@@ -29,14 +29,6 @@ pub mod store;
 pub use dome_core::terminal;
 pub mod upstream;
 
-/// An error and its sources, joined with `: ` (for one log line).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}
+// Where it always was; it is pure, so `dome_core`'s (which reports its
+// errors' causes with it too).
+pub use dome_core::error_chain;

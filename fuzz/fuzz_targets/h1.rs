@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let mut head = loop {
         match parse_head(&mut buf, head_only) {
             Err(e) => {
-                assert!(!e.is_empty());
+                assert!(!e.to_string().is_empty());
                 return;
             }
             Ok(Some(h)) if h.status.is_informational() && h.status.as_u16() != 101 => continue,
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
                 fill(&mut buf, &mut eof);
             }
             Err(e) => {
-                assert!(!e.is_empty());
+                assert!(!e.to_string().is_empty());
                 return;
             }
         }

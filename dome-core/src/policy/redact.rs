@@ -83,6 +83,39 @@ pub struct Redactor {
     detectors: Vec<Detector>,
 }
 
+/// Why detector names do not compile into a [`Redactor`].
+#[derive(Debug)]
+pub enum DetectorError {
+    /// A `regex:<pattern>` whose pattern does not compile.
+    BadRegex {
+        /// The pattern as written.
+        pattern: String,
+        /// What the regex compiler said.
+        source: regex::Error,
+    },
+    /// Neither a built-in detector nor `regex:<pattern>`.
+    Unknown(String),
+}
+
+impl std::fmt::Display for DetectorError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The compiler's words are the source (`error_chain` adds them).
+            DetectorError::BadRegex { pattern, .. } => write!(f, "bad regex `{pattern}`"),
+            DetectorError::Unknown(name) => write!(f, "unknown detector `{name}`"),
+        }
+    }
+}
+
+impl std::error::Error for DetectorError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DetectorError::BadRegex { source, .. } => Some(source),
+            DetectorError::Unknown(_) => None,
+        }
+    }
+}
+
 /// What one redaction pass removed, per detector (same order as `DETECTORS`, then custom).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts(pub [u32; DETECTORS.len() + 1]);
@@ -200,18 +233,21 @@ fn luhn_ok(digits: &str) -> bool {
 
 impl Redactor {
     /// Compiles detector names (`email`, …, or `regex:<pattern>`).
-    pub fn new(names: &[String]) -> Result<Redactor, String> {
+    pub fn new(names: &[String]) -> Result<Redactor, DetectorError> {
         let mut detectors = Vec::new();
         for n in names {
             if let Some(p) = n.strip_prefix("regex:") {
                 detectors.push(Detector {
                     kind: DETECTORS.len(),
-                    re: Regex::new(p).map_err(|e| format!("bad regex `{p}`: {e}"))?,
+                    re: Regex::new(p).map_err(|source| DetectorError::BadRegex {
+                        pattern: p.to_string(),
+                        source,
+                    })?,
                     luhn: false,
                 });
                 continue;
             }
-            let (p, luhn) = builtin(n).ok_or_else(|| format!("unknown detector `{n}`"))?;
+            let (p, luhn) = builtin(n).ok_or_else(|| DetectorError::Unknown(n.clone()))?;
             detectors.push(Detector {
                 kind: DETECTORS.iter().position(|d| d == n).expect("a built-in"),
                 re: Regex::new(p).expect("built-in patterns compile"),
@@ -777,7 +813,14 @@ mod tests {
 
     #[test]
     fn unknown_detectors_and_bad_regexes_are_refused() {
-        assert!(Redactor::new(&["ssn".into()]).is_err());
-        assert!(Redactor::new(&["regex:(".into()]).is_err());
+        let unknown = Redactor::new(&["ssn".into()]).err().unwrap();
+        assert_eq!(crate::error_chain(&unknown), "unknown detector `ssn`");
+        let bad = Redactor::new(&["regex:(".into()]).err().unwrap();
+        // What failed, then the regex compiler's own words.
+        let text = crate::error_chain(&bad);
+        assert!(
+            text.starts_with("bad regex `(`: regex parse error"),
+            "{text}"
+        );
     }
 }

@@ -53,6 +53,79 @@ pub const CHECKPOINT: u16 = 0x4301;
 /// Frame schema of a retirement note.
 pub const RETIRED: u16 = 0x5201;
 
+/// Why a checkpoint or a retirement note is not good: what `verify`
+/// reports of one (after the frame it is in).
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("the head is not 32 hex bytes")]
+    HeadNotHex,
+    #[error("the key is not 32 hex bytes")]
+    KeyNotHex,
+    /// Fingerprints of the key that signed it and of the one expected.
+    #[error("it is signed by key {signed_by}, not by the expected key {expected}")]
+    WrongKey { signed_by: String, expected: String },
+    #[error("the signature is not hex")]
+    SignatureNotHex,
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// No key was pinned and the checkpoint names none that parses.
+    #[error("it names no valid key")]
+    NoValidKey,
+    #[error("the checkpoint does not decode")]
+    Checkpoint(#[source] serde_json::Error),
+    #[error("the retirement note does not decode")]
+    Retired(#[source] serde_json::Error),
+}
+
+/// Why the node's key (or a public key to check against) is not had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The system's random source failed (ring says no more).
+    #[error("cannot generate a key")]
+    Generate,
+    /// Creating the key's folder, or writing the key or its public half.
+    #[error("{}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file does not read as a PEM private key.
+    #[error("{}", path.display())]
+    Pem {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: not a PKCS#8 key", .0.display())]
+    NotPkcs8(PathBuf),
+    #[error("{}: not an Ed25519 key", path.display())]
+    NotEd25519 {
+        path: PathBuf,
+        #[source]
+        source: ring::error::KeyRejected,
+    },
+    /// The key's public half is not 32 bytes.
+    #[error("{}: not an Ed25519 key", .0.display())]
+    PublicKeyLength(PathBuf),
+    /// `--pubkey` is neither hex nor a file that reads. The I/O error is in
+    /// the text (in parentheses), so it is not also the source.
+    #[error("public key `{given}`: neither 64 hex digits nor a readable file ({error})")]
+    PublicKeyUnreadable {
+        given: String,
+        error: std::io::Error,
+    },
+    #[error("{0}: does not hold a hex Ed25519 public key")]
+    PublicKeyNotHex(String),
+}
+
+impl KeyError {
+    fn file(path: &Path) -> impl FnOnce(std::io::Error) -> KeyError {
+        let path = path.to_path_buf();
+        move |source| KeyError::File { path, source }
+    }
+}
+
 /// Why a checkpoint was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -111,9 +184,9 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// The bytes signed: a domain tag, then every field but the signature,
     /// fixed-width or length-prefixed (no JSON canonicalisation to trust).
-    pub fn message(&self) -> Result<Vec<u8>, String> {
-        let head = decode32(&self.head).ok_or("the head is not 32 hex bytes")?;
-        let key = decode32(&self.key).ok_or("the key is not 32 hex bytes")?;
+    pub fn message(&self) -> Result<Vec<u8>, CheckpointError> {
+        let head = decode32(&self.head).ok_or(CheckpointError::HeadNotHex)?;
+        let key = decode32(&self.key).ok_or(CheckpointError::KeyNotHex)?;
         let mut m = Vec::with_capacity(160 + self.node.len());
         m.extend_from_slice(b"dome-audit-checkpoint/1\0");
         m.extend_from_slice(&(self.node.len() as u64).to_le_bytes());
@@ -134,26 +207,25 @@ impl Checkpoint {
 
     /// Checks the signature against `key` (which must also be the key the
     /// checkpoint names).
-    pub fn verify(&self, key: &[u8; 32]) -> Result<(), String> {
+    pub fn verify(&self, key: &[u8; 32]) -> Result<(), CheckpointError> {
         if self.public_key().as_ref() != Some(key) {
-            return Err(format!(
-                "it is signed by key {}, not by the expected key {}",
-                fingerprint_hex(&self.key),
-                fingerprint(key)
-            ));
+            return Err(CheckpointError::WrongKey {
+                signed_by: fingerprint_hex(&self.key),
+                expected: fingerprint(key),
+            });
         }
-        let sig = hex::decode(&self.sig).map_err(|_| "the signature is not hex".to_string())?;
+        let sig = hex::decode(&self.sig).map_err(|_| CheckpointError::SignatureNotHex)?;
         UnparsedPublicKey::new(&ED25519, key)
             .verify(&self.message()?, &sig)
-            .map_err(|_| "the signature does not verify".to_string())
+            .map_err(|_| CheckpointError::BadSignature)
     }
 
     pub fn to_payload(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn from_payload(p: &[u8]) -> Result<Checkpoint, String> {
-        serde_json::from_slice(p).map_err(|e| format!("the checkpoint does not decode: {e}"))
+    pub fn from_payload(p: &[u8]) -> Result<Checkpoint, CheckpointError> {
+        serde_json::from_slice(p).map_err(CheckpointError::Checkpoint)
     }
 }
 
@@ -185,8 +257,8 @@ impl Retired {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    pub fn from_payload(p: &[u8]) -> Result<Retired, String> {
-        serde_json::from_slice(p).map_err(|e| format!("the retirement note does not decode: {e}"))
+    pub fn from_payload(p: &[u8]) -> Result<Retired, CheckpointError> {
+        serde_json::from_slice(p).map_err(CheckpointError::Retired)
     }
 
     /// The sequence range it removed.
@@ -231,14 +303,15 @@ fn fingerprint_hex(key: &str) -> String {
 }
 
 /// Parses a public key given as 64 hex digits, or a file holding them.
-pub fn parse_public_key(s: &str) -> Result<[u8; 32], String> {
+pub fn parse_public_key(s: &str) -> Result<[u8; 32], KeyError> {
     if let Some(k) = decode32(s.trim()) {
         return Ok(k);
     }
-    let text = std::fs::read_to_string(s).map_err(|e| {
-        format!("public key `{s}`: neither 64 hex digits nor a readable file ({e})")
+    let text = std::fs::read_to_string(s).map_err(|error| KeyError::PublicKeyUnreadable {
+        given: s.to_string(),
+        error,
     })?;
-    decode32(text.trim()).ok_or_else(|| format!("{s}: does not hold a hex Ed25519 public key"))
+    decode32(text.trim()).ok_or_else(|| KeyError::PublicKeyNotHex(s.to_string()))
 }
 
 /// The node's signing key.
@@ -265,15 +338,15 @@ impl NodeKey {
     /// Loads the PKCS#8 PEM Ed25519 key at `path`, or creates one there
     /// (mode 0600, never over an existing file) when there is none. Writes
     /// the public key beside it. Returns the key and whether it was made.
-    pub fn load_or_create(path: &Path) -> Result<(NodeKey, bool), String> {
+    pub fn load_or_create(path: &Path) -> Result<(NodeKey, bool), KeyError> {
         use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
         let created = if path.exists() {
             false
         } else {
             let der = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .map_err(|_| "cannot generate a key".to_string())?;
+                .map_err(|_| KeyError::Generate)?;
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(KeyError::file(dir))?;
             }
             let mut f = {
                 use std::os::unix::fs::OpenOptionsExt;
@@ -282,25 +355,34 @@ impl NodeKey {
                     .create_new(true)
                     .mode(0o600)
                     .open(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .map_err(KeyError::file(path))?
             };
             f.write_all(pem(der.as_ref()).as_bytes())
                 .and_then(|()| f.sync_all())
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(KeyError::file(path))?;
             true
         };
         let der = match PrivateKeyDer::from_pem_file(path) {
             Ok(PrivateKeyDer::Pkcs8(k)) => k.secret_pkcs8_der().to_vec(),
-            Ok(_) => return Err(format!("{}: not a PKCS#8 key", path.display())),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Ok(_) => return Err(KeyError::NotPkcs8(path.to_path_buf())),
+            Err(source) => {
+                return Err(KeyError::Pem {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
         };
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-            .map_err(|e| format!("{}: not an Ed25519 key: {e}", path.display()))?;
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|source| {
+            KeyError::NotEd25519 {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let public: [u8; 32] = pair
             .public_key()
             .as_ref()
             .try_into()
-            .map_err(|_| format!("{}: not an Ed25519 key", path.display()))?;
+            .map_err(|_| KeyError::PublicKeyLength(path.to_path_buf()))?;
         let key = NodeKey {
             pair,
             public,
@@ -309,7 +391,7 @@ impl NodeKey {
         let pub_path = public_path(path);
         let want = format!("{}\n", key.public_hex());
         if std::fs::read_to_string(&pub_path).ok().as_deref() != Some(want.as_str()) {
-            std::fs::write(&pub_path, want).map_err(|e| format!("{}: {e}", pub_path.display()))?;
+            std::fs::write(&pub_path, want).map_err(KeyError::file(&pub_path))?;
         }
         Ok((key, created))
     }
@@ -388,11 +470,13 @@ mod tests {
     fn a_checkpoint_verifies_with_its_key_and_no_other_nor_once_changed() {
         let k = NodeKey::generate();
         let cp = k.checkpoint("edge-1", 41, &[7; 32], 1_000, Reason::Periodic, 1000, 60);
-        assert_eq!(cp.verify(&k.public()), Ok(()));
+        assert!(cp.verify(&k.public()).is_ok());
         let back = Checkpoint::from_payload(&cp.to_payload()).unwrap();
         assert_eq!(back, cp);
         let other = NodeKey::generate();
-        assert!(cp.verify(&other.public()).unwrap_err().contains("not by"));
+        let wrong = cp.verify(&other.public()).unwrap_err();
+        assert!(matches!(wrong, CheckpointError::WrongKey { .. }), "{wrong}");
+        assert!(wrong.to_string().contains("not by"));
         let changes: [fn(&mut Checkpoint); 6] = [
             |c: &mut Checkpoint| c.seq += 1,
             |c: &mut Checkpoint| c.head = hex::encode([8; 32]),
@@ -405,14 +489,24 @@ mod tests {
             let mut c = cp.clone();
             change(&mut c);
             assert_eq!(
-                c.verify(&k.public()),
-                Err("the signature does not verify".into())
+                c.verify(&k.public()).unwrap_err().to_string(),
+                "the signature does not verify"
             );
         }
         // A forger who puts their own key in signs something that does
         // not verify against the pinned one.
         let forged = other.checkpoint("edge-1", 41, &[7; 32], 1_000, Reason::Periodic, 1000, 60);
         assert!(forged.verify(&k.public()).is_err());
+    }
+
+    #[test]
+    fn a_public_key_that_does_not_read_says_why_once() {
+        let e = parse_public_key("/nonexistent/dome.pub").unwrap_err();
+        assert_eq!(
+            crate::error_chain(&e),
+            "public key `/nonexistent/dome.pub`: neither 64 hex digits nor a readable file \
+             (No such file or directory (os error 2))"
+        );
     }
 
     #[test]

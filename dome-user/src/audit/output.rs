@@ -6,7 +6,7 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use super::query::{self, Filter, Scanned};
+use super::query::{self, Filter, QueryError, Scanned};
 use super::record::{ArchivedRecord, rfc3339_us};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,21 +30,16 @@ impl Query {
     pub fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
         now_us: u64,
-    ) -> Result<Query, String> {
+    ) -> Result<Query, QueryError> {
         let mut q = Query::default();
         for (k, v) in pairs {
             match k {
-                "limit" => {
-                    q.limit = Some(
-                        v.parse()
-                            .map_err(|_| format!("limit `{v}`: not a number"))?,
-                    )
-                }
+                "limit" => q.limit = Some(v.parse().map_err(|_| QueryError::Limit(v.to_string()))?),
                 "order" => {
                     q.newest_first = match v {
                         "newest" => true,
                         "oldest" => false,
-                        _ => return Err(format!("order `{v}`: expected oldest or newest")),
+                        _ => return Err(QueryError::Order(v.to_string())),
                     }
                 }
                 "format" => {}

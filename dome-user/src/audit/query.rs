@@ -10,6 +10,26 @@ use super::frame;
 use super::record::{ArchivedRecord, Decision, Kind};
 use super::segment::{self, Index};
 
+/// A query the caller got wrong: a filter, time, limit or order that does
+/// not read (the admin API answers 400 with it, `dome audit` exits 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("kind `{0}`: expected tool, prompt, resource or completion")]
+    Kind(String),
+    #[error("decision `{0}`: expected allow, deny, over_budget or error")]
+    Decision(String),
+    #[error(
+        "time `{0}`: expected RFC 3339 (2026-11-25T10:00:00Z), Unix seconds, or an age (30m, 2h, 7d)"
+    )]
+    Time(String),
+    #[error("unknown filter `{0}`")]
+    UnknownFilter(String),
+    #[error("limit `{0}`: not a number")]
+    Limit(String),
+    #[error("order `{0}`: expected oldest or newest")]
+    Order(String),
+}
+
 /// Which records a query wants. Every field set must match.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
@@ -105,7 +125,7 @@ impl Filter {
     /// From `key=value` pairs (the admin API's query string, `dome audit
     /// query`'s flags). Times are RFC 3339 (UTC), Unix seconds, or an age
     /// like `15m`, `2h`, `7d` (meaning that long before `now_us`).
-    pub fn set(&mut self, key: &str, value: &str, now_us: u64) -> Result<(), String> {
+    pub fn set(&mut self, key: &str, value: &str, now_us: u64) -> Result<(), QueryError> {
         let v = Some(value.to_string());
         match key {
             "tenant" => self.tenant = v,
@@ -115,25 +135,26 @@ impl Filter {
             "call_id" => self.call_id = v,
             "intent" => self.intent = v,
             "kind" => {
-                self.kind = Some(Kind::from_name(value).ok_or_else(|| {
-                    format!("kind `{value}`: expected tool, prompt, resource or completion")
-                })?)
+                self.kind = Some(
+                    Kind::from_name(value).ok_or_else(|| QueryError::Kind(value.to_string()))?,
+                )
             }
             "decision" => {
-                self.decision = Some(Decision::from_name(value).ok_or_else(|| {
-                    format!("decision `{value}`: expected allow, deny, over_budget or error")
-                })?)
+                self.decision = Some(
+                    Decision::from_name(value)
+                        .ok_or_else(|| QueryError::Decision(value.to_string()))?,
+                )
             }
             "since" => self.since_us = Some(parse_time(value, now_us)?),
             "until" => self.until_us = Some(parse_time(value, now_us)?),
-            other => return Err(format!("unknown filter `{other}`")),
+            other => return Err(QueryError::UnknownFilter(other.to_string())),
         }
         Ok(())
     }
 }
 
 /// Unix µs from RFC 3339, Unix seconds or an age before `now_us`.
-pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
+pub fn parse_time(s: &str, now_us: u64) -> Result<u64, QueryError> {
     // An age older than the epoch is the epoch; a number too large for µs
     // is no time at all (checked: it would wrap, or panic in a debug build).
     let age = |n: &str, unit: u64| -> Option<u64> {
@@ -153,9 +174,7 @@ pub fn parse_time(s: &str, now_us: u64) -> Result<u64, String> {
     } else {
         super::record::parse_rfc3339(s).and_then(|n| n.checked_mul(1_000_000))
     };
-    parsed.ok_or_else(|| {
-        format!("time `{s}`: expected RFC 3339 (2026-11-25T10:00:00Z), Unix seconds, or an age (30m, 2h, 7d)")
-    })
+    parsed.ok_or_else(|| QueryError::Time(s.to_string()))
 }
 
 /// What a scan did.

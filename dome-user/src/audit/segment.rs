@@ -78,17 +78,38 @@ pub fn header(created_us: u64, first_seq: u64) -> [u8; HEADER] {
     h
 }
 
+/// Why a segment's header or a frame's payload does not read: what
+/// recovery and `verify` report of it.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the segment header is cut short")]
+    HeaderCut,
+    #[error("not an audit segment (bad magic)")]
+    BadMagic,
+    #[error("unknown segment format {0}")]
+    Format(u32),
+    #[error("unknown record schema {0}")]
+    Schema(u16),
+    /// rkyv's check failed. Its words are in the text rather than the
+    /// source: rancor's error lists itself again as its own source.
+    #[error("the record does not decode: {0}")]
+    Record(rkyv::rancor::Error),
+    /// A checkpoint or a retirement note that does not decode.
+    #[error(transparent)]
+    Note(#[from] super::checkpoint::CheckpointError),
+}
+
 /// (created µs, first sequence number) from a segment header.
-pub fn parse_header(b: &[u8]) -> Result<(u64, u64), String> {
+pub fn parse_header(b: &[u8]) -> Result<(u64, u64), DecodeError> {
     if b.len() < HEADER {
-        return Err("the segment header is cut short".into());
+        return Err(DecodeError::HeaderCut);
     }
     if b[..8] != MAGIC {
-        return Err("not an audit segment (bad magic)".into());
+        return Err(DecodeError::BadMagic);
     }
     let format = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
     if format != FORMAT {
-        return Err(format!("unknown segment format {format}"));
+        return Err(DecodeError::Format(format));
     }
     Ok((
         u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
@@ -124,12 +145,12 @@ pub fn read_aligned_into(path: &Path, buf: &mut AlignedVec) -> std::io::Result<(
 
 /// The record in a frame's payload, checked (a reader never trusts bytes
 /// on disk to be well formed, CRC or not).
-pub fn record(payload: &[u8], schema: u16) -> Result<&ArchivedRecord<'static>, String> {
+pub fn record(payload: &[u8], schema: u16) -> Result<&ArchivedRecord<'static>, DecodeError> {
     if schema != super::record::SCHEMA {
-        return Err(format!("unknown record schema {schema}"));
+        return Err(DecodeError::Schema(schema));
     }
     rkyv::access::<ArchivedRecord<'static>, rkyv::rancor::Error>(payload)
-        .map_err(|e| format!("the record does not decode: {e}"))
+        .map_err(DecodeError::Record)
 }
 
 /// What a good frame carries.
@@ -140,13 +161,13 @@ pub enum Content<'b> {
 }
 
 /// A frame's payload by its schema, checked.
-pub fn content(payload: &[u8], schema: u16) -> Result<Content<'_>, String> {
+pub fn content(payload: &[u8], schema: u16) -> Result<Content<'_>, DecodeError> {
     use super::checkpoint::{CHECKPOINT, Checkpoint, RETIRED, Retired};
-    match schema {
-        CHECKPOINT => Checkpoint::from_payload(payload).map(Content::Checkpoint),
-        RETIRED => Retired::from_payload(payload).map(Content::Retired),
-        _ => record(payload, schema).map(Content::Record),
-    }
+    Ok(match schema {
+        CHECKPOINT => Content::Checkpoint(Checkpoint::from_payload(payload)?),
+        RETIRED => Content::Retired(Retired::from_payload(payload)?),
+        _ => Content::Record(record(payload, schema)?),
+    })
 }
 
 /// What a segment holds, for skipping it in queries.
@@ -306,7 +327,7 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
         Ok((created, _)) => tail.created_us = created,
         Err(why) => {
             if let Some((next, head)) = last_good_after(&buf, HEADER) {
-                tail.damaged = Some(format!("segment header: {why}"));
+                tail.damaged = Some(format!("segment header: {}", crate::error_chain(&why)));
                 tail.next_seq = tail.next_seq.max(next);
                 tail.head = head;
                 tail.len = buf.len() as u64;
@@ -318,7 +339,7 @@ pub fn recover(seg: &Segment, expected: Option<(u64, Hash)>) -> std::io::Result<
             f.write_all(&header(crate::clock::unix_us(), seg.first_seq))?;
             f.sync_all()?;
             tail.removed_bytes = buf.len() as u64;
-            tail.removed_why = Some(why);
+            tail.removed_why = Some(crate::error_chain(&why));
             tail.len = HEADER as u64;
             tail.created_us = crate::clock::unix_us();
             return Ok(tail);

@@ -45,13 +45,16 @@ pub struct Expect {
     pub max_unsigned: Option<u64>,
 }
 
+/// An anchored head that is not `SEQ:HASH` (as given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--expect-head `{0}`: expected SEQ:HASH (a sequence number and 64 hex digits)")]
+pub struct BadHead(pub String);
+
 impl Expect {
     /// Parses `SEQ:HASH` (the `covers_seq` and `head` of an exported
     /// checkpoint, or `last_seq` and `head` of `/stats`).
-    pub fn parse_head(s: &str) -> Result<(u64, Hash), String> {
-        let bad = || {
-            format!("--expect-head `{s}`: expected SEQ:HASH (a sequence number and 64 hex digits)")
-        };
+    pub fn parse_head(s: &str) -> Result<(u64, Hash), BadHead> {
+        let bad = || BadHead(s.to_string());
         let (seq, hash) = s.split_once(':').ok_or_else(bad)?;
         let seq = seq.trim().parse().map_err(|_| bad())?;
         let hash = hex::decode(hash.trim())
@@ -320,7 +323,7 @@ fn verify_segment(
         }
         let seq = f.header.seq;
         let checked = match segment::content(f.payload, f.header.schema) {
-            Err(why) => Err(why),
+            Err(why) => Err(crate::error_chain(&why)),
             Ok(segment::Content::Record(_)) => {
                 report.records += 1;
                 report.unsigned_tail += 1;
@@ -374,7 +377,7 @@ fn check_start(seg: &Segment, buf: &[u8], expected: Option<(u64, Hash)>) -> Resu
                 ),
             ));
         }
-        Err(why) => return Err(problem(seg, 0, seg.first_seq, why)),
+        Err(why) => return Err(problem(seg, 0, seg.first_seq, crate::error_chain(&why))),
     }
     if let Some((next, _)) = expected
         && seg.first_seq != next
@@ -488,10 +491,14 @@ fn check_checkpoint(
             .find(|k| cp.public_key().as_ref() == Some(*k))
             .map_or_else(|| cp.verify(&k), |k| cp.verify(k)),
         Some(k) => cp.verify(&k),
-        None => Err("it names no valid key".into()),
+        None => Err(super::checkpoint::CheckpointError::NoValidKey),
     };
     if let Err(why) = checked {
-        return Err(format!("checkpoint {seq} (over record {}): {why}", cp.seq));
+        return Err(format!(
+            "checkpoint {seq} (over record {}): {}",
+            cp.seq,
+            crate::error_chain(&why)
+        ));
     }
     report.checkpoints += 1;
     report.unsigned_tail = 0;

@@ -168,14 +168,14 @@ fn expectations(
     for h in expect_heads {
         match Expect::parse_head(h) {
             Ok(h) => expect.heads.push(h),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         }
     }
     let mut key_from = String::from("given with --pubkey");
     for k in pubkeys {
         match parse_public_key(k) {
             Ok(k) => expect.keys.push(k),
-            Err(e) => return Err(e),
+            Err(e) => return Err(crate::error_chain(&e)),
         }
     }
     // Without --pubkey: the public key the running Dome published beside
@@ -387,7 +387,7 @@ fn query(
     };
     let mut q = match Query::from_pairs(filter.pairs(), now) {
         Ok(q) => q,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     q.limit = Some(limit);
     q.newest_first = newest_first;
@@ -424,7 +424,7 @@ fn export(config: &std::path::Path, filter: AuditFilter, out: Option<PathBuf>) -
     };
     let q = match Query::from_pairs(filter.pairs(), now) {
         Ok(q) => q,
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     };
     let mut sink: Box<dyn std::io::Write> = match &out {
         Some(p) => match std::fs::File::create(p) {

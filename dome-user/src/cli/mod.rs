@@ -49,7 +49,7 @@ pub fn check_config(config: &Path) -> ExitCode {
                 }
             };
             if let Err(e) = crate::policy::load(&dir) {
-                print_error(&e);
+                print_error(&crate::error_chain(&e));
                 return ExitCode::from(2);
             }
             println!("{}: ok", config.display());

@@ -38,7 +38,7 @@ pub fn policy(config: &Path, cmd: PolicyCmd) -> ExitCode {
     let sources = match crate::policy::read_dir(&dir) {
         Ok(s) => s,
         Err(e) => {
-            print_error(&e);
+            print_error(&crate::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -106,14 +106,14 @@ fn policy_diff(
     new: &std::path::Path,
     requests: Option<&std::path::Path>,
 ) -> ExitCode {
-    let compile = |d: &std::path::Path| {
-        crate::policy::read_dir(d)
-            .and_then(|s| crate::policy::compile::compile(&s).map_err(|e| e.to_string()))
+    let compile = |d: &std::path::Path| -> Result<_, crate::policy::LoadError> {
+        let sources = crate::policy::read_dir(d)?;
+        Ok(crate::policy::compile::compile(&sources)?)
     };
     let (a, b) = match (compile(old), compile(new)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
-            print_error(&e);
+            print_error(&crate::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -163,11 +163,11 @@ fn policy_diff(
 pub(crate) fn policy_dir(
     config: &std::path::Path,
     dir: Option<PathBuf>,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, crate::config::ConfigError> {
     if let Some(d) = dir {
         return Ok(d);
     }
-    let cfg = crate::config::load(config).map_err(|e| e.to_string())?;
+    let cfg = crate::config::load(config)?;
     Ok(if cfg.policy.dir.is_absolute() {
         cfg.policy.dir
     } else {

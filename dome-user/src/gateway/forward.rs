@@ -390,7 +390,7 @@ impl Gateway {
             exp: now + signer.ttl_s,
         };
         signer.sign(&claims).map_err(|err| {
-            tracing::error!(error = %err, "signing the identity assertion failed");
+            tracing::error!(error = %crate::error_chain(&err), "signing the identity assertion failed");
             (
                 code::INTERNAL_ERROR,
                 "cannot vouch for the caller".to_string(),

@@ -137,7 +137,7 @@ impl Gateway {
             // upstream sessions serve every caller, so it is not passed on.
             "logging/setLevel" if era != CallerEra::Stateless => match set_level_of(e) {
                 Ok(_) => ok(json!({})),
-                Err(m) => err(code::INVALID_PARAMS, m),
+                Err(m) => err(code::INVALID_PARAMS, m.to_string()),
             },
             "tools/call" => self.answer_call(ex, session, era, id, e).await,
             other => err(code::METHOD_NOT_FOUND, format!("Method not found: {other}")),

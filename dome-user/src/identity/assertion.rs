@@ -3,7 +3,7 @@
 //! upstream it is for. Upstreams verify it with the keys Dome publishes at
 //! `/.well-known/jwks.json`; the caller's own token never leaves Dome.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -44,6 +44,35 @@ struct SigningKey {
     public: Vec<u8>,
 }
 
+/// Why the assertion keys do not load, or an assertion was not signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    /// The key file does not read as a PEM private key.
+    #[error("{}", path.display())]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: not a PKCS#8 key", .0.display())]
+    NotPkcs8(PathBuf),
+    /// No key configured, and the system's random source failed.
+    #[error("cannot generate a key")]
+    Generate,
+    /// `key`: the file, or `(ephemeral)`.
+    #[error("{key}: not an Ed25519 key")]
+    NotEd25519 {
+        key: String,
+        #[source]
+        source: ring::error::KeyRejected,
+    },
+    /// `[assertion] header` is not a header name.
+    #[error("assertion.header")]
+    Header(#[source] hyper::header::InvalidHeaderName),
+    #[error(transparent)]
+    Sign(#[from] jsonwebtoken::errors::Error),
+}
+
 /// Signs assertions with the first key; publishes all.
 pub struct Signer {
     keys: Vec<SigningKey>,
@@ -55,26 +84,36 @@ pub struct Signer {
 impl Signer {
     /// Loads `paths` (PKCS#8 PEM Ed25519 keys); with none, makes an
     /// ephemeral key (assertions then verify only until Dome restarts).
-    pub fn new(paths: &[impl AsRef<Path>], header: &str, ttl_s: u64) -> Result<Signer, String> {
+    pub fn new(
+        paths: &[impl AsRef<Path>],
+        header: &str,
+        ttl_s: u64,
+    ) -> Result<Signer, SignerError> {
         let mut ders = Vec::new();
         for p in paths {
             let p = p.as_ref();
             let der = match PrivateKeyDer::from_pem_file(p) {
                 Ok(PrivateKeyDer::Pkcs8(k)) => k.secret_pkcs8_der().to_vec(),
-                Ok(_) => return Err(format!("{}: not a PKCS#8 key", p.display())),
-                Err(e) => return Err(format!("{}: {e}", p.display())),
+                Ok(_) => return Err(SignerError::NotPkcs8(p.to_path_buf())),
+                Err(source) => {
+                    return Err(SignerError::KeyFile {
+                        path: p.to_path_buf(),
+                        source,
+                    });
+                }
             };
             ders.push((p.display().to_string(), der));
         }
         if ders.is_empty() {
+            // ring's error says nothing more than that it failed.
             let der = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
-                .map_err(|_| "cannot generate a key".to_string())?;
+                .map_err(|_| SignerError::Generate)?;
             ders.push(("(ephemeral)".into(), der.as_ref().to_vec()));
         }
         let mut keys = Vec::new();
         for (name, der) in ders {
             let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
-                .map_err(|e| format!("{name}: not an Ed25519 key: {e}"))?;
+                .map_err(|source| SignerError::NotEd25519 { key: name, source })?;
             let public = pair.public_key().as_ref().to_vec();
             let kid = hex::encode(&Sha256::digest(&public)[..8]);
             keys.push(SigningKey {
@@ -93,7 +132,7 @@ impl Signer {
             keys,
             ttl_s,
             header: hyper::header::HeaderName::from_bytes(header.as_bytes())
-                .map_err(|e| format!("assertion.header: {e}"))?,
+                .map_err(SignerError::Header)?,
             jwks,
         })
     }
@@ -103,11 +142,11 @@ impl Signer {
         &self.jwks
     }
 
-    pub fn sign(&self, claims: &Claims<'_>) -> Result<String, String> {
+    pub fn sign(&self, claims: &Claims<'_>) -> Result<String, SignerError> {
         let key = &self.keys[0];
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| e.to_string())
+        Ok(jsonwebtoken::encode(&header, claims, &key.encoding)?)
     }
 }
 

@@ -306,7 +306,7 @@ async fn policy(state: &AdminState, method: Method, rest: &[&str], req: Request<
                     "files": a.sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>()}),
             ),
-            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(&e)),
         },
         (Method::POST, ["rollback"]) => {
             #[derive(serde::Deserialize)]
@@ -323,7 +323,7 @@ async fn policy(state: &AdminState, method: Method, rest: &[&str], req: Request<
             blocking(Box::new(move || {
                 let target = match store.target(r.version.as_deref()) {
                     Ok(t) => t,
-                    Err(e) => return error(StatusCode::NOT_FOUND, e),
+                    Err(e) => return error(StatusCode::NOT_FOUND, crate::error_chain(&e)),
                 };
                 match crate::store::policy::restore(&dir, &target) {
                     Ok(()) => json_resp(
@@ -331,7 +331,7 @@ async fn policy(state: &AdminState, method: Method, rest: &[&str], req: Request<
                         json!({"restored": target.version,
                                "note": "the policy files are back as they were; the live reload activates them within a second"}),
                     ),
-                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, crate::error_chain(&e)),
                 }
             }))
             .await
@@ -351,7 +351,7 @@ async fn audit(state: &AdminState, method: Method, rest: &[&str], req: Request<I
                 crate::clock::unix_us(),
             ) {
                 Ok(q) => audit_stream(state.audit_dir.clone(), q),
-                Err(e) => error(StatusCode::BAD_REQUEST, e),
+                Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
         (Method::GET, ["verify"]) => {

@@ -66,6 +66,16 @@ pub trait GatewayFigures: Send + Sync {
     fn report(&self) -> serde_json::Value;
 }
 
+/// Why Dome should not be sent traffic (`/readyz`'s reason).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("draining: shutting down")]
+    Draining,
+    /// Calls would fail closed; the trail's own account of why.
+    #[error("the audit trail cannot write: {0}")]
+    AuditFailing(String),
+}
+
 /// What `/stats` reports.
 pub struct StatsState {
     pub started: Instant,
@@ -88,12 +98,12 @@ pub struct StatsState {
 impl StatsState {
     /// Whether Dome should be sent traffic, and if not, why not: it is
     /// draining, or its audit trail cannot write (calls fail closed).
-    pub fn readiness(&self) -> Result<(), String> {
+    pub fn readiness(&self) -> Result<(), NotReady> {
         if self.draining.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("draining: shutting down".into());
+            return Err(NotReady::Draining);
         }
         match self.audit.failing() {
-            Some(why) => Err(format!("the audit trail cannot write: {why}")),
+            Some(why) => Err(NotReady::AuditFailing(why)),
             None => Ok(()),
         }
     }
@@ -214,7 +224,7 @@ fn respond(state: &StatsState, req: &Request<Incoming>) -> Response<Full<Bytes>>
             Ok(()) => json(StatusCode::OK, serde_json::json!({"ready": true})),
             Err(why) => json(
                 StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"ready": false, "reason": why}),
+                serde_json::json!({"ready": false, "reason": why.to_string()}),
             ),
         },
         (&Method::GET, "/metrics") => Response::builder()

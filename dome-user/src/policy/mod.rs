@@ -7,7 +7,7 @@
 // The decisions are `dome_core`'s (no I/O); here, where they always were.
 pub use dome_core::policy::{compile, lang, redact, reference};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `[policy]`: where the policy files are.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,15 +36,48 @@ fn default_dir() -> std::path::PathBuf {
     "policies".into()
 }
 
+/// Why a policy folder does not load. Each says what failed; the I/O
+/// error under it is its source (`dome::error_chain` reads
+/// `policies: Permission denied (os error 13)`, as before).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The folder cannot be listed.
+    #[error("{}", dir.display())]
+    ReadDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A policy file in it cannot be read.
+    #[error("{}", path.display())]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The files do not compile (file, line and field in it).
+    #[error(transparent)]
+    Compile(#[from] compile::PolicyError),
+    /// The policy's own test cases fail: refused like one that does not
+    /// compile.
+    #[error("{count} policy test(s) fail, first: {first}")]
+    TestsFail { count: usize, first: String },
+}
+
 /// The policy sources in `dir` (file name, text), in name order. A missing
 /// folder has none.
-pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, String> {
+pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, LoadError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", dir.display())),
+        Err(source) => {
+            return Err(LoadError::ReadDir {
+                dir: dir.to_path_buf(),
+                source,
+            });
+        }
     };
-    let mut paths: Vec<std::path::PathBuf> = entries
+    let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .collect();
@@ -54,27 +87,32 @@ pub fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, String> {
         .map(|p| {
             std::fs::read_to_string(&p)
                 .map(|t| (p.display().to_string(), t))
-                .map_err(|e| format!("{}: {e}", p.display()))
+                .map_err(|source| LoadError::ReadFile {
+                    path: p.clone(),
+                    source,
+                })
         })
         .collect()
 }
 
 /// Reads and compiles the policy in `dir`, and runs its test cases: a
 /// policy whose tests fail is refused like one that does not compile.
-pub fn load(dir: &Path) -> Result<compile::Policy, String> {
+pub fn load(dir: &Path) -> Result<compile::Policy, LoadError> {
     load_with_sources(dir).map(|(p, _)| p)
 }
 
 /// As [`load`], also returning the sources it compiled.
-pub fn load_with_sources(dir: &Path) -> Result<(compile::Policy, Vec<(String, String)>), String> {
+pub fn load_with_sources(
+    dir: &Path,
+) -> Result<(compile::Policy, Vec<(String, String)>), LoadError> {
     let sources = read_dir(dir)?;
-    let policy = compile::compile(&sources).map_err(|e| e.to_string())?;
-    let failures = run_tests(&policy);
-    if let Some(f) = failures.first() {
-        return Err(format!(
-            "{} policy test(s) fail, first: {f}",
-            failures.len()
-        ));
+    let policy = compile::compile(&sources)?;
+    let mut failures = run_tests(&policy);
+    if !failures.is_empty() {
+        return Err(LoadError::TestsFail {
+            count: failures.len(),
+            first: failures.swap_remove(0),
+        });
     }
     Ok((policy, sources))
 }
@@ -89,4 +127,25 @@ pub fn run_tests(policy: &compile::Policy) -> Vec<String> {
         }
     }
     failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_that_does_not_read_is_named_with_the_reason() {
+        let file = std::env::temp_dir().join(format!("dome-policy-notdir-{}", std::process::id()));
+        std::fs::write(&file, "").unwrap();
+        let e = read_dir(&file).unwrap_err();
+        let _ = std::fs::remove_file(&file);
+        assert!(matches!(e, LoadError::ReadDir { .. }), "{e:?}");
+        // What failed, then the I/O error: the text operators read.
+        assert_eq!(
+            crate::error_chain(&e),
+            format!("{}: Not a directory (os error 20)", file.display())
+        );
+        let missing = read_dir(Path::new("/nonexistent/dome-policies")).unwrap();
+        assert!(missing.is_empty(), "a missing folder has no sources");
+    }
 }

@@ -131,7 +131,6 @@ fn open_audit(
     let audit_dir = audit_dir(config, config_path);
     let key_path = audit_key_path(config, config_path);
     let (audit_key, made) = crate::audit::checkpoint::NodeKey::load_or_create(&key_path)
-        .map_err(anyhow::Error::msg)
         .context("loading the audit checkpoint key")?;
     tracing::info!(
         key = %key_path.display(),
@@ -293,7 +292,6 @@ fn open_identity(
         .collect();
     let signer = Arc::new(
         Signer::new(&key_paths, &config.assertion.header, config.assertion.ttl_s)
-            .map_err(anyhow::Error::msg)
             .context("loading the assertion keys")?,
     );
     if key_paths.is_empty() {
@@ -319,7 +317,7 @@ fn serve_mcp(
 ) -> anyhow::Result<(crate::net::Stop, Option<Arc<crate::net::Certificates>>)> {
     let (tls, certificates) = match &config.tls {
         Some(t) => {
-            let (acceptor, certs) = crate::net::tls_acceptor(t).map_err(anyhow::Error::msg)?;
+            let (acceptor, certs) = crate::net::tls_acceptor(t)?;
             (Some(acceptor), Some(certs))
         }
         None => (None, None),
@@ -413,13 +411,10 @@ async fn serve(
         config_path,
         &Authority {
             shadow: None,
-            policy_store: Arc::new(
-                crate::store::policy::PolicyStore::open(&beside(
-                    config_path,
-                    &config.auth.data_dir,
-                ))
-                .map_err(anyhow::Error::msg)?,
-            ),
+            policy_store: Arc::new(crate::store::policy::PolicyStore::open(&beside(
+                config_path,
+                &config.auth.data_dir,
+            ))?),
             policy: Default::default(),
             jwt: Default::default(),
             registry: registry.clone(),
@@ -433,7 +428,6 @@ async fn serve(
             rule_budgets: Default::default(),
         },
     )
-    .map_err(anyhow::Error::msg)
     .context("loading the identity providers' keys")?;
     if let Some(task) =
         serve_admin(&config, config_path, &authority, &audit_dir, audit_public).await?

@@ -32,12 +32,26 @@ pub(super) fn beside(config_path: &Path, p: &Path) -> PathBuf {
     }
 }
 
-/// The identity settings of `config` over an existing registry and signer.
+/// Why a configuration's authority (see [`Authority`]) does not load: its providers'
+/// keys, its policy (active or shadow), or the record of the activation.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthorityError {
+    #[error(transparent)]
+    Providers(#[from] crate::store::jwks::JwksError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::LoadError),
+    #[error(transparent)]
+    PolicyStore(#[from] crate::store::policy::PolicyStoreError),
+    #[error("shadow policy")]
+    Shadow(#[source] crate::policy::LoadError),
+}
+
+/// The authority of `config` over an existing registry and signer.
 pub(super) fn authority_for(
     config: &Config,
     config_path: &Path,
     current: &Authority,
-) -> Result<Arc<Authority>, String> {
+) -> Result<Arc<Authority>, AuthorityError> {
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -89,8 +103,7 @@ pub(super) fn authority_for(
     }
     let shadow = match &config.policy.shadow_dir {
         Some(d) => {
-            let p = crate::policy::load(&beside(config_path, d))
-                .map_err(|e| format!("shadow policy: {e}"))?;
+            let p = crate::policy::load(&beside(config_path, d)).map_err(AuthorityError::Shadow)?;
             tracing::info!(version = %p.version, rules = p.rule_count(), "shadow policy judging beside the active one");
             Some(Arc::new(p))
         }
@@ -144,14 +157,12 @@ pub(super) struct Live {
 pub(super) fn upstreams_for(
     configs: &[crate::upstream::UpstreamConfig],
     current: &[Arc<Upstream>],
-) -> anyhow::Result<Vec<Arc<Upstream>>> {
+) -> Result<Vec<Arc<Upstream>>, crate::upstream::UrlError> {
     configs
         .iter()
         .map(|c| match current.iter().find(|u| u.config == *c) {
             Some(u) => Ok(u.clone()),
-            None => Upstream::new(c.clone())
-                .map(Arc::new)
-                .map_err(anyhow::Error::msg),
+            None => Upstream::new(c.clone()).map(Arc::new),
         })
         .collect()
 }
@@ -171,7 +182,7 @@ impl Live {
             Ok(true) => tracing::info!(cert = %tls.cert.display(), "TLS certificate reloaded"),
             Ok(false) => {}
             Err(e) => tracing::error!(
-                error = %e,
+                error = %crate::error_chain(&e),
                 "the TLS certificate files changed but do not load; the previous certificate stays in use"
             ),
         }
@@ -251,8 +262,8 @@ impl Live {
     /// counts.
     async fn apply(&self, applied: &Config) -> Result<[usize; 4], String> {
         let current = self.gateway.load_full();
-        let upstreams =
-            upstreams_for(&applied.upstreams, current.upstreams()).map_err(|e| e.to_string())?;
+        let upstreams = upstreams_for(&applied.upstreams, current.upstreams())
+            .map_err(|e| crate::error_chain(&e))?;
         if let Some(t) = &self.tier
             && let Err(e) = t.apply_settings(&applied.program_settings())
         {
@@ -269,7 +280,7 @@ impl Live {
                     crate::clock::unix_s(),
                 )
                 .map_err(|e| e.to_string())?;
-            authority_for(applied, &self.path, &current)?
+            authority_for(applied, &self.path, &current).map_err(|e| crate::error_chain(&e))?
         };
         *self.authority.lock().expect("authority lock") = authority.clone();
         if authority.kernel_budget != current.kernel_budget {

@@ -39,6 +39,46 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// What a read asks the kernel for at least.
 const READ_ROOM: usize = 8 * 1024;
 
+/// Why a response could not be read: the head, or the body's framing.
+/// What Dome says of it (in `UpstreamError`, or as the body's I/O error)
+/// is its text, the source joined on where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("response head over {} bytes", MAX_HEAD)]
+    HeadTooLarge,
+    #[error("the upstream closed the connection before answering")]
+    ClosedBeforeAnswer,
+    #[error("the upstream closed the connection mid-head")]
+    ClosedMidHead,
+    #[error("reading the response")]
+    Read(#[source] io::Error),
+    /// httparse refused the head.
+    #[error("invalid response head")]
+    Head(#[source] httparse::Error),
+    #[error("invalid response head: bad status code")]
+    Status,
+    #[error("invalid response head: bad field name `{0}`")]
+    FieldName(String),
+    #[error("invalid response head: bad value of `{0}`")]
+    FieldValue(HeaderName),
+    #[error("invalid response head: bad Content-Length `{0}`")]
+    ContentLength(String),
+    #[error("invalid response head: conflicting Content-Length")]
+    ConflictingContentLength,
+    #[error("invalid chunk size")]
+    ChunkSize,
+    #[error("chunk data not followed by CRLF")]
+    ChunkEnd,
+    #[error("trailers over {} bytes", MAX_TRAILERS)]
+    TrailersTooLarge,
+    #[error("the upstream closed the connection mid-body")]
+    ClosedMidBody,
+    #[error("a line in the chunked body not ended by CRLF")]
+    BareLineFeed,
+    #[error("a chunked-body line over {} bytes", MAX_LINE)]
+    LineTooLong,
+}
+
 /// One keep-alive connection with its read buffer (bytes past the last
 /// response stay here) and its request buffer (reused, so writing a request
 /// allocates nothing once warm).
@@ -142,7 +182,7 @@ impl Conn {
 
     /// Reads the response head (skipping interim 1xx responses). `head_only`:
     /// the request was HEAD, so no body follows whatever the head says.
-    pub async fn read_head(&mut self, head_only: bool) -> Result<Head, String> {
+    pub async fn read_head(&mut self, head_only: bool) -> Result<Head, H1Error> {
         let mut read_any = false;
         loop {
             if let Some(head) = parse_head(&mut self.buf, head_only)? {
@@ -153,15 +193,15 @@ impl Conn {
                 return Ok(head);
             }
             if self.buf.len() >= MAX_HEAD {
-                return Err(format!("response head over {MAX_HEAD} bytes"));
+                return Err(H1Error::HeadTooLarge);
             }
             match self.fill().await {
                 Ok(0) if !read_any && self.buf.is_empty() => {
-                    return Err("the upstream closed the connection before answering".into());
+                    return Err(H1Error::ClosedBeforeAnswer);
                 }
-                Ok(0) => return Err("the upstream closed the connection mid-head".into()),
+                Ok(0) => return Err(H1Error::ClosedMidHead),
                 Ok(_) => read_any = true,
-                Err(e) => return Err(format!("reading the response: {e}")),
+                Err(e) => return Err(H1Error::Read(e)),
             }
         }
     }
@@ -189,7 +229,7 @@ impl Conn {
 /// until one is complete. `head_only`: the request was HEAD. Public (rather
 /// than a method of `Conn`, which owns a socket) so the fuzz target
 /// `h1` can feed it bytes.
-pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, String> {
+pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, H1Error> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -198,10 +238,9 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
     let len = match r.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("invalid response head: {e}")),
+        Err(e) => return Err(H1Error::Head(e)),
     };
-    let status = StatusCode::from_u16(r.code.unwrap_or(0))
-        .map_err(|_| "invalid response head: bad status code".to_string())?;
+    let status = StatusCode::from_u16(r.code.unwrap_or(0)).map_err(|_| H1Error::Status)?;
     let version = if r.version == Some(1) {
         Version::HTTP_11
     } else {
@@ -222,14 +261,10 @@ pub fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, S
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| {
-            format!(
-                "invalid response head: bad field name `{}`",
-                String::from_utf8_lossy(&head[ns..ne])
-            )
-        })?;
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| H1Error::FieldName(String::from_utf8_lossy(&head[ns..ne]).into_owned()))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| format!("invalid response head: bad value of `{name}`"))?;
+            .map_err(|_| H1Error::FieldValue(name.clone()))?;
         headers.append(name, value);
     }
     let (body, mut keep_alive) = framing(&headers, status, head_only)?;
@@ -256,7 +291,7 @@ fn framing(
     headers: &HeaderMap,
     status: StatusCode,
     head_only: bool,
-) -> Result<(Decoder, bool), String> {
+) -> Result<(Decoder, bool), H1Error> {
     if head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -292,9 +327,9 @@ fn framing(
                 .all(|b| b.is_ascii_digit())
                 .then(|| part.parse::<u64>().ok())
                 .flatten()
-                .ok_or_else(|| format!("invalid response head: bad Content-Length `{part}`"))?;
+                .ok_or_else(|| H1Error::ContentLength(part.to_string()))?;
             if length.is_some_and(|l| l != n) {
-                return Err("invalid response head: conflicting Content-Length".into());
+                return Err(H1Error::ConflictingContentLength);
             }
             length = Some(n);
         }
@@ -348,7 +383,7 @@ pub enum Step {
 impl Decoder {
     /// The next piece of the body from `buf`; `eof`: the connection has
     /// ended and nothing more will come.
-    pub fn step(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Step, String> {
+    pub fn step(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Step, H1Error> {
         match self {
             Decoder::Length(0) => Ok(Step::End),
             Decoder::Length(left) => {
@@ -377,11 +412,11 @@ impl Decoder {
                             || size.len() > 15
                             || !size.iter().all(u8::is_ascii_hexdigit)
                         {
-                            return Err("invalid chunk size".into());
+                            return Err(H1Error::ChunkSize);
                         }
                         // At most 15 hex digits: fits a u64 and is checked above.
                         let n = u64::from_str_radix(std::str::from_utf8(size).unwrap_or("x"), 16)
-                            .map_err(|_| "invalid chunk size".to_string())?;
+                            .map_err(|_| H1Error::ChunkSize)?;
                         *state = if n == 0 {
                             Chunked::Trailers(0)
                         } else {
@@ -403,7 +438,7 @@ impl Decoder {
                             return more(eof);
                         }
                         if &buf[..2] != b"\r\n" {
-                            return Err("chunk data not followed by CRLF".into());
+                            return Err(H1Error::ChunkEnd);
                         }
                         buf.advance(2);
                         *state = Chunked::Size;
@@ -417,7 +452,7 @@ impl Decoder {
                         } else {
                             *seen += line.len() + 2;
                             if *seen > MAX_TRAILERS {
-                                return Err(format!("trailers over {MAX_TRAILERS} bytes"));
+                                return Err(H1Error::TrailersTooLarge);
                             }
                         }
                     }
@@ -434,9 +469,9 @@ fn take(left: &mut u64, buf: &mut BytesMut) -> Bytes {
     buf.split_to(n).freeze()
 }
 
-fn more(eof: bool) -> Result<Step, String> {
+fn more(eof: bool) -> Result<Step, H1Error> {
     if eof {
-        Err("the upstream closed the connection mid-body".into())
+        Err(H1Error::ClosedMidBody)
     } else {
         Ok(Step::More)
     }
@@ -444,17 +479,15 @@ fn more(eof: bool) -> Result<Step, String> {
 
 /// A CRLF-ended line taken off the front of `buf` (without its CRLF), or
 /// `None` until one is complete.
-fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, String> {
+fn take_line(buf: &mut BytesMut) -> Result<Option<Bytes>, H1Error> {
     let window = &buf[..buf.len().min(MAX_LINE + 2)];
     match window.iter().position(|&b| b == b'\n') {
         Some(i) if i > 0 && window[i - 1] == b'\r' => {
             let line = buf.split_to(i + 1).freeze();
             Ok(Some(line.slice(..i - 1)))
         }
-        Some(_) => Err("a line in the chunked body not ended by CRLF".into()),
-        None if window.len() > MAX_LINE => {
-            Err(format!("a chunked-body line over {MAX_LINE} bytes"))
-        }
+        Some(_) => Err(H1Error::BareLineFeed),
+        None if window.len() > MAX_LINE => Err(H1Error::LineTooLong),
         None => Ok(None),
     }
 }
@@ -468,13 +501,13 @@ mod tests {
         let mut out = Vec::new();
         let mut parts = input.iter();
         loop {
-            match d.step(&mut buf, false)? {
+            match d.step(&mut buf, false).map_err(|e| e.to_string())? {
                 Step::Data(b) => out.extend_from_slice(&b),
                 Step::End => return Ok(out),
                 Step::More => match parts.next() {
                     Some(p) => buf.extend_from_slice(p),
                     None => {
-                        return match d.step(&mut buf, true)? {
+                        return match d.step(&mut buf, true).map_err(|e| e.to_string())? {
                             Step::End => Ok(out),
                             s => Err(format!("unexpected {s:?} at the end")),
                         };
@@ -533,7 +566,7 @@ mod tests {
         assert_eq!(&buf[..], b"NEXT");
     }
 
-    fn head(fields: &[(&str, &str)], status: u16) -> Result<(Decoder, bool), String> {
+    fn head(fields: &[(&str, &str)], status: u16) -> Result<(Decoder, bool), H1Error> {
         let mut h = HeaderMap::new();
         for (k, v) in fields {
             h.append(
@@ -652,11 +685,15 @@ mod tests {
             };
             let client = async {
                 let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
-                let mut head = conn.read_head(false).await?;
+                let mut head = conn.read_head(false).await.map_err(|e| e.to_string())?;
                 let mut body = Vec::new();
                 let mut eof = false;
                 loop {
-                    match head.body.step(conn.buffered(), eof)? {
+                    match head
+                        .body
+                        .step(conn.buffered(), eof)
+                        .map_err(|e| e.to_string())?
+                    {
                         Step::Data(d) => body.extend_from_slice(&d),
                         Step::End => return Ok::<_, String>((head.status, body)),
                         Step::More => eof = conn.fill().await.map_err(|e| e.to_string())? == 0,

@@ -71,6 +71,27 @@ pub enum UpstreamError {
     Busy(String, usize),
 }
 
+/// Why an upstream's `url` cannot be used (config validation says so at
+/// `upstream[i].url`). Not an `UpstreamError`: no call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    #[error("`{url}` is not a URL")]
+    NotAUrl {
+        url: String,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    #[error("`{0}`: only http:// upstreams are supported")]
+    NotHttp(String),
+    /// Its host or path does not make a connection pool.
+    #[error("upstream `{name}`")]
+    Address {
+        name: String,
+        #[source]
+        source: pool::AddressError,
+    },
+}
+
 /// A failed call's `error.data` for its caller: which upstream, and
 /// whether sending the same call again cannot make it act twice.
 pub fn failure_data(upstream: &str, retry_safe: bool) -> Value {
@@ -226,7 +247,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig) -> Result<Self, String> {
+    pub fn new(config: UpstreamConfig) -> Result<Self, UrlError> {
         let slots = Arc::new(tokio::sync::Semaphore::new(
             config.max_concurrent_requests.max(1),
         ));
@@ -239,16 +260,13 @@ impl Upstream {
         config: UpstreamConfig,
         slots: Arc<tokio::sync::Semaphore>,
         shares: Arc<AgentShares>,
-    ) -> Result<Self, String> {
-        let uri: hyper::Uri = config
-            .url
-            .parse()
-            .map_err(|e| format!("`{}` is not a URL: {e}", config.url))?;
+    ) -> Result<Self, UrlError> {
+        let uri: hyper::Uri = config.url.parse().map_err(|source| UrlError::NotAUrl {
+            url: config.url.clone(),
+            source,
+        })?;
         if uri.scheme_str() != Some("http") {
-            return Err(format!(
-                "`{}`: only http:// upstreams are supported",
-                config.url
-            ));
+            return Err(UrlError::NotHttp(config.url.clone()));
         }
         // The idle allowance is the upstream's, shared out over the lanes.
         let pool = pool::Pool::new(
@@ -257,7 +275,10 @@ impl Upstream {
             config.max_idle_connections,
             Duration::from_millis(config.connect_timeout_ms),
         )
-        .map_err(|e| format!("upstream `{}`: {e}", config.name))?;
+        .map_err(|source| UrlError::Address {
+            name: config.name.clone(),
+            source,
+        })?;
         Ok(Upstream {
             label: config.name.as_str().into(),
             config,
@@ -330,7 +351,10 @@ impl Upstream {
         config.era = EraSetting::Session;
         let probed = match Upstream::sharing(config, self.slots.clone(), self.shares.clone()) {
             Ok(lane) => lane.connect().await.map(|()| lane),
-            Err(e) => Err(UpstreamError::Invalid(self.name().into(), e)),
+            Err(e) => Err(UpstreamError::Invalid(
+                self.name().into(),
+                crate::error_chain(&e),
+            )),
         };
         let (state, lane) = match probed {
             Ok(lane) => {
@@ -399,6 +423,23 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unusable_url_is_named_with_why() {
+        let with_url = |url: &str| -> UpstreamConfig {
+            toml::from_str(&format!("name = \"demo\"\nurl = \"{url}\"\n")).unwrap()
+        };
+        let text = |url: &str| crate::error_chain(&Upstream::new(with_url(url)).err().unwrap());
+        assert_eq!(
+            text("not a url"),
+            "`not a url` is not a URL: invalid uri character"
+        );
+        assert_eq!(
+            text("https://demo.test/mcp"),
+            "`https://demo.test/mcp`: only http:// upstreams are supported"
+        );
+        assert!(Upstream::new(with_url("http://127.0.0.1:1/mcp")).is_ok());
+    }
 
     #[test]
     fn responses_are_readdressed_without_a_tree() {

@@ -64,6 +64,25 @@ impl SendError {
     }
 }
 
+/// Why a pool cannot be made for a URL (its host or path is unusable).
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("`{0}` names no host")]
+    NoHost(Uri),
+    #[error("`{url}`: bad host")]
+    Host {
+        url: Uri,
+        #[source]
+        source: hyper::header::InvalidHeaderValue,
+    },
+    #[error("`{url}`: bad path")]
+    Path {
+        url: Uri,
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+}
+
 /// How long a connection may sit idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -104,18 +123,24 @@ impl Pool {
         lanes: usize,
         max_idle: usize,
         connect_timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AddressError> {
         let authority = url
             .authority()
-            .ok_or_else(|| format!("`{url}` names no host"))?;
+            .ok_or_else(|| AddressError::NoHost(url.clone()))?;
         let port = authority.port_u16().unwrap_or(80);
-        let host = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| format!("`{url}`: bad host: {e}"))?;
+        let host =
+            HeaderValue::from_str(authority.as_str()).map_err(|source| AddressError::Host {
+                url: url.clone(),
+                source,
+            })?;
         let target = url
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .parse()
-            .map_err(|e| format!("`{url}`: bad path: {e}"))?;
+            .map_err(|source| AddressError::Path {
+                url: url.clone(),
+                source,
+            })?;
         let lanes = lanes.max(1);
         Ok(Pool {
             address: format!("{}:{port}", authority.host()),
@@ -155,7 +180,7 @@ impl Pool {
         let h = conn
             .read_head(head.method == Method::HEAD)
             .await
-            .map_err(SendError::after_sending)?;
+            .map_err(|e| SendError::after_sending(crate::error_chain(&e)))?;
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = h.status;
         *resp.version_mut() = h.version;

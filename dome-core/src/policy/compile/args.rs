@@ -45,17 +45,70 @@ pub(super) fn glob_match(p: &[u8], s: &[u8]) -> bool {
     pi == p.len()
 }
 
+/// Why an argument condition does not compile. `source` reports it as a
+/// policy error's reason, at the condition's field.
+#[derive(Debug)]
+pub(crate) enum ArgError {
+    /// `path` is not a JSON pointer.
+    NotAPointer(String),
+    /// `eq`, `prefix`, `path_prefix` and `regex` compare with `value`.
+    NeedsValue(ArgOp),
+    EmptyIn,
+    PrefixNotString,
+    PathPrefixNotAbsolute,
+    PathPrefixNotString,
+    BadRegex(regex::Error),
+    RegexNotString,
+    BadRange,
+    MaxLenWithoutMax,
+    BadType,
+}
+
+impl std::fmt::Display for ArgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ArgError::NotAPointer(p) => {
+                return write!(f, "`{p}` is not a JSON pointer (it starts with `/`)");
+            }
+            ArgError::NeedsValue(op) => return write!(f, "`{op:?}` needs `value`"),
+            ArgError::EmptyIn => "`in` needs a non-empty `values`",
+            ArgError::PrefixNotString => "`prefix` needs a string `value`",
+            ArgError::PathPrefixNotAbsolute => {
+                "`path_prefix` needs an absolute path `value` (starting with `/`)"
+            }
+            ArgError::PathPrefixNotString => "`path_prefix` needs a string `value`",
+            // The compiler's words are the source.
+            ArgError::BadRegex(_) => "bad regex",
+            ArgError::RegexNotString => "`regex` needs a string `value`",
+            ArgError::BadRange => "`range` needs `min` and/or `max`, min ≤ max",
+            ArgError::MaxLenWithoutMax => "`max_len` needs `max`",
+            ArgError::BadType => {
+                "`type` needs `type` = string, number, integer, boolean, array, object or null"
+            }
+        })
+    }
+}
+
+impl std::error::Error for ArgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ArgError::BadRegex(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// A JSON pointer split once into its unescaped tokens.
 #[derive(Clone, Debug)]
 pub struct Pointer(pub(super) Vec<String>);
 
 impl Pointer {
-    pub(super) fn parse(p: &str) -> Result<Pointer, String> {
+    pub(super) fn parse(p: &str) -> Result<Pointer, ArgError> {
         if p.is_empty() {
             return Ok(Pointer(Vec::new()));
         }
         let Some(rest) = p.strip_prefix('/') else {
-            return Err(format!("`{p}` is not a JSON pointer (it starts with `/`)"));
+            return Err(ArgError::NotAPointer(p.to_string()));
         };
         Ok(Pointer(
             rest.split('/')

@@ -142,7 +142,9 @@ pub(super) fn compile_rule(
         .transpose()?;
     let mut args = Vec::new();
     for (k, a) in w.args.iter().enumerate() {
-        args.push(compile_arg(a).map_err(|why| (format!(".when.args[{k}]"), why))?);
+        args.push(
+            compile_arg(a).map_err(|why| (format!(".when.args[{k}]"), crate::error_chain(&why)))?,
+        );
     }
     check_obligations(&rule.obligations)?;
     Ok(CRule {
@@ -182,7 +184,7 @@ pub(super) fn compile_rule(
         } else {
             Some(std::sync::Arc::new(
                 crate::policy::redact::Redactor::new(&rule.obligations.redact)
-                    .map_err(|e| (".obligations.redact".to_string(), e))?,
+                    .map_err(|e| (".obligations.redact".to_string(), crate::error_chain(&e)))?,
             ))
         },
         obligations: Obligations {
@@ -263,38 +265,34 @@ fn check_obligations(o: &crate::policy::lang::Obligations) -> Result<(), (String
     Ok(())
 }
 
-pub(super) fn compile_arg(a: &ArgCond) -> Result<CArg, String> {
+pub(super) fn compile_arg(a: &ArgCond) -> Result<CArg, ArgError> {
     let at = Pointer::parse(&a.path)?;
-    let need_value = || {
-        a.value
-            .clone()
-            .ok_or_else(|| format!("`{:?}` needs `value`", a.op))
-    };
+    let need_value = || a.value.clone().ok_or(ArgError::NeedsValue(a.op));
     let test = match a.op {
         ArgOp::Eq => Test::OneOf(vec![need_value()?]),
         ArgOp::In => {
             if a.values.is_empty() {
-                return Err("`in` needs a non-empty `values`".into());
+                return Err(ArgError::EmptyIn);
             }
             Test::OneOf(a.values.clone())
         }
         ArgOp::Prefix => match need_value()? {
             Value::String(s) => Test::Prefix(s),
-            _ => return Err("`prefix` needs a string `value`".into()),
+            _ => return Err(ArgError::PrefixNotString),
         },
         ArgOp::PathPrefix => match need_value()? {
             Value::String(s) => Test::PathPrefix(
                 path_segments(s.as_bytes())
-                    .ok_or("`path_prefix` needs an absolute path `value` (starting with `/`)")?
+                    .ok_or(ArgError::PathPrefixNotAbsolute)?
                     .into_iter()
                     .map(Box::from)
                     .collect(),
             ),
-            _ => return Err("`path_prefix` needs a string `value`".into()),
+            _ => return Err(ArgError::PathPrefixNotString),
         },
         ArgOp::Regex => match need_value()? {
-            Value::String(s) => Test::Regex(Regex::new(&s).map_err(|e| format!("bad regex: {e}"))?),
-            _ => return Err("`regex` needs a string `value`".into()),
+            Value::String(s) => Test::Regex(Regex::new(&s).map_err(ArgError::BadRegex)?),
+            _ => return Err(ArgError::RegexNotString),
         },
         ArgOp::Range => {
             let (lo, hi) = (
@@ -302,27 +300,22 @@ pub(super) fn compile_arg(a: &ArgCond) -> Result<CArg, String> {
                 a.max.unwrap_or(f64::INFINITY),
             );
             if a.min.is_none() && a.max.is_none() || lo > hi {
-                return Err("`range` needs `min` and/or `max`, min ≤ max".into());
+                return Err(ArgError::BadRange);
             }
             Test::Range(lo, hi)
         }
         ArgOp::MaxLen => match a.max {
             Some(m) if m >= 0.0 => Test::MaxLen(m as usize),
-            _ => return Err("`max_len` needs `max`".into()),
+            _ => return Err(ArgError::MaxLenWithoutMax),
         },
         ArgOp::Present => Test::Present,
         ArgOp::Absent => Test::Absent,
-        ArgOp::Type => {
-            match a.ty.as_deref() {
-                Some(
-                    t @ ("string" | "number" | "integer" | "boolean" | "array" | "object" | "null"),
-                ) => Test::Type(t.to_string()),
-                _ => return Err(
-                    "`type` needs `type` = string, number, integer, boolean, array, object or null"
-                        .into(),
-                ),
-            }
-        }
+        ArgOp::Type => match a.ty.as_deref() {
+            Some(
+                t @ ("string" | "number" | "integer" | "boolean" | "array" | "object" | "null"),
+            ) => Test::Type(t.to_string()),
+            _ => return Err(ArgError::BadType),
+        },
     };
     Ok(CArg { at, test })
 }

@@ -312,6 +312,40 @@ fn a_path_prefix_must_be_an_absolute_path() {
 }
 
 #[test]
+fn a_bad_argument_condition_is_named_with_its_reason_in_words() {
+    // The reasons operators read (typed inside the compiler, text here).
+    for (cond, reason) in [
+        (
+            r#"{ path = "p", op = "present" }"#,
+            "`p` is not a JSON pointer (it starts with `/`)",
+        ),
+        (r#"{ path = "/p", op = "eq" }"#, "`Eq` needs `value`"),
+        (
+            r#"{ path = "/p", op = "in" }"#,
+            "`in` needs a non-empty `values`",
+        ),
+        (
+            r#"{ path = "/p", op = "path_prefix", value = "etc" }"#,
+            "`path_prefix` needs an absolute path `value` (starting with `/`)",
+        ),
+        (
+            r#"{ path = "/p", op = "range" }"#,
+            "`range` needs `min` and/or `max`, min ≤ max",
+        ),
+        (
+            r#"{ path = "/p", op = "regex", value = "(" }"#,
+            "bad regex: regex parse error:",
+        ),
+    ] {
+        let text =
+            format!("[[rule]]\nid = \"a\"\neffect = \"deny\"\n[rule.when]\nargs = [{cond}]\n");
+        let e = compile(&[("p.toml".into(), text)]).unwrap_err();
+        assert_eq!(e.field, "rule[0].when.args[0]", "{e}");
+        assert!(e.reason.starts_with(reason), "{cond}: {e}");
+    }
+}
+
+#[test]
 fn plain_decimals_are_the_only_strings_read_as_numbers() {
     use crate::policy::compile::plain_decimal;
     for (s, f) in [
