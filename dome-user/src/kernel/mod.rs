@@ -181,18 +181,22 @@ pub enum XdpError {
     Load(String),
     #[error("attaching XDP to `{interface}`: {reason}")]
     Attach { interface: String, reason: String },
-    #[error("XDP map {map}: {source}")]
-    Map {
-        map: &'static str,
-        #[source]
-        source: MapError,
-    },
+    // The cause is in the text and not also a `source`, so
+    // `error_chain` does not print it twice.
+    #[error("XDP map {map}: {error}")]
+    Map { map: &'static str, error: MapError },
     #[error("identity slot {0} is out of range (0..{MAX_SLOTS})")]
     Slot(u32),
     #[error("test run: {0}")]
-    TestRun(#[from] ProgramError),
+    TestRun(ProgramError),
     #[error("charging identity slot {slot} for its flow's pre-bind traffic: verdict {verdict}")]
     Debit { slot: u32, verdict: u32 },
+}
+
+impl From<ProgramError> for XdpError {
+    fn from(e: ProgramError) -> Self {
+        XdpError::TestRun(e)
+    }
 }
 
 /// Whether a map operation failed only because the key is not there: aya
@@ -207,7 +211,7 @@ fn absent(e: &MapError) -> bool {
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> XdpError {
-    move |source| XdpError::Map { map, source }
+    move |error| XdpError::Map { map, error }
 }
 
 struct Blocks {
@@ -776,5 +780,28 @@ fn verifier_message(e: ProgramError) -> String {
             )
         }
         _ => crate::error_chain(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found in review: a map error both printed its cause and named it as
+    /// its source, so a log line made with `error_chain` said it twice.
+    #[test]
+    fn a_kernel_errors_cause_is_said_once_in_its_chain() {
+        for e in [
+            map_err("IDENTITIES")(MapError::KeyNotFound),
+            XdpError::from(ProgramError::NotLoaded),
+        ] {
+            let line = crate::error_chain(&e);
+            let cause = match &e {
+                XdpError::Map { error, .. } => error.to_string(),
+                XdpError::TestRun(p) => p.to_string(),
+                _ => unreachable!(),
+            };
+            assert_eq!(line.matches(&cause).count(), 1, "{line}");
+        }
     }
 }
