@@ -219,14 +219,16 @@ impl Client {
                       "io.modelcontextprotocol/clientCapabilities": {}}}})
         .to_string();
         let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
-        write!(
-            self.writer,
+        // One write: `write!` sends each formatted piece on its own, and a
+        // 401 answered before the body's piece arrives leaves the body
+        // unread, so hyper closes the connection (as it may for any client).
+        let request = format!(
             "POST /mcp HTTP/1.1\r\nHost: dome\r\nAccept: application/json, text/event-stream\r\n\
              Content-Type: application/json\r\nMCP-Protocol-Version: 2026-07-28\r\n\
              Mcp-Method: tools/call\r\nMcp-Name: {tool}\r\n{auth}Content-Length: {}\r\n\r\n{body}",
             body.len()
-        )
-        .unwrap();
+        );
+        self.writer.write_all(request.as_bytes()).unwrap();
         let (status, body) = self.response();
         // A JSON answer, or the last message of an SSE one.
         let message = body
