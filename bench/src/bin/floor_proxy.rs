@@ -1,7 +1,7 @@
 //! `bench-floor-proxy LISTEN UPSTREAM_URL`: the floor under any gateway
 //! built on Dome's transport stack. It is Dome's serving skeleton — one
 //! current-thread runtime per CPU on SO_REUSEPORT listeners
-//! (`dome::workers`), hyper's auto (HTTP/1 + HTTP/2) server, a
+//! (`dome::net::workers`), hyper's auto (HTTP/1 + HTTP/2) server, a
 //! per-lane keep-alive pool (`dome::upstream::pool`), mimalloc — with none of Dome's work:
 //! no MCP parsing, identity, policy, audit or filtering. It relays the
 //! body and the MCP headers and returns the upstream's answer.
@@ -68,15 +68,12 @@ fn main() -> anyhow::Result<()> {
     let upstream: hyper::Uri = upstream.parse()?;
     let workers = dome::net::workers::configure(0);
     // As Dome's: one set of connections per worker lane.
-    let pool = std::sync::Arc::new(
-        Pool::new(
-            &upstream,
-            dome::net::workers::lanes(),
-            64,
-            Duration::from_secs(2),
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
+    let pool = std::sync::Arc::new(Pool::new(
+        &upstream,
+        dome::net::workers::lanes(),
+        64,
+        Duration::from_secs(2),
+    )?);
     let listeners = dome::net::workers::bind(listen, workers)?;
     dome::net::workers::spawn(listeners, move |listener| {
         let pool = pool.clone();

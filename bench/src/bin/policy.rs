@@ -186,8 +186,7 @@ fn main() -> anyhow::Result<()> {
         "card".into(),
         "jwt".into(),
         "api_key".into(),
-    ])
-    .map_err(anyhow::Error::msg)?;
+    ])?;
     let with: String = (0..800)
         .map(|i| format!("{{\"id\":{i},\"name\":\"Customer {i}\",\"email\":\"c{i}@example.com\",\"card\":\"4111 1111 1111 1111\"}},"))
         .collect();

@@ -340,7 +340,7 @@ impl Gateway {
         json_response(status, &v)
     }
 
-    /// `answer`, with what a session keeps of its own: its resource
+    /// `answer_unstreamed`, with what a session keeps of its own: its resource
     /// subscriptions and its log level (alone or in a batch).
     pub(super) async fn answer_in(
         &self,

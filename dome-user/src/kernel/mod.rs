@@ -181,13 +181,14 @@ pub enum XdpError {
     Load(String),
     #[error("attaching XDP to `{interface}`: {reason}")]
     Attach { interface: String, reason: String },
-    // The cause is in the text and not also a `source`, so
-    // `error_chain` does not print it twice.
-    #[error("XDP map {map}: {error}")]
+    // The cause and its own causes (aya keeps the errno as a syscall
+    // error's source) are in the text and not also a `source`, so
+    // `error_chain` says each once.
+    #[error("XDP map {map}: {}", crate::error_chain(error))]
     Map { map: &'static str, error: MapError },
     #[error("identity slot {0} is out of range (0..{MAX_SLOTS})")]
     Slot(u32),
-    #[error("test run: {0}")]
+    #[error("test run: {}", crate::error_chain(.0))]
     TestRun(ProgramError),
     #[error("charging identity slot {slot} for its flow's pre-bind traffic: verdict {verdict}")]
     Debit { slot: u32, verdict: u32 },
@@ -788,20 +789,35 @@ mod tests {
     use super::*;
 
     /// Found in review: a map error both printed its cause and named it as
-    /// its source, so a log line made with `error_chain` said it twice.
+    /// its source, so a log line made with `error_chain` said it twice; and
+    /// a syscall's errno, which aya keeps as the source of its error, must
+    /// still be said (once) in the text a `%e` log line shows.
     #[test]
-    fn a_kernel_errors_cause_is_said_once_in_its_chain() {
-        for e in [
-            map_err("IDENTITIES")(MapError::KeyNotFound),
-            XdpError::from(ProgramError::NotLoaded),
+    fn a_kernel_errors_causes_are_each_said_once() {
+        let denied = || aya::sys::SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+        };
+        for (e, causes) in [
+            (
+                map_err("IDENTITIES")(MapError::KeyNotFound),
+                &["key not found"][..],
+            ),
+            (
+                map_err("IDENTITIES")(MapError::SyscallError(denied())),
+                &["bpf_map_update_elem", "os error 1"],
+            ),
+            (XdpError::from(ProgramError::NotLoaded), &["not loaded"]),
+            (
+                XdpError::from(ProgramError::SyscallError(denied())),
+                &["bpf_map_update_elem", "os error 1"],
+            ),
         ] {
-            let line = crate::error_chain(&e);
-            let cause = match &e {
-                XdpError::Map { error, .. } => error.to_string(),
-                XdpError::TestRun(p) => p.to_string(),
-                _ => unreachable!(),
-            };
-            assert_eq!(line.matches(&cause).count(), 1, "{line}");
+            let (text, chain) = (e.to_string(), crate::error_chain(&e));
+            for cause in causes {
+                assert_eq!(text.matches(cause).count(), 1, "{cause} in {text}");
+                assert_eq!(chain.matches(cause).count(), 1, "{cause} in {chain}");
+            }
         }
     }
 }

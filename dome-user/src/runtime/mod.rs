@@ -422,13 +422,13 @@ async fn serve(
             required: false,
             resource: String::new(),
             escalation: escalation.clone(),
-            tier: enforcer,
+            enforcer,
             kernel_budget: config.xdp.default_budget,
             audit: audit.clone(),
             rule_budgets: Default::default(),
         },
     )
-    .context("loading the identity providers' keys")?;
+    .context("loading the policy and the identity providers' keys")?;
     if let Some(task) =
         serve_admin(&config, config_path, &authority, &audit_dir, audit_public).await?
     {

@@ -117,7 +117,7 @@ pub(super) fn authority_for(
         registry: current.registry.clone(),
         signer: current.signer.clone(),
         escalation: current.escalation.clone(),
-        tier: current.tier.clone(),
+        enforcer: current.enforcer.clone(),
         kernel_budget: config.xdp.default_budget,
         required: config.auth.required,
         resource,
@@ -283,9 +283,8 @@ impl Live {
             authority_for(applied, &self.path, &current).map_err(|e| crate::error_chain(&e))?
         };
         *self.authority.lock().expect("authority lock") = authority.clone();
-        if authority.kernel_budget != current.kernel_budget {
-            rebudget(&authority);
-        }
+        let rebudgeted =
+            (authority.kernel_budget != current.kernel_budget).then(|| authority.clone());
         // Escalation's limits apply live: strikes from now on count toward them.
         authority.escalation.set_config(applied.escalation.clone());
         let gw = Gateway::new(
@@ -301,6 +300,12 @@ impl Live {
         let counts = gw.refresh_all().await;
         // Requests in flight keep the gateway they started on.
         self.gateway.store(gw);
+        // After the store: a connection bound through the old gateway until
+        // now set its slot to the old budget.
+        if let Some(authority) = rebudgeted {
+            // A map write per agent (up to 65,536): off the event loop.
+            let _ = tokio::task::spawn_blocking(move || rebudget(&authority)).await;
+        }
         Ok(counts)
     }
 
@@ -424,14 +429,21 @@ pub(super) fn live_part(old: &Config, new: &Config) -> (Config, Vec<String>) {
 /// The gateway sets a slot's budget when it binds a connection, so without
 /// this an agent on a connection it keeps open would stay on the old one.
 fn rebudget(authority: &Authority) {
-    let Some(tier) = &authority.tier else {
+    let Some(tier) = &authority.enforcer else {
         return;
     };
     let index = authority.registry.index();
+    let mut failed = 0;
     for agent in index.agents.values() {
         if let Err(e) = tier.set_budget(agent.slot, &authority.kernel_budget) {
-            tracing::warn!(agent = %agent.id, error = %e, "setting the agent's kernel budget failed");
+            if failed == 0 {
+                tracing::warn!(agent = %agent.id, error = %e, "setting an agent's kernel budget failed");
+            }
+            failed += 1;
         }
+    }
+    if failed > 1 {
+        tracing::warn!(failed, "setting agents' kernel budgets failed");
     }
 }
 
