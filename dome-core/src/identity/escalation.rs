@@ -239,7 +239,7 @@ pub struct Block {
     /// When it ends.
     pub until_unix_s: u64,
     /// The kernel tier drops the subject's flows too (set by the shell once
-    /// it did: [`Escalations::kernel_applied`]).
+    /// it did: [`EscalationState::kernel_applied`]).
     pub kernel: bool,
 }
 
@@ -259,12 +259,12 @@ pub struct Escalated {
 
 /// Strikes and blocks: escalation's state, pure and bounded.
 #[derive(Default)]
-pub struct Escalations {
+pub struct EscalationState {
     strikes: Strikes,
     blocks: HashMap<Key, Block>,
 }
 
-impl Escalations {
+impl EscalationState {
     /// Counts a strike against `who` (kept under `key`) at `now_ns`; when it
     /// makes `max_strikes` within the window, blocks it until `block_s`
     /// from `now_unix_s` and says what the shell must do.
@@ -380,7 +380,7 @@ impl Escalations {
     }
 }
 
-/// Whether `view` (see [`Escalations::view`]) holds a block in force at
+/// Whether `view` (see [`EscalationState::view`]) holds a block in force at
 /// `now_unix_s` against the source (for anonymous requests only) or the
 /// agent's slot.
 pub fn blocked_in(

@@ -52,7 +52,7 @@ impl Gateway {
 
     /// A strike against the caller: its agent when authenticated (never
     /// the address it shares with others), else its source.
-    pub(super) fn strike_source(&self, ctx: &RequestCtx, why: &str) {
+    pub(super) fn strike_sender(&self, ctx: &RequestCtx, why: &str) {
         let who = match &ctx.caller {
             Some(c) => Some(Subject::Agent {
                 id: c.agent.id.clone(),
@@ -74,7 +74,7 @@ impl Gateway {
     /// where authentication is off, against its source).
     pub(super) fn strike_caller(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
         let Some(c) = caller else {
-            return self.strike_source(ctx, why);
+            return self.strike_sender(ctx, why);
         };
         self.authority.escalation.strike(
             Subject::Agent {

@@ -155,7 +155,7 @@ impl Gateway {
     /// (once per connection): its packets are then held to the agent's
     /// budget in XDP. The binding goes when the connection closes.
     pub(super) fn bind_kernel(&self, conn: &crate::net::Conn, c: &Caller) {
-        let Some(tier) = &self.authority.tier else {
+        let Some(tier) = &self.authority.enforcer else {
             return;
         };
         let mut binding = conn.binding.lock().expect("binding lock");

@@ -157,7 +157,7 @@ pub struct Authority {
     pub resource: String,
     pub escalation: Arc<crate::identity::escalation::Escalation>,
     /// The kernel tier, when attached: authenticated flows are bound there.
-    pub tier: Option<Arc<dyn crate::kernel::Enforcer>>,
+    pub enforcer: Option<Arc<dyn crate::kernel::Enforcer>>,
     /// The packet and byte budget an agent's identity slot gets.
     pub kernel_budget: crate::kernel::BudgetSpec,
     /// Tenants' identity providers, for bearer tokens.

@@ -20,7 +20,7 @@ use std::{
 use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
-use dome_core::identity::escalation::{self as decide, Escalated, Escalations};
+use dome_core::identity::escalation::{self as decide, Escalated, EscalationState};
 pub use dome_core::identity::escalation::{EscalationConfig, Key, Subject};
 
 use crate::kernel::{Enforcer, XdpError};
@@ -53,8 +53,8 @@ impl LogBudget {
 
 pub struct Escalation {
     config: ArcSwap<EscalationConfig>,
-    tier: Option<Arc<dyn Enforcer>>,
-    state: Mutex<Escalations>,
+    enforcer: Option<Arc<dyn Enforcer>>,
+    state: Mutex<EscalationState>,
     /// What requests that succeed check: agent and source blocks and their
     /// ends (unix s), swapped after each change so the check takes no lock.
     /// Claim blocks are checked only on the failure path, under the lock.
@@ -68,14 +68,14 @@ pub struct Escalation {
 /// A block in force could not be lifted in the kernel tier (it stays
 /// lifted in user space).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
+#[error(transparent)]
 pub struct LiftError(#[from] XdpError);
 
 impl Escalation {
-    pub fn new(config: EscalationConfig, tier: Option<Arc<dyn Enforcer>>) -> Self {
+    pub fn new(config: EscalationConfig, enforcer: Option<Arc<dyn Enforcer>>) -> Self {
         Escalation {
             config: ArcSwap::from_pointee(config),
-            tier,
+            enforcer,
             state: Mutex::default(),
             view: ArcSwap::from_pointee(HashMap::new()),
             escalations: AtomicU64::new(0),
@@ -116,8 +116,8 @@ impl Escalation {
 
     /// Does what a new block asks: drops the agent's flows in the kernel
     /// tier (when attached), counts and logs it, publishes the view.
-    fn apply(&self, state: &mut Escalations, e: Escalated, block_s: u64) {
-        let kernel = match (&self.tier, e.kernel) {
+    fn apply(&self, state: &mut EscalationState, e: Escalated, block_s: u64) {
+        let kernel = match (&self.enforcer, e.kernel) {
             (Some(t), Some((slot, ttl))) => t.block_identity(slot, Some(ttl)).is_ok(),
             _ => false,
         };
@@ -126,7 +126,7 @@ impl Escalation {
         }
         self.escalations.fetch_add(1, Ordering::Relaxed);
         if let Some(b) = state.block(&e.key) {
-            tracing::warn!(subject = ?b.subject, reason = %b.reason, block_s, kernel, "escalation: blocked");
+            tracing::warn!(subject = ?b.subject, reason = b.reason.as_str(), block_s, kernel, "escalation: blocked");
         }
         if e.publish {
             self.view.store(Arc::new(state.view()));
@@ -200,7 +200,7 @@ impl Escalation {
             })
             .collect();
         json!({"blocks": list, "escalations": self.escalations.load(Ordering::Relaxed),
-               "kernel": self.tier.is_some()})
+               "kernel": self.enforcer.is_some()})
     }
 
     /// Lifts the block `kind/key` (as `GET /blocks` names it); true when one was in force.
@@ -217,7 +217,7 @@ impl Escalation {
         let Some((_, b)) = lifted else {
             return Ok(false);
         };
-        if let (Some(t), Subject::Agent { slot, .. }) = (&self.tier, &b.subject) {
+        if let (Some(t), Subject::Agent { slot, .. }) = (&self.enforcer, &b.subject) {
             t.unblock_identity(*slot)?;
         }
         tracing::info!(block = %full, "block lifted by the admin API");

@@ -66,7 +66,7 @@ fn a_flood_of_new_subjects_does_not_push_out_a_subject_near_its_block() {
 
 #[test]
 fn the_strike_table_stays_bounded_under_a_flood_of_made_up_claims() {
-    let (mut e, h) = (Escalations::default(), RandomState::new());
+    let (mut e, h) = (EscalationState::default(), RandomState::new());
     for i in 0..(MAX_TRACKED + 5_000) {
         let who = Subject::Claim(format!("agent a{i}"));
         e.strike(Key::of(&who, &h), who, "x", &small(), i as u64, 1000);
@@ -88,7 +88,7 @@ fn the_block_each_subject_gets_and_what_the_shell_must_do() {
         (Subject::Claim("agent a".into()), None, false),
     ];
     for (who, kernel, publish) in rows {
-        let mut e = Escalations::default();
+        let mut e = EscalationState::default();
         let key = Key::of(&who, &h);
         assert_eq!(e.strike(key, who.clone(), "why", &small(), 0, 1000), None);
         assert!(!e.in_force(&key, 1000), "one strike blocks no one");
@@ -117,7 +117,7 @@ fn the_block_each_subject_gets_and_what_the_shell_must_do() {
 
 #[test]
 fn a_disabled_escalation_counts_nothing_and_blocks_no_one() {
-    let mut e = Escalations::default();
+    let mut e = EscalationState::default();
     let off = EscalationConfig {
         enabled: false,
         ..small()
@@ -130,7 +130,7 @@ fn a_disabled_escalation_counts_nothing_and_blocks_no_one() {
 
 #[test]
 fn a_block_is_lifted_by_its_name_and_expires() {
-    let mut e = Escalations::default();
+    let mut e = EscalationState::default();
     for t in 0..2 {
         e.strike(Key::Agent(7), agent(7), "over budget", &small(), t, 1000);
     }
@@ -168,7 +168,7 @@ fn a_block_is_lifted_by_its_name_and_expires() {
 /// pushes out no agent's or source's block.
 #[test]
 fn claims_cannot_push_agents_and_sources_out_of_the_block_table() {
-    let (mut e, h) = (Escalations::default(), RandomState::new());
+    let (mut e, h) = (EscalationState::default(), RandomState::new());
     let one = EscalationConfig {
         max_strikes: 1,
         ..small()
