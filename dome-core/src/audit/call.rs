@@ -82,10 +82,18 @@ pub struct CallFields {
 }
 
 /// Room for the text a [`Record`] borrows that the fields hold as numbers.
-#[derive(Default)]
 pub struct Scratch {
     call_id: [u8; 16],
     source: [u8; 48],
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Scratch {
+            call_id: [0; 16],
+            source: [0; 48],
+        }
+    }
 }
 
 impl CallFields {
@@ -262,7 +270,7 @@ mod tests {
     /// learned is empty, and an abandoned call says so.
     #[test]
     fn the_fields_learned_are_the_record_made() {
-        let mut f = CallFields::new(Kind::ToolCall, 1_700_000_000_000_000, 0x0123_4567_89ab_cdef);
+        let mut f = CallFields::new(Kind::Tool, 1_700_000_000_000_000, 0x0123_4567_89ab_cdef);
         f.name = Some("echo".into());
         f.source = Some("10.0.0.7".parse().unwrap());
         f.decision = Decision::Allow;
@@ -279,14 +287,17 @@ mod tests {
         assert_eq!(r.reason.len(), MAX_REASON_BYTES, "the reason is capped");
         assert_eq!(r.phase_ns[phase::POLICY], 150);
 
-        let mut gone = CallFields::new(Kind::ToolCall, 0, 1);
+        let mut gone = CallFields::new(Kind::Tool, 0, 1);
         gone.abandoned();
         let r = gone.record("n", &mut scratch);
         assert_eq!(r.outcome, Outcome::Cancelled as u8);
         assert_eq!(r.reason, "the client went away before the answer");
-        let mut answered = CallFields::new(Kind::ToolCall, 0, 1);
+        let mut answered = CallFields::new(Kind::Tool, 0, 1);
         answered.outcome = Some(Outcome::Ok);
         answered.abandoned();
-        assert_eq!((answered.outcome, answered.reason), (Some(Outcome::Ok), None));
+        assert_eq!(
+            (answered.outcome, answered.reason),
+            (Some(Outcome::Ok), None)
+        );
     }
 }
