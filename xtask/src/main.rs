@@ -329,10 +329,17 @@ fn setup(root: &Path) -> Result<()> {
 /// `dome-core`, the decisions.
 const NOT_IN_CORE: [&str; 7] = ["tokio", "hyper", "aya", "redb", "mio", "socket2", "rustls"];
 /// What `dome-core`'s source may not name: files, sockets, processes, the
-/// environment, or a clock of its own (time is an argument).
-const NOT_IN_CORE_SOURCE: [&str; 7] = [
+/// environment, or a clock of its own (time is an argument). Sockets by
+/// their types: `std::net` also holds `IpAddr`, a value the decisions take
+/// (escalation's sources, the record's address), and a `use std::{net::…}`
+/// group slipped past a match on the path anyway.
+const NOT_IN_CORE_SOURCE: [&str; 11] = [
     "std::fs",
-    "std::net",
+    "fs::",
+    "TcpStream",
+    "TcpListener",
+    "UdpSocket",
+    "ToSocketAddrs",
     "std::process",
     "std::env",
     "Instant::now",
