@@ -22,6 +22,17 @@ pub struct ListenFilter {
     pub uris: std::collections::HashSet<String>,
 }
 
+/// Whether `caps` (a server's capabilities) offer any change notification
+/// a `subscriptions/listen` stream could carry: a list change or resource
+/// updates. Without one there is nothing to listen for.
+pub fn offers_changes(caps: &Value) -> bool {
+    let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
+    offers("tools", "listChanged")
+        || offers("prompts", "listChanged")
+        || offers("resources", "listChanged")
+        || offers("resources", "subscribe")
+}
+
 impl ListenFilter {
     /// The list changes a listen request's `notifications` (`asked`) wants
     /// that Dome's capabilities (`caps`) offer; URIs are added as policy
@@ -127,6 +138,21 @@ pub fn log_floor(e: &Envelope) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_list_changes_or_resource_updates_are_worth_listening_for() {
+        for (caps, offers) in [
+            (json!({}), false),
+            (json!({"tools": {}, "logging": {}}), false),
+            (json!({"tools": {"listChanged": false}}), false),
+            (json!({"tools": {"listChanged": true}}), true),
+            (json!({"prompts": {"listChanged": true}}), true),
+            (json!({"resources": {"listChanged": true}}), true),
+            (json!({"resources": {"subscribe": true}}), true),
+        ] {
+            assert_eq!(offers_changes(&caps), offers, "{caps}");
+        }
+    }
 
     #[test]
     fn a_listen_stream_carries_what_was_asked_and_offered() {

@@ -46,41 +46,26 @@ impl Gateway {
             if denied {
                 tracing::debug!(tool = facts.map_or("-", |f| f.name), rule = ?call.rule, "policy denied a call");
             }
-            self.strike_caller(ctx, caller, why);
+            self.strike(ctx, caller, why);
         }
     }
 
-    /// A strike against the caller: its agent when authenticated (never
-    /// the address it shares with others), else its source.
-    pub(super) fn strike_sender(&self, ctx: &RequestCtx, why: &str) {
-        let who = match &ctx.caller {
-            Some(c) => Some(Subject::Agent {
-                id: c.agent.id.clone(),
-                slot: c.agent.slot,
-            }),
-            None => ctx.source.map(Subject::Source),
-        };
-        if let Some(who) = who {
-            self.authority.escalation.strike(
-                who,
-                why,
-                crate::clock::monotonic_ns(),
-                crate::clock::unix_s(),
-            );
-        }
-    }
-
-    /// A strike against the calling agent (a caller without credentials,
-    /// where authentication is off, against its source).
-    pub(super) fn strike_caller(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
-        let Some(c) = caller else {
-            return self.strike_sender(ctx, why);
-        };
-        self.authority.escalation.strike(
-            Subject::Agent {
+    /// A strike against whoever sent the request: the calling agent
+    /// (`caller`, else the request's own), never the address it shares
+    /// with others; an anonymous caller's source address.
+    pub(super) fn strike(&self, ctx: &RequestCtx, caller: Option<&Caller>, why: &str) {
+        let who = match caller.or(ctx.caller.as_ref()) {
+            Some(c) => Subject::Agent {
                 id: c.agent.id.clone(),
                 slot: c.agent.slot,
             },
+            None => match ctx.source {
+                Some(ip) => Subject::Source(ip),
+                None => return,
+            },
+        };
+        self.authority.escalation.strike(
+            who,
             why,
             crate::clock::monotonic_ns(),
             crate::clock::unix_s(),

@@ -160,7 +160,7 @@ impl Gateway {
             .route_other(method, kind, &key, field, &mut params)
             .await;
         let Some(index) = upstream else {
-            self.strike_caller(&ex.ctx, caller.as_ref(), "unknown name");
+            self.strike(&ex.ctx, caller.as_ref(), "unknown name");
             return Err((
                 code::INVALID_PARAMS,
                 format!("Unknown {}: {key}", kind.key()),
@@ -439,7 +439,7 @@ impl Gateway {
         let who = caller.as_ref().map(who_of);
         let charged = self.charge(ex, caller.as_ref(), who.as_ref(), call)?;
         let Some(route) = self.lookup(Kind::Tools, name).await else {
-            self.strike_caller(&ex.ctx, caller.as_ref(), "unknown tool");
+            self.strike(&ex.ctx, caller.as_ref(), "unknown tool");
             return Err((code::INVALID_PARAMS, format!("Unknown tool: {name}")).into());
         };
         // The catalog's shared names: nothing copied per call.

@@ -168,7 +168,7 @@ impl Gateway {
     /// The answer to a body that is not one JSON-RPC message (struck
     /// against its source).
     fn malformed(&self, ctx: &RequestCtx, err: EnvelopeError) -> Response<Body> {
-        self.strike_sender(ctx, "malformed request");
+        self.strike(ctx, None, "malformed request");
         let (code, message) = match err {
             EnvelopeError::Parse(why) => (code::PARSE_ERROR, format!("Parse error: {why}")),
             EnvelopeError::NotObject => (
@@ -211,7 +211,7 @@ impl Gateway {
             return refuse(id, code::INVALID_REQUEST, "a request needs a method");
         }
         if let Some(why) = self.bad_caller_field(ctx, e) {
-            self.strike_sender(ctx, "a field over its cap or of the wrong type");
+            self.strike(ctx, None, "a field over its cap or of the wrong type");
             return refuse(id, code::INVALID_PARAMS, &why);
         }
         Ok(())

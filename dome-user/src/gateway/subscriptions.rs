@@ -136,12 +136,7 @@ impl Gateway {
     pub(super) async fn listen(&self, ctx: &RequestCtx, id: Value, e: &Envelope) -> Response<Body> {
         let bad = |c: i64, m: &str| json_response(stateless_status(c), &rpc_error(&id, c, m));
         let caps = self.capabilities();
-        let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
-        if !(offers("tools", "listChanged")
-            || offers("prompts", "listChanged")
-            || offers("resources", "listChanged")
-            || offers("resources", "subscribe"))
-        {
+        if !dome_core::subscriptions::offers_changes(&caps) {
             return bad(
                 code::METHOD_NOT_FOUND,
                 "Method not found: subscriptions/listen (no upstream offers change notifications)",
@@ -173,7 +168,7 @@ impl Gateway {
             );
         };
         let mut filter = ListenFilter::of_lists(asked, &caps);
-        let wanted = if offers("resources", "subscribe") {
+        let wanted = if caps["resources"]["subscribe"] == true {
             self.listen_uris(ctx, asked, e, &mut filter).await
         } else {
             Vec::new()

@@ -61,13 +61,7 @@ impl Upstream {
     /// offers and the resource URIs its clients want, passes what arrives to
     /// the sink, and reopens it when the wanted URIs change or it ends.
     pub(super) fn spawn_stateless_listener(&self) {
-        let caps = self.capabilities();
-        let offers = |kind: &str, flag: &str| caps[kind][flag] == true;
-        if !(offers("tools", "listChanged")
-            || offers("prompts", "listChanged")
-            || offers("resources", "listChanged")
-            || offers("resources", "subscribe"))
-        {
+        if !dome_core::subscriptions::offers_changes(&self.capabilities()) {
             return;
         }
         let (Some(me), Some(_)) = (self.me.get().cloned(), self.sink.get()) else {
